@@ -1,0 +1,18 @@
+# Set-up and entry points. Every target installs what it needs first, so on a fresh machine
+# `make bench` (the main job) and `make test` are the only two commands.
+PYTHON ?= python3
+# The torch / triton pins used when none is installed (an installed one is never replaced).
+TORCH_PIN ?= torch==2.13.0
+TRITON_PIN ?= triton==3.6.0
+
+.PHONY: install test bench
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_PIN)"
+	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install -q "$(TRITON_PIN)"
+	@$(PYTHON) -m pip install -q -e ".[test]"
+
+test: install
+	$(PYTHON) -m pytest -q tests
+
+bench: install
+	$(PYTHON) scripts/bench_attention.py

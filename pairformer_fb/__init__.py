@@ -1,0 +1,12 @@
+"""pairformer_fb: FlashBias attention for AlphaFold 3-style Pairformers (Protenix, Boltz-2, OpenFold3).
+
+Layers, bottom up: ``kernel`` (the fused op) -> ``modules`` (triangle / pair-biased attention,
+factor networks) -> ``adapters`` (one per host model) -> ``tools`` (patching, conversion,
+fine-tuning, benchmarking).
+"""
+
+from .kernel import flash_bias_attention
+
+__version__ = "0.1.0"
+
+__all__ = ["flash_bias_attention", "__version__"]

@@ -1,0 +1,145 @@
+"""The one public attention op: input validation, normalisation and dispatch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from .reference import attention_reference
+
+MAX_HEAD_DIM = 128
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+Backend = Literal["auto", "triton", "reference"]
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def _check_tensor(name: str, t, ndim: int | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be a {ndim}-d tensor, got shape {_shape(t)}")
+
+
+def _broadcast_to(name: str, t: torch.Tensor, target: tuple[int, ...], labels: str) -> torch.Tensor:
+    """Left-pad t with size-1 dims and check every dim is 1 or the target's (a view, no copy)."""
+    if t.dim() > len(target):
+        raise ValueError(
+            f"{name} has shape {_shape(t)}, expected at most {len(target)} dims broadcastable to "
+            f"{labels} = {list(target)}"
+        )
+    t = t.reshape((1,) * (len(target) - t.dim()) + tuple(t.shape)) if t.dim() < len(target) else t
+    for size, want in zip(t.shape, target):
+        if size not in (1, want):
+            raise ValueError(
+                f"{name} has shape {_shape(t)}, which does not broadcast to {labels} = {list(target)}"
+            )
+    return t
+
+
+def flash_bias_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    q_factors: torch.Tensor | None = None,
+    k_factors: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    key_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Attention with a low-rank and/or dense additive bias, fused into one kernel.
+
+    ``softmax(scale * q k^T + q_factors k_factors^T + bias + 1e9 * (key_mask - 1)) v``
+
+    Args:
+        q: [B, H, Lq, D]; for triangle attention B = batch x N rows.
+        k, v: [B, H, Lk, D].
+        q_factors, k_factors: [B', H, Lq, R] and [B', H, Lk, R], B' in {1, B}: the bias factors
+            (phi_q, phi_k). Given together or not at all; not multiplied by ``scale``. A batch
+            dimension of 1 is shared by every row and read with stride 0.
+        bias: dense additive bias broadcastable to [B, H, Lq, Lk] (e.g. [1, H, Lq, Lk]).
+        key_mask: bool, broadcastable to [B, Lk]; False masks a key with the hosts' additive
+            -1e9, so a fully masked row averages v uniformly (finite, never NaN).
+        scale: multiplies q k^T; defaults to D ** -0.5.
+        backend: "auto" runs the Triton kernels for CUDA tensors and the chunked torch reference
+            otherwise; "triton" / "reference" force one path.
+
+    Precision: fp16 and bf16 use fp32 accumulation and an fp32 softmax. fp32 inputs run the
+    Triton products in tf32 only when ``torch.backends.cuda.matmul.allow_tf32`` is set (as
+    torch's own fp32 matmuls do), otherwise in full fp32. The output has q's dtype.
+
+    Gradients flow to q, k, v, the factors and the bias, summed over broadcast dimensions;
+    the mask gets none.
+    """
+    _check_tensor("q", q, 4)
+    _check_tensor("k", k, 4)
+    _check_tensor("v", v, 4)
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    if k.shape[:2] != (B, H) or k.shape[3] != D:
+        raise ValueError(f"k must be [B, H, Lk, D] = [{B}, {H}, Lk, {D}] to match q {_shape(q)}, got {_shape(k)}")
+    if tuple(v.shape) != (B, H, Lk, D):
+        raise ValueError(f"v must be [B, H, Lk, D] = [{B}, {H}, {Lk}, {D}] like k, got {_shape(v)}")
+    if min(B, H, Lq, Lk, D) < 1:
+        raise ValueError(f"q {_shape(q)} and k {_shape(k)} must have every dimension >= 1")
+    if D > MAX_HEAD_DIM:
+        raise ValueError(f"head dim D = {D} (last dim of q) exceeds the supported maximum {MAX_HEAD_DIM}")
+    allowed = KERNEL_DTYPES + ((torch.float64,) if backend == "reference" else ())
+    if q.dtype not in allowed:
+        raise TypeError(f"q has dtype {q.dtype}, expected one of {', '.join(map(str, allowed))}")
+
+    floats = {"q": q, "k": k, "v": v}
+    if (q_factors is None) != (k_factors is None):
+        given = "q_factors" if q_factors is not None else "k_factors"
+        raise ValueError(f"{given} was given without its partner: pass q_factors and k_factors together")
+    if q_factors is not None:
+        _check_tensor("q_factors", q_factors, 4)
+        _check_tensor("k_factors", k_factors, 4)
+        R = q_factors.shape[3]
+        if R < 1:
+            raise ValueError(f"q_factors has rank R = {R}, expected R >= 1")
+        if q_factors.shape[0] not in (1, B) or tuple(q_factors.shape[1:]) != (H, Lq, R):
+            raise ValueError(f"q_factors must be [B', H, Lq, R] = [1 or {B}, {H}, {Lq}, R], got {_shape(q_factors)}")
+        if k_factors.shape[0] not in (1, B) or tuple(k_factors.shape[1:]) != (H, Lk, R):
+            raise ValueError(
+                f"k_factors must be [B', H, Lk, R] = [1 or {B}, {H}, {Lk}, {R}] (R from q_factors), got {_shape(k_factors)}"
+            )
+        if q_factors.shape[0] != k_factors.shape[0]:
+            raise ValueError(
+                f"q_factors {_shape(q_factors)} and k_factors {_shape(k_factors)} must have the same batch dimension (1 or {B})"
+            )
+        floats.update(q_factors=q_factors, k_factors=k_factors)
+    if bias is not None:
+        _check_tensor("bias", bias)
+        bias = _broadcast_to("bias", bias, (B, H, Lq, Lk), "[B, H, Lq, Lk]")
+        floats["bias"] = bias
+    for name, t in floats.items():
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype}, expected q's dtype {q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device}, expected q's device {q.device}")
+    if key_mask is not None:
+        _check_tensor("key_mask", key_mask)
+        if key_mask.dtype != torch.bool:
+            raise TypeError(f"key_mask must be a bool tensor (False = masked key), got dtype {key_mask.dtype}")
+        if key_mask.device != q.device:
+            raise ValueError(f"key_mask is on {key_mask.device}, expected q's device {q.device}")
+        key_mask = _broadcast_to("key_mask", key_mask, (B, Lk), "[B, Lk]")
+    if scale is None:
+        scale = D ** -0.5
+    scale = float(scale)
+
+    if backend == "auto":
+        backend = "triton" if q.is_cuda else "reference"
+    if backend == "triton":
+        from .triton_flash_bias import attention_triton
+
+        return attention_triton(q, k, v, q_factors, k_factors, bias, key_mask, scale)
+    if backend == "reference":
+        return attention_reference(q, k, v, q_factors, k_factors, bias, key_mask, scale)
+    raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")

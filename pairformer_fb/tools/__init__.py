@@ -1,0 +1,1 @@
+"""Tools layer: benchmarking (and later patching, checkpoint conversion, fine-tuning)."""

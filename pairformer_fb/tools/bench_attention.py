@@ -1,0 +1,189 @@
+"""Attention-op benchmark: the FlashBias op against the baselines (SDPA without bias = the floor,
+FlexAttention with a bias score_mod, SDPA with the bias as attn_mask, cuEquivariance and trifast
+when installed), forward and forward+backward, with peak memory. Results go to JSON and a
+markdown table with the environment they were measured in."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..kernel import flash_bias_attention
+from .timing import environment, median_ms
+
+class Skipped(Exception):
+    """A method that does not apply here (recorded as skipped, not as an error)."""
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class Case:
+    kind: str  # "triangle" (B = N rows, bias shared by rows) or "single" (B = 1)
+    n: int
+    batch: int
+    heads: int
+    head_dim: int
+
+
+@dataclass
+class Record:
+    kind: str
+    n: int
+    batch: int
+    heads: int
+    head_dim: int
+    method: str
+    rank: int | None
+    fwd_ms: float | None = None
+    fwd_bwd_ms: float | None = None
+    peak_memory_bytes: int | None = None
+    status: str = "ok"
+    notes: dict = field(default_factory=dict)
+
+
+def _inputs(case: Case, dtype, device, rank: int, seed: int):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rnd(*shape, std=1.0):
+        return (torch.randn(*shape, generator=g) * std).to(device=device, dtype=dtype)
+
+    B, H, N, D = case.batch, case.heads, case.n, case.head_dim
+    q, k, v = rnd(B, H, N, D), rnd(B, H, N, D), rnd(B, H, N, D)
+    bias = rnd(1, H, N, N)
+    qf = rnd(1, H, N, max(rank, 1), std=max(rank, 1) ** -0.25)
+    kf = rnd(1, H, N, max(rank, 1), std=max(rank, 1) ** -0.25)
+    return q, k, v, bias, qf, kf
+
+
+def _method(name: str, q, k, v, bias, qf, kf) -> tuple[Callable[[], torch.Tensor], list[torch.Tensor]]:
+    """A closure computing the attention output, and the tensors that get gradients."""
+    if name == "sdpa_floor":
+        return (lambda: F.scaled_dot_product_attention(q, k, v)), [q, k, v]
+    if name == "sdpa_bias_mask":
+        return (lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias)), [q, k, v, bias]
+    if name == "fb_bias":
+        return (lambda: flash_bias_attention(q, k, v, bias=bias)), [q, k, v, bias]
+    if name == "fb_factors":
+        return (lambda: flash_bias_attention(q, k, v, q_factors=qf, k_factors=kf)), [q, k, v, qf, kf]
+    if name == "flex_bias":
+        if q.device.type != "cuda":
+            raise Skipped("FlexAttention is benchmarked on CUDA only")
+        from torch.nn.attention.flex_attention import flex_attention
+
+        flex = _compiled_flex(flex_attention)
+        b3 = bias[0]
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + b3[h, q_idx, kv_idx]
+
+        return (lambda: flex(q, k, v, score_mod=score_mod)), [q, k, v, bias]
+    if name == "cueq":
+        from cuequivariance_torch import triangle_attention  # noqa: PLC0415
+
+        # cuEquivariance: q/k/v [B, N, H, S, D] (here one batch of N rows), bias [B, 1, H, S, S]
+        q5, k5, v5 = (t.unsqueeze(0) for t in (q, k, v))
+        b5 = bias.unsqueeze(0)
+        mask = torch.ones(1, q.shape[0], 1, 1, k.shape[2], dtype=torch.bool, device=q.device)
+        return (lambda: triangle_attention(q5, k5, v5, b5, mask)), [q, k, v, bias]
+    if name == "trifast":
+        from trifast import triangle_attention  # noqa: PLC0415
+
+        # trifast: q/k/v [B, H, N, N, D], bias [B, H, N, N], mask [B, N, N]
+        q5, k5, v5 = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))
+        b4 = bias
+        mask = torch.zeros(1, q.shape[0], k.shape[2], dtype=torch.bool, device=q.device)
+        return (lambda: triangle_attention(q5, k5, v5, b4, mask)), [q, k, v, bias]
+    raise ValueError(f"unknown benchmark method {name!r}")
+
+
+_FLEX = None
+
+
+def _compiled_flex(flex_attention):
+    global _FLEX
+    if _FLEX is None:
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
+
+
+def _measure(case: Case, method: str, rank: int | None, cfg, dtype, device) -> Record:
+    rec = Record(case.kind, case.n, case.batch, case.heads, case.head_dim, method, rank)
+    try:
+        q, k, v, bias, qf, kf = _inputs(case, dtype, device, rank or 1, cfg.seed)
+        fn, grad_inputs = _method(method, q, k, v, bias, qf, kf)
+        with torch.no_grad():
+            rec.fwd_ms = median_ms(fn, device, cfg.warmup_ms, cfg.rep_ms)
+        if cfg.backward:
+            for t in grad_inputs:
+                t.requires_grad_(True)
+            do = torch.randn_like(q)
+
+            def fwd_bwd():
+                return torch.autograd.grad(fn(), grad_inputs, do)
+
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats(device)
+            rec.fwd_bwd_ms = median_ms(fwd_bwd, device, cfg.warmup_ms, cfg.rep_ms)
+            if device.type == "cuda":
+                rec.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
+    except ImportError as e:
+        rec.status = f"not installed ({e.name})"
+    except Skipped as e:
+        rec.status = f"skipped: {e}"
+    except torch.OutOfMemoryError:
+        rec.status = "OOM"
+    except Exception as e:  # a baseline failing must not stop the benchmark: record why
+        rec.status = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rec
+
+
+def run(cfg) -> list[Record]:
+    device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    cases = [Case("triangle", n, n, cfg.triangle.heads, cfg.triangle.head_dim) for n in cfg.triangle.sizes]
+    cases += [Case("single", n, 1, cfg.single.heads, cfg.single.head_dim) for n in cfg.single.sizes]
+    jobs = [(c, m, r) for c in cases for m in cfg.methods
+            for r in (cfg.ranks if m == "fb_factors" else [None])]
+    records = []
+    for case, method, rank in tqdm(jobs, desc="attention benchmark", unit="case"):
+        records.append(_measure(case, method, rank, cfg, dtype, device))
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(device) | {"dtype": str(dtype).replace("torch.", "")}
+    (out / "results.json").write_text(json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1))
+    (out / "results.md").write_text(markdown_table(records, env))
+    return records
+
+
+def _fmt(x):
+    return "—" if x is None else f"{x:.2f}"
+
+
+def markdown_table(records: list[Record], env: dict) -> str:
+    lines = ["# Attention benchmark", "",
+             " · ".join(f"{k}: {v}" for k, v in env.items()), "",
+             "Times in ms (median); ×floor = fwd+bwd over SDPA without bias at the same size.", "",
+             "| kind | N | B×H×D | method | rank | fwd ms | fwd+bwd ms | ×floor fwd | ×floor fwd+bwd | peak GiB | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    floors = {(r.kind, r.n): r for r in records if r.method == "sdpa_floor" and r.status == "ok"}
+    for r in records:
+        f = floors.get((r.kind, r.n))
+        rf = (r.fwd_ms / f.fwd_ms) if (f and r.fwd_ms) else None
+        rb = (r.fwd_bwd_ms / f.fwd_bwd_ms) if (f and r.fwd_bwd_ms and f.fwd_bwd_ms) else None
+        mem = r.peak_memory_bytes / 2**30 if r.peak_memory_bytes else None
+        lines.append(f"| {r.kind} | {r.n} | {r.batch}×{r.heads}×{r.head_dim} | {r.method} | {r.rank or ''} | "
+                     f"{_fmt(r.fwd_ms)} | {_fmt(r.fwd_bwd_ms)} | {_fmt(rf)} | {_fmt(rb)} | {_fmt(mem)} | {r.status} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,93 @@
+"""The Triton kernels themselves, run in Triton's CPU interpreter (TRITON_INTERPRET=1, set by
+conftest.py when there is no GPU), forward and backward, against the torch reference.
+
+bf16 is covered by the GPU tests only: the interpreter (Triton 3.6) computes bf16 x bf16
+products wrongly (it reinterprets the bits), so here the kernels run in fp32 and fp16."""
+
+import os
+
+import pytest
+import torch
+from naive import differentiable, grads, make_inputs, rel_err
+
+from pairformer_fb import flash_bias_attention
+
+pytest.importorskip("triton")
+pytestmark = [
+    pytest.mark.interpret,
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+                       reason="needs TRITON_INTERPRET=1 or a GPU"),
+]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+MODES = {
+    # name: (B, H, Lq, Lk, D, R, factor_batch, bias_shape, mask_shape)
+    "plain": (2, 2, 19, 23, 24, 0, 1, None, None),
+    "shared_factors": (3, 2, 33, 17, 16, 7, 1, None, None),
+    "row_factors": (2, 2, 17, 20, 32, 1, 2, None, (2, 20)),
+    "shared_bias": (3, 2, 18, 35, 8, 0, 1, (1, 2, 18, 35), (3, 35)),
+    "row_bias": (2, 1, 21, 18, 48, 0, 1, (2, 1, 21, 18), None),
+    "head_shared_bias": (2, 3, 16, 16, 16, 0, 1, (1, 1, 16, 16), (16,)),
+    "key_bias": (2, 2, 9, 30, 16, 0, 1, (1, 2, 1, 30), None),
+    "factors_bias_mask": (3, 2, 20, 18, 16, 5, 1, (1, 2, 20, 18), (3, 18)),
+    "row_factors_shared_bias": (2, 2, 17, 17, 16, 16, 2, (1, 2, 17, 17), (2, 17)),
+    "single_key": (2, 2, 5, 1, 16, 3, 1, (1, 2, 5, 1), None),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_matches_reference(mode, dtype):
+    B, H, Lq, Lk, D, R, fb, bias_shape, mask_shape = MODES[mode]
+    args, kw = make_inputs(B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape,
+                           mask_shape=mask_shape, dtype=dtype, device=DEVICE)
+    out = flash_bias_attention(*args, **kw, backend="triton")
+    ref = flash_bias_attention(*args, **kw, backend="reference")
+    assert out.dtype == dtype and out.shape == ref.shape
+    tol_fwd, tol_bwd = (1e-5, 1e-4) if dtype == torch.float32 else (2e-3, 1e-2)
+    assert rel_err(out, ref) < tol_fwd
+    ins = differentiable(args, kw)
+    names = ["q", "k", "v", *[n for n in kw if n != "key_mask"]]
+    for name, a, b in zip(names, grads(out, ins), grads(ref, ins)):
+        assert a is not None and a.shape == b.shape and a.dtype == b.dtype, name
+        if b.abs().max() == 0:  # e.g. a single key: softmax is constant
+            assert a.abs().max() < tol_bwd, name
+        else:
+            assert rel_err(a, b) < tol_bwd, name
+
+
+def test_fully_masked_rows_match_the_reference_values_and_gradients():
+    args, kw = make_inputs(3, 2, 14, 21, 16, 4, bias_shape=(1, 2, 14, 21), mask_shape=(3, 21),
+                           fully_masked_rows=(0, 2), device=DEVICE)
+    out = flash_bias_attention(*args, **kw, backend="triton")
+    ref = flash_bias_attention(*args, **kw, backend="reference")
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) < 1e-5
+    ins = differentiable(args, kw)
+    for a, b in zip(grads(out, ins), grads(ref, ins)):
+        assert torch.isfinite(a).all() and rel_err(a, b) < 1e-4
+
+
+def test_partial_gradients_and_no_grad():
+    args, kw = make_inputs(2, 2, 17, 17, 16, 4, bias_shape=(1, 2, 17, 17), device=DEVICE,
+                           requires_grad=False)
+    kw["bias"].requires_grad_(True)
+    out = flash_bias_attention(*args, **kw, backend="triton")
+    ref = flash_bias_attention(*args, **kw, backend="reference")
+    (gb,) = torch.autograd.grad(out, [kw["bias"]], torch.ones_like(out))
+    (rb,) = torch.autograd.grad(ref, [kw["bias"]], torch.ones_like(ref))
+    assert rel_err(gb, rb) < 1e-4
+    with torch.no_grad():
+        assert rel_err(flash_bias_attention(*args, **kw, backend="triton"), ref) < 1e-5
+
+
+def test_non_contiguous_views_are_read_in_place():
+    # projections give [B, L, H, D]; the op takes them permuted to [B, H, L, D] without a copy
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(2, 19, 3, 2, 16, generator=g).to(DEVICE)
+    q, k, v = (qkv[:, :, i].permute(0, 2, 1, 3) for i in range(3))
+    assert not q.is_contiguous()
+    bias = torch.randn(19, 19, 2, generator=g).to(DEVICE).permute(2, 0, 1)[None]
+    out = flash_bias_attention(q, k, v, bias=bias, backend="triton")
+    ref = flash_bias_attention(q, k, v, bias=bias, backend="reference")
+    assert rel_err(out, ref) < 1e-5
