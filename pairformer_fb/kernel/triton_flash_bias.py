@@ -47,24 +47,40 @@ def _pow2_at_least_16(x: int) -> int:
     return max(16, triton.next_power_of_2(x))
 
 
-def default_config(kind: str, block_d: int, block_r: int) -> KernelConfig:
-    """Tiles per kernel kind ("fwd", "bwd_dkdv", "bwd_dq") and padded head / rank widths."""
+def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> KernelConfig:
+    """Tiles per kernel kind ("fwd", "bwd_dkdv", "bwd_dq"), padded head width, padded rank
+    (0 without factors) and whether a dense bias tile is read."""
     if INTERPRET:  # the CPU interpreter: small tiles keep tests fast and still cover several blocks
         return KernelConfig(16, 16, 1, 1)
     wide = block_d + block_r > 128
     if kind == "fwd":
         return KernelConfig(128, 32 if wide else 64, 8 if wide else 4, 2 if wide else 3)
-    if kind == "bwd_dkdv":
-        return KernelConfig(64, 64, 8 if wide else 4, 2)
     return KernelConfig(64, 64, 8 if wide else 4, 2)
 
 
-# Benchmarks and tuning sweeps set entries here: {(kind, block_d, block_r): KernelConfig}.
-CONFIG_OVERRIDES: dict[tuple[str, int, int], KernelConfig] = {}
+# Tuning sweeps and benchmarks set entries here: {(kind, block_d, block_r, has_bias): KernelConfig}.
+CONFIG_OVERRIDES: dict[tuple[str, int, int, bool], KernelConfig] = {}
 
 
-def _config(kind: str, block_d: int, block_r: int) -> KernelConfig:
-    return CONFIG_OVERRIDES.get((kind, block_d, block_r)) or default_config(kind, block_d, block_r)
+def config_key(kind: str, block_d: int, block_r: int, has_bias: bool) -> tuple[str, int, int, bool]:
+    return (kind, block_d, block_r, bool(has_bias))
+
+
+def _config(kind: str, ops: "_Operands") -> KernelConfig:
+    key = config_key(kind, ops.block_d, ops.block_r if ops.has_factors else 0, ops.bias is not None)
+    return CONFIG_OVERRIDES.get(key) or default_config(*key)
+
+
+def load_config_overrides(path: str) -> int:
+    """Read tuned tiles from a JSON list of {"kind", "block_d", "block_r", "has_bias",
+    "block_m", "block_n", "num_warps", "num_stages"} (as written by scripts/tune_kernels.py)."""
+    import json
+
+    entries = json.load(open(path))
+    for e in entries:
+        CONFIG_OVERRIDES[config_key(e["kind"], e["block_d"], e["block_r"], e["has_bias"])] = KernelConfig(
+            e["block_m"], e["block_n"], e["num_warps"], e["num_stages"])
+    return len(entries)
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,7 +434,7 @@ class _Operands:
 
 def _forward(q, k, v, ops: _Operands):
     B, H, Lq, Lk, D = ops.B, ops.H, ops.Lq, ops.Lk, ops.D
-    cfg = _config("fwd", ops.block_d, ops.block_r)
+    cfg = _config("fwd", ops)
     o = torch.empty_like(q)
     row_stats = torch.empty((2, B, H, Lq), device=q.device, dtype=torch.float32)
     n_qblocks = triton.cdiv(Lq, cfg.block_m)
@@ -468,7 +484,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     dkf = torch.empty((B, H, Lk, ops.R), device=q.device, dtype=q.dtype) if row_factor_grad else None
-    cfg = _config("bwd_dkdv", ops.block_d, ops.block_r)
+    cfg = _config("bwd_dkdv", ops)
     n_kblocks = triton.cdiv(Lk, cfg.block_n)
     _bwd_dkdv_kernel[(n_kblocks * B * H,)](
         q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, dk, dv, dkf if dkf is not None else dk,
@@ -483,7 +499,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     dqf = torch.empty((B, H, Lq, ops.R), device=q.device, dtype=q.dtype) if row_factor_grad else None
     g, g_strides = (_reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device)
                     if sum_ds else (None, (0, 0, 0, 0)))
-    cfg = _config("bwd_dq", ops.block_d, ops.block_r)
+    cfg = _config("bwd_dq", ops)
     n_qblocks = triton.cdiv(Lq, cfg.block_m)
     n_kblocks = triton.cdiv(Lk, cfg.block_n)
     _bwd_dq_kernel[(n_qblocks * B * H,)](

@@ -150,6 +150,10 @@ def _measure(case: Case, method: str, rank: int | None, cfg, dtype, device) -> R
 
 
 def run(cfg) -> list[Record]:
+    if cfg.get("kernel_configs"):
+        from ..kernel.triton_flash_bias import load_config_overrides
+
+        load_config_overrides(cfg.kernel_configs)
     device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)

@@ -1,0 +1,123 @@
+"""Tile sweep for the FlashBias Triton kernels (device only).
+
+For each problem (head dim, rank, dense bias or not) it picks, in turn, the best forward tiles,
+then the best dK/dV tiles, then the best dQ tiles (coordinate descent, each step timed on the
+full forward or forward+backward), after checking every candidate against the default tiles'
+result. Writes the winners as JSON for ``load_config_overrides`` and a log of every timing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..kernel import flash_bias_attention
+from ..kernel import triton_flash_bias as tfb
+from .timing import median_ms
+
+CANDIDATES = {
+    "fwd": [(64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3),
+            (128, 32, 4, 3), (64, 128, 4, 3), (128, 64, 4, 4), (128, 64, 4, 2)],
+    "bwd_dkdv": [(32, 64, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 64, 8, 2),
+                 (32, 128, 4, 2), (64, 128, 4, 2), (128, 128, 8, 2), (32, 64, 4, 3)],
+    "bwd_dq": [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 32, 4, 2),
+               (32, 64, 4, 2), (128, 64, 4, 2), (64, 32, 4, 3), (128, 128, 8, 2)],
+}
+
+
+@dataclass
+class Problem:
+    name: str
+    batch: int
+    heads: int
+    n: int
+    head_dim: int
+    rank: int  # 0: no factors
+    dense_bias: bool
+
+
+def _inputs(p: Problem, device, dtype, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rnd(*shape, std=1.0):
+        return (torch.randn(*shape, generator=g) * std).to(device=device, dtype=dtype).requires_grad_(True)
+
+    q, k, v = (rnd(p.batch, p.heads, p.n, p.head_dim) for _ in range(3))
+    kw = {}
+    if p.rank:
+        kw["q_factors"] = rnd(1, p.heads, p.n, p.rank, std=p.rank ** -0.25)
+        kw["k_factors"] = rnd(1, p.heads, p.n, p.rank, std=p.rank ** -0.25)
+    if p.dense_bias:
+        kw["bias"] = rnd(1, p.heads, p.n, p.n)
+    return (q, k, v), kw
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def tune(problems: list[Problem], device, dtype, warmup_ms=10, rep_ms=50) -> tuple[list[dict], list[dict]]:
+    winners, log = [], []
+    for p in problems:
+        args, kw = _inputs(p, device, dtype)
+        ins = [*args, *kw.values()]
+        do = torch.randn_like(args[0])
+        block_d = tfb._pow2_at_least_16(p.head_dim)
+        block_r = tfb._pow2_at_least_16(p.rank) if p.rank else 0
+        keys = {kind: tfb.config_key(kind, block_d, block_r, p.dense_bias) for kind in CANDIDATES}
+        for key in keys.values():
+            tfb.CONFIG_OVERRIDES.pop(key, None)
+
+        def fwd():
+            return flash_bias_attention(*args, **kw)
+
+        def fwd_bwd():
+            return torch.autograd.grad(fwd(), ins, do)
+
+        with torch.no_grad():
+            ref_out = fwd()
+        ref_grads = fwd_bwd()
+        for kind, cands in CANDIDATES.items():
+            best = None
+            for cand in tqdm(cands, desc=f"{p.name} {kind}", leave=False):
+                tfb.CONFIG_OVERRIDES[keys[kind]] = tfb.KernelConfig(*cand)
+                entry = {"problem": p.name, "kind": kind, "config": cand}
+                try:
+                    if kind == "fwd":
+                        with torch.no_grad():
+                            err = _rel(fwd(), ref_out)
+                            ms = median_ms(fwd, device, warmup_ms, rep_ms)
+                    else:
+                        err = max(_rel(a, b) for a, b in zip(fwd_bwd(), ref_grads))
+                        ms = median_ms(fwd_bwd, device, warmup_ms, rep_ms)
+                    entry.update(ms=ms, rel_err=err, ok=err < 2e-2)
+                except Exception as e:  # a tile shape the compiler rejects (e.g. shared memory)
+                    entry.update(ms=None, ok=False, error=f"{type(e).__name__}: {str(e)[:160]}")
+                log.append(entry)
+                if entry["ok"] and (best is None or entry["ms"] < best["ms"]):
+                    best = entry
+            if best is None:
+                tfb.CONFIG_OVERRIDES.pop(keys[kind], None)
+                continue
+            tfb.CONFIG_OVERRIDES[keys[kind]] = tfb.KernelConfig(*best["config"])
+            bm, bn, w, s = best["config"]
+            winners.append({"kind": kind, "block_d": block_d, "block_r": block_r, "has_bias": p.dense_bias,
+                            "block_m": bm, "block_n": bn, "num_warps": w, "num_stages": s,
+                            "problem": asdict(p), "ms": best["ms"]})
+            print(f"{p.name:>24} {kind:>9}: best {best['config']} {best['ms']:.3f} ms", flush=True)
+    return winners, log
+
+
+def run(cfg) -> None:
+    device = torch.device("cuda")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
+    problems = [Problem(**p) for p in cfg.problems]
+    winners, log = tune(problems, device, dtype, cfg.warmup_ms, cfg.rep_ms)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tuned_configs.json").write_text(json.dumps(winners, indent=1))
+    (out / "tune_log.json").write_text(json.dumps(log, indent=1))
