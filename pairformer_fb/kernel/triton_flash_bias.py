@@ -58,6 +58,11 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> Ker
     return KernelConfig(64, 64, 8 if wide else 4, 2)
 
 
+# Backward strategy: "atomic_dq" computes S, P, dP once per tile in the dK/dV kernel and adds
+# dQ atomically into an fp32 buffer (FlashAttention-2's own scheme); "two_pass" recomputes them
+# in a separate dQ kernel that owns its rows (no dQ atomics).
+BACKWARD = os.environ.get("PAIRFORMER_FB_BACKWARD", "atomic_dq")
+
 # Tuning sweeps and benchmarks set entries here: {(kind, block_d, block_r, has_bias): KernelConfig}.
 CONFIG_OVERRIDES: dict[tuple[str, int, int, bool], KernelConfig] = {}
 
@@ -209,6 +214,7 @@ def _bwd_delta_kernel(
 @triton.jit
 def _bwd_dkdv_kernel(
     Q, K, V, QF, KF, BIAS, MASK, DO, ROW_MAX, ROW_INV_SUM, DELTA, DK, DV, DKF,
+    DQ_ACC, DQF_ACC, DS_SUM,
     s_qb, s_qh, s_ql, s_qd,
     s_kb, s_kh, s_kl, s_kd,
     s_vb, s_vh, s_vl, s_vd,
@@ -220,11 +226,17 @@ def _bwd_dkdv_kernel(
     s_dkb, s_dkh, s_dkl, s_dkd,
     s_dvb, s_dvh, s_dvl, s_dvd,
     s_dkfb, s_dkfh, s_dkfl, s_dkfr,
-    H, Lq, Lk, D, R, n_kblocks, scale, qk_scale,
+    s_dqb, s_dqh, s_dql, s_dqd,
+    s_dqfb, s_dqfh, s_dqfl, s_dqfr,
+    s_gb, s_gh, s_gq, s_gk,
+    H, Lq, Lk, D, R, n_kblocks, n_qblocks, scale, qk_scale,
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ROW_FACTOR_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+    ROW_FACTOR_GRAD: tl.constexpr, ATOMIC_DQ: tl.constexpr, SUM_DS: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
+    """dK, dV (and per-row dKf) of one key block; with ATOMIC_DQ also dQ (and per-row dQf)
+    and the reduced dS, added atomically into fp32 buffers, so S, P and dP are computed once."""
     pid = tl.program_id(0)
     kb = pid % n_kblocks
     bh = pid // n_kblocks
@@ -252,12 +264,17 @@ def _bwd_dkdv_kernel(
     bias_base = BIAS + b * s_bb + h * s_bh
     mask_base = MASK + b * s_mb
     row_base = bh.to(tl.int64) * Lq
+    dq_base = DQ_ACC + b * s_dqb + h * s_dqh
+    dqf_base = DQF_ACC + b * s_dqfb + h * s_dqfh
+    g_base = DS_SUM + b * s_gb + h * s_gh
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dkf = tl.zeros([BLOCK_N, BLOCK_R], tl.float32)
-    for start_m in range(0, Lq, BLOCK_M):
-        offs_m = start_m + offs_m0
+    # rows that add into the same shared dS tiles start at different query blocks (fewer collisions)
+    qb_first = (bh // H) % n_qblocks
+    for i in range(0, n_qblocks):
+        offs_m = ((qb_first + i) % n_qblocks) * BLOCK_M + offs_m0
         m_ok = offs_m < Lq
         q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :] * s_qd,
                     mask=m_ok[:, None] & d_ok[None, :], other=0.0)
@@ -276,10 +293,22 @@ def _bwd_dkdv_kernel(
         p = tl.math.exp2(s - m_row[:, None]) * inv_l[:, None]
         dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = (p * (dp - delta[:, None])).to(q.dtype)
+        ds_f32 = p * (dp - delta[:, None])
+        ds = ds_f32.to(q.dtype)
         dk += tl.dot(tl.trans(ds), q, input_precision=PRECISION)
         if ROW_FACTOR_GRAD:
             dkf += tl.dot(tl.trans(ds), qf, input_precision=PRECISION)
+        if ATOMIC_DQ:
+            md_ok = m_ok[:, None] & d_ok[None, :]
+            tl.atomic_add(dq_base + offs_m[:, None] * s_dql + offs_d[None, :] * s_dqd,
+                          tl.dot(ds, k, input_precision=PRECISION) * scale, mask=md_ok, sem="relaxed")
+            if ROW_FACTOR_GRAD:
+                tl.atomic_add(dqf_base + offs_m[:, None] * s_dqfl + offs_r[None, :] * s_dqfr,
+                              tl.dot(ds, kf, input_precision=PRECISION),
+                              mask=m_ok[:, None] & r_ok[None, :], sem="relaxed")
+            if SUM_DS:
+                tl.atomic_add(g_base + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk, ds_f32,
+                              mask=m_ok[:, None] & n_ok[None, :], sem="relaxed")
 
     nd_ok = n_ok[:, None] & d_ok[None, :]
     tl.store(DK + b * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
@@ -392,6 +421,11 @@ def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
     return tuple(t.stride()) if t is not None else (0, 0, 0, 0)
 
 
+def _or(t: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
+    """A pointer argument the kernel does not touch when its feature flag is off."""
+    return t if t is not None else placeholder
+
+
 class _Operands:
     """Expanded (stride-0) views of the optional operands, and the launch constants."""
 
@@ -484,33 +518,44 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     dkf = torch.empty((B, H, Lk, ops.R), device=q.device, dtype=q.dtype) if row_factor_grad else None
+    g, g_strides = (_reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device)
+                    if sum_ds else (None, (0, 0, 0, 0)))
+    atomic_dq = BACKWARD == "atomic_dq"
+    if atomic_dq:  # fp32 accumulators, cast once at the end
+        dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+        dqf_acc = torch.zeros((B, H, Lq, ops.R), device=q.device, dtype=torch.float32) if row_factor_grad else None
+    else:
+        dq_acc = dqf_acc = None
     cfg = _config("bwd_dkdv", ops)
     n_kblocks = triton.cdiv(Lk, cfg.block_n)
     _bwd_dkdv_kernel[(n_kblocks * B * H,)](
-        q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, dk, dv, dkf if dkf is not None else dk,
+        q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, dk, dv,
+        _or(dkf, dk), _or(dq_acc, delta), _or(dqf_acc, delta), _or(g, delta),
         *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(),
-        *dk.stride(), *dv.stride(), *_strides4(dkf),
-        H, Lq, Lk, D, ops.R, n_kblocks, ops.scale, ops.scale * LOG2E,
-        **flags, ROW_FACTOR_GRAD=row_factor_grad,
+        *dk.stride(), *dv.stride(), *_strides4(dkf), *_strides4(dq_acc), *_strides4(dqf_acc), *g_strides,
+        H, Lq, Lk, D, ops.R, n_kblocks, triton.cdiv(Lq, cfg.block_m), ops.scale, ops.scale * LOG2E,
+        **flags, ROW_FACTOR_GRAD=row_factor_grad, ATOMIC_DQ=atomic_dq, SUM_DS=sum_ds and atomic_dq,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
-    dq = torch.empty_like(q)
-    dqf = torch.empty((B, H, Lq, ops.R), device=q.device, dtype=q.dtype) if row_factor_grad else None
-    g, g_strides = (_reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device)
-                    if sum_ds else (None, (0, 0, 0, 0)))
-    cfg = _config("bwd_dq", ops)
-    n_qblocks = triton.cdiv(Lq, cfg.block_m)
-    n_kblocks = triton.cdiv(Lk, cfg.block_n)
-    _bwd_dq_kernel[(n_qblocks * B * H,)](
-        q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, dq,
-        dqf if dqf is not None else dq, g if g is not None else delta,
-        *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(),
-        *dq.stride(), *_strides4(dqf), *g_strides,
-        H, Lq, Lk, D, ops.R, n_qblocks, n_kblocks, ops.scale, ops.scale * LOG2E,
-        **flags, ROW_FACTOR_GRAD=row_factor_grad, SUM_DS=sum_ds,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    if atomic_dq:
+        dq = dq_acc.to(q.dtype)
+        dqf = dqf_acc.to(q.dtype) if dqf_acc is not None else None
+    else:
+        dq = torch.empty_like(q)
+        dqf = torch.empty((B, H, Lq, ops.R), device=q.device, dtype=q.dtype) if row_factor_grad else None
+        cfg = _config("bwd_dq", ops)
+        n_qblocks = triton.cdiv(Lq, cfg.block_m)
+        n_kblocks = triton.cdiv(Lk, cfg.block_n)
+        _bwd_dq_kernel[(n_qblocks * B * H,)](
+            q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, dq,
+            _or(dqf, dq), _or(g, delta),
+            *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(),
+            *dq.stride(), *_strides4(dqf), *g_strides,
+            H, Lq, Lk, D, ops.R, n_qblocks, n_kblocks, ops.scale, ops.scale * LOG2E,
+            **flags, ROW_FACTOR_GRAD=row_factor_grad, SUM_DS=sum_ds,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
 
     dbias = None
     if bias_grad:
