@@ -12,16 +12,19 @@ Derivation (FlashAttention-2, Dao 2023), per (batch b, head h), in the log2 doma
     dQ  = scale * dS K,  dK = scale * dS^T Q,  dQf = dS Kf,  dKf = dS^T Qf,  dBias = dS
 
 Broadcast operands (factors shared by every row, a bias of shape [1, H, Lq, Lk]) are read with
-stride 0. Their gradients need dS summed over the broadcast dimensions: the dQ kernel adds each
-dS tile into one fp32 buffer of the *reduced* shape (atomic adds, start offsets rotated per
-row to spread contention), so no per-row [B, H, Lq, Lk] tensor is ever allocated.
+stride 0, and a program serves two rows at once so each shared bias / factor tile is read (and
+the factor product computed) once for both. The backward pass is one kernel per key block that
+computes S, P, dP, dS once per tile: dK, dV accumulate in registers, dQ is added atomically into
+an fp32 buffer (FlashAttention-2's scheme), and the gradients of shared operands come from dS
+summed over the rows into one fp32 buffer of the *reduced* shape (atomic adds, the two rows of a
+program summed first, start offsets rotated per row group to spread contention), so no per-row
+[B, H, Lq, Lk] tensor is ever allocated.
 
 Inputs reach this module validated and normalised by ``op.flash_bias_attention``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -41,6 +44,7 @@ class KernelConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    rows: int = 2  # rows per program where they share the bias / factor tiles (else 1)
 
 
 def _pow2_at_least_16(x: int) -> int:
@@ -48,8 +52,8 @@ def _pow2_at_least_16(x: int) -> int:
 
 
 def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> KernelConfig:
-    """Tiles per kernel kind ("fwd", "bwd_dkdv", "bwd_dq"), padded head width, padded rank
-    (0 without factors) and whether a dense bias tile is read."""
+    """Tiles per kernel kind ("fwd" or "bwd"), padded head width, padded rank (0 without
+    factors) and whether a dense bias tile is read."""
     if INTERPRET:  # the CPU interpreter: small tiles keep tests fast and still cover several blocks
         return KernelConfig(16, 16, 1, 1)
     wide = block_d + block_r > 128
@@ -57,11 +61,6 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> Ker
         return KernelConfig(128, 32 if wide else 64, 8 if wide else 4, 2 if wide else 3)
     return KernelConfig(64, 64, 8 if wide else 4, 2)
 
-
-# Backward strategy: "atomic_dq" computes S, P, dP once per tile in the dK/dV kernel and adds
-# dQ atomically into an fp32 buffer (FlashAttention-2's own scheme); "two_pass" recomputes them
-# in a separate dQ kernel that owns its rows (no dQ atomics).
-BACKWARD = os.environ.get("PAIRFORMER_FB_BACKWARD", "atomic_dq")
 
 # Tuning sweeps and benchmarks set entries here: {(kind, block_d, block_r, has_bias): KernelConfig}.
 CONFIG_OVERRIDES: dict[tuple[str, int, int, bool], KernelConfig] = {}
@@ -78,43 +77,90 @@ def _config(kind: str, ops: "_Operands") -> KernelConfig:
 
 def load_config_overrides(path: str) -> int:
     """Read tuned tiles from a JSON list of {"kind", "block_d", "block_r", "has_bias",
-    "block_m", "block_n", "num_warps", "num_stages"} (as written by scripts/tune_kernels.py)."""
+    "block_m", "block_n", "num_warps", "num_stages", "rows"} (as written by scripts/tune_kernels.py)."""
     import json
 
     entries = json.load(open(path))
     for e in entries:
         CONFIG_OVERRIDES[config_key(e["kind"], e["block_d"], e["block_r"], e["has_bias"])] = KernelConfig(
-            e["block_m"], e["block_n"], e["num_warps"], e["num_stages"])
+            e["block_m"], e["block_n"], e["num_warps"], e["num_stages"], e.get("rows", 2))
     return len(entries)
 
 
 # --------------------------------------------------------------------------------------------
-# Shared tile helper: the log2-domain score tile S[BLOCK_M, BLOCK_N] of one (b, h).
+# Tile helpers
 # --------------------------------------------------------------------------------------------
+_LOG2E = tl.constexpr(LOG2E)
+_MASKED = tl.constexpr(-MASK_NEG * LOG2E)  # the hosts' 1e9 * (mask - 1), in the log2 domain
+
+
 @triton.jit
-def _score_tile(
-    q, k, qf, kf,
-    bias_ptr, s_bq, s_bk, mask_ptr, s_ml,
-    offs_m, offs_n, Lq, Lk, qk_scale,
-    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+def _load_tile(base, offs_r, offs_c, s_r, s_c, n_r, n_c):
+    """A [len(offs_r), len(offs_c)] tile, zero outside [n_r, n_c]."""
+    return tl.load(base + offs_r[:, None] * s_r + offs_c[None, :] * s_c,
+                   mask=(offs_r < n_r)[:, None] & (offs_c < n_c)[None, :], other=0.0)
+
+
+@triton.jit
+def _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
+                   HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
+    """The score terms every row of a group shares: Qf Kf^T + Bias (log2 domain)."""
     if HAS_FACTORS:
-        s += tl.dot(qf, tl.trans(kf), input_precision=PRECISION) * 1.4426950408889634
-    if HAS_BIAS:
-        bias = tl.load(
-            bias_ptr + offs_m[:, None] * s_bq + offs_n[None, :] * s_bk,
-            mask=(offs_m[:, None] < Lq) & (offs_n[None, :] < Lk), other=0.0,
-        )
-        s += bias.to(tl.float32) * 1.4426950408889634
+        t = tl.dot(qf, tl.trans(kf), input_precision=PRECISION)
+        if HAS_BIAS:
+            t += _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk).to(tl.float32)
+    else:
+        t = _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk).to(tl.float32)
+    return t * _LOG2E
+
+
+@triton.jit
+def _row_scores(q, k, shared, mask_base, s_ml, offs_n, Lk, qk_scale,
+                HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
+    """S = log2(e) * (scale Q K^T + shared + mask term) of one row; keys past Lk get -inf."""
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    if HAS_SHARED:
+        s += shared
     if HAS_MASK:
-        keep = tl.load(mask_ptr + offs_n * s_ml, mask=offs_n < Lk, other=1)
-        # the hosts' 1e9 * (mask - 1), in the log2 domain
-        s += tl.where(keep != 0, 0.0, -1.0e9 * 1.4426950408889634)[None, :]
-    # keys past the end do not exist: exp2(-inf) = 0 exactly
-    s = tl.where((offs_n < Lk)[None, :], s, float("-inf"))
-    return s
+        keep = tl.load(mask_base + offs_n * s_ml, mask=offs_n < Lk, other=1)
+        s += tl.where(keep != 0, 0.0, _MASKED)[None, :]
+    return tl.where((offs_n < Lk)[None, :], s, float("-inf"))
+
+
+@triton.jit
+def _softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
+    """One online-softmax update of (m, l, acc) with a score tile and its value tile."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _fwd_epilogue(o_base, s_ol, s_od, row_max_ptr, row_inv_sum_ptr, acc, m_i, l_i,
+                  offs_m, offs_d, Lq, D, ok):
+    # m and 1/l are kept apart rather than as m + log2(l): with a fully masked row m is about
+    # -1.4e9, where fp32 cannot resolve log2(l) and P would be recomputed as 1 instead of 1/Lk.
+    m_ok = (offs_m < Lq) & ok
+    tl.store(o_base + offs_m[:, None] * s_ol + offs_d[None, :] * s_od,
+             (acc / l_i[:, None]).to(o_base.dtype.element_ty), mask=m_ok[:, None] & (offs_d < D)[None, :])
+    tl.store(row_max_ptr + offs_m, m_i, mask=m_ok)
+    tl.store(row_inv_sum_ptr + offs_m, 1.0 / l_i, mask=m_ok)
+
+
+@triton.jit
+def _program_rows(pid, n_blocks, B, H, ROWS: tl.constexpr):
+    """Decode a program id into (block, head, first row, second row, second row exists).
+    With ROWS == 2 a program serves rows b0 and b0 + 1, which share the bias / factor tiles;
+    when B is odd the last group's second row is a clamped copy that writes nothing."""
+    blk = pid % n_blocks
+    rest = pid // n_blocks
+    h = (rest % H).to(tl.int64)
+    b0 = ((rest // H) * ROWS).to(tl.int64)
+    b1 = tl.minimum(b0 + 1, B - 1)
+    return blk, h, b0, b1, (b0 + 1) < B
 
 
 @triton.jit
@@ -128,65 +174,67 @@ def _fwd_kernel(
     s_bb, s_bh, s_bq, s_bk,
     s_mb, s_ml,
     s_ob, s_oh, s_ol, s_od,
-    H, Lq, Lk, D, R, n_qblocks, qk_scale,
+    B, H, Lq, Lk, D, R, n_qblocks, qk_scale,
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    qb = pid % n_qblocks
-    bh = pid // n_qblocks
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
+    qb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_qblocks, B, H, ROWS)
     offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_r = tl.arange(0, BLOCK_R)
-    m_ok = offs_m < Lq
-    d_ok = offs_d < D
 
-    q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_ql + offs_d[None, :] * s_qd,
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    qf = q
+    # shared operands (factors, bias) are read through row b0: with ROWS == 2 they are shared
+    qf = 0.0
+    kf = 0.0
     if HAS_FACTORS:
-        qf = tl.load(QF + b * s_qfb + h * s_qfh + offs_m[:, None] * s_qfl + offs_r[None, :] * s_qfr,
-                     mask=m_ok[:, None] & (offs_r < R)[None, :], other=0.0)
-    k_base = K + b * s_kb + h * s_kh
-    v_base = V + b * s_vb + h * s_vh
-    kf_base = KF + b * s_kfb + h * s_kfh
-    bias_base = BIAS + b * s_bb + h * s_bh
-    mask_base = MASK + b * s_mb
+        qf = _load_tile(QF + b0 * s_qfb + h * s_qfh, offs_m, offs_r, s_qfl, s_qfr, Lq, R)
+    kf_base = KF + b0 * s_kfb + h * s_kfh
+    bias_base = BIAS + b0 * s_bb + h * s_bh
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    q0 = _load_tile(Q + b0 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D)
+    k0_base = K + b0 * s_kb + h * s_kh
+    v0_base = V + b0 * s_vb + h * s_vh
+    m0 = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l0 = tl.zeros([BLOCK_M], tl.float32)
+    acc0 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if ROWS == 2:
+        q1 = _load_tile(Q + b1 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D)
+        k1_base = K + b1 * s_kb + h * s_kh
+        v1_base = V + b1 * s_vb + h * s_vh
+        m1 = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l1 = tl.zeros([BLOCK_M], tl.float32)
+        acc1 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + offs_n0
-        n_ok = offs_n < Lk
-        k = tl.load(k_base + offs_n[:, None] * s_kl + offs_d[None, :] * s_kd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * s_vl + offs_d[None, :] * s_vd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        kf = k
-        if HAS_FACTORS:
-            kf = tl.load(kf_base + offs_n[:, None] * s_kfl + offs_r[None, :] * s_kfr,
-                         mask=n_ok[:, None] & (offs_r < R)[None, :], other=0.0)
-        s = _score_tile(q, k, qf, kf, bias_base, s_bq, s_bk, mask_base, s_ml, offs_m, offs_n,
-                        Lq, Lk, qk_scale, HAS_FACTORS, HAS_BIAS, HAS_MASK, PRECISION)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        shared = 0.0
+        if HAS_SHARED:
+            if HAS_FACTORS:
+                kf = _load_tile(kf_base, offs_n, offs_r, s_kfl, s_kfr, Lk, R)
+            shared = _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
+                                    HAS_FACTORS, HAS_BIAS, PRECISION)
+        k = _load_tile(k0_base, offs_n, offs_d, s_kl, s_kd, Lk, D)
+        v = _load_tile(v0_base, offs_n, offs_d, s_vl, s_vd, Lk, D)
+        s = _row_scores(q0, k, shared, MASK + b0 * s_mb, s_ml, offs_n, Lk, qk_scale,
+                        HAS_SHARED, HAS_MASK, PRECISION)
+        m0, l0, acc0 = _softmax_step(s, v, m0, l0, acc0, PRECISION)
+        if ROWS == 2:
+            k = _load_tile(k1_base, offs_n, offs_d, s_kl, s_kd, Lk, D)
+            v = _load_tile(v1_base, offs_n, offs_d, s_vl, s_vd, Lk, D)
+            s = _row_scores(q1, k, shared, MASK + b1 * s_mb, s_ml, offs_n, Lk, qk_scale,
+                            HAS_SHARED, HAS_MASK, PRECISION)
+            m1, l1, acc1 = _softmax_step(s, v, m1, l1, acc1, PRECISION)
 
-    acc = acc / l_i[:, None]
-    tl.store(O + b * s_ob + h * s_oh + offs_m[:, None] * s_ol + offs_d[None, :] * s_od,
-             acc.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
-    # m and 1/l are kept apart rather than as m + log2(l): with a fully masked row m is about
-    # -1.4e9, where fp32 cannot resolve log2(l) and P would be recomputed as 1 instead of 1/Lk.
-    tl.store(ROW_MAX + bh.to(tl.int64) * Lq + offs_m, m_i, mask=m_ok)
-    tl.store(ROW_INV_SUM + bh.to(tl.int64) * Lq + offs_m, 1.0 / l_i, mask=m_ok)
+    row0 = (b0 * H + h) * Lq
+    _fwd_epilogue(O + b0 * s_ob + h * s_oh, s_ol, s_od, ROW_MAX + row0, ROW_INV_SUM + row0,
+                  acc0, m0, l0, offs_m, offs_d, Lq, D, True)
+    if ROWS == 2:
+        row1 = (b1 * H + h) * Lq
+        _fwd_epilogue(O + b1 * s_ob + h * s_oh, s_ol, s_od, ROW_MAX + row1, ROW_INV_SUM + row1,
+                      acc1, m1, l1, offs_m, offs_d, Lq, D, row1_ok)
 
 
 @triton.jit
@@ -196,6 +244,7 @@ def _bwd_delta_kernel(
     H, Lq, D, n_qblocks,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """delta = rowsum(dO * O), per (b, h, query)."""
     pid = tl.program_id(0)
     qb = pid % n_qblocks
     bh = pid // n_qblocks
@@ -203,18 +252,42 @@ def _bwd_delta_kernel(
     h = (bh % H).to(tl.int64)
     offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    ok = (offs_m < Lq)[:, None] & (offs_d < D)[None, :]
-    o = tl.load(O + b * s_ob + h * s_oh + offs_m[:, None] * s_ol + offs_d[None, :] * s_od,
-                mask=ok, other=0.0).to(tl.float32)
-    do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_dol + offs_d[None, :] * s_dod,
-                 mask=ok, other=0.0).to(tl.float32)
+    o = _load_tile(O + b * s_ob + h * s_oh, offs_m, offs_d, s_ol, s_od, Lq, D).to(tl.float32)
+    do = _load_tile(DO + b * s_dob + h * s_doh, offs_m, offs_d, s_dol, s_dod, Lq, D).to(tl.float32)
     tl.store(DELTA + bh.to(tl.int64) * Lq + offs_m, tl.sum(o * do, 1), mask=offs_m < Lq)
 
 
 @triton.jit
-def _bwd_dkdv_kernel(
-    Q, K, V, QF, KF, BIAS, MASK, DO, ROW_MAX, ROW_INV_SUM, DELTA, DK, DV, DKF,
-    DQ_ACC, DQF_ACC, DS_SUM,
+def _bwd_row_step(q_base, s_ql, s_qd, do_base, s_dol, s_dod, stats_row, ROW_MAX, ROW_INV_SUM, DELTA,
+                  k, v, shared, mask_base, s_ml, dq_base, s_dql, s_dqd, dk, dv,
+                  offs_m, offs_n, offs_d, Lq, Lk, D, scale, qk_scale, row_ok,
+                  HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
+    """One (query block, key block) tile of one row: updates dK, dV, adds dQ atomically and
+    returns dS (fp32) for the shared-operand gradients."""
+    m_ok = offs_m < Lq
+    q = _load_tile(q_base, offs_m, offs_d, s_ql, s_qd, Lq, D)
+    do = _load_tile(do_base, offs_m, offs_d, s_dol, s_dod, Lq, D)
+    # rows past the end get m = +inf, hence P = 0
+    m_row = tl.load(ROW_MAX + stats_row + offs_m, mask=m_ok, other=float("inf"))
+    inv_l = tl.load(ROW_INV_SUM + stats_row + offs_m, mask=m_ok, other=0.0)
+    delta = tl.load(DELTA + stats_row + offs_m, mask=m_ok, other=0.0)
+    s = _row_scores(q, k, shared, mask_base, s_ml, offs_n, Lk, qk_scale, HAS_SHARED, HAS_MASK, PRECISION)
+    p = tl.math.exp2(s - m_row[:, None]) * inv_l[:, None]
+    dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    ds = p * (dp - delta[:, None])
+    ds_lp = ds.to(q.dtype)
+    dk += tl.dot(tl.trans(ds_lp), q, input_precision=PRECISION)
+    tl.atomic_add(dq_base + offs_m[:, None] * s_dql + offs_d[None, :] * s_dqd,
+                  tl.dot(ds_lp, k, input_precision=PRECISION) * scale,
+                  mask=(m_ok[:, None] & (offs_d < D)[None, :]) & row_ok, sem="relaxed")
+    return dk, dv, ds
+
+
+@triton.jit
+def _bwd_kernel(
+    Q, K, V, QF, KF, BIAS, MASK, DO, ROW_MAX, ROW_INV_SUM, DELTA,
+    DK, DV, DQ_ACC, DKF, DQF_ACC, DS_SUM,
     s_qb, s_qh, s_ql, s_qd,
     s_kb, s_kh, s_kl, s_kd,
     s_vb, s_vh, s_vl, s_vd,
@@ -225,186 +298,90 @@ def _bwd_dkdv_kernel(
     s_dob, s_doh, s_dol, s_dod,
     s_dkb, s_dkh, s_dkl, s_dkd,
     s_dvb, s_dvh, s_dvl, s_dvd,
-    s_dkfb, s_dkfh, s_dkfl, s_dkfr,
     s_dqb, s_dqh, s_dql, s_dqd,
+    s_dkfb, s_dkfh, s_dkfl, s_dkfr,
     s_dqfb, s_dqfh, s_dqfl, s_dqfr,
     s_gb, s_gh, s_gq, s_gk,
-    H, Lq, Lk, D, R, n_kblocks, n_qblocks, scale, qk_scale,
+    B, H, Lq, Lk, D, R, n_kblocks, n_qblocks, scale, qk_scale,
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ROW_FACTOR_GRAD: tl.constexpr, ATOMIC_DQ: tl.constexpr, SUM_DS: tl.constexpr,
-    PRECISION: tl.constexpr,
+    ROW_FACTOR_GRAD: tl.constexpr, SUM_DS: tl.constexpr, PRECISION: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """dK, dV (and per-row dKf) of one key block; with ATOMIC_DQ also dQ (and per-row dQf)
-    and the reduced dS, added atomically into fp32 buffers, so S, P and dP are computed once."""
-    pid = tl.program_id(0)
-    kb = pid % n_kblocks
-    bh = pid // n_kblocks
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    """One key block of one row group: S, P, dP and dS are computed once per tile; dK, dV (and
+    per-row dKf) accumulate in registers, dQ (and per-row dQf) and the row-summed dS go to fp32
+    buffers by atomic adds (FlashAttention-2's scheme for dQ). ROW_FACTOR_GRAD implies ROWS == 1."""
+    HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
+    kb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_kblocks, B, H, ROWS)
     offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_r = tl.arange(0, BLOCK_R)
-    n_ok = offs_n < Lk
-    d_ok = offs_d < D
-    r_ok = offs_r < R
 
-    k = tl.load(K + b * s_kb + h * s_kh + offs_n[:, None] * s_kl + offs_d[None, :] * s_kd,
-                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    v = tl.load(V + b * s_vb + h * s_vh + offs_n[:, None] * s_vl + offs_d[None, :] * s_vd,
-                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    kf = k
+    qf = 0.0
+    kf = 0.0
     if HAS_FACTORS:
-        kf = tl.load(KF + b * s_kfb + h * s_kfh + offs_n[:, None] * s_kfl + offs_r[None, :] * s_kfr,
-                     mask=n_ok[:, None] & r_ok[None, :], other=0.0)
-    q_base = Q + b * s_qb + h * s_qh
-    qf_base = QF + b * s_qfb + h * s_qfh
-    do_base = DO + b * s_dob + h * s_doh
-    bias_base = BIAS + b * s_bb + h * s_bh
-    mask_base = MASK + b * s_mb
-    row_base = bh.to(tl.int64) * Lq
-    dq_base = DQ_ACC + b * s_dqb + h * s_dqh
-    dqf_base = DQF_ACC + b * s_dqfb + h * s_dqfh
-    g_base = DS_SUM + b * s_gb + h * s_gh
+        kf = _load_tile(KF + b0 * s_kfb + h * s_kfh, offs_n, offs_r, s_kfl, s_kfr, Lk, R)
+    qf_base = QF + b0 * s_qfb + h * s_qfh
+    bias_base = BIAS + b0 * s_bb + h * s_bh
+    g_base = DS_SUM + b0 * s_gb + h * s_gh
 
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    k0 = _load_tile(K + b0 * s_kb + h * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D)
+    v0 = _load_tile(V + b0 * s_vb + h * s_vh, offs_n, offs_d, s_vl, s_vd, Lk, D)
+    dk0 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv0 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dkf = tl.zeros([BLOCK_N, BLOCK_R], tl.float32)
-    # rows that add into the same shared dS tiles start at different query blocks (fewer collisions)
-    qb_first = (bh // H) % n_qblocks
+    if ROWS == 2:
+        k1 = _load_tile(K + b1 * s_kb + h * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D)
+        v1 = _load_tile(V + b1 * s_vb + h * s_vh, offs_n, offs_d, s_vl, s_vd, Lk, D)
+        dk1 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv1 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+
+    # row groups that add into the same dS-sum tiles start at different query blocks
+    qb_first = (b0 // ROWS) % n_qblocks
     for i in range(0, n_qblocks):
         offs_m = ((qb_first + i) % n_qblocks) * BLOCK_M + offs_m0
-        m_ok = offs_m < Lq
-        q = tl.load(q_base + offs_m[:, None] * s_ql + offs_d[None, :] * s_qd,
-                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * s_dol + offs_d[None, :] * s_dod,
-                     mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-        qf = q
-        if HAS_FACTORS:
-            qf = tl.load(qf_base + offs_m[:, None] * s_qfl + offs_r[None, :] * s_qfr,
-                         mask=m_ok[:, None] & r_ok[None, :], other=0.0)
-        # rows past the end get m = +inf, hence P = 0
-        m_row = tl.load(ROW_MAX + row_base + offs_m, mask=m_ok, other=float("inf"))
-        inv_l = tl.load(ROW_INV_SUM + row_base + offs_m, mask=m_ok, other=0.0)
-        delta = tl.load(DELTA + row_base + offs_m, mask=m_ok, other=0.0)
-        s = _score_tile(q, k, qf, kf, bias_base, s_bq, s_bk, mask_base, s_ml, offs_m, offs_n,
-                        Lq, Lk, qk_scale, HAS_FACTORS, HAS_BIAS, HAS_MASK, PRECISION)
-        p = tl.math.exp2(s - m_row[:, None]) * inv_l[:, None]
-        dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds_f32 = p * (dp - delta[:, None])
-        ds = ds_f32.to(q.dtype)
-        dk += tl.dot(tl.trans(ds), q, input_precision=PRECISION)
+        shared = 0.0
+        if HAS_SHARED:
+            if HAS_FACTORS:
+                qf = _load_tile(qf_base, offs_m, offs_r, s_qfl, s_qfr, Lq, R)
+            shared = _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
+                                    HAS_FACTORS, HAS_BIAS, PRECISION)
+        dk0, dv0, ds = _bwd_row_step(
+            Q + b0 * s_qb + h * s_qh, s_ql, s_qd, DO + b0 * s_dob + h * s_doh, s_dol, s_dod,
+            (b0 * H + h) * Lq, ROW_MAX, ROW_INV_SUM, DELTA, k0, v0, shared, MASK + b0 * s_mb, s_ml,
+            DQ_ACC + b0 * s_dqb + h * s_dqh, s_dql, s_dqd, dk0, dv0,
+            offs_m, offs_n, offs_d, Lq, Lk, D, scale, qk_scale, True, HAS_SHARED, HAS_MASK, PRECISION)
         if ROW_FACTOR_GRAD:
-            dkf += tl.dot(tl.trans(ds), qf, input_precision=PRECISION)
-        if ATOMIC_DQ:
-            md_ok = m_ok[:, None] & d_ok[None, :]
-            tl.atomic_add(dq_base + offs_m[:, None] * s_dql + offs_d[None, :] * s_dqd,
-                          tl.dot(ds, k, input_precision=PRECISION) * scale, mask=md_ok, sem="relaxed")
-            if ROW_FACTOR_GRAD:
-                tl.atomic_add(dqf_base + offs_m[:, None] * s_dqfl + offs_r[None, :] * s_dqfr,
-                              tl.dot(ds, kf, input_precision=PRECISION),
-                              mask=m_ok[:, None] & r_ok[None, :], sem="relaxed")
-            if SUM_DS:
-                tl.atomic_add(g_base + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk, ds_f32,
-                              mask=m_ok[:, None] & n_ok[None, :], sem="relaxed")
-
-    nd_ok = n_ok[:, None] & d_ok[None, :]
-    tl.store(DK + b * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
-             (dk * scale).to(DK.dtype.element_ty), mask=nd_ok)
-    tl.store(DV + b * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
-             dv.to(DV.dtype.element_ty), mask=nd_ok)
-    if ROW_FACTOR_GRAD:
-        tl.store(DKF + b * s_dkfb + h * s_dkfh + offs_n[:, None] * s_dkfl + offs_r[None, :] * s_dkfr,
-                 dkf.to(DKF.dtype.element_ty), mask=n_ok[:, None] & r_ok[None, :])
-
-
-@triton.jit
-def _bwd_dq_kernel(
-    Q, K, V, QF, KF, BIAS, MASK, DO, ROW_MAX, ROW_INV_SUM, DELTA, DQ, DQF, DS_SUM,
-    s_qb, s_qh, s_ql, s_qd,
-    s_kb, s_kh, s_kl, s_kd,
-    s_vb, s_vh, s_vl, s_vd,
-    s_qfb, s_qfh, s_qfl, s_qfr,
-    s_kfb, s_kfh, s_kfl, s_kfr,
-    s_bb, s_bh, s_bq, s_bk,
-    s_mb, s_ml,
-    s_dob, s_doh, s_dol, s_dod,
-    s_dqb, s_dqh, s_dql, s_dqd,
-    s_dqfb, s_dqfh, s_dqfl, s_dqfr,
-    s_gb, s_gh, s_gq, s_gk,
-    H, Lq, Lk, D, R, n_qblocks, n_kblocks, scale, qk_scale,
-    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ROW_FACTOR_GRAD: tl.constexpr, SUM_DS: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    qb = pid % n_qblocks
-    bh = pid // n_qblocks
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n0 = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_r = tl.arange(0, BLOCK_R)
-    m_ok = offs_m < Lq
-    d_ok = offs_d < D
-    r_ok = offs_r < R
-
-    q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_ql + offs_d[None, :] * s_qd,
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_dol + offs_d[None, :] * s_dod,
-                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    qf = q
-    if HAS_FACTORS:
-        qf = tl.load(QF + b * s_qfb + h * s_qfh + offs_m[:, None] * s_qfl + offs_r[None, :] * s_qfr,
-                     mask=m_ok[:, None] & r_ok[None, :], other=0.0)
-    row_base = bh.to(tl.int64) * Lq
-    m_row = tl.load(ROW_MAX + row_base + offs_m, mask=m_ok, other=float("inf"))
-    inv_l = tl.load(ROW_INV_SUM + row_base + offs_m, mask=m_ok, other=0.0)
-    delta = tl.load(DELTA + row_base + offs_m, mask=m_ok, other=0.0)
-    k_base = K + b * s_kb + h * s_kh
-    v_base = V + b * s_vb + h * s_vh
-    kf_base = KF + b * s_kfb + h * s_kfh
-    bias_base = BIAS + b * s_bb + h * s_bh
-    mask_base = MASK + b * s_mb
-    g_base = DS_SUM + b * s_gb + h * s_gh
-
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    dqf = tl.zeros([BLOCK_M, BLOCK_R], tl.float32)
-    # rows sharing one reduced dS tile start at different key blocks: fewer atomic collisions
-    kb_first = (bh // H) % n_kblocks
-    for i in range(0, n_kblocks):
-        kb = (kb_first + i) % n_kblocks
-        offs_n = kb * BLOCK_N + offs_n0
-        n_ok = offs_n < Lk
-        k = tl.load(k_base + offs_n[:, None] * s_kl + offs_d[None, :] * s_kd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * s_vl + offs_d[None, :] * s_vd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        kf = k
-        if HAS_FACTORS:
-            kf = tl.load(kf_base + offs_n[:, None] * s_kfl + offs_r[None, :] * s_kfr,
-                         mask=n_ok[:, None] & r_ok[None, :], other=0.0)
-        s = _score_tile(q, k, qf, kf, bias_base, s_bq, s_bk, mask_base, s_ml, offs_m, offs_n,
-                        Lq, Lk, qk_scale, HAS_FACTORS, HAS_BIAS, HAS_MASK, PRECISION)
-        p = tl.math.exp2(s - m_row[:, None]) * inv_l[:, None]
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
+            ds_lp = ds.to(kf.dtype)
+            dkf += tl.dot(tl.trans(ds_lp), qf, input_precision=PRECISION)
+            tl.atomic_add(DQF_ACC + b0 * s_dqfb + h * s_dqfh + offs_m[:, None] * s_dqfl + offs_r[None, :] * s_dqfr,
+                          tl.dot(ds_lp, kf, input_precision=PRECISION),
+                          mask=(offs_m < Lq)[:, None] & (offs_r < R)[None, :], sem="relaxed")
+        if ROWS == 2:
+            dk1, dv1, ds1 = _bwd_row_step(
+                Q + b1 * s_qb + h * s_qh, s_ql, s_qd, DO + b1 * s_dob + h * s_doh, s_dol, s_dod,
+                (b1 * H + h) * Lq, ROW_MAX, ROW_INV_SUM, DELTA, k1, v1, shared, MASK + b1 * s_mb, s_ml,
+                DQ_ACC + b1 * s_dqb + h * s_dqh, s_dql, s_dqd, dk1, dv1,
+                offs_m, offs_n, offs_d, Lq, Lk, D, scale, qk_scale, row1_ok, HAS_SHARED, HAS_MASK, PRECISION)
+            ds += tl.where(row1_ok, ds1, 0.0)
         if SUM_DS:
             tl.atomic_add(g_base + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk, ds,
-                          mask=m_ok[:, None] & n_ok[None, :], sem="relaxed")
-        ds_lp = ds.to(q.dtype)
-        dq += tl.dot(ds_lp, k, input_precision=PRECISION)
-        if ROW_FACTOR_GRAD:
-            dqf += tl.dot(ds_lp, kf, input_precision=PRECISION)
+                          mask=(offs_m < Lq)[:, None] & (offs_n < Lk)[None, :], sem="relaxed")
 
-    tl.store(DQ + b * s_dqb + h * s_dqh + offs_m[:, None] * s_dql + offs_d[None, :] * s_dqd,
-             (dq * scale).to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    nd_ok = (offs_n < Lk)[:, None] & (offs_d < D)[None, :]
+    tl.store(DK + b0 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
+             (dk0 * scale).to(DK.dtype.element_ty), mask=nd_ok)
+    tl.store(DV + b0 * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
+             dv0.to(DV.dtype.element_ty), mask=nd_ok)
+    if ROWS == 2:
+        tl.store(DK + b1 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
+                 (dk1 * scale).to(DK.dtype.element_ty), mask=nd_ok & row1_ok)
+        tl.store(DV + b1 * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
+                 dv1.to(DV.dtype.element_ty), mask=nd_ok & row1_ok)
     if ROW_FACTOR_GRAD:
-        tl.store(DQF + b * s_dqfb + h * s_dqfh + offs_m[:, None] * s_dqfl + offs_r[None, :] * s_dqfr,
-                 dqf.to(DQF.dtype.element_ty), mask=m_ok[:, None] & r_ok[None, :])
+        tl.store(DKF + b0 * s_dkfb + h * s_dkfh + offs_n[:, None] * s_dkfl + offs_r[None, :] * s_dkfr,
+                 dkf.to(DKF.dtype.element_ty), mask=(offs_n < Lk)[:, None] & (offs_r < R)[None, :])
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,18 +443,25 @@ class _Operands:
                     BLOCK_D=self.block_d, BLOCK_R=self.block_r)
 
 
+def _rows_per_program(ops: _Operands, cfg: KernelConfig) -> int:
+    """Two rows per program where they share every bias / factor tile (read once for both)."""
+    shared = (not ops.has_factors or ops.q_factors_batch == 1) and (ops.bias is None or ops.bias_shape[0] == 1)
+    return 2 if (cfg.rows == 2 and ops.B > 1 and shared and (ops.has_factors or ops.bias is not None)) else 1
+
+
 def _forward(q, k, v, ops: _Operands):
     B, H, Lq, Lk, D = ops.B, ops.H, ops.Lq, ops.Lk, ops.D
     cfg = _config("fwd", ops)
+    rows = _rows_per_program(ops, cfg)
     o = torch.empty_like(q)
     row_stats = torch.empty((2, B, H, Lq), device=q.device, dtype=torch.float32)
     n_qblocks = triton.cdiv(Lq, cfg.block_m)
     qf, kf, bias, mask = ops.pointer_args(q)
-    _fwd_kernel[(n_qblocks * B * H,)](
+    _fwd_kernel[(n_qblocks * H * triton.cdiv(B, rows),)](
         q, k, v, qf, kf, bias, mask, o, row_stats[0], row_stats[1],
         *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *o.stride(),
-        H, Lq, Lk, D, ops.R, n_qblocks, ops.scale * LOG2E,
-        **ops.flags(), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        B, H, Lq, Lk, D, ops.R, n_qblocks, ops.scale * LOG2E,
+        **ops.flags(), ROWS=rows, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return o, row_stats
@@ -504,11 +488,8 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     shared_factor_grad = need_factor_grad and shared_factors
     sum_ds = bias_grad or shared_factor_grad
 
-    qf, kf, bias, mask = ops.pointer_args(q)
-    flags = ops.flags()
-
     delta = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
-    dm = 64 if not INTERPRET else 16
+    dm = 16 if INTERPRET else 64
     n_dblocks = triton.cdiv(Lq, dm)
     _bwd_delta_kernel[(n_dblocks * B * H,)](
         o, do, delta, *o.stride(), *do.stride(), H, Lq, D, n_dblocks,
@@ -517,45 +498,26 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
 
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
+    dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32)  # atomic adds, cast at the end
     dkf = torch.empty((B, H, Lk, ops.R), device=q.device, dtype=q.dtype) if row_factor_grad else None
+    dqf_acc = torch.zeros((B, H, Lq, ops.R), device=q.device, dtype=torch.float32) if row_factor_grad else None
     g, g_strides = (_reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device)
                     if sum_ds else (None, (0, 0, 0, 0)))
-    atomic_dq = BACKWARD == "atomic_dq"
-    if atomic_dq:  # fp32 accumulators, cast once at the end
-        dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
-        dqf_acc = torch.zeros((B, H, Lq, ops.R), device=q.device, dtype=torch.float32) if row_factor_grad else None
-    else:
-        dq_acc = dqf_acc = None
-    cfg = _config("bwd_dkdv", ops)
+    cfg = _config("bwd", ops)
+    rows = 1 if row_factor_grad else _rows_per_program(ops, cfg)
     n_kblocks = triton.cdiv(Lk, cfg.block_n)
-    _bwd_dkdv_kernel[(n_kblocks * B * H,)](
-        q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, dk, dv,
-        _or(dkf, dk), _or(dq_acc, delta), _or(dqf_acc, delta), _or(g, delta),
+    qf, kf, bias, mask = ops.pointer_args(q)
+    _bwd_kernel[(n_kblocks * H * triton.cdiv(B, rows),)](
+        q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta,
+        dk, dv, dq_acc, _or(dkf, dk), _or(dqf_acc, dq_acc), _or(g, dq_acc),
         *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(),
-        *dk.stride(), *dv.stride(), *_strides4(dkf), *_strides4(dq_acc), *_strides4(dqf_acc), *g_strides,
-        H, Lq, Lk, D, ops.R, n_kblocks, triton.cdiv(Lq, cfg.block_m), ops.scale, ops.scale * LOG2E,
-        **flags, ROW_FACTOR_GRAD=row_factor_grad, ATOMIC_DQ=atomic_dq, SUM_DS=sum_ds and atomic_dq,
+        *dk.stride(), *dv.stride(), *dq_acc.stride(), *_strides4(dkf), *_strides4(dqf_acc), *g_strides,
+        B, H, Lq, Lk, D, ops.R, n_kblocks, triton.cdiv(Lq, cfg.block_m), ops.scale, ops.scale * LOG2E,
+        **ops.flags(), ROW_FACTOR_GRAD=row_factor_grad, SUM_DS=sum_ds, ROWS=rows,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-
-    if atomic_dq:
-        dq = dq_acc.to(q.dtype)
-        dqf = dqf_acc.to(q.dtype) if dqf_acc is not None else None
-    else:
-        dq = torch.empty_like(q)
-        dqf = torch.empty((B, H, Lq, ops.R), device=q.device, dtype=q.dtype) if row_factor_grad else None
-        cfg = _config("bwd_dq", ops)
-        n_qblocks = triton.cdiv(Lq, cfg.block_m)
-        n_kblocks = triton.cdiv(Lk, cfg.block_n)
-        _bwd_dq_kernel[(n_qblocks * B * H,)](
-            q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, dq,
-            _or(dqf, dq), _or(g, delta),
-            *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(),
-            *dq.stride(), *_strides4(dqf), *g_strides,
-            H, Lq, Lk, D, ops.R, n_qblocks, n_kblocks, ops.scale, ops.scale * LOG2E,
-            **flags, ROW_FACTOR_GRAD=row_factor_grad, SUM_DS=sum_ds,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
+    dq = dq_acc.to(q.dtype)
+    dqf = dqf_acc.to(q.dtype) if dqf_acc is not None else None
 
     dbias = None
     if bias_grad:
@@ -568,10 +530,8 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
         dbias = dbias.to(ops.bias_dtype)
     if shared_factor_grad:
         g_h = g.sum(0) if g.shape[0] != 1 else g[0]  # [H, Lq, Lk]
-        qf0 = ops.qf[0].float()
-        kf0 = ops.kf[0].float()
-        dqf = torch.matmul(g_h, kf0).unsqueeze(0).to(q.dtype)
-        dkf = torch.matmul(g_h.transpose(-1, -2), qf0).unsqueeze(0).to(q.dtype)
+        dqf = torch.matmul(g_h, ops.kf[0].float()).unsqueeze(0).to(q.dtype)
+        dkf = torch.matmul(g_h.transpose(-1, -2), ops.qf[0].float()).unsqueeze(0).to(q.dtype)
     return dq, dk, dv, dqf, dkf, dbias
 
 

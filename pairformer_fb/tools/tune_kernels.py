@@ -1,9 +1,8 @@
 """Tile sweep for the FlashBias Triton kernels (device only).
 
-For each problem (head dim, rank, dense bias or not) it picks, in turn, the best forward tiles,
-then the best dK/dV tiles, then the best dQ tiles (coordinate descent, each step timed on the
-full forward or forward+backward), after checking every candidate against the default tiles'
-result. Writes the winners as JSON for ``load_config_overrides`` and a log of every timing.
+For each problem (head dim, rank, dense bias or not) it picks the best forward tiles, then the
+best backward tiles (timed on the full forward+backward), after checking every candidate against
+the default tiles' result. Writes the winners as JSON for ``load_config_overrides`` and a log of every timing.
 """
 
 from __future__ import annotations
@@ -19,13 +18,12 @@ from ..kernel import flash_bias_attention
 from ..kernel import triton_flash_bias as tfb
 from .timing import median_ms
 
+# (block_m, block_n, num_warps, num_stages, rows per program)
 CANDIDATES = {
-    "fwd": [(64, 64, 4, 3), (64, 64, 4, 4), (64, 64, 4, 2), (64, 32, 4, 3), (64, 64, 2, 3),
-            (32, 64, 2, 3), (64, 128, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3)],
-    "bwd_dkdv": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2),
-                 (128, 128, 8, 2), (32, 128, 4, 2), (32, 64, 4, 3), (64, 128, 4, 3)],
-    "bwd_dq": [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 2), (64, 32, 4, 3),
-               (128, 128, 8, 2)],
+    "fwd": [(64, 64, 4, 3, 2), (64, 64, 4, 4, 2), (64, 32, 4, 3, 2), (128, 64, 8, 3, 2), (64, 64, 8, 3, 2),
+            (32, 64, 4, 3, 2), (64, 64, 4, 3, 1), (64, 128, 4, 3, 2), (128, 64, 4, 3, 2)],
+    "bwd": [(64, 64, 4, 2, 2), (64, 64, 4, 3, 2), (64, 128, 4, 3, 2), (64, 128, 8, 3, 2), (32, 64, 4, 3, 2),
+            (32, 128, 4, 3, 2), (64, 128, 4, 3, 1), (128, 64, 8, 2, 2), (64, 64, 8, 3, 2)],
 }
 
 
@@ -81,9 +79,8 @@ def tune(problems: list[Problem], device, dtype, warmup_ms=10, rep_ms=50) -> tup
         with torch.no_grad():
             ref_out = fwd()
         ref_grads = fwd_bwd()
-        kinds = [kind for kind in CANDIDATES if not (kind == "bwd_dq" and tfb.BACKWARD == "atomic_dq")]
-        for kind in kinds:
-            cands, best = CANDIDATES[kind], None
+        for kind, cands in CANDIDATES.items():
+            best = None
             for cand in tqdm(cands, desc=f"{p.name} {kind}", leave=False):
                 tfb.CONFIG_OVERRIDES[keys[kind]] = tfb.KernelConfig(*cand)
                 entry = {"problem": p.name, "kind": kind, "config": cand}
@@ -105,9 +102,9 @@ def tune(problems: list[Problem], device, dtype, warmup_ms=10, rep_ms=50) -> tup
                 tfb.CONFIG_OVERRIDES.pop(keys[kind], None)
                 continue
             tfb.CONFIG_OVERRIDES[keys[kind]] = tfb.KernelConfig(*best["config"])
-            bm, bn, w, s = best["config"]
+            bm, bn, w, s, rows = best["config"]
             winners.append({"kind": kind, "block_d": block_d, "block_r": block_r, "has_bias": p.dense_bias,
-                            "block_m": bm, "block_n": bn, "num_warps": w, "num_stages": s,
+                            "block_m": bm, "block_n": bn, "num_warps": w, "num_stages": s, "rows": rows,
                             "problem": asdict(p), "ms": best["ms"]})
             print(f"{p.name:>24} {kind:>9}: best {best['config']} {best['ms']:.3f} ms", flush=True)
     return winners, log
