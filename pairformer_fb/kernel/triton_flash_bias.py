@@ -3,13 +3,15 @@ folded into the score tile by a second tensor-core product), a dense additive bi
 
 Derivation (FlashAttention-2, Dao 2023), per (batch b, head h), in the log2 domain::
 
-    S   = log2(e) * (scale * Q K^T + Qf Kf^T + Bias + MASK_NEG * (mask - 1))
-    O   = softmax(S) V              computed tile by tile with the online softmax (m, l)
+    S   = (scale Q) K^T + Qf Kf^T + Bias + MASK_NEG * (mask - 1)
+                                    (Qf Kf^T + Bias seeds the accumulator of the Q K^T product)
+    O   = softmax(S) V              tile by tile with the online softmax (m, l), exp(x) as
+                                    exp2(x log2(e))
     m, 1/l                          saved per row for the backward pass
 
-    P   = exp2(S - m) / l           recomputed per tile in the backward kernels
+    P   = exp(S - m) / l            recomputed per tile in the backward kernel
     dV  = P^T dO,   dP = dO V^T,   dS = P * (dP - rowsum(dO * O))
-    dQ  = scale * dS K,  dK = scale * dS^T Q,  dQf = dS Kf,  dKf = dS^T Qf,  dBias = dS
+    dQ  = scale dS K,  dK = dS^T (scale Q),  dQf = dS Kf,  dKf = dS^T Qf,  dBias = dS
 
 Broadcast operands (factors shared by every row, a bias of shape [1, H, Lq, Lk]) are read with
 stride 0, and a program serves two rows at once so each shared bias / factor tile is read (and
@@ -91,7 +93,7 @@ def load_config_overrides(path: str) -> int:
 # Tile helpers
 # --------------------------------------------------------------------------------------------
 _LOG2E = tl.constexpr(LOG2E)
-_MASKED = tl.constexpr(-MASK_NEG * LOG2E)  # the hosts' 1e9 * (mask - 1), in the log2 domain
+_MASKED = tl.constexpr(-MASK_NEG)  # the hosts' additive 1e9 * (mask - 1)
 
 
 @triton.jit
@@ -104,35 +106,43 @@ def _load_tile(base, offs_r, offs_c, s_r, s_c, n_r, n_c):
 @triton.jit
 def _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
                    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
-    """The score terms every row of a group shares: Qf Kf^T + Bias (log2 domain)."""
+    """The score terms every row of a group shares: Qf Kf^T + Bias. They seed the accumulator
+    of each row's Q K^T product, so a dense bias costs one conversion per element."""
     if HAS_FACTORS:
         t = tl.dot(qf, tl.trans(kf), input_precision=PRECISION)
         if HAS_BIAS:
             t += _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk).to(tl.float32)
     else:
         t = _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk).to(tl.float32)
-    return t * _LOG2E
+    return t
 
 
 @triton.jit
-def _row_scores(q, k, shared, mask_base, s_ml, offs_n, Lk, qk_scale,
-                HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
-    """S = log2(e) * (scale Q K^T + shared + mask term) of one row; keys past Lk get -inf."""
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+def _row_scores(q_scaled, k, shared, mask_base, s_ml, offs_n, Lk,
+                HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_N: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """S = (scale Q) K^T + shared + mask term of one row; keys past Lk get -inf."""
     if HAS_SHARED:
-        s += shared
+        s = tl.dot(q_scaled, tl.trans(k), shared, input_precision=PRECISION)
+    else:
+        s = tl.dot(q_scaled, tl.trans(k), input_precision=PRECISION)
     if HAS_MASK:
         keep = tl.load(mask_base + offs_n * s_ml, mask=offs_n < Lk, other=1)
         s += tl.where(keep != 0, 0.0, _MASKED)[None, :]
-    return tl.where((offs_n < Lk)[None, :], s, float("-inf"))
+    if not EVEN_N:
+        s = tl.where((offs_n < Lk)[None, :], s, float("-inf"))
+    return s
 
 
 @triton.jit
 def _softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
-    """One online-softmax update of (m, l, acc) with a score tile and its value tile."""
+    """One online-softmax update of (m, l, acc) with a score tile and its value tile.
+
+    exp(S - m) is exp2((S - m) log2(e)): subtracting first keeps the argument <= 0 even where
+    S ~ -1e9 (fully masked rows), so P <= 1 fits fp16; a fused S log2(e) - m log2(e) would not."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    p = tl.math.exp2(s - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2((s - m_new[:, None]) * _LOG2E)
+    alpha = tl.math.exp2((m_i - m_new) * _LOG2E)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
@@ -174,9 +184,9 @@ def _fwd_kernel(
     s_bb, s_bh, s_bq, s_bk,
     s_mb, s_ml,
     s_ob, s_oh, s_ol, s_od,
-    B, H, Lq, Lk, D, R, n_qblocks, qk_scale,
+    B, H, Lq, Lk, D, R, n_qblocks, scale,
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    PRECISION: tl.constexpr, ROWS: tl.constexpr,
+    EVEN_N: tl.constexpr, PRECISION: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
@@ -188,13 +198,14 @@ def _fwd_kernel(
 
     # shared operands (factors, bias) are read through row b0: with ROWS == 2 they are shared
     qf = 0.0
-    kf = 0.0
     if HAS_FACTORS:
         qf = _load_tile(QF + b0 * s_qfb + h * s_qfh, offs_m, offs_r, s_qfl, s_qfr, Lq, R)
     kf_base = KF + b0 * s_kfb + h * s_kfh
     bias_base = BIAS + b0 * s_bb + h * s_bh
 
+    # the scale is applied to q once per tile (as the hosts do), not to every score
     q0 = _load_tile(Q + b0 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D)
+    q0 = (q0 * scale).to(q0.dtype)
     k0_base = K + b0 * s_kb + h * s_kh
     v0_base = V + b0 * s_vb + h * s_vh
     m0 = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -202,6 +213,7 @@ def _fwd_kernel(
     acc0 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if ROWS == 2:
         q1 = _load_tile(Q + b1 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D)
+        q1 = (q1 * scale).to(q1.dtype)
         k1_base = K + b1 * s_kb + h * s_kh
         v1_base = V + b1 * s_vb + h * s_vh
         m1 = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -212,20 +224,21 @@ def _fwd_kernel(
         offs_n = start_n + offs_n0
         shared = 0.0
         if HAS_SHARED:
+            kf = 0.0
             if HAS_FACTORS:
                 kf = _load_tile(kf_base, offs_n, offs_r, s_kfl, s_kfr, Lk, R)
             shared = _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
                                     HAS_FACTORS, HAS_BIAS, PRECISION)
         k = _load_tile(k0_base, offs_n, offs_d, s_kl, s_kd, Lk, D)
         v = _load_tile(v0_base, offs_n, offs_d, s_vl, s_vd, Lk, D)
-        s = _row_scores(q0, k, shared, MASK + b0 * s_mb, s_ml, offs_n, Lk, qk_scale,
-                        HAS_SHARED, HAS_MASK, PRECISION)
+        s = _row_scores(q0, k, shared, MASK + b0 * s_mb, s_ml, offs_n, Lk,
+                        HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
         m0, l0, acc0 = _softmax_step(s, v, m0, l0, acc0, PRECISION)
         if ROWS == 2:
             k = _load_tile(k1_base, offs_n, offs_d, s_kl, s_kd, Lk, D)
             v = _load_tile(v1_base, offs_n, offs_d, s_vl, s_vd, Lk, D)
-            s = _row_scores(q1, k, shared, MASK + b1 * s_mb, s_ml, offs_n, Lk, qk_scale,
-                            HAS_SHARED, HAS_MASK, PRECISION)
+            s = _row_scores(q1, k, shared, MASK + b1 * s_mb, s_ml, offs_n, Lk,
+                            HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
             m1, l1, acc1 = _softmax_step(s, v, m1, l1, acc1, PRECISION)
 
     row0 = (b0 * H + h) * Lq
@@ -260,19 +273,21 @@ def _bwd_delta_kernel(
 @triton.jit
 def _bwd_row_step(q_base, s_ql, s_qd, do_base, s_dol, s_dod, stats_row, ROW_MAX, ROW_INV_SUM, DELTA,
                   k, v, shared, mask_base, s_ml, dq_base, s_dql, s_dqd, dk, dv,
-                  offs_m, offs_n, offs_d, Lq, Lk, D, scale, qk_scale, row_ok,
-                  HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
+                  offs_m, offs_n, offs_d, Lq, Lk, D, scale, row_ok,
+                  HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_N: tl.constexpr,
+                  PRECISION: tl.constexpr):
     """One (query block, key block) tile of one row: updates dK, dV, adds dQ atomically and
     returns dS (fp32) for the shared-operand gradients."""
     m_ok = offs_m < Lq
     q = _load_tile(q_base, offs_m, offs_d, s_ql, s_qd, Lq, D)
+    q = (q * scale).to(q.dtype)  # as in the forward pass; dK = dS^T (scale Q) needs no rescale
     do = _load_tile(do_base, offs_m, offs_d, s_dol, s_dod, Lq, D)
     # rows past the end get m = +inf, hence P = 0
     m_row = tl.load(ROW_MAX + stats_row + offs_m, mask=m_ok, other=float("inf"))
     inv_l = tl.load(ROW_INV_SUM + stats_row + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + stats_row + offs_m, mask=m_ok, other=0.0)
-    s = _row_scores(q, k, shared, mask_base, s_ml, offs_n, Lk, qk_scale, HAS_SHARED, HAS_MASK, PRECISION)
-    p = tl.math.exp2(s - m_row[:, None]) * inv_l[:, None]
+    s = _row_scores(q, k, shared, mask_base, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
+    p = tl.math.exp2((s - m_row[:, None]) * _LOG2E) * inv_l[:, None]
     dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     ds = p * (dp - delta[:, None])
@@ -302,10 +317,10 @@ def _bwd_kernel(
     s_dkfb, s_dkfh, s_dkfl, s_dkfr,
     s_dqfb, s_dqfh, s_dqfl, s_dqfr,
     s_gb, s_gh, s_gq, s_gk,
-    B, H, Lq, Lk, D, R, n_kblocks, n_qblocks, scale, qk_scale,
+    B, H, Lq, Lk, D, R, n_kblocks, n_qblocks, scale,
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ROW_FACTOR_GRAD: tl.constexpr, SUM_DS: tl.constexpr, PRECISION: tl.constexpr,
-    ROWS: tl.constexpr,
+    ROW_FACTOR_GRAD: tl.constexpr, SUM_DS: tl.constexpr, EVEN_N: tl.constexpr,
+    PRECISION: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """One key block of one row group: S, P, dP and dS are computed once per tile; dK, dV (and
@@ -318,7 +333,6 @@ def _bwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_r = tl.arange(0, BLOCK_R)
 
-    qf = 0.0
     kf = 0.0
     if HAS_FACTORS:
         kf = _load_tile(KF + b0 * s_kfb + h * s_kfh, offs_n, offs_r, s_kfl, s_kfr, Lk, R)
@@ -343,6 +357,7 @@ def _bwd_kernel(
         offs_m = ((qb_first + i) % n_qblocks) * BLOCK_M + offs_m0
         shared = 0.0
         if HAS_SHARED:
+            qf = 0.0
             if HAS_FACTORS:
                 qf = _load_tile(qf_base, offs_m, offs_r, s_qfl, s_qfr, Lq, R)
             shared = _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
@@ -351,7 +366,7 @@ def _bwd_kernel(
             Q + b0 * s_qb + h * s_qh, s_ql, s_qd, DO + b0 * s_dob + h * s_doh, s_dol, s_dod,
             (b0 * H + h) * Lq, ROW_MAX, ROW_INV_SUM, DELTA, k0, v0, shared, MASK + b0 * s_mb, s_ml,
             DQ_ACC + b0 * s_dqb + h * s_dqh, s_dql, s_dqd, dk0, dv0,
-            offs_m, offs_n, offs_d, Lq, Lk, D, scale, qk_scale, True, HAS_SHARED, HAS_MASK, PRECISION)
+            offs_m, offs_n, offs_d, Lq, Lk, D, scale, True, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
         if ROW_FACTOR_GRAD:
             ds_lp = ds.to(kf.dtype)
             dkf += tl.dot(tl.trans(ds_lp), qf, input_precision=PRECISION)
@@ -363,7 +378,7 @@ def _bwd_kernel(
                 Q + b1 * s_qb + h * s_qh, s_ql, s_qd, DO + b1 * s_dob + h * s_doh, s_dol, s_dod,
                 (b1 * H + h) * Lq, ROW_MAX, ROW_INV_SUM, DELTA, k1, v1, shared, MASK + b1 * s_mb, s_ml,
                 DQ_ACC + b1 * s_dqb + h * s_dqh, s_dql, s_dqd, dk1, dv1,
-                offs_m, offs_n, offs_d, Lq, Lk, D, scale, qk_scale, row1_ok, HAS_SHARED, HAS_MASK, PRECISION)
+                offs_m, offs_n, offs_d, Lq, Lk, D, scale, row1_ok, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
             ds += tl.where(row1_ok, ds1, 0.0)
         if SUM_DS:
             tl.atomic_add(g_base + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk, ds,
@@ -371,12 +386,12 @@ def _bwd_kernel(
 
     nd_ok = (offs_n < Lk)[:, None] & (offs_d < D)[None, :]
     tl.store(DK + b0 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
-             (dk0 * scale).to(DK.dtype.element_ty), mask=nd_ok)
+             dk0.to(DK.dtype.element_ty), mask=nd_ok)
     tl.store(DV + b0 * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
              dv0.to(DV.dtype.element_ty), mask=nd_ok)
     if ROWS == 2:
         tl.store(DK + b1 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
-                 (dk1 * scale).to(DK.dtype.element_ty), mask=nd_ok & row1_ok)
+                 dk1.to(DK.dtype.element_ty), mask=nd_ok & row1_ok)
         tl.store(DV + b1 * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
                  dv1.to(DV.dtype.element_ty), mask=nd_ok & row1_ok)
     if ROW_FACTOR_GRAD:
@@ -460,8 +475,8 @@ def _forward(q, k, v, ops: _Operands):
     _fwd_kernel[(n_qblocks * H * triton.cdiv(B, rows),)](
         q, k, v, qf, kf, bias, mask, o, row_stats[0], row_stats[1],
         *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *o.stride(),
-        B, H, Lq, Lk, D, ops.R, n_qblocks, ops.scale * LOG2E,
-        **ops.flags(), ROWS=rows, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        B, H, Lq, Lk, D, ops.R, n_qblocks, ops.scale,
+        **ops.flags(), EVEN_N=Lk % cfg.block_n == 0, ROWS=rows, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return o, row_stats
@@ -512,8 +527,9 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
         dk, dv, dq_acc, _or(dkf, dk), _or(dqf_acc, dq_acc), _or(g, dq_acc),
         *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(),
         *dk.stride(), *dv.stride(), *dq_acc.stride(), *_strides4(dkf), *_strides4(dqf_acc), *g_strides,
-        B, H, Lq, Lk, D, ops.R, n_kblocks, triton.cdiv(Lq, cfg.block_m), ops.scale, ops.scale * LOG2E,
-        **ops.flags(), ROW_FACTOR_GRAD=row_factor_grad, SUM_DS=sum_ds, ROWS=rows,
+        B, H, Lq, Lk, D, ops.R, n_kblocks, triton.cdiv(Lq, cfg.block_m), ops.scale,
+        **ops.flags(), ROW_FACTOR_GRAD=row_factor_grad, SUM_DS=sum_ds, EVEN_N=Lk % cfg.block_n == 0,
+        ROWS=rows,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     dq = dq_acc.to(q.dtype)
