@@ -6,7 +6,14 @@ fine-tuning, benchmarking).
 """
 
 from .kernel import flash_bias_attention
+from .modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
 
 __version__ = "0.1.0"
 
-__all__ = ["flash_bias_attention", "__version__"]
+__all__ = [
+    "flash_bias_attention",
+    "FlashBiasTriangleAttention",
+    "FlashBiasAttentionPairBias",
+    "FactorConfig",
+    "__version__",
+]

@@ -4,7 +4,6 @@ folded into the score tile by a second tensor-core product), a dense additive bi
 Derivation (FlashAttention-2, Dao 2023), per (batch b, head h), in the log2 domain::
 
     S   = (scale Q) K^T + Qf Kf^T + Bias + MASK_NEG * (mask - 1)
-                                    (Qf Kf^T + Bias seeds the accumulator of the Q K^T product)
     O   = softmax(S) V              tile by tile with the online softmax (m, l), exp(x) as
                                     exp2(x log2(e))
     m, 1/l                          saved per row for the backward pass
@@ -58,10 +57,9 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> Ker
     factors) and whether a dense bias tile is read."""
     if INTERPRET:  # the CPU interpreter: small tiles keep tests fast and still cover several blocks
         return KernelConfig(16, 16, 1, 1)
-    wide = block_d + block_r > 128
-    if kind == "fwd":
-        return KernelConfig(128, 32 if wide else 64, 8 if wide else 4, 2 if wide else 3)
-    return KernelConfig(64, 64, 8 if wide else 4, 2)
+    if block_d + block_r > 128:  # wide tiles: keep shared memory under the 227 KiB of a Hopper SM
+        return KernelConfig(64, 32, 4, 2, 1) if kind == "fwd" else KernelConfig(32, 64, 4, 2, 1)
+    return KernelConfig(64, 64, 4, 3, 1)
 
 
 # Tuning sweeps and benchmarks set entries here: {(kind, block_d, block_r, has_bias): KernelConfig}.
@@ -106,8 +104,7 @@ def _load_tile(base, offs_r, offs_c, s_r, s_c, n_r, n_c):
 @triton.jit
 def _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
                    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
-    """The score terms every row of a group shares: Qf Kf^T + Bias. They seed the accumulator
-    of each row's Q K^T product, so a dense bias costs one conversion per element."""
+    """The score terms every row of a group shares: Qf Kf^T + Bias."""
     if HAS_FACTORS:
         t = tl.dot(qf, tl.trans(kf), input_precision=PRECISION)
         if HAS_BIAS:
@@ -122,10 +119,11 @@ def _row_scores(q_scaled, k, shared, mask_base, s_ml, offs_n, Lk,
                 HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_N: tl.constexpr,
                 PRECISION: tl.constexpr):
     """S = (scale Q) K^T + shared + mask term of one row; keys past Lk get -inf."""
+    # Added after the product rather than seeding its accumulator: a seeded product waits for
+    # the bias tile, and measured 6% (forward) to 25% (backward) slower on an H200.
+    s = tl.dot(q_scaled, tl.trans(k), input_precision=PRECISION)
     if HAS_SHARED:
-        s = tl.dot(q_scaled, tl.trans(k), shared, input_precision=PRECISION)
-    else:
-        s = tl.dot(q_scaled, tl.trans(k), input_precision=PRECISION)
+        s += shared
     if HAS_MASK:
         keep = tl.load(mask_base + offs_n * s_ml, mask=offs_n < Lk, other=1)
         s += tl.where(keep != 0, 0.0, _MASKED)[None, :]

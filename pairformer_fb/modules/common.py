@@ -1,0 +1,89 @@
+"""Pieces shared by the FlashBias modules: the mode switch, input validation and the projections."""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence, get_args
+
+import torch
+from torch import nn
+
+Mode = Literal["exact", "lowrank", "distill"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def check_shape(name: str, t: torch.Tensor, expected: Sequence[int], layout: str) -> None:
+    """Raise a ValueError naming ``name``, its layout and the expected shape unless t has it."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"{name} must be {layout} = {shape_str(expected)}, got {shape_str(t.shape)}")
+
+
+def concat_linear_params(linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight and bias of the linear maps stacked along the output, for one fused matmul
+    (the modules keep them separate so host checkpoints map onto them one to one). A map
+    without a bias contributes zeros; None when no map has one."""
+    weight = torch.cat([linear.weight for linear in linears])
+    if all(linear.bias is None for linear in linears):
+        return weight, None
+    bias = torch.cat([
+        linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+        for linear in linears
+    ])
+    return weight, bias
+
+
+def head_major_pair_bias(pair: torch.Tensor, linear_bias: nn.Linear) -> torch.Tensor:
+    """b[*, h, j, k] = linear_bias(pair[*, j, k, :])_h, returned contiguous [*, H, N, N].
+
+    Computed as W @ pair^T over the flattened pairs, so the result is already head-major: no
+    permute of an [*, N, N, H] output and keys contiguous, as the attention kernel reads them.
+    ``linear_bias`` has no bias term (in every host the pair-bias projection has none).
+    """
+    n = pair.shape[-2]
+    out = torch.matmul(linear_bias.weight, pair.flatten(-3, -2).transpose(-1, -2))
+    return out.unflatten(-1, (n, n))
+
+
+class FlashBiasModule(nn.Module):
+    """Base class: the ``mode`` switch and the optional ``factor_network``.
+
+    Modes:
+        "exact":   the host's dense pair bias through the fused op (numerically the original).
+        "lowrank": the bias is replaced by phi_q phi_k^T from the factor network, passed to
+                   the op as factors; the dense bias is never computed.
+        "distill": forward returns (exact output, bias_approximation_loss of the factors
+                   against the dense bias), for training the factor network.
+
+    Subclasses create their host parameters, then assign ``factor_network`` (or leave None)
+    and ``mode``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.factor_network: nn.Module | None = None
+        self._mode: Mode = "exact"
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: Mode) -> None:
+        self._check_mode(value)
+        self._mode = value
+
+    def _check_mode(self, mode: str) -> None:
+        """Raise unless ``mode`` is a known mode this module can run (checked again in forward,
+        in case the factor network was removed after the mode was set)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+        if mode != "exact" and self.factor_network is None:
+            raise ValueError(
+                f"mode {mode!r} needs a factor network: construct {type(self).__name__} with "
+                "factor_config=FactorConfig(...)"
+            )

@@ -1,0 +1,187 @@
+"""Factor networks: the FlashBias "neural decomposition" of a pair bias.
+
+A pair-biased attention adds ``b[*, h, j, k]`` (a linear projection of the normalised pair
+representation) to the logits of query token j and key token k. A factor network replaces that
+dense bias by a product of per-token factors::
+
+    b[*, h, j, k]  ~=  phi_q[*, h, j, :] . phi_k[*, h, k, :]        (rank R)
+
+so the attention kernel folds the bias into a second tensor-core product and never reads an
+[N, N] tensor. The factors are computed per token from summaries of the *same* normalised pair
+rep ``p[*, j, k, c]`` the dense bias is projected from (in the orientation the bias uses):
+
+    query features  f_q[*, j] = masked mean over keys    k of p[*, j, k, :]  (++ s_inputs[*, j])
+    key features    f_k[*, k] = masked mean over queries j of p[*, j, k, :]  (++ s_inputs[*, k])
+    phi_q = MLP_q(f_q),  phi_k = MLP_k(f_k)        (tanh MLPs, output H * R, split per head)
+
+The paper's AlphaFold 3 preset (``FactorConfig.af3_preset``) uses both pair summaries and the
+single input features s_inputs, a width-256 tanh MLP and R = 96.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .common import check_shape
+
+FactorInit = Literal["xavier", "small"]
+# "small" scales the output layers by this, so phi_q phi_k^T starts near zero (about 1e-4 of
+# the "xavier" scale) while both sides stay trainable (zero factors would be a saddle point).
+SMALL_OUTPUT_GAIN = 1e-2
+
+
+@dataclass(frozen=True)
+class FactorConfig:
+    """Architecture of a factor network.
+
+    Attributes:
+        rank: R, the rank of the approximation per head.
+        width: hidden width of the tanh MLPs.
+        depth: number of hidden (Linear + tanh) layers; 0 makes each side one linear map.
+        use_s_inputs: concatenate the per-token single input features s_inputs to the pair
+            summaries (the modules then require ``s_inputs`` in "lowrank" / "distill" mode).
+        c_s_inputs: width of s_inputs; required with use_s_inputs, forbidden without.
+        init: "xavier" - Xavier-uniform weights (tanh gain in the hidden layers), zero biases;
+            "small" - the same with the output layers scaled by ``SMALL_OUTPUT_GAIN``, so an
+            untrained network's bias is close to zero.
+    """
+
+    rank: int = 96
+    width: int = 256
+    depth: int = 2
+    use_s_inputs: bool = False
+    c_s_inputs: int | None = None
+    init: FactorInit = "xavier"
+
+    def __post_init__(self):
+        if self.rank < 1 or self.width < 1 or self.depth < 0:
+            raise ValueError(
+                f"FactorConfig needs rank >= 1, width >= 1 and depth >= 0, got rank={self.rank}, "
+                f"width={self.width}, depth={self.depth}"
+            )
+        if self.use_s_inputs and (self.c_s_inputs is None or self.c_s_inputs < 1):
+            raise ValueError(f"use_s_inputs=True needs c_s_inputs >= 1, got c_s_inputs={self.c_s_inputs}")
+        if not self.use_s_inputs and self.c_s_inputs is not None:
+            raise ValueError(f"c_s_inputs={self.c_s_inputs} is given but use_s_inputs=False")
+        if self.init not in ("xavier", "small"):
+            raise ValueError(f"init must be 'xavier' or 'small', got {self.init!r}")
+
+    @classmethod
+    def af3_preset(cls, c_s_inputs: int | None = None) -> FactorConfig:
+        """The FlashBias paper's AlphaFold 3 setting: R = 96, tanh MLP of width 256, pair
+        summaries plus s_inputs when their width is given (449 in AF3 / Protenix)."""
+        return cls(rank=96, width=256, depth=2, use_s_inputs=c_s_inputs is not None, c_s_inputs=c_s_inputs)
+
+
+def _tanh_mlp(c_in: int, c_out: int, config: FactorConfig) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width_in = c_in
+    for _ in range(config.depth):
+        layers += [nn.Linear(width_in, config.width), nn.Tanh()]
+        width_in = config.width
+    layers.append(nn.Linear(width_in, c_out))
+    hidden_gain = nn.init.calculate_gain("tanh")
+    linears = [m for m in layers if isinstance(m, nn.Linear)]
+    for i, linear in enumerate(linears):
+        is_output = i == len(linears) - 1
+        gain = (SMALL_OUTPUT_GAIN if config.init == "small" else 1.0) if is_output else hidden_gain
+        nn.init.xavier_uniform_(linear.weight, gain=gain)
+        nn.init.zeros_(linear.bias)
+    return nn.Sequential(*layers)
+
+
+def _masked_mean_features(pair: torch.Tensor, pair_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean over keys k of pair[*, j, k, :], mean over queries j of pair[*, j, k, :]), each
+    [*, N, c], over the entries where pair_mask[*, j, k] is True (all of them for None)."""
+    if pair_mask is None:
+        pair_mask = torch.ones(pair.shape[:-1], dtype=torch.bool, device=pair.device)
+    weights = pair_mask.to(pair.dtype)
+    query_sum = torch.einsum("...jk,...jkc->...jc", weights, pair)
+    key_sum = torch.einsum("...jk,...jkc->...kc", weights, pair)
+    query_count = weights.sum(-1).clamp_min(1.0)[..., None]
+    key_count = weights.sum(-2).clamp_min(1.0)[..., None]
+    return query_sum / query_count, key_sum / key_count
+
+
+class FactorNetwork(nn.Module):
+    """phi_q, phi_k [*, H, N, R] from a normalised pair rep, with phi_q phi_k^T ~= the bias.
+
+    Two MLPs, ``query_mlp`` and ``key_mlp``, map the per-token features described in the module
+    docstring to H * R outputs.
+    """
+
+    def __init__(self, c_z: int, n_heads: int, config: FactorConfig):
+        super().__init__()
+        self.c_z = c_z
+        self.n_heads = n_heads
+        self.config = config
+        c_in = c_z + (config.c_s_inputs if config.use_s_inputs else 0)
+        self.query_mlp = _tanh_mlp(c_in, n_heads * config.rank, config)
+        self.key_mlp = _tanh_mlp(c_in, n_heads * config.rank, config)
+
+    def forward(
+        self,
+        pair: torch.Tensor,
+        pair_mask: torch.Tensor | None = None,
+        s_inputs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Factors of the bias ``b[*, h, j, k]`` projected from ``pair[*, j, k, :]``.
+
+        Args:
+            pair: [*, N, N, c_z], the normalised pair rep in the bias' orientation (query token
+                on dim -3, key token on dim -2); any strides (a transposed view is fine).
+            pair_mask: bool [*, N, N] in the same orientation (True = valid) or None.
+            s_inputs: [*, N, c_s_inputs] single input features; required iff the config uses
+                them, ignored otherwise.
+
+        Returns:
+            (phi_q, phi_k), each [*, H, N, R] (strided views), in the MLPs' compute dtype.
+        """
+        query_features, key_features = _masked_mean_features(pair, pair_mask)
+        if self.config.use_s_inputs:
+            if s_inputs is None:
+                raise ValueError(
+                    "this factor network uses s_inputs (FactorConfig.use_s_inputs=True): pass "
+                    f"s_inputs [*, N, {self.config.c_s_inputs}]"
+                )
+            check_shape("s_inputs", s_inputs, (*pair.shape[:-2], self.config.c_s_inputs),
+                        "[*, N, c_s_inputs]")
+            query_features = torch.cat([query_features, s_inputs.to(query_features.dtype)], dim=-1)
+            key_features = torch.cat([key_features, s_inputs.to(key_features.dtype)], dim=-1)
+        return self._split_heads(self.query_mlp(query_features)), self._split_heads(self.key_mlp(key_features))
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        # [*, N, H * R] -> [*, H, N, R], a view
+        return x.unflatten(-1, (self.n_heads, self.config.rank)).transpose(-2, -3)
+
+
+def bias_approximation_loss(
+    phi_q: torch.Tensor,
+    phi_k: torch.Tensor,
+    bias: torch.Tensor,
+    pair_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Relative squared error of the low-rank bias, for distillation.
+
+    ``loss = mean over batch elements of  sum_{h,j,k} w (phi_q phi_k^T - b)^2 / sum_{h,j,k} w b^2``
+    with w = pair_mask[*, j, k] (1 everywhere for None), computed in fp32. Each batch element
+    (structure) counts equally; padded pairs do not count.
+
+    Args:
+        phi_q, phi_k: [*, H, N, R]. bias: [*, H, N, N]. pair_mask: bool [*, N, N] or None.
+    """
+    approx = torch.matmul(phi_q.float(), phi_k.float().transpose(-1, -2))
+    target = bias.float()
+    squared_error = (approx - target).square()
+    squared_target = target.square()
+    if pair_mask is not None:
+        weights = pair_mask[..., None, :, :].to(torch.float32)
+        squared_error = squared_error * weights
+        squared_target = squared_target * weights
+    per_element = squared_error.sum((-3, -2, -1)) / squared_target.sum((-3, -2, -1)).clamp_min(
+        torch.finfo(torch.float32).tiny)
+    return per_element.mean()
