@@ -3,14 +3,14 @@ folded into the score tile by a second tensor-core product), a dense additive bi
 
 Derivation (FlashAttention-2, Dao 2023), per (batch b, head h), in the log2 domain::
 
-    S   = (scale Q) K^T + Qf Kf^T + Bias + MASK_NEG * (mask - 1)
+    S   = scale Q K^T + Qf Kf^T + Bias + MASK_NEG * (mask - 1)
     O   = softmax(S) V              tile by tile with the online softmax (m, l), exp(x) as
                                     exp2(x log2(e))
     m, 1/l                          saved per row for the backward pass
 
     P   = exp(S - m) / l            recomputed per tile in the backward kernel
     dV  = P^T dO,   dP = dO V^T,   dS = P * (dP - rowsum(dO * O))
-    dQ  = scale dS K,  dK = dS^T (scale Q),  dQf = dS Kf,  dKf = dS^T Qf,  dBias = dS
+    dQ  = scale dS K,  dK = scale dS^T Q,  dQf = dS Kf,  dKf = dS^T Qf,  dBias = dS
 
 Broadcast operands (factors shared by every row, a bias of shape [1, H, Lq, Lk]) are read with
 stride 0, and a program serves two rows at once so each shared bias / factor tile is read (and
@@ -115,15 +115,19 @@ def _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
 
 
 @triton.jit
-def _row_scores(q_scaled, k, shared, mask_base, s_ml, offs_n, Lk,
+def _row_scores(q, k, shared, scale, mask_base, s_ml, offs_n, Lk,
                 HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_N: tl.constexpr,
                 PRECISION: tl.constexpr):
-    """S = (scale Q) K^T + shared + mask term of one row; keys past Lk get -inf."""
+    """S = scale Q K^T + shared + mask term of one row (one FMA per score with a shared term);
+    keys past Lk get -inf."""
     # Added after the product rather than seeding its accumulator: a seeded product waits for
-    # the bias tile, and measured 6% (forward) to 25% (backward) slower on an H200.
-    s = tl.dot(q_scaled, tl.trans(k), input_precision=PRECISION)
+    # the bias tile, and measured 6% (forward) to 25% (backward) slower on an H200. Scaling q
+    # instead of the scores cost a register-to-shared-memory copy of every q tile backward.
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     if HAS_SHARED:
-        s += shared
+        s = s * scale + shared
+    else:
+        s = s * scale
     if HAS_MASK:
         keep = tl.load(mask_base + offs_n * s_ml, mask=offs_n < Lk, other=1)
         s += tl.where(keep != 0, 0.0, _MASKED)[None, :]
@@ -201,9 +205,7 @@ def _fwd_kernel(
     kf_base = KF + b0 * s_kfb + h * s_kfh
     bias_base = BIAS + b0 * s_bb + h * s_bh
 
-    # the scale is applied to q once per tile (as the hosts do), not to every score
     q0 = _load_tile(Q + b0 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D)
-    q0 = (q0 * scale).to(q0.dtype)
     k0_base = K + b0 * s_kb + h * s_kh
     v0_base = V + b0 * s_vb + h * s_vh
     m0 = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -211,7 +213,6 @@ def _fwd_kernel(
     acc0 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if ROWS == 2:
         q1 = _load_tile(Q + b1 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D)
-        q1 = (q1 * scale).to(q1.dtype)
         k1_base = K + b1 * s_kb + h * s_kh
         v1_base = V + b1 * s_vb + h * s_vh
         m1 = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -229,13 +230,13 @@ def _fwd_kernel(
                                     HAS_FACTORS, HAS_BIAS, PRECISION)
         k = _load_tile(k0_base, offs_n, offs_d, s_kl, s_kd, Lk, D)
         v = _load_tile(v0_base, offs_n, offs_d, s_vl, s_vd, Lk, D)
-        s = _row_scores(q0, k, shared, MASK + b0 * s_mb, s_ml, offs_n, Lk,
+        s = _row_scores(q0, k, shared, scale, MASK + b0 * s_mb, s_ml, offs_n, Lk,
                         HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
         m0, l0, acc0 = _softmax_step(s, v, m0, l0, acc0, PRECISION)
         if ROWS == 2:
             k = _load_tile(k1_base, offs_n, offs_d, s_kl, s_kd, Lk, D)
             v = _load_tile(v1_base, offs_n, offs_d, s_vl, s_vd, Lk, D)
-            s = _row_scores(q1, k, shared, MASK + b1 * s_mb, s_ml, offs_n, Lk,
+            s = _row_scores(q1, k, shared, scale, MASK + b1 * s_mb, s_ml, offs_n, Lk,
                             HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
             m1, l1, acc1 = _softmax_step(s, v, m1, l1, acc1, PRECISION)
 
@@ -278,13 +279,12 @@ def _bwd_row_step(q_base, s_ql, s_qd, do_base, s_dol, s_dod, stats_row, ROW_MAX,
     returns dS (fp32) for the shared-operand gradients."""
     m_ok = offs_m < Lq
     q = _load_tile(q_base, offs_m, offs_d, s_ql, s_qd, Lq, D)
-    q = (q * scale).to(q.dtype)  # as in the forward pass; dK = dS^T (scale Q) needs no rescale
     do = _load_tile(do_base, offs_m, offs_d, s_dol, s_dod, Lq, D)
     # rows past the end get m = +inf, hence P = 0
     m_row = tl.load(ROW_MAX + stats_row + offs_m, mask=m_ok, other=float("inf"))
     inv_l = tl.load(ROW_INV_SUM + stats_row + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + stats_row + offs_m, mask=m_ok, other=0.0)
-    s = _row_scores(q, k, shared, mask_base, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
+    s = _row_scores(q, k, shared, scale, mask_base, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
     p = tl.math.exp2((s - m_row[:, None]) * _LOG2E) * inv_l[:, None]
     dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -384,12 +384,12 @@ def _bwd_kernel(
 
     nd_ok = (offs_n < Lk)[:, None] & (offs_d < D)[None, :]
     tl.store(DK + b0 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
-             dk0.to(DK.dtype.element_ty), mask=nd_ok)
+             (dk0 * scale).to(DK.dtype.element_ty), mask=nd_ok)
     tl.store(DV + b0 * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
              dv0.to(DV.dtype.element_ty), mask=nd_ok)
     if ROWS == 2:
         tl.store(DK + b1 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
-                 dk1.to(DK.dtype.element_ty), mask=nd_ok & row1_ok)
+                 (dk1 * scale).to(DK.dtype.element_ty), mask=nd_ok & row1_ok)
         tl.store(DV + b1 * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
                  dv1.to(DV.dtype.element_ty), mask=nd_ok & row1_ok)
     if ROW_FACTOR_GRAD:
