@@ -53,14 +53,20 @@ def _pow2_at_least_16(x: int) -> int:
 
 
 def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> KernelConfig:
-    """Tiles per kernel kind ("fwd" or "bwd"), padded head width, padded rank (0 without
+    """Tiles per kernel kind ("fwd", "bwd", "ds_sum"), padded head width, padded rank (0 without
     factors) and whether a dense bias tile is read."""
     if INTERPRET:  # the CPU interpreter: small tiles keep tests fast and still cover several blocks
         return KernelConfig(16, 16, 1, 1)
     if block_d + block_r > 128:  # wide tiles: keep shared memory under the 227 KiB of a Hopper SM
         return KernelConfig(64, 32, 4, 2, 1) if kind == "fwd" else KernelConfig(32, 64, 4, 2, 1)
+    if kind == "ds_sum":
+        return KernelConfig(128, 64, 8, 3, 1)
     return KernelConfig(64, 64, 4, 3, 1)
 
+
+# How dS is summed over rows for broadcast-operand gradients: "atomic" adds it from the backward
+# kernel; "recompute" runs _ds_sum_kernel, which owns each tile and loops over the rows.
+DS_SUM_STRATEGY = os.environ.get("PAIRFORMER_FB_DS_SUM", "recompute")
 
 # Tuning sweeps and benchmarks set entries here: {(kind, block_d, block_r, has_bias): KernelConfig}.
 CONFIG_OVERRIDES: dict[tuple[str, int, int, bool], KernelConfig] = {}
@@ -397,6 +403,78 @@ def _bwd_kernel(
                  dkf.to(DKF.dtype.element_ty), mask=(offs_n < Lk)[:, None] & (offs_r < R)[None, :])
 
 
+@triton.jit
+def _ds_sum_kernel(
+    Q, K, V, QF, KF, BIAS, MASK, DO, ROW_MAX, ROW_INV_SUM, DELTA, DS_SUM,
+    s_qb, s_qh, s_ql, s_qd,
+    s_kb, s_kh, s_kl, s_kd,
+    s_vb, s_vh, s_vl, s_vd,
+    s_qfb, s_qfh, s_qfl, s_qfr,
+    s_kfb, s_kfh, s_kfl, s_kfr,
+    s_bb, s_bh, s_bq, s_bk,
+    s_mb, s_ml,
+    s_dob, s_doh, s_dol, s_dod,
+    s_gb, s_gh, s_gq, s_gk,
+    B, H, Lq, Lk, D, R, n_qblocks, n_kblocks, GB, GH, scale,
+    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+    EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """dS summed over the rows (and heads) that share one tile of a broadcast operand, for the
+    bias / shared-factor gradients: one program owns one [BLOCK_M, BLOCK_N] tile of the reduced
+    buffer [GB, GH, Lq, Lk] and loops over its member rows, recomputing S, P, dP per row (two
+    small products, as in the forward pass), so the sum needs no atomics."""
+    HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
+    pid = tl.program_id(0)
+    qb = pid % n_qblocks
+    rest = pid // n_qblocks
+    kb = rest % n_kblocks
+    rest = rest // n_kblocks
+    gh = rest % GH
+    gb = rest // GH
+    # member rows / heads of this tile: all of a broadcast dim, else just the tile's own
+    b_lo = tl.where(GB == 1, 0, gb)
+    b_hi = tl.where(GB == 1, B, gb + 1)
+    h_lo = tl.where(GH == 1, 0, gh)
+    h_hi = tl.where(GH == 1, H, gh + 1)
+    offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_r = tl.arange(0, BLOCK_R)
+    m_ok = offs_m < Lq
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for h in range(h_lo, h_hi):
+        h64 = tl.cast(h, tl.int64)
+        shared = 0.0
+        if HAS_SHARED:  # read through row b_lo: shared by every member row when GB == 1
+            qf = 0.0
+            kf = 0.0
+            if HAS_FACTORS:
+                qf = _load_tile(QF + b_lo * s_qfb + h64 * s_qfh, offs_m, offs_r, s_qfl, s_qfr, Lq, R)
+                kf = _load_tile(KF + b_lo * s_kfb + h64 * s_kfh, offs_n, offs_r, s_kfl, s_kfr, Lk, R)
+            shared = _shared_scores(qf, kf, BIAS + b_lo * s_bb + h64 * s_bh, s_bq, s_bk, offs_m, offs_n,
+                                    Lq, Lk, HAS_FACTORS, HAS_BIAS, PRECISION)
+        for b in range(b_lo, b_hi):
+            b64 = tl.cast(b, tl.int64)
+            q = _load_tile(Q + b64 * s_qb + h64 * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D)
+            do = _load_tile(DO + b64 * s_dob + h64 * s_doh, offs_m, offs_d, s_dol, s_dod, Lq, D)
+            k = _load_tile(K + b64 * s_kb + h64 * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D)
+            v = _load_tile(V + b64 * s_vb + h64 * s_vh, offs_n, offs_d, s_vl, s_vd, Lk, D)
+            row = (b64 * H + h64) * Lq
+            m_row = tl.load(ROW_MAX + row + offs_m, mask=m_ok, other=float("inf"))
+            inv_l = tl.load(ROW_INV_SUM + row + offs_m, mask=m_ok, other=0.0)
+            delta = tl.load(DELTA + row + offs_m, mask=m_ok, other=0.0)
+            s = _row_scores(q, k, shared, scale, MASK + b64 * s_mb, s_ml, offs_n, Lk,
+                            HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
+            p = tl.math.exp2((s - m_row[:, None]) * _LOG2E) * inv_l[:, None]
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            acc += p * (dp - delta[:, None])
+    tl.store(DS_SUM + tl.cast(gb, tl.int64) * s_gb + tl.cast(gh, tl.int64) * s_gh
+             + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk, acc,
+             mask=m_ok[:, None] & (offs_n < Lk)[None, :])
+
+
 # --------------------------------------------------------------------------------------------
 # Host side
 # --------------------------------------------------------------------------------------------
@@ -518,6 +596,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
                     if sum_ds else (None, (0, 0, 0, 0)))
     cfg = _config("bwd", ops)
     rows = 1 if row_factor_grad else _rows_per_program(ops, cfg)
+    atomic_ds = sum_ds and DS_SUM_STRATEGY == "atomic"
     n_kblocks = triton.cdiv(Lk, cfg.block_n)
     qf, kf, bias, mask = ops.pointer_args(q)
     _bwd_kernel[(n_kblocks * H * triton.cdiv(B, rows),)](
@@ -526,12 +605,23 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
         *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(),
         *dk.stride(), *dv.stride(), *dq_acc.stride(), *_strides4(dkf), *_strides4(dqf_acc), *g_strides,
         B, H, Lq, Lk, D, ops.R, n_kblocks, triton.cdiv(Lq, cfg.block_m), ops.scale,
-        **ops.flags(), ROW_FACTOR_GRAD=row_factor_grad, SUM_DS=sum_ds, EVEN_N=Lk % cfg.block_n == 0,
+        **ops.flags(), ROW_FACTOR_GRAD=row_factor_grad, SUM_DS=atomic_ds, EVEN_N=Lk % cfg.block_n == 0,
         ROWS=rows,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     dq = dq_acc.to(q.dtype)
     dqf = dqf_acc.to(q.dtype) if dqf_acc is not None else None
+    if sum_ds and not atomic_ds:
+        rcfg = _config("ds_sum", ops)
+        n_qblocks, n_kblocks = triton.cdiv(Lq, rcfg.block_m), triton.cdiv(Lk, rcfg.block_n)
+        GB, GH = g.shape[0], g.shape[1]
+        _ds_sum_kernel[(n_qblocks * n_kblocks * GB * GH,)](
+            q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, g,
+            *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(), *g.stride(),
+            B, H, Lq, Lk, D, ops.R, n_qblocks, n_kblocks, GB, GH, ops.scale,
+            **ops.flags(), EVEN_N=Lk % rcfg.block_n == 0,
+            BLOCK_M=rcfg.block_m, BLOCK_N=rcfg.block_n, num_warps=rcfg.num_warps, num_stages=rcfg.num_stages,
+        )
 
     dbias = None
     if bias_grad:

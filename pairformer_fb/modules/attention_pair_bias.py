@@ -120,8 +120,9 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
             phi_q, phi_k = self.factor_network(pair, pair_mask, s_inputs)
 
         weight, proj_bias = concat_linear_params([self.linear_q, self.linear_k, self.linear_v, self.linear_g])
-        heads = F.linear(a, weight, proj_bias).reshape(-1, n, 4, self.n_heads, self.head_dim)
-        q, k, v = (heads[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, N, D] views
+        # views [B, N, H, D]; unbind (not indexing): backward stacks the gradients into one buffer
+        q, k, v, gate = F.linear(a, weight, proj_bias).reshape(-1, n, 4, self.n_heads, self.head_dim).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N, D] views
         q_factors = k_factors = None
         if mode == "lowrank":
             q_factors, k_factors = (phi.reshape(-1, *phi.shape[-3:]) for phi in (phi_q, phi_k))
@@ -132,7 +133,7 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
             backend=self.backend,
         )
         # the gate first: the product takes its contiguous layout, so the flatten is a view
-        gated = torch.sigmoid(heads[:, :, 3]) * o.transpose(1, 2)
+        gated = torch.sigmoid(gate) * o.transpose(1, 2)
         update = self.linear_o(gated.flatten(-2)).view(*batch_shape, n, self.c_s)
         if mode == "distill":
             return update, bias_approximation_loss(phi_q, phi_k, bias, pair_mask)

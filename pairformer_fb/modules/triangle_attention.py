@@ -226,9 +226,12 @@ class FlashBiasTriangleAttention(FlashBiasModule):
     def _attend_rows(self, proj, row_dim, *, key_mask, bias, factors) -> torch.Tensor:
         """proj: the fused projection [a, c, 4 * H * D] of some rows, in z's orientation (rows
         on ``row_dim``). Returns linear_o(gate * attention) for those pairs, same orientation."""
-        heads = proj.unflatten(-1, (4, self.n_heads, self.head_dim))  # [a, c, q/k/v/g, H, D]
-        rows_first = heads if row_dim == 0 else heads.transpose(0, 1)  # [rows, L, 4, H, D]
-        q, k, v = (rows_first[:, :, i].transpose(1, 2) for i in range(3))  # [rows, H, L, D] views
+        # views [a, c, H, D]; unbind (not indexing) so that backward stacks the four gradients
+        # into one buffer instead of zero-filling and summing one full-size buffer per slice
+        q, k, v, gate = proj.unflatten(-1, (4, self.n_heads, self.head_dim)).unbind(2)
+        if row_dim == 1:
+            q, k, v = (t.transpose(0, 1) for t in (q, k, v))
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [rows, H, L, D] views
         q_factors, k_factors = factors if factors is not None else (None, None)
         o = flash_bias_attention(q, k, v, q_factors=q_factors, k_factors=k_factors, bias=bias,
                                  key_mask=key_mask, backend=self.backend)
@@ -237,5 +240,5 @@ class FlashBiasTriangleAttention(FlashBiasModule):
             o = o.transpose(0, 1)  # back to z's orientation
         # the gate first: the product takes its (contiguous, z-oriented) layout, so the flatten
         # below is a view
-        gated = torch.sigmoid(heads[:, :, 3]) * o
+        gated = torch.sigmoid(gate) * o
         return self.linear_o(gated.flatten(-2))

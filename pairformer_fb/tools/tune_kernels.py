@@ -24,6 +24,8 @@ CANDIDATES = {
             (64, 32, 4, 3, 2), (128, 64, 4, 3, 1)],
     "bwd": [(64, 64, 4, 3, 1), (64, 128, 4, 3, 1), (64, 64, 4, 3, 2), (64, 64, 4, 2, 1), (128, 64, 8, 2, 1),
             (64, 128, 8, 3, 1), (32, 128, 4, 3, 1)],
+    "ds_sum": [(128, 64, 8, 3, 1), (64, 64, 4, 3, 1), (128, 128, 8, 3, 1), (64, 128, 4, 3, 1),
+               (128, 64, 4, 3, 1), (128, 128, 8, 2, 1)],
 }
 
 
@@ -80,6 +82,8 @@ def tune(problems: list[Problem], device, dtype, warmup_ms=10, rep_ms=50) -> tup
             ref_out = fwd()
         ref_grads = fwd_bwd()
         for kind, cands in CANDIDATES.items():
+            if kind == "ds_sum" and (tfb.DS_SUM_STRATEGY != "recompute" or not (p.rank or p.dense_bias)):
+                continue  # the kernel does not run for this problem
             best = None
             for cand in tqdm(cands, desc=f"{p.name} {kind}", leave=False):
                 tfb.CONFIG_OVERRIDES[keys[kind]] = tfb.KernelConfig(*cand)
