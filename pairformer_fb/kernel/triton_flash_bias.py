@@ -417,14 +417,16 @@ def _ds_sum_kernel(
     s_gb, s_gh, s_gq, s_gk,
     B, H, Lq, Lk, D, R, n_qblocks, n_kblocks, GB, GH, scale,
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
+    ROW_FACTORS: tl.constexpr, EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """dS summed over the rows (and heads) that share one tile of a broadcast operand, for the
     bias / shared-factor gradients: one program owns one [BLOCK_M, BLOCK_N] tile of the reduced
     buffer [GB, GH, Lq, Lk] and loops over its member rows, recomputing S, P, dP per row (two
-    small products, as in the forward pass), so the sum needs no atomics."""
+    small products, as in the forward pass), so the sum needs no atomics. With ROW_FACTORS
+    (factors per row, bias shared) the factor product is computed per row inside the loop."""
     HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
+    TILE_FACTORS: tl.constexpr = HAS_FACTORS and not ROW_FACTORS  # factors shared by the tile's rows
     pid = tl.program_id(0)
     qb = pid % n_qblocks
     rest = pid // n_qblocks
@@ -446,17 +448,22 @@ def _ds_sum_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for h in range(h_lo, h_hi):
         h64 = tl.cast(h, tl.int64)
-        shared = 0.0
-        if HAS_SHARED:  # read through row b_lo: shared by every member row when GB == 1
+        tile_shared = 0.0
+        if TILE_FACTORS or HAS_BIAS:  # read through row b_lo: shared by every member row
             qf = 0.0
             kf = 0.0
-            if HAS_FACTORS:
+            if TILE_FACTORS:
                 qf = _load_tile(QF + b_lo * s_qfb + h64 * s_qfh, offs_m, offs_r, s_qfl, s_qfr, Lq, R)
                 kf = _load_tile(KF + b_lo * s_kfb + h64 * s_kfh, offs_n, offs_r, s_kfl, s_kfr, Lk, R)
-            shared = _shared_scores(qf, kf, BIAS + b_lo * s_bb + h64 * s_bh, s_bq, s_bk, offs_m, offs_n,
-                                    Lq, Lk, HAS_FACTORS, HAS_BIAS, PRECISION)
+            tile_shared = _shared_scores(qf, kf, BIAS + b_lo * s_bb + h64 * s_bh, s_bq, s_bk, offs_m,
+                                         offs_n, Lq, Lk, TILE_FACTORS, HAS_BIAS, PRECISION)
         for b in range(b_lo, b_hi):
             b64 = tl.cast(b, tl.int64)
+            shared = tile_shared
+            if ROW_FACTORS:
+                qf = _load_tile(QF + b64 * s_qfb + h64 * s_qfh, offs_m, offs_r, s_qfl, s_qfr, Lq, R)
+                kf = _load_tile(KF + b64 * s_kfb + h64 * s_kfh, offs_n, offs_r, s_kfl, s_kfr, Lk, R)
+                shared += tl.dot(qf, tl.trans(kf), input_precision=PRECISION)
             q = _load_tile(Q + b64 * s_qb + h64 * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D)
             do = _load_tile(DO + b64 * s_dob + h64 * s_doh, offs_m, offs_d, s_dol, s_dod, Lq, D)
             k = _load_tile(K + b64 * s_kb + h64 * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D)
@@ -619,7 +626,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
             q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, g,
             *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(), *g.stride(),
             B, H, Lq, Lk, D, ops.R, n_qblocks, n_kblocks, GB, GH, ops.scale,
-            **ops.flags(), EVEN_N=Lk % rcfg.block_n == 0,
+            **ops.flags(), ROW_FACTORS=ops.has_factors and not shared_factors, EVEN_N=Lk % rcfg.block_n == 0,
             BLOCK_M=rcfg.block_m, BLOCK_N=rcfg.block_n, num_warps=rcfg.num_warps, num_stages=rcfg.num_stages,
         )
 
