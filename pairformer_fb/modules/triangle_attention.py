@@ -52,8 +52,10 @@ class FlashBiasTriangleAttention(FlashBiasModule):
     [1, H, N, N] tensor shared by every row (stride 0) and the key mask of each row. In the
     op's terms (query j, key k of a row) the bias is b[j,k] for the starting node and the
     untransposed ending node and b[k,j] for the transposed one; it is computed once,
-    head-major, from the untransposed x, and the transposed convention reads it through a
-    transposed view. The factor network sees the pair rep in that same orientation, so that
+    head-major, from the untransposed x. The op reads the bias tile once per row, so the
+    transposed convention copies its bias to key-contiguous order (H * N^2 elements, N times
+    fewer than the op reads) rather than passing a transposed view; likewise the ending node's
+    key masks. The factor network sees the pair rep in the bias' orientation, so that
     phi_q[h,j] . phi_k[h,k] approximates exactly what the op adds.
 
     Parameters (hosts map theirs one to one): ``layer_norm``, ``linear_q``, ``linear_k``,
@@ -160,7 +162,7 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         if mode in ("exact", "distill"):
             bias = head_major_pair_bias(pair, self.linear_b)
             if self._bias_from_transposed_pair:
-                bias = bias.transpose(-1, -2)
+                bias = bias.transpose(-1, -2).contiguous()  # see the class docstring
         if mode in ("lowrank", "distill"):
             phi_q, phi_k = self.factor_network(source, source_mask, s_inputs)
 
@@ -189,8 +191,8 @@ class FlashBiasTriangleAttention(FlashBiasModule):
 
         Loops over batch elements and chunks of attention rows; each chunk gets one fused q/k/v/g
         projection and one op call. Rows are z's dim -3 for the starting node and dim -2 for the
-        ending node; everything stays in z's orientation and the op reads q/k/v, the gate and
-        the mask through strided views, so no transpose is materialised.
+        ending node; the pair-sized tensors stay in z's orientation and the op reads q/k/v and
+        the gate through strided views, so no transpose of them is materialised.
         """
         n = pair.shape[-2]
         batch_shape = pair.shape[:-3]
@@ -201,7 +203,7 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         row_masks = None
         if pair_mask is not None:
             row_masks = pair_mask.reshape(-1, n, n)
-            row_masks = row_masks if row_dim == 0 else row_masks.transpose(-1, -2)
+            row_masks = row_masks if row_dim == 0 else row_masks.transpose(-1, -2).contiguous()
         biases = bias.reshape(-1, self.n_heads, n, n) if bias is not None else None
         if factors is not None:
             factors = tuple(phi.reshape(-1, *phi.shape[-3:]) for phi in factors)

@@ -161,14 +161,15 @@ def run(cfg) -> list[Record]:
     cases += [Case("single", n, 1, cfg.single.heads, cfg.single.head_dim) for n in cfg.single.sizes]
     jobs = [(c, m, r) for c in cases for m in cfg.methods
             for r in (cfg.ranks if m == "fb_factors" else [None])]
-    records = []
-    for case, method, rank in tqdm(jobs, desc="attention benchmark", unit="case"):
-        records.append(_measure(case, method, rank, cfg, dtype, device))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(device) | {"dtype": str(dtype).replace("torch.", "")}
-    (out / "results.json").write_text(json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1))
-    (out / "results.md").write_text(markdown_table(records, env))
+    records = []
+    for case, method, rank in tqdm(jobs, desc="attention benchmark", unit="case"):
+        records.append(_measure(case, method, rank, cfg, dtype, device))
+        # written after every case, so an interrupted run still leaves its results
+        (out / "results.json").write_text(json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1))
+        (out / "results.md").write_text(markdown_table(records, env))
     return records
 
 
