@@ -79,10 +79,11 @@ def _method(name: str, q, k, v, bias, qf, kf) -> tuple[Callable[[], torch.Tensor
         from torch.nn.attention.flex_attention import flex_attention
 
         flex = _compiled_flex(flex_attention)
-        b3 = bias[0]
 
         def score_mod(score, b, h, q_idx, kv_idx):
-            return score + b3[h, q_idx, kv_idx]
+            # index the bias itself (not a view taken before requires_grad is set), so that
+            # its gradient flows in the fwd+bwd timing
+            return score + bias[0, h, q_idx, kv_idx]
 
         return (lambda: flex(q, k, v, score_mod=score_mod)), [q, k, v, bias]
     if name == "cueq":
