@@ -101,22 +101,31 @@ _MASKED = tl.constexpr(-MASK_NEG)  # the hosts' additive 1e9 * (mask - 1)
 
 
 @triton.jit
-def _load_tile(base, offs_r, offs_c, s_r, s_c, n_r, n_c):
-    """A [len(offs_r), len(offs_c)] tile, zero outside [n_r, n_c]."""
-    return tl.load(base + offs_r[:, None] * s_r + offs_c[None, :] * s_c,
-                   mask=(offs_r < n_r)[:, None] & (offs_c < n_c)[None, :], other=0.0)
+def _load_tile(base, offs_r, offs_c, s_r, s_c, n_r, n_c, FULL_R: tl.constexpr, FULL_C: tl.constexpr):
+    """A [len(offs_r), len(offs_c)] tile, zero outside [n_r, n_c]; FULL_R / FULL_C say a dim
+    needs no bounds check (its extent is a multiple of the block), so the load is unmasked."""
+    ptrs = base + offs_r[:, None] * s_r + offs_c[None, :] * s_c
+    if FULL_R and FULL_C:
+        return tl.load(ptrs)
+    elif FULL_R:
+        return tl.load(ptrs, mask=(offs_c < n_c)[None, :], other=0.0)
+    elif FULL_C:
+        return tl.load(ptrs, mask=(offs_r < n_r)[:, None], other=0.0)
+    else:
+        return tl.load(ptrs, mask=(offs_r < n_r)[:, None] & (offs_c < n_c)[None, :], other=0.0)
 
 
 @triton.jit
 def _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
-                   HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
+                   HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                   EVEN_M: tl.constexpr, EVEN_N: tl.constexpr):
     """The score terms every row of a group shares: Qf Kf^T + Bias."""
     if HAS_FACTORS:
         t = tl.dot(qf, tl.trans(kf), input_precision=PRECISION)
         if HAS_BIAS:
-            t += _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk).to(tl.float32)
+            t += _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk, EVEN_M, EVEN_N).to(tl.float32)
     else:
-        t = _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk).to(tl.float32)
+        t = _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk, EVEN_M, EVEN_N).to(tl.float32)
     return t
 
 
@@ -194,7 +203,8 @@ def _fwd_kernel(
     s_ob, s_oh, s_ol, s_od,
     B, H, Lq, Lk, D, R, n_qblocks, scale,
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    EVEN_N: tl.constexpr, PRECISION: tl.constexpr, ROWS: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
+    PRECISION: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
@@ -207,18 +217,18 @@ def _fwd_kernel(
     # shared operands (factors, bias) are read through row b0: with ROWS == 2 they are shared
     qf = 0.0
     if HAS_FACTORS:
-        qf = _load_tile(QF + b0 * s_qfb + h * s_qfh, offs_m, offs_r, s_qfl, s_qfr, Lq, R)
+        qf = _load_tile(QF + b0 * s_qfb + h * s_qfh, offs_m, offs_r, s_qfl, s_qfr, Lq, R, EVEN_M, EVEN_R)
     kf_base = KF + b0 * s_kfb + h * s_kfh
     bias_base = BIAS + b0 * s_bb + h * s_bh
 
-    q0 = _load_tile(Q + b0 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D)
+    q0 = _load_tile(Q + b0 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D, EVEN_M, EVEN_D)
     k0_base = K + b0 * s_kb + h * s_kh
     v0_base = V + b0 * s_vb + h * s_vh
     m0 = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l0 = tl.zeros([BLOCK_M], tl.float32)
     acc0 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if ROWS == 2:
-        q1 = _load_tile(Q + b1 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D)
+        q1 = _load_tile(Q + b1 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D, EVEN_M, EVEN_D)
         k1_base = K + b1 * s_kb + h * s_kh
         v1_base = V + b1 * s_vb + h * s_vh
         m1 = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -231,17 +241,17 @@ def _fwd_kernel(
         if HAS_SHARED:
             kf = 0.0
             if HAS_FACTORS:
-                kf = _load_tile(kf_base, offs_n, offs_r, s_kfl, s_kfr, Lk, R)
+                kf = _load_tile(kf_base, offs_n, offs_r, s_kfl, s_kfr, Lk, R, EVEN_N, EVEN_R)
             shared = _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
-                                    HAS_FACTORS, HAS_BIAS, PRECISION)
-        k = _load_tile(k0_base, offs_n, offs_d, s_kl, s_kd, Lk, D)
-        v = _load_tile(v0_base, offs_n, offs_d, s_vl, s_vd, Lk, D)
+                                    HAS_FACTORS, HAS_BIAS, PRECISION, EVEN_M, EVEN_N)
+        k = _load_tile(k0_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
+        v = _load_tile(v0_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
         s = _row_scores(q0, k, shared, scale, MASK + b0 * s_mb, s_ml, offs_n, Lk,
                         HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
         m0, l0, acc0 = _softmax_step(s, v, m0, l0, acc0, PRECISION)
         if ROWS == 2:
-            k = _load_tile(k1_base, offs_n, offs_d, s_kl, s_kd, Lk, D)
-            v = _load_tile(v1_base, offs_n, offs_d, s_vl, s_vd, Lk, D)
+            k = _load_tile(k1_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
+            v = _load_tile(v1_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
             s = _row_scores(q1, k, shared, scale, MASK + b1 * s_mb, s_ml, offs_n, Lk,
                             HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
             m1, l1, acc1 = _softmax_step(s, v, m1, l1, acc1, PRECISION)
@@ -260,7 +270,7 @@ def _bwd_delta_kernel(
     O, DO, DELTA,
     s_ob, s_oh, s_ol, s_od, s_dob, s_doh, s_dol, s_dod,
     H, Lq, D, n_qblocks,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     """delta = rowsum(dO * O), per (b, h, query)."""
     pid = tl.program_id(0)
@@ -270,8 +280,8 @@ def _bwd_delta_kernel(
     h = (bh % H).to(tl.int64)
     offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    o = _load_tile(O + b * s_ob + h * s_oh, offs_m, offs_d, s_ol, s_od, Lq, D).to(tl.float32)
-    do = _load_tile(DO + b * s_dob + h * s_doh, offs_m, offs_d, s_dol, s_dod, Lq, D).to(tl.float32)
+    o = _load_tile(O + b * s_ob + h * s_oh, offs_m, offs_d, s_ol, s_od, Lq, D, EVEN_M, EVEN_D).to(tl.float32)
+    do = _load_tile(DO + b * s_dob + h * s_doh, offs_m, offs_d, s_dol, s_dod, Lq, D, EVEN_M, EVEN_D).to(tl.float32)
     tl.store(DELTA + bh.to(tl.int64) * Lq + offs_m, tl.sum(o * do, 1), mask=offs_m < Lq)
 
 
@@ -280,12 +290,12 @@ def _bwd_row_step(q_base, s_ql, s_qd, do_base, s_dol, s_dod, stats_row, ROW_MAX,
                   k, v, shared, mask_base, s_ml, dq_base, s_dql, s_dqd, dk, dv,
                   offs_m, offs_n, offs_d, Lq, Lk, D, scale, row_ok,
                   HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_N: tl.constexpr,
-                  PRECISION: tl.constexpr):
+                  PRECISION: tl.constexpr, EVEN_M: tl.constexpr, EVEN_D: tl.constexpr):
     """One (query block, key block) tile of one row: updates dK, dV, adds dQ atomically and
     returns dS (fp32)."""
     m_ok = offs_m < Lq
-    q = _load_tile(q_base, offs_m, offs_d, s_ql, s_qd, Lq, D)
-    do = _load_tile(do_base, offs_m, offs_d, s_dol, s_dod, Lq, D)
+    q = _load_tile(q_base, offs_m, offs_d, s_ql, s_qd, Lq, D, EVEN_M, EVEN_D)
+    do = _load_tile(do_base, offs_m, offs_d, s_dol, s_dod, Lq, D, EVEN_M, EVEN_D)
     # rows past the end get m = +inf, hence P = 0
     m_row = tl.load(ROW_MAX + stats_row + offs_m, mask=m_ok, other=float("inf"))
     inv_l = tl.load(ROW_INV_SUM + stats_row + offs_m, mask=m_ok, other=0.0)
@@ -322,7 +332,8 @@ def _bwd_kernel(
     s_dqfb, s_dqfh, s_dqfl, s_dqfr,
     B, H, Lq, Lk, D, R, n_kblocks, n_qblocks, scale,
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ROW_FACTOR_GRAD: tl.constexpr, EVEN_N: tl.constexpr,
+    ROW_FACTOR_GRAD: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
     PRECISION: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -338,18 +349,18 @@ def _bwd_kernel(
 
     kf = 0.0
     if HAS_FACTORS:
-        kf = _load_tile(KF + b0 * s_kfb + h * s_kfh, offs_n, offs_r, s_kfl, s_kfr, Lk, R)
+        kf = _load_tile(KF + b0 * s_kfb + h * s_kfh, offs_n, offs_r, s_kfl, s_kfr, Lk, R, EVEN_N, EVEN_R)
     qf_base = QF + b0 * s_qfb + h * s_qfh
     bias_base = BIAS + b0 * s_bb + h * s_bh
 
-    k0 = _load_tile(K + b0 * s_kb + h * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D)
-    v0 = _load_tile(V + b0 * s_vb + h * s_vh, offs_n, offs_d, s_vl, s_vd, Lk, D)
+    k0 = _load_tile(K + b0 * s_kb + h * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
+    v0 = _load_tile(V + b0 * s_vb + h * s_vh, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
     dk0 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv0 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dkf = tl.zeros([BLOCK_N, BLOCK_R], tl.float32)
     if ROWS == 2:
-        k1 = _load_tile(K + b1 * s_kb + h * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D)
-        v1 = _load_tile(V + b1 * s_vb + h * s_vh, offs_n, offs_d, s_vl, s_vd, Lk, D)
+        k1 = _load_tile(K + b1 * s_kb + h * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
+        v1 = _load_tile(V + b1 * s_vb + h * s_vh, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
         dk1 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv1 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
@@ -361,14 +372,14 @@ def _bwd_kernel(
         if HAS_SHARED:
             qf = 0.0
             if HAS_FACTORS:
-                qf = _load_tile(qf_base, offs_m, offs_r, s_qfl, s_qfr, Lq, R)
+                qf = _load_tile(qf_base, offs_m, offs_r, s_qfl, s_qfr, Lq, R, EVEN_M, EVEN_R)
             shared = _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
-                                    HAS_FACTORS, HAS_BIAS, PRECISION)
+                                    HAS_FACTORS, HAS_BIAS, PRECISION, EVEN_M, EVEN_N)
         dk0, dv0, ds0 = _bwd_row_step(
             Q + b0 * s_qb + h * s_qh, s_ql, s_qd, DO + b0 * s_dob + h * s_doh, s_dol, s_dod,
             (b0 * H + h) * Lq, ROW_MAX, ROW_INV_SUM, DELTA, k0, v0, shared, MASK + b0 * s_mb, s_ml,
             DQ_ACC + b0 * s_dqb + h * s_dqh, s_dql, s_dqd, dk0, dv0,
-            offs_m, offs_n, offs_d, Lq, Lk, D, scale, True, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
+            offs_m, offs_n, offs_d, Lq, Lk, D, scale, True, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION, EVEN_M, EVEN_D)
         if ROW_FACTOR_GRAD:
             ds_lp = ds0.to(kf.dtype)
             dkf += tl.dot(tl.trans(ds_lp), qf, input_precision=PRECISION)
@@ -380,7 +391,8 @@ def _bwd_kernel(
                 Q + b1 * s_qb + h * s_qh, s_ql, s_qd, DO + b1 * s_dob + h * s_doh, s_dol, s_dod,
                 (b1 * H + h) * Lq, ROW_MAX, ROW_INV_SUM, DELTA, k1, v1, shared, MASK + b1 * s_mb, s_ml,
                 DQ_ACC + b1 * s_dqb + h * s_dqh, s_dql, s_dqd, dk1, dv1,
-                offs_m, offs_n, offs_d, Lq, Lk, D, scale, row1_ok, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
+                offs_m, offs_n, offs_d, Lq, Lk, D, scale, row1_ok, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION,
+                EVEN_M, EVEN_D)
 
     nd_ok = (offs_n < Lk)[:, None] & (offs_d < D)[None, :]
     tl.store(DK + b0 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
@@ -411,7 +423,8 @@ def _ds_sum_kernel(
     s_gb, s_gh, s_gq, s_gk,
     B, H, Lq, Lk, D, R, n_qblocks, n_kblocks, GB, GH, scale,
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ROW_FACTORS: tl.constexpr, EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
+    ROW_FACTORS: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """dS summed over the rows (and heads) that share one tile of a broadcast operand, for the
@@ -447,21 +460,21 @@ def _ds_sum_kernel(
             qf = 0.0
             kf = 0.0
             if TILE_FACTORS:
-                qf = _load_tile(QF + b_lo * s_qfb + h64 * s_qfh, offs_m, offs_r, s_qfl, s_qfr, Lq, R)
-                kf = _load_tile(KF + b_lo * s_kfb + h64 * s_kfh, offs_n, offs_r, s_kfl, s_kfr, Lk, R)
+                qf = _load_tile(QF + b_lo * s_qfb + h64 * s_qfh, offs_m, offs_r, s_qfl, s_qfr, Lq, R, EVEN_M, EVEN_R)
+                kf = _load_tile(KF + b_lo * s_kfb + h64 * s_kfh, offs_n, offs_r, s_kfl, s_kfr, Lk, R, EVEN_N, EVEN_R)
             tile_shared = _shared_scores(qf, kf, BIAS + b_lo * s_bb + h64 * s_bh, s_bq, s_bk, offs_m,
-                                         offs_n, Lq, Lk, TILE_FACTORS, HAS_BIAS, PRECISION)
+                                         offs_n, Lq, Lk, TILE_FACTORS, HAS_BIAS, PRECISION, EVEN_M, EVEN_N)
         for b in range(b_lo, b_hi):
             b64 = tl.cast(b, tl.int64)
             shared = tile_shared
             if ROW_FACTORS:
-                qf_row = _load_tile(QF + b64 * s_qfb + h64 * s_qfh, offs_m, offs_r, s_qfl, s_qfr, Lq, R)
-                kf_row = _load_tile(KF + b64 * s_kfb + h64 * s_kfh, offs_n, offs_r, s_kfl, s_kfr, Lk, R)
+                qf_row = _load_tile(QF + b64 * s_qfb + h64 * s_qfh, offs_m, offs_r, s_qfl, s_qfr, Lq, R, EVEN_M, EVEN_R)
+                kf_row = _load_tile(KF + b64 * s_kfb + h64 * s_kfh, offs_n, offs_r, s_kfl, s_kfr, Lk, R, EVEN_N, EVEN_R)
                 shared += tl.dot(qf_row, tl.trans(kf_row), input_precision=PRECISION)
-            q = _load_tile(Q + b64 * s_qb + h64 * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D)
-            do = _load_tile(DO + b64 * s_dob + h64 * s_doh, offs_m, offs_d, s_dol, s_dod, Lq, D)
-            k = _load_tile(K + b64 * s_kb + h64 * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D)
-            v = _load_tile(V + b64 * s_vb + h64 * s_vh, offs_n, offs_d, s_vl, s_vd, Lk, D)
+            q = _load_tile(Q + b64 * s_qb + h64 * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D, EVEN_M, EVEN_D)
+            do = _load_tile(DO + b64 * s_dob + h64 * s_doh, offs_m, offs_d, s_dol, s_dod, Lq, D, EVEN_M, EVEN_D)
+            k = _load_tile(K + b64 * s_kb + h64 * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
+            v = _load_tile(V + b64 * s_vb + h64 * s_vh, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
             row = (b64 * H + h64) * Lq
             m_row = tl.load(ROW_MAX + row + offs_m, mask=m_ok, other=float("inf"))
             inv_l = tl.load(ROW_INV_SUM + row + offs_m, mask=m_ok, other=0.0)
@@ -529,10 +542,14 @@ class _Operands:
         mask_strides = tuple(self.mask.stride()) if self.mask is not None else (0, 0)
         return (*_strides4(self.qf), *_strides4(self.kf), *_strides4(self.bias), *mask_strides)
 
-    def flags(self):
+    def flags(self, cfg: KernelConfig):
+        """Constexpr flags of a launch with tiles ``cfg``: features present, and which dims
+        divide into whole blocks (their loads go unmasked)."""
         return dict(HAS_FACTORS=self.has_factors, HAS_BIAS=self.bias is not None,
                     HAS_MASK=self.mask is not None, PRECISION=self.precision,
-                    BLOCK_D=self.block_d, BLOCK_R=self.block_r)
+                    BLOCK_D=self.block_d, BLOCK_R=self.block_r,
+                    EVEN_M=self.Lq % cfg.block_m == 0, EVEN_N=self.Lk % cfg.block_n == 0,
+                    EVEN_D=self.D == self.block_d, EVEN_R=self.R == self.block_r)
 
 
 def _rows_per_program(ops: _Operands, cfg: KernelConfig) -> int:
@@ -553,7 +570,7 @@ def _forward(q, k, v, ops: _Operands):
         q, k, v, qf, kf, bias, mask, o, row_stats[0], row_stats[1],
         *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *o.stride(),
         B, H, Lq, Lk, D, ops.R, n_qblocks, ops.scale,
-        **ops.flags(), EVEN_N=Lk % cfg.block_n == 0, ROWS=rows, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        **ops.flags(cfg), ROWS=rows, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return o, row_stats
@@ -583,7 +600,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     n_dblocks = triton.cdiv(Lq, dm)
     _bwd_delta_kernel[(n_dblocks * B * H,)](
         o, do, delta, *o.stride(), *do.stride(), H, Lq, D, n_dblocks,
-        BLOCK_M=dm, BLOCK_D=ops.block_d,
+        BLOCK_M=dm, BLOCK_D=ops.block_d, EVEN_M=Lq % dm == 0, EVEN_D=D == ops.block_d,
     )
 
     dk = torch.empty_like(k)
@@ -601,8 +618,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
         *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(),
         *dk.stride(), *dv.stride(), *dq_acc.stride(), *_strides4(dkf), *_strides4(dqf_acc),
         B, H, Lq, Lk, D, ops.R, n_kblocks, triton.cdiv(Lq, cfg.block_m), ops.scale,
-        **ops.flags(), ROW_FACTOR_GRAD=row_factor_grad, EVEN_N=Lk % cfg.block_n == 0,
-        ROWS=rows,
+        **ops.flags(cfg), ROW_FACTOR_GRAD=row_factor_grad, ROWS=rows,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     dq = dq_acc.to(q.dtype)
@@ -616,7 +632,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
             q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, g,
             *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(), *g.stride(),
             B, H, Lq, Lk, D, ops.R, n_qblocks, n_kblocks, GB, GH, ops.scale,
-            **ops.flags(), ROW_FACTORS=ops.has_factors and not shared_factors, EVEN_N=Lk % rcfg.block_n == 0,
+            **ops.flags(rcfg), ROW_FACTORS=ops.has_factors and not shared_factors,
             BLOCK_M=rcfg.block_m, BLOCK_N=rcfg.block_n, num_warps=rcfg.num_warps, num_stages=rcfg.num_stages,
         )
 
