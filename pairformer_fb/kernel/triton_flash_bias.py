@@ -62,10 +62,10 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> Ker
         return KernelConfig(64, 32, 4, 2, 1) if kind == "fwd" else KernelConfig(32, 64, 4, 2, 1)
     # measured best at N = 1024, D = 32 on an H200 (benchmarks/kernel_tuning.md)
     if kind == "ds_sum":
-        return KernelConfig(64, 128 if (block_r and not has_bias) else 64, 4, 3, 1)
+        return KernelConfig(128, 64, 4, 3, 1) if (block_r and not has_bias) else KernelConfig(64, 64, 4, 3, 1)
     if kind == "bwd":
         return KernelConfig(64, 128, 4, 3, 1)
-    return KernelConfig(64, 64, 4, 3, 1)
+    return KernelConfig(64, 64, 4, 3, 2) if has_bias else KernelConfig(128, 64, 4, 3, 1)
 
 
 # Tuning sweeps and benchmarks set entries here: {(kind, block_d, block_r, has_bias): KernelConfig}.
@@ -503,6 +503,19 @@ def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
     return tuple(t.stride()) if t is not None else (0, 0, 0, 0)
 
 
+def _new_like_layout(t: torch.Tensor, dtype: torch.dtype | None = None, zero: bool = False) -> torch.Tensor:
+    """A new [B, H, L, D] tensor laid out like ``t``: with heads inside tokens ([B, L, H, D] in
+    memory, as projections produce them) when t is, else contiguous. Outputs and gradients in
+    their input's layout spare callers a transpose copy (torch.empty_like falls back to
+    contiguous for a strided view such as one slice of a fused q/k/v projection)."""
+    new = torch.zeros if zero else torch.empty
+    B, H, L, D = t.shape
+    dtype = dtype or t.dtype
+    if t.stride(1) < t.stride(2):
+        return new((B, L, H, D), device=t.device, dtype=dtype).transpose(1, 2)
+    return new((B, H, L, D), device=t.device, dtype=dtype)
+
+
 def _or(t: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
     """A pointer argument the kernel does not touch when its feature flag is off."""
     return t if t is not None else placeholder
@@ -562,7 +575,7 @@ def _forward(q, k, v, ops: _Operands):
     B, H, Lq, Lk, D = ops.B, ops.H, ops.Lq, ops.Lk, ops.D
     cfg = _config("fwd", ops)
     rows = _rows_per_program(ops, cfg)
-    o = torch.empty_like(q)
+    o = _new_like_layout(q)
     row_stats = torch.empty((2, B, H, Lq), device=q.device, dtype=torch.float32)
     n_qblocks = triton.cdiv(Lq, cfg.block_m)
     qf, kf, bias, mask = ops.pointer_args(q)
@@ -603,9 +616,9 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
         BLOCK_M=dm, BLOCK_D=ops.block_d, EVEN_M=Lq % dm == 0, EVEN_D=D == ops.block_d,
     )
 
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
-    dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32)  # atomic adds, cast at the end
+    dk = _new_like_layout(k)
+    dv = _new_like_layout(v)
+    dq_acc = _new_like_layout(q, torch.float32, zero=True)  # atomic adds, cast at the end
     dkf = torch.empty((B, H, Lk, ops.R), device=q.device, dtype=q.dtype) if row_factor_grad else None
     dqf_acc = torch.zeros((B, H, Lq, ops.R), device=q.device, dtype=torch.float32) if row_factor_grad else None
     cfg = _config("bwd", ops)
