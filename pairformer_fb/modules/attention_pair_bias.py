@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernel import flash_bias_attention
+from ..kernel.layer_norm import layer_norm
 from ..kernel.op import Backend
 from .common import FlashBiasModule, Mode, check_shape, concat_linear_params, head_major_pair_bias, shape_str
 from .factor_network import FactorConfig, FactorNetwork, bias_approximation_loss
@@ -108,8 +109,8 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
         self._check_mode(mode)
         self._check_inputs(s, z, mask)
         batch_shape, n = s.shape[:-2], s.shape[-2]
-        a = self.layer_norm_s(s) if self.layer_norm_s is not None else s
-        pair = self.layer_norm_z(z)
+        a = layer_norm(s, self.layer_norm_s) if self.layer_norm_s is not None else s
+        pair = layer_norm(z, self.layer_norm_z)
         token_mask = mask.to(torch.bool) if mask is not None else None
         pair_mask = token_mask[..., :, None] & token_mask[..., None, :] if token_mask is not None else None
 

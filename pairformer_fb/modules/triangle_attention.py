@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernel import flash_bias_attention
+from ..kernel.layer_norm import layer_norm
 from ..kernel.op import Backend
 from .common import FlashBiasModule, Mode, check_shape, concat_linear_params, head_major_pair_bias, shape_str
 from .factor_network import FactorConfig, FactorNetwork, bias_approximation_loss
@@ -149,7 +150,7 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         mode = self.mode
         self._check_mode(mode)
         self._check_inputs(z, mask, chunk_size)
-        pair = self.layer_norm(z)
+        pair = layer_norm(z, self.layer_norm)
         pair_mask = mask.to(torch.bool) if mask is not None else None
 
         # The pair rep and mask in the bias' orientation: bias[*, h, j, k] = linear_b(source[*, j, k]).

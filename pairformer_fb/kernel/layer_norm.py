@@ -1,0 +1,82 @@
+"""Layer norm over the last dim, with a Triton forward for CUDA tensors.
+
+PyTorch's kernel is slow for the pair representation's narrow rows: on an H200, LayerNorm of
+a [1024 * 1024, 128] bf16 tensor took 1.17 ms (20% of a triangle-attention module), where
+moving its 512 MB takes ~0.13 ms. The Triton forward normalises a block of rows per program
+in fp32 and saves mean and 1/std; the backward is PyTorch's own (aten.native_layer_norm_backward
+on those statistics), so gradients are exactly torch's. Other devices use F.layer_norm.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _layer_norm_fwd_kernel(X, W, Bias, Y, MEAN, RSTD, M, C, eps,
+                           HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                           BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    cols = tl.arange(0, BLOCK_C)
+    row_ok = rows < M
+    col_ok = cols < C
+    ok = row_ok[:, None] & col_ok[None, :]
+    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+    x = tl.load(X + offs, mask=ok, other=0.0).to(tl.float32)
+    mean = tl.sum(x, 1) / C
+    xc = tl.where(ok, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / C + eps)
+    y = xc * rstd[:, None]
+    if HAS_W:
+        y = y * tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_B:
+        y = y + tl.load(Bias + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=ok)
+    tl.store(MEAN + rows, mean, mask=row_ok)
+    tl.store(RSTD + rows, rstd, mask=row_ok)
+
+
+class _TritonLayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        C = x.shape[-1]
+        x2 = x.reshape(-1, C)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        M = x2.shape[0]
+        y = torch.empty_like(x2)
+        mean = torch.empty(M, device=x.device, dtype=torch.float32)
+        rstd = torch.empty(M, device=x.device, dtype=torch.float32)
+        block_c = triton.next_power_of_2(C)
+        block_rows = max(1, min(64, 4096 // block_c))
+        _layer_norm_fwd_kernel[(triton.cdiv(M, block_rows),)](
+            x2, weight if weight is not None else x2, bias if bias is not None else x2, y, mean, rstd,
+            M, C, eps, HAS_W=weight is not None, HAS_B=bias is not None,
+            BLOCK_ROWS=block_rows, BLOCK_C=block_c, num_warps=4,
+        )
+        ctx.save_for_backward(x2, weight, bias, mean, rstd)
+        ctx.x_shape = x.shape
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight, bias, mean, rstd = ctx.saved_tensors
+        C = x2.shape[-1]
+        dx, dw, db = torch.ops.aten.native_layer_norm_backward(
+            dy.reshape(-1, C).contiguous(), x2, [C], mean[:, None], rstd[:, None], weight, bias,
+            [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
+             bias is not None and ctx.needs_input_grad[2]],
+        )
+        return (dx.view(ctx.x_shape) if dx is not None else None), dw, db, None
+
+
+def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    """``norm(x)`` (an nn.LayerNorm over the last dim): Triton forward on CUDA, else torch."""
+    if not x.is_cuda or len(norm.normalized_shape) != 1 or x.shape[-1] > 8192:
+        return norm(x)
+    if norm.weight is not None and norm.weight.dtype != x.dtype:
+        return norm(x)  # mixed dtypes (e.g. under autocast): torch's own promotion rules
+    return _TritonLayerNorm.apply(x, norm.weight, norm.bias, norm.eps)
