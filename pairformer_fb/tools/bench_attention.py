@@ -15,11 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..kernel import flash_bias_attention
-from .timing import environment, median_ms
-
-class Skipped(Exception):
-    """A method that does not apply here (recorded as skipped, not as an error)."""
-
+from .timing import Skipped, environment, failure_status, median_ms, median_ms_and_peak_memory
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -130,20 +126,10 @@ def _measure(case: Case, method: str, rank: int | None, cfg, dtype, device) -> R
             def fwd_bwd():
                 return torch.autograd.grad(fn(), grad_inputs, do)
 
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats(device)
-            rec.fwd_bwd_ms = median_ms(fwd_bwd, device, cfg.warmup_ms, cfg.rep_ms)
-            if device.type == "cuda":
-                rec.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
-    except ImportError as e:
-        rec.status = f"not installed ({e.name})"
-    except Skipped as e:
-        rec.status = f"skipped: {e}"
-    except torch.OutOfMemoryError:
-        rec.status = "OOM"
+            rec.fwd_bwd_ms, rec.peak_memory_bytes = median_ms_and_peak_memory(fwd_bwd, device, cfg.warmup_ms,
+                                                                              cfg.rep_ms)
     except Exception as e:  # a baseline failing must not stop the benchmark: record why
-        rec.status = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        rec.status = failure_status(e)
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
-from .bench_attention import DTYPES, Skipped
-from .timing import environment, median_ms
+from .bench_attention import DTYPES
+from .timing import Skipped, environment, failure_status, median_ms, median_ms_and_peak_memory
 
 
 @dataclass
@@ -110,18 +110,10 @@ def _measure(module, n, variant, rank, cfg, dtype, device) -> ModuleRecord:
                 out = fn()
                 return torch.autograd.grad(out, inputs + params, torch.ones_like(out), allow_unused=True)
 
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats(device)
-            rec.fwd_bwd_ms = median_ms(fwd_bwd, device, cfg.warmup_ms, cfg.rep_ms)
-            if device.type == "cuda":
-                rec.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
-    except Skipped as e:
-        rec.status = f"skipped: {e}"
-    except torch.OutOfMemoryError:
-        rec.status = "OOM"
+            rec.fwd_bwd_ms, rec.peak_memory_bytes = median_ms_and_peak_memory(fwd_bwd, device, cfg.warmup_ms,
+                                                                              cfg.rep_ms)
     except Exception as e:  # keep going: record why this variant failed
-        rec.status = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        rec.status = failure_status(e)
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -32,6 +32,32 @@ def median_ms(fn: Callable[[], object], device: torch.device, warmup_ms: float =
     return statistics.median(times)
 
 
+class Skipped(Exception):
+    """A benchmark case that does not apply here (recorded as skipped, not as an error)."""
+
+
+def median_ms_and_peak_memory(fn: Callable[[], object], device: torch.device, warmup_ms: float,
+                              rep_ms: float) -> tuple[float, int | None]:
+    """``median_ms`` of fn and, on CUDA, the peak memory allocated while it ran."""
+    if device.type != "cuda":
+        return median_ms(fn, device, warmup_ms, rep_ms), None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats(device)
+    ms = median_ms(fn, device, warmup_ms, rep_ms)
+    return ms, int(torch.cuda.max_memory_allocated(device))
+
+
+def failure_status(e: Exception) -> str:
+    """How a benchmark records a case that could not run; one failing case never stops a run."""
+    if isinstance(e, ImportError):
+        return f"not installed ({e.name})"
+    if isinstance(e, Skipped):
+        return f"skipped: {e}"
+    if isinstance(e, torch.OutOfMemoryError):
+        return "OOM"
+    return f"error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
 def environment(device: torch.device) -> dict:
     """What a recorded result needs to be reproducible: device, versions, date, command."""
     env = {
