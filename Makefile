@@ -10,6 +10,8 @@ install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_PIN)"
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install -q "$(TRITON_PIN)"
 	@$(PYTHON) -m pip install -q -e ".[test]"
+	@# host models (Protenix ...) without their pins, which would replace torch: see the file
+	@$(PYTHON) -m pip install -q --no-deps -r requirements-hosts.txt
 
 test: install
 	$(PYTHON) -m pytest -q tests

@@ -7,6 +7,7 @@ fine-tuning, benchmarking).
 
 from .kernel import flash_bias_attention
 from .modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
+from .tools.patching import PatchReport, patch_model, unpatch_model
 
 __version__ = "0.1.0"
 
@@ -15,5 +16,8 @@ __all__ = [
     "FlashBiasTriangleAttention",
     "FlashBiasAttentionPairBias",
     "FactorConfig",
+    "patch_model",
+    "unpatch_model",
+    "PatchReport",
     "__version__",
 ]

@@ -1,1 +1,1 @@
-"""Tools layer: benchmarking (and later patching, checkpoint conversion, fine-tuning)."""
+"""Tools layer: patching host models, benchmarking, kernel tuning (later: checkpoint conversion, fine-tuning)."""

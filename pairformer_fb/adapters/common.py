@@ -1,0 +1,132 @@
+"""Pieces shared by the host adapters: where a module is replaced (``Site``), the wrapper base
+class (``PatchedModule``) and the helpers that build one of our modules on the host's own
+parameter objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..modules.common import FlashBiasModule
+
+Kind = Literal["triangle", "single"]
+KINDS: tuple[str, ...] = ("triangle", "single")
+
+
+class UnsupportedModuleError(ValueError):
+    """A host module that an adapter found but cannot replace exactly (an option of the host's
+    module that our modules do not implement)."""
+
+
+@dataclass
+class Site:
+    """One host module to replace.
+
+    Attributes:
+        path: its qualified name in the patched model ("" parts joined by ".").
+        parent, attr: the module that holds it and the attribute name it is held under.
+        module: the host module itself.
+        kind: "triangle" (triangle attention) or "single" (pair-biased single attention).
+        node: for triangle attention, the node it attends around *in the host's block*
+            ("starting" / "ending"); None for single attention.
+        stack: which of the host's Pairformer stacks holds it (host-specific names, e.g.
+            "pairformer", "msa", "template", "confidence").
+        block: the index of its block within that stack.
+    """
+
+    path: str
+    parent: nn.Module
+    attr: str
+    module: nn.Module
+    kind: str
+    node: str | None
+    stack: str
+    block: int
+
+
+class PatchedModule(nn.Module):
+    """Base of the adapters' wrappers: replaces a host module in its parent, keeps the host's
+    forward signature and calls ``self.flash_bias`` (one of our modules, built on the host
+    module's own nn.Parameter objects).
+
+    The host module is kept, unregistered, in ``host_module`` (so ``parameters()`` and
+    ``state_dict()`` do not list the shared parameters twice) for ``unpatch_model``. In
+    "distill" mode the wrapper returns the update, as the host's caller expects, and keeps the
+    bias approximation loss of its last call in ``last_distill_loss``.
+    """
+
+    def __init__(self, host_module: nn.Module, flash_bias: FlashBiasModule, site: Site):
+        super().__init__()
+        self.flash_bias = flash_bias
+        # a tuple, so that nn.Module does not register the host module as a child
+        self._host = (host_module,)
+        self.site_path, self.site_kind, self.site_node = site.path, site.kind, site.node
+        self.site_stack, self.site_block = site.stack, site.block
+        self.last_distill_loss: torch.Tensor | None = None
+
+    @property
+    def host_module(self) -> nn.Module:
+        return self._host[0]
+
+    @property
+    def mode(self) -> str:
+        return self.flash_bias.mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self.flash_bias.mode = value
+
+    def _finish(self, out):
+        if isinstance(out, tuple):  # "distill": (update, loss)
+            out, self.last_distill_loss = out
+        return out
+
+    def extra_repr(self) -> str:
+        return f"host={type(self.host_module).__name__}, path={self.site_path!r}"
+
+
+def build_on_meta(cls, **kwargs) -> FlashBiasModule:
+    """Our module with its parameters on the meta device (nothing allocated): the caller then
+    assigns the host's parameter objects in their place (``share_linear`` / ``share_layer_norm``)."""
+    with torch.device("meta"):
+        return cls(**kwargs)
+
+
+def _share(dst: nn.Module, name: str, param: nn.Parameter | None, where: str) -> None:
+    own = getattr(dst, name)
+    if (own is None) != (param is None):
+        raise UnsupportedModuleError(
+            f"{where}: the host's {name} is {'absent' if param is None else 'present'} but ours is not")
+    if param is None:
+        return
+    if tuple(own.shape) != tuple(param.shape):
+        raise UnsupportedModuleError(
+            f"{where}: {name} shape {tuple(param.shape)} of the host, {tuple(own.shape)} expected")
+    setattr(dst, name, param)  # the same nn.Parameter object: nothing is copied
+
+
+def share_linear(dst: nn.Linear, src: nn.Linear, where: str) -> None:
+    """Make ``dst`` use ``src``'s weight and bias parameter objects."""
+    _share(dst, "weight", src.weight, where)
+    _share(dst, "bias", src.bias, where)
+
+
+def share_layer_norm(dst: nn.LayerNorm, src: nn.Module, where: str) -> None:
+    """Make ``dst`` use the host layer norm's weight / bias objects and its epsilon (the host
+    class may be any layer norm over the last dim with ``weight``, ``bias`` and ``eps``)."""
+    for attr in ("weight", "bias", "eps"):
+        if not hasattr(src, attr):
+            raise UnsupportedModuleError(f"{where}: host layer norm {type(src).__name__} has no {attr!r}")
+    _share(dst, "weight", src.weight, where)
+    _share(dst, "bias", src.bias, where)
+    dst.eps = float(src.eps)
+
+
+def check_no_meta(module: nn.Module, where: str) -> None:
+    """Every parameter / buffer was replaced by a real host tensor (or is a factor network's)."""
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if t.is_meta:
+            raise UnsupportedModuleError(f"{where}: {name} was not mapped to a host parameter")

@@ -1,0 +1,262 @@
+"""Protenix (2.0.0) adapter.
+
+Every Pairformer-like stack of Protenix is made of ``protenix.model.modules.pairformer.
+PairformerBlock``: the trunk's ``PairformerStack``, the MSA module's ``MSABlock.pair_stack``,
+the template embedder's and the confidence head's ``PairformerStack``. A block holds
+
+* ``tri_att_start`` and ``tri_att_end``: both ``protenix.model.triangular.triangular.
+  TriangleAttention`` with ``starting=True``. The block itself transposes z (and the pair mask)
+  around ``tri_att_end`` (``z = z.transpose(-2, -3).contiguous()``), so the ending node runs the
+  starting-node code on the transposed z and its bias is projected from the transposed z
+  (our ``ending_bias="transposed"`` convention). Both map to our starting-node module; a
+  ``TriangleAttention`` with ``starting=False`` (``TriangleAttentionEndingNode``, used by no
+  Protenix block) would map to our ``node="ending", ending_bias="transposed"``.
+* ``attention_pair_bias`` (when c_s > 0): ``protenix.model.modules.transformer.
+  AttentionPairBias`` with ``has_s=False``, called without a mask (Protenix's Pairformer single
+  attention is unmasked).
+
+Parameter mapping (host -> ours; every one shared, not copied):
+
+    TriangleAttention                      FlashBiasTriangleAttention
+      layer_norm (weight, bias, eps)         layer_norm
+      linear        (c_z -> H, no bias)      linear_b
+      mha.linear_q / _k / _v (no bias)       linear_q / _k / _v
+      mha.linear_g  (no bias)                linear_g   (gate_bias=False)
+      mha.linear_o  (no bias)                linear_o   (out_bias=False)
+      mha.no_heads, mha.c_hidden (per head)  n_heads, head_dim;  inf must be 1e9
+
+    AttentionPairBias (has_s=False)        FlashBiasAttentionPairBias
+      layernorm_a                            layer_norm_s
+      layernorm_z (offset in the Pairformer) layer_norm_z
+      linear_nobias_z                        linear_z
+      attention.linear_q (with bias)         linear_q   (q_bias=True)
+      attention.linear_k / _v / _g / _o      linear_k / _v / _g / _o (no biases)
+      attention.num_heads, .c_hidden         n_heads, head_dim
+
+Kernel switches: the wrappers keep the host signatures. ``triangle_attention`` (the host's
+"torch" / "triattention" / "deepspeed" / "cuequivariance" kernel choice) is checked as the
+host checks it and otherwise ignored: every choice computes the same function, which the
+FlashBias op now computes. ``chunk_size`` bounds the attention rows per op call, as the host's
+chunking does. ``inplace_safe`` only lets the host reuse buffers; the wrapper returns a fresh
+update, which the host's callers add in place or not as before. A single-attention call with
+local attention (``n_queries`` / ``n_keys``) or ``enable_efficient_fusion`` (neither is used by
+the Pairformer) runs the original host module.
+
+Importing protenix on a machine without CUDA needs ``LAYERNORM_TYPE=torch`` in the environment
+(otherwise it tries to compile its fused CUDA layer norm at import).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
+from ..modules.factor_network import FactorNetwork
+from .common import (
+    PatchedModule,
+    Site,
+    UnsupportedModuleError,
+    build_on_meta,
+    check_no_meta,
+    share_layer_norm,
+    share_linear,
+)
+
+HOST = "protenix"
+PACKAGE = "protenix"
+INSTALL_HINT = (
+    "pip install --no-deps protenix==2.0.0 and the packages of requirements-hosts.txt "
+    "(pip install --no-deps -r requirements-hosts.txt); without CUDA set LAYERNORM_TYPE=torch"
+)
+STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence")
+DEFAULT_STACKS: tuple[str, ...] = ("pairformer",)
+
+# the host's triangle_attention choices (asserted in protenix.model.triangular.layers.Attention)
+TRIANGLE_KERNELS = ("torch", "deepspeed", "triattention", "cuequivariance")
+# the host's additive mask value; the FlashBias op masks with the same 1e9 * (mask - 1)
+_MASK_INF = 1e9
+# ancestor class name -> stack name (by name, so that no further protenix module is imported)
+_STACK_OF_ANCESTOR = {"ConfidenceHead": "confidence", "TemplateEmbedder": "template",
+                      "MSAModule": "msa", "MSABlock": "msa"}
+
+
+def _host_classes():
+    """(PairformerBlock, TriangleAttention, AttentionPairBias), importing protenix if needed."""
+    try:
+        from protenix.model.modules.pairformer import PairformerBlock
+        from protenix.model.modules.transformer import AttentionPairBias
+        from protenix.model.triangular.triangular import TriangleAttention
+    except ImportError as e:
+        raise ImportError(f"host 'protenix' needs the protenix package, which failed to import ({e}): "
+                          f"{INSTALL_HINT}") from e
+    except OSError as e:  # its fused layer norm's CUDA build, attempted at import
+        raise ImportError(f"importing protenix failed ({e}); on a machine without CUDA set "
+                          f"LAYERNORM_TYPE=torch before importing it. {INSTALL_HINT}") from e
+    return PairformerBlock, TriangleAttention, AttentionPairBias
+
+
+def _ancestors(model: nn.Module, path: str) -> list[nn.Module]:
+    mods, m = [model], model
+    for part in path.split(".") if path else []:
+        m = getattr(m, part)
+        mods.append(m)
+    return mods
+
+
+def _stack_and_index(model: nn.Module, path: str) -> tuple[str, int]:
+    stack = "pairformer"
+    for m in _ancestors(model, path)[:-1]:
+        stack = _STACK_OF_ANCESTOR.get(type(m).__name__, stack)
+    numbers = re.findall(r"(?:^|\.)(\d+)(?=\.|$)", path)
+    return stack, int(numbers[-1]) if numbers else 0
+
+
+def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]:
+    """The triangle attentions (kind "triangle") and single attentions ("single") of every
+    PairformerBlock of the selected stacks, in model order."""
+    PairformerBlock, TriangleAttention, AttentionPairBias = _host_classes()
+    sites = []
+    for path, block in model.named_modules():
+        if not isinstance(block, PairformerBlock):
+            continue
+        stack, index = _stack_and_index(model, path)
+        if stack not in stacks:
+            continue
+        children = []
+        if "triangle" in kinds:
+            children += [("tri_att_start", "triangle", "starting"), ("tri_att_end", "triangle", "ending")]
+        if "single" in kinds and getattr(block, "c_s", 0) > 0:
+            children.append(("attention_pair_bias", "single", None))
+        for attr, kind, node in children:
+            module = getattr(block, attr, None)
+            expected = TriangleAttention if kind == "triangle" else AttentionPairBias
+            if not isinstance(module, expected):
+                continue  # e.g. already replaced (patch_model checks that first) or absent
+            sites.append(Site(path=f"{path}.{attr}" if path else attr, parent=block, attr=attr,
+                              module=module, kind=kind, node=node, stack=stack, block=index))
+    return sites
+
+
+def _check_linear(linear: nn.Module, where: str) -> None:
+    if getattr(linear, "precision", None) is not None:
+        raise UnsupportedModuleError(f"{where}: a linear map with precision={linear.precision} is not supported")
+
+
+def _factor_network(config: FactorConfig | None, c_z: int, n_heads: int, like: torch.Tensor):
+    if config is None:
+        return None
+    if config.use_s_inputs:
+        raise UnsupportedModuleError(
+            "Protenix's Pairformer blocks pass no s_inputs to their attention modules: use a "
+            "FactorConfig with use_s_inputs=False")
+    return FactorNetwork(c_z, n_heads, config).to(device=like.device, dtype=like.dtype)
+
+
+class ProtenixTriangleAttention(PatchedModule):
+    """Replaces ``protenix...triangular.TriangleAttention``; same forward signature."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+        triangle_attention: str = "torch",
+        inplace_safe: bool = False,
+    ) -> torch.Tensor:
+        if triangle_attention not in TRIANGLE_KERNELS:
+            raise ValueError(f"triangle_attention must be one of {TRIANGLE_KERNELS}, got {triangle_attention!r}")
+        # mask None: the host uses all ones, i.e. no masking; 0/1 float masks -> bool in our module
+        return self._finish(self.flash_bias(x, mask, chunk_size=chunk_size))
+
+
+class ProtenixAttentionPairBias(PatchedModule):
+    """Replaces ``protenix...transformer.AttentionPairBias`` (has_s=False); same signature."""
+
+    def forward(
+        self,
+        a: torch.Tensor,
+        s: torch.Tensor | None,
+        z: torch.Tensor,
+        n_queries: int | None = None,
+        n_keys: int | None = None,
+        inplace_safe: bool = False,
+        chunk_size: int | None = None,
+        enable_efficient_fusion: bool = False,
+    ) -> torch.Tensor:
+        if (n_queries and n_keys) or enable_efficient_fusion:
+            # paths the Pairformer never takes: the host's own code, on the same parameters
+            return self.host_module(a, s, z, n_queries, n_keys, inplace_safe, chunk_size,
+                                    enable_efficient_fusion)
+        # has_s=False: the host ignores s; the Pairformer's single attention has no mask
+        return self._finish(self.flash_bias(a, z, None))
+
+
+def _triangle(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:
+    host, where = site.module, site.path
+    mha = host.mha
+    if getattr(mha, "linear_g", None) is None:
+        raise UnsupportedModuleError(f"{where}: triangle attention without gating is not supported")
+    if float(host.inf) != _MASK_INF:
+        raise UnsupportedModuleError(f"{where}: inf={host.inf} (the FlashBias op masks with 1e9)")
+    for name in ("linear", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
+        _check_linear(host.get_submodule(name), f"{where}.{name}")
+    node = {"node": "starting"} if host.starting else {"node": "ending", "ending_bias": "transposed"}
+    ours = build_on_meta(
+        FlashBiasTriangleAttention, c_z=host.c_in, n_heads=mha.no_heads, head_dim=mha.c_hidden, **node,
+        q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
+        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
+        out_bias=mha.linear_o.bias is not None, layer_norm_eps=float(host.layer_norm.eps), backend=backend,
+    )
+    share_layer_norm(ours.layer_norm, host.layer_norm, f"{where}.layer_norm")
+    share_linear(ours.linear_b, host.linear, f"{where}.linear")
+    for name in ("q", "k", "v", "g", "o"):
+        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
+    ours.factor_network = _factor_network(factor_config, host.c_in, mha.no_heads, host.linear.weight)
+    check_no_meta(ours, where)
+    ours.mode = mode
+    return ProtenixTriangleAttention(host, ours, site)
+
+
+def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:
+    host, where = site.module, site.path
+    att = host.attention
+    if host.has_s or host.cross_attention_mode:
+        raise UnsupportedModuleError(f"{where}: AttentionPairBias with has_s or cross_attention_mode is not supported")
+    if att.linear_g is None:
+        raise UnsupportedModuleError(f"{where}: single attention without gating is not supported")
+    for name in ("linear_nobias_z", "attention.linear_q", "attention.linear_k", "attention.linear_v",
+                 "attention.linear_g", "attention.linear_o"):
+        _check_linear(host.get_submodule(name), f"{where}.{name}")
+    c_s, c_z = att.c_q, host.linear_nobias_z.in_features
+    eps_s, eps_z = float(host.layernorm_a.eps), float(host.layernorm_z.eps)
+    if eps_s != eps_z:
+        raise UnsupportedModuleError(f"{where}: different epsilons of layernorm_a ({eps_s}) and layernorm_z ({eps_z})")
+    ours = build_on_meta(
+        FlashBiasAttentionPairBias, c_s=c_s, c_z=c_z, n_heads=att.num_heads, head_dim=att.c_hidden,
+        layer_norm_s=True, q_bias=att.linear_q.bias is not None, k_bias=att.linear_k.bias is not None,
+        v_bias=att.linear_v.bias is not None, gate_bias=att.linear_g.bias is not None,
+        out_bias=att.linear_o.bias is not None, layer_norm_eps=eps_s, backend=backend,
+    )
+    if host.layernorm_z.bias is None:  # create_offset_ln_z=False (not in the Pairformer)
+        ours.layer_norm_z.bias = None
+    share_layer_norm(ours.layer_norm_s, host.layernorm_a, f"{where}.layernorm_a")
+    share_layer_norm(ours.layer_norm_z, host.layernorm_z, f"{where}.layernorm_z")
+    share_linear(ours.linear_z, host.linear_nobias_z, f"{where}.linear_nobias_z")
+    for name in ("q", "k", "v", "g", "o"):
+        share_linear(getattr(ours, f"linear_{name}"), getattr(att, f"linear_{name}"),
+                     f"{where}.attention.linear_{name}")
+    ours.factor_network = _factor_network(factor_config, c_z, att.num_heads, host.linear_nobias_z.weight)
+    check_no_meta(ours, where)
+    ours.mode = mode
+    return ProtenixAttentionPairBias(host, ours, site)
+
+
+def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | None,
+                     backend: str = "auto") -> PatchedModule:
+    """The wrapper that replaces ``site.module``, sharing its parameters."""
+    build = _triangle if site.kind == "triangle" else _single
+    return build(site, mode, factor_config, backend)

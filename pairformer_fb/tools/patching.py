@@ -1,0 +1,221 @@
+"""``patch_model`` / ``unpatch_model``: swap a host model's pair-biased attention modules for
+FlashBias ones in place, on the host's own parameters, and back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import EllipsisType
+from typing import Callable, Iterable, Mapping, Sequence, Union
+
+from torch import nn
+
+from ..adapters import KINDS, PatchedModule, UnsupportedModelError, detect_host, get_adapter
+from ..modules.common import MODES
+from ..modules.factor_network import FactorConfig
+
+DEFAULT_RANK = 32
+
+# A mode for every patched block: one mode; {mode: block indices} with ``...`` for "every
+# block not listed under another mode"; or block index -> mode (None: leave the block alone).
+ModeSpec = Union[str, Mapping[str, Union[Iterable[int], EllipsisType]], Callable[[int], Union[str, None]]]
+
+
+class AlreadyPatchedError(RuntimeError):
+    """``patch_model`` on a model that already holds patched modules."""
+
+
+@dataclass(frozen=True)
+class PatchedEntry:
+    """One replaced module: its path in the model, kind ("triangle" / "single"), triangle node,
+    stack and block index, mode, factor rank (None without a factor network) and the number of
+    parameters added (the factor network's; the host's are shared)."""
+
+    path: str
+    kind: str
+    node: str | None
+    stack: str
+    block: int
+    mode: str
+    rank: int | None
+    params_added: int
+
+
+@dataclass
+class PatchReport:
+    """What ``patch_model`` did. ``params_shared``: elements of the host parameters our modules
+    use in place (not copied); ``params_added``: elements of the factor networks added."""
+
+    host: str
+    entries: list[PatchedEntry] = field(default_factory=list)
+    params_shared: int = 0
+
+    @property
+    def params_added(self) -> int:
+        return sum(e.params_added for e in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __str__(self) -> str:
+        lines = [f"patch_model: host {self.host}, {len(self.entries)} module(s) replaced, "
+                 f"{self.params_added:,} parameter(s) added, {self.params_shared:,} shared"]
+        if self.entries:
+            rows = [("path", "kind", "stack", "block", "mode", "rank", "added")] + [
+                (e.path, e.kind + (f" ({e.node})" if e.node else ""), e.stack, str(e.block), e.mode,
+                 "-" if e.rank is None else str(e.rank), f"{e.params_added:,}") for e in self.entries]
+            widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+            lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        return "\n".join(lines)
+
+
+def _mode_rule(mode: ModeSpec) -> Callable[[int], str | None]:
+    if isinstance(mode, str):
+        _check_mode(mode)
+        return lambda block: mode
+    if isinstance(mode, Mapping):
+        listed: dict[int, str] = {}
+        rest = None
+        for m, blocks in mode.items():
+            _check_mode(m)
+            if blocks is Ellipsis:
+                if rest is not None:
+                    raise ValueError(f"mode: only one mode may take the remaining blocks (...), got {rest!r} and {m!r}")
+                rest = m
+                continue
+            for b in blocks:
+                if not isinstance(b, int) or b < 0:
+                    raise ValueError(f"mode[{m!r}]: block indices must be ints >= 0, got {b!r}")
+                if b in listed and listed[b] != m:
+                    raise ValueError(f"mode: block {b} is listed under both {listed[b]!r} and {m!r}")
+                listed[b] = m
+        return lambda block: listed.get(block, rest)
+    if callable(mode):
+        def rule(block: int) -> str | None:
+            m = mode(block)
+            if m is not None:
+                _check_mode(m, f"mode({block})")
+            return m
+        return rule
+    raise TypeError(f"mode must be a str, a mapping mode -> block indices or a callable, got {type(mode).__name__}")
+
+
+def _check_mode(m, what: str = "mode") -> None:
+    if m not in MODES:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, MODES))}, got {m!r}")
+
+
+def patch_model(
+    model: nn.Module,
+    *,
+    host: str = "auto",
+    mode: ModeSpec = "exact",
+    rank: int | None = None,
+    blocks: Iterable[int] | None = None,
+    kinds: Sequence[str] = ("triangle", "single"),
+    stacks: Sequence[str] | None = None,
+    factor_config: FactorConfig | None = None,
+    backend: str = "auto",
+) -> PatchReport:
+    """Replace, in place, the triangle attentions and pair-biased single attentions of a host
+    model with FlashBias modules that use the original nn.Parameter objects.
+
+    Args:
+        model: a host model or any part of one holding its Pairformer blocks (e.g. Protenix's
+            ``PairformerStack`` or the whole ``Protenix`` model).
+        host: "auto" (detected from the classes of the model's modules) or a key of
+            ``pairformer_fb.adapters.HOSTS`` ("protenix").
+        mode: "exact" / "lowrank" / "distill" for every selected block; or a mapping
+            ``{mode: block indices}`` where ``...`` stands for every block not listed under
+            another mode (``{"lowrank": range(16), "exact": ...}``; blocks in no entry are
+            left alone); or a callable ``block_index -> mode or None`` (None: left alone).
+            Block indices count within each stack, and the rule applies to every selected stack.
+            The modules' ``mode`` can also be changed later (``wrapper.mode = ...``).
+        rank: the factor rank of the lowrank / distill modules (default 32); factor networks
+            are added only to those. Must agree with ``factor_config`` if both are given.
+        blocks: the block indices to patch (None: all).
+        kinds: which modules: "triangle" (starting and ending node) and / or "single".
+        stacks: which of the host's stacks (None: the adapter's ``DEFAULT_STACKS``; Protenix:
+            "pairformer" (the trunk), "msa", "template", "confidence").
+        factor_config: the factor networks' architecture (default ``FactorConfig(rank=rank)``).
+        backend: passed to the modules ("auto": Triton on CUDA, torch otherwise).
+
+    Returns:
+        a PatchReport listing every replaced module. Raises AlreadyPatchedError on a model
+        that holds patched modules, UnsupportedModelError on a model of no known host or with
+        nothing to patch, ImportError when the host's package is missing.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    patched = [name for name, m in model.named_modules() if isinstance(m, PatchedModule)]
+    if patched:
+        raise AlreadyPatchedError(
+            f"the model is already patched ({len(patched)} module(s), e.g. {patched[0]!r}): "
+            "call pairformer_fb.unpatch_model(model) first")
+    host = detect_host(model) if host == "auto" else host
+    adapter = get_adapter(host)
+
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {tuple(kinds)!r}")
+    stacks = tuple(adapter.DEFAULT_STACKS if stacks is None else stacks)
+    bad = set(stacks) - set(adapter.STACKS)
+    if bad or not stacks:
+        raise ValueError(f"stacks must be a non-empty subset of {adapter.STACKS} for host {host!r}, got {stacks!r}")
+    if factor_config is not None and rank is not None and factor_config.rank != rank:
+        raise ValueError(f"rank={rank} disagrees with factor_config.rank={factor_config.rank}")
+    if factor_config is None:
+        factor_config = FactorConfig(rank=DEFAULT_RANK if rank is None else rank)
+    rule = _mode_rule(mode)
+    selected = None if blocks is None else set(blocks)
+
+    sites = adapter.find_sites(model, stacks=stacks, kinds=tuple(kinds))
+    if not sites:
+        raise UnsupportedModelError(
+            f"found no {'/'.join(kinds)} attention module of host {host!r} to patch in the stacks "
+            f"{stacks} of {type(model).__name__}")
+    # build every replacement first, so that an unsupported module leaves the model untouched
+    plan = []
+    for site in sites:
+        if selected is not None and site.block not in selected:
+            continue
+        block_mode = rule(site.block)
+        if block_mode is None:
+            continue
+        cfg = factor_config if block_mode != "exact" else None
+        plan.append((site, adapter.make_replacement(site, mode=block_mode, factor_config=cfg, backend=backend)))
+
+    report = PatchReport(host=host)
+    shared: set[int] = set()
+    for site, wrapper in plan:
+        setattr(site.parent, site.attr, wrapper)
+        fn = wrapper.flash_bias.factor_network
+        added = sum(p.numel() for p in fn.parameters()) if fn is not None else 0
+        for p in site.module.parameters():
+            if id(p) not in shared:
+                shared.add(id(p))
+                report.params_shared += p.numel()
+        report.entries.append(PatchedEntry(
+            path=site.path, kind=site.kind, node=site.node, stack=site.stack, block=site.block,
+            mode=wrapper.mode, rank=fn.config.rank if fn is not None else None, params_added=added))
+    return report
+
+
+def unpatch_model(model: nn.Module) -> list[str]:
+    """Put the original host modules back in place of every patched module of ``model`` (the
+    factor networks are dropped). Returns the restored paths; raises ValueError if there are none."""
+    restored = []
+    for name, m in list(model.named_modules()):
+        if not isinstance(m, PatchedModule):
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, m.host_module)
+        restored.append(name)
+    if not restored:
+        raise ValueError("the model holds no patched module (nothing to unpatch)")
+    return restored
+
+
+def patched_modules(model: nn.Module) -> dict[str, PatchedModule]:
+    """The patched modules of ``model`` by path (e.g. to read ``last_distill_loss`` or set ``mode``)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, PatchedModule)}
