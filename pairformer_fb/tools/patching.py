@@ -123,7 +123,7 @@ def patch_model(
         model: a host model or any part of one holding its Pairformer blocks (e.g. Protenix's
             ``PairformerStack`` or the whole ``Protenix`` model).
         host: "auto" (detected from the classes of the model's modules) or a key of
-            ``pairformer_fb.adapters.HOSTS`` ("protenix").
+            ``pairformer_fb.adapters.HOSTS`` ("protenix", "boltz", "openfold3").
         mode: "exact" / "lowrank" / "distill" for every selected block; or a mapping
             ``{mode: block indices}`` where ``...`` stands for every block not listed under
             another mode (``{"lowrank": range(16), "exact": ...}``; blocks in no entry are
@@ -134,8 +134,9 @@ def patch_model(
             are added only to those. Must agree with ``factor_config`` if both are given.
         blocks: the block indices to patch (None: all).
         kinds: which modules: "triangle" (starting and ending node) and / or "single".
-        stacks: which of the host's stacks (None: the adapter's ``DEFAULT_STACKS``; Protenix:
-            "pairformer" (the trunk), "msa", "template", "confidence").
+        stacks: which of the host's stacks (None: the adapter's ``DEFAULT_STACKS``, the trunk's
+            Pairformer; each adapter's ``STACKS`` lists the others, e.g. Protenix: "pairformer",
+            "msa", "template", "confidence"; Boltz-2 also "affinity").
         factor_config: the factor networks' architecture (default ``FactorConfig(rank=rank)``).
         backend: passed to the modules ("auto": Triton on CUDA, torch otherwise).
 

@@ -1,0 +1,268 @@
+"""Boltz-2 (boltz 2.2.1) adapter.
+
+Every Pairformer-like stack of Boltz-2 is made of the blocks of ``boltz.model.layers.pairformer``:
+``PairformerLayer`` (with ``v2=True``: the trunk's ``Boltz2.pairformer_module`` and the
+confidence module's ``ConfidenceModule.pairformer_stack``, both ``PairformerModule``) and
+``PairformerNoSeqLayer`` (no single track: the MSA module's ``MSALayer.pairformer_layer``, the
+template modules' ``TemplateModule`` / ``TemplateV2Module.pairformer`` and the affinity module's
+``AffinityModule.pairformer_stack``, the latter two ``PairformerNoSeqModule``). A block holds
+
+* ``tri_att_start`` / ``tri_att_end``: ``boltz.model.layers.triangular_attention.attention.
+  TriangleAttention`` (``TriangleAttentionStartingNode`` is the class itself,
+  ``TriangleAttentionEndingNode`` the subclass with ``starting=False``), built with
+  ``inf=1e9``. Unlike Protenix, the block does not transpose z: the ending-node module
+  transposes x and the mask itself, runs the starting-node code (layer norm, bias projection,
+  attention) and transposes the result back, so its bias is projected from the transposed z:
+  BIAS[i, h, j, k] = b[k, i, h], our ``node="ending", ending_bias="transposed"``.
+* ``attention`` (``PairformerLayer`` only): ``boltz.model.layers.attentionv2.AttentionPairBias``.
+  The layer applies the single pre-norm ``pre_norm_s`` itself, outside the module (our
+  ``layer_norm_s=False``), and calls it as ``attention(s=s_normed, z=z.float(),
+  mask=mask.float(), k_in=s_normed)`` inside ``torch.autocast("cuda", enabled=False)`` on
+  ``s.float()``: the single attention runs in fp32. ``mask`` is the [B, N] token mask, applied
+  to the keys only. (A ``PairformerLayer`` with ``v2=False`` holds the v1 ``AttentionPairBias``,
+  whose forward takes no ``k_in``: the layer cannot call it, and it is not patched.)
+
+Parameter mapping (host -> ours; every one shared, not copied):
+
+    TriangleAttention                      FlashBiasTriangleAttention
+      layer_norm (weight, bias, eps)         layer_norm
+      linear        (c_in -> H, no bias)     linear_b
+      mha.linear_q / _k / _v (no bias)       linear_q / _k / _v
+      mha.linear_g  (no bias)                linear_g   (gate_bias=False)
+      mha.linear_o  (no bias)                linear_o   (out_bias=False)
+      mha.no_heads, mha.c_hidden (per head)  n_heads, head_dim;  inf must be 1e9
+      starting=True / False                  node="starting" / "ending", ending_bias="transposed"
+
+    AttentionPairBias (v2)                 FlashBiasAttentionPairBias (layer_norm_s=False)
+      proj_z[0] (LayerNorm, eps 1e-5)        layer_norm_z
+      proj_z[1] (c_z -> H, no bias)          linear_z
+      proj_q (with bias)                     linear_q   (q_bias=True)
+      proj_k / proj_v / proj_g / proj_o      linear_k / _v / _g / _o (no biases)
+      num_heads, head_dim (= c_s / H)        n_heads, head_dim
+
+Masking: the triangle attention adds ``inf * (mask - 1)`` with inf = 1e9, as the FlashBias op
+does. The single attention adds ``-inf * (1 - mask)`` with its default inf = 1e6 instead of
+1e9; a masked key's weight is exp(-1e6 + O(logits)) = 0 in fp32 either way, so the two agree
+whenever a batch element has at least one valid token (a fully masked element, all padding,
+averages its values with other weights: its output is meaningless in both). Other inf values
+below 1e6 are refused.
+
+Kernel switches: the wrappers keep the host signatures. ``use_kernels`` (the host's
+cuequivariance ``triangle_attention`` kernel; the layer passes ``use_cuequiv_attn or
+use_kernels``) computes the same function as the host's torch path, which the FlashBias op now
+computes: it is accepted and ignored. The host ignores ``chunk_size`` when ``use_kernels`` is
+set; the wrapper always honours it (it bounds the attention rows per op call, as the host's
+``chunk_layer`` over the rows does; ``PairformerModule`` picks 512 or 128 in eval mode, None in
+training). The single-attention wrapper disables CUDA autocast around our module as the host
+does around its attention, so it computes in fp32 with the fp32 inputs the layer gives it. A
+single-attention call with ``k_in`` other than ``s`` or ``multiplicity != 1`` (neither is used
+by the Pairformer) runs the original host module.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
+from ..modules.factor_network import FactorNetwork
+from .common import (
+    PatchedModule,
+    Site,
+    UnsupportedModuleError,
+    build_on_meta,
+    check_no_meta,
+    share_layer_norm,
+    share_linear,
+)
+
+HOST = "boltz"
+PACKAGE = "boltz"
+INSTALL_HINT = (
+    "pip install --no-deps boltz==2.2.1 einops (--no-deps: boltz's pins would replace torch and "
+    "numpy); the Pairformer modules need nothing else"
+)
+STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence", "affinity")
+DEFAULT_STACKS: tuple[str, ...] = ("pairformer",)
+
+# the triangle attention's additive mask value; the FlashBias op masks with the same 1e9 * (mask - 1)
+_MASK_INF = 1e9
+# the smallest single-attention inf for which masked keys get weight 0 in fp32 (Boltz's default)
+_MIN_SINGLE_INF = 1e6
+# ancestor class name -> stack name (by name, so that no further boltz module is imported)
+_STACK_OF_ANCESTOR = {"ConfidenceModule": "confidence", "TemplateModule": "template",
+                      "TemplateV2Module": "template", "MSAModule": "msa", "MSALayer": "msa",
+                      "AffinityModule": "affinity"}
+
+
+def _host_classes():
+    """((PairformerLayer, PairformerNoSeqLayer), TriangleAttention, AttentionPairBias v2),
+    importing boltz if needed."""
+    try:
+        from boltz.model.layers.attentionv2 import AttentionPairBias
+        from boltz.model.layers.pairformer import PairformerLayer, PairformerNoSeqLayer
+        from boltz.model.layers.triangular_attention.attention import TriangleAttention
+    except ImportError as e:
+        raise ImportError(f"host 'boltz' needs the boltz package, which failed to import ({e}): "
+                          f"{INSTALL_HINT}") from e
+    return (PairformerLayer, PairformerNoSeqLayer), TriangleAttention, AttentionPairBias
+
+
+def _ancestors(model: nn.Module, path: str) -> list[nn.Module]:
+    mods, m = [model], model
+    for part in path.split(".") if path else []:
+        m = getattr(m, part)
+        mods.append(m)
+    return mods
+
+
+def _stack_and_index(model: nn.Module, path: str) -> tuple[str, int]:
+    stack = "pairformer"
+    for m in _ancestors(model, path)[:-1]:
+        stack = _STACK_OF_ANCESTOR.get(type(m).__name__, stack)
+    numbers = re.findall(r"(?:^|\.)(\d+)(?=\.|$)", path)
+    return stack, int(numbers[-1]) if numbers else 0
+
+
+def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]:
+    """The triangle attentions (kind "triangle") and single attentions ("single") of every
+    PairformerLayer / PairformerNoSeqLayer of the selected stacks, in model order."""
+    block_classes, TriangleAttention, AttentionPairBias = _host_classes()
+    sites = []
+    for path, block in model.named_modules():
+        if not isinstance(block, block_classes):
+            continue
+        stack, index = _stack_and_index(model, path)
+        if stack not in stacks:
+            continue
+        children = []
+        if "triangle" in kinds:
+            children += [("tri_att_start", "triangle"), ("tri_att_end", "triangle")]
+        if "single" in kinds:
+            children.append(("attention", "single"))  # PairformerLayer only
+        for attr, kind in children:
+            module = getattr(block, attr, None)
+            expected = TriangleAttention if kind == "triangle" else AttentionPairBias
+            if not isinstance(module, expected):
+                continue  # e.g. already replaced (patch_model checks that first), absent or v1
+            node = None if kind == "single" else ("starting" if module.starting else "ending")
+            sites.append(Site(path=f"{path}.{attr}" if path else attr, parent=block, attr=attr,
+                              module=module, kind=kind, node=node, stack=stack, block=index))
+    return sites
+
+
+def _check_linear(linear: nn.Module, where: str) -> None:
+    if getattr(linear, "precision", None) is not None:
+        raise UnsupportedModuleError(f"{where}: a linear map with precision={linear.precision} is not supported")
+
+
+def _factor_network(config: FactorConfig | None, c_z: int, n_heads: int, like: torch.Tensor):
+    if config is None:
+        return None
+    if config.use_s_inputs:
+        raise UnsupportedModuleError(
+            "Boltz's Pairformer layers pass no s_inputs to their attention modules: use a "
+            "FactorConfig with use_s_inputs=False")
+    return FactorNetwork(c_z, n_heads, config).to(device=like.device, dtype=like.dtype)
+
+
+class BoltzTriangleAttention(PatchedModule):
+    """Replaces ``boltz...triangular_attention.attention.TriangleAttention`` (starting or ending
+    node); same forward signature."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+        use_kernels: bool = False,
+    ) -> torch.Tensor:
+        # use_kernels: the cuequivariance kernel computes the same function; ignored.
+        # mask None: the host uses all ones, i.e. no masking; 0/1 float masks -> bool in our module
+        return self._finish(self.flash_bias(x, mask, chunk_size=chunk_size))
+
+
+class BoltzAttentionPairBias(PatchedModule):
+    """Replaces ``boltz.model.layers.attentionv2.AttentionPairBias``; same forward signature."""
+
+    def forward(
+        self,
+        s: torch.Tensor,
+        z: torch.Tensor,
+        mask: torch.Tensor,
+        k_in: torch.Tensor,
+        multiplicity: int = 1,
+    ) -> torch.Tensor:
+        if k_in is not s or multiplicity != 1:
+            # paths the Pairformer never takes: the host's own code, on the same parameters
+            return self.host_module(s, z, mask, k_in, multiplicity)
+        # the host's attention core runs with CUDA autocast off (the Pairformer layer already
+        # turns it off around the whole call and gives fp32 s and z)
+        with torch.autocast("cuda", enabled=False):
+            return self._finish(self.flash_bias(s, z, mask))
+
+
+def _triangle(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:
+    host, where = site.module, site.path
+    mha = host.mha
+    if getattr(mha, "linear_g", None) is None:
+        raise UnsupportedModuleError(f"{where}: triangle attention without gating is not supported")
+    if float(host.inf) != _MASK_INF:
+        raise UnsupportedModuleError(f"{where}: inf={host.inf:g} (the FlashBias op masks with 1e9)")
+    for name in ("linear", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
+        _check_linear(host.get_submodule(name), f"{where}.{name}")
+    node = {"node": "starting"} if host.starting else {"node": "ending", "ending_bias": "transposed"}
+    ours = build_on_meta(
+        FlashBiasTriangleAttention, c_z=host.c_in, n_heads=mha.no_heads, head_dim=mha.c_hidden, **node,
+        q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
+        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
+        out_bias=mha.linear_o.bias is not None, layer_norm_eps=float(host.layer_norm.eps), backend=backend,
+    )
+    share_layer_norm(ours.layer_norm, host.layer_norm, f"{where}.layer_norm")
+    share_linear(ours.linear_b, host.linear, f"{where}.linear")
+    for name in ("q", "k", "v", "g", "o"):
+        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
+    ours.factor_network = _factor_network(factor_config, host.c_in, mha.no_heads, host.linear.weight)
+    check_no_meta(ours, where)
+    ours.mode = mode
+    return BoltzTriangleAttention(host, ours, site)
+
+
+def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:
+    host, where = site.module, site.path
+    if not host.compute_pair_bias:
+        raise UnsupportedModuleError(f"{where}: AttentionPairBias with compute_pair_bias=False is not supported")
+    if float(host.inf) < _MIN_SINGLE_INF:
+        raise UnsupportedModuleError(
+            f"{where}: inf={host.inf:g} < {_MIN_SINGLE_INF:g} (masked keys would keep a weight; the "
+            "FlashBias op masks with 1e9)")
+    norm_z, linear_z = host.proj_z[0], host.proj_z[1]
+    if not isinstance(norm_z, nn.LayerNorm) or not isinstance(linear_z, nn.Linear):
+        raise UnsupportedModuleError(f"{where}: proj_z is not (LayerNorm, Linear, Rearrange)")
+    c_s, c_z = host.c_s, linear_z.in_features
+    ours = build_on_meta(
+        FlashBiasAttentionPairBias, c_s=c_s, c_z=c_z, n_heads=host.num_heads, head_dim=host.head_dim,
+        layer_norm_s=False, q_bias=host.proj_q.bias is not None, k_bias=host.proj_k.bias is not None,
+        v_bias=host.proj_v.bias is not None, gate_bias=host.proj_g.bias is not None,
+        out_bias=host.proj_o.bias is not None, layer_norm_eps=float(norm_z.eps), backend=backend,
+    )
+    if norm_z.bias is None:
+        ours.layer_norm_z.bias = None
+    share_layer_norm(ours.layer_norm_z, norm_z, f"{where}.proj_z.0")
+    share_linear(ours.linear_z, linear_z, f"{where}.proj_z.1")
+    for name in ("q", "k", "v", "g", "o"):
+        share_linear(getattr(ours, f"linear_{name}"), getattr(host, f"proj_{name}"), f"{where}.proj_{name}")
+    ours.factor_network = _factor_network(factor_config, c_z, host.num_heads, linear_z.weight)
+    check_no_meta(ours, where)
+    ours.mode = mode
+    return BoltzAttentionPairBias(host, ours, site)
+
+
+def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | None,
+                     backend: str = "auto") -> PatchedModule:
+    """The wrapper that replaces ``site.module``, sharing its parameters."""
+    build = _triangle if site.kind == "triangle" else _single
+    return build(site, mode, factor_config, backend)
