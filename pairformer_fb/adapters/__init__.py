@@ -25,6 +25,8 @@ from .common import KINDS, PatchedModule, Site, UnsupportedModuleError
 # host name -> the module of its adapter
 HOSTS: dict[str, str] = {
     "protenix": "pairformer_fb.adapters.protenix",
+    "openfold3": "pairformer_fb.adapters.openfold3",
+    "boltz": "pairformer_fb.adapters.boltz",
 }
 
 

@@ -1,0 +1,337 @@
+"""OpenFold3 (``openfold3`` 0.5.0) adapter.
+
+Every Pairformer-like stack of OpenFold3 runs its pair updates through ``openfold3.core.model.
+latent.base_blocks.PairBlock``: the trunk's ``PairFormerStack`` (``PairFormerBlock.pair_stack``),
+the MSA module's ``MSAModuleStack`` (``MSAModuleBlock.pair_stack``), the template embedder's
+``TemplatePairStack`` (``TemplatePairBlock``, a PairBlock subclass) and the confidence head's
+``PairformerEmbedding.pairformer_stack``. A PairBlock holds
+
+* ``tri_att_start`` and ``tri_att_end``: both ``openfold3.core.model.layers.triangular_attention.
+  TriangleAttention`` with ``starting=True``. ``PairBlock.tri_att_start_end`` calls
+  ``tri_att_start(z, mask=pair_mask)``, then transposes z (``z.transpose(-2, -3)``) and calls
+  ``tri_att_end(z^T, mask=pair_mask^T, transpose_bias=True)`` and transposes the result back.
+  With ``transpose_bias=True`` the host projects the bias from its (already transposed) input
+  x = z^T and permutes it (2, 1, 0): ``bias[h, j, k] = linear_z(LN(x)[k, j]) = linear_z(LN(z)
+  [j, k])``. Attention row r of x (= column r of z), query j, key k, in z's terms:
+  ``q(z[j, r]) . k(z[k, r]) + b_z[j, k]``, i.e. the ending node with the bias from the
+  *untransposed* z[i, k] (AF3's released code; our ``ending_bias="untransposed"``), unlike
+  Boltz / Protenix / OpenFold (b[k, i], ``"transposed"``). The wrapper therefore transposes
+  its input back to z (a view), runs our ending-node module and transposes the update to the
+  host's orientation (a view); the host adds it as before.
+  In general the host module's ``starting`` and the call's ``transpose_bias`` give:
+
+      starting  transpose_bias   our module (input / output orientation)
+      True      False            node="starting"                              (as given)
+      True      True             node="ending", ending_bias="untransposed"    (transposed)
+      False     False            node="ending", ending_bias="transposed"      (as given)
+      False     True             node="ending", ending_bias="untransposed"    (as given)
+
+  (``starting=False`` is OpenFold3's ``TriangleAttentionEndingNode``, used by no block.) A
+  wrapper is built for the ``transpose_bias`` its block passes (False for ``tri_att_start``,
+  True for ``tri_att_end``); a call with the other value runs the original host module on the
+  same parameters (``last_distill_loss`` is then None).
+* ``PairFormerBlock.attn_pair_bias``: ``openfold3.core.model.layers.attention_pair_bias.
+  AttentionPairBias`` (gating=True), called as ``attn_pair_bias(a=s, z=z, mask=single_mask,
+  use_high_precision_attention=True)``: the token mask masks keys with ``inf * (mask - 1)``.
+
+Parameter mapping (host -> ours; every one shared, not copied):
+
+    TriangleAttention                      FlashBiasTriangleAttention
+      layer_norm (weight, bias, eps)         layer_norm
+      linear_z      (c_z -> H, no bias)      linear_b
+      mha.linear_q / _k / _v (no bias)       linear_q / _k / _v
+      mha.linear_g  (no bias)                linear_g   (gate_bias=False)
+      mha.linear_o  (no bias)                linear_o   (out_bias=False)
+      mha.no_heads, mha.c_hidden (per head)  n_heads, head_dim;  inf must be 1e9
+
+    AttentionPairBias                      FlashBiasAttentionPairBias
+      layer_norm_a                           layer_norm_s
+      layer_norm_z (with offset)             layer_norm_z
+      linear_z      (no bias)                linear_z
+      mha.linear_q  (with bias)              linear_q   (q_bias=True)
+      mha.linear_k / _v / _g / _o            linear_k / _v / _g / _o (no biases)
+      mha.no_heads, mha.c_hidden (per head)  n_heads, head_dim;  inf must be 1e9
+
+(``mha.c_hidden`` is the per-head width, ``TriangleAttention``'s docstring notwithstanding:
+``Attention`` builds its projections c -> c_hidden * no_heads.) The bias flags follow the
+host's linears, so other init configs map as long as the bias projections have no bias.
+
+Kernel switches: the wrappers keep the host signatures. ``use_deepspeed_evo_attention``,
+``use_cueq_triangle_kernels``, ``use_triton_triangle_kernels``, ``use_lma`` and
+``use_high_precision_attention`` only choose how the host computes the same function (the
+host's ``Attention`` falls back between them by sequence length), which the FlashBias op now
+computes: they are accepted and ignored (the host's "choose at most one" ValueError for
+combined switches is not reproduced). ``chunk_size`` bounds the attention rows per op call,
+as the host's ``chunk_layer`` does. ``inplace_safe`` only lets the host reuse buffers; the
+wrapper returns a fresh update, which the host's callers add in place or not as before. Masks
+that broadcast (the host's ``mask.expand``) are expanded to full shape.
+
+Importing ``openfold3`` imports gemmi at the package level and ml_collections / biotite in the
+model's import chain; no environment variable is needed on CPU.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
+from ..modules.factor_network import FactorNetwork
+from .common import (
+    PatchedModule,
+    Site,
+    UnsupportedModuleError,
+    build_on_meta,
+    check_no_meta,
+    share_layer_norm,
+    share_linear,
+)
+
+HOST = "openfold3"
+PACKAGE = "openfold3"
+INSTALL_HINT = (
+    "pip install --no-deps openfold3==0.5.0 gemmi ml-collections absl-py biotite "
+    "(--no-deps: its pins would replace torch / numpy)"
+)
+STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence")
+DEFAULT_STACKS: tuple[str, ...] = ("pairformer",)
+
+# the host's additive mask value; the FlashBias op masks with the same 1e9 * (mask - 1)
+_MASK_INF = 1e9
+# ancestor class name -> stack name (by name, so that no further openfold3 module is imported)
+_STACK_OF_ANCESTOR = {
+    "PairformerEmbedding": "confidence",
+    "TemplateEmbedderAllAtom": "template", "TemplatePairStack": "template",
+    "MSAModuleStack": "msa", "MSAModuleBlock": "msa", "EvoformerStack": "msa", "EvoformerBlock": "msa",
+}
+# PairBlock attribute -> (node in the block, the transpose_bias that PairBlock passes)
+_TRIANGLES = (("tri_att_start", "starting", False), ("tri_att_end", "ending", True))
+
+
+def _host_classes():
+    """(PairBlock, PairFormerBlock, TriangleAttention, AttentionPairBias), importing openfold3
+    if needed."""
+    try:
+        from openfold3.core.model.latent.base_blocks import PairBlock
+        from openfold3.core.model.latent.pairformer import PairFormerBlock
+        from openfold3.core.model.layers.attention_pair_bias import AttentionPairBias
+        from openfold3.core.model.layers.triangular_attention import TriangleAttention
+    except ImportError as e:
+        raise ImportError(f"host 'openfold3' needs the openfold3 package, which failed to import ({e}): "
+                          f"{INSTALL_HINT}") from e
+    return PairBlock, PairFormerBlock, TriangleAttention, AttentionPairBias
+
+
+def _ancestors(model: nn.Module, path: str) -> list[nn.Module]:
+    mods, m = [model], model
+    for part in path.split(".") if path else []:
+        m = getattr(m, part)
+        mods.append(m)
+    return mods
+
+
+def _stack_and_index(model: nn.Module, path: str) -> tuple[str, int]:
+    stack = "pairformer"
+    for m in _ancestors(model, path)[:-1]:
+        stack = _STACK_OF_ANCESTOR.get(type(m).__name__, stack)
+    numbers = re.findall(r"(?:^|\.)(\d+)(?=\.|$)", path)
+    return stack, int(numbers[-1]) if numbers else 0
+
+
+def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]:
+    """The triangle attentions (kind "triangle") of every PairBlock and the single attentions
+    ("single") of every PairFormerBlock of the selected stacks, in the order the blocks run them
+    (a PairFormerBlock's triangle attentions, then its single attention)."""
+    PairBlock, PairFormerBlock, TriangleAttention, AttentionPairBias = _host_classes()
+    sites: list[Site] = []
+    done: set[int] = set()  # PairBlocks already handled with their PairFormerBlock
+
+    def triangles(pair_block: nn.Module, path: str, stack: str, index: int) -> None:
+        done.add(id(pair_block))
+        if "triangle" not in kinds:
+            return
+        for attr, node, _ in _TRIANGLES:
+            module = getattr(pair_block, attr, None)
+            if isinstance(module, TriangleAttention):  # else e.g. already replaced
+                sites.append(Site(path=f"{path}.{attr}" if path else attr, parent=pair_block, attr=attr,
+                                  module=module, kind="triangle", node=node, stack=stack, block=index))
+
+    for path, block in model.named_modules():
+        if isinstance(block, PairFormerBlock):
+            stack, index = _stack_and_index(model, path)
+            if stack not in stacks:
+                continue
+            pair_block = getattr(block, "pair_stack", None)
+            if isinstance(pair_block, PairBlock):
+                triangles(pair_block, f"{path}.pair_stack" if path else "pair_stack", stack, index)
+            module = getattr(block, "attn_pair_bias", None)
+            if "single" in kinds and isinstance(module, AttentionPairBias):
+                sites.append(Site(path=f"{path}.attn_pair_bias" if path else "attn_pair_bias", parent=block,
+                                  attr="attn_pair_bias", module=module, kind="single", node=None,
+                                  stack=stack, block=index))
+        elif isinstance(block, PairBlock) and id(block) not in done:
+            stack, index = _stack_and_index(model, path)
+            if stack in stacks:
+                triangles(block, path, stack, index)
+    return sites
+
+
+def _check_linear(linear: nn.Module, where: str) -> None:
+    if getattr(linear, "precision", None) is not None:
+        raise UnsupportedModuleError(f"{where}: a linear map with precision={linear.precision} is not supported")
+
+
+def _factor_network(config: FactorConfig | None, c_z: int, n_heads: int, like: torch.Tensor):
+    if config is None:
+        return None
+    if config.use_s_inputs:
+        raise UnsupportedModuleError(
+            "OpenFold3's Pairformer blocks pass no s_inputs to their attention modules: use a "
+            "FactorConfig with use_s_inputs=False")
+    return FactorNetwork(c_z, n_heads, config).to(device=like.device, dtype=like.dtype)
+
+
+def _share_norm(ours: nn.LayerNorm, host: nn.Module, where: str) -> None:
+    """share_layer_norm, also for the host's LayerNorm without scale / offset
+    (create_scale / create_offset=False)."""
+    for attr in ("weight", "bias"):
+        if getattr(host, attr, None) is None:
+            setattr(ours, attr, None)
+    share_layer_norm(ours, host, where)
+
+
+def _full_mask(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
+    if mask is None or mask.shape == shape:
+        return mask
+    return mask.expand(shape)
+
+
+class OpenFold3TriangleAttention(PatchedModule):
+    """Replaces ``openfold3...triangular_attention.TriangleAttention``; same forward signature."""
+
+    def __init__(self, host_module, flash_bias, site, *, transpose_bias: bool, transpose_io: bool):
+        super().__init__(host_module, flash_bias, site)
+        self.transpose_bias = transpose_bias  # the value it was built for (its block's)
+        self.transpose_io = transpose_io  # our module runs on the host input's transpose
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        transpose_bias: bool = False,
+        chunk_size: int | None = None,
+        use_deepspeed_evo_attention: bool = False,
+        use_cueq_triangle_kernels: bool = False,
+        use_triton_triangle_kernels: bool = False,
+        use_lma: bool = False,
+        inplace_safe: bool = False,
+    ) -> torch.Tensor:
+        if bool(transpose_bias) != self.transpose_bias:
+            # not the call its block makes: the host's own code, on the same parameters
+            self.last_distill_loss = None
+            return self.host_module(x, mask, transpose_bias, chunk_size, use_deepspeed_evo_attention,
+                                    use_cueq_triangle_kernels, use_triton_triangle_kernels, use_lma,
+                                    inplace_safe)
+        # kernel switches: the same function (see the module docstring); mask None: no masking
+        mask = _full_mask(mask, x.shape[:-1])
+        if self.transpose_io:
+            x = x.transpose(-2, -3)
+            mask = mask.transpose(-1, -2) if mask is not None else None
+        out = self._finish(self.flash_bias(x, mask, chunk_size=chunk_size))
+        return out.transpose(-2, -3) if self.transpose_io else out
+
+
+class OpenFold3AttentionPairBias(PatchedModule):
+    """Replaces ``openfold3...attention_pair_bias.AttentionPairBias``; same forward signature."""
+
+    def forward(
+        self,
+        a: torch.Tensor,
+        z: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        use_deepspeed_evo_attention: bool = False,
+        use_cueq_triangle_kernels: bool = False,
+        use_triton_triangle_kernels: bool = False,
+        use_lma: bool = False,
+        use_high_precision_attention: bool = False,
+    ) -> torch.Tensor:
+        # kernel / precision switches: the same function (see the module docstring)
+        return self._finish(self.flash_bias(a, z, _full_mask(mask, a.shape[:-1])))
+
+
+def _triangle(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:
+    host, where = site.module, site.path
+    mha = host.mha
+    if getattr(mha, "linear_g", None) is None:
+        raise UnsupportedModuleError(f"{where}: triangle attention without gating is not supported")
+    if float(host.inf) != _MASK_INF:
+        raise UnsupportedModuleError(f"{where}: inf={host.inf} (the FlashBias op masks with 1e9)")
+    for name in ("linear_z", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
+        _check_linear(host.get_submodule(name), f"{where}.{name}")
+    transpose_bias = dict((attr, tb) for attr, _, tb in _TRIANGLES)[site.attr]
+    starting = bool(host.starting)
+    if starting and not transpose_bias:
+        node = {"node": "starting"}
+    elif not starting and not transpose_bias:
+        node = {"node": "ending", "ending_bias": "transposed"}
+    else:
+        node = {"node": "ending", "ending_bias": "untransposed"}
+    ours = build_on_meta(
+        FlashBiasTriangleAttention, c_z=host.c_in, n_heads=mha.no_heads, head_dim=mha.c_hidden, **node,
+        q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
+        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
+        out_bias=mha.linear_o.bias is not None, layer_norm_eps=float(host.layer_norm.eps), backend=backend,
+    )
+    _share_norm(ours.layer_norm, host.layer_norm, f"{where}.layer_norm")
+    share_linear(ours.linear_b, host.linear_z, f"{where}.linear_z")
+    for name in ("q", "k", "v", "g", "o"):
+        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
+    ours.factor_network = _factor_network(factor_config, host.c_in, mha.no_heads, host.linear_z.weight)
+    check_no_meta(ours, where)
+    ours.mode = mode
+    return OpenFold3TriangleAttention(host, ours, site, transpose_bias=transpose_bias,
+                                      transpose_io=starting and transpose_bias)
+
+
+def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:
+    host, where = site.module, site.path
+    mha = host.mha
+    if mha.linear_g is None:
+        raise UnsupportedModuleError(f"{where}: single attention without gating is not supported")
+    if float(host.inf) != _MASK_INF:
+        raise UnsupportedModuleError(f"{where}: inf={host.inf} (the FlashBias op masks with 1e9)")
+    for name in ("linear_z", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
+        _check_linear(host.get_submodule(name), f"{where}.{name}")
+    if not (mha.c_q == mha.c_k == mha.c_v):
+        raise UnsupportedModuleError(f"{where}: c_q, c_k, c_v = {mha.c_q}, {mha.c_k}, {mha.c_v} (self-attention "
+                                     "on one width expected)")
+    c_s, c_z = mha.c_q, host.linear_z.in_features
+    eps_s, eps_z = float(host.layer_norm_a.eps), float(host.layer_norm_z.eps)
+    if eps_s != eps_z:
+        raise UnsupportedModuleError(
+            f"{where}: different epsilons of layer_norm_a ({eps_s}) and layer_norm_z ({eps_z})")
+    ours = build_on_meta(
+        FlashBiasAttentionPairBias, c_s=c_s, c_z=c_z, n_heads=mha.no_heads, head_dim=mha.c_hidden,
+        layer_norm_s=True, q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
+        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
+        out_bias=mha.linear_o.bias is not None, layer_norm_eps=eps_s, backend=backend,
+    )
+    _share_norm(ours.layer_norm_s, host.layer_norm_a, f"{where}.layer_norm_a")
+    _share_norm(ours.layer_norm_z, host.layer_norm_z, f"{where}.layer_norm_z")
+    share_linear(ours.linear_z, host.linear_z, f"{where}.linear_z")
+    for name in ("q", "k", "v", "g", "o"):
+        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
+    ours.factor_network = _factor_network(factor_config, c_z, mha.no_heads, host.linear_z.weight)
+    check_no_meta(ours, where)
+    ours.mode = mode
+    return OpenFold3AttentionPairBias(host, ours, site)
+
+
+def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | None,
+                     backend: str = "auto") -> PatchedModule:
+    """The wrapper that replaces ``site.module``, sharing its parameters."""
+    build = _triangle if site.kind == "triangle" else _single
+    return build(site, mode, factor_config, backend)
