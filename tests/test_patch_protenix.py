@@ -313,3 +313,26 @@ def test_bf16_autocast_close_to_host():
     for o, r in zip(out, ref):
         assert o.dtype == r.dtype
         assert rel_err(o.float(), r.float()) <= 3e-2
+
+
+def test_state_dict_keeps_the_host_keys_and_loads_a_host_checkpoint():
+    stack = make_stack(n_blocks=2)
+    s, z, mask = inputs(lengths=(13, 10))
+    ref_s, ref_z = run(stack, s, z, mask)
+    host_state = {k: v.clone() for k, v in stack.state_dict().items()}
+    fb.patch_model(stack, mode={"lowrank": [0], "exact": ...}, rank=4)
+    keys = set(stack.state_dict())
+    added = keys - set(host_state)
+    # the host's keys unchanged; the factor networks of the lowrank block 0 added under its modules
+    assert set(host_state) <= keys and added
+    assert all(k.startswith("blocks.0.") and ".factor_network." in k for k in added)
+    # a host checkpoint (other weights) loads into the patched model under the host's own names
+    other = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in host_state.items()}
+    missing, unexpected = stack.load_state_dict(other, strict=False)
+    assert not unexpected and set(missing) == added
+    fb.unpatch_model(stack)
+    unpatched_out = run(stack, s, z, mask)
+    stack.load_state_dict(host_state)
+    back_s, back_z = run(stack, s, z, mask)
+    assert torch.equal(back_s, ref_s) and torch.equal(back_z, ref_z)
+    assert not torch.equal(unpatched_out[1], ref_z)  # the loaded weights reached the host modules

@@ -52,24 +52,44 @@ class PatchedModule(nn.Module):
     forward signature and calls ``self.flash_bias`` (one of our modules, built on the host
     module's own nn.Parameter objects).
 
-    The host module is kept, unregistered, in ``host_module`` (so ``parameters()`` and
-    ``state_dict()`` do not list the shared parameters twice) for ``unpatch_model``. In
-    "distill" mode the wrapper returns the update, as the host's caller expects, and keeps the
-    bias approximation loss of its last call in ``last_distill_loss``.
+    The wrapper registers the host module's own children, parameters and buffers under their
+    names, so a patched model's ``state_dict`` has the host's keys (a host checkpoint loads into
+    it as before) plus ``<path>.factor_network.*`` for the factor networks it added; those are
+    registered here, our module itself is not (its other parameters are the host's). The host
+    module is kept, unregistered, in ``host_module`` for ``unpatch_model``. In "distill" mode
+    the wrapper returns the update, as the host's caller expects, and keeps the bias
+    approximation loss of its last call in ``last_distill_loss``.
     """
 
     def __init__(self, host_module: nn.Module, flash_bias: FlashBiasModule, site: Site):
         super().__init__()
-        self.flash_bias = flash_bias
-        # a tuple, so that nn.Module does not register the host module as a child
+        # tuples, so that nn.Module registers neither as a child
         self._host = (host_module,)
+        self._flash_bias = (flash_bias,)
         self.site_path, self.site_kind, self.site_node = site.path, site.kind, site.node
         self.site_stack, self.site_block = site.stack, site.block
         self.last_distill_loss: torch.Tensor | None = None
+        adopted = [*host_module._modules, *host_module._parameters, *host_module._buffers]
+        for name in adopted:
+            if hasattr(self, name) or name == "factor_network":
+                raise UnsupportedModuleError(
+                    f"{site.path}: the host module's attribute {name!r} clashes with the wrapper's")
+        for name, child in host_module._modules.items():
+            self.add_module(name, child)
+        for name, param in host_module._parameters.items():
+            self.register_parameter(name, param)
+        for name, buf in host_module._buffers.items():
+            self.register_buffer(name, buf, persistent=name not in host_module._non_persistent_buffers_set)
+        if flash_bias.factor_network is not None:
+            self.factor_network = flash_bias.factor_network
 
     @property
     def host_module(self) -> nn.Module:
         return self._host[0]
+
+    @property
+    def flash_bias(self) -> FlashBiasModule:
+        return self._flash_bias[0]
 
     @property
     def mode(self) -> str:
