@@ -15,7 +15,7 @@ from torch import nn
 # without CUDA, importing protenix would try to build its fused CUDA layer norm
 os.environ.setdefault("LAYERNORM_TYPE", "torch")
 try:
-    from protenix.model.modules.pairformer import MSAModule, PairformerBlock, PairformerStack, TemplateEmbedder
+    from protenix.model.modules.pairformer import MSAModule, PairformerStack, TemplateEmbedder
 except Exception as e:  # noqa: BLE001 - any import failure means: no usable host here
     pytest.skip(f"protenix cannot be imported ({type(e).__name__}: {e}); install it with "
                 "pip install --no-deps protenix==2.0.0 -r requirements-hosts.txt", allow_module_level=True)

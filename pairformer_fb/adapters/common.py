@@ -4,6 +4,7 @@ parameter objects."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from ..modules.common import FlashBiasModule
+from ..modules.factor_network import FactorConfig, FactorNetwork
 
 Kind = Literal["triangle", "single"]
 KINDS: tuple[str, ...] = ("triangle", "single")
@@ -150,3 +152,36 @@ def check_no_meta(module: nn.Module, where: str) -> None:
     for name, t in list(module.named_parameters()) + list(module.named_buffers()):
         if t.is_meta:
             raise UnsupportedModuleError(f"{where}: {name} was not mapped to a host parameter")
+
+
+def stack_and_index(model: nn.Module, path: str, stack_of_ancestor: dict[str, str]) -> tuple[str, int]:
+    """(stack name, block index) of the block at ``path``: the stack is named by the innermost
+    ancestor whose class name is a key of ``stack_of_ancestor`` (default "pairformer", the trunk),
+    the index is the last numeric part of the path."""
+    stack, m = "pairformer", model
+    if path:  # the model itself and every module on the way down to the block's parent
+        stack = stack_of_ancestor.get(type(model).__name__, stack)
+        for part in path.split(".")[:-1]:
+            m = getattr(m, part)
+            stack = stack_of_ancestor.get(type(m).__name__, stack)
+    numbers = re.findall(r"(?:^|\.)(\d+)(?=\.|$)", path)
+    return stack, int(numbers[-1]) if numbers else 0
+
+
+def check_linear(linear: nn.Module, where: str) -> None:
+    """Refuse a host linear map with a non-default matmul precision (not reproduced)."""
+    if getattr(linear, "precision", None) is not None:
+        raise UnsupportedModuleError(f"{where}: a linear map with precision={linear.precision} is not supported")
+
+
+def factor_network(config: FactorConfig | None, c_z: int, n_heads: int, like: torch.Tensor,
+                   host: str) -> FactorNetwork | None:
+    """The factor network of a lowrank / distill module, on ``like``'s device and dtype (None
+    without a config). Host Pairformer blocks pass no single inputs to their attention modules."""
+    if config is None:
+        return None
+    if config.use_s_inputs:
+        raise UnsupportedModuleError(
+            f"{host}'s Pairformer blocks pass no s_inputs to their attention modules: use a "
+            "FactorConfig with use_s_inputs=False")
+    return FactorNetwork(c_z, n_heads, config).to(device=like.device, dtype=like.dtype)

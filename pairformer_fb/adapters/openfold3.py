@@ -72,22 +72,27 @@ model's import chain; no environment variable is needed on CPU.
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
-from ..modules.factor_network import FactorNetwork
+from ..modules import (
+    FactorConfig,
+    FlashBiasAttentionPairBias,
+    FlashBiasTriangleAttention,
+)
 from .common import (
     PatchedModule,
     Site,
     UnsupportedModuleError,
     build_on_meta,
+    check_linear,
     check_no_meta,
+    factor_network,
     share_layer_norm,
     share_linear,
+    stack_and_index,
 )
 
 HOST = "openfold3"
@@ -125,22 +130,6 @@ def _host_classes():
     return PairBlock, PairFormerBlock, TriangleAttention, AttentionPairBias
 
 
-def _ancestors(model: nn.Module, path: str) -> list[nn.Module]:
-    mods, m = [model], model
-    for part in path.split(".") if path else []:
-        m = getattr(m, part)
-        mods.append(m)
-    return mods
-
-
-def _stack_and_index(model: nn.Module, path: str) -> tuple[str, int]:
-    stack = "pairformer"
-    for m in _ancestors(model, path)[:-1]:
-        stack = _STACK_OF_ANCESTOR.get(type(m).__name__, stack)
-    numbers = re.findall(r"(?:^|\.)(\d+)(?=\.|$)", path)
-    return stack, int(numbers[-1]) if numbers else 0
-
-
 def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]:
     """The triangle attentions (kind "triangle") of every PairBlock and the single attentions
     ("single") of every PairFormerBlock of the selected stacks, in the order the blocks run them
@@ -161,7 +150,7 @@ def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str])
 
     for path, block in model.named_modules():
         if isinstance(block, PairFormerBlock):
-            stack, index = _stack_and_index(model, path)
+            stack, index = stack_and_index(model, path, _STACK_OF_ANCESTOR)
             if stack not in stacks:
                 continue
             pair_block = getattr(block, "pair_stack", None)
@@ -173,25 +162,10 @@ def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str])
                                   attr="attn_pair_bias", module=module, kind="single", node=None,
                                   stack=stack, block=index))
         elif isinstance(block, PairBlock) and id(block) not in done:
-            stack, index = _stack_and_index(model, path)
+            stack, index = stack_and_index(model, path, _STACK_OF_ANCESTOR)
             if stack in stacks:
                 triangles(block, path, stack, index)
     return sites
-
-
-def _check_linear(linear: nn.Module, where: str) -> None:
-    if getattr(linear, "precision", None) is not None:
-        raise UnsupportedModuleError(f"{where}: a linear map with precision={linear.precision} is not supported")
-
-
-def _factor_network(config: FactorConfig | None, c_z: int, n_heads: int, like: torch.Tensor):
-    if config is None:
-        return None
-    if config.use_s_inputs:
-        raise UnsupportedModuleError(
-            "OpenFold3's Pairformer blocks pass no s_inputs to their attention modules: use a "
-            "FactorConfig with use_s_inputs=False")
-    return FactorNetwork(c_z, n_heads, config).to(device=like.device, dtype=like.dtype)
 
 
 def _share_norm(ours: nn.LayerNorm, host: nn.Module, where: str) -> None:
@@ -270,7 +244,7 @@ def _triangle(site: Site, mode: str, factor_config: FactorConfig | None, backend
     if float(host.inf) != _MASK_INF:
         raise UnsupportedModuleError(f"{where}: inf={host.inf} (the FlashBias op masks with 1e9)")
     for name in ("linear_z", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
-        _check_linear(host.get_submodule(name), f"{where}.{name}")
+        check_linear(host.get_submodule(name), f"{where}.{name}")
     transpose_bias = dict((attr, tb) for attr, _, tb in _TRIANGLES)[site.attr]
     starting = bool(host.starting)
     if starting and not transpose_bias:
@@ -289,7 +263,7 @@ def _triangle(site: Site, mode: str, factor_config: FactorConfig | None, backend
     share_linear(ours.linear_b, host.linear_z, f"{where}.linear_z")
     for name in ("q", "k", "v", "g", "o"):
         share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
-    ours.factor_network = _factor_network(factor_config, host.c_in, mha.no_heads, host.linear_z.weight)
+    ours.factor_network = factor_network(factor_config, host.c_in, mha.no_heads, host.linear_z.weight, "OpenFold3")
     check_no_meta(ours, where)
     ours.mode = mode
     return OpenFold3TriangleAttention(host, ours, site, transpose_bias=transpose_bias,
@@ -304,7 +278,7 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
     if float(host.inf) != _MASK_INF:
         raise UnsupportedModuleError(f"{where}: inf={host.inf} (the FlashBias op masks with 1e9)")
     for name in ("linear_z", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
-        _check_linear(host.get_submodule(name), f"{where}.{name}")
+        check_linear(host.get_submodule(name), f"{where}.{name}")
     if not (mha.c_q == mha.c_k == mha.c_v):
         raise UnsupportedModuleError(f"{where}: c_q, c_k, c_v = {mha.c_q}, {mha.c_k}, {mha.c_v} (self-attention "
                                      "on one width expected)")
@@ -324,7 +298,7 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
     share_linear(ours.linear_z, host.linear_z, f"{where}.linear_z")
     for name in ("q", "k", "v", "g", "o"):
         share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
-    ours.factor_network = _factor_network(factor_config, c_z, mha.no_heads, host.linear_z.weight)
+    ours.factor_network = factor_network(factor_config, c_z, mha.no_heads, host.linear_z.weight, "OpenFold3")
     check_no_meta(ours, where)
     ours.mode = mode
     return OpenFold3AttentionPairBias(host, ours, site)

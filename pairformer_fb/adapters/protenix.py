@@ -48,22 +48,27 @@ Importing protenix on a machine without CUDA needs ``LAYERNORM_TYPE=torch`` in t
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
-from ..modules.factor_network import FactorNetwork
+from ..modules import (
+    FactorConfig,
+    FlashBiasAttentionPairBias,
+    FlashBiasTriangleAttention,
+)
 from .common import (
     PatchedModule,
     Site,
     UnsupportedModuleError,
     build_on_meta,
+    check_linear,
     check_no_meta,
+    factor_network,
     share_layer_norm,
     share_linear,
+    stack_and_index,
 )
 
 HOST = "protenix"
@@ -99,22 +104,6 @@ def _host_classes():
     return PairformerBlock, TriangleAttention, AttentionPairBias
 
 
-def _ancestors(model: nn.Module, path: str) -> list[nn.Module]:
-    mods, m = [model], model
-    for part in path.split(".") if path else []:
-        m = getattr(m, part)
-        mods.append(m)
-    return mods
-
-
-def _stack_and_index(model: nn.Module, path: str) -> tuple[str, int]:
-    stack = "pairformer"
-    for m in _ancestors(model, path)[:-1]:
-        stack = _STACK_OF_ANCESTOR.get(type(m).__name__, stack)
-    numbers = re.findall(r"(?:^|\.)(\d+)(?=\.|$)", path)
-    return stack, int(numbers[-1]) if numbers else 0
-
-
 def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]:
     """The triangle attentions (kind "triangle") and single attentions ("single") of every
     PairformerBlock of the selected stacks, in model order."""
@@ -123,7 +112,7 @@ def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str])
     for path, block in model.named_modules():
         if not isinstance(block, PairformerBlock):
             continue
-        stack, index = _stack_and_index(model, path)
+        stack, index = stack_and_index(model, path, _STACK_OF_ANCESTOR)
         if stack not in stacks:
             continue
         children = []
@@ -139,21 +128,6 @@ def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str])
             sites.append(Site(path=f"{path}.{attr}" if path else attr, parent=block, attr=attr,
                               module=module, kind=kind, node=node, stack=stack, block=index))
     return sites
-
-
-def _check_linear(linear: nn.Module, where: str) -> None:
-    if getattr(linear, "precision", None) is not None:
-        raise UnsupportedModuleError(f"{where}: a linear map with precision={linear.precision} is not supported")
-
-
-def _factor_network(config: FactorConfig | None, c_z: int, n_heads: int, like: torch.Tensor):
-    if config is None:
-        return None
-    if config.use_s_inputs:
-        raise UnsupportedModuleError(
-            "Protenix's Pairformer blocks pass no s_inputs to their attention modules: use a "
-            "FactorConfig with use_s_inputs=False")
-    return FactorNetwork(c_z, n_heads, config).to(device=like.device, dtype=like.dtype)
 
 
 class ProtenixTriangleAttention(PatchedModule):
@@ -203,7 +177,7 @@ def _triangle(site: Site, mode: str, factor_config: FactorConfig | None, backend
     if float(host.inf) != _MASK_INF:
         raise UnsupportedModuleError(f"{where}: inf={host.inf} (the FlashBias op masks with 1e9)")
     for name in ("linear", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
-        _check_linear(host.get_submodule(name), f"{where}.{name}")
+        check_linear(host.get_submodule(name), f"{where}.{name}")
     node = {"node": "starting"} if host.starting else {"node": "ending", "ending_bias": "transposed"}
     ours = build_on_meta(
         FlashBiasTriangleAttention, c_z=host.c_in, n_heads=mha.no_heads, head_dim=mha.c_hidden, **node,
@@ -215,7 +189,7 @@ def _triangle(site: Site, mode: str, factor_config: FactorConfig | None, backend
     share_linear(ours.linear_b, host.linear, f"{where}.linear")
     for name in ("q", "k", "v", "g", "o"):
         share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
-    ours.factor_network = _factor_network(factor_config, host.c_in, mha.no_heads, host.linear.weight)
+    ours.factor_network = factor_network(factor_config, host.c_in, mha.no_heads, host.linear.weight, "Protenix")
     check_no_meta(ours, where)
     ours.mode = mode
     return ProtenixTriangleAttention(host, ours, site)
@@ -230,7 +204,7 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
         raise UnsupportedModuleError(f"{where}: single attention without gating is not supported")
     for name in ("linear_nobias_z", "attention.linear_q", "attention.linear_k", "attention.linear_v",
                  "attention.linear_g", "attention.linear_o"):
-        _check_linear(host.get_submodule(name), f"{where}.{name}")
+        check_linear(host.get_submodule(name), f"{where}.{name}")
     c_s, c_z = att.c_q, host.linear_nobias_z.in_features
     eps_s, eps_z = float(host.layernorm_a.eps), float(host.layernorm_z.eps)
     if eps_s != eps_z:
@@ -249,7 +223,7 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
     for name in ("q", "k", "v", "g", "o"):
         share_linear(getattr(ours, f"linear_{name}"), getattr(att, f"linear_{name}"),
                      f"{where}.attention.linear_{name}")
-    ours.factor_network = _factor_network(factor_config, c_z, att.num_heads, host.linear_nobias_z.weight)
+    ours.factor_network = factor_network(factor_config, c_z, att.num_heads, host.linear_nobias_z.weight, "Protenix")
     check_no_meta(ours, where)
     ours.mode = mode
     return ProtenixAttentionPairBias(host, ours, site)

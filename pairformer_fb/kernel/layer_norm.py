@@ -10,7 +10,6 @@ on those statistics), so gradients are exactly torch's. Other devices use F.laye
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
