@@ -21,6 +21,8 @@ except Exception as e:  # noqa: BLE001 - any import failure means: no usable hos
                 "pip install --no-deps openfold3==0.5.0 gemmi ml-collections absl-py biotite",
                 allow_module_level=True)
 
+from host_models import randomise_
+from naive import rel_err
 import pairformer_fb as fb
 from pairformer_fb.adapters import PatchedModule, UnsupportedModelError, UnsupportedModuleError, detect_host
 from pairformer_fb.tools.patching import AlreadyPatchedError, patched_modules
@@ -29,21 +31,6 @@ C_Z, C_S = 16, 32
 
 # the host's attention enters torch.amp.autocast("cuda") unconditionally, which warns on CPU
 pytestmark = pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")
-
-
-def randomise_(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Random, non-zero weights of a moderate scale (layer-norm scales around 1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if p.dim() >= 2:
-                p.copy_(r * 0.7 / p.shape[-1] ** 0.5)
-            elif name.endswith("weight"):  # layer-norm scales
-                p.copy_(1.0 + 0.2 * r)
-            else:
-                p.copy_(0.2 * r)
-    return module
 
 
 def make_stack(n_blocks=3, inf=1e9, **kwargs) -> PairFormerStack:
@@ -67,10 +54,6 @@ def inputs(n=13, lengths=None, seed=1):
     for b, length in enumerate(lengths or []):
         token[b, length:] = 0
     return s, z, token, token[:, :, None] * token[:, None, :]
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def run(stack, s, z, single_mask, pair_mask, **kwargs):

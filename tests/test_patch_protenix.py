@@ -20,26 +20,13 @@ except Exception as e:  # noqa: BLE001 - any import failure means: no usable hos
     pytest.skip(f"protenix cannot be imported ({type(e).__name__}: {e}); install it with "
                 "pip install --no-deps protenix==2.0.0 -r requirements-hosts.txt", allow_module_level=True)
 
+from host_models import randomise_
+from naive import rel_err
 import pairformer_fb as fb
 from pairformer_fb.adapters import PatchedModule, UnsupportedModelError, detect_host
 from pairformer_fb.tools.patching import AlreadyPatchedError, patched_modules
 
 C_Z, C_S, HEADS = 32, 64, 4
-
-
-def randomise_(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Random, non-zero weights of a moderate scale (layer-norm scales around 1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if p.dim() >= 2:
-                p.copy_(r * 0.7 / p.shape[-1] ** 0.5)
-            elif name.endswith("weight"):  # layer-norm scales
-                p.copy_(1.0 + 0.2 * r)
-            else:
-                p.copy_(0.2 * r)
-    return module
 
 
 def make_stack(n_blocks=3, c_z=C_Z, c_s=C_S, **kwargs) -> PairformerStack:
@@ -59,10 +46,6 @@ def inputs(n=13, c_z=C_Z, c_s=C_S, lengths=None, seed=1):
     for b, length in enumerate(lengths or []):
         token[b, length:] = 0
     return s, z, token[:, :, None] * token[:, None, :]
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def run(stack, s, z, mask, **kwargs):
