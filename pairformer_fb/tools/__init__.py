@@ -1,1 +1,1 @@
-"""Tools layer: patching host models, benchmarking, kernel tuning (later: checkpoint conversion, fine-tuning)."""
+"""Tools layer: patching host models, host checkpoint I/O, benchmarking, kernel tuning (later: checkpoint conversion, fine-tuning)."""
