@@ -69,14 +69,13 @@ from torch import nn
 from ..modules import (
     FactorConfig,
     FlashBiasAttentionPairBias,
-    FlashBiasTriangleAttention,
 )
 from .common import (
     PatchedModule,
     Site,
     UnsupportedModuleError,
     build_on_meta,
-    check_linear,
+    build_triangle_attention,
     check_no_meta,
     factor_network,
     share_layer_norm,
@@ -93,8 +92,6 @@ INSTALL_HINT = (
 STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence", "affinity")
 DEFAULT_STACKS: tuple[str, ...] = ("pairformer",)
 
-# the triangle attention's additive mask value; the FlashBias op masks with the same 1e9 * (mask - 1)
-_MASK_INF = 1e9
 # the smallest single-attention inf for which masked keys get weight 0 in fp32 (Boltz's default)
 _MIN_SINGLE_INF = 1e6
 # ancestor class name -> stack name (by name, so that no further boltz module is imported)
@@ -180,29 +177,11 @@ class BoltzAttentionPairBias(PatchedModule):
 
 
 def _triangle(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:
-    host, where = site.module, site.path
-    mha = host.mha
-    if getattr(mha, "linear_g", None) is None:
-        raise UnsupportedModuleError(f"{where}: triangle attention without gating is not supported")
-    if float(host.inf) != _MASK_INF:
-        raise UnsupportedModuleError(f"{where}: inf={host.inf:g} (the FlashBias op masks with 1e9)")
-    for name in ("linear", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
-        check_linear(host.get_submodule(name), f"{where}.{name}")
-    node = {"node": "starting"} if host.starting else {"node": "ending", "ending_bias": "transposed"}
-    ours = build_on_meta(
-        FlashBiasTriangleAttention, c_z=host.c_in, n_heads=mha.no_heads, head_dim=mha.c_hidden, **node,
-        q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
-        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
-        out_bias=mha.linear_o.bias is not None, layer_norm_eps=float(host.layer_norm.eps), backend=backend,
-    )
-    share_layer_norm(ours.layer_norm, host.layer_norm, f"{where}.layer_norm")
-    share_linear(ours.linear_b, host.linear, f"{where}.linear")
-    for name in ("q", "k", "v", "g", "o"):
-        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
-    ours.factor_network = factor_network(factor_config, host.c_in, mha.no_heads, host.linear.weight, "Boltz")
-    check_no_meta(ours, where)
-    ours.mode = mode
-    return BoltzTriangleAttention(host, ours, site)
+    # the ending module transposes z itself: its bias comes from the transposed z
+    node = {"node": "starting"} if site.module.starting else {"node": "ending", "ending_bias": "transposed"}
+    ours = build_triangle_attention(site, node=node, bias_linear="linear", mode=mode,
+                                    factor_config=factor_config, backend=backend, host_label="Boltz")
+    return BoltzTriangleAttention(site.module, ours, site)
 
 
 def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:

@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..modules import FlashBiasTriangleAttention
 from ..modules.common import FlashBiasModule
 from ..modules.factor_network import FactorConfig, FactorNetwork
 
@@ -138,13 +139,51 @@ def share_linear(dst: nn.Linear, src: nn.Linear, where: str) -> None:
 
 def share_layer_norm(dst: nn.LayerNorm, src: nn.Module, where: str) -> None:
     """Make ``dst`` use the host layer norm's weight / bias objects and its epsilon (the host
-    class may be any layer norm over the last dim with ``weight``, ``bias`` and ``eps``)."""
-    for attr in ("weight", "bias", "eps"):
-        if not hasattr(src, attr):
-            raise UnsupportedModuleError(f"{where}: host layer norm {type(src).__name__} has no {attr!r}")
-    _share(dst, "weight", src.weight, where)
-    _share(dst, "bias", src.bias, where)
+    class may be any layer norm over the last dim with ``eps`` and optional ``weight`` / ``bias``:
+    a host norm without scale or offset leaves ours without it too)."""
+    if not hasattr(src, "eps"):
+        raise UnsupportedModuleError(f"{where}: host layer norm {type(src).__name__} has no 'eps'")
+    for attr in ("weight", "bias"):
+        param = getattr(src, attr, None)
+        if param is None:
+            setattr(dst, attr, None)
+        else:
+            _share(dst, attr, param, where)
     dst.eps = float(src.eps)
+
+
+MASK_INF = 1e9  # the OpenFold-family triangle attentions' additive mask value, the FlashBias op's too
+
+
+def build_triangle_attention(site: Site, *, node: dict, bias_linear: str, mode: str,
+                             factor_config: FactorConfig | None, backend: str, host_label: str):
+    """Our triangle attention on the parameters of an OpenFold-family ``TriangleAttention`` (the
+    layout Protenix, Boltz-2 and OpenFold3 share: ``layer_norm``, a bias projection named
+    ``bias_linear``, ``mha.linear_q/k/v/g/o``, ``inf``, ``c_in``); ``node`` holds the
+    ``node`` / ``ending_bias`` arguments of the host's convention."""
+    host, where = site.module, site.path
+    mha = host.mha
+    if getattr(mha, "linear_g", None) is None:
+        raise UnsupportedModuleError(f"{where}: triangle attention without gating is not supported")
+    if float(host.inf) != MASK_INF:
+        raise UnsupportedModuleError(f"{where}: inf={host.inf:g} (the FlashBias op masks with 1e9)")
+    for name in (bias_linear, "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
+        check_linear(host.get_submodule(name), f"{where}.{name}")
+    ours = build_on_meta(
+        FlashBiasTriangleAttention, c_z=host.c_in, n_heads=mha.no_heads, head_dim=mha.c_hidden, **node,
+        q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
+        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
+        out_bias=mha.linear_o.bias is not None, layer_norm_eps=float(host.layer_norm.eps), backend=backend,
+    )
+    share_layer_norm(ours.layer_norm, host.layer_norm, f"{where}.layer_norm")
+    bias_projection = host.get_submodule(bias_linear)
+    share_linear(ours.linear_b, bias_projection, f"{where}.{bias_linear}")
+    for name in ("q", "k", "v", "g", "o"):
+        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
+    ours.factor_network = factor_network(factor_config, host.c_in, mha.no_heads, bias_projection.weight, host_label)
+    check_no_meta(ours, where)
+    ours.mode = mode
+    return ours
 
 
 def check_no_meta(module: nn.Module, where: str) -> None:

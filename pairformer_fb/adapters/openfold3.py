@@ -80,13 +80,14 @@ from torch import nn
 from ..modules import (
     FactorConfig,
     FlashBiasAttentionPairBias,
-    FlashBiasTriangleAttention,
 )
 from .common import (
+    MASK_INF,
     PatchedModule,
     Site,
     UnsupportedModuleError,
     build_on_meta,
+    build_triangle_attention,
     check_linear,
     check_no_meta,
     factor_network,
@@ -104,8 +105,6 @@ INSTALL_HINT = (
 STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence")
 DEFAULT_STACKS: tuple[str, ...] = ("pairformer",)
 
-# the host's additive mask value; the FlashBias op masks with the same 1e9 * (mask - 1)
-_MASK_INF = 1e9
 # ancestor class name -> stack name (by name, so that no further openfold3 module is imported)
 _STACK_OF_ANCESTOR = {
     "PairformerEmbedding": "confidence",
@@ -168,15 +167,6 @@ def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str])
     return sites
 
 
-def _share_norm(ours: nn.LayerNorm, host: nn.Module, where: str) -> None:
-    """share_layer_norm, also for the host's LayerNorm without scale / offset
-    (create_scale / create_offset=False)."""
-    for attr in ("weight", "bias"):
-        if getattr(host, attr, None) is None:
-            setattr(ours, attr, None)
-    share_layer_norm(ours, host, where)
-
-
 def _full_mask(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
     if mask is None or mask.shape == shape:
         return mask
@@ -237,36 +227,17 @@ class OpenFold3AttentionPairBias(PatchedModule):
 
 
 def _triangle(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:
-    host, where = site.module, site.path
-    mha = host.mha
-    if getattr(mha, "linear_g", None) is None:
-        raise UnsupportedModuleError(f"{where}: triangle attention without gating is not supported")
-    if float(host.inf) != _MASK_INF:
-        raise UnsupportedModuleError(f"{where}: inf={host.inf} (the FlashBias op masks with 1e9)")
-    for name in ("linear_z", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
-        check_linear(host.get_submodule(name), f"{where}.{name}")
     transpose_bias = dict((attr, tb) for attr, _, tb in _TRIANGLES)[site.attr]
-    starting = bool(host.starting)
+    starting = bool(site.module.starting)
     if starting and not transpose_bias:
         node = {"node": "starting"}
     elif not starting and not transpose_bias:
         node = {"node": "ending", "ending_bias": "transposed"}
     else:
         node = {"node": "ending", "ending_bias": "untransposed"}
-    ours = build_on_meta(
-        FlashBiasTriangleAttention, c_z=host.c_in, n_heads=mha.no_heads, head_dim=mha.c_hidden, **node,
-        q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
-        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
-        out_bias=mha.linear_o.bias is not None, layer_norm_eps=float(host.layer_norm.eps), backend=backend,
-    )
-    _share_norm(ours.layer_norm, host.layer_norm, f"{where}.layer_norm")
-    share_linear(ours.linear_b, host.linear_z, f"{where}.linear_z")
-    for name in ("q", "k", "v", "g", "o"):
-        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
-    ours.factor_network = factor_network(factor_config, host.c_in, mha.no_heads, host.linear_z.weight, "OpenFold3")
-    check_no_meta(ours, where)
-    ours.mode = mode
-    return OpenFold3TriangleAttention(host, ours, site, transpose_bias=transpose_bias,
+    ours = build_triangle_attention(site, node=node, bias_linear="linear_z", mode=mode,
+                                    factor_config=factor_config, backend=backend, host_label="OpenFold3")
+    return OpenFold3TriangleAttention(site.module, ours, site, transpose_bias=transpose_bias,
                                       transpose_io=starting and transpose_bias)
 
 
@@ -275,8 +246,8 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
     mha = host.mha
     if mha.linear_g is None:
         raise UnsupportedModuleError(f"{where}: single attention without gating is not supported")
-    if float(host.inf) != _MASK_INF:
-        raise UnsupportedModuleError(f"{where}: inf={host.inf} (the FlashBias op masks with 1e9)")
+    if float(host.inf) != MASK_INF:
+        raise UnsupportedModuleError(f"{where}: inf={host.inf:g} (the FlashBias op masks with 1e9)")
     for name in ("linear_z", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
         check_linear(host.get_submodule(name), f"{where}.{name}")
     if not (mha.c_q == mha.c_k == mha.c_v):
@@ -293,8 +264,8 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
         v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
         out_bias=mha.linear_o.bias is not None, layer_norm_eps=eps_s, backend=backend,
     )
-    _share_norm(ours.layer_norm_s, host.layer_norm_a, f"{where}.layer_norm_a")
-    _share_norm(ours.layer_norm_z, host.layer_norm_z, f"{where}.layer_norm_z")
+    share_layer_norm(ours.layer_norm_s, host.layer_norm_a, f"{where}.layer_norm_a")
+    share_layer_norm(ours.layer_norm_z, host.layer_norm_z, f"{where}.layer_norm_z")
     share_linear(ours.linear_z, host.linear_z, f"{where}.linear_z")
     for name in ("q", "k", "v", "g", "o"):
         share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")

@@ -56,13 +56,13 @@ from torch import nn
 from ..modules import (
     FactorConfig,
     FlashBiasAttentionPairBias,
-    FlashBiasTriangleAttention,
 )
 from .common import (
     PatchedModule,
     Site,
     UnsupportedModuleError,
     build_on_meta,
+    build_triangle_attention,
     check_linear,
     check_no_meta,
     factor_network,
@@ -82,8 +82,6 @@ DEFAULT_STACKS: tuple[str, ...] = ("pairformer",)
 
 # the host's triangle_attention choices (asserted in protenix.model.triangular.layers.Attention)
 TRIANGLE_KERNELS = ("torch", "deepspeed", "triattention", "cuequivariance")
-# the host's additive mask value; the FlashBias op masks with the same 1e9 * (mask - 1)
-_MASK_INF = 1e9
 # ancestor class name -> stack name (by name, so that no further protenix module is imported)
 _STACK_OF_ANCESTOR = {"ConfidenceHead": "confidence", "TemplateEmbedder": "template",
                       "MSAModule": "msa", "MSABlock": "msa"}
@@ -170,29 +168,11 @@ class ProtenixAttentionPairBias(PatchedModule):
 
 
 def _triangle(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:
-    host, where = site.module, site.path
-    mha = host.mha
-    if getattr(mha, "linear_g", None) is None:
-        raise UnsupportedModuleError(f"{where}: triangle attention without gating is not supported")
-    if float(host.inf) != _MASK_INF:
-        raise UnsupportedModuleError(f"{where}: inf={host.inf} (the FlashBias op masks with 1e9)")
-    for name in ("linear", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
-        check_linear(host.get_submodule(name), f"{where}.{name}")
-    node = {"node": "starting"} if host.starting else {"node": "ending", "ending_bias": "transposed"}
-    ours = build_on_meta(
-        FlashBiasTriangleAttention, c_z=host.c_in, n_heads=mha.no_heads, head_dim=mha.c_hidden, **node,
-        q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
-        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
-        out_bias=mha.linear_o.bias is not None, layer_norm_eps=float(host.layer_norm.eps), backend=backend,
-    )
-    share_layer_norm(ours.layer_norm, host.layer_norm, f"{where}.layer_norm")
-    share_linear(ours.linear_b, host.linear, f"{where}.linear")
-    for name in ("q", "k", "v", "g", "o"):
-        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
-    ours.factor_network = factor_network(factor_config, host.c_in, mha.no_heads, host.linear.weight, "Protenix")
-    check_no_meta(ours, where)
-    ours.mode = mode
-    return ProtenixTriangleAttention(host, ours, site)
+    # Protenix's blocks transpose z around tri_att_end themselves: both map to "starting"
+    node = {"node": "starting"} if site.module.starting else {"node": "ending", "ending_bias": "transposed"}
+    ours = build_triangle_attention(site, node=node, bias_linear="linear", mode=mode,
+                                    factor_config=factor_config, backend=backend, host_label="Protenix")
+    return ProtenixTriangleAttention(site.module, ours, site)
 
 
 def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:
@@ -215,8 +195,6 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
         v_bias=att.linear_v.bias is not None, gate_bias=att.linear_g.bias is not None,
         out_bias=att.linear_o.bias is not None, layer_norm_eps=eps_s, backend=backend,
     )
-    if host.layernorm_z.bias is None:  # create_offset_ln_z=False (not in the Pairformer)
-        ours.layer_norm_z.bias = None
     share_layer_norm(ours.layer_norm_s, host.layernorm_a, f"{where}.layernorm_a")
     share_layer_norm(ours.layer_norm_z, host.layernorm_z, f"{where}.layernorm_z")
     share_linear(ours.linear_z, host.linear_nobias_z, f"{where}.linear_nobias_z")
