@@ -33,11 +33,9 @@ from torch import nn
 os.environ.setdefault("LAYERNORM_TYPE", "torch")
 
 try:
-    from configs.configs_base import configs as protenix_base_configs  # shipped with protenix
-    from configs.configs_data import data_configs as protenix_data_configs
-    from configs.configs_inference import inference_configs as protenix_inference_configs
-    from protenix.config.config import parse_configs as protenix_parse_configs
     from protenix.model.protenix import Protenix
+
+    from pairformer_fb.tools.presets import protenix_configs
 
     PROTENIX_SKIP = None
 except Exception as e:  # noqa: BLE001 - any import failure means: no usable host here
@@ -215,24 +213,9 @@ def test_openfold3_full_model_exact_and_lowrank():
 # ---------------------------------------------------------------------------------------------
 # Protenix
 
-# the tiny settings (issue 5), plus CPU / fp32 switches
-PROTENIX_TINY = {
-    "c_s": 64, "c_z": 32, "c_token": 64, "c_s_inputs": 129, "c_atom": 32, "n_blocks": 2,
-    "model.pairformer.n_heads": 4, "model.N_cycle": 1, "model.msa_module.n_blocks": 1, "model.msa_module.c_m": 16,
-    "model.diffusion_module.c_token": 64, "model.diffusion_module.transformer.n_blocks": 1,
-    "model.diffusion_module.transformer.n_heads": 4, "model.diffusion_module.atom_encoder.n_blocks": 1,
-    "model.diffusion_module.atom_decoder.n_blocks": 1, "model.confidence_head.n_blocks": 1,
-    "sample_diffusion.N_step": 2, "sample_diffusion.N_sample": 1,
-    "dtype": "fp32", "blocks_per_ckpt": "null", "triangle_attention": "torch", "triangle_multiplicative": "torch",
-}
-
-
 def protenix_tiny_configs():
-    """Protenix's inference configs (base + data + inference, as runner/inference.py merges
-    them), with the tiny settings passed as command-line overrides."""
-    base = copy.deepcopy({**protenix_base_configs, "data": protenix_data_configs, **protenix_inference_configs})
-    args = " ".join(f"--{k} {v}" for k, v in PROTENIX_TINY.items())
-    return protenix_parse_configs(base, args, fill_required_with_null=True)
+    """The ``tiny`` preset (issue 5's settings) with the CPU switches (fp32, torch kernels)."""
+    return protenix_configs("tiny", cpu=True)
 
 
 def protenix_features(n_token=10, atoms_per_token=5, n_msa=3, seed=0):
@@ -292,6 +275,6 @@ def test_protenix_full_model_exact_and_lowrank():
     out = run(model)
     assert out["trunk_z"].shape == (10, 10, 32) and out["coordinate"].shape == (1, 50, 3)
     assert {"contact_probs", "plddt", "pae", "pde", "resolved"} <= out.keys()
-    # Protenix's default template embedder has no blocks: no template stack to patch
-    check_exact_then_lowrank(model, run, ("pairformer", "msa", "template", "confidence"),
-                             expected_stacks=("pairformer", "msa", "confidence"))
+    # v1.0.0's template embedder has 2 blocks (the bare base configs have none)
+    stacks = ("pairformer", "msa", "template", "confidence")
+    check_exact_then_lowrank(model, run, stacks, expected_stacks=stacks)
