@@ -78,3 +78,23 @@ def test_shared_bias_gradient_allocates_no_per_row_tensor():
     torch.autograd.grad(out, differentiable(args, kw), torch.randn_like(out))
     peak = torch.cuda.max_memory_allocated() - base
     assert peak < 4 * 2**30, f"fwd+bwd took {peak / 2**30:.1f} GiB over the inputs"
+
+
+@pytest.mark.parametrize("layout", ["token_major", "row_transposed"])
+def test_gate_fused_in_the_epilogue_on_gpu(layout):
+    """Triangle-module layout at a real size, bf16, inference: the fused gate equals
+    sigmoid(gate) * the fp32 reference."""
+    g = torch.Generator().manual_seed(0)
+    n, H, D = 200, 4, 32
+    proj = torch.randn(n, n, 4, H, D, generator=g).to(torch.bfloat16).cuda()
+    views = proj.unbind(2)
+    if layout == "row_transposed":
+        views = [t.transpose(0, 1) for t in views]
+    q, k, v, gate = (t.transpose(1, 2) for t in views)
+    bias = torch.randn(1, H, n, n, generator=g).to(torch.bfloat16).cuda()
+    mask = (torch.rand(n, n, generator=g) > 0.2).cuda()
+    with torch.no_grad():
+        out = flash_bias_attention(q, k, v, bias=bias, key_mask=mask, gate=gate)
+    ref = torch.sigmoid(gate.float()) * flash_bias_attention(q.float(), k.float(), v.float(), bias=bias.float(),
+                                                             key_mask=mask, backend="reference")
+    assert out.dtype == torch.bfloat16 and rel_err(out, ref) < 2e-2

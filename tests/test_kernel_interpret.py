@@ -91,3 +91,38 @@ def test_non_contiguous_views_are_read_in_place():
     out = flash_bias_attention(q, k, v, bias=bias, backend="triton")
     ref = flash_bias_attention(q, k, v, bias=bias, backend="reference")
     assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("layout", ["token_major", "row_transposed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gate_fused_at_inference_and_differentiable_in_training(layout, dtype):
+    """The gate as the triangle modules pass it: a strided view of a fused q/k/v/g projection,
+    [a, c, 4, H, D] in memory with rows on a (starting node) or on c (ending node). Inference
+    gates in the kernel's epilogue and writes o in the gate's layout; with gradients the op
+    gates the differentiable output. Both equal sigmoid(gate) * reference."""
+    g = torch.Generator().manual_seed(int(torch.seed() % 2**31))
+    n, H, D = 13, 2, 16
+    proj = torch.randn(n, n, 4, H, D, generator=g).to(dtype).to(DEVICE)
+    views = proj.unbind(2)  # [a, c, H, D]
+    if layout == "row_transposed":
+        views = [t.transpose(0, 1) for t in views]
+    q, k, v, gate = (t.transpose(1, 2) for t in views)  # [rows, H, L, D]
+    bias = torch.randn(1, H, n, n, generator=g).to(dtype).to(DEVICE)
+    mask = (torch.rand(n, n, generator=g) > 0.3).to(DEVICE)
+    ref = torch.sigmoid(gate.float()) * flash_bias_attention(q.float(), k.float(), v.float(), bias=bias.float(),
+                                                             key_mask=mask, backend="reference")
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    with torch.no_grad():
+        out = flash_bias_attention(q, k, v, bias=bias, key_mask=mask, gate=gate, backend="triton")
+    assert rel_err(out, ref) < tol
+    # written in the gate's memory order: back in z's orientation it is one dense [a, c, H, D]
+    zo = out.transpose(1, 2) if layout == "token_major" else out.transpose(1, 2).transpose(0, 1)
+    assert zo.is_contiguous()
+    ins = [t.detach().requires_grad_(True) for t in (q, k, v, gate)]
+    out = flash_bias_attention(*ins[:3], bias=bias, key_mask=mask, gate=ins[3], backend="triton")
+    assert rel_err(out, ref) < tol
+    ins32 = [t.detach().float().requires_grad_(True) for t in ins]
+    ref = torch.sigmoid(ins32[3]) * flash_bias_attention(*ins32[:3], bias=bias.float(), key_mask=mask,
+                                                         backend="reference")
+    for a, b in zip(grads(out, ins), grads(ref, ins32)):
+        assert rel_err(a, b) < (1e-4 if dtype == torch.float32 else 1e-2)

@@ -82,3 +82,14 @@ def test_mask_none_equals_all_true():
     a = flash_bias_attention(*args, **kw, backend="reference")
     b = flash_bias_attention(*args, **kw, key_mask=torch.ones(2, 12, dtype=torch.bool), backend="reference")
     assert torch.equal(a, b)
+
+
+def test_gate_multiplies_the_output_by_its_sigmoid():
+    args, kw = make_inputs(3, 2, 11, 9, 16, 4, bias_shape=(1, 2, 11, 9), mask_shape=(3, 9), dtype=torch.float64)
+    gate = torch.randn(3, 2, 11, 16, dtype=torch.float64, requires_grad=True)
+    out = flash_bias_attention(*args, **kw, gate=gate, backend="reference")
+    ref = torch.sigmoid(gate) * naive_attention(*args, **kw)
+    assert rel_err(out, ref) < 1e-12
+    ins = differentiable(args, kw) + [gate]
+    for a, b in zip(grads(out, ins), grads(ref, ins)):
+        assert rel_err(a, b) < 1e-10

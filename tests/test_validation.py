@@ -35,6 +35,8 @@ def f(r=3, b=1, H=2, L=5):
     (lambda: (qkv(), {"key_mask": torch.ones(2, 5)}), r"key_mask must be a bool tensor"),
     (lambda: (qkv(), {"key_mask": torch.ones(2, 4, dtype=torch.bool)}), r"key_mask has shape \[2, 4\], which does not broadcast to \[B, Lk\]"),
     (lambda: ((torch.randn(2, 2, 0, 8), *qkv()[1:]), {}), r"every dimension >= 1"),
+    (lambda: (qkv(), {"gate": torch.randn(1, 2, 5, 8)}), r"gate must be \[B, H, Lq, D\] = \[2, 2, 5, 8\] like q"),
+    (lambda: (qkv(), {"gate": torch.randn(2, 2, 5, 8).half()}), r"gate has dtype torch.float16"),
 ])
 def test_bad_input_gets_a_clear_error(backend, make, match):
     args, kw = make()

@@ -50,11 +50,13 @@ def flash_bias_attention(
     bias: torch.Tensor | None = None,
     key_mask: torch.Tensor | None = None,
     scale: float | None = None,
+    gate: torch.Tensor | None = None,
     backend: Backend = "auto",
 ) -> torch.Tensor:
     """Attention with a low-rank and/or dense additive bias, fused into one kernel.
 
-    ``softmax(scale * q k^T + q_factors k_factors^T + bias + 1e9 * (key_mask - 1)) v``
+    ``softmax(scale * q k^T + q_factors k_factors^T + bias + 1e9 * (key_mask - 1)) v``,
+    times ``sigmoid(gate)`` when a gate is given.
 
     Args:
         q: [B, H, Lq, D]; for triangle attention B = batch x N rows.
@@ -66,6 +68,9 @@ def flash_bias_attention(
         key_mask: bool, broadcastable to [B, Lk]; False masks a key with the hosts' additive
             -1e9, so a fully masked row averages v uniformly (finite, never NaN).
         scale: multiplies q k^T; defaults to D ** -0.5.
+        gate: [B, H, Lq, D] like q, optional: the output is sigmoid(gate) * attention, the
+            gating of the AF3 attentions. Without gradients to compute (inference) the Triton
+            path applies it in the forward kernel's epilogue (no extra pass over the output).
         backend: "auto" runs the Triton kernels for CUDA tensors and the chunked torch reference
             otherwise; "triton" / "reference" force one path.
 
@@ -118,6 +123,11 @@ def flash_bias_attention(
         _check_tensor("bias", bias)
         bias = _broadcast_to("bias", bias, (B, H, Lq, Lk), "[B, H, Lq, Lk]")
         floats["bias"] = bias
+    if gate is not None:
+        _check_tensor("gate", gate, 4)
+        if tuple(gate.shape) != (B, H, Lq, D):
+            raise ValueError(f"gate must be [B, H, Lq, D] = [{B}, {H}, {Lq}, {D}] like q, got {_shape(gate)}")
+        floats["gate"] = gate
     for name, t in floats.items():
         if t.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {t.dtype}, expected q's dtype {q.dtype}")
@@ -139,7 +149,8 @@ def flash_bias_attention(
     if backend == "triton":
         from .triton_flash_bias import attention_triton
 
-        return attention_triton(q, k, v, q_factors, k_factors, bias, key_mask, scale)
+        return attention_triton(q, k, v, q_factors, k_factors, bias, key_mask, scale, gate)
     if backend == "reference":
-        return attention_reference(q, k, v, q_factors, k_factors, bias, key_mask, scale)
+        o = attention_reference(q, k, v, q_factors, k_factors, bias, key_mask, scale)
+        return o if gate is None else torch.sigmoid(gate) * o
     raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")

@@ -167,12 +167,16 @@ def _softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
 
 @triton.jit
 def _fwd_epilogue(o_base, s_ol, s_od, row_max_ptr, row_inv_sum_ptr, acc, m_i, l_i,
-                  offs_m, offs_d, Lq, D, ok):
+                  offs_m, offs_d, Lq, D, ok, gate_base, s_gl, s_gd, HAS_GATE: tl.constexpr):
     # m and 1/l are kept apart rather than as m + log2(l): with a fully masked row m is about
     # -1.4e9, where fp32 cannot resolve log2(l) and P would be recomputed as 1 instead of 1/Lk.
     m_ok = (offs_m < Lq) & ok
-    tl.store(o_base + offs_m[:, None] * s_ol + offs_d[None, :] * s_od,
-             (acc / l_i[:, None]).to(o_base.dtype.element_ty), mask=m_ok[:, None] & (offs_d < D)[None, :])
+    io_mask = m_ok[:, None] & (offs_d < D)[None, :]
+    out = acc / l_i[:, None]
+    if HAS_GATE:  # inference only: the output gate of the AF3 attentions, sigmoid(g) * o
+        g = tl.load(gate_base + offs_m[:, None] * s_gl + offs_d[None, :] * s_gd, mask=io_mask, other=0.0)
+        out = out * tl.sigmoid(g.to(tl.float32))
+    tl.store(o_base + offs_m[:, None] * s_ol + offs_d[None, :] * s_od, out.to(o_base.dtype.element_ty), mask=io_mask)
     tl.store(row_max_ptr + offs_m, m_i, mask=m_ok)
     tl.store(row_inv_sum_ptr + offs_m, 1.0 / l_i, mask=m_ok)
 
@@ -192,7 +196,7 @@ def _program_rows(pid, n_blocks, B, H, ROWS: tl.constexpr):
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, QF, KF, BIAS, MASK, O, ROW_MAX, ROW_INV_SUM,
+    Q, K, V, QF, KF, BIAS, MASK, O, ROW_MAX, ROW_INV_SUM, GATE,
     s_qb, s_qh, s_ql, s_qd,
     s_kb, s_kh, s_kl, s_kd,
     s_vb, s_vh, s_vl, s_vd,
@@ -201,8 +205,9 @@ def _fwd_kernel(
     s_bb, s_bh, s_bq, s_bk,
     s_mb, s_ml,
     s_ob, s_oh, s_ol, s_od,
+    s_gb, s_gh, s_gl, s_gd,
     B, H, Lq, Lk, D, R, n_qblocks, scale,
-    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GATE: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
     PRECISION: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -258,11 +263,12 @@ def _fwd_kernel(
 
     row0 = (b0 * H + h) * Lq
     _fwd_epilogue(O + b0 * s_ob + h * s_oh, s_ol, s_od, ROW_MAX + row0, ROW_INV_SUM + row0,
-                  acc0, m0, l0, offs_m, offs_d, Lq, D, True)
+                  acc0, m0, l0, offs_m, offs_d, Lq, D, True, GATE + b0 * s_gb + h * s_gh, s_gl, s_gd, HAS_GATE)
     if ROWS == 2:
         row1 = (b1 * H + h) * Lq
         _fwd_epilogue(O + b1 * s_ob + h * s_oh, s_ol, s_od, ROW_MAX + row1, ROW_INV_SUM + row1,
-                      acc1, m1, l1, offs_m, offs_d, Lq, D, row1_ok)
+                      acc1, m1, l1, offs_m, offs_d, Lq, D, row1_ok, GATE + b1 * s_gb + h * s_gh, s_gl, s_gd,
+                      HAS_GATE)
 
 
 @triton.jit
@@ -504,16 +510,16 @@ def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
 
 
 def _new_like_layout(t: torch.Tensor, dtype: torch.dtype | None = None, zero: bool = False) -> torch.Tensor:
-    """A new [B, H, L, D] tensor laid out like ``t``: with heads inside tokens ([B, L, H, D] in
-    memory, as projections produce them) when t is, else contiguous. Outputs and gradients in
-    their input's layout spare callers a transpose copy (torch.empty_like falls back to
-    contiguous for a strided view such as one slice of a fused q/k/v projection)."""
+    """A new dense tensor of t's shape whose dims are laid out in memory in the order of t's
+    strides. q / k / v usually are strided views of a fused projection ([B, L, H, D] or, for
+    the triangle ending node, [L, B, H, D] in memory); outputs and gradients in their input's
+    layout spare callers a transpose copy (torch.empty_like falls back to contiguous for such
+    non-dense views)."""
     new = torch.zeros if zero else torch.empty
-    B, H, L, D = t.shape
-    dtype = dtype or t.dtype
-    if t.stride(1) < t.stride(2):
-        return new((B, L, H, D), device=t.device, dtype=dtype).transpose(1, 2)
-    return new((B, H, L, D), device=t.device, dtype=dtype)
+    # outermost first; ties (size-1 or broadcast dims) keep their logical order
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+    buf = new([t.shape[d] for d in order], device=t.device, dtype=dtype or t.dtype)
+    return buf.permute([order.index(d) for d in range(t.dim())])
 
 
 def _or(t: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
@@ -571,19 +577,21 @@ def _rows_per_program(ops: _Operands, cfg: KernelConfig) -> int:
     return 2 if (cfg.rows == 2 and ops.B > 1 and shared and (ops.has_factors or ops.bias is not None)) else 1
 
 
-def _forward(q, k, v, ops: _Operands):
+def _forward(q, k, v, ops: _Operands, gate: torch.Tensor | None = None):
+    """o (gated by sigmoid(gate) when given, which only the inference path does) and the
+    per-row softmax statistics (max, 1 / sum) for the backward."""
     B, H, Lq, Lk, D = ops.B, ops.H, ops.Lq, ops.Lk, ops.D
     cfg = _config("fwd", ops)
     rows = _rows_per_program(ops, cfg)
-    o = _new_like_layout(q)
+    o = _new_like_layout(gate if gate is not None else q)
     row_stats = torch.empty((2, B, H, Lq), device=q.device, dtype=torch.float32)
     n_qblocks = triton.cdiv(Lq, cfg.block_m)
     qf, kf, bias, mask = ops.pointer_args(q)
     _fwd_kernel[(n_qblocks * H * triton.cdiv(B, rows),)](
-        q, k, v, qf, kf, bias, mask, o, row_stats[0], row_stats[1],
-        *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *o.stride(),
+        q, k, v, qf, kf, bias, mask, o, row_stats[0], row_stats[1], _or(gate, q),
+        *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *o.stride(), *_strides4(gate),
         B, H, Lq, Lk, D, ops.R, n_qblocks, ops.scale,
-        **ops.flags(cfg), ROWS=rows, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        **ops.flags(cfg), HAS_GATE=gate is not None, ROWS=rows, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return o, row_stats
@@ -684,6 +692,15 @@ class _FlashBiasFunction(torch.autograd.Function):
                 dbias if needs[5] else None, None, None)
 
 
-def attention_triton(q, k, v, q_factors, k_factors, bias, key_mask, scale: float) -> torch.Tensor:
-    """Triton path. Inputs are validated by ``flash_bias_attention``."""
-    return _FlashBiasFunction.apply(q, k, v, q_factors, k_factors, bias, key_mask, scale)
+def attention_triton(q, k, v, q_factors, k_factors, bias, key_mask, scale: float,
+                     gate: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton path. Inputs are validated by ``flash_bias_attention``.
+
+    With ``gate`` and no gradient to compute (inference), sigmoid(gate) is applied in the
+    forward kernel's epilogue; otherwise the caller gates the differentiable output."""
+    operands = (q, k, v, q_factors, k_factors, bias, gate)
+    if gate is not None and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands)):
+        o, _ = _forward(q, k, v, _Operands(q, k, v, q_factors, k_factors, bias, key_mask, scale), gate)
+        return o
+    o = _FlashBiasFunction.apply(q, k, v, q_factors, k_factors, bias, key_mask, scale)
+    return o if gate is None else torch.sigmoid(gate) * o

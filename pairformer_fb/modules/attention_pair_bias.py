@@ -123,7 +123,7 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
         weight, proj_bias = concat_linear_params([self.linear_q, self.linear_k, self.linear_v, self.linear_g])
         # views [B, N, H, D]; unbind (not indexing): backward stacks the gradients into one buffer
         q, k, v, gate = F.linear(a, weight, proj_bias).reshape(-1, n, 4, self.n_heads, self.head_dim).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N, D] views
+        q, k, v, gate = (t.transpose(1, 2) for t in (q, k, v, gate))  # [B, H, N, D] views
         q_factors = k_factors = None
         if mode == "lowrank":
             q_factors, k_factors = (phi.reshape(-1, *phi.shape[-3:]) for phi in (phi_q, phi_k))
@@ -131,11 +131,10 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
             q, k, v, q_factors=q_factors, k_factors=k_factors,
             bias=bias.reshape(-1, self.n_heads, n, n) if mode != "lowrank" else None,
             key_mask=token_mask.reshape(-1, n) if token_mask is not None else None,
-            backend=self.backend,
+            gate=gate, backend=self.backend,
         )
-        # the gate first: the product takes its contiguous layout, so the flatten is a view
-        gated = torch.sigmoid(gate) * o.transpose(1, 2)
-        update = self.linear_o(gated.flatten(-2)).view(*batch_shape, n, self.c_s)
+        # gated o comes in the gate's layout ([B, N, H, D] in memory): the flatten is a view
+        update = self.linear_o(o.transpose(1, 2).flatten(-2)).view(*batch_shape, n, self.c_s)
         if mode == "distill":
             return update, bias_approximation_loss(phi_q, phi_k, bias, pair_mask)
         return update

@@ -233,15 +233,14 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         # into one buffer instead of zero-filling and summing one full-size buffer per slice
         q, k, v, gate = proj.unflatten(-1, (4, self.n_heads, self.head_dim)).unbind(2)
         if row_dim == 1:
-            q, k, v = (t.transpose(0, 1) for t in (q, k, v))
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [rows, H, L, D] views
+            q, k, v, gate = (t.transpose(0, 1) for t in (q, k, v, gate))
+        q, k, v, gate = (t.transpose(1, 2) for t in (q, k, v, gate))  # [rows, H, L, D] views
         q_factors, k_factors = factors if factors is not None else (None, None)
+        # the op gates (in its epilogue at inference) and writes o in the gate's memory layout,
+        # which is z's orientation: the transposes and the flatten below are views
         o = flash_bias_attention(q, k, v, q_factors=q_factors, k_factors=k_factors, bias=bias,
-                                 key_mask=key_mask, backend=self.backend)
+                                 key_mask=key_mask, gate=gate, backend=self.backend)
         o = o.transpose(1, 2)  # [rows, L, H, D]
         if row_dim == 1:
             o = o.transpose(0, 1)  # back to z's orientation
-        # the gate first: the product takes its (contiguous, z-oriented) layout, so the flatten
-        # below is a view
-        gated = torch.sigmoid(gate) * o
-        return self.linear_o(gated.flatten(-2))
+        return self.linear_o(o.flatten(-2))
