@@ -490,7 +490,7 @@ def outputs_and_grads(module, backend, **run_kw):
 
 @pytest.mark.interpret
 @pytest.mark.skipif(not TRITON_AVAILABLE, reason="needs TRITON_INTERPRET=1 or a GPU")
-@pytest.mark.parametrize("name", ["triangle_ending_transposed", "attention_pair_bias"])
+@pytest.mark.parametrize("name", list(MODULES))
 @pytest.mark.parametrize("mode", ["exact", "lowrank"])
 def test_modules_on_the_triton_kernels_match_the_reference_backend(name, mode):
     module = MODULES[name](factor_config=FACTORS, mode=mode).to(DEVICE)
@@ -499,6 +499,9 @@ def test_modules_on_the_triton_kernels_match_the_reference_backend(name, mode):
     assert rel_err(out, out_ref) < 1e-5
     assert grads.keys() == grads_ref.keys()
     assert_grads_close(grads.values(), list(grads_ref.values()), grads_ref, 1e-4)
+    with torch.no_grad():  # inference: the gate is applied in the kernel's epilogue
+        module.backend = "triton"
+        assert rel_err(run_module(module, device=DEVICE), out_ref) < 1e-5
 
 
 @pytest.mark.gpu

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from naive import rel_err
 
 from pairformer_fb import FlashBiasAttentionPairBias, FlashBiasTriangleAttention
-from pairformer_fb.tools import bench_attention, bench_modules
+from pairformer_fb.tools import bench_attention, bench_blocks, bench_modules
 
 CONFIGS = str((__import__("pathlib").Path(__file__).parents[1] / "configs").resolve())
 
@@ -61,3 +61,15 @@ def test_module_benchmark_runs_on_cpu(tmp_path):
                                                     ("single", "exact"), ("single", "torch_sdpa")}
     assert all(r.fwd_ms > 0 and r.fwd_bwd_ms > 0 for r in ok)
     assert (tmp_path / "results.md").exists()
+
+
+def test_block_benchmark_runs_on_cpu(tmp_path):
+    """Real host blocks (Protenix, Boltz-2) at their full widths, tiny N: stock and patched run
+    and the table compares each variant with the stock block."""
+    cfg = _cfg("bench_blocks", tmp_path, ["hosts=[protenix,boltz]", "sizes.protenix=[6]", "sizes.boltz=[6]",
+                                          "variants=[stock,exact]", "warmup_ms=1", "rep_ms=1"])
+    records = bench_blocks.run(cfg)
+    assert [(r.host, r.variant, r.status) for r in records] == [
+        ("protenix", "stock", "ok"), ("protenix", "exact", "ok"), ("boltz", "stock", "ok"), ("boltz", "exact", "ok")]
+    assert all(r.ms > 0 for r in records) and records[1].notes["patched"] == 3  # 2 triangle + 1 single
+    assert "| protenix | v1 | 6 | torch | exact |" in (tmp_path / "results.md").read_text()

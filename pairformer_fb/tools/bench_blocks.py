@@ -1,0 +1,205 @@
+"""Host block benchmark: one real-size Pairformer block of each host (Protenix ``PairformerBlock``,
+Boltz-2 ``PairformerLayer`` v2, OpenFold3 ``PairFormerBlock``), inference, stock against patched
+(exact and lowrank), the host running with its own kernel switches.
+
+Each block is built at its host's default trunk widths (c_s 384, c_z 128, 16 single heads, 4
+triangle heads × 32; Protenix v2: c_z 256 with ``hidden_scale_up``), with random non-zero weights
+(the hosts zero-initialise output projections), in eval mode, run the way the host runs its
+trunk in bf16: fp32 parameters under ``torch.autocast(bfloat16)``. 5 % of the tokens are padding.
+
+Kernel switches, per host (``kernels=`` in the config): ``default`` is what the host uses at
+inference — Protenix's ``triangle_attention="cuequivariance"`` / ``triangle_multiplicative=
+"cuequivariance"``, Boltz-2's ``use_kernels=True`` (cuEquivariance), OpenFold3's
+``use_triton_triangle_kernels=True``; where that kernel package is not installed, the case is
+recorded as not installed and the next available switch (Protenix: its own ``triattention``
+Triton kernel, then torch) is timed too. The patched block keeps the same switches, so only
+the attention modules differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .timing import environment, failure_status, median_ms
+
+os.environ.setdefault("LAYERNORM_TYPE", "torch")  # Protenix's fused layer norm needs nvcc at import
+
+
+@dataclass
+class BlockRecord:
+    host: str
+    n: int
+    variant: str  # "stock", "exact", "lowrank"
+    kernels: str  # the host's kernel switches used
+    rank: int | None = None
+    ms: float | None = None
+    peak_memory_bytes: int | None = None
+    status: str = "ok"
+    notes: dict = field(default_factory=dict)
+
+
+def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            if p.dim() >= 2:
+                p.copy_(r * 0.7 / p.shape[-1] ** 0.5)
+            elif name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * r)
+            else:
+                p.copy_(0.1 * r)
+    return module
+
+
+def _masks(n: int, device):
+    token = torch.ones(1, n, device=device)
+    token[:, n - max(1, n // 20):] = 0
+    return token, token[:, :, None] * token[:, None, :]
+
+
+# host -> kernel switch name -> keyword arguments of the block's forward
+KERNELS = {
+    "protenix": {
+        "cuequivariance": dict(triangle_attention="cuequivariance", triangle_multiplicative="cuequivariance"),
+        "triattention": dict(triangle_attention="triattention", triangle_multiplicative="torch"),
+        "torch": dict(triangle_attention="torch", triangle_multiplicative="torch"),
+    },
+    "boltz": {"use_kernels": dict(use_kernels=True), "torch": dict(use_kernels=False)},
+    "openfold3": {
+        "triton": dict(use_triton_triangle_kernels=True),
+        "cueq": dict(use_cueq_triangle_kernels=True),
+        "torch": dict(),
+    },
+}
+DEFAULT_KERNELS = {"protenix": "cuequivariance", "boltz": "use_kernels", "openfold3": "triton"}
+
+
+def build_block(host: str, cfg, width: str = "v1"):
+    """(block, call(s, z) -> (s, z)) for one real-size host block on cfg's device."""
+    c_s, c_z = cfg.c_s, (256 if width == "v2" else cfg.c_z)
+    if host == "protenix":
+        from protenix.model.modules.pairformer import PairformerBlock
+
+        block = PairformerBlock(n_heads=cfg.single_heads, c_z=c_z, c_s=c_s, c_hidden_pair_att=cfg.tri_head_dim,
+                                no_heads_pair=cfg.tri_heads * (2 if width == "v2" else 1),
+                                hidden_scale_up=width == "v2")
+
+        def call(block, s, z, token, pair, kw):
+            return block(s, z, pair, **kw)
+    elif host == "boltz":
+        from boltz.model.layers.pairformer import PairformerLayer
+
+        block = PairformerLayer(c_s, c_z, num_heads=cfg.single_heads, dropout=0.0,
+                                pairwise_head_width=cfg.tri_head_dim, pairwise_num_heads=cfg.tri_heads, v2=True)
+
+        def call(block, s, z, token, pair, kw):
+            return block(s, z, token, pair, **kw)
+    elif host == "openfold3":
+        from openfold3.core.model.latent.pairformer import PairFormerBlock
+
+        block = PairFormerBlock(c_s=c_s, c_z=c_z, c_hidden_pair_bias=c_s // cfg.single_heads,
+                                no_heads_pair_bias=cfg.single_heads, c_hidden_mul=128,
+                                c_hidden_pair_att=cfg.tri_head_dim, no_heads_pair=cfg.tri_heads,
+                                transition_type="swiglu", transition_n=4, pair_dropout=0.25,
+                                fuse_projection_weights=False, inf=1e9)
+
+        def call(block, s, z, token, pair, kw):
+            return block(s, z, token, pair, **kw)
+    else:
+        raise ValueError(f"unknown host {host!r}; known: protenix, boltz, openfold3")
+    return _randomise(block, cfg.seed).eval(), call
+
+
+def _measure(host, n, variant, kernels, cfg, device, width="v1") -> BlockRecord:
+    import pairformer_fb as fb
+
+    rec = BlockRecord(host, n, variant, kernels, cfg.rank if variant == "lowrank" else None)
+    try:
+        block, call = build_block(host, cfg, width)
+        block = block.to(device)
+        if variant != "stock":
+            report = fb.patch_model(block, host=host, mode=variant, rank=cfg.rank)
+            rec.notes["patched"] = len(report)
+        g = torch.Generator().manual_seed(cfg.seed)
+        c_z = 256 if width == "v2" else cfg.c_z
+        s = torch.randn(1, n, cfg.c_s, generator=g).to(device)
+        z = torch.randn(1, n, n, c_z, generator=g).to(device)
+        token, pair = _masks(n, device)
+        kw = KERNELS[host][kernels]
+
+        def fn():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                return call(block, s, z, token, pair, kw)
+
+        with torch.inference_mode():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            rec.ms = median_ms(fn, device, cfg.warmup_ms, cfg.rep_ms)
+            if device.type == "cuda":
+                rec.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
+    except Exception as e:  # record why and go on
+        rec.status = failure_status(e)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rec
+
+
+def run(cfg) -> list[BlockRecord]:
+    device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(device) | {"dtype": "bf16 autocast" if device.type == "cuda" else "fp32"}
+    for pkg in ("protenix", "boltz", "openfold3", "cuequivariance_torch"):
+        try:
+            import importlib.metadata as md
+
+            env[pkg] = md.version(pkg.replace("_", "-"))
+        except Exception:  # noqa: BLE001
+            env[pkg] = None
+    jobs = []
+    for host in cfg.hosts:
+        sizes = cfg.sizes[host]
+        kernel_list = list(cfg.kernels[host]) if device.type == "cuda" else ["torch"]
+        for n in sizes:
+            for kernels in kernel_list:
+                for variant in cfg.variants:
+                    jobs.append((host, n, variant, kernels, "v1"))
+            if host == "protenix" and cfg.protenix_v2:
+                jobs += [(host, n, v, kernel_list[0], "v2") for v in cfg.variants]
+    records = []
+    for host, n, variant, kernels, width in tqdm(jobs, desc="block benchmark", unit="case"):
+        rec = _measure(host, n, variant, kernels, cfg, device, width)
+        if width == "v2":
+            rec.notes["width"] = "v2 (c_z 256, 8 triangle heads)"
+        records.append(rec)
+        (out / "results.json").write_text(json.dumps({"environment": env, "records": [asdict(r) for r in records]},
+                                                     indent=1))
+        (out / "results.md").write_text(markdown_table(records, env))
+    return records
+
+
+def markdown_table(records: list[BlockRecord], env: dict) -> str:
+    stock = {(r.host, r.n, r.kernels, r.notes.get("width")): r.ms for r in records
+             if r.variant == "stock" and r.ms}
+    lines = ["# Host block benchmark", "", " · ".join(f"{k}: {v}" for k, v in env.items()), "",
+             "One Pairformer block, inference, median ms; speed-up against the stock block with the same "
+             "kernel switches.", "",
+             "| host | width | N | kernels | variant | rank | ms | × stock | peak GiB | status |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        base = stock.get((r.host, r.n, r.kernels, r.notes.get("width")))
+        speed = f"{base / r.ms:.2f}" if (base and r.ms) else "—"
+        mem = f"{r.peak_memory_bytes / 2**30:.2f}" if r.peak_memory_bytes else "—"
+        ms = f"{r.ms:.2f}" if r.ms else "—"
+        lines.append(f"| {r.host} | {r.notes.get('width', 'v1')} | {r.n} | {r.kernels} | {r.variant} | "
+                     f"{r.rank or ''} | {ms} | {speed} | {mem} | {r.status} |")
+    return "\n".join(lines) + "\n"
