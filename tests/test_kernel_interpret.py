@@ -126,3 +126,22 @@ def test_gate_fused_at_inference_and_differentiable_in_training(layout, dtype):
                                                          backend="reference")
     for a, b in zip(grads(out, ins), grads(ref, ins32)):
         assert rel_err(a, b) < (1e-4 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("splits", [2, 3])
+def test_row_split_ds_sum_matches_the_reference(splits, monkeypatch):
+    """The dS row-sum split over several programs per tile (atomic partial sums) gives the same
+    bias and shared-factor gradients."""
+    from pairformer_fb.kernel import triton_flash_bias as tfb
+
+    args, kw = make_inputs(7, 2, 20, 18, 16, 4, bias_shape=(1, 2, 20, 18), mask_shape=(7, 18), device=DEVICE)
+    block_d, block_r = tfb._pow2_at_least_16(16), tfb._pow2_at_least_16(4)
+    cfg = tfb.default_config("ds_sum", block_d, block_r, True)
+    monkeypatch.setitem(tfb.CONFIG_OVERRIDES, tfb.config_key("ds_sum", block_d, block_r, True),
+                        tfb.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 1, splits))
+    out = flash_bias_attention(*args, **kw, backend="triton")
+    ref = flash_bias_attention(*args, **kw, backend="reference")
+    ins = differentiable(args, kw)
+    names = ["q", "k", "v", "q_factors", "k_factors", "bias"]
+    for name, a, b in zip(names, grads(out, ins), grads(ref, ins)):
+        assert rel_err(a, b) < 1e-4, name

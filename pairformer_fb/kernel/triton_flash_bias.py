@@ -46,7 +46,8 @@ class KernelConfig:
     block_n: int
     num_warps: int
     num_stages: int
-    rows: int = 2  # rows per program where they share the bias / factor tiles (else 1)
+    rows: int = 2  # fwd / bwd: rows per program where they share the bias / factor tiles (else 1)
+    splits: int = 1  # ds_sum: programs per tile of a row-shared sum, each adding its share of the rows
 
 
 def _pow2_at_least_16(x: int) -> int:
@@ -62,7 +63,7 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> Ker
         return KernelConfig(64, 32, 4, 2, 1) if kind == "fwd" else KernelConfig(32, 64, 4, 2, 1)
     # measured best at N = 1024, D = 32 on an H200 (benchmarks/kernel_tuning.md)
     if kind == "ds_sum":
-        return KernelConfig(128, 64, 4, 3, 1) if (block_r and not has_bias) else KernelConfig(64, 64, 4, 3, 1)
+        return KernelConfig(128, 64, 4, 3, 1) if (block_r and not has_bias) else KernelConfig(64, 64, 4, 3, 1, 1)
     if kind == "bwd":
         return KernelConfig(64, 128, 4, 3, 1)
     return KernelConfig(64, 64, 4, 3, 2) if has_bias else KernelConfig(128, 64, 4, 3, 1)
@@ -89,7 +90,7 @@ def load_config_overrides(path: str) -> int:
     entries = json.load(open(path))
     for e in entries:
         CONFIG_OVERRIDES[config_key(e["kind"], e["block_d"], e["block_r"], e["has_bias"])] = KernelConfig(
-            e["block_m"], e["block_n"], e["num_warps"], e["num_stages"], e.get("rows", 2))
+            e["block_m"], e["block_n"], e["num_warps"], e["num_stages"], e.get("rows", 2), e.get("splits", 1))
     return len(entries)
 
 
@@ -429,7 +430,7 @@ def _ds_sum_kernel(
     s_gb, s_gh, s_gq, s_gk,
     B, H, Lq, Lk, D, R, n_qblocks, n_kblocks, GB, GH, scale,
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ROW_FACTORS: tl.constexpr, PRECISION: tl.constexpr,
+    ROW_FACTORS: tl.constexpr, PRECISION: tl.constexpr, SPLITS: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -437,10 +438,15 @@ def _ds_sum_kernel(
     bias / shared-factor gradients: one program owns one [BLOCK_M, BLOCK_N] tile of the reduced
     buffer [GB, GH, Lq, Lk] and loops over its member rows, recomputing S, P, dP per row (two
     small products, as in the forward pass), so the sum needs no atomics. With ROW_FACTORS
-    (factors per row, bias shared) the factor product is computed per row inside the loop."""
+    (factors per row, bias shared) the factor product is computed per row inside the loop.
+    With SPLITS > 1 (rows shared, GB == 1) SPLITS programs share a tile, each summing a
+    contiguous share of the rows, and add their partial sums atomically into the zeroed buffer:
+    more programs than tiles, so the last wave is not left to a few SMs."""
     HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
     TILE_FACTORS: tl.constexpr = HAS_FACTORS and not ROW_FACTORS  # factors shared by the tile's rows
     pid = tl.program_id(0)
+    split = pid % SPLITS  # the programs of one tile are neighbours: they share its bias tile in L2
+    pid = pid // SPLITS
     qb = pid % n_qblocks
     rest = pid // n_qblocks
     kb = rest % n_kblocks
@@ -450,6 +456,10 @@ def _ds_sum_kernel(
     # member rows / heads of this tile: all of a broadcast dim, else just the tile's own
     b_lo = tl.where(GB == 1, 0, gb)
     b_hi = tl.where(GB == 1, B, gb + 1)
+    if SPLITS > 1:
+        share = tl.cdiv(b_hi - b_lo, SPLITS)
+        b_lo = b_lo + split * share
+        b_hi = tl.minimum(b_hi, b_lo + share)
     h_lo = tl.where(GH == 1, 0, gh)
     h_hi = tl.where(GH == 1, H, gh + 1)
     offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -490,9 +500,13 @@ def _ds_sum_kernel(
             p = tl.math.exp2((s - m_row[:, None]) * _LOG2E) * inv_l[:, None]
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
             acc += p * (dp - delta[:, None])
-    tl.store(DS_SUM + tl.cast(gb, tl.int64) * s_gb + tl.cast(gh, tl.int64) * s_gh
-             + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk, acc,
-             mask=m_ok[:, None] & (offs_n < Lk)[None, :])
+    out_ptrs = (DS_SUM + tl.cast(gb, tl.int64) * s_gb + tl.cast(gh, tl.int64) * s_gh
+                + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk)
+    out_mask = m_ok[:, None] & (offs_n < Lk)[None, :]
+    if SPLITS > 1:
+        tl.atomic_add(out_ptrs, acc, mask=out_mask, sem="relaxed")
+    else:
+        tl.store(out_ptrs, acc, mask=out_mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -645,15 +659,18 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     dq = dq_acc.to(q.dtype)
     dqf = dqf_acc.to(q.dtype) if dqf_acc is not None else None
     if sum_ds:
-        g = _reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device)
         rcfg = _config("ds_sum", ops)
+        g = _reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device)
+        splits = min(rcfg.splits, B) if g.shape[0] == 1 else 1  # rows are split only where summed
+        if splits > 1:
+            g.zero_()  # partial sums are added atomically
         n_qblocks, n_kblocks = triton.cdiv(Lq, rcfg.block_m), triton.cdiv(Lk, rcfg.block_n)
         GB, GH = g.shape[0], g.shape[1]
-        _ds_sum_kernel[(n_qblocks * n_kblocks * GB * GH,)](
+        _ds_sum_kernel[(n_qblocks * n_kblocks * GB * GH * splits,)](
             q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, g,
             *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(), *g.stride(),
             B, H, Lq, Lk, D, ops.R, n_qblocks, n_kblocks, GB, GH, ops.scale,
-            **ops.flags(rcfg), ROW_FACTORS=ops.has_factors and not shared_factors,
+            **ops.flags(rcfg), ROW_FACTORS=ops.has_factors and not shared_factors, SPLITS=splits,
             BLOCK_M=rcfg.block_m, BLOCK_N=rcfg.block_n, num_warps=rcfg.num_warps, num_stages=rcfg.num_stages,
         )
 

@@ -85,19 +85,27 @@ def _method(name: str, q, k, v, bias, qf, kf) -> tuple[Callable[[], torch.Tensor
     if name == "cueq":
         from cuequivariance_torch import triangle_attention  # noqa: PLC0415
 
-        # cuEquivariance: q/k/v [B, N, H, S, D] (here one batch of N rows), bias [B, 1, H, S, S]
-        q5, k5, v5 = (t.unsqueeze(0) for t in (q, k, v))
-        b5 = bias.unsqueeze(0)
+        # cuEquivariance: q/k/v [B, N, H, S, D] (here one batch of N rows), bias [B, 1, H, S, S];
+        # the views are taken per call (after requires_grad is set, for the fwd+bwd timing) and
+        # the output comes back in q's shape
         mask = torch.ones(1, q.shape[0], 1, 1, k.shape[2], dtype=torch.bool, device=q.device)
-        return (lambda: triangle_attention(q5, k5, v5, b5, mask)), [q, k, v, bias]
+
+        def cueq():
+            out = triangle_attention(q[None], k[None], v[None], bias[None], mask)
+            return (out[0] if isinstance(out, tuple) else out)[0]
+
+        return cueq, [q, k, v, bias]
     if name == "trifast":
         from trifast import triangle_attention  # noqa: PLC0415
 
-        # trifast: q/k/v [B, H, N, N, D], bias [B, H, N, N], mask [B, N, N]
-        q5, k5, v5 = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))
-        b4 = bias
+        # trifast: q/k/v [B, H, N, N, D], bias [B, H, N, N], mask [B, N, N] (True = masked)
         mask = torch.zeros(1, q.shape[0], k.shape[2], dtype=torch.bool, device=q.device)
-        return (lambda: triangle_attention(q5, k5, v5, b4, mask)), [q, k, v, bias]
+
+        def trifast():
+            five = [t[None].transpose(1, 2) for t in (q, k, v)]
+            return triangle_attention(*five, bias, mask)[0].transpose(0, 1)
+
+        return trifast, [q, k, v, bias]
     raise ValueError(f"unknown benchmark method {name!r}")
 
 
@@ -118,6 +126,10 @@ def _measure(case: Case, method: str, rank: int | None, cfg, dtype, device) -> R
         fn, grad_inputs = _method(method, q, k, v, bias, qf, kf)
         with torch.no_grad():
             rec.fwd_ms = median_ms(fn, device, cfg.warmup_ms, cfg.rep_ms)
+            if method in ("flex_bias", "sdpa_bias_mask", "cueq", "trifast"):
+                # the same function as the dense-bias op: relative difference of the outputs
+                ref = flash_bias_attention(q, k, v, bias=bias).float()
+                rec.notes["rel_diff_vs_fb_bias"] = float((fn().float() - ref).norm() / ref.norm())
         if cfg.backward:
             for t in grad_inputs:
                 t.requires_grad_(True)

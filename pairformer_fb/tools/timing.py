@@ -50,7 +50,7 @@ def median_ms_and_peak_memory(fn: Callable[[], object], device: torch.device, wa
 def failure_status(e: Exception) -> str:
     """How a benchmark records a case that could not run; one failing case never stops a run."""
     if isinstance(e, ImportError):
-        return f"not installed ({e.name})"
+        return f"not installed ({e.name or str(e).splitlines()[0][:200]})"
     if isinstance(e, Skipped):
         return f"skipped: {e}"
     if isinstance(e, torch.OutOfMemoryError):

@@ -18,14 +18,15 @@ from ..kernel import flash_bias_attention
 from ..kernel import triton_flash_bias as tfb
 from .timing import median_ms
 
-# (block_m, block_n, num_warps, num_stages, rows per program)
+# (block_m, block_n, num_warps, num_stages, rows per program[, ds_sum row splits])
 CANDIDATES = {
     "fwd": [(64, 64, 4, 3, 1), (64, 64, 4, 3, 2), (64, 128, 4, 3, 1), (64, 128, 4, 3, 2), (128, 64, 8, 3, 1),
             (64, 32, 4, 3, 2), (128, 64, 4, 3, 1)],
     "bwd": [(64, 64, 4, 3, 1), (64, 128, 4, 3, 1), (64, 64, 4, 3, 2), (64, 64, 4, 2, 1), (128, 64, 8, 2, 1),
             (64, 128, 8, 3, 1), (32, 128, 4, 3, 1)],
-    "ds_sum": [(128, 64, 8, 3, 1), (64, 64, 4, 3, 1), (128, 128, 8, 3, 1), (64, 128, 4, 3, 1),
-               (128, 64, 4, 3, 1), (128, 128, 8, 2, 1)],
+    "ds_sum": [(64, 64, 4, 3, 1, 1), (64, 64, 4, 3, 1, 2), (64, 64, 4, 3, 1, 4), (64, 64, 4, 3, 1, 8),
+               (128, 64, 4, 3, 1, 4), (128, 64, 8, 3, 1, 4), (128, 128, 8, 3, 1, 4), (64, 128, 4, 3, 1, 4),
+               (128, 64, 4, 3, 1, 1)],
 }
 
 
@@ -106,9 +107,10 @@ def tune(problems: list[Problem], device, dtype, warmup_ms=10, rep_ms=50) -> tup
                 tfb.CONFIG_OVERRIDES.pop(keys[kind], None)
                 continue
             tfb.CONFIG_OVERRIDES[keys[kind]] = tfb.KernelConfig(*best["config"])
-            bm, bn, w, s, rows = best["config"]
+            bm, bn, w, s, rows, *split = best["config"]
             winners.append({"kind": kind, "block_d": block_d, "block_r": block_r, "has_bias": p.dense_bias,
                             "block_m": bm, "block_n": bn, "num_warps": w, "num_stages": s, "rows": rows,
+                            "splits": split[0] if split else 1,
                             "problem": asdict(p), "ms": best["ms"]})
             print(f"{p.name:>24} {kind:>9}: best {best['config']} {best['ms']:.3f} ms", flush=True)
     return winners, log
