@@ -240,15 +240,25 @@ def svd_factors(bias: torch.Tensor, config: SVDConfig = SVDConfig()) -> SVDFacto
     n_q, n_k = b.shape[-2:]
     full = min(n_q, n_k)
     k = full if config.max_rank is None else min(config.max_rank, full)
-    if config.max_rank is None or 2 * k >= full:
+    exact_spectrum = config.max_rank is None or 2 * k >= full
+    if exact_spectrum:
         u, s, vh = torch.linalg.svd(b, full_matrices=False)
         v = vh.transpose(-1, -2)
     else:
-        u, s, v = torch.svd_lowrank(b, q=min(k + config.oversample, full), niter=config.n_iter)
-    u, s, v = u[..., :k], s[..., :k], v[..., :k]
+        # svd_lowrank draws a random sketch: from a forked, seeded RNG, so that neither the
+        # caller's random stream (e.g. the diffusion noise) nor the result depends on it
+        with torch.random.fork_rng(devices=[b.device] if b.is_cuda else []):
+            torch.manual_seed(0)
+            u, s, v = torch.svd_lowrank(b, q=min(k + config.oversample, full), niter=config.n_iter)
     total = b.square().sum((-2, -1))  # [*]
-    # residual energy after r components: ||B||^2 - sum_{i<=r} s_i^2 (exact for a full SVD)
-    residual = (total[..., None] - s.square().cumsum(-1)).clamp_min(0)
+    energy = s.square()
+    # energy beyond the first k components: the rest of the full spectrum, or for the randomised
+    # SVD ||B||^2 minus the energy found
+    beyond = energy[..., k:].sum(-1) if exact_spectrum else (total - energy[..., :k].sum(-1)).clamp_min(0)
+    u, s, v, energy = u[..., :k], s[..., :k], v[..., :k], energy[..., :k]
+    # residual energy after r = 1..k components, summed from the tail (no cancellation)
+    after = energy.flip(-1).cumsum(-1).flip(-1)  # after[i] = sum_{j >= i} s_j^2
+    residual = torch.cat([after[..., 1:], torch.zeros_like(after[..., :1])], -1) + beyond[..., None]
     ok = residual <= (config.rel_error ** 2) * total[..., None]
     first_ok = torch.where(ok.any(-1), ok.to(torch.int64).argmax(-1) + 1, torch.full_like(total, k, dtype=torch.int64))
     ranks = first_ok.clamp(min=min(config.min_rank, k), max=k)
