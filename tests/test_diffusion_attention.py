@@ -281,3 +281,32 @@ def test_protenix_full_model_diffusion_kinds(protenix_model):
         fb.unpatch_model(model)
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-5, errors
     assert torch.equal(run_coordinates(model, feats), ref)
+
+
+def test_diffusion_benchmark_runs_on_cpu(tmp_path):
+    import json
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from pairformer_fb.tools import bench_diffusion
+
+    configs = str((Path(__file__).parents[1] / "configs").resolve())
+    with initialize_config_dir(config_dir=configs, version_base=None):
+        cfg = compose(config_name="bench_diffusion", overrides=[
+            f"output_dir={tmp_path}", "n_sample=2", "diffusion.sizes=[12]", "diffusion.c_a=64", "diffusion.c_s=32",
+            "diffusion.c_z=16", "diffusion.heads=4", "atom.sizes=[40]", "atom.c_a=32", "atom.c_s=32",
+            "atom.c_z=8", "atom.heads=2", "svd.max_rank=4", "warmup_ms=1", "rep_ms=1"])
+    records = bench_diffusion.run(cfg)
+    by = {(r.module, r.variant): r for r in records}
+    for key in [("diffusion", v) for v in ("stock", "stock_fusion", "exact", "exact_uncached", "lowrank")] + [
+            ("atom", v) for v in ("stock", "exact", "exact_uncached")]:
+        assert by[key].status == "ok" and by[key].ms > 0, (key, by[key].status)
+    for key in [("diffusion", "exact"), ("diffusion", "exact_uncached"), ("atom", "exact")]:
+        assert by[key].rel_err < 1e-5, key  # ours computes the stock module's function
+    assert by[("diffusion", "exact")].notes["cache_hits"] > 0
+    assert by[("diffusion", "lowrank")].notes["rank"] == 4 and by[("diffusion", "lowrank")].rel_err < 0.5
+    assert by[("atom", "lowrank")].status.startswith("skipped")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["records"]) == len(records)
+    assert "| diffusion | 12 | 2 | exact |" in (tmp_path / "results.md").read_text()
