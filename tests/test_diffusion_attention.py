@@ -178,6 +178,11 @@ def test_bias_reuse_within_a_scope():
     step(trunk)
     step(rand(n, n, C_Z, seed=24))  # another input tensor
     assert (cache.hits, cache.misses) == (2, 3)
+    other = rand(n, n, C_Z, seed=25)
+    step(other)
+    assert cache.payload is not None
+    del other  # the inputs of its generation are gone: the cached bias is freed at once
+    assert cache.payload is None
 
 
 def test_svd_factors_ranks_and_errors():
@@ -265,6 +270,7 @@ def test_protenix_full_model_diffusion_kinds(protenix_model):
         cache = m.flash_bias.bias_cache
         if path.startswith("diffusion_module"):  # computed at the first step, reused after
             assert (cache.hits, cache.misses) == (steps - 1, 1), path
+            assert cache.payload is None, path  # freed with the prediction's trunk tensors
     # a second trunk pass on other inputs: recomputed, still exact (never a stale bias)
     assert rel_err(run_coordinates(model, other), ref_other) < 1e-4
     fb.unpatch_model(model)

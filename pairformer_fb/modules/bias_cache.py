@@ -86,6 +86,8 @@ class BiasScope:
         self.generation = 0
         self._key: list | None = None
         self._depth = 0
+        self._entries: "weakref.WeakSet[BiasCacheEntry]" = weakref.WeakSet()
+        self._finalizers: list = []
 
     @property
     def active(self) -> bool:
@@ -97,6 +99,12 @@ class BiasScope:
         key = [TensorFingerprint(x) if isinstance(x, torch.Tensor) else x for x in leaves]
         if self._depth == 0 and not self._same(key, leaves):
             self.generation += 1
+            # once any input of this generation is freed it can never match again: free the
+            # biases cached under it then (not at the next call), e.g. after a prediction
+            for f in self._finalizers:  # the previous generation's are moot now
+                f.detach()
+            self._finalizers = [weakref.finalize(x, self._expire, self.generation)
+                                for x in leaves if isinstance(x, torch.Tensor)]
         self._key = key if self._depth == 0 else self._key
         self._depth += 1
 
@@ -104,7 +112,12 @@ class BiasScope:
         self._depth = max(0, self._depth - 1)
 
     def invalidate(self) -> None:
-        """Forget the inputs: the next scope starts a new generation."""
+        """Forget the inputs and free what was cached under them: the next scope starts a new
+        generation."""
+        self._expire(self.generation)
+        for f in self._finalizers:
+            f.detach()
+        self._finalizers = []
         self._key = None
         self.generation += 1
 
@@ -122,6 +135,15 @@ class BiasScope:
 
     def token(self) -> tuple | None:
         return ("scope", id(self), self.generation) if self.active else None
+
+    def register(self, entry: "BiasCacheEntry") -> None:
+        self._entries.add(entry)
+
+    def _expire(self, generation: int) -> None:
+        token = ("scope", id(self), generation)
+        for entry in list(self._entries):
+            if entry._token == token:
+                entry.clear()
 
 
 class BiasCacheEntry:
@@ -155,6 +177,8 @@ class BiasCacheEntry:
             self.clear()
             return
         token = scope.token() if scope is not None else None
+        if token is not None:
+            scope.register(self)
         self._token = token
         self._fingerprint = TensorFingerprint(z) if token is None else None
         self._signature = signature
