@@ -106,6 +106,26 @@ def test_local_atom_attention_matches_host(n, spy_op):
     assert call["q"] == (2, T * HEADS, 32, C_A // HEADS) and call["bias"].shape == (1, T * HEADS, 32, 128)
 
 
+def test_atom_attention_is_always_exact():
+    _, ours = host_and_ours("atom", mode="lowrank", svd_config=SVDConfig())
+    assert ours.mode == "exact" and ours.flash_bias.factor_network is None
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "atom"])
+def test_triton_kernels_in_the_interpreter(kind):
+    """The same layouts through the Triton kernels (CPU: Triton's interpreter): strided q / k / v
+    views, the shared bias read with stride 0, heads = trunks x heads for the atoms."""
+    host, ours = host_and_ours(kind, seed=31, backend="triton")
+    n = 40 if kind == "atom" else 20
+    a = rand(2, n, C_A, seed=32)
+    if kind == "atom":
+        s, z, kw = rand(1, n, C_S, seed=33), rand(1, 2, 32, 128, C_Z, seed=34), {"n_queries": 32, "n_keys": 128}
+    else:
+        s, z, kw = rand(2, n, C_S, seed=33), rand(1, n, n, C_Z, seed=34), {}
+    with torch.no_grad():
+        assert rel_err(ours(a, s, z, **kw), host(a, s, z, **kw)) < 1e-5
+
+
 def test_gradients_match_host():
     host, ours = host_and_ours("diffusion", seed=10)
     n = 11
@@ -316,3 +336,32 @@ def test_diffusion_benchmark_runs_on_cpu(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved["records"]) == len(records)
     assert "| diffusion | 12 | 2 | exact |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind, n", [("diffusion", 384), ("atom", 1000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gpu_matches_host(kind, n, dtype):
+    """Protenix sizes on CUDA (the Triton kernels): ours against the host module, both in fp32
+    (no TF32) or both under bf16 autocast."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    heads, c_a, c_s, c_z = (16, 768, 384, 128) if kind == "diffusion" else (4, 128, 128, 16)
+    host = randomise_(AttentionPairBias(has_s=True, n_heads=heads, c_a=c_a, c_s=c_s, c_z=c_z,
+                                        cross_attention_mode=kind == "atom"), 27).cuda().eval()
+    site = Site(path="x", parent=None, attr="x", module=host, kind=kind, node=None, stack="diffusion", block=0)
+    ours = make_replacement(site, mode="exact", factor_config=None)
+    a = rand(5, n, c_a, seed=28).cuda()
+    if kind == "diffusion":
+        s, z = rand(5, n, c_s, seed=29).cuda(), rand(1, n, n, c_z, seed=30).cuda()
+        kw = {}
+    else:
+        s, z = rand(1, n, c_s, seed=29).cuda(), rand(1, math.ceil(n / 32), 32, 128, c_z, seed=30).cuda()
+        kw = {"n_queries": 32, "n_keys": 128}
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        ref = host(a, s, z, **kw)
+        out = ours(a, s, z, **kw)
+        again = ours(a, s, z, **kw)  # from the cached bias
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert rel_err(out, ref) < tol and torch.equal(again, out)
+    assert ours.flash_bias.bias_cache.hits == 1

@@ -142,7 +142,9 @@ def patch_model(
             across diffusion steps and samples.
         stacks: which of the host's stacks (None: the adapter's ``DEFAULT_STACKS``, the trunk's
             Pairformer; each adapter's ``STACKS`` lists the others, e.g. Protenix: "pairformer",
-            "msa", "template", "confidence"; Boltz-2 also "affinity").
+            "msa", "template", "confidence", and for the diffusion kinds "diffusion" (the
+            diffusion module's, in Protenix's defaults) and "input" (the input embedder's atom
+            encoder); Boltz-2 also "affinity").
         factor_config: the factor networks' architecture (default ``FactorConfig(rank=rank)``).
             Lowrank / distill "diffusion" modules get factor networks only when it is given;
             otherwise lowrank "diffusion" modules take the truncated SVD of their fixed bias.
