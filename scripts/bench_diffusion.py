@@ -10,10 +10,10 @@ import os
 
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # before protenix is imported (no CUDA layer-norm build)
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+import hydra
+from omegaconf import DictConfig
 
-from pairformer_fb.tools.bench_diffusion import run  # noqa: E402
+from pairformer_fb.tools.bench_diffusion import run
 
 
 @hydra.main(config_path="../configs", config_name="bench_diffusion", version_base=None)

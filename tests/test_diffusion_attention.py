@@ -32,10 +32,11 @@ except Exception as e:  # noqa: BLE001
 
 from host_models import randomise_
 from naive import rel_err
+
 import pairformer_fb as fb
-import pairformer_fb.modules.diffusion_attention as diffusion_attention
 from pairformer_fb.adapters.common import Site
 from pairformer_fb.adapters.protenix import make_replacement
+from pairformer_fb.modules import diffusion_attention
 from pairformer_fb.modules.bias_cache import BiasScope, SVDConfig, svd_factors
 from pairformer_fb.tools.patching import patched_modules
 
@@ -255,8 +256,9 @@ def test_bad_inputs_name_the_argument():
 
 @pytest.fixture(scope="module")
 def protenix_model():
-    from test_patch_full_models import protenix_features
     from protenix.model.protenix import Protenix
+    from test_patch_full_models import protenix_features
+
     from pairformer_fb.tools.presets import protenix_configs
 
     configs = protenix_configs("tiny", {"sample_diffusion.N_sample": 2, "sample_diffusion.N_step": 3}, cpu=True)

@@ -87,6 +87,7 @@ from ..modules import (
 from ..modules.bias_cache import BiasScope, SVDConfig
 from ..modules.diffusion_attention import FlashBiasDiffusionAttention
 from .common import (
+    DIFFUSION_KINDS,
     PatchedModule,
     Site,
     UnsupportedModuleError,
@@ -94,7 +95,6 @@ from .common import (
     build_triangle_attention,
     check_linear,
     check_no_meta,
-    DIFFUSION_KINDS,
     factor_network,
     share_layer_norm,
     share_linear,
@@ -319,7 +319,7 @@ class _DiffusionScope:
             self.scope.invalidate()
 
 
-_SCOPES: "weakref.WeakKeyDictionary[nn.Module, _DiffusionScope]" = weakref.WeakKeyDictionary()
+_SCOPES: weakref.WeakKeyDictionary[nn.Module, _DiffusionScope] = weakref.WeakKeyDictionary()
 
 
 def _scope_of(module: nn.Module) -> _DiffusionScope:

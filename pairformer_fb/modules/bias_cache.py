@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -86,7 +87,7 @@ class BiasScope:
         self.generation = 0
         self._key: list | None = None
         self._depth = 0
-        self._entries: "weakref.WeakSet[BiasCacheEntry]" = weakref.WeakSet()
+        self._entries: weakref.WeakSet[BiasCacheEntry] = weakref.WeakSet()
         self._finalizers: list = []
 
     @property
@@ -136,7 +137,7 @@ class BiasScope:
     def token(self) -> tuple | None:
         return ("scope", id(self), self.generation) if self.active else None
 
-    def register(self, entry: "BiasCacheEntry") -> None:
+    def register(self, entry: BiasCacheEntry) -> None:
         self._entries.add(entry)
 
     def _expire(self, generation: int) -> None:

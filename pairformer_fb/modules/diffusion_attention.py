@@ -15,8 +15,22 @@ from torch import nn
 from ..kernel import flash_bias_attention
 from ..kernel.layer_norm import layer_norm
 from ..kernel.op import Backend
-from .bias_cache import BiasCacheEntry, BiasScope, SVDConfig, SVDFactors, param_versions, svd_factors
-from .common import MODES, FlashBiasModule, Mode, concat_linear_params, head_major_pair_bias, shape_str
+from .bias_cache import (
+    BiasCacheEntry,
+    BiasScope,
+    SVDConfig,
+    SVDFactors,
+    param_versions,
+    svd_factors,
+)
+from .common import (
+    MODES,
+    FlashBiasModule,
+    Mode,
+    concat_linear_params,
+    head_major_pair_bias,
+    shape_str,
+)
 from .factor_network import FactorConfig, FactorNetwork, bias_approximation_loss
 
 # the additive mask of the hosts' local (trunked) attention: padded keys get -1e10

@@ -191,7 +191,7 @@ def run(cfg) -> list[DiffusionRecord]:
 
 
 def markdown_table(records: list[DiffusionRecord], env: dict) -> str:
-    fmt = lambda x, p=3: "—" if x is None else f"{x:.{p}f}"  # noqa: E731
+    fmt = lambda x, p=3: "—" if x is None else f"{x:.{p}f}"
     lines = ["# Diffusion-module attention benchmark", "", " · ".join(f"{k}: {v}" for k, v in env.items()), "",
              "One call = one block, one diffusion step, all samples (ms, median). `exact` and `lowrank` "
              "reuse the bias / factors computed at the first step; rel. err. against the stock output.", "",
