@@ -6,7 +6,13 @@ fine-tuning, benchmarking).
 """
 
 from .kernel import flash_bias_attention
-from .modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
+from .modules import (
+    FactorConfig,
+    FlashBiasAttentionPairBias,
+    FlashBiasDiffusionAttention,
+    FlashBiasTriangleAttention,
+    SVDConfig,
+)
 from .tools.patching import PatchReport, patch_model, unpatch_model
 
 __version__ = "0.1.0"
@@ -16,6 +22,8 @@ __all__ = [
     "FlashBiasTriangleAttention",
     "FlashBiasAttentionPairBias",
     "FactorConfig",
+    "FlashBiasDiffusionAttention",
+    "SVDConfig",
     "patch_model",
     "unpatch_model",
     "PatchReport",

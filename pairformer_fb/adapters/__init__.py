@@ -20,7 +20,7 @@ from types import ModuleType
 
 from torch import nn
 
-from .common import KINDS, PatchedModule, Site, UnsupportedModuleError
+from .common import DEFAULT_KINDS, DIFFUSION_KINDS, KINDS, PatchedModule, Site, UnsupportedModuleError
 
 # host name -> the module of its adapter
 HOSTS: dict[str, str] = {
@@ -60,6 +60,8 @@ def detect_host(model: nn.Module) -> str:
 
 __all__ = [
     "HOSTS",
+    "DEFAULT_KINDS",
+    "DIFFUSION_KINDS",
     "KINDS",
     "PatchedModule",
     "Site",

@@ -15,8 +15,12 @@ from ..modules import FlashBiasTriangleAttention
 from ..modules.common import FlashBiasModule
 from ..modules.factor_network import FactorConfig, FactorNetwork
 
-Kind = Literal["triangle", "single"]
-KINDS: tuple[str, ...] = ("triangle", "single")
+Kind = Literal["triangle", "single", "diffusion", "atom"]
+KINDS: tuple[str, ...] = ("triangle", "single", "diffusion", "atom")
+# the kinds patch_model replaces unless told otherwise (the Pairformer's attentions)
+DEFAULT_KINDS: tuple[str, ...] = ("triangle", "single")
+# the diffusion module's conditioned attentions: the token transformer's and the atom transformer's
+DIFFUSION_KINDS: tuple[str, ...] = ("diffusion", "atom")
 
 
 class UnsupportedModuleError(ValueError):
@@ -32,12 +36,16 @@ class Site:
         path: its qualified name in the patched model ("" parts joined by ".").
         parent, attr: the module that holds it and the attribute name it is held under.
         module: the host module itself.
-        kind: "triangle" (triangle attention) or "single" (pair-biased single attention).
+        kind: "triangle" (triangle attention), "single" (pair-biased single attention),
+            "diffusion" (the diffusion transformer's conditioned attention) or "atom" (the
+            atom transformer's local attention).
         node: for triangle attention, the node it attends around *in the host's block*
             ("starting" / "ending"); None for single attention.
         stack: which of the host's Pairformer stacks holds it (host-specific names, e.g.
             "pairformer", "msa", "template", "confidence").
         block: the index of its block within that stack.
+        context: for "diffusion" / "atom", the host module whose calls bound the reuse of the
+            bias (the diffusion module; None: reuse only for the same pair tensor).
     """
 
     path: str
@@ -48,6 +56,7 @@ class Site:
     node: str | None
     stack: str
     block: int
+    context: nn.Module | None = None
 
 
 class PatchedModule(nn.Module):
@@ -101,6 +110,12 @@ class PatchedModule(nn.Module):
     @mode.setter
     def mode(self, value: str) -> None:
         self.flash_bias.mode = value
+
+    def on_patch(self) -> None:
+        """Called by ``patch_model`` once the wrapper is in place (e.g. to install hooks)."""
+
+    def on_unpatch(self) -> None:
+        """Called by ``unpatch_model`` once the host module is back (undo ``on_patch``)."""
 
     def _finish(self, out):
         if isinstance(out, tuple):  # "distill": (update, loss)

@@ -33,6 +33,31 @@ Parameter mapping (host -> ours; every one shared, not copied):
       attention.linear_k / _v / _g / _o      linear_k / _v / _g / _o (no biases)
       attention.num_heads, .c_hidden         n_heads, head_dim
 
+Diffusion module (kinds "diffusion" and "atom"): every ``DiffusionTransformerBlock`` holds an
+``attention_pair_bias``, an ``AttentionPairBias`` with ``has_s=True`` (adaptive layer norm on a,
+conditioned by s, and the output gate ``sigmoid(linear_a_last(s))``): kind "diffusion" in the
+diffusion module's ``diffusion_transformer`` (global attention; its bias from the conditioned
+pair rep, also in the ``enable_efficient_fusion`` form), kind "atom" in the ``AtomTransformer``
+of the atom attention encoder / decoder (``cross_attention_mode=True``, local attention with a
+trunked bias). Stack "diffusion" (the ``DiffusionModule``'s) or "input" (the input embedder's
+atom attention encoder, run once per prediction). Mapped onto ``FlashBiasDiffusionAttention``:
+
+    AttentionPairBias (has_s=True)         FlashBiasDiffusionAttention
+      layernorm_a (AdaptiveLayerNorm)        adaln_a: layer_norm_a, layer_norm_s, linear_s,
+                                               linear_nobias_s
+      layernorm_kv (cross attention)         adaln_kv (same)
+      layernorm_z, linear_nobias_z           layer_norm_z, linear_z
+      attention.linear_q / _k / _v / _g / _o linear_q / _k / _v / _g / _o
+      linear_a_last                          linear_a_last
+
+The bias of these attentions depends only on the trunk's outputs and the input features, not on
+the noisy coordinates or the noise level: it (or its SVD factors in lowrank mode) is computed at
+the first diffusion step and reused for the others and for every sample. The reuse is bounded by
+a ``BiasScope`` entered around every call of the ``DiffusionModule`` (forward hooks installed by
+``patch_model``, removed by ``unpatch_model``) with every argument except ``x_noisy`` and
+``t_hat_noise_level``, plus the diffusion module's parameters outside its transformers: any of
+them replaced or modified in place starts a new generation (the bias is recomputed).
+
 Kernel switches: the wrappers keep the host signatures. ``triangle_attention`` (the host's
 "torch" / "triattention" / "deepspeed" / "cuequivariance" kernel choice) is checked as the
 host checks it and otherwise ignored: every choice computes the same function, which the
@@ -48,6 +73,8 @@ Importing protenix on a machine without CUDA needs ``LAYERNORM_TYPE=torch`` in t
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from typing import Sequence
 
 import torch
@@ -57,7 +84,10 @@ from ..modules import (
     FactorConfig,
     FlashBiasAttentionPairBias,
 )
+from ..modules.bias_cache import BiasScope, SVDConfig
+from ..modules.diffusion_attention import FlashBiasDiffusionAttention
 from .common import (
+    DIFFUSION_KINDS,
     PatchedModule,
     Site,
     UnsupportedModuleError,
@@ -77,8 +107,9 @@ INSTALL_HINT = (
     "pip install --no-deps protenix==2.0.0 and the packages of requirements-hosts.txt "
     "(pip install --no-deps -r requirements-hosts.txt); without CUDA set LAYERNORM_TYPE=torch"
 )
-STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence")
-DEFAULT_STACKS: tuple[str, ...] = ("pairformer",)
+STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence", "diffusion", "input")
+# "diffusion" holds only kinds "diffusion" / "atom", so the default kinds patch the trunk alone
+DEFAULT_STACKS: tuple[str, ...] = ("pairformer", "diffusion")
 
 # the host's triangle_attention choices (asserted in protenix.model.triangular.layers.Attention)
 TRIANGLE_KERNELS = ("torch", "deepspeed", "triattention", "cuequivariance")
@@ -104,9 +135,12 @@ def _host_classes():
 
 def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]:
     """The triangle attentions (kind "triangle") and single attentions ("single") of every
-    PairformerBlock of the selected stacks, in model order."""
+    PairformerBlock of the selected stacks, then the conditioned attentions of the diffusion
+    transformers ("diffusion") and atom transformers ("atom"), in model order."""
     PairformerBlock, TriangleAttention, AttentionPairBias = _host_classes()
     sites = []
+    if any(k in kinds for k in DIFFUSION_KINDS):
+        sites += _diffusion_sites(model, stacks, kinds, AttentionPairBias)
     for path, block in model.named_modules():
         if not isinstance(block, PairformerBlock):
             continue
@@ -207,8 +241,182 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
     return ProtenixAttentionPairBias(host, ours, site)
 
 
+def _diffusion_sites(model: nn.Module, stacks, kinds, AttentionPairBias) -> list[Site]:
+    from protenix.model.modules.diffusion import DiffusionModule
+    from protenix.model.modules.transformer import AtomTransformer, DiffusionTransformer
+
+    sites = []
+    for path, dt in model.named_modules():
+        if not isinstance(dt, DiffusionTransformer):
+            continue
+        chain, m = [model], model  # the modules from the model down to the transformer
+        for part in path.split(".") if path else []:
+            m = getattr(m, part)
+            chain.append(m)
+        # the innermost DiffusionModule above it (the model included) bounds the bias reuse
+        context = next((mod for mod in reversed(chain[:-1]) if isinstance(mod, DiffusionModule)), None)
+        kind = "atom" if len(chain) >= 2 and isinstance(chain[-2], AtomTransformer) else "diffusion"
+        in_input_embedder = any(type(mod).__name__ == "InputFeatureEmbedder" for mod in chain)
+        stack = "input" if context is None and in_input_embedder else "diffusion"
+        if kind not in kinds or stack not in stacks:
+            continue
+        for index, block in enumerate(dt.blocks):
+            module = getattr(block, "attention_pair_bias", None)
+            if not isinstance(module, AttentionPairBias):
+                continue  # already replaced (patch_model checks that first) or absent
+            prefix = f"{path}.blocks.{index}" if path else f"blocks.{index}"
+            sites.append(Site(path=f"{prefix}.attention_pair_bias", parent=block, attr="attention_pair_bias",
+                              module=module, kind=kind, node=None, stack=stack, block=index, context=context))
+    return sites
+
+
+class _DiffusionScope:
+    """The BiasScope of one DiffusionModule and the forward hooks that enter / leave it."""
+
+    def __init__(self, module: nn.Module):
+        self.scope = BiasScope()
+        self._module = weakref.ref(module)
+        self._users = 0
+        self._handles = []
+        self._signature = inspect.signature(module.forward)
+        from protenix.model.modules.transformer import DiffusionTransformer
+
+        inner = {id(p) for m in module.modules() if isinstance(m, DiffusionTransformer) for p in m.parameters()}
+        # the parameters the biases can depend on upstream (conditioning, atom pair embedding);
+        # the attentions' own bias parameters are checked by each module
+        self._params = [p for p in module.parameters() if id(p) not in inner]
+
+    def _enter(self, module, args, kwargs):
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError:
+            self.scope.invalidate()  # a call we cannot read: no reuse across it
+            self.scope.enter([])
+            return
+        bound.apply_defaults()
+        fixed = [(name, value) for name, value in bound.arguments.items()
+                 if name not in ("x_noisy", "t_hat_noise_level")]
+        self.scope.enter([fixed, self._params])
+
+    def _exit(self, module, args, kwargs, output):
+        self.scope.exit()
+
+    def attach(self) -> None:
+        if self._users == 0:
+            module = self._module()
+            self._handles = [
+                module.register_forward_pre_hook(self._enter, with_kwargs=True),
+                module.register_forward_hook(self._exit, with_kwargs=True, always_call=True),
+            ]
+        self._users += 1
+
+    def detach(self) -> None:
+        self._users = max(0, self._users - 1)
+        if self._users == 0:
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+            self.scope.invalidate()
+
+
+_SCOPES: weakref.WeakKeyDictionary[nn.Module, _DiffusionScope] = weakref.WeakKeyDictionary()
+
+
+def _scope_of(module: nn.Module) -> _DiffusionScope:
+    if module not in _SCOPES:
+        _SCOPES[module] = _DiffusionScope(module)
+    return _SCOPES[module]
+
+
+class ProtenixDiffusionAttentionPairBias(PatchedModule):
+    """Replaces ``protenix...transformer.AttentionPairBias`` with has_s=True (the diffusion and
+    atom transformers' blocks); same forward signature."""
+
+    def __init__(self, host_module, flash_bias, site: Site):
+        super().__init__(host_module, flash_bias, site)
+        self._scope = (_scope_of(site.context),) if site.context is not None else None
+
+    def on_patch(self) -> None:
+        if self._scope is not None:
+            self._scope[0].attach()
+            self.flash_bias.scope = self._scope[0].scope
+
+    def on_unpatch(self) -> None:
+        if self._scope is not None:
+            self._scope[0].detach()
+        self.flash_bias.scope = None
+        self.flash_bias.bias_cache.clear()
+
+    def forward(
+        self,
+        a: torch.Tensor,
+        s: torch.Tensor,
+        z: torch.Tensor,
+        n_queries: int | None = None,
+        n_keys: int | None = None,
+        inplace_safe: bool = False,
+        chunk_size: int | None = None,
+        enable_efficient_fusion: bool = False,
+    ) -> torch.Tensor:
+        # inplace_safe only lets the host reuse buffers; chunk_size bounds the host's local
+        # attention memory (ours holds only the 32 x 128 tiles); the local path ignores
+        # enable_efficient_fusion, as the host's does
+        local = bool(n_queries and n_keys)
+        return self._finish(self.flash_bias(a, s, z, n_queries=n_queries if local else None,
+                                            n_keys=n_keys if local else None,
+                                            efficient_fusion=enable_efficient_fusion and not local))
+
+
+def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backend: str,
+               svd_config: SVDConfig | None) -> PatchedModule:
+    host, where = site.module, site.path
+    att = host.attention
+    if not host.has_s:
+        raise UnsupportedModuleError(f"{where}: a diffusion-module AttentionPairBias without has_s is not supported")
+    if att.linear_g is None:
+        raise UnsupportedModuleError(f"{where}: attention without gating is not supported")
+    if site.kind == "atom":
+        mode, factor_config = "exact", None  # local tiles: a dense bias read once, nothing to factor
+    names = ["linear_nobias_z", "linear_a_last", "attention.linear_q", "attention.linear_k", "attention.linear_v",
+             "attention.linear_g", "attention.linear_o", "layernorm_a.linear_s", "layernorm_a.linear_nobias_s"]
+    if host.cross_attention_mode:
+        names += ["layernorm_kv.linear_s", "layernorm_kv.linear_nobias_s"]
+    for name in names:
+        check_linear(host.get_submodule(name), f"{where}.{name}")
+    c_a, c_z = att.c_q, host.linear_nobias_z.in_features
+    c_s = host.linear_a_last.in_features
+    ours = build_on_meta(
+        FlashBiasDiffusionAttention, c_a=c_a, c_s=c_s, c_z=c_z, n_heads=att.num_heads, head_dim=att.c_hidden,
+        cross_attention=bool(host.cross_attention_mode), q_bias=att.linear_q.bias is not None,
+        k_bias=att.linear_k.bias is not None, v_bias=att.linear_v.bias is not None,
+        gate_bias=att.linear_g.bias is not None, out_bias=att.linear_o.bias is not None,
+        svd_config=svd_config if mode == "lowrank" and factor_config is None else None, backend=backend,
+    )
+    adalns = [("adaln_a", "layernorm_a")] + ([("adaln_kv", "layernorm_kv")] if host.cross_attention_mode else [])
+    for ours_name, host_name in adalns:
+        dst, src = getattr(ours, ours_name), getattr(host, host_name)
+        for norm in ("layernorm_a", "layernorm_s"):
+            share_layer_norm(getattr(dst, norm.replace("layernorm", "layer_norm")), getattr(src, norm),
+                             f"{where}.{host_name}.{norm}")
+        share_linear(dst.linear_s, src.linear_s, f"{where}.{host_name}.linear_s")
+        share_linear(dst.linear_nobias_s, src.linear_nobias_s, f"{where}.{host_name}.linear_nobias_s")
+    share_layer_norm(ours.layer_norm_z, host.layernorm_z, f"{where}.layernorm_z")
+    share_linear(ours.linear_z, host.linear_nobias_z, f"{where}.linear_nobias_z")
+    share_linear(ours.linear_a_last, host.linear_a_last, f"{where}.linear_a_last")
+    for name in ("q", "k", "v", "g", "o"):
+        share_linear(getattr(ours, f"linear_{name}"), getattr(att, f"linear_{name}"),
+                     f"{where}.attention.linear_{name}")
+    ours.factor_network = factor_network(factor_config, c_z, att.num_heads, host.linear_nobias_z.weight, "Protenix")
+    check_no_meta(ours, where)
+    ours.mode = mode
+    return ProtenixDiffusionAttentionPairBias(host, ours, site)
+
+
 def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | None,
-                     backend: str = "auto") -> PatchedModule:
-    """The wrapper that replaces ``site.module``, sharing its parameters."""
+                     backend: str = "auto", svd_config: SVDConfig | None = None) -> PatchedModule:
+    """The wrapper that replaces ``site.module``, sharing its parameters. ``svd_config``: the
+    SVD factors of the lowrank "diffusion" sites given no ``factor_config``."""
+    if site.kind in DIFFUSION_KINDS:
+        return _diffusion(site, mode, factor_config, backend, svd_config)
     build = _triangle if site.kind == "triangle" else _single
     return build(site, mode, factor_config, backend)

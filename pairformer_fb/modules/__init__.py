@@ -2,13 +2,19 @@
 op, and the factor networks that turn their pair bias into low-rank factors."""
 
 from .attention_pair_bias import FlashBiasAttentionPairBias
+from .bias_cache import BiasScope, SVDConfig, svd_factors
 from .common import MODES, FlashBiasModule, Mode
+from .diffusion_attention import FlashBiasDiffusionAttention
 from .factor_network import FactorConfig, FactorNetwork, bias_approximation_loss
 from .triangle_attention import FlashBiasTriangleAttention
 
 __all__ = [
     "FlashBiasTriangleAttention",
     "FlashBiasAttentionPairBias",
+    "FlashBiasDiffusionAttention",
+    "SVDConfig",
+    "svd_factors",
+    "BiasScope",
     "FlashBiasModule",
     "FactorConfig",
     "FactorNetwork",

@@ -9,7 +9,8 @@ from typing import Callable, Iterable, Mapping, Sequence, Union
 
 from torch import nn
 
-from ..adapters import KINDS, PatchedModule, UnsupportedModelError, detect_host, get_adapter
+from ..adapters import DEFAULT_KINDS, DIFFUSION_KINDS, KINDS, PatchedModule, UnsupportedModelError, detect_host, get_adapter
+from ..modules.bias_cache import SVDConfig
 from ..modules.common import MODES
 from ..modules.factor_network import FactorConfig
 
@@ -111,9 +112,10 @@ def patch_model(
     mode: ModeSpec = "exact",
     rank: int | None = None,
     blocks: Iterable[int] | None = None,
-    kinds: Sequence[str] = ("triangle", "single"),
+    kinds: Sequence[str] = DEFAULT_KINDS,
     stacks: Sequence[str] | None = None,
     factor_config: FactorConfig | None = None,
+    svd_config: SVDConfig | None = None,
     backend: str = "auto",
 ) -> PatchReport:
     """Replace, in place, the triangle attentions and pair-biased single attentions of a host
@@ -133,11 +135,21 @@ def patch_model(
         rank: the factor rank of the lowrank / distill modules (default 32); factor networks
             are added only to those. Must agree with ``factor_config`` if both are given.
         blocks: the block indices to patch (None: all).
-        kinds: which modules: "triangle" (starting and ending node) and / or "single".
+        kinds: which modules: "triangle" (starting and ending node), "single" (the default
+            two), and, for hosts whose adapter has them (Protenix), "diffusion" (the diffusion
+            transformer's conditioned attention) and "atom" (the atom transformer's local
+            attention, always exact). Their bias is computed once per trunk pass and reused
+            across diffusion steps and samples.
         stacks: which of the host's stacks (None: the adapter's ``DEFAULT_STACKS``, the trunk's
             Pairformer; each adapter's ``STACKS`` lists the others, e.g. Protenix: "pairformer",
-            "msa", "template", "confidence"; Boltz-2 also "affinity").
+            "msa", "template", "confidence", and for the diffusion kinds "diffusion" (the
+            diffusion module's, in Protenix's defaults) and "input" (the input embedder's atom
+            encoder); Boltz-2 also "affinity").
         factor_config: the factor networks' architecture (default ``FactorConfig(rank=rank)``).
+            Lowrank / distill "diffusion" modules get factor networks only when it is given;
+            otherwise lowrank "diffusion" modules take the truncated SVD of their fixed bias.
+        svd_config: that SVD's rank rule (default ``SVDConfig()``: 1% relative error per head,
+            rank at most 64).
         backend: passed to the modules ("auto": Triton on CUDA, torch otherwise).
 
     Returns:
@@ -164,8 +176,11 @@ def patch_model(
         raise ValueError(f"stacks must be a non-empty subset of {adapter.STACKS} for host {host!r}, got {stacks!r}")
     if factor_config is not None and rank is not None and factor_config.rank != rank:
         raise ValueError(f"rank={rank} disagrees with factor_config.rank={factor_config.rank}")
+    user_factor_config = factor_config
     if factor_config is None:
         factor_config = FactorConfig(rank=DEFAULT_RANK if rank is None else rank)
+    if svd_config is None:
+        svd_config = SVDConfig()
     rule = _mode_rule(mode)
     selected = None if blocks is None else set(blocks)
 
@@ -182,13 +197,20 @@ def patch_model(
         block_mode = rule(site.block)
         if block_mode is None:
             continue
-        cfg = factor_config if block_mode != "exact" else None
-        plan.append((site, adapter.make_replacement(site, mode=block_mode, factor_config=cfg, backend=backend)))
+        if site.kind in DIFFUSION_KINDS:
+            cfg = user_factor_config if block_mode != "exact" else None
+            extra = {"svd_config": svd_config}
+        else:
+            cfg = factor_config if block_mode != "exact" else None
+            extra = {}
+        plan.append((site, adapter.make_replacement(site, mode=block_mode, factor_config=cfg, backend=backend,
+                                                    **extra)))
 
     report = PatchReport(host=host)
     shared: set[int] = set()
     for site, wrapper in plan:
         setattr(site.parent, site.attr, wrapper)
+        wrapper.on_patch()
         fn = wrapper.flash_bias.factor_network
         added = sum(p.numel() for p in fn.parameters()) if fn is not None else 0
         for p in site.module.parameters():
@@ -211,6 +233,7 @@ def unpatch_model(model: nn.Module) -> list[str]:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, m.host_module)
+        m.on_unpatch()
         restored.append(name)
     if not restored:
         raise ValueError("the model holds no patched module (nothing to unpatch)")

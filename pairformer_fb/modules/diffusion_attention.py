@@ -1,0 +1,366 @@
+"""Conditioned attention with pair bias (AF3 supplement Algorithm 24 with adaptive layer norm),
+as used by the diffusion transformer (every token attends to every token) and by the atom
+transformer (local attention: queries in blocks of 32 atoms, keys in windows of 128), on the
+fused FlashBias op, with the pair bias computed once and reused across diffusion steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernel import flash_bias_attention
+from ..kernel.layer_norm import layer_norm
+from ..kernel.op import Backend
+from .bias_cache import (
+    BiasCacheEntry,
+    BiasScope,
+    SVDConfig,
+    SVDFactors,
+    param_versions,
+    svd_factors,
+)
+from .common import (
+    MODES,
+    FlashBiasModule,
+    Mode,
+    concat_linear_params,
+    head_major_pair_bias,
+    shape_str,
+)
+from .factor_network import FactorConfig, FactorNetwork, bias_approximation_loss
+
+# the additive mask of the hosts' local (trunked) attention: padded keys get -1e10
+LOCAL_MASK_INF = 1e10
+
+
+class AdaptiveLayerNorm(nn.Module):
+    """AF3 Algorithm 26: ``sigmoid(linear_s(LN_s(s))) * LN_a(a) + linear_nobias_s(LN_s(s))``,
+    with LN_a without scale or offset and LN_s with a scale only (the adapters share the host's
+    norm parameters, so whatever the host norm has is used)."""
+
+    def __init__(self, c_a: int, c_s: int, eps: float = 1e-5):
+        super().__init__()
+        self.layer_norm_a = nn.LayerNorm(c_a, eps=eps, elementwise_affine=False)
+        self.layer_norm_s = nn.LayerNorm(c_s, eps=eps, bias=False)
+        self.linear_s = nn.Linear(c_s, c_a)
+        self.linear_nobias_s = nn.Linear(c_s, c_a, bias=False)
+
+    def forward(self, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        a = layer_norm(a, self.layer_norm_a)
+        s = layer_norm(s, self.layer_norm_s)
+        weight, bias = concat_linear_params([self.linear_s, self.linear_nobias_s])
+        gate, shift = F.linear(s, weight, bias).chunk(2, dim=-1)
+        return torch.sigmoid(gate) * a + shift
+
+
+def trunk_geometry(n: int, n_queries: int, n_keys: int) -> tuple[int, int, int]:
+    """(n_trunks, pad_left, pad_right) of the hosts' local attention over n atoms: query blocks
+    of n_queries, key windows of n_keys centred on them (the host pads the keys by
+    (n_keys - n_queries) / 2 on the left and to whole windows on the right)."""
+    if n_keys < n_queries or n_queries % 2 or n_keys % 2:
+        raise ValueError(f"local attention needs even n_keys >= n_queries, got n_queries={n_queries}, n_keys={n_keys}")
+    n_trunks = math.ceil(n / n_queries)
+    pad_left = (n_keys - n_queries) // 2
+    pad_right = (n_trunks - 1) * n_queries + n_keys - pad_left - n
+    return n_trunks, pad_left, pad_right
+
+
+def local_key_valid(n: int, n_queries: int, n_keys: int, device=None) -> torch.Tensor:
+    """bool [n_trunks, n_keys]: whether key slot c of window t is a real atom (position
+    t * n_queries - pad_left + c in [0, n))."""
+    n_trunks, pad_left, _ = trunk_geometry(n, n_queries, n_keys)
+    pos = (torch.arange(n_trunks, device=device)[:, None] * n_queries - pad_left
+           + torch.arange(n_keys, device=device)[None, :])
+    return (pos >= 0) & (pos < n)
+
+
+class FlashBiasDiffusionAttention(FlashBiasModule):
+    r"""Drop-in conditioned pair-biased attention of the diffusion module.
+
+    For activations a [*, N, c_a], conditioning s [*, N, c_s] and pair rep z::
+
+        x  = AdaLN_a(a, s);   kv = AdaLN_kv(x, s) with cross_attention, else x
+        q, g = linear_q(x), linear_g(x);   k, v = linear_k(kv), linear_v(kv)     (H heads of D)
+        b[h,i,j] = linear_z(layer_norm_z(z[i,j]))_h
+        o[i,h] = softmax_j(q[i,h].k[j,h] / sqrt(D) + b[h,i,j]) v[j,h]
+        update[i] = sigmoid(linear_a_last(s[i])) * linear_o(concat_h sigmoid(g[i,h]) * o[i,h])
+
+    Global (diffusion transformer): z is [*, N, N, c_z]; or, with ``efficient_fusion`` (the
+    hosts' fused bias), the already normalised z [*, c_z, N, N], and the bias is
+    ``(linear_z.weight * layer_norm_z.weight) @ z`` over c_z (layer_norm_z's offset unused).
+
+    Local (atom transformer, ``n_queries`` / ``n_keys`` given): queries in blocks of n_queries
+    atoms, each attending to the window of n_keys atoms centred on its block; z is the trunked
+    pair rep [*, n_trunks, n_queries, n_keys, c_z]; keys outside [0, N) are masked with -1e10,
+    as the hosts do. The op runs on batch = the leading dims, heads = n_trunks * H, L_q =
+    n_queries, L_k = n_keys: only the trunks' bias tiles exist, never an N x N one.
+
+    The bias (exact) or its factors (lowrank) depend only on z: they are computed once and
+    reused while z is unchanged (``bias_cache``; within ``scope``, an adapter's
+    :class:`BiasScope`, while the diffusion module's fixed inputs are unchanged). A bias whose
+    leading dims are all 1 (shared by the samples) is passed to the op with batch 1, read with
+    stride 0.
+
+    Modes: "exact"; "lowrank" -- factors from ``factor_network`` if there is one, else from a
+    truncated SVD of the exact bias (``svd_config``; ranks and errors in ``last_svd``); local
+    attention always runs exact (its 32 x 128 tiles plus the window mask are read as a dense
+    bias; factors would save nothing); "distill" -- (exact update, bias approximation loss of
+    the factor network).
+    """
+
+    def __init__(
+        self,
+        c_a: int = 768,
+        c_s: int = 384,
+        c_z: int = 128,
+        n_heads: int = 16,
+        head_dim: int | None = None,
+        *,
+        cross_attention: bool = False,
+        q_bias: bool = True,
+        k_bias: bool = False,
+        v_bias: bool = False,
+        gate_bias: bool = False,
+        out_bias: bool = False,
+        layer_norm_eps: float = 1e-5,
+        factor_config: FactorConfig | None = None,
+        svd_config: SVDConfig | None = None,
+        mode: Mode = "exact",
+        backend: Backend = "auto",
+    ):
+        if head_dim is None:
+            if c_a % n_heads:
+                raise ValueError(f"c_a = {c_a} is not divisible by n_heads = {n_heads}: give head_dim")
+            head_dim = c_a // n_heads
+        hidden = n_heads * head_dim
+        super().__init__()
+        self.c_a, self.c_s, self.c_z, self.n_heads, self.head_dim = c_a, c_s, c_z, n_heads, head_dim
+        self.cross_attention = cross_attention
+        self.backend = backend
+        self.adaln_a = AdaptiveLayerNorm(c_a, c_s, layer_norm_eps)
+        self.adaln_kv = AdaptiveLayerNorm(c_a, c_s, layer_norm_eps) if cross_attention else None
+        self.layer_norm_z = nn.LayerNorm(c_z, eps=layer_norm_eps)
+        self.linear_z = nn.Linear(c_z, n_heads, bias=False)
+        self.linear_q = nn.Linear(c_a, hidden, bias=q_bias)
+        self.linear_k = nn.Linear(c_a, hidden, bias=k_bias)
+        self.linear_v = nn.Linear(c_a, hidden, bias=v_bias)
+        self.linear_g = nn.Linear(c_a, hidden, bias=gate_bias)
+        self.linear_o = nn.Linear(hidden, c_a, bias=out_bias)
+        self.linear_a_last = nn.Linear(c_s, c_a)
+        self.factor_network = FactorNetwork(c_z, n_heads, factor_config) if factor_config is not None else None
+        self.svd_config = svd_config
+        self.bias_cache = BiasCacheEntry()
+        self.scope: BiasScope | None = None
+        self.last_svd: SVDFactors | None = None
+        self.mode = mode
+
+    def extra_repr(self) -> str:
+        return (f"c_a={self.c_a}, c_s={self.c_s}, c_z={self.c_z}, n_heads={self.n_heads}, "
+                f"head_dim={self.head_dim}, cross_attention={self.cross_attention}, mode={self.mode!r}")
+
+    def _check_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+        if mode == "distill" and self.factor_network is None:
+            raise ValueError("mode 'distill' needs a factor network: construct FlashBiasDiffusionAttention "
+                             "with factor_config=FactorConfig(...)")
+        if mode == "lowrank" and self.factor_network is None and getattr(self, "svd_config", None) is None:
+            raise ValueError("mode 'lowrank' needs a factor network (factor_config=...) or svd_config=SVDConfig(...)")
+
+    # -----------------------------------------------------------------------------------------
+    def forward(
+        self,
+        a: torch.Tensor,
+        s: torch.Tensor,
+        z: torch.Tensor,
+        *,
+        n_queries: int | None = None,
+        n_keys: int | None = None,
+        efficient_fusion: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            a: [*, N, c_a] activations. s: [*, N, c_s] conditioning (broadcastable batch dims).
+            z: [*', N, N, c_z] pair rep (global), [*', c_z, N, N] normalised (global with
+                efficient_fusion) or [*', n_trunks, n_queries, n_keys, c_z] (local); *' is
+                broadcastable to *, typically all 1 (shared by the samples).
+            n_queries, n_keys: local attention windows (both or neither).
+            efficient_fusion: the global bias from a normalised, channel-first z.
+
+        Returns:
+            the update [*, N, c_a]; in "distill" mode (update, bias approximation loss).
+        """
+        mode = self.mode
+        self._check_mode(mode)
+        local = bool(n_queries and n_keys)
+        if local and efficient_fusion:
+            raise ValueError("efficient_fusion applies to global attention only (n_queries / n_keys were given)")
+        self._check_inputs(a, s, z, local, efficient_fusion, n_queries, n_keys)
+        x = self.adaln_a(a, s)
+        kv = self.adaln_kv(x, s) if self.adaln_kv is not None else x
+        q, k, v, gate = self._project(x, kv)  # [*, N, H, D] each
+        if local:
+            o, loss = self._local(q, k, v, z, n_queries, n_keys), None
+        else:
+            o, loss = self._global(q, k, v, z, efficient_fusion, mode)
+        gated = torch.sigmoid(gate) * o
+        update = self.linear_o(gated.flatten(-2))
+        update = torch.sigmoid(self.linear_a_last(s)) * update
+        return (update, loss) if mode == "distill" else update
+
+    def _project(self, x, kv):
+        H, D = self.n_heads, self.head_dim
+        if kv is x:
+            weight, bias = concat_linear_params([self.linear_q, self.linear_k, self.linear_v, self.linear_g])
+            return F.linear(x, weight, bias).unflatten(-1, (4, H, D)).unbind(-3)
+        wq, bq = concat_linear_params([self.linear_q, self.linear_g])
+        wk, bk = concat_linear_params([self.linear_k, self.linear_v])
+        q, g = F.linear(x, wq, bq).unflatten(-1, (2, H, D)).unbind(-3)
+        k, v = F.linear(kv, wk, bk).unflatten(-1, (2, H, D)).unbind(-3)
+        return q, k, v, g
+
+    # -----------------------------------------------------------------------------------------
+    # pair terms: computed once per z (cached)
+
+    def _bias_params(self):
+        params = [self.layer_norm_z.weight, self.layer_norm_z.bias, self.linear_z.weight]
+        if self.factor_network is not None:
+            params += list(self.factor_network.parameters())
+        return params
+
+    def _pair_terms(self, z, dtype, key: tuple, build):
+        signature = (key, tuple(z.shape), z.dtype, z.device, dtype, self.svd_config,
+                     param_versions(self._bias_params()))
+        payload = self.bias_cache.lookup(self.scope, z, signature)
+        if payload is not None:
+            self.bias_cache.hits += 1
+            return payload
+        self.bias_cache.misses += 1
+        payload = build()
+        self.bias_cache.store(self.scope, z, signature, payload)
+        return payload
+
+    def _dense_bias(self, z, efficient_fusion):
+        """[*', H, N, N] in the compute dtype of the host's projection."""
+        if efficient_fusion:
+            w = self.linear_z.weight * self.layer_norm_z.weight[None, :] if self.layer_norm_z.weight is not None \
+                else self.linear_z.weight
+            n = z.shape[-1]
+            return torch.matmul(w, z.flatten(-2)).unflatten(-1, (n, n))
+        return head_major_pair_bias(layer_norm(z, self.layer_norm_z), self.linear_z)
+
+    def _normalised_pair(self, z, efficient_fusion):
+        """layer_norm_z(z) in [*', N, N, c_z] (for the factor network)."""
+        if efficient_fusion:
+            pair = z.movedim(-3, -1)
+            if self.layer_norm_z.weight is not None:
+                pair = pair * self.layer_norm_z.weight
+            return pair
+        return layer_norm(z, self.layer_norm_z)
+
+    def _global(self, q, k, v, z, efficient_fusion, mode):
+        batch_shape, n = q.shape[:-3], q.shape[-3]
+        H, D = self.n_heads, self.head_dim
+        use_factors = mode == "lowrank"
+        use_network = self.factor_network is not None and mode in ("lowrank", "distill")
+
+        def build():
+            terms = {}
+            if mode in ("exact", "distill") or (use_factors and not use_network):
+                terms["bias"] = self._dense_bias(z, efficient_fusion)
+            if use_network:
+                pair = self._normalised_pair(z, efficient_fusion)
+                terms["phi_q"], terms["phi_k"] = self.factor_network(pair, None, None)
+            elif use_factors:
+                svd = svd_factors(terms.pop("bias"), self.svd_config)
+                self.last_svd = svd
+                terms["phi_q"], terms["phi_k"] = svd.phi_q, svd.phi_k
+            return {name: t.to(q.dtype) if name == "bias" or mode == "lowrank" else t for name, t in terms.items()}
+
+        terms = self._pair_terms(z, q.dtype, ("global", mode, efficient_fusion, use_network), build)
+        B = math.prod(batch_shape)
+        qh, kh, vh = (t.reshape(B, n, H, D).transpose(1, 2) for t in (q, k, v))  # [B, H, N, D]
+        bias = phi_q = phi_k = None
+        if mode == "lowrank":
+            phi_q = _batch_to(terms["phi_q"], batch_shape, 3)
+            phi_k = _batch_to(terms["phi_k"], batch_shape, 3)
+        else:
+            bias = _batch_to(terms["bias"], batch_shape, 3)
+        o = flash_bias_attention(qh, kh, vh, q_factors=phi_q, k_factors=phi_k, bias=bias, backend=self.backend)
+        o = o.transpose(1, 2).reshape(*batch_shape, n, H, D)
+        loss = None
+        if mode == "distill":
+            loss = bias_approximation_loss(terms["phi_q"], terms["phi_k"], terms["bias"])
+        return o, loss
+
+    def _local(self, q, k, v, z, n_queries, n_keys):
+        batch_shape, n = q.shape[:-3], q.shape[-3]
+        H, D = self.n_heads, self.head_dim
+        T, pad_left, pad_right = trunk_geometry(n, n_queries, n_keys)
+
+        def build():
+            pair = layer_norm(z, self.layer_norm_z)  # [*', T, nq, nk, c]
+            zb = pair.shape[:-4]
+            flat = pair.reshape(*zb, T, n_queries * n_keys, self.c_z)
+            bias = torch.matmul(self.linear_z.weight, flat.transpose(-1, -2))  # [*', T, H, nq * nk]
+            bias = bias.unflatten(-1, (n_queries, n_keys))  # [*', T, H, nq, nk]
+            valid = local_key_valid(n, n_queries, n_keys, device=bias.device)
+            bias = bias + (-LOCAL_MASK_INF) * (~valid).to(bias.dtype)[:, None, None, :]
+            return {"bias": bias.to(q.dtype).flatten(-4, -3)}  # [*', T * H, nq, nk]
+
+        terms = self._pair_terms(z, q.dtype, ("local", n, n_queries, n_keys), build)
+        B = math.prod(batch_shape)
+        q = F.pad(q.reshape(B, n, H, D), (0, 0, 0, 0, 0, T * n_queries - n))
+        qt = q.unflatten(1, (T, n_queries)).permute(0, 1, 3, 2, 4).reshape(B, T * H, n_queries, D)
+
+        def windows(t):
+            t = F.pad(t.reshape(B, n, H, D), (0, 0, 0, 0, pad_left, pad_right))
+            # unfold: [B, T, H, D, nk] (overlapping windows), then one copy into the op's layout
+            return t.unfold(1, n_keys, n_queries).permute(0, 1, 2, 4, 3).reshape(B, T * H, n_keys, D)
+
+        bias = _batch_to(terms["bias"], batch_shape, 3)
+        o = flash_bias_attention(qt, windows(k), windows(v), bias=bias, backend=self.backend)
+        o = o.reshape(B, T, H, n_queries, D).permute(0, 1, 3, 2, 4).reshape(B, T * n_queries, H, D)[:, :n]
+        return o.reshape(*batch_shape, n, H, D)
+
+    # -----------------------------------------------------------------------------------------
+    def _check_inputs(self, a, s, z, local, efficient_fusion, n_queries, n_keys) -> None:
+        for name, t in (("a", a), ("s", s), ("z", z)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if a.dim() < 2 or a.shape[-1] != self.c_a:
+            raise ValueError(f"a must be [*, N, c_a] with c_a = {self.c_a}, got {shape_str(a.shape)}")
+        n = a.shape[-2]
+        if s.dim() < 2 or s.shape[-1] != self.c_s or s.shape[-2] != n:
+            raise ValueError(f"s must be [*, N, c_s] = [*, {n}, {self.c_s}] (N from a), got {shape_str(s.shape)}")
+        if (n_queries is None) != (n_keys is None) or (n_queries is not None and bool(n_queries) != bool(n_keys)):
+            raise ValueError(f"n_queries and n_keys must be given together, got {n_queries}, {n_keys}")
+        batch_nd = a.dim() - 2
+        if local:
+            T = math.ceil(n / n_queries)
+            tail, layout = (T, n_queries, n_keys, self.c_z), "[*, n_trunks, n_queries, n_keys, c_z]"
+        elif efficient_fusion:
+            tail, layout = (self.c_z, n, n), "[*, c_z, N, N] (efficient_fusion)"
+        else:
+            tail, layout = (n, n, self.c_z), "[*, N, N, c_z]"
+        zb = tuple(z.shape[: z.dim() - len(tail)])
+        if tuple(z.shape[z.dim() - len(tail):]) != tail or len(zb) != batch_nd or any(
+                d not in (1, b) for d, b in zip(zb, a.shape[:-2])):
+            raise ValueError(f"z must be {layout} = {shape_str((*zb[:batch_nd], *tail))} with batch dims "
+                             f"broadcastable to a's {shape_str(a.shape[:-2])}, got {shape_str(z.shape)}")
+
+
+def _batch_to(t: torch.Tensor, batch_shape, n_tail: int) -> torch.Tensor:
+    """t [*', ...tail] with *' broadcastable to batch_shape -> [1 or B, ...tail]: batch 1 (read
+    with stride 0 by the op) when *' is all ones, a view when *' equals batch_shape, otherwise
+    an expanded copy."""
+    zb, tail = t.shape[: t.dim() - n_tail], t.shape[t.dim() - n_tail:]
+    if math.prod(zb) == 1:
+        return t.reshape(1, *tail)
+    if tuple(zb) != tuple(batch_shape):
+        t = t.expand(*batch_shape, *tail)
+    return t.reshape(-1, *tail)

@@ -1,0 +1,204 @@
+"""Diffusion-module attention benchmark: one call of the stock Protenix ``AttentionPairBias``
+(has_s=True) against ours, i.e. the time per block per diffusion step.
+
+Modules:
+
+* ``diffusion``: the diffusion transformer's attention (global, 16 heads x 48, c_a 768, c_s
+  384, c_z 128 in Protenix), ``n_sample`` samples per call, the pair rep shared by them;
+* ``atom``: the atom transformer's local attention (cross attention, 4 heads, c_atom 128,
+  c_atompair 16, query blocks of 32, key windows of 128) over N atoms.
+
+Variants: ``stock`` (the host module, plain bias), ``stock_fusion`` (the host's
+``enable_efficient_fusion`` bias, Protenix's inference default; diffusion only), ``exact``
+(ours, the bias cached as across diffusion steps), ``exact_uncached`` (ours, the bias
+recomputed every call), ``lowrank`` (ours, SVD factors of the bias, cached; diffusion only; the
+SVD's one-off time, rank and error in the notes). Every variant of ours records its relative
+error against the stock output. Parameters stay fp32; bf16 runs under ``torch.autocast`` (as
+a host under AMP), fp32 runs with TF32 matmuls when ``tf32`` is set (Protenix's inference
+default: its diffusion skips AMP and enables TF32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .bench_attention import DTYPES
+from .timing import Skipped, environment, failure_status, median_ms
+
+
+@dataclass
+class DiffusionRecord:
+    module: str  # "diffusion" or "atom"
+    n: int  # tokens (diffusion) or atoms (atom)
+    n_sample: int
+    variant: str
+    ms: float | None = None  # one call = one block, one diffusion step, all samples
+    rel_err: float | None = None  # against the stock module's output
+    status: str = "ok"
+    notes: dict = field(default_factory=dict)
+
+
+def _host_module(module: str, cfg, device):
+    os.environ.setdefault("LAYERNORM_TYPE", "torch")
+    from protenix.model.modules.transformer import AttentionPairBias
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    spec = cfg[module]
+    host = AttentionPairBias(has_s=True, n_heads=spec.heads, c_a=spec.c_a, c_s=spec.c_s, c_z=spec.c_z,
+                             cross_attention_mode=module == "atom")
+    with torch.no_grad():  # hosts zero-init output projections and gates: random weights time the real work
+        for name, p in host.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * p.shape[-1] ** -0.5)
+            else:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn(p.shape, generator=g))
+    return host.to(device).eval()
+
+
+def _inputs(module: str, n: int, cfg, device):
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    spec = cfg[module]
+    a = torch.randn(cfg.n_sample, n, spec.c_a, generator=g)
+    if module == "diffusion":
+        s = torch.randn(cfg.n_sample, n, spec.c_s, generator=g)  # noise-level conditioning: per sample
+        z = torch.randn(1, n, n, spec.c_z, generator=g)  # the conditioned pair rep: shared
+        # the efficient-fusion form: normalised (no scale / offset), channels first
+        zf = torch.nn.functional.layer_norm(z, (spec.c_z,)).permute(0, 3, 1, 2).contiguous()
+        return {"a": a.to(device), "s": s.to(device), "z": z.to(device), "zf": zf.to(device)}
+    T = math.ceil(n / spec.n_queries)
+    s = torch.randn(1, n, spec.c_s, generator=g)  # atom conditioning: shared by the samples
+    z = torch.randn(1, T, spec.n_queries, spec.n_keys, spec.c_z, generator=g)
+    return {"a": a.to(device), "s": s.to(device), "z": z.to(device)}
+
+
+def _ours(host, module: str, mode: str, cfg):
+    from ..adapters.common import Site
+    from ..adapters.protenix import make_replacement
+    from ..modules.bias_cache import SVDConfig
+
+    site = Site(path=module, parent=None, attr=module, module=host, kind=module, node=None, stack="diffusion",
+                block=0)
+    svd = SVDConfig(rel_error=cfg.svd.rel_error, max_rank=cfg.svd.max_rank)
+    return make_replacement(site, mode=mode, factor_config=None, svd_config=svd)
+
+
+def _call(fn_module, module: str, x, cfg, fusion: bool):
+    if module == "diffusion":
+        if fusion:
+            return lambda: fn_module(x["a"], x["s"], x["zf"], enable_efficient_fusion=True)
+        return lambda: fn_module(x["a"], x["s"], x["z"])
+    spec = cfg.atom
+    return lambda: fn_module(x["a"], x["s"], x["z"], n_queries=spec.n_queries, n_keys=spec.n_keys)
+
+
+def _measure(module: str, n: int, variant: str, cfg, dtype, device, host, x, stock_out) -> DiffusionRecord:
+    rec = DiffusionRecord(module, n, cfg.n_sample, variant)
+    try:
+        if variant in ("stock_fusion", "lowrank") and module != "diffusion":
+            raise Skipped(f"{variant} applies to the diffusion transformer's attention only")
+        fusion = module == "diffusion" and variant != "stock"
+        if variant.startswith("stock"):
+            fn = _call(host, module, x, cfg, fusion)
+        else:
+            ours = _ours(host, module, "lowrank" if variant == "lowrank" else "exact", cfg)
+            call = _call(ours, module, x, cfg, fusion)
+            if variant == "exact_uncached":
+                def fn():
+                    ours.flash_bias.bias_cache.clear()
+                    return call()
+            else:
+                fn = call
+            if variant == "lowrank":  # the one-off SVD, at the first call (then cached)
+                _sync(device)
+                t0 = time.perf_counter()
+                with _autocast(dtype, device):
+                    fn()
+                _sync(device)
+                svd = ours.flash_bias.last_svd
+                rec.notes.update(first_call_ms=round((time.perf_counter() - t0) * 1e3, 3), rank=svd.rank,
+                                 svd_rel_error_mean=float(svd.rel_errors.mean()),
+                                 svd_rel_error_max=float(svd.rel_errors.max()))
+        with _autocast(dtype, device):
+            out = fn()
+            rec.ms = median_ms(fn, device, cfg.warmup_ms, cfg.rep_ms)
+        if stock_out is not None and not variant.startswith("stock"):
+            rec.rel_err = float((out.double() - stock_out.double()).norm() / stock_out.double().norm())
+        if variant == "exact":
+            rec.notes["cache_hits"] = ours.flash_bias.bias_cache.hits
+    except Exception as e:  # keep going: record why this variant failed
+        rec.status = failure_status(e)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rec
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _autocast(dtype, device):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def run(cfg) -> list[DiffusionRecord]:
+    device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(device) | {"dtype": str(dtype).replace("torch.", ""), "tf32": bool(cfg.tf32)}
+    jobs = [(m, n) for m in cfg.modules for n in cfg[m].sizes]
+    records: list[DiffusionRecord] = []
+    bar = tqdm(total=len(jobs) * len(cfg.variants), desc="diffusion attention benchmark", unit="case")
+    for module, n in jobs:
+        with torch.no_grad():
+            try:
+                host = _host_module(module, cfg, device)
+                x = _inputs(module, n, cfg, device)
+                fusion = module == "diffusion"
+                with _autocast(dtype, device):
+                    stock_out = _call(host, module, x, cfg, fusion)()
+            except Exception as e:  # noqa: BLE001
+                for variant in cfg.variants:
+                    records.append(DiffusionRecord(module, n, cfg.n_sample, variant, status=failure_status(e)))
+                    bar.update()
+                continue
+            for variant in cfg.variants:
+                records.append(_measure(module, n, variant, cfg, dtype, device, host, x, stock_out))
+                bar.update()
+                (out / "results.json").write_text(json.dumps(
+                    {"environment": env, "records": [asdict(r) for r in records]}, indent=1))
+                (out / "results.md").write_text(markdown_table(records, env))
+            del host, x, stock_out
+    bar.close()
+    return records
+
+
+def markdown_table(records: list[DiffusionRecord], env: dict) -> str:
+    fmt = lambda x, p=3: "—" if x is None else f"{x:.{p}f}"
+    lines = ["# Diffusion-module attention benchmark", "", " · ".join(f"{k}: {v}" for k, v in env.items()), "",
+             "One call = one block, one diffusion step, all samples (ms, median). `exact` and `lowrank` "
+             "reuse the bias / factors computed at the first step; rel. err. against the stock output.", "",
+             "| module | N | samples | variant | ms | rel. err. | status | notes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        notes = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.notes.items())
+        err = "—" if r.rel_err is None else f"{r.rel_err:.1e}"
+        lines.append(f"| {r.module} | {r.n} | {r.n_sample} | {r.variant} | {fmt(r.ms)} | {err} | {r.status} | {notes} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,369 @@
+"""The diffusion module's attentions (kinds "diffusion" and "atom") against real Protenix modules
+(CPU, fp32, random non-zero weights), the bias reuse across calls, and the SVD factors.
+
+* module level: ``FlashBiasDiffusionAttention`` built by the Protenix adapter on a host
+  ``AttentionPairBias`` (has_s=True) reproduces it on fresh random inputs: global attention
+  (plain and ``enable_efficient_fusion``) with a samples dimension whose bias is shared (passed to
+  the op with batch 1, read with stride 0) or per sample; local attention (cross attention,
+  queries in blocks of 32, key windows of 128) for atom counts that need padded windows and
+  masked keys (N < 32, not a multiple of 32, a multiple); gradients as the host's.
+* bias reuse: a hit only for the same z object at the same version; an in-place change of z, a
+  new z, a parameter update or a changed input of the scope recomputes it (checked against the
+  host on the new values); nothing is kept when gradients are needed.
+* ``svd_factors``: ranks per head from the error budget, the achieved error, the randomised path,
+  and the caller's RNG stream left untouched.
+* the full tiny Protenix (issue 5's preset, 2 samples x 3 steps): exact kinds "diffusion" +
+  "atom" reproduce the coordinates, reuse the bias across steps, and stay exact on a second
+  input (no stale bias); unpatch is bit-identical; lowrank (SVD) approaches exact as the rank
+  grows.
+"""
+
+import math
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("LAYERNORM_TYPE", "torch")
+try:
+    from protenix.model.modules.transformer import AttentionPairBias
+except Exception as e:  # noqa: BLE001
+    pytest.skip(f"protenix cannot be imported ({type(e).__name__}: {e})", allow_module_level=True)
+
+from host_models import randomise_
+from naive import rel_err
+
+import pairformer_fb as fb
+from pairformer_fb.adapters.common import Site
+from pairformer_fb.adapters.protenix import make_replacement
+from pairformer_fb.modules import diffusion_attention
+from pairformer_fb.modules.bias_cache import BiasScope, SVDConfig, svd_factors
+from pairformer_fb.tools.patching import patched_modules
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning"),
+    pytest.mark.filterwarnings("ignore:In CPU autocast, but the target dtype is not supported:UserWarning"),
+]
+
+C_A, C_S, C_Z, HEADS = 32, 16, 8, 4
+RTOL = 1e-5
+
+
+def host_and_ours(kind="diffusion", mode="exact", seed=1, **kwargs):
+    torch.manual_seed(seed)
+    host = randomise_(AttentionPairBias(has_s=True, n_heads=HEADS, c_a=C_A, c_s=C_S, c_z=C_Z,
+                                        cross_attention_mode=kind == "atom"), seed).eval()
+    site = Site(path="x", parent=None, attr="x", module=host, kind=kind, node=None, stack="diffusion", block=0)
+    return host, make_replacement(site, mode=mode, factor_config=None, **kwargs)
+
+
+def rand(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def spy_op(monkeypatch):
+    """Records the bias shape / strides the module passes to the op."""
+    calls = []
+    real = diffusion_attention.flash_bias_attention
+
+    def spy(q, k, v, **kw):
+        calls.append({"q": tuple(q.shape), **{n: t for n, t in kw.items() if torch.is_tensor(t)}})
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(diffusion_attention, "flash_bias_attention", spy)
+    return calls
+
+
+@pytest.mark.parametrize("fusion", [False, True], ids=["plain", "efficient-fusion"])
+@pytest.mark.parametrize("z_batch", ["shared", "per-sample"])
+def test_global_attention_matches_host(fusion, z_batch, spy_op):
+    host, ours = host_and_ours("diffusion", seed=2)
+    n, samples = 19, 3
+    a, s = rand(samples, n, C_A, seed=3), rand(samples, n, C_S, seed=4)
+    zb = 1 if z_batch == "shared" else samples
+    z = rand(zb, C_Z, n, n, seed=5) if fusion else rand(zb, n, n, C_Z, seed=5)
+    with torch.no_grad():
+        ref = host(a, s, z, enable_efficient_fusion=fusion)
+        out = ours(a, s, z, enable_efficient_fusion=fusion)
+    assert rel_err(out, ref) < RTOL
+    (call,) = spy_op
+    assert call["q"] == (samples, HEADS, n, C_A // HEADS)
+    assert call["bias"].shape == (zb, HEADS, n, n)  # a shared bias reaches the op with batch 1
+
+
+@pytest.mark.parametrize("n", [5, 37, 64, 100])
+def test_local_atom_attention_matches_host(n, spy_op):
+    host, ours = host_and_ours("atom", seed=6)
+    T = math.ceil(n / 32)
+    a, s = rand(2, n, C_A, seed=7), rand(1, n, C_S, seed=8)  # 2 samples, conditioning shared
+    z = rand(1, T, 32, 128, C_Z, seed=9)  # the trunked atom-pair rep, shared by the samples
+    with torch.no_grad():
+        ref = host(a, s, z, n_queries=32, n_keys=128)
+        out = ours(a, s, z, n_queries=32, n_keys=128)
+    assert out.shape == ref.shape and rel_err(out, ref) < RTOL
+    (call,) = spy_op
+    # batch = samples, heads = trunks x heads, 32 queries x 128 keys: only the trunks' tiles
+    assert call["q"] == (2, T * HEADS, 32, C_A // HEADS) and call["bias"].shape == (1, T * HEADS, 32, 128)
+
+
+def test_atom_attention_is_always_exact():
+    _, ours = host_and_ours("atom", mode="lowrank", svd_config=SVDConfig())
+    assert ours.mode == "exact" and ours.flash_bias.factor_network is None
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "atom"])
+def test_triton_kernels_in_the_interpreter(kind):
+    """The same layouts through the Triton kernels (CPU: Triton's interpreter): strided q / k / v
+    views, the shared bias read with stride 0, heads = trunks x heads for the atoms."""
+    host, ours = host_and_ours(kind, seed=31, backend="triton")
+    n = 40 if kind == "atom" else 20
+    a = rand(2, n, C_A, seed=32)
+    if kind == "atom":
+        s, z, kw = rand(1, n, C_S, seed=33), rand(1, 2, 32, 128, C_Z, seed=34), {"n_queries": 32, "n_keys": 128}
+    else:
+        s, z, kw = rand(2, n, C_S, seed=33), rand(1, n, n, C_Z, seed=34), {}
+    with torch.no_grad():
+        assert rel_err(ours(a, s, z, **kw), host(a, s, z, **kw)) < 1e-5
+
+
+def test_gradients_match_host():
+    host, ours = host_and_ours("diffusion", seed=10)
+    n = 11
+    a, s, z = rand(2, n, C_A, seed=11), rand(2, n, C_S, seed=12), rand(1, n, n, C_Z, seed=13)
+    grads = []
+    for m in (host, ours):
+        m.zero_grad()
+        inputs = [t.clone().requires_grad_() for t in (a, s, z)]
+        (m(*inputs) * rand(2, n, C_A, seed=14)).sum().backward()
+        grads.append([t.grad for t in inputs] + [host.linear_nobias_z.weight.grad.clone()])
+    for g_host, g_ours in zip(*grads):
+        assert rel_err(g_ours, g_host) < 1e-4
+    assert ours.flash_bias.bias_cache.payload is None  # nothing kept while gradients are needed
+
+
+def test_bias_reuse_is_never_stale():
+    host, ours = host_and_ours("diffusion", seed=15)
+    cache = ours.flash_bias.bias_cache
+    n = 9
+    a, s, z = rand(2, n, C_A, seed=16), rand(2, n, C_S, seed=17), rand(1, n, n, C_Z, seed=18)
+
+    def check(z_now):
+        with torch.no_grad():
+            assert rel_err(ours(a, s, z_now), host(a, s, z_now)) < RTOL
+
+    check(z)
+    check(z)
+    assert (cache.hits, cache.misses) == (1, 1)  # the same z object: reused
+    with torch.no_grad():
+        z.mul_(1.5)  # in place: the version counter moves
+    check(z)
+    assert cache.misses == 2
+    check(z.clone())  # equal values, another object: recomputed (identity, not content)
+    assert cache.misses == 3
+    z2 = rand(1, n, n, C_Z, seed=19)
+    check(z2)
+    check(z2)
+    with torch.no_grad():
+        host.linear_nobias_z.weight.add_(0.1)  # a parameter update (shared with ours)
+    check(z2)
+    with torch.no_grad():
+        host.layernorm_z.weight.mul_(0.9)
+    check(z2)
+    assert (cache.hits, cache.misses) == (2, 6)
+
+
+def test_bias_reuse_within_a_scope():
+    host, ours = host_and_ours("diffusion", seed=20)
+    scope = BiasScope()
+    ours.flash_bias.scope = scope
+    cache = ours.flash_bias.bias_cache
+    n = 8
+    a, s = rand(1, n, C_A, seed=21), rand(1, n, C_S, seed=22)
+    trunk = rand(n, n, C_Z, seed=23)  # what the bias depends on, as the scope sees it
+
+    def step(trunk_now):
+        scope.enter([trunk_now, {"flag": True}])
+        try:
+            z = trunk_now[None] * 2.0  # a new tensor every step, as the host's conditioning makes
+            with torch.no_grad():
+                assert rel_err(ours(a, s, z), host(a, s, z)) < RTOL
+        finally:
+            scope.exit()
+
+    for _ in range(3):
+        step(trunk)
+    assert (cache.hits, cache.misses) == (2, 1)
+    with torch.no_grad():
+        trunk.add_(1.0)  # the scope's input changed in place: a new generation
+    step(trunk)
+    step(rand(n, n, C_Z, seed=24))  # another input tensor
+    assert (cache.hits, cache.misses) == (2, 3)
+    other = rand(n, n, C_Z, seed=25)
+    step(other)
+    assert cache.payload is not None
+    del other  # the inputs of its generation are gone: the cached bias is freed at once
+    assert cache.payload is None
+
+
+def test_svd_factors_ranks_and_errors():
+    g = torch.Generator().manual_seed(25)
+    n = 40
+    ranks = (2, 5, 9)
+    heads = [torch.randn(n, r, generator=g) @ torch.randn(r, n, generator=g) for r in ranks]
+    bias = torch.stack(heads)[None]  # [1, 3, N, N], exact ranks 2, 5, 9
+    f = svd_factors(bias, SVDConfig(rel_error=1e-5, max_rank=None))
+    assert f.ranks.tolist() == [list(ranks)] and f.rank == 9
+    assert f.phi_q.shape == (1, 3, n, 9) and f.phi_k.shape == (1, 3, n, 9)
+    assert (f.phi_q[0, 0, :, 2:] == 0).all()  # lower-rank heads are padded with zeros
+    assert rel_err(f.phi_q @ f.phi_k.transpose(-1, -2), bias) < 1e-5
+
+    noisy = bias + 0.3 * torch.randn(bias.shape, generator=g)
+    budget = 0.5
+    f = svd_factors(noisy, SVDConfig(rel_error=budget, max_rank=None))
+    approx = f.phi_q @ f.phi_k.transpose(-1, -2)
+    for h in range(3):
+        err = rel_err(approx[0, h], noisy[0, h])
+        assert err <= budget and abs(err - f.rel_errors[0, h].item()) < 1e-5
+        u, sv, vh = torch.linalg.svd(noisy[0, h].double())
+        r = int(f.ranks[0, h])  # the smallest rank within budget
+        lower = ((u[:, :r - 1] * sv[:r - 1]) @ vh[:r - 1]).float()
+        assert r == 1 or rel_err(lower, noisy[0, h]) > budget
+
+    state = torch.get_rng_state()
+    fr = svd_factors(noisy, SVDConfig(rel_error=0.0, max_rank=4))  # randomised path
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched
+    ff = svd_factors(noisy, SVDConfig(rel_error=0.0, max_rank=None))
+    best = ff.phi_q[..., :4] @ ff.phi_k[..., :4].transpose(-1, -2)
+    assert fr.rank == 4
+    assert rel_err(fr.phi_q @ fr.phi_k.transpose(-1, -2), noisy) < rel_err(best, noisy) * 1.02
+
+
+def test_bad_inputs_name_the_argument():
+    _, ours = host_and_ours("diffusion", seed=26)
+    a, s = torch.randn(1, 6, C_A), torch.randn(1, 6, C_S)
+    with pytest.raises(ValueError, match="z must be"):
+        ours.flash_bias(a, s, torch.randn(1, 6, 7, C_Z))
+    with pytest.raises(ValueError, match="s must be"):
+        ours.flash_bias(a, torch.randn(1, 5, C_S), torch.randn(1, 6, 6, C_Z))
+    with pytest.raises(ValueError, match="lowrank"):
+        ours.flash_bias.mode = "lowrank"  # neither a factor network nor an SVD config
+
+
+# ---------------------------------------------------------------------------------------------
+# the full tiny Protenix
+
+
+@pytest.fixture(scope="module")
+def protenix_model():
+    from protenix.model.protenix import Protenix
+    from test_patch_full_models import protenix_features
+
+    from pairformer_fb.tools.presets import protenix_configs
+
+    configs = protenix_configs("tiny", {"sample_diffusion.N_sample": 2, "sample_diffusion.N_step": 3}, cpu=True)
+    torch.manual_seed(0)
+    model = randomise_(Protenix(configs)).eval()
+    return model, protenix_features(n_token=12, atoms_per_token=6, seed=0), protenix_features(
+        n_token=12, atoms_per_token=6, seed=1)
+
+
+def run_coordinates(model, feats):
+    from test_patch_full_models import seed_all
+
+    seed_all(0)
+    with torch.no_grad():
+        pred, _, _ = model({k: v.clone() for k, v in feats.items()}, None, None, mode="inference")
+    return pred["coordinate"]
+
+
+def test_protenix_full_model_diffusion_kinds(protenix_model):
+    model, feats, other = protenix_model
+    ref, ref_other = run_coordinates(model, feats), run_coordinates(model, other)
+    assert ref.shape == (2, 72, 3)
+
+    report = fb.patch_model(model, kinds=("diffusion", "atom"), stacks=("diffusion", "input"))
+    assert {(e.kind, e.stack) for e in report.entries} == {
+        ("diffusion", "diffusion"), ("atom", "diffusion"), ("atom", "input")}
+    assert report.params_added == 0
+    assert rel_err(run_coordinates(model, feats), ref) < 1e-4
+    steps = 3
+    for path, m in patched_modules(model).items():
+        cache = m.flash_bias.bias_cache
+        if path.startswith("diffusion_module"):  # computed at the first step, reused after
+            assert (cache.hits, cache.misses) == (steps - 1, 1), path
+            assert cache.payload is None, path  # freed with the prediction's trunk tensors
+    # a second trunk pass on other inputs: recomputed, still exact (never a stale bias)
+    assert rel_err(run_coordinates(model, other), ref_other) < 1e-4
+    fb.unpatch_model(model)
+    assert not patched_modules(model)
+    assert torch.equal(run_coordinates(model, feats), ref)
+    assert all(not h for h in (model.diffusion_module._forward_pre_hooks, model.diffusion_module._forward_hooks))
+
+    errors = []
+    for rank in (2, 6, 12):  # N_token = 12: rank 12 is the full SVD
+        fb.patch_model(model, kinds=("diffusion",), mode="lowrank", svd_config=SVDConfig(rel_error=0.0, max_rank=rank))
+        (m,) = patched_modules(model).values()
+        errors.append(rel_err(run_coordinates(model, feats), ref))
+        assert m.flash_bias.last_svd.rank == rank
+        fb.unpatch_model(model)
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-5, errors
+    assert torch.equal(run_coordinates(model, feats), ref)
+
+
+def test_diffusion_benchmark_runs_on_cpu(tmp_path):
+    import json
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from pairformer_fb.tools import bench_diffusion
+
+    configs = str((Path(__file__).parents[1] / "configs").resolve())
+    with initialize_config_dir(config_dir=configs, version_base=None):
+        cfg = compose(config_name="bench_diffusion", overrides=[
+            f"output_dir={tmp_path}", "n_sample=2", "diffusion.sizes=[12]", "diffusion.c_a=64", "diffusion.c_s=32",
+            "diffusion.c_z=16", "diffusion.heads=4", "atom.sizes=[40]", "atom.c_a=32", "atom.c_s=32",
+            "atom.c_z=8", "atom.heads=2", "svd.max_rank=4", "warmup_ms=1", "rep_ms=1"])
+    records = bench_diffusion.run(cfg)
+    by = {(r.module, r.variant): r for r in records}
+    for key in [("diffusion", v) for v in ("stock", "stock_fusion", "exact", "exact_uncached", "lowrank")] + [
+            ("atom", v) for v in ("stock", "exact", "exact_uncached")]:
+        assert by[key].status == "ok" and by[key].ms > 0, (key, by[key].status)
+    for key in [("diffusion", "exact"), ("diffusion", "exact_uncached"), ("atom", "exact")]:
+        assert by[key].rel_err < 1e-5, key  # ours computes the stock module's function
+    assert by[("diffusion", "exact")].notes["cache_hits"] > 0
+    assert by[("diffusion", "lowrank")].notes["rank"] == 4 and by[("diffusion", "lowrank")].rel_err < 0.5
+    assert by[("atom", "lowrank")].status.startswith("skipped")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["records"]) == len(records)
+    assert "| diffusion | 12 | 2 | exact |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind, n", [("diffusion", 384), ("atom", 1000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gpu_matches_host(kind, n, dtype):
+    """Protenix sizes on CUDA (the Triton kernels): ours against the host module, both in fp32
+    (no TF32) or both under bf16 autocast."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    heads, c_a, c_s, c_z = (16, 768, 384, 128) if kind == "diffusion" else (4, 128, 128, 16)
+    host = randomise_(AttentionPairBias(has_s=True, n_heads=heads, c_a=c_a, c_s=c_s, c_z=c_z,
+                                        cross_attention_mode=kind == "atom"), 27).cuda().eval()
+    site = Site(path="x", parent=None, attr="x", module=host, kind=kind, node=None, stack="diffusion", block=0)
+    ours = make_replacement(site, mode="exact", factor_config=None)
+    a = rand(5, n, c_a, seed=28).cuda()
+    if kind == "diffusion":
+        s, z = rand(5, n, c_s, seed=29).cuda(), rand(1, n, n, c_z, seed=30).cuda()
+        kw = {}
+    else:
+        s, z = rand(1, n, c_s, seed=29).cuda(), rand(1, math.ceil(n / 32), 32, 128, c_z, seed=30).cuda()
+        kw = {"n_queries": 32, "n_keys": 128}
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        ref = host(a, s, z, **kw)
+        out = ours(a, s, z, **kw)
+        again = ours(a, s, z, **kw)  # from the cached bias
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert rel_err(out, ref) < tol and torch.equal(again, out)
+    assert ours.flash_bias.bias_cache.hits == 1
