@@ -7,6 +7,7 @@ fine-tuning, benchmarking).
 
 from .kernel import flash_bias_attention
 from .modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
+from .tools.convert import convert_checkpoint, load_converted
 from .tools.patching import PatchReport, patch_model, unpatch_model
 
 __version__ = "0.1.0"
@@ -19,5 +20,7 @@ __all__ = [
     "patch_model",
     "unpatch_model",
     "PatchReport",
+    "convert_checkpoint",
+    "load_converted",
     "__version__",
 ]

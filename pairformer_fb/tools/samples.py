@@ -104,8 +104,13 @@ def openfold3_features(sequence: str, n_msa: int = 4, n_templ: int = 2, seed: in
     per-residue atom counts from the sequence, the rest as ``openfold3.tests.utils.data_utils.
     random_of3_features`` makes them (seeded, no ground truth)."""
     from Bio.Data.IUPACData import protein_letters_1to3
-    from openfold3.core.data.resources.residues import STANDARD_PROTEIN_RESIDUES_3, STANDARD_RESIDUES_WITH_GAP_3
-    from openfold3.core.data.resources.token_atom_constants import TOKEN_NAME_TO_ATOM_NAMES
+    from openfold3.core.data.resources.residues import (
+        STANDARD_PROTEIN_RESIDUES_3,
+        STANDARD_RESIDUES_WITH_GAP_3,
+    )
+    from openfold3.core.data.resources.token_atom_constants import (
+        TOKEN_NAME_TO_ATOM_NAMES,
+    )
 
     g = torch.Generator().manual_seed(seed)
     names = [protein_letters_1to3.get(a, "Gly").upper() for a in sequence]
