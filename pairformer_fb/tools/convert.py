@@ -353,7 +353,7 @@ def load_converted(path: str | os.PathLike, model: nn.Module, *, use_ema: bool =
             prefix = ""
         except AttributeError:
             pass
-    strip_len = len(recorded_prefix) - len(prefix)
+    strip_len = len(prefix)  # the model is the part: its module paths lack the prefix
     modules = {p[strip_len:]: m for p, m in meta["modules"].items()}
     if not modules:
         raise CheckpointError(f"{path}: the metadata records no patched module")

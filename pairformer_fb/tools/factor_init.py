@@ -145,8 +145,9 @@ def _svd_targets(smp: BiasSample, rank: int) -> tuple[torch.Tensor, torch.Tensor
     if r < rank:
         pad = (0, rank - r)
         tq, tk = torch.nn.functional.pad(tq, pad), torch.nn.functional.pad(tk, pad)
-    energy = s.square().sum(-1)
-    floor = (s[..., r:].square().sum(-1) / energy.clamp_min(1e-30)).mean(-1)  # per batch element
+    # per batch element, over all heads (as bias_approximation_loss sums them)
+    energy = s.square().sum((-2, -1))
+    floor = s[..., r:].square().sum((-2, -1)) / energy.clamp_min(1e-30)
     # [B, H, N, R] -> [B, N, H * R] (the MLP's output layout)
     return (tq.transpose(1, 2).flatten(-2).float(), tk.transpose(1, 2).flatten(-2).float(),
             float(floor.mean()))

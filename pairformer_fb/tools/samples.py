@@ -45,7 +45,8 @@ def read_fasta_sequences(paths: Iterable[str | os.PathLike], max_tokens: int | N
 
     out = []
     for path in paths:
-        records = list(SeqIO.parse(str(path), "fasta"))
+        with open(path) as handle:
+            records = list(SeqIO.parse(handle, "fasta"))
         if not records:
             raise ValueError(f"{path}: no FASTA record")
         for r in records:
@@ -177,11 +178,9 @@ def _run_trunk_stacks(model: nn.Module, host: str, sequences: Sequence[tuple[str
             s = torch.randn(1, n, c_s, generator=g).to(device)
             z = torch.randn(1, n, n, c_z, generator=g).to(device)
             mask, pair_mask = torch.ones(1, n, device=device), torch.ones(1, n, n, device=device)
-            if host == "protenix":
+            if host == "protenix":  # unbatched (s, z, pair_mask)
                 stack(s[0], z[0], pair_mask[0])
-            elif host == "boltz":
-                stack(s, z, mask, pair_mask)
-            else:
+            else:  # Boltz-2 (s, z, mask, pair_mask), OpenFold3 (s, z, single_mask, pair_mask)
                 stack(s, z, mask, pair_mask)
     return f"{host} trunk stack(s) {[p or '<model>' for p, _ in stacks]} on Gaussian (s, z)"
 
