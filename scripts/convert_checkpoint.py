@@ -16,16 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # protenix without CUDA: no fused layer norm build
 
-from pairformer_fb.modules import FactorConfig  # noqa: E402
-from pairformer_fb.tools.checkpoint import CheckpointError  # noqa: E402
-from pairformer_fb.tools.convert import convert_checkpoint  # noqa: E402
-from pairformer_fb.tools.presets import PresetError  # noqa: E402
+from pairformer_fb.modules import FactorConfig
+from pairformer_fb.tools.checkpoint import CheckpointError
+from pairformer_fb.tools.convert import convert_checkpoint
+from pairformer_fb.tools.presets import PresetError
 
 
 @hydra.main(config_path="../configs", config_name="convert_checkpoint", version_base=None)
 def main(cfg: DictConfig) -> None:
     p, fit = cfg.patch, cfg.fit
-    listed = lambda v: None if v is None else list(OmegaConf.to_container(v))  # noqa: E731
+    listed = lambda v: None if v is None else list(OmegaConf.to_container(v))
     try:
         report = convert_checkpoint(
             to_absolute_path(cfg.input), to_absolute_path(cfg.output), host=cfg.host, model=cfg.model,

@@ -27,13 +27,22 @@ from host_models import randomise_
 from naive import rel_err
 
 import pairformer_fb as fb
-from pairformer_fb.modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
+from pairformer_fb.modules import (
+    FactorConfig,
+    FlashBiasAttentionPairBias,
+    FlashBiasTriangleAttention,
+)
 from pairformer_fb.modules.factor_network import bias_approximation_loss
 from pairformer_fb.tools.checkpoint import CheckpointError, file_sha256
 from pairformer_fb.tools.convert import convert_checkpoint, load_converted
 from pairformer_fb.tools.factor_init import approximation_error, capture_bias_targets
 from pairformer_fb.tools.patching import patched_modules
-from pairformer_fb.tools.samples import openfold3_features, protenix_features, read_fasta_sequences, seed_all
+from pairformer_fb.tools.samples import (
+    openfold3_features,
+    protenix_features,
+    read_fasta_sequences,
+    seed_all,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning"),
@@ -43,7 +52,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = [ROOT / "data_samples" / "1crn.fasta"]
 CONFIG = FactorConfig(rank=8, width=32, depth=1)
-FAST = dict(samples=SAMPLE, max_tokens=12, fit_steps=30, progress=False, factor_config=CONFIG)
+FAST = {"samples": SAMPLE, "max_tokens": 12, "fit_steps": 30, "progress": False, "factor_config": CONFIG}
 EXACT_RTOL = 1e-4
 
 
@@ -371,7 +380,7 @@ def test_bad_inputs_name_what_is_wrong_and_write_nothing(tmp_path):
     src = tmp_path / "p.pt"
     container = save_protenix(protenix_standin(), src)
     out = tmp_path / "out.pt"
-    kwargs = dict(model=protenix_standin(seed=1), mode="exact", progress=False)
+    kwargs = {"model": protenix_standin(seed=1), "mode": "exact", "progress": False}
 
     def refused(path, match, **kw):
         before = sorted(p.name for p in tmp_path.iterdir())
@@ -432,12 +441,12 @@ def test_script_converts_tiny_protenix_and_fails_cleanly(tmp_path):
     args = [sys.executable, script, f"input={src}", f"output={out}", "model=tiny", "patch.rank=4",
             "patch.factor_width=16", "patch.factor_depth=1", f"fit.samples=[{SAMPLE[0]}]", "fit.max_tokens=10",
             "fit.steps=10", "progress=false"]
-    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| `pairformer_stack.blocks.1.attention_pair_bias` | single | 4 |" in done.stdout
     assert out.exists() and (tmp_path / "tiny_fb.pt.report.md").exists()
     assert torch.load(out, weights_only=True)["pairformer_fb"]["factor_config"]["width"] == 16
 
     bad = subprocess.run(args[:2] + [f"input={out}", f"output={out}"], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, timeout=600)
+                         cwd=tmp_path, timeout=600, check=False)
     assert bad.returncode != 0 and "refusing to overwrite" in bad.stderr
