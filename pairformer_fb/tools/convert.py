@@ -220,7 +220,8 @@ def convert_checkpoint(
             another host is an error).
         model: the preset the host model is built from (None: the host's default: Protenix
             "base", OpenFold3 "default", Boltz-2 "trunk"), or the host ``nn.Module`` itself
-            (its weights are overwritten by the checkpoint's).
+            (unpatched; it is left loaded with the checkpoint's weights, patched, with the
+            fitted factor networks).
         model_prefix: where the model's keys sit in the checkpoint's state dict (None: "" for a
             full model, the trunk's path for Boltz-2's "trunk" preset).
         mode, rank, factor_config, stacks, kinds, blocks: as for ``patch_model``.
