@@ -13,6 +13,7 @@ from .modules import (
     FlashBiasTriangleAttention,
     SVDConfig,
 )
+from .tools.convert import convert_checkpoint, load_converted
 from .tools.patching import PatchReport, patch_model, unpatch_model
 
 __version__ = "0.1.0"
@@ -27,5 +28,7 @@ __all__ = [
     "patch_model",
     "unpatch_model",
     "PatchReport",
+    "convert_checkpoint",
+    "load_converted",
     "__version__",
 ]

@@ -276,8 +276,12 @@ def test_metadata(tmp_path):
     meta = make_metadata("protenix", report, config, path)
     assert meta["host"] == "protenix" and meta["host_version"] == importlib.metadata.version("protenix")
     assert meta["pairformer_fb_version"] == fb.__version__
-    assert meta["modules"]["pairformer_stack.blocks.1.tri_att_start"] == {"mode": "lowrank", "rank": 4}
-    assert meta["modules"]["pairformer_stack.blocks.0.attention_pair_bias"] == {"mode": "exact", "rank": None}
+    modules = meta["modules"]
+    assert modules["pairformer_stack.blocks.1.tri_att_start"] == {
+        "mode": "lowrank", "rank": 4, "kind": "triangle", "stack": "pairformer", "block": 1}
+    assert modules["pairformer_stack.blocks.0.attention_pair_bias"] == {
+        "mode": "exact", "rank": None, "kind": "single", "stack": "pairformer", "block": 0}
+    assert meta["model_prefix"] == ""
     assert len(meta["modules"]) == len(report) == 6
     assert meta["factor_config"] == dataclasses.asdict(config)
     created = datetime.datetime.fromisoformat(meta["created_utc"])

@@ -20,7 +20,6 @@ run, so that the diffusion noise and the MSA sampling are the same from run to r
 Each host is skipped, with the import error as the reason, if its package cannot be imported.
 """
 
-import copy
 import os
 import random
 
@@ -43,10 +42,10 @@ except Exception as e:  # noqa: BLE001 - any import failure means: no usable hos
                      "pip install --no-deps protenix==2.0.0 -r requirements-hosts.txt")
 
 try:
-    from openfold3.core.data.resources.residues import STANDARD_PROTEIN_RESIDUES_3, STANDARD_RESIDUES_WITH_GAP_3
-    from openfold3.core.data.resources.token_atom_constants import TOKEN_NAME_TO_ATOM_NAMES
-    from openfold3.projects.of3_all_atom.config.model_config import model_config as of3_model_config
     from openfold3.projects.of3_all_atom.model import OpenFold3
+
+    from pairformer_fb.tools.presets import openfold3_config
+    from pairformer_fb.tools.samples import openfold3_features
 
     OPENFOLD3_SKIP = None
 except Exception as e:  # noqa: BLE001
@@ -55,7 +54,9 @@ except Exception as e:  # noqa: BLE001
 
 from host_models import randomise_
 from naive import rel_err
+
 import pairformer_fb as fb
+from pairformer_fb.tools import samples
 from pairformer_fb.tools.patching import patched_modules
 
 EXACT_RTOL = 1e-4
@@ -115,79 +116,13 @@ def check_exact_then_lowrank(model: nn.Module, run, stacks, expected_stacks) -> 
 
 
 def of3_tiny_config():
-    """OpenFold3's default model config, shrunk (the config's FieldReferences propagate the
-    shared widths; deepcopy leaves the package's module-level config untouched)."""
-    c = copy.deepcopy(of3_model_config)
-    a = c.architecture
-    a.shared.c_s = 32
-    a.shared.c_z = 16
-    a.input_embedder.atom_attn_enc.c_token = 32  # c_token_embedder; c_s_input = it + 65
-    a.input_embedder.atom_attn_enc.c_atom = 16
-    a.input_embedder.atom_attn_enc.c_atom_pair = 8
-    a.diffusion_module.diffusion_module.c_token = 32  # c_token_diffusion
-    a.msa.msa_module.c_m = 8
-    a.template.c_t = 8
-    a.shared.num_recycles = 1
-    a.shared.diffusion.no_full_rollout_steps = 2
-    a.shared.diffusion.no_full_rollout_samples = 1
-    for enc in (a.input_embedder.atom_attn_enc, a.diffusion_module.atom_attn_enc, a.diffusion_module.atom_attn_dec):
-        enc.c_hidden, enc.no_heads, enc.no_blocks = 8, 2, 1
-    for p, n_blocks in ((a.pairformer, 2), (a.heads.pairformer_embedding.pairformer, 1)):
-        p.no_blocks, p.c_hidden_pair_bias, p.no_heads_pair_bias = n_blocks, 8, 4
-        p.c_hidden_mul, p.c_hidden_pair_att, p.no_heads_pair = 16, 8, 2
-    m = a.msa.msa_module
-    m.no_blocks, m.c_hidden_msa_att, m.no_heads_msa, m.c_hidden_opm = 1, 4, 2, 4
-    m.c_hidden_mul, m.c_hidden_pair_att, m.no_heads_pair = 16, 8, 2
-    t = a.template.template_pair_stack
-    t.no_blocks, t.c_hidden_tri_att, t.c_hidden_tri_mul, t.no_heads = 1, 4, 8, 2
-    d = a.diffusion_module.diffusion_transformer
-    d.no_blocks, d.no_heads, d.c_hidden = 1, 2, 16
-    c.settings.memory.eval.use_triton_triangle_kernels = False  # the host's torch path on CPU
-    return c
+    """OpenFold3's ``tiny`` preset (``pairformer_fb.tools.presets.openfold3_config``)."""
+    return openfold3_config("tiny")
 
 
-def of3_features(n_token=10, n_msa=4, n_templ=2, seed=0):
-    """A batch of one protein chain, the features of ``openfold3.tests.utils.data_utils.
-    random_of3_features`` (which ships with openfold3 but imports biotite's PDBx reader and hence
-    msgpack, not installed here), with real per-residue atom counts, seeded, no ground truth."""
-    g = torch.Generator().manual_seed(seed)
-
-    def oh(idx, k):
-        return nn.functional.one_hot(idx, k)
-
-    names = [STANDARD_PROTEIN_RESIDUES_3[i % len(STANDARD_PROTEIN_RESIDUES_3)] for i in range(n_token)]
-    restype = torch.tensor([STANDARD_RESIDUES_WITH_GAP_3.index(n) for n in names])
-    n_atoms = torch.tensor([len(TOKEN_NAME_TO_ATOM_NAMES[n]) for n in names])
-    n_atom = int(n_atoms.sum())
-    atom_to_token = torch.repeat_interleave(torch.arange(n_token), n_atoms).int()
-    start = torch.cat([torch.zeros(1, dtype=torch.long), n_atoms.cumsum(0)[:-1]]).int()
-    f = {
-        "residue_index": torch.arange(n_token).int(), "token_index": torch.arange(n_token).int(),
-        "asym_id": torch.ones(n_token).int(), "entity_id": torch.ones(n_token).int(),
-        "sym_id": torch.ones(n_token).int(), "restype": oh(restype, len(STANDARD_RESIDUES_WITH_GAP_3)).int(),
-        "is_protein": torch.ones(n_token).int(), "is_dna": torch.zeros(n_token).int(),
-        "is_rna": torch.zeros(n_token).int(), "is_ligand": torch.zeros(n_token).int(),
-        "is_atomized": torch.zeros(n_token).int(),
-        "ref_pos": torch.randn(n_atom, 3, generator=g), "ref_mask": torch.ones(n_atom).int(),
-        "ref_element": oh(torch.randint(0, 119, (n_atom,), generator=g), 119).int(),
-        "ref_charge": torch.zeros(n_atom),
-        "ref_atom_name_chars": oh(torch.randint(0, 64, (n_atom, 4), generator=g), 64).int(),
-        "ref_space_uid": atom_to_token.clone(),
-        "msa": oh(torch.randint(0, 32, (n_msa, n_token), generator=g), 32).int(),
-        "has_deletion": torch.zeros(n_msa, n_token), "deletion_value": torch.zeros(n_msa, n_token),
-        "profile": torch.softmax(torch.randn(n_token, 32, generator=g), -1), "deletion_mean": torch.zeros(n_token),
-        "template_restype": oh(torch.randint(0, 32, (n_templ, n_token), generator=g), 32).int(),
-        "template_pseudo_beta_mask": torch.ones(n_templ, n_token),
-        "template_backbone_frame_mask": torch.ones(n_templ, n_token),
-        "template_distogram": oh(torch.randint(0, 39, (n_templ, n_token, n_token), generator=g), 39).float(),
-        "template_unit_vector": nn.functional.normalize(torch.randn(n_templ, n_token, n_token, 3, generator=g), dim=-1),
-        "token_bonds": torch.zeros(n_token, n_token).int(),
-        "token_mask": torch.ones(n_token), "atom_mask": torch.ones(n_atom),
-        "cyclic_mask": torch.zeros(n_token, dtype=torch.bool),
-        "start_atom_index": start, "num_atoms_per_token": n_atoms.int(), "atom_to_token_index": atom_to_token,
-        "msa_mask": torch.ones(n_msa, n_token), "num_paired_seqs": torch.tensor(1),
-    }
-    return {k: v.unsqueeze(0) for k, v in f.items()}
+def of3_features(n_token=10, seed=0):
+    """A batch of one protein chain (``pairformer_fb.tools.samples.openfold3_features``)."""
+    return openfold3_features("MKTAYIAKQRQISFVKSHFSRQ"[:n_token], seed=seed)
 
 
 @pytest.mark.skipif(OPENFOLD3_SKIP is not None, reason=OPENFOLD3_SKIP or "")
@@ -218,38 +153,10 @@ def protenix_tiny_configs():
     return protenix_configs("tiny", cpu=True)
 
 
-def protenix_features(n_token=10, atoms_per_token=5, n_msa=3, seed=0):
-    """Synthetic, unbatched features of one protein chain: the keys Protenix's inference path
-    reads (``Protenix.forward`` adds relp / d_lm / v_lm / pad_info itself)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def oh(idx, k):
-        return nn.functional.one_hot(idx, k).float()
-
-    n_atom = n_token * atoms_per_token
-    atom_to_token = torch.arange(n_token).repeat_interleave(atoms_per_token)
-    rep_atom = (torch.arange(n_atom) % atoms_per_token == 1).float()  # "CA"
-    return {
-        "residue_index": torch.arange(n_token), "token_index": torch.arange(n_token),
-        "asym_id": torch.zeros(n_token, dtype=torch.long), "entity_id": torch.zeros(n_token, dtype=torch.long),
-        "sym_id": torch.zeros(n_token, dtype=torch.long),
-        "restype": oh(torch.randint(0, 20, (n_token,), generator=g), 32),
-        "profile": torch.softmax(torch.randn(n_token, 32, generator=g), -1), "deletion_mean": torch.zeros(n_token),
-        "msa": torch.randint(0, 20, (n_msa, n_token), generator=g),
-        "has_deletion": torch.zeros(n_msa, n_token), "deletion_value": torch.zeros(n_msa, n_token),
-        "prot_pair_num_alignments": torch.tensor(0), "prot_unpair_num_alignments": torch.tensor(n_msa),
-        "rna_pair_num_alignments": torch.tensor(0), "rna_unpair_num_alignments": torch.tensor(0),
-        "token_bonds": torch.zeros(n_token, n_token), "has_frame": torch.ones(n_token, dtype=torch.long),
-        "ref_pos": torch.randn(n_atom, 3, generator=g), "ref_mask": torch.ones(n_atom),
-        "ref_element": oh(torch.randint(0, 10, (n_atom,), generator=g), 128), "ref_charge": torch.zeros(n_atom),
-        "ref_atom_name_chars": oh(torch.randint(0, 64, (n_atom, 4), generator=g), 64),
-        "ref_space_uid": atom_to_token.clone(), "atom_to_token_idx": atom_to_token,
-        "atom_to_tokatom_idx": torch.arange(atoms_per_token).repeat(n_token),
-        "is_protein": torch.ones(n_atom), "is_rna": torch.zeros(n_atom), "is_dna": torch.zeros(n_atom),
-        "is_ligand": torch.zeros(n_atom), "distogram_rep_atom_mask": rep_atom, "pae_rep_atom_mask": rep_atom,
-        "plddt_m_rep_atom_mask": rep_atom, "mol_id": torch.zeros(n_atom, dtype=torch.long),
-        "entity_mol_id": torch.zeros(n_atom, dtype=torch.long), "mol_atom_index": torch.arange(n_atom),
-    }
+def protenix_features(n_token=10, seed=0):
+    """Unbatched features of one protein chain (``pairformer_fb.tools.samples.protenix_features``,
+    5 atoms per token)."""
+    return samples.protenix_features("MKTAYIAKQRQISFVKSHFSRQ"[:n_token], seed=seed)
 
 
 @pytest.mark.skipif(PROTENIX_SKIP is not None, reason=PROTENIX_SKIP or "")

@@ -139,6 +139,17 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
             return update, bias_approximation_loss(phi_q, phi_k, bias, pair_mask)
         return update
 
+    def bias_target(self, s: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None):
+        """What a factor network is fitted to: ``(pair, pair_mask, bias)``, layer_norm_z(z)
+        [*, N, N, c_z], the pair mask mask[i] & mask[j] [*, N, N] (or None) and the dense bias
+        [*, H, N, N] (``bias_approximation_loss(*factor_network(pair, pair_mask), bias,
+        pair_mask)`` is the "distill" mode's loss). Arguments as for ``forward``."""
+        self._check_inputs(s, z, mask)
+        pair = layer_norm(z, self.layer_norm_z)
+        token_mask = mask.to(torch.bool) if mask is not None else None
+        pair_mask = token_mask[..., :, None] & token_mask[..., None, :] if token_mask is not None else None
+        return pair, pair_mask, head_major_pair_bias(pair, self.linear_z)
+
     def _check_inputs(self, s, z, mask) -> None:
         for name, t in (("s", s), ("z", z)):
             if not isinstance(t, torch.Tensor):

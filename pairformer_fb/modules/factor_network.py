@@ -141,6 +141,16 @@ class FactorNetwork(nn.Module):
         Returns:
             (phi_q, phi_k), each [*, H, N, R] (strided views), in the MLPs' compute dtype.
         """
+        return self.factors_from_features(*self.features(pair, pair_mask, s_inputs))
+
+    def features(
+        self,
+        pair: torch.Tensor,
+        pair_mask: torch.Tensor | None = None,
+        s_inputs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLPs' inputs (f_q, f_k), each [*, N, c_z (+ c_s_inputs)]: the masked pair summaries
+        (and s_inputs) of the module docstring; arguments as for ``forward``."""
         query_features, key_features = _masked_mean_features(pair, pair_mask)
         if self.config.use_s_inputs:
             if s_inputs is None:
@@ -152,6 +162,11 @@ class FactorNetwork(nn.Module):
                         "[*, N, c_s_inputs]")
             query_features = torch.cat([query_features, s_inputs.to(query_features.dtype)], dim=-1)
             key_features = torch.cat([key_features, s_inputs.to(key_features.dtype)], dim=-1)
+        return query_features, key_features
+
+    def factors_from_features(self, query_features: torch.Tensor,
+                              key_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(phi_q, phi_k) [*, H, N, R] from the MLP inputs that ``features`` returns."""
         return self._split_heads(self.query_mlp(query_features)), self._split_heads(self.key_mlp(key_features))
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:

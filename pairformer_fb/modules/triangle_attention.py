@@ -152,18 +152,11 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         self._check_inputs(z, mask, chunk_size)
         pair = layer_norm(z, self.layer_norm)
         pair_mask = mask.to(torch.bool) if mask is not None else None
-
-        # The pair rep and mask in the bias' orientation: bias[*, h, j, k] = linear_b(source[*, j, k]).
-        source, source_mask = pair, pair_mask
-        if self._bias_from_transposed_pair:
-            source = pair.transpose(-2, -3)
-            source_mask = pair_mask.transpose(-1, -2) if pair_mask is not None else None
+        source, source_mask = self._bias_orientation(pair, pair_mask)
 
         bias = phi_q = phi_k = None
         if mode in ("exact", "distill"):
-            bias = head_major_pair_bias(pair, self.linear_b)
-            if self._bias_from_transposed_pair:
-                bias = bias.transpose(-1, -2).contiguous()  # see the class docstring
+            bias = self._dense_bias(pair)
         if mode in ("lowrank", "distill"):
             phi_q, phi_k = self.factor_network(source, source_mask, s_inputs)
 
@@ -173,6 +166,29 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         if mode == "distill":
             return update, bias_approximation_loss(phi_q, phi_k, bias, source_mask)
         return update
+
+    def bias_target(self, z: torch.Tensor, mask: torch.Tensor | None = None):
+        """What a factor network is fitted to: ``(pair, pair_mask, bias)``, the normalised pair
+        rep [*, N, N, c_z] and bool mask [*, N, N] (or None) in the bias' orientation (the factor
+        network's input) and the dense bias [*, H, N, N] that the op adds in "exact" mode, so
+        that ``bias_approximation_loss(*factor_network(pair, pair_mask), bias, pair_mask)`` is
+        the "distill" mode's loss. Arguments as for ``forward``."""
+        self._check_inputs(z, mask, None)
+        pair = layer_norm(z, self.layer_norm)
+        source, source_mask = self._bias_orientation(pair, mask.to(torch.bool) if mask is not None else None)
+        return source, source_mask, self._dense_bias(pair)
+
+    def _bias_orientation(self, pair, pair_mask):
+        """The pair rep and mask in the bias' orientation: bias[*, h, j, k] = linear_b(source[*, j, k])."""
+        if not self._bias_from_transposed_pair:
+            return pair, pair_mask
+        return pair.transpose(-2, -3), pair_mask.transpose(-1, -2) if pair_mask is not None else None
+
+    def _dense_bias(self, pair):
+        bias = head_major_pair_bias(pair, self.linear_b)
+        if self._bias_from_transposed_pair:
+            bias = bias.transpose(-1, -2).contiguous()  # see the class docstring
+        return bias
 
     def _check_inputs(self, z, mask, chunk_size) -> None:
         if not isinstance(z, torch.Tensor):

@@ -246,12 +246,10 @@ def read_checkpoint(path: str | os.PathLike, host: str = "auto", *, use_ema: boo
                           location=location, prefix=prefix, path=path)
 
 
-def write_checkpoint_atomic(container: Any, out_path: str | os.PathLike, *,
-                            input_path: str | os.PathLike | None = None) -> Path:
-    """``torch.save(container)`` to ``out_path`` through a temporary file in the same directory
-    and ``os.replace``: readers see the old file or the whole new one, never a part, and a failed
-    write leaves nothing behind. Refuses (ValueError, nothing written) an ``out_path`` that is
-    ``input_path`` (after resolving links). Returns the path written."""
+def check_output_path(out_path: str | os.PathLike, input_path: str | os.PathLike | None = None) -> Path:
+    """Raise unless ``out_path`` can be written without touching ``input_path``: ValueError if it
+    is the input (after resolving links), FileNotFoundError if its directory does not exist,
+    IsADirectoryError if it is a directory. Returns it as a Path."""
     out = Path(out_path)
     if input_path is not None:
         src = Path(input_path)
@@ -265,6 +263,17 @@ def write_checkpoint_atomic(container: Any, out_path: str | os.PathLike, *,
         raise FileNotFoundError(f"the output's directory does not exist: {parent}")
     if out.is_dir():
         raise IsADirectoryError(f"the output is a directory: {out}")
+    return out
+
+
+def write_checkpoint_atomic(container: Any, out_path: str | os.PathLike, *,
+                            input_path: str | os.PathLike | None = None) -> Path:
+    """``torch.save(container)`` to ``out_path`` through a temporary file in the same directory
+    and ``os.replace``: readers see the old file or the whole new one, never a part, and a failed
+    write leaves nothing behind. Refuses (ValueError, nothing written) an ``out_path`` that is
+    ``input_path`` (after resolving links). Returns the path written."""
+    out = check_output_path(out_path, input_path)
+    parent = out.parent if str(out.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -289,11 +298,13 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def make_metadata(host: str, report: PatchReport, factor_config, source_path: str | os.PathLike) -> dict:
+def make_metadata(host: str, report: PatchReport, factor_config, source_path: str | os.PathLike, *,
+                  prefix: str = "") -> dict:
     """What a converted checkpoint records under ``"pairformer_fb"`` (plain data only, so it loads
     with ``weights_only=True``): the host and its installed version, pairformer_fb's version, the
-    mode and factor rank of every patched module (by path), the factor config, the UTC date and
-    the source file's path and sha256."""
+    mode and factor rank (and kind, stack, block index) of every patched module (by its path in
+    the state dict: ``prefix`` + its path in the patched model, which ``prefix`` also records
+    as ``model_prefix``), the factor config, the UTC date and the source file's path and sha256."""
     from .. import __version__
 
     if host not in HOSTS:
@@ -312,7 +323,9 @@ def make_metadata(host: str, report: PatchReport, factor_config, source_path: st
         "host": host,
         "host_version": host_version,
         "pairformer_fb_version": __version__,
-        "modules": {e.path: {"mode": e.mode, "rank": e.rank} for e in report.entries},
+        "model_prefix": prefix,
+        "modules": {prefix + e.path: {"mode": e.mode, "rank": e.rank, "kind": e.kind, "stack": e.stack,
+                                      "block": e.block} for e in report.entries},
         "factor_config": dataclasses.asdict(factor_config) if factor_config is not None else None,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": {"path": str(source), "sha256": file_sha256(source)},
@@ -334,6 +347,7 @@ def strip_checkpoint(container: Any) -> Any:
 __all__ = [
     "CheckpointError",
     "HostCheckpoint",
+    "check_output_path",
     "detect_checkpoint_host",
     "file_sha256",
     "make_metadata",
