@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters import HOSTS, KINDS
+from ..adapters import DEFAULT_KINDS, HOSTS, KINDS
 from ..modules.factor_network import FactorConfig
 from .checkpoint import (
     EMA_LOCATIONS,
@@ -199,7 +199,7 @@ def convert_checkpoint(
     rank: int | None = None,
     factor_config: FactorConfig | None = None,
     stacks: Sequence[str] | None = None,
-    kinds: Sequence[str] = KINDS,
+    kinds: Sequence[str] = DEFAULT_KINDS,
     blocks: Sequence[int] | None = None,
     samples: Sequence[str | os.PathLike] | Callable[[nn.Module], object] | None = None,
     max_tokens: int | None = 64,
