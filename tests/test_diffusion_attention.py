@@ -264,8 +264,8 @@ def protenix_model():
     configs = protenix_configs("tiny", {"sample_diffusion.N_sample": 2, "sample_diffusion.N_step": 3}, cpu=True)
     torch.manual_seed(0)
     model = randomise_(Protenix(configs)).eval()
-    return model, protenix_features(n_token=12, atoms_per_token=6, seed=0), protenix_features(
-        n_token=12, atoms_per_token=6, seed=1)
+    return model, protenix_features(n_token=12, seed=0), protenix_features(
+        n_token=12, seed=1)
 
 
 def run_coordinates(model, feats):
@@ -280,7 +280,7 @@ def run_coordinates(model, feats):
 def test_protenix_full_model_diffusion_kinds(protenix_model):
     model, feats, other = protenix_model
     ref, ref_other = run_coordinates(model, feats), run_coordinates(model, other)
-    assert ref.shape == (2, 72, 3)
+    assert ref.shape == (2, 60, 3)  # 2 samples, 12 tokens x 5 atoms
 
     report = fb.patch_model(model, kinds=("diffusion", "atom"), stacks=("diffusion", "input"))
     assert {(e.kind, e.stack) for e in report.entries} == {
@@ -367,3 +367,17 @@ def test_gpu_matches_host(kind, n, dtype):
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     assert rel_err(out, ref) < tol and torch.equal(again, out)
     assert ours.flash_bias.bias_cache.hits == 1
+
+
+def test_svd_factors_under_bf16_autocast():
+    """Under autocast (how hosts run bf16 inference) the SVD still runs in fp32: the randomised
+    path's QR has no CUDA bf16 kernel. Identical factors to those outside autocast (under bf16
+    products they differ by ~6e-3)."""
+    g = torch.Generator().manual_seed(3)
+    bias = (torch.randn(2, 30, 6, generator=g) @ torch.randn(2, 6, 30, generator=g))[None].to(torch.bfloat16)
+    config = SVDConfig(rel_error=0.0, max_rank=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = svd_factors(bias, config)
+    outside = svd_factors(bias, config)
+    assert inside.phi_q.dtype == torch.bfloat16 and torch.equal(inside.ranks, outside.ranks)
+    assert torch.equal(inside.phi_q, outside.phi_q) and torch.equal(inside.phi_k, outside.phi_k)

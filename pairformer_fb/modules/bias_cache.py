@@ -256,10 +256,16 @@ class SVDFactors:
 
 def svd_factors(bias: torch.Tensor, config: SVDConfig = SVDConfig()) -> SVDFactors:
     """Low-rank factors of ``bias`` [*, H, N_q, N_k] by truncated SVD, the rank chosen per head
-    (per matrix) by ``config``. Computed in fp32 (fp64 stays fp64); the factors have the bias'
-    dtype, phi_q = U_r sqrt(S_r) and phi_k = V_r sqrt(S_r)."""
+    (per matrix) by ``config``. Computed in fp32 (fp64 stays fp64) also under autocast (whose
+    bf16 products the QR inside the SVD cannot take); the factors have the bias' dtype,
+    phi_q = U_r sqrt(S_r) and phi_k = V_r sqrt(S_r)."""
     if not isinstance(bias, torch.Tensor) or bias.dim() < 2:
         raise ValueError(f"bias must be a tensor [*, N_q, N_k], got {getattr(bias, 'shape', type(bias).__name__)}")
+    with torch.autocast(bias.device.type, enabled=False):
+        return _svd_factors(bias, config)
+
+
+def _svd_factors(bias: torch.Tensor, config: SVDConfig) -> SVDFactors:
     ct = torch.float64 if bias.dtype == torch.float64 else torch.float32
     b = bias.to(ct)
     n_q, n_k = b.shape[-2:]
