@@ -11,11 +11,7 @@ import os
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # before protenix is imported: no CUDA layer-norm build on a CPU
 
 import hydra  # noqa: E402
-import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("LAYERNORM_TYPE", "torch")
 
 from pairformer_fb.tools.benchmark import run  # noqa: E402
 

@@ -33,7 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 try:
     import protenix  # noqa: F401
-    from protenix.data.constants import RES_ATOMS_DICT, STD_RESIDUES_WITH_GAP, get_all_elems
+    from protenix.data.constants import (
+        RES_ATOMS_DICT,
+        STD_RESIDUES_WITH_GAP,
+        get_all_elems,
+    )
 
     PROTENIX_SKIP = None
 except Exception as e:  # noqa: BLE001
@@ -46,7 +50,6 @@ from pairformer_fb.tools.featurize import (
     protein_1to3,
     protenix_features,
     read_samples,
-    residue_atoms,
 )
 
 needs_protenix = pytest.mark.skipif(PROTENIX_SKIP is not None, reason=PROTENIX_SKIP or "")

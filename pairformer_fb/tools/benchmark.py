@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import statistics
 import time
@@ -36,7 +35,14 @@ import torch
 from tqdm import tqdm
 
 from .featurize import InputError, Sample, protenix_features, read_samples
-from .structure import TM_METHODS, agreement, ca_coords, match_to_reference, read_ca, write_structure
+from .structure import (
+    TM_METHODS,
+    agreement,
+    ca_coords,
+    match_to_reference,
+    read_ca,
+    write_structure,
+)
 from .timing import environment, failure_status
 
 VARIANTS = ("original", "exact", "lowrank")
@@ -158,14 +164,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def best_protenix_kernels(device: torch.device) -> dict[str, str]:
-    """The host's fastest available triangle kernels: cuEquivariance on CUDA when its packages
-    import, else Protenix's torch path."""
-    if device.type == "cuda":
-        import importlib.util
+    """The host's fastest available triangle kernels: on CUDA cuEquivariance when its packages
+    import, else Protenix's bundled Triton triangle attention ("triattention") with its torch
+    triangle multiplication; on a CPU the torch path."""
+    if device.type != "cuda":
+        return {"triangle_attention": "torch", "triangle_multiplicative": "torch"}
+    import importlib.util
 
-        if all(importlib.util.find_spec(m) is not None for m in ("cuequivariance_torch", "cuequivariance_ops_torch")):
-            return {"triangle_attention": "cuequivariance", "triangle_multiplicative": "cuequivariance"}
-    return {"triangle_attention": "torch", "triangle_multiplicative": "torch"}
+    if all(importlib.util.find_spec(m) is not None for m in ("cuequivariance_torch", "cuequivariance_ops_torch")):
+        return {"triangle_attention": "cuequivariance", "triangle_multiplicative": "cuequivariance"}
+    return {"triangle_attention": "triattention", "triangle_multiplicative": "torch"}
 
 
 def read_host_checkpoint(path: str | None, host: str):
@@ -189,8 +197,13 @@ def build_model(cfg, device: torch.device, ckpt):
 
     cpu = device.type == "cpu"
     preset = cfg.model if cfg.model != "auto" else ("tiny" if cpu else "base")
-    kernels = best_protenix_kernels(device) if cfg.kernels == "auto" else {
-        "triangle_attention": cfg.kernels, "triangle_multiplicative": cfg.kernels if cfg.kernels in ("torch", "cuequivariance") else "torch"}
+    if cfg.kernels == "auto":
+        kernels = best_protenix_kernels(device)
+    elif cfg.kernels in ("torch", "cuequivariance", "triattention", "deepspeed"):
+        kernels = {"triangle_attention": cfg.kernels,
+                   "triangle_multiplicative": cfg.kernels if cfg.kernels in ("torch", "cuequivariance") else "torch"}
+    else:
+        raise ValueError(f"kernels must be auto, torch, cuequivariance, triattention or deepspeed, got {cfg.kernels!r}")
     overrides = {**kernels, **dict(cfg.get("overrides") or {})}
     model, configs = build_protenix(preset, overrides, cpu=cpu)
     info = {"host": "protenix", "preset": preset, "model_name": configs.model_name, "kernels": kernels,
@@ -232,7 +245,10 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
         fc = FactorConfig(**meta["factor_config"]) if meta.get("factor_config") else None
         rank = fc.rank if fc else next(iter(meta["modules"].values()))["rank"]
         report = fb.patch_model(model, mode="lowrank", rank=rank, factor_config=fc, stacks=stacks)
-        missing, unexpected = model.load_state_dict(factors, strict=False)
+        _, unexpected = model.load_state_dict(factors, strict=False)
+        if unexpected:
+            raise ValueError(f"the converted checkpoint has factor networks for modules not patched here "
+                             f"(e.g. {unexpected[0]}); patch the same stacks (stacks=) it was converted with")
         want = {k for k in model.state_dict() if FACTOR_KEY_MARK in k}
         if want - set(factors):
             raise ValueError(f"the converted checkpoint lacks factor networks for {len(want - set(factors))} "
@@ -304,7 +320,7 @@ def run(cfg) -> dict:
     features = {}
     for s in tqdm(samples, desc="featurise", unit="sample"):
         features[s.name] = protenix_features(s, msa_dir=cfg.msa_dir, seed=cfg.seed)
-    model, configs, model_info = build_model(cfg, device, ckpt)
+    model, _, model_info = build_model(cfg, device, ckpt)
     autocast, dtype = dtype_context(device, cfg.dtype)
     env = environment(device) | {"dtype": dtype}
     notes = []
@@ -359,7 +375,7 @@ def _run_one(model, timer, sample, variant, feats_atoms, cfg, ckpt, device, auto
 
         for _ in range(cfg.warmup):
             forward()
-        runs, coords, plddt = [], None, None
+        runs, coords = [], None
         for _ in range(cfg.repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize()
