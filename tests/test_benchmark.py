@@ -399,3 +399,53 @@ def test_benchmark_script_end_to_end(tmp_path, crn):
     md = (out / "results.md").read_text()
     assert md.count("| 1crn |") == 3 + 3 and "RANDOM weights" in md
     assert (out / "time_vs_tokens.png").stat().st_size > 1000
+
+
+@needs_protenix
+def test_benchmark_loads_host_and_converted_checkpoints(tmp_path, crn):
+    """checkpoint= a Protenix checkpoint: the model runs with its weights; a converted one (patched
+    lowrank, factor networks + metadata) feeds its factor networks to the lowrank variant: the
+    written structure is the one a model patched and loaded by hand predicts."""
+    import pairformer_fb as fb
+    from pairformer_fb.modules import FactorConfig
+    from pairformer_fb.tools import benchmark
+    from pairformer_fb.tools.checkpoint import make_metadata
+    from pairformer_fb.tools.presets import build_protenix, randomise_
+
+    model, _ = build_protenix("tiny", cpu=True)
+    randomise_(model, seed=11)
+    host_path = tmp_path / "protenix.pt"
+    torch.save({"model": {"module." + k: v for k, v in model.state_dict().items()}}, host_path)
+    stacks = ["pairformer", "msa", "template", "confidence"]
+    fc = FactorConfig(rank=4)
+    report = fb.patch_model(model, mode="lowrank", factor_config=fc, stacks=stacks)
+    randomise_(model, seed=12)  # trained factor networks stand-in (host weights re-randomised too)
+    conv_path = tmp_path / "converted.pt"
+    torch.save({"model": model.state_dict(), "pairformer_fb": make_metadata("protenix", report, fc, host_path)},
+               conv_path)
+
+    f, atoms = protenix_features(crn, seed=0)  # the benchmark's features at seed=0
+    model.eval()
+    benchmark.seed_all(0)
+    with torch.no_grad():
+        pred, _, _ = model(dict(f), None, None, mode="inference")
+    want = S.ca_coords(atoms, pred["coordinate"][0].numpy())
+
+    res = benchmark.run(bench_cfg(tmp_path, samples=["1crn"], variants=["original", "lowrank"], warmup=0,
+                                  checkpoint=str(conv_path), model="tiny", device="cpu", seed=0))
+    assert res["note"] is None and res["model"]["weights"] == "checkpoint" and res["model"]["converted"]
+    orig, low = res["records"]
+    assert orig["status"] == low["status"] == "ok"
+    assert low["notes"]["factors"] == "from the converted checkpoint" and low["notes"]["rank"] == 4
+    got = S.read_ca(tmp_path / "out" / low["structure_path"])[0]
+    assert np.abs(got - want).max() < 2e-3 + 1e-5 * np.abs(want).max()
+    assert low["vs_original"]["rmsd"] > 1e-3
+
+    res = benchmark.run(bench_cfg(tmp_path, samples=["1crn"], variants=["original"], warmup=0,
+                                  checkpoint=str(host_path), model="tiny", device="cpu", seed=0))
+    assert res["model"]["weights"] == "checkpoint" and not res["model"]["converted"]
+    assert res["records"][0]["status"] == "ok"
+    # a checkpoint of another architecture than model= is refused with the reason
+    with pytest.raises(ValueError, match="does not fit model=tiny"):
+        benchmark.run(bench_cfg(tmp_path, samples=["1crn"], variants=["original"], checkpoint=str(host_path),
+                                model="tiny", overrides={"c_z": 16}, device="cpu"))
