@@ -16,5 +16,7 @@ install:
 test: install
 	$(PYTHON) -m pytest -q tests
 
+# the structure benchmark at its small CPU default (tiny Protenix, 1CRN + 1UBQ, original / exact /
+# lowrank); results in bench_out/structure. The op benchmark: $(PYTHON) scripts/bench_attention.py
 bench: install
-	$(PYTHON) scripts/bench_attention.py
+	$(PYTHON) scripts/benchmark.py

@@ -26,6 +26,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+from torch import nn
+
 # issue 5's tiny Protenix: exactly these settings
 PROTENIX_TINY: dict[str, Any] = {
     "c_s": 64, "c_z": 32, "c_token": 64, "c_s_inputs": 129, "c_atom": 32, "n_blocks": 2,
@@ -194,3 +197,22 @@ def build_boltz_trunk(hyper_parameters: Mapping[str, Any]):
         raise PresetError(f"Boltz-2 preset 'trunk': the checkpoint's hyper_parameters lack {missing}")
     return PairformerModule(hyper_parameters["token_s"], hyper_parameters["token_z"],
                             **dict(hyper_parameters["pairformer_args"]))
+
+
+def randomise_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random, non-zero weights of a moderate scale (layer-norm scales around 1), in place.
+
+    The hosts zero-initialise their output projections and gates, so a freshly built model's
+    attention updates are exactly zero: every variant would agree trivially. Tests and the
+    benchmark without a checkpoint use these weights instead."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            if p.dim() >= 2:
+                p.copy_((r * 0.7 / p.shape[-1] ** 0.5).to(p.dtype))
+            elif name.endswith("weight"):  # layer-norm scales
+                p.copy_((1.0 + 0.2 * r).to(p.dtype))
+            else:
+                p.copy_((0.2 * r).to(p.dtype))
+    return module

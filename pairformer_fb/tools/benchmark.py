@@ -1,0 +1,508 @@
+"""Structure benchmark (the project's main job): full structure inference of a host model on
+sample proteins, unpatched and patched with FlashBias, timed per phase, with the agreement of
+the predicted structures. See configs/benchmark.yaml and scripts/benchmark.py.
+
+For each sample: featurise (tools/featurize.py), then for each variant
+* ``original`` — the unpatched host with its best available kernels (on CUDA: cuEquivariance
+  when installed, else the host's torch path);
+* ``exact`` — ``patch_model(mode="exact")``: the same function, FlashBias kernels;
+* ``lowrank`` — ``patch_model(mode="lowrank", rank=...)``: factor networks from a converted
+  checkpoint, else untrained (random) ones, which the report says;
+run ``warmup`` untimed forwards and ``repeats`` timed ones, re-seeding torch / numpy / random
+before every forward (the diffusion noise is the same in every variant, so ``original`` and
+``exact`` differ only by rounding). The phases are timed by wrapping the host's methods
+(CUDA-synchronised): input embedding, MSA module, Pairformer trunk (recycling, template
+embedder and the trunk's Pairformer; input embedding and MSA module excluded), diffusion
+sampling, confidence head, and ``other`` (the rest of the forward: distogram head, summary).
+Then the structure of the first timed run is written (mmCIF) and compared with the original's
+and, if given, a reference structure (tools/structure.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .featurize import InputError, Sample, protenix_features, read_samples
+from .structure import (
+    TM_METHODS,
+    agreement,
+    ca_coords,
+    match_to_reference,
+    read_ca,
+    write_structure,
+)
+from .timing import environment, failure_status
+
+VARIANTS = ("original", "exact", "lowrank")
+PHASES = ("input_embedding", "msa_module", "pairformer_trunk", "diffusion_sampling", "confidence_head", "other")
+HOSTS_NOT_YET = {
+    "boltz": "Boltz-2: patch_model's adapter exists (pairformer_fb/adapters/boltz.py), but the benchmark has "
+             "no Boltz featuriser / model builder yet",
+    "openfold3": "OpenFold3: patch_model's adapter exists (pairformer_fb/adapters/openfold3.py), but the benchmark "
+                 "has no OpenFold3 featuriser / model builder yet",
+}
+RANDOM_WEIGHTS_NOTE = ("no checkpoint: the model has the real architecture with RANDOM weights "
+                       "(pairformer_fb.tools.presets.randomise_), so the structures are not meaningful "
+                       "predictions; timings and the agreement between variants are")
+
+
+@dataclass
+class Record:
+    sample: str
+    variant: str
+    n_tokens: int
+    n_atoms: int
+    times_s: dict[str, float] | None = None
+    peak_memory_bytes: int = 0
+    tokens_per_s: float | None = None
+    vs_original: dict | None = None
+    vs_reference: dict | None = None
+    structure_path: str | None = None
+    status: str = "ok"
+    notes: dict = field(default_factory=dict)
+
+
+def seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# phase timing
+
+
+class PhaseTimer:
+    """Wall time of Protenix's inference phases, by wrapping the model's methods (instance
+    attributes shadowing the class's; ``remove`` restores them). On CUDA every time stamp is
+    taken after ``torch.cuda.synchronize()``."""
+
+    def __init__(self, model, device: torch.device):
+        self.model = model
+        self.cuda = device.type == "cuda"
+        self.spans: dict[str, float] = {}
+        self.stamps: dict[str, float] = {}
+        self._installed: list[tuple[Any, str]] = []
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _wrap(self, owner, attr: str, key: str, stamp_end: str | None = None):
+        inner = getattr(owner, attr)
+
+        def wrapped(*args, **kwargs):
+            t0 = self.now()
+            out = inner(*args, **kwargs)
+            t1 = self.now()
+            self.spans[key] = self.spans.get(key, 0.0) + (t1 - t0)
+            if stamp_end:
+                self.stamps[stamp_end] = t1
+            return out
+
+        setattr(owner, attr, wrapped)
+        self._installed.append((owner, attr))
+
+    def install(self) -> PhaseTimer:
+        m = self.model
+        self._wrap(m.input_embedder, "forward", "input_embedding")
+        self._wrap(m.msa_module, "forward", "msa_module")
+        self._wrap(m, "get_pairformer_output", "get_pairformer_output", stamp_end="trunk_end")
+        self._wrap(m, "sample_diffusion", "sample_diffusion", stamp_end="diffusion_end")
+        self._wrap(m, "run_confidence_head", "confidence_head")
+        return self
+
+    def remove(self) -> None:
+        for owner, attr in reversed(self._installed):
+            delattr(owner, attr)  # the class's method is visible again
+        self._installed.clear()
+
+    def run(self, fn):
+        """Run ``fn`` (one model forward) and return (its output, {phase: seconds, total})."""
+        self.spans.clear()
+        self.stamps.clear()
+        t0 = self.now()
+        out = fn()
+        total = self.now() - t0
+        s = self.spans
+        trunk = s["get_pairformer_output"] - s.get("input_embedding", 0.0) - s.get("msa_module", 0.0)
+        diffusion = self.stamps["diffusion_end"] - self.stamps["trunk_end"]  # caches + sampling
+        times = {"input_embedding": s.get("input_embedding", 0.0), "msa_module": s.get("msa_module", 0.0),
+                 "pairformer_trunk": trunk, "diffusion_sampling": diffusion,
+                 "confidence_head": s.get("confidence_head", 0.0)}
+        times["other"] = max(total - sum(times.values()), 0.0)
+        times["total"] = total
+        return out, times
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(name)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but CUDA is not available here; use device=auto or cpu")
+    return d
+
+
+def best_protenix_kernels(device: torch.device) -> dict[str, str]:
+    """The host's fastest available triangle kernels: on CUDA cuEquivariance when its packages
+    import, else Protenix's bundled Triton triangle attention ("triattention") with its torch
+    triangle multiplication; on a CPU the torch path."""
+    if device.type != "cuda":
+        return {"triangle_attention": "torch", "triangle_multiplicative": "torch"}
+    import importlib.util
+
+    if all(importlib.util.find_spec(m) is not None for m in ("cuequivariance_torch", "cuequivariance_ops_torch")):
+        return {"triangle_attention": "cuequivariance", "triangle_multiplicative": "cuequivariance"}
+    return {"triangle_attention": "triattention", "triangle_multiplicative": "torch"}
+
+
+def read_host_checkpoint(path: str | None, host: str):
+    """The checkpoint (tools.checkpoint.read_checkpoint), checked to be of ``host``."""
+    if path is None:
+        return None
+    from .checkpoint import read_checkpoint
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint={path!r} does not exist")
+    ckpt = read_checkpoint(path)
+    if ckpt.host != host:
+        raise ValueError(f"checkpoint={path!r} is a {ckpt.host} checkpoint, but the benchmark runs host={host}")
+    return ckpt
+
+
+def build_model(cfg, device: torch.device, ckpt):
+    """(Protenix model in eval mode on ``device``, its configs, model info for the report)."""
+    from .checkpoint import FACTOR_KEY_MARK
+    from .presets import build_protenix, randomise_
+
+    cpu = device.type == "cpu"
+    preset = cfg.model if cfg.model != "auto" else ("tiny" if cpu else "base")
+    if cfg.kernels == "auto":
+        kernels = best_protenix_kernels(device)
+    elif cfg.kernels in ("torch", "cuequivariance", "triattention", "deepspeed"):
+        kernels = {"triangle_attention": cfg.kernels,
+                   "triangle_multiplicative": cfg.kernels if cfg.kernels in ("torch", "cuequivariance") else "torch"}
+    else:
+        raise ValueError(f"kernels must be auto, torch, cuequivariance, triattention or deepspeed, got {cfg.kernels!r}")
+    overrides = {**kernels, **dict(cfg.get("overrides") or {})}
+    model, configs = build_protenix(preset, overrides, cpu=cpu)
+    info = {"host": "protenix", "preset": preset, "model_name": configs.model_name, "kernels": kernels,
+            "overrides": {k: v for k, v in overrides.items()}, "checkpoint": None, "weights": "random"}
+    if ckpt is None:
+        randomise_(model, seed=cfg.seed)
+    else:
+        host_sd = {k: v for k, v in ckpt.state_dict.items() if FACTOR_KEY_MARK not in k}
+        try:
+            model.load_state_dict(host_sd, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint={ckpt.path} does not fit model={preset} "
+                             f"({configs.model_name}): {str(e).splitlines()[0]} ...") from e
+        info.update(checkpoint=str(ckpt.path), weights="checkpoint",
+                    converted=ckpt.metadata is not None)
+    params = sum(p.numel() for p in model.parameters())
+    info["parameters"] = params
+    return model.to(device).eval(), configs, info
+
+
+def patch_variant(model, variant: str, cfg, ckpt) -> dict:
+    """Patch ``model`` for ``variant``; returns what the report records about it."""
+    import pairformer_fb as fb
+
+    from .checkpoint import FACTOR_KEY_MARK
+
+    if variant == "original":
+        return {}
+    stacks = list(cfg.stacks) if cfg.stacks else None
+    if variant == "exact":
+        report = fb.patch_model(model, mode="exact", stacks=stacks)
+        return {"patched_modules": len(report)}
+    # lowrank: the converted checkpoint's factor networks if it has them, else untrained ones
+    factors = {k: v for k, v in (ckpt.state_dict.items() if ckpt is not None else ()) if FACTOR_KEY_MARK in k}
+    meta = ckpt.metadata if ckpt is not None else None
+    if factors and meta:
+        from ..modules import FactorConfig
+
+        fc = FactorConfig(**meta["factor_config"]) if meta.get("factor_config") else None
+        rank = fc.rank if fc else next(iter(meta["modules"].values()))["rank"]
+        report = fb.patch_model(model, mode="lowrank", rank=rank, factor_config=fc, stacks=stacks)
+        _, unexpected = model.load_state_dict(factors, strict=False)
+        if unexpected:
+            raise ValueError(f"the converted checkpoint has factor networks for modules not patched here "
+                             f"(e.g. {unexpected[0]}); patch the same stacks (stacks=) it was converted with")
+        want = {k for k in model.state_dict() if FACTOR_KEY_MARK in k}
+        if want - set(factors):
+            raise ValueError(f"the converted checkpoint lacks factor networks for {len(want - set(factors))} "
+                             f"patched modules (e.g. {sorted(want - set(factors))[0]}); patch stacks={stacks}")
+        return {"patched_modules": len(report), "rank": rank, "factors": "from the converted checkpoint"}
+    seed_all(cfg.seed)  # the untrained factor networks' initialisation
+    report = fb.patch_model(model, mode="lowrank", rank=cfg.rank, stacks=stacks)
+    return {"patched_modules": len(report), "rank": cfg.rank,
+            "factors": "UNTRAINED (random) factor networks: no converted checkpoint given"}
+
+
+def dtype_context(device: torch.device, dtype: str):
+    """bf16 / fp16 autocast on CUDA, as Protenix's inference runner runs; fp32 otherwise."""
+    if dtype == "auto":
+        dtype = "bf16" if device.type == "cuda" else "fp32"
+    if dtype == "fp32":
+        return contextlib.nullcontext(), "fp32"
+    if device.type != "cuda":
+        raise ValueError(f"dtype={dtype} needs CUDA (CPU runs fp32)")
+    return torch.autocast("cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]), dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def validate(cfg) -> tuple[list[Sample], Any, dict]:
+    """Everything checked before any model work: host, variants, samples, references, checkpoint."""
+    if cfg.host != "protenix":
+        if cfg.host in HOSTS_NOT_YET:
+            raise NotImplementedError(f"host={cfg.host}: not yet. {HOSTS_NOT_YET[cfg.host]}; "
+                                      "host=protenix is implemented")
+        raise ValueError(f"unknown host={cfg.host!r}; known: protenix (boltz, openfold3: not yet)")
+    variants = list(cfg.variants)
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants or len(set(variants)) != len(variants):
+        raise ValueError(f"variants must be distinct names from {list(VARIANTS)}, got {variants}")
+    if cfg.repeats < 1 or cfg.warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={cfg.repeats} warmup={cfg.warmup}")
+    samples = read_samples(list(cfg.samples) if not isinstance(cfg.samples, str) else [cfg.samples],
+                           cfg.data_dir or Path(__file__).resolve().parents[2] / "data_samples")
+    refs = {}
+    if cfg.reference:
+        if isinstance(cfg.reference, str):
+            if len(samples) != 1:
+                raise ValueError("reference= names one file, but there are several samples: give "
+                                 "reference={sample: path, ...}")
+            refs = {samples[0].name: cfg.reference}
+        else:
+            refs = dict(cfg.reference)
+            unknown = set(refs) - {s.name for s in samples}
+            if unknown:
+                raise ValueError(f"reference= names samples that are not run: {sorted(unknown)}")
+        refs = {k: read_ca(v) + (str(v),) for k, v in refs.items()}  # read (and checked) now
+    if cfg.tm_method not in TM_METHODS:
+        raise ValueError(f"tm_method must be one of {TM_METHODS}, got {cfg.tm_method!r}")
+    if cfg.msa_dir and not Path(cfg.msa_dir).is_dir():
+        raise InputError(f"msa_dir={cfg.msa_dir!r} is not a folder")
+    ckpt = read_host_checkpoint(cfg.checkpoint, cfg.host)
+    return samples, ckpt, refs
+
+
+def run(cfg) -> dict:
+    samples, ckpt, refs = validate(cfg)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.output_dir)
+    (out / "structures").mkdir(parents=True, exist_ok=True)
+
+    features = {}
+    for s in tqdm(samples, desc="featurise", unit="sample"):
+        features[s.name] = protenix_features(s, msa_dir=cfg.msa_dir, seed=cfg.seed)
+    model, _, model_info = build_model(cfg, device, ckpt)
+    autocast, dtype = dtype_context(device, cfg.dtype)
+    env = environment(device) | {"dtype": dtype}
+    notes = []
+    if ckpt is None:
+        notes.append(RANDOM_WEIGHTS_NOTE)
+    result = {"note": " | ".join(notes) or None, "environment": env, "model": model_info,
+              "config": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in _plain(cfg).items()},
+              "phases": list(PHASES), "records": []}
+    records: list[Record] = []
+    timer = PhaseTimer(model, device).install()
+    jobs = [(s, v) for s in samples for v in cfg.variants]
+    bar = tqdm(jobs, desc="structure benchmark", unit="run")
+    try:
+        for sample, variant in bar:
+            bar.set_postfix_str(f"{sample.name} {variant}")
+            records.append(_run_one(model, timer, sample, variant, features[sample.name], cfg, ckpt,
+                                    device, autocast, out, refs))
+            _agreement(records, sample, refs, cfg.tm_method)
+            result["records"] = [asdict(r) for r in records]
+            write_outputs(out, result)
+    finally:
+        timer.remove()
+    plot(records, out / "time_vs_tokens.png")
+    result["plot"] = "time_vs_tokens.png"
+    write_outputs(out, result)
+    return result
+
+
+def _plain(cfg) -> dict:
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - a plain mapping
+        return dict(cfg)
+
+
+def _run_one(model, timer, sample, variant, feats_atoms, cfg, ckpt, device, autocast, out, refs) -> Record:
+    import pairformer_fb as fb
+
+    feats, atoms = feats_atoms
+    rec = Record(sample.name, variant, sample.n_tokens, atoms.array_length())
+    feats_dev = {k: v.to(device) for k, v in feats.items()}
+    try:
+        rec.notes.update(patch_variant(model, variant, cfg, ckpt))
+
+        def forward():
+            seed_all(cfg.seed)
+            with torch.no_grad(), autocast:
+                pred, _, _ = model(dict(feats_dev), None, None, mode="inference")
+            return pred
+
+        for _ in range(cfg.warmup):
+            forward()
+        runs, coords = [], None
+        for _ in range(cfg.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats(device)
+            pred, times = timer.run(forward)
+            runs.append(times)
+            if device.type == "cuda":
+                rec.peak_memory_bytes = max(rec.peak_memory_bytes, int(torch.cuda.max_memory_allocated(device)))
+            if coords is None:
+                coords = pred["coordinate"][0].float().cpu().numpy()
+        rec.times_s = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        rec.tokens_per_s = sample.n_tokens / rec.times_s["total"]
+        if not np.isfinite(coords).all():
+            rec.status = "error: non-finite coordinates"
+            return rec
+        path = out / "structures" / f"{sample.name}_{variant}.cif"
+        write_structure(path, atoms, coords, name=f"{sample.name}_{variant}")
+        rec.structure_path = str(path.relative_to(out))
+        rec.notes["_ca"] = ca_coords(atoms, coords).tolist()  # kept for the comparisons, dropped on output
+        rec.notes["_seq"] = "".join(c.sequence for c in sample.chains)
+    except Exception as e:  # noqa: BLE001 - one failing run never stops the benchmark
+        rec.status = failure_status(e)
+        if cfg.get("raise_errors"):
+            raise
+    finally:
+        fb.unpatch_model(model) if variant != "original" and _is_patched(model) else None
+    return rec
+
+
+def _is_patched(model) -> bool:
+    from .patching import patched_modules
+
+    return bool(patched_modules(model))
+
+
+def _agreement(records: list[Record], sample: Sample, refs: Mapping, tm_method: str) -> None:
+    """Fill vs_original / vs_reference of this sample's finished records."""
+    mine = [r for r in records if r.sample == sample.name and "_ca" in r.notes]
+    orig = next((r for r in mine if r.variant == "original"), None)
+    for r in mine:
+        ca = np.asarray(r.notes["_ca"])
+        seq = r.notes["_seq"]
+        if orig is not None:
+            r.vs_original = agreement(np.asarray(orig.notes["_ca"]), ca, seq, tm_method)
+        if sample.name in refs:
+            ref_ca, ref_seq, ref_path = refs[sample.name]
+            pi, ri = match_to_reference(seq, ref_seq)
+            r.vs_reference = agreement(ref_ca[ri], ca[pi], "".join(seq[i] for i in pi), tm_method) | {"reference": ref_path}
+
+
+def _public(rec: dict) -> dict:
+    rec = dict(rec)
+    rec["notes"] = {k: v for k, v in rec["notes"].items() if not k.startswith("_")}
+    return rec
+
+
+def write_outputs(out: Path, result: dict) -> None:
+    public = dict(result)
+    public["records"] = [_public(r) for r in result["records"]]
+    (out / "results.json").write_text(json.dumps(public, indent=1, allow_nan=False))
+    (out / "results.md").write_text(markdown(public))
+
+
+def markdown(result: dict) -> str:
+    def f(x, fmt="{:.3f}"):
+        return "—" if x is None else fmt.format(x)
+
+    env = result["environment"]
+    m = result["model"]
+    lines = ["# Structure benchmark", "",
+             " · ".join(f"{k}: {v}" for k, v in env.items()), "",
+             f"Model: {m['host']} preset `{m['preset']}` ({m['model_name']}, {m['parameters']:,} parameters), "
+             f"weights: {m['weights']}, host kernels of `original`: {m['kernels']['triangle_attention']}.", ""]
+    if result.get("note"):
+        lines += [f"**Note:** {result['note']}.", ""]
+    lines += ["Times in seconds (median of the timed runs, warm-up excluded). Agreement with the unpatched "
+              "(`original`) prediction on Cα atoms: RMSD after superposition (Å), lDDT, TM-score.", "",
+              "| sample | tokens | variant | embed | MSA | trunk | diffusion | confidence | total | tokens/s | "
+              "peak GiB | RMSD | lDDT | TM | status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["records"]:
+        t = r["times_s"] or {}
+        vo = r["vs_original"] or {}
+        mem = r["peak_memory_bytes"] / 2**30 if r["peak_memory_bytes"] else None
+        lines.append(
+            f"| {r['sample']} | {r['n_tokens']} | {r['variant']} | {f(t.get('input_embedding'))} | "
+            f"{f(t.get('msa_module'))} | {f(t.get('pairformer_trunk'))} | {f(t.get('diffusion_sampling'))} | "
+            f"{f(t.get('confidence_head'))} | {f(t.get('total'))} | {f(r['tokens_per_s'], '{:.1f}')} | "
+            f"{f(mem, '{:.2f}')} | {f(vo.get('rmsd'), '{:.3g}')} | {f(vo.get('lddt'), '{:.4f}')} | "
+            f"{f(vo.get('tm_score'), '{:.4f}')} | {r['status']} |")
+    if any((r["vs_original"] or {}).get("lddt_note") for r in result["records"]):
+        lines += ["", "lDDT —: no Cα pair of the reference within lDDT's 15 Å inclusion radius (random weights give "
+                  "spread-out structures)."]
+    refs = [r for r in result["records"] if r["vs_reference"]]
+    if refs:
+        lines += ["", "Against the reference structure (Cα):", "", "| sample | variant | RMSD | lDDT | TM | reference |",
+                  "|---|---|---|---|---|---|"]
+        for r in refs:
+            v = r["vs_reference"]
+            lines.append(f"| {r['sample']} | {r['variant']} | {v['rmsd']:.3g} | {v['lddt']:.4f} | "
+                         f"{v['tm_score']:.4f} | {v['reference']} |")
+    lows = {r["notes"].get("factors") for r in result["records"] if r["variant"] == "lowrank"} - {None}
+    if lows:
+        lines += ["", "lowrank factors: " + "; ".join(sorted(lows)) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[Record], path: Path) -> Path | None:
+    """Total and trunk time against tokens, one line per variant (matplotlib, png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in records if r.times_s]
+    if not ok:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, key, title in ((axes[0], "total", "total inference"), (axes[1], "pairformer_trunk", "Pairformer trunk")):
+        for variant in dict.fromkeys(r.variant for r in ok):
+            pts = sorted((r.n_tokens, r.times_s[key]) for r in ok if r.variant == variant)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=variant)
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("seconds (median)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,29 @@
+"""Structure benchmark, the project's main job (see configs/benchmark.yaml): a host model's full
+structure inference on sample proteins, unpatched and patched with FlashBias, timed per phase,
+with the agreement of the predicted structures.
+
+    python scripts/benchmark.py                                   # small CPU default (tiny Protenix)
+    python scripts/benchmark.py model=base "samples=[1ubq,7wux_a2b2]" repeats=3 output_dir=DIR
+"""
+
+import os
+
+os.environ.setdefault("LAYERNORM_TYPE", "torch")  # before protenix is imported: no CUDA layer-norm build on a CPU
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from pairformer_fb.tools.benchmark import run  # noqa: E402
+
+
+@hydra.main(config_path="../configs", config_name="benchmark", version_base=None)
+def main(cfg: DictConfig) -> None:
+    result = run(cfg)
+    print(open(f"{cfg.output_dir}/results.md").read())
+    failed = [r for r in result["records"] if r["status"] != "ok"]
+    if failed:
+        raise SystemExit(f"{len(failed)} runs failed: {[(r['sample'], r['variant'], r['status']) for r in failed]}")
+
+
+if __name__ == "__main__":
+    main()
