@@ -233,9 +233,10 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
     if variant == "original":
         return {}
     stacks = list(cfg.stacks) if cfg.stacks else None
+    kinds = tuple(cfg.get("kinds") or ("triangle", "single"))
     if variant == "exact":
-        report = fb.patch_model(model, mode="exact", stacks=stacks)
-        return {"patched_modules": len(report)}
+        report = fb.patch_model(model, mode="exact", stacks=stacks, kinds=kinds)
+        return {"patched_modules": len(report), "kinds": list(kinds)}
     # lowrank: the converted checkpoint's factor networks if it has them, else untrained ones
     factors = {k: v for k, v in (ckpt.state_dict.items() if ckpt is not None else ()) if FACTOR_KEY_MARK in k}
     meta = ckpt.metadata if ckpt is not None else None
@@ -244,7 +245,10 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
 
         fc = FactorConfig(**meta["factor_config"]) if meta.get("factor_config") else None
         rank = fc.rank if fc else next(iter(meta["modules"].values()))["rank"]
-        report = fb.patch_model(model, mode="lowrank", rank=rank, factor_config=fc, stacks=stacks)
+        # the kinds the checkpoint has factor networks for (its diffusion kinds, if any, would
+        # take these factor networks too, which it does not hold: they stay unpatched here)
+        kinds = tuple(k for k in kinds if k in {m["kind"] for m in meta["modules"].values()})
+        report = fb.patch_model(model, mode="lowrank", rank=rank, factor_config=fc, stacks=stacks, kinds=kinds)
         _, unexpected = model.load_state_dict(factors, strict=False)
         if unexpected:
             raise ValueError(f"the converted checkpoint has factor networks for modules not patched here "
@@ -253,11 +257,13 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
         if want - set(factors):
             raise ValueError(f"the converted checkpoint lacks factor networks for {len(want - set(factors))} "
                              f"patched modules (e.g. {sorted(want - set(factors))[0]}); patch stacks={stacks}")
-        return {"patched_modules": len(report), "rank": rank, "factors": "from the converted checkpoint"}
+        return {"patched_modules": len(report), "rank": rank, "kinds": list(kinds),
+                "factors": "from the converted checkpoint"}
     seed_all(cfg.seed)  # the untrained factor networks' initialisation
-    report = fb.patch_model(model, mode="lowrank", rank=cfg.rank, stacks=stacks)
-    return {"patched_modules": len(report), "rank": cfg.rank,
-            "factors": "UNTRAINED (random) factor networks: no converted checkpoint given"}
+    report = fb.patch_model(model, mode="lowrank", rank=cfg.rank, stacks=stacks, kinds=kinds)
+    return {"patched_modules": len(report), "rank": cfg.rank, "kinds": list(kinds),
+            "factors": "UNTRAINED (random) factor networks: no converted checkpoint given"
+                       + ("; diffusion attention: truncated SVD of its fixed bias" if "diffusion" in kinds else "")}
 
 
 def dtype_context(device: torch.device, dtype: str):
