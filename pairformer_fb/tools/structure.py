@@ -169,13 +169,21 @@ def _check_pair(ref: np.ndarray, sub: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return ref, sub
 
 
+def _superimposed(ref: np.ndarray, sub: np.ndarray) -> np.ndarray:
+    """``sub`` moved onto ``ref`` (biotite ``superimpose``: biotite 1.x returns (fitted,
+    transform), 2.x the transform alone)."""
+    import biotite.structure as struc
+
+    result = struc.superimpose(ref, sub)
+    return result[0] if isinstance(result, tuple) else result.apply(sub)
+
+
 def ca_rmsd(ref: np.ndarray, sub: np.ndarray) -> float:
     """RMSD after optimal (Kabsch) superposition of ``sub`` onto ``ref`` (biotite)."""
     import biotite.structure as struc
 
     ref, sub = _check_pair(ref, sub)
-    fitted, _ = struc.superimpose(ref, sub)
-    return float(struc.rmsd(ref, fitted))
+    return float(struc.rmsd(ref, _superimposed(ref, sub)))
 
 
 def ca_lddt(ref: np.ndarray, sub: np.ndarray) -> float:
@@ -202,7 +210,7 @@ def tm_score_superposed(ref: np.ndarray, sub: np.ndarray) -> float:
     import biotite.structure as struc
 
     ref, sub = _check_pair(ref, sub)
-    fitted, _ = struc.superimpose(ref, sub)
+    fitted = _superimposed(ref, sub)
     idx = np.arange(len(ref))
     return float(struc.tm_score(_as_atoms(ref), _as_atoms(fitted), idx, idx, reference_length=len(ref)))
 
