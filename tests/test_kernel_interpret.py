@@ -145,3 +145,37 @@ def test_row_split_ds_sum_matches_the_reference(splits, monkeypatch):
     names = ["q", "k", "v", "q_factors", "k_factors", "bias"]
     for name, a, b in zip(names, grads(out, ins), grads(ref, ins)):
         assert rel_err(a, b) < 1e-4, name
+
+
+def test_launch_shrinks_tiles_that_need_too_much_shared_memory(monkeypatch):
+    """A launch that Triton refuses for its shared memory is retried with smaller tiles (one row
+    per program, fewer stages, then smaller blocks), and the tiles that fit are remembered."""
+    from triton.runtime.errors import OutOfResources
+
+    from pairformer_fb.kernel import triton_flash_bias as tfb
+
+    monkeypatch.setattr(tfb, "_FITTED", {})
+    args, kw = make_inputs(4, 2, 20, 20, 16, bias_shape=(1, 2, 20, 20), device=DEVICE)
+    ops = tfb._Operands(*args, None, None, kw["bias"], None, 0.25)
+    start = tfb.KernelConfig(64, 64, 4, 3, 2)
+    monkeypatch.setattr(tfb, "_config", lambda kind, ops: start)
+    tried = []
+
+    def launch(cfg):
+        tried.append(cfg)
+        if cfg.block_n > 32:  # stands for: these tiles exceed the device's shared memory
+            raise OutOfResources(262144, 232448, "shared memory")
+        return "ran"
+
+    assert tfb._launch("fwd", ops, torch.float32, launch) == "ran"
+    assert [(c.rows, c.num_stages, c.block_n) for c in tried] == [(2, 3, 64), (1, 3, 64), (1, 2, 64), (1, 1, 64),
+                                                                   (1, 1, 32)]
+    tried.clear()
+    tfb._launch("fwd", ops, torch.float32, launch)  # remembered: straight to the tiles that fit
+    assert [(c.rows, c.num_stages, c.block_n) for c in tried] == [(1, 1, 32)]
+
+    def never(cfg):
+        raise OutOfResources(1 << 30, 232448, "shared memory")
+
+    with pytest.raises(OutOfResources):  # nothing left to shrink: the error is not swallowed
+        tfb._launch("bwd", ops, torch.float32, never)

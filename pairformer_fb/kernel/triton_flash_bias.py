@@ -27,12 +27,14 @@ Inputs reach this module validated and normalised by ``op.flash_bias_attention``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from .reference import MASK_NEG
 
@@ -94,6 +96,41 @@ def load_config_overrides(path: str) -> int:
         CONFIG_OVERRIDES[config_key(e["kind"], e["block_d"], e["block_r"], e["has_bias"])] = KernelConfig(
             e["block_m"], e["block_n"], e["num_warps"], e["num_stages"], e.get("rows", 2), e.get("splits", 1))
     return len(entries)
+
+
+def _shrink(cfg: KernelConfig) -> KernelConfig | None:
+    """The next smaller tiles after a launch ran out of shared memory (wide head dims in fp32
+    need four times the bf16 tiles): one row per program, then fewer pipeline stages, then half
+    the key block, then half the query block. None when nothing is left to shrink."""
+    if cfg.rows > 1:
+        return dataclasses.replace(cfg, rows=1)
+    if cfg.num_stages > 1:
+        return dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
+    if cfg.block_n > 16:
+        return dataclasses.replace(cfg, block_n=cfg.block_n // 2)
+    if cfg.block_m > 16:
+        return dataclasses.replace(cfg, block_m=cfg.block_m // 2)
+    return None
+
+
+# (kind, block_d, block_r, has_bias, dtype) -> the tiles that fit after a launch had to shrink
+_FITTED: dict[tuple, KernelConfig] = {}
+
+
+def _launch(kind: str, ops: "_Operands", dtype: torch.dtype, launch) -> None:
+    """``launch(cfg)`` with the configured tiles, shrunk (see ``_shrink``) while Triton reports
+    that they need more shared memory than the device has; the tiles that fit are remembered.
+    The error is raised at launch, before the kernel runs, so a retry starts from clean buffers."""
+    key = (*config_key(kind, ops.block_d, ops.block_r if ops.has_factors else 0, ops.bias is not None), dtype)
+    cfg = _FITTED.get(key) or _config(kind, ops)
+    while True:
+        try:
+            return launch(cfg)
+        except OutOfResources:
+            smaller = _shrink(cfg)
+            if smaller is None:
+                raise
+            cfg = _FITTED[key] = smaller
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,19 +634,22 @@ def _forward(q, k, v, ops: _Operands, gate: torch.Tensor | None = None):
     """o (gated by sigmoid(gate) when given, which only the inference path does) and the
     per-row softmax statistics (max, 1 / sum) for the backward."""
     B, H, Lq, Lk, D = ops.B, ops.H, ops.Lq, ops.Lk, ops.D
-    cfg = _config("fwd", ops)
-    rows = _rows_per_program(ops, cfg)
     o = _new_like_layout(gate if gate is not None else q)
     row_stats = torch.empty((2, B, H, Lq), device=q.device, dtype=torch.float32)
-    n_qblocks = triton.cdiv(Lq, cfg.block_m)
     qf, kf, bias, mask = ops.pointer_args(q)
-    _fwd_kernel[(n_qblocks * H * triton.cdiv(B, rows),)](
-        q, k, v, qf, kf, bias, mask, o, row_stats[0], row_stats[1], _or(gate, q),
-        *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *o.stride(), *_strides4(gate),
-        B, H, Lq, Lk, D, ops.R, n_qblocks, ops.scale,
-        **ops.flags(cfg), HAS_GATE=gate is not None, ROWS=rows, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+
+    def launch(cfg):
+        rows = _rows_per_program(ops, cfg)
+        n_qblocks = triton.cdiv(Lq, cfg.block_m)
+        _fwd_kernel[(n_qblocks * H * triton.cdiv(B, rows),)](
+            q, k, v, qf, kf, bias, mask, o, row_stats[0], row_stats[1], _or(gate, q),
+            *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *o.stride(), *_strides4(gate),
+            B, H, Lq, Lk, D, ops.R, n_qblocks, ops.scale,
+            **ops.flags(cfg), HAS_GATE=gate is not None, ROWS=rows, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+
+    _launch("fwd", ops, q.dtype, launch)
     return o, row_stats
 
 
@@ -645,36 +685,42 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     dq_acc = _new_like_layout(q, torch.float32, zero=True)  # atomic adds, cast at the end
     dkf = torch.empty((B, H, Lk, ops.R), device=q.device, dtype=q.dtype) if row_factor_grad else None
     dqf_acc = torch.zeros((B, H, Lq, ops.R), device=q.device, dtype=torch.float32) if row_factor_grad else None
-    cfg = _config("bwd", ops)
-    rows = 1 if row_factor_grad else _rows_per_program(ops, cfg)
-    n_kblocks = triton.cdiv(Lk, cfg.block_n)
     qf, kf, bias, mask = ops.pointer_args(q)
-    _bwd_kernel[(n_kblocks * H * triton.cdiv(B, rows),)](
-        q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta,
-        dk, dv, dq_acc, _or(dkf, dk), _or(dqf_acc, dq_acc),
-        *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(),
-        *dk.stride(), *dv.stride(), *dq_acc.stride(), *_strides4(dkf), *_strides4(dqf_acc),
-        B, H, Lq, Lk, D, ops.R, n_kblocks, triton.cdiv(Lq, cfg.block_m), ops.scale,
-        **ops.flags(cfg), ROW_FACTOR_GRAD=row_factor_grad, ROWS=rows,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+
+    def launch_bwd(cfg):
+        rows = 1 if row_factor_grad else _rows_per_program(ops, cfg)
+        n_kblocks = triton.cdiv(Lk, cfg.block_n)
+        _bwd_kernel[(n_kblocks * H * triton.cdiv(B, rows),)](
+            q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta,
+            dk, dv, dq_acc, _or(dkf, dk), _or(dqf_acc, dq_acc),
+            *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(),
+            *dk.stride(), *dv.stride(), *dq_acc.stride(), *_strides4(dkf), *_strides4(dqf_acc),
+            B, H, Lq, Lk, D, ops.R, n_kblocks, triton.cdiv(Lq, cfg.block_m), ops.scale,
+            **ops.flags(cfg), ROW_FACTOR_GRAD=row_factor_grad, ROWS=rows,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+
+    _launch("bwd", ops, q.dtype, launch_bwd)
     dq = dq_acc.to(q.dtype)
     dqf = dqf_acc.to(q.dtype) if dqf_acc is not None else None
     if sum_ds:
-        rcfg = _config("ds_sum", ops)
         g = _reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device)
-        splits = min(rcfg.splits, B) if g.shape[0] == 1 else 1  # rows are split only where summed
-        if splits > 1:
-            g.zero_()  # partial sums are added atomically
-        n_qblocks, n_kblocks = triton.cdiv(Lq, rcfg.block_m), triton.cdiv(Lk, rcfg.block_n)
         GB, GH = g.shape[0], g.shape[1]
-        _ds_sum_kernel[(n_qblocks * n_kblocks * GB * GH * splits,)](
-            q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, g,
-            *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(), *g.stride(),
-            B, H, Lq, Lk, D, ops.R, n_qblocks, n_kblocks, GB, GH, ops.scale,
-            **ops.flags(rcfg), ROW_FACTORS=ops.has_factors and not shared_factors, SPLITS=splits,
-            BLOCK_M=rcfg.block_m, BLOCK_N=rcfg.block_n, num_warps=rcfg.num_warps, num_stages=rcfg.num_stages,
-        )
+
+        def launch_ds_sum(rcfg):
+            splits = min(rcfg.splits, B) if GB == 1 else 1  # rows are split only where summed
+            if splits > 1:
+                g.zero_()  # partial sums are added atomically
+            n_qblocks, n_kblocks = triton.cdiv(Lq, rcfg.block_m), triton.cdiv(Lk, rcfg.block_n)
+            _ds_sum_kernel[(n_qblocks * n_kblocks * GB * GH * splits,)](
+                q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, g,
+                *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(), *g.stride(),
+                B, H, Lq, Lk, D, ops.R, n_qblocks, n_kblocks, GB, GH, ops.scale,
+                **ops.flags(rcfg), ROW_FACTORS=ops.has_factors and not shared_factors, SPLITS=splits,
+                BLOCK_M=rcfg.block_m, BLOCK_N=rcfg.block_n, num_warps=rcfg.num_warps, num_stages=rcfg.num_stages,
+            )
+
+        _launch("ds_sum", ops, q.dtype, launch_ds_sum)
 
     dbias = None
     if bias_grad:
