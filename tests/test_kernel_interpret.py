@@ -179,3 +179,18 @@ def test_launch_shrinks_tiles_that_need_too_much_shared_memory(monkeypatch):
 
     with pytest.raises(OutOfResources):  # nothing left to shrink: the error is not swallowed
         tfb._launch("bwd", ops, torch.float32, never)
+
+
+def test_shared_operands_get_16_byte_aligned_rows():
+    """Shared operands whose rows are not 16-byte aligned are copied into padded rows (same
+    values); aligned ones are passed through untouched."""
+    from pairformer_fb.kernel.triton_flash_bias import _row_aligned
+
+    aligned = torch.randn(1, 2, 5, 16)
+    assert _row_aligned(aligned) is aligned
+    for t in (torch.randn(1, 2, 7, 35), torch.randn(1, 2, 35, 7).transpose(-1, -2),
+              torch.randn(1, 2, 8, 17)[..., 1:], torch.ones(3, 21, dtype=torch.uint8)):
+        out = _row_aligned(t)
+        align = 16 // t.element_size()
+        assert torch.equal(out, t) and out.stride(-1) == 1
+        assert all(s % align == 0 for s in out.stride()[:-1]) and out.data_ptr() % 16 == 0

@@ -132,7 +132,7 @@ def _measure(host, n, variant, kernels, cfg, device, width="v1") -> BlockRecord:
         s = torch.randn(1, n, cfg.c_s, generator=g).to(device)
         z = torch.randn(1, n, n, c_z, generator=g).to(device)
         token, pair = _masks(n, device)
-        kw = KERNELS[host][kernels]
+        kw = {**KERNELS[host][kernels], **dict(cfg.get("forward_kwargs", {}).get(host) or {})}
 
         def fn():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
