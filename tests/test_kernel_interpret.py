@@ -194,3 +194,18 @@ def test_shared_operands_get_16_byte_aligned_rows():
         align = 16 // t.element_size()
         assert torch.equal(out, t) and out.stride(-1) == 1
         assert all(s % align == 0 for s in out.stride()[:-1]) and out.data_ptr() % 16 == 0
+
+
+def test_shared_bias_is_padded_to_whole_tiles():
+    """A bias shared by several rows, of lengths that are not tile multiples, is read from
+    zero-padded storage (unmasked tile loads) holding the same values; a bias of one row is not."""
+    from pairformer_fb.kernel import triton_flash_bias as tfb
+
+    args, kw = make_inputs(3, 2, 18, 35, 16, bias_shape=(1, 2, 18, 35), requires_grad=False)
+    ops = tfb._Operands(*args, None, None, kw["bias"], None, 0.25)
+    assert ops.bias_padded and torch.equal(ops.bias[0], kw["bias"][0])
+    assert ops.bias.stride(2) == tfb.BIAS_TILE_PAD and ops.bias.stride(1) == tfb.BIAS_TILE_PAD ** 2
+    assert ops.flags(tfb.KernelConfig(64, 64, 4, 3))["BIAS_FULL_N"]
+    assert not ops.flags(tfb.KernelConfig(64, 256, 4, 3))["BIAS_FULL_N"]  # tiles wider than the padding
+    single, kw1 = make_inputs(1, 2, 18, 35, 16, bias_shape=(1, 2, 18, 35), requires_grad=False)
+    assert not tfb._Operands(*single, None, None, kw1["bias"], None, 0.25).bias_padded

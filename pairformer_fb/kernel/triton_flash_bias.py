@@ -249,6 +249,7 @@ def _fwd_kernel(
     B, H, Lq, Lk, D, R, n_qblocks, scale,
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GATE: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
+    BIAS_FULL_M: tl.constexpr, BIAS_FULL_N: tl.constexpr,
     PRECISION: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -288,7 +289,7 @@ def _fwd_kernel(
             if HAS_FACTORS:
                 kf = _load_tile(kf_base, offs_n, offs_r, s_kfl, s_kfr, Lk, R, EVEN_N, EVEN_R)
             shared = _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
-                                    HAS_FACTORS, HAS_BIAS, PRECISION, EVEN_M, EVEN_N)
+                                    HAS_FACTORS, HAS_BIAS, PRECISION, BIAS_FULL_M, BIAS_FULL_N)
         k = _load_tile(k0_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
         v = _load_tile(v0_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
         s = _row_scores(q0, k, shared, scale, MASK + b0 * s_mb, s_ml, offs_n, Lk,
@@ -380,6 +381,7 @@ def _bwd_kernel(
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ROW_FACTOR_GRAD: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
+    BIAS_FULL_M: tl.constexpr, BIAS_FULL_N: tl.constexpr,
     PRECISION: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -420,7 +422,7 @@ def _bwd_kernel(
             if HAS_FACTORS:
                 qf = _load_tile(qf_base, offs_m, offs_r, s_qfl, s_qfr, Lq, R, EVEN_M, EVEN_R)
             shared = _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
-                                    HAS_FACTORS, HAS_BIAS, PRECISION, EVEN_M, EVEN_N)
+                                    HAS_FACTORS, HAS_BIAS, PRECISION, BIAS_FULL_M, BIAS_FULL_N)
         dk0, dv0, ds0 = _bwd_row_step(
             Q + b0 * s_qb + h * s_qh, s_ql, s_qd, DO + b0 * s_dob + h * s_doh, s_dol, s_dod,
             (b0 * H + h) * Lq, ROW_MAX, ROW_INV_SUM, DELTA, k0, v0, shared, MASK + b0 * s_mb, s_ml,
@@ -471,6 +473,7 @@ def _ds_sum_kernel(
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ROW_FACTORS: tl.constexpr, PRECISION: tl.constexpr, SPLITS: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
+    BIAS_FULL_M: tl.constexpr, BIAS_FULL_N: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """dS summed over the rows (and heads) that share one tile of a broadcast operand, for the
@@ -598,6 +601,24 @@ def _row_aligned(t: torch.Tensor) -> torch.Tensor:
     return view
 
 
+# a shared bias is copied into zero-padded storage whose dims are multiples of this (every tile
+# config's block_m / block_n divides it), so that its tile loads need no bounds mask
+BIAS_TILE_PAD = 128
+
+
+def _padded_to_tiles(bias: torch.Tensor) -> torch.Tensor:
+    """[1, H', Lq, Lk] -> the same values in zero-padded storage [1, H', Lq', Lk'] (multiples
+    of BIAS_TILE_PAD), returned as a view of the first Lq x Lk. A bounds mask along the key
+    dim (contiguous in memory) makes Triton load the bias tile element by element: at N = 1170
+    (not a multiple of the block) the dense-bias forward took 7.2 ms against 3.7 at N = 1152."""
+    *lead, lq, lk = bias.shape
+    up = lambda n: -(-n // BIAS_TILE_PAD) * BIAS_TILE_PAD  # noqa: E731
+    buf = torch.zeros((*lead, up(lq), up(lk)), dtype=bias.dtype, device=bias.device)
+    view = buf[..., :lq, :lk]
+    view.copy_(bias)
+    return view
+
+
 class _Operands:
     """Expanded (stride-0) views of the optional operands, and the launch constants."""
 
@@ -608,7 +629,13 @@ class _Operands:
         # shared operands (one copy for every row) with 16-byte aligned rows; the mask is small
         if q_factors is not None and q_factors.shape[0] == 1:
             q_factors, k_factors = _row_aligned(q_factors), _row_aligned(k_factors)
-        if bias is not None and bias.shape[0] == 1:
+        # a bias shared by several rows whose tile dims are not block multiples: padded, so its
+        # tiles load unmasked (the copy is B times smaller than what the kernels read)
+        self.bias_padded = (bias is not None and bias.shape[0] == 1 and B > 1 and bias.shape[2:] == (Lq, Lk)
+                            and (Lq % BIAS_TILE_PAD != 0 or Lk % BIAS_TILE_PAD != 0))
+        if self.bias_padded:
+            bias = _padded_to_tiles(bias)
+        elif bias is not None and bias.shape[0] == 1:
             bias = _row_aligned(bias)
         if key_mask is not None:
             key_mask = _row_aligned(key_mask.view(torch.uint8))
@@ -646,7 +673,9 @@ class _Operands:
                     HAS_MASK=self.mask is not None, PRECISION=self.precision,
                     BLOCK_D=self.block_d, BLOCK_R=self.block_r,
                     EVEN_M=self.Lq % cfg.block_m == 0, EVEN_N=self.Lk % cfg.block_n == 0,
-                    EVEN_D=self.D == self.block_d, EVEN_R=self.R == self.block_r)
+                    EVEN_D=self.D == self.block_d, EVEN_R=self.R == self.block_r,
+                    BIAS_FULL_M=self.Lq % cfg.block_m == 0 or (self.bias_padded and BIAS_TILE_PAD % cfg.block_m == 0),
+                    BIAS_FULL_N=self.Lk % cfg.block_n == 0 or (self.bias_padded and BIAS_TILE_PAD % cfg.block_n == 0))
 
 
 def _rows_per_program(ops: _Operands, cfg: KernelConfig) -> int:
