@@ -154,8 +154,8 @@ def protenix_tiny_configs():
 
 
 def protenix_features(n_token=10, seed=0):
-    """Unbatched features of one protein chain (``pairformer_fb.tools.samples.protenix_features``,
-    5 atoms per token)."""
+    """Unbatched features of one protein chain (``pairformer_fb.tools.samples.protenix_features``:
+    real tokens and CCD atoms)."""
     return samples.protenix_features("MKTAYIAKQRQISFVKSHFSRQ"[:n_token], seed=seed)
 
 
@@ -180,7 +180,8 @@ def test_protenix_full_model_exact_and_lowrank():
         return out
 
     out = run(model)
-    assert out["trunk_z"].shape == (10, 10, 32) and out["coordinate"].shape == (1, 50, 3)
+    n_atom = feats["ref_pos"].shape[0]  # the sequence's real heavy atoms (CCD)
+    assert n_atom > 50 and out["trunk_z"].shape == (10, 10, 32) and out["coordinate"].shape == (1, n_atom, 3)
     assert {"contact_probs", "plddt", "pae", "pde", "resolved"} <= out.keys()
     # v1.0.0's template embedder has 2 blocks (the bare base configs have none)
     stacks = ("pairformer", "msa", "template", "confidence")

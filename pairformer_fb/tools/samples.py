@@ -1,13 +1,12 @@
 """Sample proteins for fitting factor networks: read the sequences of FASTA files and run a host
 model on them, so that its patched modules see the pair representations the model produces.
 
-The hosts' real featurisation (Protenix's and OpenFold3's data pipelines) needs the CCD,
-MSA search and template databases, which are not here, so the features are *synthetic around
-the real sequence*: the residue types (and, for OpenFold3, the per-residue atom counts) come
-from the sequence, the rest (reference conformer positions, element types, a one-row-per-
-sequence MSA of random residues) is random but seeded. That is enough for the Pairformer's
-pair representation to carry the sequence, the relative positions and the trunk's own
-processing, which is what the factor networks summarise.
+Protenix gets its real inference features, offline (``tools/featurize.py``, the structure
+benchmark's featuriser: tokens, CCD atoms and reference conformers, single-sequence MSA).
+OpenFold3's data pipeline needs the CCD, MSA and template databases, which are not here, so its
+features are *synthetic around the real sequence*: residue types and per-residue atom counts
+from the sequence, the rest random but seeded. FASTA files are read by ``featurize.read_fasta``
+(biopython, the residue letters checked).
 
 Runners (``run_samples``):
 
@@ -29,30 +28,21 @@ import numpy as np
 import torch
 from torch import nn
 
-# the 20 standard residues in AF3's restype order (Protenix: index 20 = unknown)
-AF3_PROTEIN_ORDER = "ARNDCQEGHILKMFPSTWYV"
-PROTENIX_UNKNOWN = 20
+from .featurize import protenix_features as featurize_protenix
+
 
 # the trunk-stack class of each host (by name, so that nothing is imported here)
 TRUNK_STACK_CLASSES = {"protenix": "PairformerStack", "boltz": "PairformerModule", "openfold3": "PairFormerStack"}
 
 
 def read_fasta_sequences(paths: Iterable[str | os.PathLike], max_tokens: int | None = None) -> list[tuple[str, str]]:
-    """``[(record id, sequence)]`` of every record in the FASTA files (biopython), upper case,
-    each cropped to its first ``max_tokens`` residues (None: whole). Raises ValueError for a
-    file with no record."""
-    from Bio import SeqIO
+    """``[(file stem:record id, sequence)]`` of every record (chain) in the FASTA files, read and
+    checked by ``featurize.read_fasta``, each cropped to its first ``max_tokens`` residues
+    (None: whole)."""
+    from .featurize import read_fasta
 
-    out = []
-    for path in paths:
-        with open(path) as handle:
-            records = list(SeqIO.parse(handle, "fasta"))
-        if not records:
-            raise ValueError(f"{path}: no FASTA record")
-        for r in records:
-            seq = str(r.seq).upper().replace("*", "")
-            out.append((f"{Path(path).stem}:{r.id}", seq[:max_tokens] if max_tokens else seq))
-    return out
+    return [(f"{Path(path).stem}:{chain.name}", chain.sequence[:max_tokens] if max_tokens else chain.sequence)
+            for path in paths for chain in read_fasta(path).chains]
 
 
 def seed_all(seed: int) -> None:
@@ -65,39 +55,14 @@ def _one_hot(idx: torch.Tensor, k: int) -> torch.Tensor:
     return nn.functional.one_hot(idx, k).float()
 
 
-def protenix_features(sequence: str, atoms_per_token: int = 5, n_msa: int = 3, seed: int = 0) -> dict:
-    """Unbatched Protenix inference features of one protein chain (the keys
-    ``Protenix.forward`` reads; it adds relp / d_lm / v_lm / pad_info itself): restype, profile and
-    MSA rows from the sequence, synthetic atoms (``atoms_per_token`` each, the second one the
-    representative atom)."""
-    g = torch.Generator().manual_seed(seed)
-    n_token = len(sequence)
-    restype = torch.tensor([AF3_PROTEIN_ORDER.find(a) if a in AF3_PROTEIN_ORDER else PROTENIX_UNKNOWN
-                            for a in sequence])
-    n_atom = n_token * atoms_per_token
-    atom_to_token = torch.arange(n_token).repeat_interleave(atoms_per_token)
-    rep_atom = (torch.arange(n_atom) % atoms_per_token == 1).float()  # "CA"
-    msa = torch.randint(0, 20, (n_msa, n_token), generator=g)
-    msa[0] = restype  # the query sequence is the MSA's first row
-    return {
-        "residue_index": torch.arange(n_token), "token_index": torch.arange(n_token),
-        "asym_id": torch.zeros(n_token, dtype=torch.long), "entity_id": torch.zeros(n_token, dtype=torch.long),
-        "sym_id": torch.zeros(n_token, dtype=torch.long), "restype": _one_hot(restype, 32),
-        "profile": _one_hot(msa, 32).mean(0), "deletion_mean": torch.zeros(n_token),
-        "msa": msa, "has_deletion": torch.zeros(n_msa, n_token), "deletion_value": torch.zeros(n_msa, n_token),
-        "prot_pair_num_alignments": torch.tensor(0), "prot_unpair_num_alignments": torch.tensor(n_msa),
-        "rna_pair_num_alignments": torch.tensor(0), "rna_unpair_num_alignments": torch.tensor(0),
-        "token_bonds": torch.zeros(n_token, n_token), "has_frame": torch.ones(n_token, dtype=torch.long),
-        "ref_pos": torch.randn(n_atom, 3, generator=g), "ref_mask": torch.ones(n_atom),
-        "ref_element": _one_hot(torch.randint(0, 10, (n_atom,), generator=g), 128), "ref_charge": torch.zeros(n_atom),
-        "ref_atom_name_chars": _one_hot(torch.randint(0, 64, (n_atom, 4), generator=g), 64),
-        "ref_space_uid": atom_to_token.clone(), "atom_to_token_idx": atom_to_token,
-        "atom_to_tokatom_idx": torch.arange(atoms_per_token).repeat(n_token),
-        "is_protein": torch.ones(n_atom), "is_rna": torch.zeros(n_atom), "is_dna": torch.zeros(n_atom),
-        "is_ligand": torch.zeros(n_atom), "distogram_rep_atom_mask": rep_atom, "pae_rep_atom_mask": rep_atom,
-        "plddt_m_rep_atom_mask": rep_atom, "mol_id": torch.zeros(n_atom, dtype=torch.long),
-        "entity_mol_id": torch.zeros(n_atom, dtype=torch.long), "mol_atom_index": torch.arange(n_atom),
-    }
+def protenix_features(sequence: str, seed: int = 0, name: str = "sample") -> dict:
+    """Protenix's real inference features (unbatched) of one protein chain, from
+    ``featurize.protenix_features`` (``seed``: the reference conformers' random rotations)."""
+    from .featurize import Chain, Sample, check_sequence
+
+    sample = Sample(name, Path(name), [Chain("A", name, check_sequence(sequence, name))])
+    features, _ = featurize_protenix(sample, seed=seed)
+    return features
 
 
 def openfold3_features(sequence: str, n_msa: int = 4, n_templ: int = 2, seed: int = 0) -> dict:
@@ -215,7 +180,7 @@ def run_samples(model: nn.Module, host: str, sequences: Sequence[tuple[str, str]
         if host == "protenix" and name == "Protenix":
             for i, (_, seq) in enumerate(tqdm(sequences, desc="samples", disable=not progress)):
                 model(_to(protenix_features(seq, seed=seed + i), device), None, None, mode="inference")
-            return "full Protenix model, inference on synthetic features of the sample sequences"
+            return "full Protenix model, inference on the sample sequences' features (tools/featurize.py)"
         if host == "openfold3" and name == "OpenFold3":
             for i, (_, seq) in enumerate(tqdm(sequences, desc="samples", disable=not progress)):
                 model(_to(openfold3_features(seq, seed=seed + i), device))
