@@ -232,13 +232,19 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
     share_layer_norm(ours.layer_norm_s, host.layernorm_a, f"{where}.layernorm_a")
     share_layer_norm(ours.layer_norm_z, host.layernorm_z, f"{where}.layernorm_z")
     share_linear(ours.linear_z, host.linear_nobias_z, f"{where}.linear_nobias_z")
+    _share_attention(ours, host, att, where, factor_config, c_z, mode)
+    return ProtenixAttentionPairBias(host, ours, site)
+
+
+def _share_attention(ours, host, att, where: str, factor_config, c_z: int, mode: str) -> None:
+    """The part every Protenix AttentionPairBias mapping shares: the attention's q / k / v / g / o
+    projections, the factor network (initialised from the bias projection), the mode."""
     for name in ("q", "k", "v", "g", "o"):
         share_linear(getattr(ours, f"linear_{name}"), getattr(att, f"linear_{name}"),
                      f"{where}.attention.linear_{name}")
     ours.factor_network = factor_network(factor_config, c_z, att.num_heads, host.linear_nobias_z.weight, "Protenix")
     check_no_meta(ours, where)
     ours.mode = mode
-    return ProtenixAttentionPairBias(host, ours, site)
 
 
 def _diffusion_sites(model: nn.Module, stacks, kinds, AttentionPairBias) -> list[Site]:
@@ -403,12 +409,7 @@ def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backen
     share_layer_norm(ours.layer_norm_z, host.layernorm_z, f"{where}.layernorm_z")
     share_linear(ours.linear_z, host.linear_nobias_z, f"{where}.linear_nobias_z")
     share_linear(ours.linear_a_last, host.linear_a_last, f"{where}.linear_a_last")
-    for name in ("q", "k", "v", "g", "o"):
-        share_linear(getattr(ours, f"linear_{name}"), getattr(att, f"linear_{name}"),
-                     f"{where}.attention.linear_{name}")
-    ours.factor_network = factor_network(factor_config, c_z, att.num_heads, host.linear_nobias_z.weight, "Protenix")
-    check_no_meta(ours, where)
-    ours.mode = mode
+    _share_attention(ours, host, att, where, factor_config, c_z, mode)
     return ProtenixDiffusionAttentionPairBias(host, ours, site)
 
 
