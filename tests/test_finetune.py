@@ -199,9 +199,11 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_fb, tmp_path):
     base = [f"checkpoint={tiny_fb}", "data.samples=[1crn,1ubq,7wux_a]", "data.n_val=1", "data.crop_size=12",
             "trainer.save_every=3", "schedule.warmup_steps=2", "progress=false", "loss=bias_and_output"]
     full = finetune(make_cfg(base + [f"output_dir={tmp_path / 'full'}", "trainer.max_steps=6"]))
-    finetune(make_cfg(base + [f"output_dir={tmp_path / 'part'}", "trainer.max_steps=3", "schedule.total_steps=6"]))
+    finetune(make_cfg(base + [f"output_dir={tmp_path / 'part'}", "trainer.max_steps=3", "schedule.total_steps=6",
+                              f"trainer.checkpoint_dir={tmp_path / 'ck'}", f"output_name={tmp_path / 'part.pt'}"]))
+    assert (tmp_path / "part.pt").exists() and not (tmp_path / "part" / "checkpoints" / "step_0000003.pt").exists()
     resumed = finetune(make_cfg(base + [f"output_dir={tmp_path / 'resumed'}", "trainer.max_steps=6",
-                                        f"resume={tmp_path / 'part' / 'checkpoints' / 'step_0000003.pt'}"]))
+                                        f"resume={tmp_path / 'ck' / 'step_0000003.pt'}"]))
     keys = ("step", "loss", "bias_loss", "output_loss", "lr", "grad_norm", "sample", "crop_start")
     assert all(r["output_loss"] > 0 for r in full["history"])
     assert [[r[k] for k in keys] for r in resumed["history"]] == [[r[k] for k in keys] for r in full["history"]]

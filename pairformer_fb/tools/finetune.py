@@ -24,9 +24,14 @@ Several processes: ``torchrun --nproc_per_node=K scripts/finetune.py ...`` (DDP;
 gloo on CPU); rank 0 logs, validates and writes.
 
 Outputs under ``output_dir``: ``train_log.csv`` (per step), ``validation.csv`` (per validation,
-per block), ``checkpoints/step_<N>.pt`` (training state), the converted checkpoint
-``<output_name>`` (the input's container with the trained factors, the run's config snapshot in
-its ``pairformer_fb`` metadata under ``finetune``) and ``finetune_report.json`` / ``.md``.
+per block), ``checkpoints/step_<N>.pt`` (training state; ``trainer.checkpoint_dir`` puts them
+elsewhere), the converted checkpoint ``<output_name>`` (an absolute path puts it elsewhere: the
+input's container with the trained factors and the run's config snapshot in its
+``pairformer_fb`` metadata under ``finetune``) and ``finetune_report.json`` / ``.md``.
+
+Limits: a patched module called several times in one cycle (e.g. inside a template stack run
+per template) contributes the loss of its last call only; with ``train.unfreeze`` the teacher
+is the current model (an unfrozen bias projection moves the target too).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import torch
 from torch import nn
 
 from .checkpoint import FACTOR_KEY_MARK, CheckpointError, read_checkpoint, write_checkpoint_atomic
-from .convert import build_model, load_converted, write_converted
+from .convert import load_converted, write_converted
 from .patching import patched_modules
 
 # ---------------------------------------------------------------------------------------------
@@ -319,8 +324,10 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     checkpoint = Path(cfg["checkpoint"])
     out_dir = Path(cfg["output_dir"])
     output = out_dir / cfg["output_name"]
+    ckpt_dir = Path(tr.get("checkpoint_dir") or out_dir / "checkpoints")
     if main:
-        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
         if output.exists() and not cfg.get("overwrite", False):
             raise FileExistsError(f"{output} exists: choose another output_dir / output_name (or overwrite=true)")
     ckpt = read_checkpoint(checkpoint)
@@ -336,7 +343,12 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
 
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
-    model, preset = build_model(ckpt.host, preset, ckpt)
+    from .benchmark import best_protenix_kernels
+    from .presets import build_protenix
+
+    # the host's fastest triangle kernels for its unpatched modules (MSA / template stacks)
+    overrides = {**best_protenix_kernels(device), **dict(cfg["model"].get("overrides") or {})}
+    model = build_protenix(preset, overrides, cpu=not use_cuda)[0]
     load_converted(checkpoint, model)
     model.to(device).eval()
     if cfg["model"].get("n_cycle"):
@@ -452,7 +464,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
         if val_every and step % val_every == 0:
             run_validation("periodic")
         if save_every and step % save_every == 0:
-            save_state(out_dir / "checkpoints" / f"step_{step:07d}.pt")
+            save_state(ckpt_dir / f"step_{step:07d}.pt")
         if main and step % log_every == 0:
             _write_csv(out_dir / "train_log.csv", history, list(row))
     bar.close()
