@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> None:
     except (CheckpointError, PresetError, ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"finetune: error: {e}", file=sys.stderr)
         sys.exit(2)
-    if int(os.environ.get("RANK", 0)) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {summary['output']} after {summary['steps']} steps "
               f"({summary['steps_per_second'] or 0:.3f} steps/s)")
 

@@ -8,7 +8,6 @@ sequence and factors), and the 2-process gloo DDP step against one process that 
 ranks' gradients and takes the same AdamW step.
 """
 
-import copy
 import csv
 import os
 import subprocess
@@ -67,6 +66,11 @@ def make_cfg(overrides):
     c = OmegaConf.to_container(cfg, resolve=True)
     c.pop("hydra", None)
     return c
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
 def factors_of(path):
@@ -133,7 +137,7 @@ def test_script_tiny_three_steps_writes_loadable_checkpoint(tiny_fb, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = out / "finetuned_fb.pt"
     assert "wrote" in done.stdout and result.exists()
-    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    rows = read_csv(out / "train_log.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(float(r["loss"]) > 0 for r in rows)
     assert (out / "checkpoints" / "step_0000002.pt").exists() and (out / "validation.csv").exists()
     assert "| `pairformer_stack.blocks.0.tri_att_start` |" in (out / "finetune_report.md").read_text()
@@ -157,7 +161,7 @@ def test_script_tiny_three_steps_writes_loadable_checkpoint(tiny_fb, tmp_path):
     assert all(torch.equal(got[k], container["model"]["module." + k]) for k in got)
 
     # the validation errors are what capture_bias_targets + approximation_error give on the same crop
-    val_rows = list(csv.DictReader(open(out / "validation.csv")))
+    val_rows = read_csv(out / "validation.csv")
     after = {r["block"]: float(r["error"]) for r in val_rows if r["tag"] == "after"}
     crops = ProteinCrops(split_samples(["7wux_a"], None, 0)[0], crop_size=12, seed=0)
     feats = crops.fixed(0)
@@ -244,14 +248,14 @@ def test_two_process_gloo_step_equals_averaged_gradients(tiny_fb, tmp_path):
     assert sorted(picked) == ["1crn", "1ubq"]
     opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     opt.step()
-    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    rows = read_csv(out / "train_log.csv")
     assert len(rows) == 1 and abs(float(rows[0]["loss"]) - sum(losses) / 2) <= 1e-5
     want = {"module." + k: v for k, v in model.state_dict().items() if FACTOR_KEY_MARK in k}
     assert want.keys() == got.keys()
     moved = 0
-    for k in want:
-        assert torch.allclose(got[k], want[k], rtol=0, atol=2e-6), k
-        moved += not torch.equal(want[k], before[k[len("module."):]])
+    for k, w in want.items():
+        assert torch.allclose(got[k], w, rtol=0, atol=2e-6), k
+        moved += not torch.equal(w, before[k[len("module."):]])
     assert moved > 0
 
 
@@ -264,6 +268,11 @@ def test_bad_inputs_are_named(tiny_fb, tmp_path):
         finetune(make_cfg(base + [f"output_dir={tmp_path / 'b'}", "patch.rank=5"]))
     with pytest.raises(ValueError, match="data.n_val"):
         finetune(make_cfg(base + [f"output_dir={tmp_path / 'c'}", "data.n_val=2"]))
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="trainer.tensorboard=true needs"):
+            finetune(make_cfg(base + [f"output_dir={tmp_path / 'e'}", "trainer.tensorboard=true"]))
     plain = tmp_path / "plain.pt"
     save_protenix(protenix_model(), plain)
     from pairformer_fb.tools.checkpoint import CheckpointError

@@ -51,7 +51,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import FACTOR_KEY_MARK, CheckpointError, read_checkpoint, write_checkpoint_atomic
+from .checkpoint import (
+    FACTOR_KEY_MARK,
+    CheckpointError,
+    read_checkpoint,
+    write_checkpoint_atomic,
+)
 from .convert import load_converted, write_converted
 from .patching import patched_modules
 
@@ -273,7 +278,8 @@ def set_rng_states(states: Mapping) -> None:
 
 def _dist_info() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment (0, 1, 0 without)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    env = os.environ
+    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
 
 
 def _trainable(model: nn.Module, trained_paths: Sequence[str], unfreeze: Sequence[str]) -> dict[str, nn.Parameter]:
@@ -394,7 +400,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
                    for k in range(len(val))] if val else []
 
     bf16 = bool(tr.get("bf16", True)) and use_cuda
-    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
 
     step, history, validations = 0, [], []
     if cfg.get("resume"):
@@ -429,6 +435,15 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
         if main and val_batches and (not validations or validations[-1]["step"] != step):
             validations.append({"step": step, "tag": tag, **validate(objective, val_batches, n_cycle, autocast)})
 
+    writer = None
+    if main and tr.get("tensorboard"):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError(f"trainer.tensorboard=true needs the tensorboard package ({e}); "
+                              "pip install tensorboard, or use train_log.csv") from e
+        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=step + 1 if step else None)
+
     if main and not cfg.get("resume"):
         run_validation("before")
     clip = float(tr.get("grad_clip") or 0)
@@ -461,6 +476,9 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
         bar.update(1)
         if main and step % log_every == 0:
             bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if writer is not None:
+            for key in ("loss", "bias_loss", "output_loss", "lr", "grad_norm"):
+                writer.add_scalar(f"train/{key}", row[key], step)
         if val_every and step % val_every == 0:
             run_validation("periodic")
         if save_every and step % save_every == 0:
@@ -470,6 +488,12 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     bar.close()
     elapsed = time.perf_counter() - start
     run_validation("after")
+    if writer is not None:
+        for v in validations:
+            writer.add_scalar("val/mean_block_error", v["mean_block_error"], v["step"])
+            writer.add_scalar("val/pair_deviation", v["pair_deviation"], v["step"])
+            writer.add_scalar("val/single_deviation", v["single_deviation"], v["step"])
+        writer.close()
 
     summary = {"steps": step, "steps_run": steps_run, "seconds": elapsed,
                "steps_per_second": steps_run / elapsed if elapsed > 0 else None, "world_size": world,
@@ -502,17 +526,17 @@ def _write_report(summary: dict, out_dir: Path) -> None:
     report = {k: v for k, v in summary.items() if k != "history"}
     (out_dir / "finetune_report.json").write_text(json.dumps(report, indent=2))
     lines = ["# Factor fine-tuning", "", f"- output: `{summary['output']}`",
-             f"- steps: {summary['steps']} ({summary['steps_run']} in this run, "
-             f"{summary['steps_per_second'] or 0:.3f} steps/s, {summary['world_size']} process(es))"]
+             (f"- steps: {summary['steps']} ({summary['steps_run']} in this run, "
+             f"{summary['steps_per_second'] or 0:.3f} steps/s, {summary['world_size']} process(es))")]
     if summary["history"]:
         h = summary["history"]
         lines.append(f"- loss: first step {h[0]['loss']:.4f}, last step {h[-1]['loss']:.4f} (train_log.csv)")
     vals = summary["validations"]
     if vals:
         first, last = vals[0], vals[-1]
-        lines += ["", f"Validation on {', '.join(first['samples'])}: per-block bias-approximation error "
+        lines += ["", (f"Validation on {', '.join(first['samples'])}: per-block bias-approximation error "
                   f"(relative squared error of phi_q phi_k^T) at step {first['step']} and step {last['step']}; "
-                  "trunk deviation = relative squared error of the lowrank trunk's s / z against the exact one.", "",
+                  "trunk deviation = relative squared error of the lowrank trunk's s / z against the exact one."), "",
                   f"| module | step {first['step']} | step {last['step']} |", "|---|---:|---:|"]
         lines += [f"| `{b}` | {first['blocks'][b]:.4f} | {last['blocks'][b]:.4f} |" for b in first["blocks"]]
         lines += [f"| trunk single s | {first['single_deviation']:.4g} | {last['single_deviation']:.4g} |",
