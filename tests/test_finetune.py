@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -201,7 +202,8 @@ def test_loss_falls_on_a_fixed_batch(tiny_fb, tmp_path):
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_fb, tmp_path):
     base = [f"checkpoint={tiny_fb}", "data.samples=[1crn,1ubq,7wux_a]", "data.n_val=1", "data.crop_size=12",
-            "trainer.save_every=3", "schedule.warmup_steps=2", "progress=false", "loss=bias_and_output"]
+            "trainer.save_every=3", "schedule.warmup_steps=2", "progress=false", "loss=bias_and_output",
+            "model.n_cycle=2"]
     full = finetune(make_cfg(base + [f"output_dir={tmp_path / 'full'}", "trainer.max_steps=6"]))
     finetune(make_cfg(base + [f"output_dir={tmp_path / 'part'}", "trainer.max_steps=3", "schedule.total_steps=6",
                               f"trainer.checkpoint_dir={tmp_path / 'ck'}", f"output_name={tmp_path / 'part.pt'}"]))
@@ -210,6 +212,8 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_fb, tmp_path):
                                         f"resume={tmp_path / 'ck' / 'step_0000003.pt'}"]))
     keys = ("step", "loss", "bias_loss", "output_loss", "lr", "grad_norm", "sample", "crop_start")
     assert all(r["output_loss"] > 0 for r in full["history"])
+    # recycling as Protenix trains: 1..N_cycle cycles, drawn from RandomState(step)
+    assert [r["n_cycle"] for r in full["history"]] == [np.random.RandomState(t).randint(1, 3) for t in range(6)]
     assert [[r[k] for k in keys] for r in resumed["history"]] == [[r[k] for k in keys] for r in full["history"]]
     assert resumed["steps_run"] == 3
     a, b = factors_of(tmp_path / "full" / "finetuned_fb.pt"), factors_of(tmp_path / "resumed" / "finetuned_fb.pt")
