@@ -115,14 +115,23 @@ def _find_prefix(state_dict: Mapping[str, Any], host: str, model: nn.Module, pre
     return ""
 
 
-def build_model(host: str, preset: str | None, ckpt: HostCheckpoint | None = None) -> tuple[nn.Module, str]:
+def build_model(host: str, preset: str | None, ckpt: HostCheckpoint | None = None, *,
+                overrides: Mapping[str, Any] | None = None) -> tuple[nn.Module, str]:
     """The host model of ``preset`` (None: the host's default in ``presets.DEFAULT_PRESETS``) and
-    the name of the preset used."""
+    the name of the preset used. Protenix gets the fastest triangle kernels installed for its
+    unpatched modules (``benchmark.best_protenix_kernels``: its default, cuEquivariance, is not
+    always installed), and ``overrides`` (more Protenix settings) last."""
     from . import presets
 
     preset = preset or DEFAULT_PRESETS[host]
     if host == "protenix":
-        return presets.build_protenix(preset, cpu=not torch.cuda.is_available())[0], preset
+        from .benchmark import best_protenix_kernels
+
+        cuda = torch.cuda.is_available()
+        settings = {**best_protenix_kernels(torch.device("cuda" if cuda else "cpu")), **dict(overrides or {})}
+        return presets.build_protenix(preset, settings, cpu=not cuda)[0], preset
+    if overrides:
+        raise ValueError(f"overrides are Protenix settings; host {host!r} takes none")
     if host == "openfold3":
         return presets.build_openfold3(preset), preset
     if host == "boltz":

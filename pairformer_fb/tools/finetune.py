@@ -57,7 +57,7 @@ from .checkpoint import (
     read_checkpoint,
     write_checkpoint_atomic,
 )
-from .convert import load_converted, write_converted
+from .convert import build_model, load_converted, write_converted
 from .patching import patched_modules
 
 # ---------------------------------------------------------------------------------------------
@@ -349,12 +349,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
 
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
-    from .benchmark import best_protenix_kernels
-    from .presets import build_protenix
-
-    # the host's fastest triangle kernels for its unpatched modules (MSA / template stacks)
-    overrides = {**best_protenix_kernels(device), **dict(cfg["model"].get("overrides") or {})}
-    model = build_protenix(preset, overrides, cpu=not use_cuda)[0]
+    model, preset = build_model(ckpt.host, preset, ckpt, overrides=cfg["model"].get("overrides"))
     load_converted(checkpoint, model)
     model.to(device).eval()
     if cfg["model"].get("n_cycle"):
