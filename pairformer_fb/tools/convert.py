@@ -115,14 +115,23 @@ def _find_prefix(state_dict: Mapping[str, Any], host: str, model: nn.Module, pre
     return ""
 
 
-def build_model(host: str, preset: str | None, ckpt: HostCheckpoint | None = None) -> tuple[nn.Module, str]:
+def build_model(host: str, preset: str | None, ckpt: HostCheckpoint | None = None, *,
+                overrides: Mapping[str, Any] | None = None) -> tuple[nn.Module, str]:
     """The host model of ``preset`` (None: the host's default in ``presets.DEFAULT_PRESETS``) and
-    the name of the preset used."""
+    the name of the preset used. Protenix gets the fastest triangle kernels installed for its
+    unpatched modules (``benchmark.best_protenix_kernels``: its default, cuEquivariance, is not
+    always installed), and ``overrides`` (more Protenix settings) last."""
     from . import presets
 
     preset = preset or DEFAULT_PRESETS[host]
     if host == "protenix":
-        return presets.build_protenix(preset, cpu=not torch.cuda.is_available())[0], preset
+        from .benchmark import best_protenix_kernels
+
+        cuda = torch.cuda.is_available()
+        settings = {**best_protenix_kernels(torch.device("cuda" if cuda else "cpu")), **dict(overrides or {})}
+        return presets.build_protenix(preset, settings, cpu=not cuda)[0], preset
+    if overrides:
+        raise ValueError(f"overrides are Protenix settings; host {host!r} takes none")
     if host == "openfold3":
         return presets.build_openfold3(preset), preset
     if host == "boltz":
@@ -302,26 +311,41 @@ def convert_checkpoint(
         report.fits = fit_patched_model(net, run, steps=fit_steps, lr=fit_lr, progress=progress)
 
     # the new state dict: the read one, unchanged, plus the factor networks
-    dtype = _dtype_of(ckpt.state_dict)
-    factors = {prefix + k: v.detach().to("cpu", dtype) for k, v in net.state_dict().items() if FACTOR_KEY_MARK in k}
     meta = make_metadata(ckpt.host, patch, factor_config, input, prefix=prefix)
     meta["model_preset"] = preset
     meta["fit"] = {f.path: {"error": f.error, "init_error": f.init_error, "svd_floor": f.svd_floor,
                             "heldout_error": f.heldout_error} for f in report.fits}
-    container = ckpt.make_container(ckpt.state_dict, metadata=meta)
-    for sd in _state_dicts_in(container):  # the model weights and the EMA weights
-        sd_prefix = _strip_prefix([k for k in sd if k != METADATA_KEY])
-        for k, v in factors.items():
-            if sd_prefix + k in sd:
-                raise CheckpointError(f"{input}: the checkpoint already has a key {sd_prefix + k}")
-            sd[sd_prefix + k] = v.clone()
-    write_checkpoint_atomic(container, output, input_path=input)
+    factors = {k: v for k, v in net.state_dict().items() if FACTOR_KEY_MARK in k}
+    write_converted(ckpt, factors, meta, output, input_path=input, prefix=prefix)
     report.modules = meta["modules"]
     report.keys_added = len(factors)
     report.seconds = time.perf_counter() - start
     if write_report:
         _write_report(report, output)
     return report
+
+
+def write_converted(ckpt: HostCheckpoint, tensors: Mapping[str, torch.Tensor], metadata: Mapping, output: str | os.PathLike,
+                    *, input_path: str | os.PathLike | None = None, prefix: str = "", replace: bool = False) -> Path:
+    """Write ``ckpt``'s container with ``tensors`` (model keys without ``prefix``: the factor
+    networks, and for a fine-tuning that unfroze them, host weights) put into its state dict and
+    EMA weights (cast to the checkpoint's dtype, on the CPU) and ``metadata`` under
+    ``"pairformer_fb"``, atomically (``write_checkpoint_atomic``; never onto ``input_path``).
+    Every other key and tensor is the read one, unchanged. ``replace=False``: a key the
+    checkpoint already has is an error (conversion adds keys); ``replace=True``: the keys must
+    exist (fine-tuning replaces them)."""
+    dtype = _dtype_of(ckpt.state_dict)
+    tensors = {prefix + k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype)
+               for k, v in tensors.items()}
+    container = ckpt.make_container(ckpt.state_dict, metadata=dict(metadata))
+    for sd in _state_dicts_in(container):  # the model weights and the EMA weights
+        sd_prefix = _strip_prefix([k for k in sd if k != METADATA_KEY])
+        for k, v in tensors.items():
+            if (sd_prefix + k in sd) != replace:
+                raise CheckpointError(f"{input_path or ckpt.path}: the checkpoint "
+                                      f"{'already has' if not replace else 'has no'} key {sd_prefix + k}")
+            sd[sd_prefix + k] = v.clone()
+    return write_checkpoint_atomic(container, output, input_path=input_path)
 
 
 def _write_report(report: ConversionReport, output: Path) -> None:
@@ -380,4 +404,5 @@ def load_converted(path: str | os.PathLike, model: nn.Module, *, use_ema: bool =
     return report
 
 
-__all__ = ["ConversionReport", "build_model", "convert_checkpoint", "load_converted", "load_host_state"]
+__all__ = ["ConversionReport", "build_model", "convert_checkpoint", "load_converted", "load_host_state",
+           "write_converted"]

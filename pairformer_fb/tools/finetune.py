@@ -1,0 +1,543 @@
+"""Fine-tune the factor networks of a converted checkpoint (``scripts/finetune.py``,
+configs in ``configs/finetune/``).
+
+Teacher and student are the same patched host model: the teacher is its "exact" mode (the dense
+biases, i.e. the original model), the student its "lowrank" mode (the factor networks). One
+forward in "distill" mode runs the exact trunk and gives, per patched module, the bias
+distillation loss (``bias_approximation_loss``: the relative squared error of phi_q phi_k^T
+against the true bias; ``PatchedModule.last_distill_loss``). An optional output-level term runs
+the trunk again in "lowrank" mode and adds the relative squared deviation of its single and pair
+representations from the exact ones. ``loss = bias_weight * mean_blocks(bias loss) +
+output_weight * (rel_dev(s) + rel_dev(z))``.
+
+Only the factor networks train by default (``train.unfreeze``: regexes of more parameter names).
+Host: Protenix (its trunk: ``Protenix.get_pairformer_output``, recycling as the host trains:
+``N_cycle`` drawn from ``RandomState(step)`` in 1..N_cycle, gradients in the last cycle only).
+
+Data: FASTA files / folders / sample names (``featurize.read_samples``), featurised offline once
+(``featurize.protenix_features``), a random contiguous crop of ``crop_size`` tokens per step.
+The sample and crop of step t on rank r are a function of (seed, t, r) only, so a resumed run
+sees the same data as an uninterrupted one; training checkpoints also hold the optimizer,
+scheduler, step and every RNG state (``resume=PATH``).
+
+Several processes: ``torchrun --nproc_per_node=K scripts/finetune.py ...`` (DDP; nccl on CUDA,
+gloo on CPU); rank 0 logs, validates and writes.
+
+Outputs under ``output_dir``: ``train_log.csv`` (per step), ``validation.csv`` (per validation,
+per block), ``checkpoints/step_<N>.pt`` (training state; ``trainer.checkpoint_dir`` puts them
+elsewhere), the converted checkpoint ``<output_name>`` (an absolute path puts it elsewhere: the
+input's container with the trained factors and the run's config snapshot in its
+``pairformer_fb`` metadata under ``finetune``) and ``finetune_report.json`` / ``.md``.
+
+Limits: a patched module called several times in one cycle (e.g. inside a template stack run
+per template) contributes the loss of its last call only; with ``train.unfreeze`` the teacher
+is the current model (an unfrozen bias projection moves the target too).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import (
+    FACTOR_KEY_MARK,
+    CheckpointError,
+    read_checkpoint,
+    write_checkpoint_atomic,
+)
+from .convert import build_model, load_converted, write_converted
+from .patching import patched_modules
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+# Protenix feature keys by their token / atom axes (featurize.protenix_features' output)
+TOKEN_KEYS = ("token_index", "residue_index", "asym_id", "entity_id", "sym_id", "restype", "has_frame", "profile",
+              "deletion_mean")
+TOKEN_PAIR_KEYS = ("token_bonds",)
+MSA_KEYS = ("msa", "has_deletion", "deletion_value")  # [n_msa, n_token]
+ATOM_KEYS = ("ref_pos", "ref_mask", "ref_element", "ref_charge", "ref_atom_name_chars", "atom_to_tokatom_idx",
+             "is_protein", "is_ligand", "is_dna", "is_rna", "pae_rep_atom_mask", "plddt_m_rep_atom_mask",
+             "distogram_rep_atom_mask", "mol_id", "entity_mol_id", "mol_atom_index")
+ATOM_TOKEN_INDEX_KEYS = ("atom_to_token_idx", "ref_space_uid")  # atom -> token index: shifted by the crop
+SCALAR_KEYS = ("prot_pair_num_alignments", "prot_unpair_num_alignments", "rna_pair_num_alignments",
+               "rna_unpair_num_alignments")
+
+
+def crop_features(feats: Mapping[str, torch.Tensor], start: int, size: int) -> dict[str, torch.Tensor]:
+    """The features of the contiguous tokens ``start .. start + size`` (and their atoms) of an
+    unbatched Protenix feature dict; ``token_index`` renumbered from 0, ``residue_index`` kept.
+    Raises ValueError for a key it does not know (so that no feature is left uncropped)."""
+    n_tok = feats["restype"].shape[0]
+    stop = min(start + size, n_tok)
+    if not 0 <= start < stop:
+        raise ValueError(f"crop start={start} size={size} outside the {n_tok} tokens")
+    known = set(TOKEN_KEYS + TOKEN_PAIR_KEYS + MSA_KEYS + ATOM_KEYS + ATOM_TOKEN_INDEX_KEYS + SCALAR_KEYS)
+    unknown = sorted(set(feats) - known)
+    if unknown:
+        raise ValueError(f"crop_features: unknown feature key(s) {unknown}")
+    if start == 0 and stop == n_tok:
+        return dict(feats)
+    tok = feats["atom_to_token_idx"]
+    atoms = (tok >= start) & (tok < stop)
+    out = {k: feats[k][start:stop] for k in TOKEN_KEYS}
+    out["token_index"] = torch.arange(stop - start)
+    out.update({k: feats[k][start:stop, start:stop] for k in TOKEN_PAIR_KEYS})
+    out.update({k: feats[k][:, start:stop] for k in MSA_KEYS})
+    out.update({k: feats[k][atoms] for k in ATOM_KEYS})
+    out.update({k: feats[k][atoms] - start for k in ATOM_TOKEN_INDEX_KEYS})
+    out.update({k: feats[k] for k in SCALAR_KEYS})
+    return out
+
+
+class ProteinCrops:
+    """The featurised samples and the seeded choice of (sample, crop) for a step and rank."""
+
+    def __init__(self, samples, *, crop_size: int, seed: int, msa_dir=None):
+        from .featurize import protenix_features
+
+        if crop_size < 1:
+            raise ValueError(f"data.crop_size must be >= 1, got {crop_size}")
+        self.names = [s.name for s in samples]
+        self.features = [protenix_features(s, msa_dir=msa_dir, seed=seed)[0] for s in samples]
+        self.crop_size, self.seed = crop_size, seed
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def pick(self, step: int, rank: int = 0, world: int = 1) -> tuple[str, int, dict]:
+        """(sample name, crop start, cropped features) of ``step`` on ``rank``: the samples in a
+        seeded random order per epoch, the crop start uniform; a function of (seed, step, rank)."""
+        n = len(self.features)
+        index = step * world + rank
+        epoch, i = divmod(index, n)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        k = int(torch.randperm(n, generator=g)[i])
+        n_tok = self.features[k]["restype"].shape[0]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * index + 1)
+        start = int(torch.randint(0, max(1, n_tok - self.crop_size + 1), (1,), generator=g))
+        return self.names[k], start, crop_features(self.features[k], start, self.crop_size)
+
+    def fixed(self, k: int) -> dict:
+        """Sample ``k``'s first ``crop_size`` tokens (validation)."""
+        return crop_features(self.features[k], 0, self.crop_size)
+
+
+def split_samples(specs: Sequence[str], val: Sequence[str] | None, n_val: int, data_dir=None):
+    """(train, validation) samples: ``val`` names / files (held out), or else the last ``n_val``."""
+    from .featurize import DATA_SAMPLES, read_samples
+
+    samples = read_samples(list(specs), data_dir or DATA_SAMPLES)
+    if val:
+        held = read_samples(list(val), data_dir or DATA_SAMPLES)
+        names = {s.name for s in held}
+        train = [s for s in samples if s.name not in names]
+    else:
+        if n_val < 0 or n_val >= len(samples):
+            raise ValueError(f"data.n_val={n_val} must be >= 0 and leave a training sample (of {len(samples)})")
+        train, held = samples[:len(samples) - n_val], samples[len(samples) - n_val:]
+    if not train:
+        raise ValueError("no training sample left after holding out the validation samples")
+    return train, held
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+def protenix_trunk(model: nn.Module, feats: Mapping[str, torch.Tensor], n_cycle: int, *, grad: bool):
+    """``(s_inputs, s, z)`` of the Protenix trunk (``get_pairformer_output``) on unbatched
+    features, with ``n_cycle`` recycles; ``grad``: autograd in the last cycle (as Protenix trains),
+    while every submodule stays in eval mode (no dropout)."""
+    from protenix.model.protenix import update_input_feature_dict
+
+    if getattr(model, "train_confidence_only", False):
+        raise ValueError("the Protenix model has train_confidence_only set: its trunk would not train")
+    feats = model.relative_position_encoding.generate_relp(dict(feats))
+    feats = update_input_feature_dict(feats)
+    was = model.training
+    model.training = grad  # the root's flag only: get_pairformer_output enables grad in the last cycle
+    try:
+        with torch.set_grad_enabled(grad):
+            return model.get_pairformer_output(feats, N_cycle=n_cycle, inplace_safe=False, chunk_size=None)
+    finally:
+        model.training = was
+
+
+def relative_deviation(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """||x - ref||^2 / ||ref||^2 in fp32."""
+    x, ref = x.float(), ref.float()
+    return (x - ref).square().sum() / ref.square().sum().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+class DistillLoss(nn.Module):
+    """The training objective as a module (what DDP wraps): ``forward(feats, n_cycle)`` ->
+    ``(loss, {"bias_loss", "output_loss", per-block bias losses})``."""
+
+    def __init__(self, model: nn.Module, trained: Sequence[str], *, bias_weight: float = 1.0,
+                 output_weight: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.trained = list(trained)
+        self.bias_weight, self.output_weight = float(bias_weight), float(output_weight)
+        if self.bias_weight < 0 or self.output_weight < 0 or self.bias_weight + self.output_weight == 0:
+            raise ValueError(f"loss weights must be >= 0 and not both 0, got bias_weight={bias_weight}, "
+                             f"output_weight={output_weight}")
+        self.wrappers = {p: w for p, w in patched_modules(model).items() if w.flash_bias.factor_network is not None}
+
+    def set_mode(self, mode: str) -> None:
+        for w in self.wrappers.values():
+            w.mode = mode
+
+    def forward(self, feats, n_cycle: int):
+        self.set_mode("distill")
+        for w in self.wrappers.values():
+            w.last_distill_loss = None
+        _, s_ref, z_ref = protenix_trunk(self.model, feats, n_cycle, grad=True)
+        per_block = {}
+        for p in self.trained:
+            loss = self.wrappers[p].last_distill_loss
+            if loss is None:
+                raise ValueError(f"the trunk never called the patched module {p!r}: its factors cannot train")
+            per_block[p] = loss
+        bias_loss = torch.stack(list(per_block.values())).mean()
+        loss = self.bias_weight * bias_loss
+        output_loss = bias_loss.detach().new_zeros(())
+        if self.output_weight > 0:
+            self.set_mode("lowrank")
+            _, s, z = protenix_trunk(self.model, feats, n_cycle, grad=True)
+            output_loss = relative_deviation(s, s_ref.detach()) + relative_deviation(z, z_ref.detach())
+            loss = loss + self.output_weight * output_loss
+        self.set_mode("lowrank")
+        logs = {"bias_loss": bias_loss.detach(), "output_loss": output_loss.detach(),
+                **{f"bias/{p}": v.detach() for p, v in per_block.items()}}
+        return loss, logs
+
+
+@torch.no_grad()
+def validate(objective: DistillLoss, batches: Sequence[tuple[str, dict]], n_cycle: int, autocast) -> dict:
+    """Per patched module, the mean bias-approximation error over the held-out samples, and
+    the trunk-output deviation of lowrank from exact (relative squared error of s and z)."""
+    per_block: dict[str, list[float]] = {p: [] for p in objective.wrappers}
+    dev_s, dev_z = [], []
+    for _, feats in batches:
+        with autocast():
+            objective.set_mode("distill")
+            _, s_ref, z_ref = protenix_trunk(objective.model, feats, n_cycle, grad=False)
+            for p, w in objective.wrappers.items():
+                per_block[p].append(float(w.last_distill_loss))
+            objective.set_mode("lowrank")
+            _, s, z = protenix_trunk(objective.model, feats, n_cycle, grad=False)
+        dev_s.append(float(relative_deviation(s, s_ref)))
+        dev_z.append(float(relative_deviation(z, z_ref)))
+    objective.set_mode("lowrank")
+    blocks = {p: float(np.mean(v)) for p, v in per_block.items()}
+    return {"blocks": blocks, "mean_block_error": float(np.mean(list(blocks.values()))),
+            "single_deviation": float(np.mean(dev_s)), "pair_deviation": float(np.mean(dev_z)),
+            "samples": [n for n, _ in batches]}
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """The LR factor: linear warmup over ``warmup`` steps, then cosine from 1 to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Mapping) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment (0, 1, 0 without)."""
+    env = os.environ
+    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
+
+
+def _trainable(model: nn.Module, trained_paths: Sequence[str], unfreeze: Sequence[str]) -> dict[str, nn.Parameter]:
+    """Freeze every parameter but the factor networks of ``trained_paths`` and those whose name
+    matches a regex of ``unfreeze``; returns the trainable ones by name."""
+    patterns = [re.compile(u) for u in unfreeze]
+    out = {}
+    for name, p in model.named_parameters():
+        factor = FACTOR_KEY_MARK in name and any(name.startswith(t + ".") for t in trained_paths)
+        p.requires_grad_(factor or any(r.search(name) for r in patterns))
+        if p.requires_grad:
+            out[name] = p
+    if not out:
+        raise ValueError("no parameter to train (patch.blocks / train.unfreeze select nothing)")
+    return out
+
+
+def _write_csv(path: Path, rows: list[dict], fields: Sequence[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def finetune(cfg: Mapping[str, Any]) -> dict:
+    """Run a fine-tuning (see the module docstring) from a plain nested config (the Hydra
+    config as a dict; keys as in ``configs/finetune/finetune.yaml``). Returns a summary dict
+    (rank 0: the losses per step, the validations, the output path)."""
+    from tqdm.auto import tqdm
+
+    cfg = json.loads(json.dumps(cfg))  # a plain copy: it goes into the metadata
+    tr, opt_cfg, sch, data, loss_cfg, patch_cfg = (cfg["trainer"], cfg["optimizer"], cfg["schedule"], cfg["data"],
+                                                   cfg["loss"], cfg["patch"])
+    rank, world, local_rank = _dist_info()
+    distributed = world > 1
+    use_cuda = cfg.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available()
+    if cfg.get("device") == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but CUDA is not available")
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    main = rank == 0
+
+    checkpoint = Path(cfg["checkpoint"])
+    out_dir = Path(cfg["output_dir"])
+    output = out_dir / cfg["output_name"]
+    ckpt_dir = Path(tr.get("checkpoint_dir") or out_dir / "checkpoints")
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if output.exists() and not cfg.get("overwrite", False):
+            raise FileExistsError(f"{output} exists: choose another output_dir / output_name (or overwrite=true)")
+    ckpt = read_checkpoint(checkpoint)
+    meta = ckpt.metadata
+    if meta is None:
+        raise CheckpointError(f"checkpoint={checkpoint}: not a converted checkpoint; convert it first "
+                              "(scripts/convert_checkpoint.py)")
+    if ckpt.host != "protenix":
+        raise ValueError(f"fine-tuning supports Protenix checkpoints; this one is {ckpt.host!r}")
+    preset = cfg["model"].get("preset") or meta.get("model_preset")
+    if not preset:
+        raise ValueError("model.preset is null and the checkpoint records no model_preset: name one (model=tiny)")
+
+    seed = int(cfg["seed"])
+    torch.manual_seed(seed)
+    model, preset = build_model(ckpt.host, preset, ckpt, overrides=cfg["model"].get("overrides"))
+    load_converted(checkpoint, model)
+    model.to(device).eval()
+    if cfg["model"].get("n_cycle"):
+        model.N_cycle = int(cfg["model"]["n_cycle"])
+    n_cycle = int(model.N_cycle)
+
+    wrappers = {p: w for p, w in patched_modules(model).items() if w.flash_bias.factor_network is not None}
+    if not wrappers:
+        raise ValueError(f"{checkpoint}: no patched module has a factor network (converted with mode=exact?)")
+    rank_cfg = patch_cfg.get("rank")
+    for p, w in wrappers.items():
+        if rank_cfg is not None and w.flash_bias.factor_network.config.rank != rank_cfg:
+            raise ValueError(f"patch.rank={rank_cfg} but {p} has rank {w.flash_bias.factor_network.config.rank} in "
+                             "the checkpoint: convert at that rank first, or leave patch.rank null")
+    blocks = patch_cfg.get("blocks")
+    trained = [p for p, w in wrappers.items() if blocks is None or w.site_block in set(blocks)]
+    if not trained:
+        raise ValueError(f"patch.blocks={blocks} selects none of the lowrank blocks "
+                         f"{sorted({w.site_block for w in wrappers.values()})}")
+    params = _trainable(model, trained, cfg["train"].get("unfreeze") or [])
+
+    objective = DistillLoss(model, trained, bias_weight=loss_cfg["bias_weight"],
+                            output_weight=loss_cfg["output_weight"])
+    wrapped: nn.Module = objective
+    if distributed:
+        wrapped = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if use_cuda else None,
+            find_unused_parameters=bool(tr.get("find_unused_parameters", False)), broadcast_buffers=False)
+
+    optimizer = torch.optim.AdamW(params.values(), lr=opt_cfg["lr"], betas=tuple(opt_cfg["betas"]),
+                                  eps=opt_cfg["eps"], weight_decay=opt_cfg["weight_decay"])
+    max_steps = int(tr["max_steps"])
+    total = int(sch.get("total_steps") or max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, int(sch["warmup_steps"]), total, float(sch["min_lr_ratio"])))
+
+    train_samples, val_samples = split_samples(data["samples"], data.get("val_samples"), int(data["n_val"]),
+                                               data.get("data_dir"))
+    crops = ProteinCrops(train_samples, crop_size=int(data["crop_size"]), seed=seed, msa_dir=data.get("msa_dir"))
+    val = ProteinCrops(val_samples, crop_size=int(data.get("val_crop_size") or data["crop_size"]), seed=seed,
+                       msa_dir=data.get("msa_dir")) if val_samples else None
+    val_batches = [(val.names[k], {n: t.to(device) for n, t in val.fixed(k).items()})
+                   for k in range(len(val))] if val else []
+
+    bf16 = bool(tr.get("bf16", True)) and use_cuda
+    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
+
+    step, history, validations = 0, [], []
+    if cfg.get("resume"):
+        state = torch.load(cfg["resume"], map_location="cpu", weights_only=False)
+        if state.get("kind") != "pairformer_fb.finetune":
+            raise CheckpointError(f"resume={cfg['resume']}: not a fine-tuning checkpoint")
+        missing = set(params) - set(state["params"])
+        if missing:
+            raise CheckpointError(f"resume={cfg['resume']}: no saved value for {sorted(missing)[:3]}")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(state["params"][n])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, history, validations = state["step"], state["history"], state["validations"]
+        set_rng_states(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+
+    def save_state(path: Path) -> None:
+        rngs = [rng_states()]
+        if distributed:
+            gathered = [None] * world
+            torch.distributed.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        if main:
+            write_checkpoint_atomic({
+                "kind": "pairformer_fb.finetune", "step": step, "config": cfg,
+                "params": {n: p.detach().cpu().clone() for n, p in params.items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "history": history, "validations": validations, "rng": rngs}, path)
+
+    def run_validation(tag: str) -> None:
+        if main and val_batches and (not validations or validations[-1]["step"] != step):
+            validations.append({"step": step, "tag": tag, **validate(objective, val_batches, n_cycle, autocast)})
+
+    writer = None
+    if main and tr.get("tensorboard"):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError(f"trainer.tensorboard=true needs the tensorboard package ({e}); "
+                              "pip install tensorboard, or use train_log.csv") from e
+        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=step + 1 if step else None)
+
+    if main and not cfg.get("resume"):
+        run_validation("before")
+    clip = float(tr.get("grad_clip") or 0)
+    log_every, save_every, val_every = int(tr.get("log_every", 1)), int(tr["save_every"]), int(tr.get("val_every", 0))
+    bar = tqdm(total=max_steps, initial=step, desc="fine-tuning", disable=not (main and cfg.get("progress", True)))
+    start = time.perf_counter()
+    steps_run = 0
+    while step < max_steps:
+        name, crop_start, feats = crops.pick(step, rank, world)
+        feats = {k: v.to(device) for k, v in feats.items()}
+        cycles = int(np.random.RandomState(step).randint(1, n_cycle + 1))  # as Protenix trains
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss, logs = wrapped(feats, cycles)
+        loss.backward()
+        grad_norm = float(nn.utils.clip_grad_norm_(params.values(), clip if clip > 0 else float("inf")))
+        optimizer.step()
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        step += 1
+        steps_run += 1
+        values = torch.stack([loss.detach().float(), logs["bias_loss"].float(), logs["output_loss"].float()])
+        if distributed:
+            torch.distributed.all_reduce(values)
+            values /= world
+        row = {"step": step, "loss": float(values[0]), "bias_loss": float(values[1]), "output_loss": float(values[2]),
+               "lr": lr, "grad_norm": grad_norm, "n_cycle": cycles, "sample": name, "crop_start": crop_start,
+               "n_tokens": int(feats["restype"].shape[0]), "seconds": time.perf_counter() - start}
+        history.append(row)
+        bar.update(1)
+        if main and step % log_every == 0:
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if writer is not None:
+            for key in ("loss", "bias_loss", "output_loss", "lr", "grad_norm"):
+                writer.add_scalar(f"train/{key}", row[key], step)
+        if val_every and step % val_every == 0:
+            run_validation("periodic")
+        if save_every and step % save_every == 0:
+            save_state(ckpt_dir / f"step_{step:07d}.pt")
+        if main and step % log_every == 0:
+            _write_csv(out_dir / "train_log.csv", history, list(row))
+    bar.close()
+    elapsed = time.perf_counter() - start
+    run_validation("after")
+    if writer is not None:
+        for v in validations:
+            writer.add_scalar("val/mean_block_error", v["mean_block_error"], v["step"])
+            writer.add_scalar("val/pair_deviation", v["pair_deviation"], v["step"])
+            writer.add_scalar("val/single_deviation", v["single_deviation"], v["step"])
+        writer.close()
+
+    summary = {"steps": step, "steps_run": steps_run, "seconds": elapsed,
+               "steps_per_second": steps_run / elapsed if elapsed > 0 else None, "world_size": world,
+               "history": history, "validations": validations, "output": str(output), "trained": trained}
+    if main:
+        if history:
+            _write_csv(out_dir / "train_log.csv", history, list(history[0]))
+        if validations:
+            rows = [{"step": v["step"], "tag": v["tag"], "block": b, "error": e,
+                     "single_deviation": v["single_deviation"], "pair_deviation": v["pair_deviation"]}
+                    for v in validations for b, e in v["blocks"].items()]
+            _write_csv(out_dir / "validation.csv", rows, list(rows[0]))
+        new_meta = dict(meta)
+        new_meta["finetune"] = {
+            "config": cfg, "source": str(checkpoint), "steps": step, "trained_modules": trained,
+            "trained_parameters": sorted(params),
+            "validation": [{k: v[k] for k in ("step", "tag", "mean_block_error", "single_deviation",
+                                              "pair_deviation", "blocks")} for v in validations],
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tensors = {n: p for n, p in model.state_dict().items() if n in params or FACTOR_KEY_MARK in n}
+        write_converted(ckpt, tensors, new_meta, output, input_path=checkpoint, prefix=meta.get("model_prefix", ""),
+                        replace=True)
+        _write_report(summary, out_dir)
+    if distributed:
+        torch.distributed.barrier()
+    return summary
+
+
+def _write_report(summary: dict, out_dir: Path) -> None:
+    report = {k: v for k, v in summary.items() if k != "history"}
+    (out_dir / "finetune_report.json").write_text(json.dumps(report, indent=2))
+    lines = ["# Factor fine-tuning", "", f"- output: `{summary['output']}`",
+             (f"- steps: {summary['steps']} ({summary['steps_run']} in this run, "
+             f"{summary['steps_per_second'] or 0:.3f} steps/s, {summary['world_size']} process(es))")]
+    if summary["history"]:
+        h = summary["history"]
+        lines.append(f"- loss: first step {h[0]['loss']:.4f}, last step {h[-1]['loss']:.4f} (train_log.csv)")
+    vals = summary["validations"]
+    if vals:
+        first, last = vals[0], vals[-1]
+        lines += ["", (f"Validation on {', '.join(first['samples'])}: per-block bias-approximation error "
+                  f"(relative squared error of phi_q phi_k^T) at step {first['step']} and step {last['step']}; "
+                  "trunk deviation = relative squared error of the lowrank trunk's s / z against the exact one."), "",
+                  f"| module | step {first['step']} | step {last['step']} |", "|---|---:|---:|"]
+        lines += [f"| `{b}` | {first['blocks'][b]:.4f} | {last['blocks'][b]:.4f} |" for b in first["blocks"]]
+        lines += [f"| trunk single s | {first['single_deviation']:.4g} | {last['single_deviation']:.4g} |",
+                  f"| trunk pair z | {first['pair_deviation']:.4g} | {last['pair_deviation']:.4g} |"]
+    (out_dir / "finetune_report.md").write_text("\n".join(lines) + "\n")
+
+
+__all__ = ["DistillLoss", "ProteinCrops", "crop_features", "finetune", "protenix_trunk", "relative_deviation",
+           "split_samples", "validate", "warmup_cosine"]

@@ -1,0 +1,301 @@
+"""Fine-tuning of the factor networks (pairformer_fb.tools.finetune, scripts/finetune.py) on a tiny
+converted Protenix checkpoint made here with ``convert_checkpoint``.
+
+The objective is checked against its pieces (the logged and validated errors against
+``capture_bias_targets`` + ``approximation_error`` recomputed on the same crops), the optimisation
+against the loss falling on a fixed batch, resume against an uninterrupted run (identical loss
+sequence and factors), and the 2-process gloo DDP step against one process that averages the two
+ranks' gradients and takes the same AdamW step.
+"""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("LAYERNORM_TYPE", "torch")
+
+from test_convert import CONFIG, need, protenix_model, save_protenix
+
+from pairformer_fb.tools.checkpoint import FACTOR_KEY_MARK
+from pairformer_fb.tools.convert import convert_checkpoint, load_converted
+from pairformer_fb.tools.factor_init import approximation_error, capture_bias_targets
+from pairformer_fb.tools.finetune import (
+    DistillLoss,
+    ProteinCrops,
+    crop_features,
+    finetune,
+    protenix_trunk,
+    split_samples,
+    warmup_cosine,
+)
+from pairformer_fb.tools.patching import patched_modules
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning"),
+    pytest.mark.filterwarnings("ignore:In CPU autocast, but the target dtype is not supported:UserWarning"),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs" / "finetune"
+
+
+@pytest.fixture(scope="module")
+def tiny_fb(tmp_path_factory):
+    """A tiny Protenix checkpoint converted to lowrank (rank 8, least-squares fit on 1crn only)."""
+    need("protenix")
+    d = tmp_path_factory.mktemp("ft")
+    save_protenix(protenix_model(), d / "tiny.pt")
+    convert_checkpoint(d / "tiny.pt", d / "tiny_fb.pt", model="tiny", mode="lowrank", factor_config=CONFIG,
+                       samples=[ROOT / "data_samples" / "1crn.fasta"], max_tokens=12, fit_steps=0, progress=False,
+                       write_report=False)
+    return d / "tiny_fb.pt"
+
+
+def make_cfg(overrides):
+    """The script's config (configs/finetune) with Hydra overrides, as the plain dict finetune takes."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="finetune", overrides=list(overrides))
+    c = OmegaConf.to_container(cfg, resolve=True)
+    c.pop("hydra", None)
+    return c
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def factors_of(path):
+    sd = torch.load(path, weights_only=True)["model"]
+    return {k: v for k, v in sd.items() if FACTOR_KEY_MARK in k}
+
+
+def short_fasta(tmp_path, name="short", seq="MKTAYIAKQRQISFVK"):
+    f = tmp_path / f"{name}.fasta"
+    f.write_text(f">{name}\n{seq}\n")
+    return f
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_crop_features_keeps_tokens_and_their_atoms():
+    need("protenix")
+    from pairformer_fb.tools.featurize import protenix_features, read_samples
+
+    sample = read_samples(["7wux_a2b2"])[0]
+    feats, atoms = protenix_features(sample, seed=0)
+    start, size = 250, 40  # across a chain boundary of the 4-chain sample
+    crop = crop_features(feats, start, size)
+    tok = feats["atom_to_token_idx"]
+    keep = (tok >= start) & (tok < start + size)
+    assert crop["restype"].shape[0] == size and crop["msa"].shape[1] == size
+    assert torch.equal(crop["residue_index"], feats["residue_index"][start:start + size])
+    assert torch.equal(crop["asym_id"], feats["asym_id"][start:start + size])
+    assert torch.equal(crop["ref_pos"], feats["ref_pos"][keep])
+    assert torch.equal(crop["token_index"], torch.arange(size))
+    # every atom of a cropped token points at that token's new index
+    assert torch.equal(crop["atom_to_token_idx"], tok[keep] - start)
+    assert crop["atom_to_token_idx"].min() == 0 and crop["atom_to_token_idx"].max() == size - 1
+    names = [str(n) for n in atoms.atom_name[keep.numpy()]]
+    assert names.count("CA") == size
+    with pytest.raises(ValueError, match="unknown feature key"):
+        crop_features({**feats, "new_feature": torch.zeros(3)}, 0, 5)
+    with pytest.raises(ValueError, match="outside"):
+        crop_features(feats, feats["restype"].shape[0], 5)
+
+
+def test_data_order_is_a_function_of_seed_step_and_rank():
+    need("protenix")
+    train, held = split_samples(["1crn", "1ubq", "7wux_a"], None, 1)
+    assert [s.name for s in train] == ["1crn", "1ubq"] and [s.name for s in held] == ["7wux_a"]
+    a, b = ProteinCrops(train, crop_size=8, seed=3), ProteinCrops(train, crop_size=8, seed=3)
+    picks = [a.pick(t, r, 2)[:2] for t in range(4) for r in range(2)]
+    assert picks == [b.pick(t, r, 2)[:2] for t in range(4) for r in range(2)]
+    # each epoch visits every sample once; ranks see different samples in a step
+    assert sorted(n for n, _ in picks[:2]) == ["1crn", "1ubq"]
+    assert len(set(picks)) > 2
+    assert warmup_cosine(0, 4, 10, 0.1) == 0.25 and warmup_cosine(4, 4, 10, 0.1) == 1.0
+    assert abs(warmup_cosine(10, 4, 10, 0.1) - 0.1) < 1e-12
+
+
+def test_script_tiny_three_steps_writes_loadable_checkpoint(tiny_fb, tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = tmp_path / "out"
+    args = [sys.executable, str(ROOT / "scripts" / "finetune.py"), f"checkpoint={tiny_fb}", f"output_dir={out}",
+            "model=tiny", "trainer.max_steps=3", "trainer.save_every=2", "data.crop_size=12",
+            "data.samples=[1crn,1ubq,7wux_a]", "schedule.warmup_steps=1", "progress=false"]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = out / "finetuned_fb.pt"
+    assert "wrote" in done.stdout and result.exists()
+    rows = read_csv(out / "train_log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(float(r["loss"]) > 0 for r in rows)
+    assert (out / "checkpoints" / "step_0000002.pt").exists() and (out / "validation.csv").exists()
+    assert "| `pairformer_stack.blocks.0.tri_att_start` |" in (out / "finetune_report.md").read_text()
+
+    container = torch.load(result, weights_only=True)
+    source = torch.load(tiny_fb, weights_only=True)
+    meta = container["pairformer_fb"]
+    assert meta["finetune"]["config"]["trainer"]["max_steps"] == 3 and meta["finetune"]["steps"] == 3
+    assert meta["finetune"]["config"]["model"]["preset"] == "tiny"
+    assert meta["modules"] == source["pairformer_fb"]["modules"]
+    # the host weights unchanged, every factor tensor trained
+    assert container["model"].keys() == source["model"].keys()
+    for k, v in source["model"].items():
+        if FACTOR_KEY_MARK in k:
+            assert not torch.equal(container["model"][k], v) or k.endswith(".bias"), k
+        else:
+            assert torch.equal(container["model"][k], v), k
+    model = protenix_model(seed=4)
+    load_converted(result, model)
+    got = {k: v for k, v in model.state_dict().items() if FACTOR_KEY_MARK in k}
+    assert all(torch.equal(got[k], container["model"]["module." + k]) for k in got)
+
+    # the validation errors are what capture_bias_targets + approximation_error give on the same crop
+    val_rows = read_csv(out / "validation.csv")
+    after = {r["block"]: float(r["error"]) for r in val_rows if r["tag"] == "after"}
+    crops = ProteinCrops(split_samples(["7wux_a"], None, 0)[0], crop_size=12, seed=0)
+    feats = crops.fixed(0)
+    records = capture_bias_targets(model, lambda m: protenix_trunk(m, feats, m.N_cycle, grad=False))
+    wrappers = patched_modules(model)
+    for path, err in after.items():
+        with torch.no_grad():
+            ref = float(approximation_error(wrappers[path].flash_bias.factor_network, records[path]))
+        assert abs(ref - err) <= 1e-5 * max(1.0, ref), (path, ref, err)
+
+    bad = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
+    assert bad.returncode != 0 and "exists" in bad.stderr  # the output is never overwritten silently
+
+
+def test_loss_falls_on_a_fixed_batch(tiny_fb, tmp_path):
+    fasta = short_fasta(tmp_path)
+    cfg = make_cfg([f"checkpoint={tiny_fb}", f"output_dir={tmp_path / 'o'}", f"data.samples=[{fasta}]", "data.n_val=0",
+                    "data.crop_size=16", "trainer.max_steps=30", "trainer.save_every=0", "schedule=constant",
+                    "optimizer.lr=3e-3", "progress=false"])
+    summary = finetune(cfg)
+    losses = [r["loss"] for r in summary["history"]]
+    assert all(r["crop_start"] == 0 and r["n_tokens"] == 16 for r in summary["history"])  # the same batch
+
+    # step 1's loss is the mean per-block error of the converted factors on that batch
+    model = protenix_model(seed=9)
+    load_converted(tiny_fb, model)
+    feats = ProteinCrops(split_samples([str(fasta)], None, 0)[0], crop_size=16, seed=0).fixed(0)
+    records = capture_bias_targets(model, lambda m: protenix_trunk(m, feats, 1, grad=False))
+    wrappers = patched_modules(model)
+    with torch.no_grad():
+        ref = sum(float(approximation_error(wrappers[p].flash_bias.factor_network, r))
+                  for p, r in records.items()) / len(records)
+    assert abs(losses[0] - ref) <= 1e-5 * ref, (losses[0], ref)
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert min(losses[-5:]) < min(losses[:5])
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_fb, tmp_path):
+    base = [f"checkpoint={tiny_fb}", "data.samples=[1crn,1ubq,7wux_a]", "data.n_val=1", "data.crop_size=12",
+            "trainer.save_every=3", "schedule.warmup_steps=2", "progress=false", "loss=bias_and_output",
+            "model.n_cycle=2"]
+    full = finetune(make_cfg(base + [f"output_dir={tmp_path / 'full'}", "trainer.max_steps=6"]))
+    finetune(make_cfg(base + [f"output_dir={tmp_path / 'part'}", "trainer.max_steps=3", "schedule.total_steps=6",
+                              f"trainer.checkpoint_dir={tmp_path / 'ck'}", f"output_name={tmp_path / 'part.pt'}"]))
+    assert (tmp_path / "part.pt").exists() and not (tmp_path / "part" / "checkpoints" / "step_0000003.pt").exists()
+    resumed = finetune(make_cfg(base + [f"output_dir={tmp_path / 'resumed'}", "trainer.max_steps=6",
+                                        f"resume={tmp_path / 'ck' / 'step_0000003.pt'}"]))
+    keys = ("step", "loss", "bias_loss", "output_loss", "lr", "grad_norm", "sample", "crop_start")
+    assert all(r["output_loss"] > 0 for r in full["history"])
+    # recycling as Protenix trains: 1..N_cycle cycles, drawn from RandomState(step)
+    assert [r["n_cycle"] for r in full["history"]] == [np.random.RandomState(t).randint(1, 3) for t in range(6)]
+    assert [[r[k] for k in keys] for r in resumed["history"]] == [[r[k] for k in keys] for r in full["history"]]
+    assert resumed["steps_run"] == 3
+    a, b = factors_of(tmp_path / "full" / "finetuned_fb.pt"), factors_of(tmp_path / "resumed" / "finetuned_fb.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert full["validations"][-1]["blocks"] == resumed["validations"][-1]["blocks"]
+
+
+def test_two_process_gloo_step_equals_averaged_gradients(tiny_fb, tmp_path):
+    """torchrun, 2 CPU processes (gloo): one AdamW step on the mean of the two ranks' gradients."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "ddp"
+    overrides = [f"checkpoint={tiny_fb}", f"output_dir={out}", "data.samples=[1crn,1ubq]", "data.n_val=0",
+                 "data.crop_size=12", "trainer.max_steps=1", "trainer.save_every=0", "trainer.grad_clip=0",
+                 "schedule.warmup_steps=1", "optimizer.lr=1e-3", "progress=false"]
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            str(ROOT / "scripts" / "finetune.py"), *overrides]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    got = factors_of(out / "finetuned_fb.pt")
+
+    cfg = make_cfg(overrides)
+    model = protenix_model(seed=9)
+    load_converted(tiny_fb, model)
+    before = {k: v.clone() for k, v in model.state_dict().items() if FACTOR_KEY_MARK in k}
+    objective = DistillLoss(model, list(patched_modules(model)))
+    params = [p for n, p in model.named_parameters() if FACTOR_KEY_MARK in n]
+    crops = ProteinCrops(split_samples(cfg["data"]["samples"], None, 0)[0], crop_size=12, seed=0)
+    picked, losses = [], []
+    for rank in range(2):
+        name, _, feats = crops.pick(0, rank, 2)
+        picked.append(name)
+        loss, _ = objective(feats, 1)
+        (loss / 2).backward()
+        losses.append(float(loss.detach()))
+    assert sorted(picked) == ["1crn", "1ubq"]
+    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    opt.step()
+    rows = read_csv(out / "train_log.csv")
+    assert len(rows) == 1 and abs(float(rows[0]["loss"]) - sum(losses) / 2) <= 1e-5
+    want = {"module." + k: v for k, v in model.state_dict().items() if FACTOR_KEY_MARK in k}
+    assert want.keys() == got.keys()
+    moved = 0
+    for k, w in want.items():
+        assert torch.allclose(got[k], w, rtol=0, atol=2e-6), k
+        moved += not torch.equal(w, before[k[len("module."):]])
+    assert moved > 0
+
+
+def test_bad_inputs_are_named(tiny_fb, tmp_path):
+    base = [f"checkpoint={tiny_fb}", "data.samples=[1crn,1ubq]", "data.crop_size=8", "trainer.max_steps=1",
+            "progress=false"]
+    with pytest.raises(ValueError, match="patch.blocks"):
+        finetune(make_cfg(base + [f"output_dir={tmp_path / 'a'}", "patch.blocks=[7]"]))
+    with pytest.raises(ValueError, match="patch.rank=5"):
+        finetune(make_cfg(base + [f"output_dir={tmp_path / 'b'}", "patch.rank=5"]))
+    with pytest.raises(ValueError, match="data.n_val"):
+        finetune(make_cfg(base + [f"output_dir={tmp_path / 'c'}", "data.n_val=2"]))
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="trainer.tensorboard=true needs"):
+            finetune(make_cfg(base + [f"output_dir={tmp_path / 'e'}", "trainer.tensorboard=true"]))
+    plain = tmp_path / "plain.pt"
+    save_protenix(protenix_model(), plain)
+    from pairformer_fb.tools.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not a converted checkpoint"):
+        finetune(make_cfg(base[1:] + [f"checkpoint={plain}", f"output_dir={tmp_path / 'd'}"]))
+
+
+def test_unfreeze_trains_host_weights_too(tiny_fb, tmp_path):
+    cfg = make_cfg([f"checkpoint={tiny_fb}", f"output_dir={tmp_path / 'u'}", "data.samples=[1crn,1ubq]",
+                    "data.crop_size=8", "trainer.max_steps=2", "trainer.save_every=0", "progress=false",
+                    "loss=bias_and_output", "train.unfreeze=['^pairformer_stack.blocks.1.tri_att_start.mha.linear_o']",
+                    "patch.blocks=[0]"])
+    finetune(cfg)
+    new = torch.load(tmp_path / "u" / "finetuned_fb.pt", weights_only=True)["model"]
+    old = torch.load(tiny_fb, weights_only=True)["model"]
+    changed = sorted(k for k in old if not torch.equal(old[k], new[k]))
+    # the factors of block 0 (patch.blocks) and the unfrozen host weight, trained by the output term
+    assert all(".blocks.0." in k and FACTOR_KEY_MARK in k or k == "module.pairformer_stack.blocks.1.tri_att_start.mha."
+               "linear_o.weight" for k in changed), changed
+    assert "module.pairformer_stack.blocks.1.tri_att_start.mha.linear_o.weight" in changed
+    assert not any(".blocks.1." in k and FACTOR_KEY_MARK in k for k in changed)
