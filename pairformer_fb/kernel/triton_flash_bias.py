@@ -207,11 +207,15 @@ def _softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
 
 @triton.jit
 def _fwd_epilogue(o_base, s_ol, s_od, row_max_ptr, row_inv_sum_ptr, acc, m_i, l_i,
-                  offs_m, offs_d, Lq, D, ok, gate_base, s_gl, s_gd, HAS_GATE: tl.constexpr):
+                  offs_m, offs_d, Lq, D, ok, gate_base, s_gl, s_gd, HAS_GATE: tl.constexpr,
+                  EVEN_D: tl.constexpr):
     # m and 1/l are kept apart rather than as m + log2(l): with a fully masked row m is about
     # -1.4e9, where fp32 cannot resolve log2(l) and P would be recomputed as 1 instead of 1/Lk.
     m_ok = (offs_m < Lq) & ok
-    io_mask = m_ok[:, None] & (offs_d < D)[None, :]
+    if EVEN_D:  # a mask along the contiguous head dim would keep the gate load / store scalar
+        io_mask = m_ok[:, None]
+    else:
+        io_mask = m_ok[:, None] & (offs_d < D)[None, :]
     out = acc / l_i[:, None]
     if HAS_GATE:  # inference only: the output gate of the AF3 attentions, sigmoid(g) * o
         g = tl.load(gate_base + offs_m[:, None] * s_gl + offs_d[None, :] * s_gd, mask=io_mask, other=0.0)
@@ -312,12 +316,13 @@ def _fwd_kernel(
 
     row0 = (b0 * H + h) * Lq
     _fwd_epilogue(O + b0 * s_ob + h * s_oh, s_ol, s_od, ROW_MAX + row0, ROW_INV_SUM + row0,
-                  acc0, m0, l0, offs_m, offs_d, Lq, D, True, GATE + b0 * s_gb + h * s_gh, s_gl, s_gd, HAS_GATE)
+                  acc0, m0, l0, offs_m, offs_d, Lq, D, True, GATE + b0 * s_gb + h * s_gh, s_gl, s_gd, HAS_GATE,
+                  EVEN_D)
     if ROWS == 2:
         row1 = (b1 * H + h) * Lq
         _fwd_epilogue(O + b1 * s_ob + h * s_oh, s_ol, s_od, ROW_MAX + row1, ROW_INV_SUM + row1,
                       acc1, m1, l1, offs_m, offs_d, Lq, D, row1_ok, GATE + b1 * s_gb + h * s_gh, s_gl, s_gd,
-                      HAS_GATE)
+                      HAS_GATE, EVEN_D)
 
 
 @triton.jit
