@@ -70,12 +70,17 @@ from ..modules import (
     FactorConfig,
     FlashBiasAttentionPairBias,
 )
+from ..modules.bias_cache import SVDConfig
+from ..modules.precomputed_bias_attention import FlashBiasPrecomputedBiasAttention
+from .call_scope import scope_of
 from .common import (
+    DIFFUSION_KINDS,
     PatchedModule,
     Site,
     UnsupportedModuleError,
     build_on_meta,
     build_triangle_attention,
+    check_linear,
     check_no_meta,
     factor_network,
     share_layer_norm,
@@ -89,8 +94,9 @@ INSTALL_HINT = (
     "pip install --no-deps boltz==2.2.1 einops (--no-deps: boltz's pins would replace torch and "
     "numpy); the Pairformer modules need nothing else"
 )
-STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence", "affinity")
-DEFAULT_STACKS: tuple[str, ...] = ("pairformer",)
+STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence", "affinity", "diffusion", "input")
+# "diffusion" holds only kinds "diffusion" / "atom", so the default kinds patch the trunk alone
+DEFAULT_STACKS: tuple[str, ...] = ("pairformer", "diffusion")
 
 # the smallest single-attention inf for which masked keys get weight 0 in fp32 (Boltz's default)
 _MIN_SINGLE_INF = 1e6
@@ -115,9 +121,13 @@ def _host_classes():
 
 def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]:
     """The triangle attentions (kind "triangle") and single attentions ("single") of every
-    PairformerLayer / PairformerNoSeqLayer of the selected stacks, in model order."""
+    PairformerLayer / PairformerNoSeqLayer of the selected stacks, in model order; before them
+    the attentions of the diffusion module's token transformer ("diffusion") and of the atom
+    transformers ("atom")."""
     block_classes, TriangleAttention, AttentionPairBias = _host_classes()
     sites = []
+    if set(kinds) & set(DIFFUSION_KINDS):
+        sites += _diffusion_sites(model, stacks, kinds, AttentionPairBias)
     for path, block in model.named_modules():
         if not isinstance(block, block_classes):
             continue
@@ -214,8 +224,131 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
     return BoltzAttentionPairBias(host, ours, site)
 
 
+# ---------------------------------------------------------------------------------------------
+# Diffusion module: kinds "diffusion" (token transformer) and "atom" (atom transformers)
+
+# DiffusionModule.forward's arguments that change between diffusion steps; the others (trunk
+# outputs, features, diffusion_conditioning with every layer's precomputed bias, multiplicity)
+# bound the bias reuse
+_VARYING = ("r_noisy", "times")
+
+
+def _diffusion_sites(model: nn.Module, stacks, kinds, AttentionPairBias) -> list[Site]:
+    """The ``pair_bias_attn`` of every layer of the v2 ``DiffusionTransformer``s: kind "atom" in
+    an ``AtomTransformer`` (atom attention encoder / decoder), else "diffusion" (the diffusion
+    module's token transformer); stack "diffusion" inside a v2 ``DiffusionModule``, "input" in
+    the trunk's ``InputEmbedder`` (its atom encoder, run once per prediction); others (e.g. the
+    affinity module's transformer) are not diffusion attentions and are left alone."""
+    from boltz.model.modules.transformersv2 import AtomTransformer, DiffusionTransformer
+
+    sites = []
+    for path, dt in model.named_modules():
+        if not isinstance(dt, DiffusionTransformer) or not dt.pair_bias_attn:
+            continue
+        chain, m = [model], model  # the modules from the model down to the transformer
+        for part in path.split(".") if path else []:
+            m = getattr(m, part)
+            chain.append(m)
+        # the innermost DiffusionModule above it (the model included) bounds the bias reuse
+        context = next((mod for mod in reversed(chain[:-1]) if _is_diffusion_module(mod)), None)
+        if context is not None:
+            stack = "diffusion"
+        elif any(type(mod).__name__ == "InputEmbedder" for mod in chain):
+            stack = "input"
+        else:
+            continue
+        kind = "atom" if len(chain) >= 2 and isinstance(chain[-2], AtomTransformer) else "diffusion"
+        if kind not in kinds or stack not in stacks:
+            continue
+        for index, layer in enumerate(dt.layers):
+            module = getattr(layer, "pair_bias_attn", None)
+            if not isinstance(module, AttentionPairBias) or module.compute_pair_bias:
+                continue  # already replaced (patch_model checks that first), absent or not given a bias
+            prefix = f"{path}.layers.{index}" if path else f"layers.{index}"
+            sites.append(Site(path=f"{prefix}.pair_bias_attn", parent=layer, attr="pair_bias_attn",
+                              module=module, kind=kind, node=None, stack=stack, block=index, context=context))
+    return sites
+
+
+def _is_diffusion_module(module: nn.Module) -> bool:
+    # by class and module name: boltz.model.modules.diffusionv2.DiffusionModule (importing it
+    # needs einx, which the Pairformer-only path does not)
+    cls = type(module)
+    return cls.__name__ == "DiffusionModule" and cls.__module__ == "boltz.model.modules.diffusionv2"
+
+
+class BoltzDiffusionAttention(PatchedModule):
+    """Replaces the ``boltz.model.layers.attentionv2.AttentionPairBias`` (compute_pair_bias=False)
+    of a ``DiffusionTransformerLayer`` (token or atom transformer); same forward signature: z is
+    the layer's precomputed bias [B, Lq, Lk, H], mask the float key mask [B*m, Lk]."""
+
+    def __init__(self, host_module, flash_bias, site: Site):
+        super().__init__(host_module, flash_bias, site)
+        use_scope = site.context is not None and flash_bias.cache_bias
+        self._scope = (scope_of(site.context, _VARYING),) if use_scope else None
+
+    def on_patch(self) -> None:
+        if self._scope is not None:
+            self._scope[0].attach()
+            self.flash_bias.scope = self._scope[0].scope
+
+    def on_unpatch(self) -> None:
+        if self._scope is not None:
+            self._scope[0].detach()
+        self.flash_bias.scope = None
+        self.flash_bias.bias_cache.clear()
+
+    def forward(
+        self,
+        s: torch.Tensor,
+        z: torch.Tensor,
+        mask: torch.Tensor,
+        k_in: torch.Tensor,
+        multiplicity: int = 1,
+    ) -> torch.Tensor:
+        # the host adds -inf * (1 - mask) with its 0/1 float masks: a bool key mask here
+        key_mask = None if mask is None else mask != 0
+        return self.flash_bias(s, k_in, z, key_mask, multiplicity)
+
+
+def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backend: str,
+               svd_config: SVDConfig | None) -> PatchedModule:
+    host, where = site.module, site.path
+    if float(host.inf) < _MIN_SINGLE_INF:
+        raise UnsupportedModuleError(
+            f"{where}: inf={host.inf:g} < {_MIN_SINGLE_INF:g} (masked keys would keep a weight; the "
+            "FlashBias op masks with 1e9)")
+    if mode == "distill" or factor_config is not None:
+        raise UnsupportedModuleError(
+            f"{where}: Boltz-2 hands its diffusion attentions a precomputed bias, with no pair "
+            "representation to feed a factor network: use mode 'exact', or 'lowrank' with SVD factors "
+            "(no factor_config)")
+    atom = site.kind == "atom"
+    if atom:
+        # the atom transformer repeats its bias over the samples and windows itself (a fresh
+        # tensor every call): the 32 x 128 tiles are read as a dense bias, nothing is cached
+        mode = "exact"
+    for name in ("proj_q", "proj_k", "proj_v", "proj_g", "proj_o"):
+        check_linear(getattr(host, name), f"{where}.{name}")
+    ours = build_on_meta(
+        FlashBiasPrecomputedBiasAttention, c_q=host.c_s, n_heads=host.num_heads, head_dim=host.head_dim,
+        q_bias=host.proj_q.bias is not None, k_bias=host.proj_k.bias is not None,
+        v_bias=host.proj_v.bias is not None, gate_bias=host.proj_g.bias is not None,
+        out_bias=host.proj_o.bias is not None, cache_bias=not atom,
+        svd_config=(svd_config or SVDConfig()) if mode == "lowrank" else None, backend=backend,
+    )
+    for name in ("q", "k", "v", "g", "o"):
+        share_linear(getattr(ours, f"linear_{name}"), getattr(host, f"proj_{name}"), f"{where}.proj_{name}")
+    check_no_meta(ours, where)
+    ours.mode = mode
+    return BoltzDiffusionAttention(host, ours, site)
+
+
 def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | None,
-                     backend: str = "auto") -> PatchedModule:
-    """The wrapper that replaces ``site.module``, sharing its parameters."""
+                     backend: str = "auto", svd_config: SVDConfig | None = None) -> PatchedModule:
+    """The wrapper that replaces ``site.module``, sharing its parameters. ``svd_config``: the
+    SVD factors of the lowrank "diffusion" sites."""
+    if site.kind in DIFFUSION_KINDS:
+        return _diffusion(site, mode, factor_config, backend, svd_config)
     build = _triangle if site.kind == "triangle" else _single
     return build(site, mode, factor_config, backend)
