@@ -47,6 +47,32 @@ whenever a batch element has at least one valid token (a fully masked element, a
 averages its values with other weights: its output is meaningless in both). Other inf values
 below 1e6 are refused.
 
+Diffusion module (kinds "diffusion" and "atom"): Boltz-2's ``DiffusionConditioning`` projects
+the conditioned pair rep into the biases of all layers of a transformer at once, once per trunk
+pass (``diffusion_conditioning["token_trans_bias"]`` [B, N, N, L*H], ``atom_enc_bias`` /
+``atom_dec_bias`` over the atom windows), and each ``DiffusionTransformerLayer`` applies its
+adaptive layer norm and output gate itself, around ``pair_bias_attn``: an ``AttentionPairBias``
+with ``compute_pair_bias=False``, called as ``(s=b, z=<its slice [B, Lq, Lk, H] of the bias>,
+mask=<float key mask [B*m, Lk]>, k_in=b or to_keys(b), multiplicity=m)``. It is mapped onto
+``FlashBiasPrecomputedBiasAttention`` (proj_q / _k / _v / _g / _o -> linear_q / _k / _v / _g / _o,
+shared), which keeps the host's conventions: projections in the caller's precision, the attention
+core in fp32 with CUDA autocast off and cast back to v's dtype, the gate applied after it, the
+samples of a structure consecutive (``repeat_interleave(m, 0)``). Kind "diffusion" is the
+``DiffusionModule.token_transformer``: the bias is *not* repeated over the m samples (one op call
+per structure, bias batch 1 read with stride 0) and its head-major fp32 copy (exact) or truncated
+SVD factors (lowrank, ``svd_config``) are computed at the first step and reused while the scope
+of the ``DiffusionModule`` call (hooks installed by ``patch_model``: every argument except
+``r_noisy`` and ``times``) is unchanged. Kind "atom" is the ``AtomTransformer`` of the atom
+attention encoder / decoder (stack "diffusion"; the trunk's ``InputEmbedder`` atom encoder:
+stack "input"): windows of W queries against ``to_keys`` windows of H keys as the op's batch,
+always exact and uncached (the host itself repeats that bias over the samples before the layer
+sees it, a fresh tensor per call). Factor networks (lowrank with ``factor_config``, "distill")
+are refused: there is no pair representation to feed them. The key mask is the host's 0/1 mask
+(its -1e6 against the op's -1e9: equal whenever a row has a valid key; a window with no valid
+key at all, only padding atoms, gives those padding atoms different outputs in the two; nothing
+downstream reads them: they are masked as keys, weigh 0 in atom_to_token and their coordinate
+updates are masked).
+
 Kernel switches: the wrappers keep the host signatures. ``use_kernels`` (the host's
 cuequivariance ``triangle_attention`` kernel; the layer passes ``use_cuequiv_attn or
 use_kernels``) computes the same function as the host's torch path, which the FlashBias op now
