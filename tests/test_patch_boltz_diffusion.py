@@ -251,3 +251,19 @@ def test_diffusion_module_lowrank_svd_is_close_to_exact():
     assert all(m.flash_bias.last_svd.rank < 9 for m in token)
     assert 1e-4 < rel_err(coarse, ref[0]) < 0.5
     fb.unpatch_model(dm)
+
+
+def test_diffusion_module_under_inference_mode_stays_exact_without_reuse():
+    """Lightning's predict runs under torch.inference_mode: its tensors have no version counter,
+    so the scope cannot prove the bias unchanged and recomputes it every step (correct, slower)."""
+    dm = make_diffusion_module()
+    with torch.inference_mode():  # the trunk and the conditioning run inside it too
+        fixed, steps = dm_inputs(seed=4)
+        ref = [dm(r_noisy=r, times=t, **fixed) for r, t in steps[:2]]
+        fb.patch_model(dm, kinds=("diffusion", "atom"))
+        out = [dm(r_noisy=r, times=t, **fixed) for r, t in steps[:2]]
+    for o, r in zip(out, ref):
+        assert rel_err(o, r) < 1e-4
+    token = [m for m in dm.token_transformer.modules() if isinstance(m, BoltzDiffusionAttention)]
+    assert all((m.flash_bias.bias_cache.misses, m.flash_bias.bias_cache.hits) == (2, 0) for m in token)
+    fb.unpatch_model(dm)
