@@ -267,3 +267,31 @@ def test_diffusion_module_under_inference_mode_stays_exact_without_reuse():
     token = [m for m in dm.token_transformer.modules() if isinstance(m, BoltzDiffusionAttention)]
     assert all((m.flash_bias.bias_cache.misses, m.flash_bias.bias_cache.hits) == (2, 0) for m in token)
     fb.unpatch_model(dm)
+
+
+def test_boltz_diffusion_benchmark_runs_on_cpu(tmp_path):
+    import json
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from pairformer_fb.tools import bench_boltz_diffusion
+
+    configs = str((Path(__file__).parents[1] / "configs").resolve())
+    with initialize_config_dir(config_dir=configs, version_base=None):
+        cfg = compose(config_name="bench_boltz_diffusion", overrides=[
+            f"output_dir={tmp_path}", "n_sample=2", "diffusion.sizes=[12]", "diffusion.dim=32", "diffusion.heads=4",
+            "diffusion.bias_layers=3", "atom.sizes=[20]", "atom.dim=16", "atom.heads=2", "atom.n_queries=8",
+            "atom.n_keys=32", "svd.max_rank=4", "warmup_ms=1", "rep_ms=1"])
+    records = bench_boltz_diffusion.run(cfg)
+    by = {(r.module, r.variant): r for r in records}
+    for key in [("diffusion", v) for v in ("stock", "exact", "exact_uncached", "lowrank")] + [
+            ("atom", v) for v in ("stock", "exact", "exact_uncached")]:
+        assert by[key].status == "ok" and by[key].ms > 0, (key, by[key].status)
+    for key in [("diffusion", "exact"), ("diffusion", "exact_uncached"), ("atom", "exact")]:
+        assert by[key].rel_err < 1e-5, key  # ours computes the stock module's function
+    assert by[("diffusion", "exact")].notes["cache_hits"] > 0
+    assert by[("diffusion", "lowrank")].notes["rank"] == 4 and by[("diffusion", "lowrank")].rel_err < 0.5
+    assert by[("atom", "lowrank")].status.startswith("skipped")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["records"]) == len(records) and saved["environment"]["host"] == "boltz"
