@@ -6,6 +6,8 @@
         n_sample=5 output_dir=benchmarks/boltz_diffusion_h100
 """
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -15,7 +17,7 @@ from pairformer_fb.tools.bench_boltz_diffusion import run
 @hydra.main(config_path="../configs", config_name="bench_boltz_diffusion", version_base=None)
 def main(cfg: DictConfig) -> None:
     records = run(cfg)
-    print(open(f"{cfg.output_dir}/results.md").read())
+    print((Path(cfg.output_dir) / "results.md").read_text())
     failed = [r for r in records if r.variant != "stock" and r.status != "ok" and not r.status.startswith("skipped")]
     if failed:
         raise SystemExit(f"{len(failed)} FlashBias cases failed: {[r.status for r in failed]}")

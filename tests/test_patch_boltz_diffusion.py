@@ -189,7 +189,9 @@ def dm_inputs(batch=2, mult=2, n_tokens=9, n_atoms=32, seed=2):
     s_trunk = torch.randn(batch, n_tokens, TOKEN_S, generator=g)
     steps = [(torch.randn(batch * mult, n_atoms, 3, generator=g), torch.rand(batch * mult, generator=g))
              for _ in range(3)]
-    return dict(s_inputs=s_inputs, s_trunk=s_trunk, feats=feats, diffusion_conditioning=cond, multiplicity=mult), steps
+    fixed = {"s_inputs": s_inputs, "s_trunk": s_trunk, "feats": feats, "diffusion_conditioning": cond,
+             "multiplicity": mult}
+    return fixed, steps
 
 
 def run_steps(dm, fixed, steps):

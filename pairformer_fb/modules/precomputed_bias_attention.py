@@ -188,8 +188,7 @@ class FlashBiasPrecomputedBiasAttention(FlashBiasModule):
         if tuple(bias.shape) != expected:
             raise ValueError(f"bias must be [B, Lq, Lk, H] = {shape_str(expected)} (B = s's batch / multiplicity), "
                              f"got {shape_str(bias.shape)}")
-        if key_mask is not None:
-            if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (Bm, Lk):
-                raise ValueError(f"key_mask must be a bool tensor [B*m, Lk] = [{Bm}, {Lk}], got "
-                                 f"{key_mask.dtype} {shape_str(key_mask.shape)}")
+        if key_mask is not None and (key_mask.dtype != torch.bool or tuple(key_mask.shape) != (Bm, Lk)):
+            raise ValueError(f"key_mask must be a bool tensor [B*m, Lk] = [{Bm}, {Lk}], got "
+                             f"{key_mask.dtype} {shape_str(key_mask.shape)}")
 

@@ -116,7 +116,7 @@ def _measure(module, n, variant, cfg, dtype, device, host, x, stock_out) -> Diff
             rec.rel_err = float((out.double() - stock_out.double()).norm() / stock_out.double().norm())
         if variant == "exact" and module == "diffusion":
             rec.notes["cache_hits"] = ours.flash_bias.bias_cache.hits
-    except Exception as e:  # keep going: record why this variant failed
+    except Exception as e:  # noqa: BLE001 - keep going: record why this variant failed
         rec.status = failure_status(e)
     finally:
         if device.type == "cuda":
