@@ -297,3 +297,20 @@ def test_boltz_diffusion_benchmark_runs_on_cpu(tmp_path):
     assert by[("atom", "lowrank")].status.startswith("skipped")
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved["records"]) == len(records) and saved["environment"]["host"] == "boltz"
+
+
+def test_input_embedder_atom_encoder_is_stack_input():
+    from boltz.model.modules.trunkv2 import InputEmbedder
+
+    from pairformer_fb.adapters import UnsupportedModelError
+
+    emb = InputEmbedder(atom_s=8, atom_z=4, token_s=16, token_z=8, atoms_per_window_queries=W,
+                        atoms_per_window_keys=H, atom_feature_dim=10, atom_encoder_depth=DEPTH,
+                        atom_encoder_heads=DM_HEADS)
+    with pytest.raises(UnsupportedModelError, match="found no"):  # not in the default stacks
+        fb.patch_model(emb, kinds=("diffusion", "atom"))
+    report = fb.patch_model(emb, kinds=("atom",), stacks=("input",))
+    assert [(e.kind, e.stack, e.mode) for e in report.entries] == [("atom", "input", "exact")] * DEPTH
+    wrappers = [m for m in emb.modules() if isinstance(m, BoltzDiffusionAttention)]
+    assert all(w._scope is None and not w.flash_bias.cache_bias for w in wrappers)
+    fb.unpatch_model(emb)
