@@ -314,3 +314,24 @@ def test_input_embedder_atom_encoder_is_stack_input():
     wrappers = [m for m in emb.modules() if isinstance(m, BoltzDiffusionAttention)]
     assert all(w._scope is None and not w.flash_bias.cache_bias for w in wrappers)
     fb.unpatch_model(emb)
+
+
+def test_diffusion_module_chunks_of_samples_reuse_the_bias():
+    """AtomDiffusion.sample splits the samples of a step into chunks (multiplicity per call
+    varies): the token biases are still computed once and every chunk is exact."""
+    dm = make_diffusion_module()
+    fixed, steps = dm_inputs(batch=1, mult=3, seed=6)
+    chunks = [(r[idx], t[idx]) for r, t in steps[:2] for idx in (slice(0, 2), slice(2, 3))]
+
+    def run(model):
+        with torch.no_grad():
+            return [model(r_noisy=r, times=t, **(fixed | {"multiplicity": r.shape[0]})) for r, t in chunks]
+
+    ref = run(dm)
+    fb.patch_model(dm, kinds=("diffusion", "atom"))
+    out = run(dm)
+    for o, r in zip(out, ref):
+        assert rel_err(o, r) < 1e-4
+    token = [m for m in dm.token_transformer.modules() if isinstance(m, BoltzDiffusionAttention)]
+    assert all((m.flash_bias.bias_cache.misses, m.flash_bias.bias_cache.hits) == (1, 3) for m in token)
+    fb.unpatch_model(dm)

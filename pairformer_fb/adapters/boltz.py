@@ -62,9 +62,9 @@ samples of a structure consecutive (``repeat_interleave(m, 0)``). Kind "diffusio
 per structure, bias batch 1 read with stride 0) and its head-major fp32 copy (exact) or truncated
 SVD factors (lowrank, ``svd_config``) are computed at the first step and reused while the scope
 of the ``DiffusionModule`` call (hooks installed by ``patch_model``: every argument except
-``r_noisy`` and ``times``) is unchanged. Kind "atom" is the ``AtomTransformer`` of the atom
-attention encoder / decoder (stack "diffusion"; the trunk's ``InputEmbedder`` atom encoder:
-stack "input"): windows of W queries against ``to_keys`` windows of H keys as the op's batch,
+``r_noisy``, ``times`` and ``multiplicity``) is unchanged. Kind "atom" is the
+``AtomTransformer`` of the atom attention encoder / decoder (stack "diffusion"; the trunk's
+``InputEmbedder`` atom encoder: stack "input"): windows of W queries against ``to_keys`` windows of H keys as the op's batch,
 always exact and uncached (the host itself repeats that bias over the samples before the layer
 sees it, a fresh tensor per call). Factor networks (lowrank with ``factor_config``, "distill")
 are refused: there is no pair representation to feed them. The key mask is the host's 0/1 mask
@@ -253,10 +253,11 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
 # ---------------------------------------------------------------------------------------------
 # Diffusion module: kinds "diffusion" (token transformer) and "atom" (atom transformers)
 
-# DiffusionModule.forward's arguments that change between diffusion steps; the others (trunk
-# outputs, features, diffusion_conditioning with every layer's precomputed bias, multiplicity)
-# bound the bias reuse
-_VARYING = ("r_noisy", "times")
+# DiffusionModule.forward's arguments that change between diffusion steps (and multiplicity,
+# which AtomDiffusion.sample varies between its chunks of samples within a step: the cached
+# [B, H, N, N] bias does not depend on it); the others (trunk outputs, features,
+# diffusion_conditioning with every layer's precomputed bias) bound the bias reuse
+_VARYING = ("r_noisy", "times", "multiplicity")
 
 
 def _diffusion_sites(model: nn.Module, stacks, kinds, AttentionPairBias) -> list[Site]:
