@@ -269,6 +269,11 @@ def test_diffusion_module_under_inference_mode_stays_exact_without_reuse():
     token = [m for m in dm.token_transformer.modules() if isinstance(m, BoltzDiffusionAttention)]
     assert all((m.flash_bias.bias_cache.misses, m.flash_bias.bias_cache.hits) == (2, 0) for m in token)
     fb.unpatch_model(dm)
+    # lowrank there would recompute the SVD at every step: the user is told how to avoid it
+    fb.patch_model(dm, kinds=("diffusion",), mode="lowrank")
+    with torch.inference_mode(), pytest.warns(RuntimeWarning, match="inference_mode=False"):
+        dm(r_noisy=steps[0][0], times=steps[0][1], **fixed)
+    fb.unpatch_model(dm)
 
 
 def test_boltz_diffusion_benchmark_runs_on_cpu(tmp_path):
@@ -334,4 +339,29 @@ def test_diffusion_module_chunks_of_samples_reuse_the_bias():
         assert rel_err(o, r) < 1e-4
     token = [m for m in dm.token_transformer.modules() if isinstance(m, BoltzDiffusionAttention)]
     assert all((m.flash_bias.bias_cache.misses, m.flash_bias.bias_cache.hits) == (1, 3) for m in token)
+    fb.unpatch_model(dm)
+
+
+@pytest.mark.gpu
+def test_gpu_diffusion_module_matches_host():
+    """On CUDA (the Triton kernels), fp32 without TF32 as Boltz-2 runs its diffusion: the patched
+    score model against the host, exact and (full-rank SVD) lowrank."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dm = make_diffusion_module().cuda()
+    fixed, steps = dm_inputs(n_atoms=64, n_tokens=20)
+    to_cuda = lambda x: x.cuda() if isinstance(x, torch.Tensor) else x
+    fixed = {k: ({kk: to_cuda(vv) for kk, vv in v.items()} if isinstance(v, dict) else to_cuda(v))
+             for k, v in fixed.items()}
+    K = 64 // W
+    fixed["diffusion_conditioning"]["to_keys"] = partial(
+        single_to_keys, indexing_matrix=get_indexing_matrix(K, W, H, "cuda"), W=W, H=H)
+    steps = [(r.cuda(), t.cuda()) for r, t in steps]
+    ref = run_steps(dm, fixed, steps)
+    fb.patch_model(dm, kinds=("diffusion", "atom"))
+    for o, r in zip(run_steps(dm, fixed, steps), ref):
+        assert rel_err(o, r) < 1e-4
+    fb.unpatch_model(dm)
+    fb.patch_model(dm, kinds=("diffusion", "atom"), mode="lowrank", svd_config=SVDConfig(rel_error=0.0, max_rank=None))
+    for o, r in zip(run_steps(dm, fixed, steps), ref):
+        assert rel_err(o, r) < 1e-3
     fb.unpatch_model(dm)

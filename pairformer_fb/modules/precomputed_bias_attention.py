@@ -8,6 +8,8 @@ mode replaces the bias by its truncated-SVD factors (computed once while the bia
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -82,6 +84,7 @@ class FlashBiasPrecomputedBiasAttention(FlashBiasModule):
         self.bias_cache = BiasCacheEntry()
         self.scope: BiasScope | None = None
         self.last_svd: SVDFactors | None = None
+        self._warned_inference = False
         self.mode = mode
 
     def extra_repr(self) -> str:
@@ -149,6 +152,14 @@ class FlashBiasPrecomputedBiasAttention(FlashBiasModule):
             dense = bias.permute(0, 3, 1, 2).float().contiguous()
             if mode == "exact":
                 return dense
+            if bias.is_inference() and not self._warned_inference:
+                self._warned_inference = True
+                warnings.warn(
+                    "FlashBiasPrecomputedBiasAttention (lowrank): the bias is an inference-mode tensor, "
+                    "which has no version counter, so its SVD cannot be proven reusable and is recomputed "
+                    "every call; run the diffusion under torch.no_grad() instead of torch.inference_mode() "
+                    "(Lightning: Trainer(inference_mode=False)) to compute it once per trunk pass",
+                    RuntimeWarning, stacklevel=4)
             svd = svd_factors(dense, self.svd_config)
             self.last_svd = svd
             return svd.phi_q.contiguous(), svd.phi_k.contiguous()
