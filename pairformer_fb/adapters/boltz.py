@@ -47,6 +47,32 @@ whenever a batch element has at least one valid token (a fully masked element, a
 averages its values with other weights: its output is meaningless in both). Other inf values
 below 1e6 are refused.
 
+Diffusion module (kinds "diffusion" and "atom"): Boltz-2's ``DiffusionConditioning`` projects
+the conditioned pair rep into the biases of all layers of a transformer at once, once per trunk
+pass (``diffusion_conditioning["token_trans_bias"]`` [B, N, N, L*H], ``atom_enc_bias`` /
+``atom_dec_bias`` over the atom windows), and each ``DiffusionTransformerLayer`` applies its
+adaptive layer norm and output gate itself, around ``pair_bias_attn``: an ``AttentionPairBias``
+with ``compute_pair_bias=False``, called as ``(s=b, z=<its slice [B, Lq, Lk, H] of the bias>,
+mask=<float key mask [B*m, Lk]>, k_in=b or to_keys(b), multiplicity=m)``. It is mapped onto
+``FlashBiasPrecomputedBiasAttention`` (proj_q / _k / _v / _g / _o -> linear_q / _k / _v / _g / _o,
+shared), which keeps the host's conventions: projections in the caller's precision, the attention
+core in fp32 with CUDA autocast off and cast back to v's dtype, the gate applied after it, the
+samples of a structure consecutive (``repeat_interleave(m, 0)``). Kind "diffusion" is the
+``DiffusionModule.token_transformer``: the bias is *not* repeated over the m samples (one op call
+per structure, bias batch 1 read with stride 0) and its head-major fp32 copy (exact) or truncated
+SVD factors (lowrank, ``svd_config``) are computed at the first step and reused while the scope
+of the ``DiffusionModule`` call (hooks installed by ``patch_model``: every argument except
+``r_noisy``, ``times`` and ``multiplicity``) is unchanged. Kind "atom" is the
+``AtomTransformer`` of the atom attention encoder / decoder (stack "diffusion"; the trunk's
+``InputEmbedder`` atom encoder: stack "input"): windows of W queries against ``to_keys`` windows of H keys as the op's batch,
+always exact and uncached (the host itself repeats that bias over the samples before the layer
+sees it, a fresh tensor per call). Factor networks (lowrank with ``factor_config``, "distill")
+are refused: there is no pair representation to feed them. The key mask is the host's 0/1 mask
+(its -1e6 against the op's -1e9: equal whenever a row has a valid key; a window with no valid
+key at all, only padding atoms, gives those padding atoms different outputs in the two; nothing
+downstream reads them: they are masked as keys, weigh 0 in atom_to_token and their coordinate
+updates are masked).
+
 Kernel switches: the wrappers keep the host signatures. ``use_kernels`` (the host's
 cuequivariance ``triangle_attention`` kernel; the layer passes ``use_cuequiv_attn or
 use_kernels``) computes the same function as the host's torch path, which the FlashBias op now
@@ -70,12 +96,17 @@ from ..modules import (
     FactorConfig,
     FlashBiasAttentionPairBias,
 )
+from ..modules.bias_cache import SVDConfig
+from ..modules.precomputed_bias_attention import FlashBiasPrecomputedBiasAttention
+from .call_scope import scope_of
 from .common import (
+    DIFFUSION_KINDS,
     PatchedModule,
     Site,
     UnsupportedModuleError,
     build_on_meta,
     build_triangle_attention,
+    check_linear,
     check_no_meta,
     factor_network,
     share_layer_norm,
@@ -89,8 +120,9 @@ INSTALL_HINT = (
     "pip install --no-deps boltz==2.2.1 einops (--no-deps: boltz's pins would replace torch and "
     "numpy); the Pairformer modules need nothing else"
 )
-STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence", "affinity")
-DEFAULT_STACKS: tuple[str, ...] = ("pairformer",)
+STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence", "affinity", "diffusion", "input")
+# "diffusion" holds only kinds "diffusion" / "atom", so the default kinds patch the trunk alone
+DEFAULT_STACKS: tuple[str, ...] = ("pairformer", "diffusion")
 
 # the smallest single-attention inf for which masked keys get weight 0 in fp32 (Boltz's default)
 _MIN_SINGLE_INF = 1e6
@@ -115,9 +147,13 @@ def _host_classes():
 
 def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]:
     """The triangle attentions (kind "triangle") and single attentions ("single") of every
-    PairformerLayer / PairformerNoSeqLayer of the selected stacks, in model order."""
+    PairformerLayer / PairformerNoSeqLayer of the selected stacks, in model order; before them
+    the attentions of the diffusion module's token transformer ("diffusion") and of the atom
+    transformers ("atom")."""
     block_classes, TriangleAttention, AttentionPairBias = _host_classes()
     sites = []
+    if set(kinds) & set(DIFFUSION_KINDS):
+        sites += _diffusion_sites(model, stacks, kinds, AttentionPairBias)
     for path, block in model.named_modules():
         if not isinstance(block, block_classes):
             continue
@@ -214,8 +250,132 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
     return BoltzAttentionPairBias(host, ours, site)
 
 
+# ---------------------------------------------------------------------------------------------
+# Diffusion module: kinds "diffusion" (token transformer) and "atom" (atom transformers)
+
+# DiffusionModule.forward's arguments that change between diffusion steps (and multiplicity,
+# which AtomDiffusion.sample varies between its chunks of samples within a step: the cached
+# [B, H, N, N] bias does not depend on it); the others (trunk outputs, features,
+# diffusion_conditioning with every layer's precomputed bias) bound the bias reuse
+_VARYING = ("r_noisy", "times", "multiplicity")
+
+
+def _diffusion_sites(model: nn.Module, stacks, kinds, AttentionPairBias) -> list[Site]:
+    """The ``pair_bias_attn`` of every layer of the v2 ``DiffusionTransformer``s: kind "atom" in
+    an ``AtomTransformer`` (atom attention encoder / decoder), else "diffusion" (the diffusion
+    module's token transformer); stack "diffusion" inside a v2 ``DiffusionModule``, "input" in
+    the trunk's ``InputEmbedder`` (its atom encoder, run once per prediction); others (e.g. the
+    affinity module's transformer) are not diffusion attentions and are left alone."""
+    from boltz.model.modules.transformersv2 import AtomTransformer, DiffusionTransformer
+
+    sites = []
+    for path, dt in model.named_modules():
+        if not isinstance(dt, DiffusionTransformer) or not dt.pair_bias_attn:
+            continue
+        chain, m = [model], model  # the modules from the model down to the transformer
+        for part in path.split(".") if path else []:
+            m = getattr(m, part)
+            chain.append(m)
+        # the innermost DiffusionModule above it (the model included) bounds the bias reuse
+        context = next((mod for mod in reversed(chain[:-1]) if _is_diffusion_module(mod)), None)
+        if context is not None:
+            stack = "diffusion"
+        elif any(type(mod).__name__ == "InputEmbedder" for mod in chain):
+            stack = "input"
+        else:
+            continue
+        kind = "atom" if len(chain) >= 2 and isinstance(chain[-2], AtomTransformer) else "diffusion"
+        if kind not in kinds or stack not in stacks:
+            continue
+        for index, layer in enumerate(dt.layers):
+            module = getattr(layer, "pair_bias_attn", None)
+            if not isinstance(module, AttentionPairBias) or module.compute_pair_bias:
+                continue  # already replaced (patch_model checks that first), absent or not given a bias
+            prefix = f"{path}.layers.{index}" if path else f"layers.{index}"
+            sites.append(Site(path=f"{prefix}.pair_bias_attn", parent=layer, attr="pair_bias_attn",
+                              module=module, kind=kind, node=None, stack=stack, block=index, context=context))
+    return sites
+
+
+def _is_diffusion_module(module: nn.Module) -> bool:
+    # by class and module name: boltz.model.modules.diffusionv2.DiffusionModule (importing it
+    # needs einx, which the Pairformer-only path does not)
+    cls = type(module)
+    return cls.__name__ == "DiffusionModule" and cls.__module__ == "boltz.model.modules.diffusionv2"
+
+
+class BoltzDiffusionAttention(PatchedModule):
+    """Replaces the ``boltz.model.layers.attentionv2.AttentionPairBias`` (compute_pair_bias=False)
+    of a ``DiffusionTransformerLayer`` (token or atom transformer); same forward signature: z is
+    the layer's precomputed bias [B, Lq, Lk, H], mask the float key mask [B*m, Lk]."""
+
+    def __init__(self, host_module, flash_bias, site: Site):
+        super().__init__(host_module, flash_bias, site)
+        use_scope = site.context is not None and flash_bias.cache_bias
+        self._scope = (scope_of(site.context, _VARYING),) if use_scope else None
+
+    def on_patch(self) -> None:
+        if self._scope is not None:
+            self._scope[0].attach()
+            self.flash_bias.scope = self._scope[0].scope
+
+    def on_unpatch(self) -> None:
+        if self._scope is not None:
+            self._scope[0].detach()
+        self.flash_bias.scope = None
+        self.flash_bias.bias_cache.clear()
+
+    def forward(
+        self,
+        s: torch.Tensor,
+        z: torch.Tensor,
+        mask: torch.Tensor,
+        k_in: torch.Tensor,
+        multiplicity: int = 1,
+    ) -> torch.Tensor:
+        # the host adds -inf * (1 - mask) with its 0/1 float masks: a bool key mask here
+        key_mask = None if mask is None else mask != 0
+        return self.flash_bias(s, k_in, z, key_mask, multiplicity)
+
+
+def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backend: str,
+               svd_config: SVDConfig | None) -> PatchedModule:
+    host, where = site.module, site.path
+    if float(host.inf) < _MIN_SINGLE_INF:
+        raise UnsupportedModuleError(
+            f"{where}: inf={host.inf:g} < {_MIN_SINGLE_INF:g} (masked keys would keep a weight; the "
+            "FlashBias op masks with 1e9)")
+    if mode == "distill" or factor_config is not None:
+        raise UnsupportedModuleError(
+            f"{where}: Boltz-2 hands its diffusion attentions a precomputed bias, with no pair "
+            "representation to feed a factor network: use mode 'exact', or 'lowrank' with SVD factors "
+            "(no factor_config)")
+    atom = site.kind == "atom"
+    if atom:
+        # the atom transformer repeats its bias over the samples and windows itself (a fresh
+        # tensor every call): the 32 x 128 tiles are read as a dense bias, nothing is cached
+        mode = "exact"
+    for name in ("proj_q", "proj_k", "proj_v", "proj_g", "proj_o"):
+        check_linear(getattr(host, name), f"{where}.{name}")
+    ours = build_on_meta(
+        FlashBiasPrecomputedBiasAttention, c_q=host.c_s, n_heads=host.num_heads, head_dim=host.head_dim,
+        q_bias=host.proj_q.bias is not None, k_bias=host.proj_k.bias is not None,
+        v_bias=host.proj_v.bias is not None, gate_bias=host.proj_g.bias is not None,
+        out_bias=host.proj_o.bias is not None, cache_bias=not atom,
+        svd_config=(svd_config or SVDConfig()) if mode == "lowrank" else None, backend=backend,
+    )
+    for name in ("q", "k", "v", "g", "o"):
+        share_linear(getattr(ours, f"linear_{name}"), getattr(host, f"proj_{name}"), f"{where}.proj_{name}")
+    check_no_meta(ours, where)
+    ours.mode = mode
+    return BoltzDiffusionAttention(host, ours, site)
+
+
 def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | None,
-                     backend: str = "auto") -> PatchedModule:
-    """The wrapper that replaces ``site.module``, sharing its parameters."""
+                     backend: str = "auto", svd_config: SVDConfig | None = None) -> PatchedModule:
+    """The wrapper that replaces ``site.module``, sharing its parameters. ``svd_config``: the
+    SVD factors of the lowrank "diffusion" sites."""
+    if site.kind in DIFFUSION_KINDS:
+        return _diffusion(site, mode, factor_config, backend, svd_config)
     build = _triangle if site.kind == "triangle" else _single
     return build(site, mode, factor_config, backend)

@@ -73,8 +73,6 @@ Importing protenix on a machine without CUDA needs ``LAYERNORM_TYPE=torch`` in t
 
 from __future__ import annotations
 
-import inspect
-import weakref
 from typing import Sequence
 
 import torch
@@ -84,8 +82,9 @@ from ..modules import (
     FactorConfig,
     FlashBiasAttentionPairBias,
 )
-from ..modules.bias_cache import BiasScope, SVDConfig
+from ..modules.bias_cache import SVDConfig
 from ..modules.diffusion_attention import FlashBiasDiffusionAttention
+from .call_scope import CallScope, scope_of
 from .common import (
     DIFFUSION_KINDS,
     PatchedModule,
@@ -276,62 +275,15 @@ def _diffusion_sites(model: nn.Module, stacks, kinds, AttentionPairBias) -> list
     return sites
 
 
-class _DiffusionScope:
-    """The BiasScope of one DiffusionModule and the forward hooks that enter / leave it."""
+def _scope_of(module: nn.Module) -> CallScope:
+    """The CallScope of a DiffusionModule: every argument except the noisy coordinates and the
+    noise level, plus the parameters the biases can depend on upstream (conditioning, atom pair
+    embedding: the module's parameters outside its transformers; the attentions' own bias
+    parameters are checked by each module)."""
+    from protenix.model.modules.transformer import DiffusionTransformer
 
-    def __init__(self, module: nn.Module):
-        self.scope = BiasScope()
-        self._module = weakref.ref(module)
-        self._users = 0
-        self._handles = []
-        self._signature = inspect.signature(module.forward)
-        from protenix.model.modules.transformer import DiffusionTransformer
-
-        inner = {id(p) for m in module.modules() if isinstance(m, DiffusionTransformer) for p in m.parameters()}
-        # the parameters the biases can depend on upstream (conditioning, atom pair embedding);
-        # the attentions' own bias parameters are checked by each module
-        self._params = [p for p in module.parameters() if id(p) not in inner]
-
-    def _enter(self, module, args, kwargs):
-        try:
-            bound = self._signature.bind(*args, **kwargs)
-        except TypeError:
-            self.scope.invalidate()  # a call we cannot read: no reuse across it
-            self.scope.enter([])
-            return
-        bound.apply_defaults()
-        fixed = [(name, value) for name, value in bound.arguments.items()
-                 if name not in ("x_noisy", "t_hat_noise_level")]
-        self.scope.enter([fixed, self._params])
-
-    def _exit(self, module, args, kwargs, output):
-        self.scope.exit()
-
-    def attach(self) -> None:
-        if self._users == 0:
-            module = self._module()
-            self._handles = [
-                module.register_forward_pre_hook(self._enter, with_kwargs=True),
-                module.register_forward_hook(self._exit, with_kwargs=True, always_call=True),
-            ]
-        self._users += 1
-
-    def detach(self) -> None:
-        self._users = max(0, self._users - 1)
-        if self._users == 0:
-            for h in self._handles:
-                h.remove()
-            self._handles = []
-            self.scope.invalidate()
-
-
-_SCOPES: weakref.WeakKeyDictionary[nn.Module, _DiffusionScope] = weakref.WeakKeyDictionary()
-
-
-def _scope_of(module: nn.Module) -> _DiffusionScope:
-    if module not in _SCOPES:
-        _SCOPES[module] = _DiffusionScope(module)
-    return _SCOPES[module]
+    inner = {id(p) for m in module.modules() if isinstance(m, DiffusionTransformer) for p in m.parameters()}
+    return scope_of(module, ("x_noisy", "t_hat_noise_level"), [p for p in module.parameters() if id(p) not in inner])
 
 
 class ProtenixDiffusionAttentionPairBias(PatchedModule):

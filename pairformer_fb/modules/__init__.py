@@ -5,6 +5,7 @@ from .attention_pair_bias import FlashBiasAttentionPairBias
 from .bias_cache import BiasScope, SVDConfig, svd_factors
 from .common import MODES, FlashBiasModule, Mode
 from .diffusion_attention import FlashBiasDiffusionAttention
+from .precomputed_bias_attention import FlashBiasPrecomputedBiasAttention
 from .factor_network import FactorConfig, FactorNetwork, bias_approximation_loss
 from .triangle_attention import FlashBiasTriangleAttention
 
@@ -12,6 +13,7 @@ __all__ = [
     "FlashBiasTriangleAttention",
     "FlashBiasAttentionPairBias",
     "FlashBiasDiffusionAttention",
+    "FlashBiasPrecomputedBiasAttention",
     "SVDConfig",
     "svd_factors",
     "BiasScope",

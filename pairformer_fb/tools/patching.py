@@ -136,7 +136,7 @@ def patch_model(
             are added only to those. Must agree with ``factor_config`` if both are given.
         blocks: the block indices to patch (None: all).
         kinds: which modules: "triangle" (starting and ending node), "single" (the default
-            two), and, for hosts whose adapter has them (Protenix), "diffusion" (the diffusion
+            two), and, for hosts whose adapter has them (Protenix, Boltz-2), "diffusion" (the diffusion
             transformer's conditioned attention) and "atom" (the atom transformer's local
             attention, always exact). Their bias is computed once per trunk pass and reused
             across diffusion steps and samples.

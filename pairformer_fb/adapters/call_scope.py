@@ -1,0 +1,71 @@
+"""A :class:`BiasScope` bound to the calls of one host module (e.g. a diffusion module): forward
+hooks enter the scope with the call's arguments (all but the ``varying`` ones, e.g. the noisy
+coordinates and the noise level) plus given parameters, so that a bias cached in the scope is
+reused across the calls (diffusion steps) whose fixed inputs are the same tensors, unmodified.
+Shared by every wrapper whose bias reuse that module's calls bound (``scope_of``)."""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections.abc import Iterable
+
+from torch import nn
+
+from ..modules.bias_cache import BiasScope
+
+
+class CallScope:
+    """The BiasScope of one host module and the forward hooks that enter / leave it."""
+
+    def __init__(self, module: nn.Module, varying: Iterable[str], params: Iterable[nn.Parameter] = ()):
+        self.scope = BiasScope()
+        self._module = weakref.ref(module)
+        self._varying = frozenset(varying)
+        self._params = list(params)
+        self._users = 0
+        self._handles = []
+        self._signature = inspect.signature(module.forward)
+
+    def _enter(self, module, args, kwargs):
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError:
+            self.scope.invalidate()  # a call we cannot read: no reuse across it
+            self.scope.enter([])
+            return
+        bound.apply_defaults()
+        fixed = [(name, value) for name, value in bound.arguments.items() if name not in self._varying]
+        self.scope.enter([fixed, self._params])
+
+    def _exit(self, module, args, kwargs, output):
+        self.scope.exit()
+
+    def attach(self) -> None:
+        """Install the hooks (counted: one per wrapper that uses the scope)."""
+        if self._users == 0:
+            module = self._module()
+            self._handles = [
+                module.register_forward_pre_hook(self._enter, with_kwargs=True),
+                module.register_forward_hook(self._exit, with_kwargs=True, always_call=True),
+            ]
+        self._users += 1
+
+    def detach(self) -> None:
+        """Undo one ``attach``; the last one removes the hooks and frees what was cached."""
+        self._users = max(0, self._users - 1)
+        if self._users == 0:
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+            self.scope.invalidate()
+
+
+_SCOPES: weakref.WeakKeyDictionary[nn.Module, CallScope] = weakref.WeakKeyDictionary()
+
+
+def scope_of(module: nn.Module, varying: Iterable[str], params: Iterable[nn.Parameter] = ()) -> CallScope:
+    """The CallScope of ``module`` (created on first use with ``varying`` / ``params``)."""
+    if module not in _SCOPES:
+        _SCOPES[module] = CallScope(module, varying, params)
+    return _SCOPES[module]

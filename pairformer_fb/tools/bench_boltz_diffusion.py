@@ -1,0 +1,160 @@
+"""Boltz-2 diffusion-module attention benchmark: one call of the stock Boltz-2
+``AttentionPairBias`` (compute_pair_bias=False, as in every ``DiffusionTransformerLayer``)
+against ours (``FlashBiasPrecomputedBiasAttention`` through the Boltz adapter), i.e. the time per
+layer per diffusion step. The records and the table are those of :mod:`.bench_diffusion`.
+
+Modules:
+
+* ``diffusion``: the token transformer's attention (Boltz-2: 24 layers, 16 heads x 48, dim 768),
+  ``n_sample`` samples per call (``multiplicity``), the layer's bias a strided slice of the
+  all-layer bias [1, N, N, bias_layers * heads] as the host hands it;
+* ``atom``: the atom transformer's windowed attention (4 heads, dim 128, windows of 32 queries
+  against 128 keys) over N atoms, the bias already repeated over the samples by the host.
+
+Variants: ``stock``; ``exact`` (the bias cached as across diffusion steps); ``exact_uncached``
+(recomputed every call); ``lowrank`` (SVD factors, cached; diffusion only; the SVD's one-off time,
+rank and error in the notes). Boltz-2 runs its diffusion module in fp32 with
+``torch.set_float32_matmul_precision("highest")`` (autocast off): the defaults here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .bench_attention import DTYPES
+from .bench_diffusion import DiffusionRecord, _autocast, _sync, markdown_table
+from .timing import Skipped, environment, failure_status, median_ms
+
+
+def _host_module(module: str, cfg, device):
+    from boltz.model.layers.attentionv2 import AttentionPairBias
+
+    from .presets import randomise_
+
+    spec = cfg[module]
+    host = AttentionPairBias(c_s=spec.dim, num_heads=spec.heads, compute_pair_bias=False)
+    return randomise_(host, cfg.seed).to(device).eval()  # hosts zero-init proj_o: random weights
+
+
+def _inputs(module: str, n: int, cfg, device) -> dict:
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    spec, m = cfg[module], cfg.n_sample
+    if module == "diffusion":
+        s = torch.randn(m, n, spec.dim, generator=g)
+        all_bias = torch.randn(1, n, n, spec.bias_layers * spec.heads, generator=g)
+        bias = all_bias.to(device).view(1, n, n, spec.bias_layers, spec.heads)[:, :, :, 0]
+        mask = torch.ones(m, n)
+        return {"s": s.to(device), "k_in": None, "bias": bias, "mask": mask.to(device), "multiplicity": m}
+    from boltz.model.modules.encodersv2 import get_indexing_matrix, single_to_keys
+
+    W, H = spec.n_queries, spec.n_keys
+    K = -(-n // W)
+    atoms = torch.randn(m, K * W, spec.dim, generator=g).to(device)
+    atom_mask = torch.zeros(m, K * W)
+    atom_mask[:, :n] = 1
+    to_keys = partial(single_to_keys, indexing_matrix=get_indexing_matrix(K, W, H, device), W=W, H=H)
+    s = atoms.view(m * K, W, spec.dim)
+    k_in = to_keys(atoms).view(m * K, H, spec.dim)
+    mask = to_keys(atom_mask.to(device).unsqueeze(-1)).view(m * K, H)
+    bias = torch.randn(m * K, W, H, spec.heads, generator=g).to(device)
+    return {"s": s, "k_in": k_in, "bias": bias, "mask": mask, "multiplicity": 1}
+
+
+def _call(fn_module, x):
+    k_in = x["s"] if x["k_in"] is None else x["k_in"]
+    return lambda: fn_module(x["s"], x["bias"], x["mask"], k_in, multiplicity=x["multiplicity"])
+
+
+def _ours(host, module: str, mode: str, cfg):
+    from ..adapters.boltz import make_replacement
+    from ..adapters.common import Site
+    from ..modules.bias_cache import SVDConfig
+
+    site = Site(path=module, parent=None, attr=module, module=host, kind=module, node=None, stack="diffusion",
+                block=0)
+    svd = SVDConfig(rel_error=cfg.svd.rel_error, max_rank=cfg.svd.max_rank)
+    return make_replacement(site, mode=mode, factor_config=None, svd_config=svd)
+
+
+def _measure(module, n, variant, cfg, dtype, device, host, x, stock_out) -> DiffusionRecord:
+    rec = DiffusionRecord(module, n, cfg.n_sample, variant)
+    try:
+        if variant == "lowrank" and module != "diffusion":
+            raise Skipped("lowrank applies to the token transformer's attention only")
+        if variant == "stock":
+            fn = _call(host, x)
+        else:
+            ours = _ours(host, module, "lowrank" if variant == "lowrank" else "exact", cfg)
+            call = _call(ours, x)
+            if variant == "exact_uncached":
+                def fn():
+                    ours.flash_bias.bias_cache.clear()
+                    return call()
+            else:
+                fn = call
+            if variant == "lowrank":  # the one-off SVD, at the first call (then cached)
+                _sync(device)
+                t0 = time.perf_counter()
+                with _autocast(dtype, device):
+                    fn()
+                _sync(device)
+                svd = ours.flash_bias.last_svd
+                rec.notes.update(first_call_ms=round((time.perf_counter() - t0) * 1e3, 3), rank=svd.rank,
+                                 svd_rel_error_mean=float(svd.rel_errors.mean()),
+                                 svd_rel_error_max=float(svd.rel_errors.max()))
+        with _autocast(dtype, device):
+            out = fn()
+            rec.ms = median_ms(fn, device, cfg.warmup_ms, cfg.rep_ms)
+        if stock_out is not None and variant != "stock":
+            rec.rel_err = float((out.double() - stock_out.double()).norm() / stock_out.double().norm())
+        if variant == "exact" and module == "diffusion":
+            rec.notes["cache_hits"] = ours.flash_bias.bias_cache.hits
+    except Exception as e:  # noqa: BLE001 - keep going: record why this variant failed
+        rec.status = failure_status(e)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rec
+
+
+def run(cfg) -> list[DiffusionRecord]:
+    device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    dtype = DTYPES[cfg.dtype]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(device) | {"host": "boltz", "dtype": str(dtype).replace("torch.", ""), "tf32": bool(cfg.tf32)}
+    jobs = [(m, n) for m in cfg.modules for n in cfg[m].sizes]
+    records: list[DiffusionRecord] = []
+    bar = tqdm(total=len(jobs) * len(cfg.variants), desc="Boltz-2 diffusion attention benchmark", unit="case")
+    for module, n in jobs:
+        with torch.no_grad():
+            try:
+                host = _host_module(module, cfg, device)
+                x = _inputs(module, n, cfg, device)
+                with _autocast(dtype, device):
+                    stock_out = _call(host, x)()
+            except Exception as e:  # noqa: BLE001
+                for variant in cfg.variants:
+                    records.append(DiffusionRecord(module, n, cfg.n_sample, variant, status=failure_status(e)))
+                    bar.update()
+                continue
+            for variant in cfg.variants:
+                records.append(_measure(module, n, variant, cfg, dtype, device, host, x, stock_out))
+                bar.update()
+                (out / "results.json").write_text(json.dumps(
+                    {"environment": env, "records": [asdict(r) for r in records]}, indent=1))
+                (out / "results.md").write_text(markdown_table(records, env))
+            del host, x, stock_out
+    bar.close()
+    return records
