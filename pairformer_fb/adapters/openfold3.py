@@ -96,7 +96,9 @@ around every call of the ``DiffusionModule`` (``adapters.diffusion_scope``) with
 except ``xl_noisy`` and ``t``, plus the diffusion module's parameters outside its transformer
 blocks (the conditioning, the transformer's ``layer_norm_z``). The atom transformer's local
 attention (``CrossAttentionPairBias``, kind "atom": AdaLN on the query and the key blocks
-separately, an atom key mask within the windows) is not mapped: asking for kind "atom" raises.
+separately, key windows shifted to stay inside each sample's atoms, query rows masked too) is not
+mapped: kind "atom" finds nothing here (``patch_model`` with only "atom" raises, as for any
+host without the kind).
 
 Importing ``openfold3`` imports gemmi at the package level and ml_collections / biotite in the
 model's import chain; no environment variable is needed on CPU.
@@ -168,14 +170,12 @@ def _host_classes():
 
 
 def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]:
-    """The triangle attentions (kind "triangle") of every PairBlock and the single attentions
-    ("single") of every PairFormerBlock of the selected stacks, in the order the blocks run them
-    (a PairFormerBlock's triangle attentions, then its single attention)."""
+    """The diffusion transformer's attentions (kind "diffusion", stack "diffusion"), then the
+    triangle attentions (kind "triangle") of every PairBlock and the single attentions ("single")
+    of every PairFormerBlock of the selected stacks, in the order the blocks run them (a
+    PairFormerBlock's triangle attentions, then its single attention). Kind "atom" (the atom
+    transformer) is not mapped: it finds nothing."""
     PairBlock, PairFormerBlock, TriangleAttention, AttentionPairBias = _host_classes()
-    if "atom" in kinds:
-        raise UnsupportedModuleError(
-            "OpenFold3's atom transformer attention (CrossAttentionPairBias, kind 'atom') is not supported; "
-            "OpenFold3 has kinds 'triangle', 'single' and 'diffusion'")
     sites: list[Site] = _diffusion_sites(model) if "diffusion" in kinds and "diffusion" in stacks else []
     done: set[int] = set()  # PairBlocks already handled with their PairFormerBlock
 
