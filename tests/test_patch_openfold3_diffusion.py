@@ -5,6 +5,7 @@
   ``DiffusionAttentionPairBias`` (AdaLN, no pair norm of its own, token key mask with 1e9,
   ``linear_ada_out`` gate) reproduces it on fresh random inputs, with a samples dimension whose
   pair rep is shared or per sample and with padded (masked) tokens.
+* GPU (marked gpu, skipped without CUDA): OpenFold3's sizes on the Triton kernels, fp32 and bf16.
 * the tiny full OpenFold3 (``build_openfold3("tiny")`` with 3 diffusion steps x 2 samples): kind
   "diffusion" reproduces the unpatched atom positions, the bias is computed at the first step and
   reused for the others, a second input is still exact (no stale bias), unpatch is
@@ -182,3 +183,30 @@ def test_openfold3_full_model_diffusion_kind(openfold3_model):
         fb.unpatch_model(model)
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4, errors
     assert torch.equal(run_positions(model, batch), ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gpu_matches_host(dtype):
+    """OpenFold3's sizes (c_token 768, 16 heads x 48, c_s 384, c_z 128) on CUDA (the Triton
+    kernels), 5 samples sharing the pair rep, padded tokens masked: ours against the host module,
+    both in fp32 (no TF32) or both under bf16 autocast; the second call reads the cached bias."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    n, c_a, c_s, c_z, heads = 384, 768, 384, 128, 16
+    host = randomise_(DiffusionAttentionPairBias(c_q=c_a, c_k=c_a, c_v=c_a, c_s=c_s, c_z=c_z, c_hidden=c_a // heads,
+                                                 no_heads=heads), 27).cuda().eval()
+    site = Site(path="x", parent=None, attr="x", module=host, kind="diffusion", node=None, stack="diffusion",
+                block=0)
+    ours = make_replacement(site, mode="exact", factor_config=None)
+    a, s = rand(1, 5, n, c_a, seed=28).cuda(), rand(1, 5, n, c_s, seed=29).cuda()
+    z = rand(1, 1, n, n, c_z, seed=30).cuda()
+    mask = torch.ones(1, 1, n, device="cuda")
+    mask[..., -17:] = 0
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        ref = host(a=a, z=z, s=s, mask=mask)
+        out = ours(a=a, z=z, s=s, mask=mask)
+        again = ours(a=a, z=z, s=s, mask=mask)  # from the cached bias
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert rel_err(out, ref) < tol and torch.equal(again, out)
+    assert ours.flash_bias.bias_cache.hits == 1
