@@ -94,6 +94,8 @@ def test_bad_key_mask_names_the_argument():
     a, s, z = rand(1, 5, C_A, seed=1), rand(1, 5, C_S, seed=2), rand(1, 5, 5, C_Z, seed=3)
     with pytest.raises(ValueError, match="key_mask must be"):
         ours(a=a, z=z, s=s, mask=torch.ones(1, 4))
+    with pytest.raises(ValueError, match="key_mask must be"):  # batch dims that do not broadcast to a's
+        ours(a=a, z=z, s=s, mask=torch.ones(3, 5))
 
 
 # ---------------------------------------------------------------------------------------------

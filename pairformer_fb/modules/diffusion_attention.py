@@ -92,6 +92,9 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
     Global (diffusion transformer): z is [*, N, N, c_z]; or, with ``efficient_fusion`` (the
     hosts' fused bias), the already normalised z [*, c_z, N, N], and the bias is
     ``(linear_z.weight * layer_norm_z.weight) @ z`` over c_z (layer_norm_z's offset unused).
+    With ``pair_layer_norm=False`` there is no layer_norm_z: z arrives normalised (OpenFold3
+    normalises it once per transformer) and b = linear_z(z). ``key_mask`` (global attention, a
+    token mask [*, N]) masks keys with -1e9, OpenFold3's ``inf * (mask - 1)``.
 
     Local (atom transformer, ``n_queries`` / ``n_keys`` given): queries in blocks of n_queries
     atoms, each attending to the window of n_keys atoms centred on its block; z is the trunked
@@ -208,8 +211,10 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         if key_mask is not None:
             if local:
                 raise ValueError("key_mask applies to global attention only (n_queries / n_keys were given)")
-            if not isinstance(key_mask, torch.Tensor) or key_mask.dim() < 1 or key_mask.shape[-1] != a.shape[-2]:
-                raise ValueError(f"key_mask must be [*, N] with N = {a.shape[-2]} (from a), got "
+            if not isinstance(key_mask, torch.Tensor) or key_mask.dim() < 1 or key_mask.shape[-1] != a.shape[-2] \
+                    or not _broadcasts_to(key_mask.shape[:-1], a.shape[:-2]):
+                raise ValueError(f"key_mask must be [*, N] with N = {a.shape[-2]} and batch dims broadcastable to a's "
+                                 f"{shape_str(a.shape[:-2])}, got "
                                  f"{shape_str(key_mask.shape) if isinstance(key_mask, torch.Tensor) else type(key_mask).__name__}")
         x = self.adaln_a(a, s)
         kv = self.adaln_kv(x, s) if self.adaln_kv is not None else x
@@ -370,6 +375,14 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
                 d not in (1, b) for d, b in zip(zb, a.shape[:-2])):
             raise ValueError(f"z must be {layout} = {shape_str((*zb[:batch_nd], *tail))} with batch dims "
                              f"broadcastable to a's {shape_str(a.shape[:-2])}, got {shape_str(z.shape)}")
+
+
+def _broadcasts_to(shape, target) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` (without changing it)."""
+    try:
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except RuntimeError:
+        return False
 
 
 def _batch_to(t: torch.Tensor, batch_shape, n_tail: int) -> torch.Tensor:
