@@ -94,7 +94,10 @@ inputs, without the noise level): it (or its SVD factors in lowrank mode) is com
 first step and reused for the other steps and every sample, within a ``BiasScope`` entered
 around every call of the ``DiffusionModule`` (``adapters.diffusion_scope``) with every argument
 except ``xl_noisy`` and ``t``, plus the diffusion module's parameters outside its transformer
-blocks (the conditioning, the transformer's ``layer_norm_z``). The atom transformer's local
+blocks (the conditioning, the transformer's ``layer_norm_z``). Under ``torch.inference_mode``
+(Lightning's default for ``predict``, which OpenFold3's runner uses) the inputs are inference
+tensors, whose in-place changes cannot be tracked: the bias is then recomputed at every step
+(still exact, no reuse); ``torch.no_grad`` keeps the reuse. The atom transformer's local
 attention (``CrossAttentionPairBias``, kind "atom": AdaLN on the query and the key blocks
 separately, key windows shifted to stay inside each sample's atoms, query rows masked too) is not
 mapped: kind "atom" finds nothing here (``patch_model`` with only "atom" raises, as for any
