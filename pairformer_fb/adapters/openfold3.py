@@ -66,16 +66,58 @@ as the host's ``chunk_layer`` does. ``inplace_safe`` only lets the host reuse bu
 wrapper returns a fresh update, which the host's callers add in place or not as before. Masks
 that broadcast (the host's ``mask.expand``) are expanded to full shape.
 
+Diffusion module (kind "diffusion"): every ``DiffusionTransformerBlock`` of the
+``DiffusionModule``'s ``diffusion_transformer`` holds an ``openfold3.core.model.layers.
+attention_pair_bias.DiffusionAttentionPairBias`` (global attention, stack "diffusion"), called as
+``attention_pair_bias(a=a, z=z, s=s, mask=token_mask, ...)``. Its conventions, kept exactly: the
+pair rep arrives already normalised -- ``DiffusionTransformer.layer_norm_z`` (scale, no offset)
+runs once before the blocks and the attention has no pair norm of its own (our
+``pair_layer_norm=False``), the bias is ``linear_z(z)`` per head; a ``AdaLN`` (AF3 Algorithm 26)
+normalises a, conditioned by s: ``sigmoid(linear_g(LN_s(s))) * LN_a(a) + linear_s(LN_s(s))``;
+q, k, v, g from the same normalised a; the token mask masks keys with ``inf * (mask - 1)``
+(inf = 1e9, our op's key mask); the update is gated by ``sigmoid(linear_ada_out(s))``. Mapped
+onto ``FlashBiasDiffusionAttention``:
+
+    DiffusionAttentionPairBias             FlashBiasDiffusionAttention (pair_layer_norm=False)
+      layer_norm_a (AdaLN) .layer_norm_a     adaln_a.layer_norm_a (no scale / offset)
+                           .layer_norm_s     adaln_a.layer_norm_s (scale only)
+                           .linear_g         adaln_a.linear_s       (gate, with bias)
+                           .linear_s         adaln_a.linear_nobias_s (shift, no bias)
+      linear_z      (no bias)                linear_z
+      mha.linear_q / _k / _v / _g / _o       linear_q / _k / _v / _g / _o (q with bias)
+      linear_ada_out                         linear_a_last
+      mha.no_heads, mha.c_hidden             n_heads, head_dim;  inf must be 1e9
+
+The bias depends only on the trunk's outputs and the input features (OpenFold3's
+``DiffusionConditioning`` recomputes the pair conditioning at every step, from the same
+inputs, without the noise level): it (or its SVD factors in lowrank mode) is computed at the
+first step and reused for the other steps and every sample, within a ``BiasScope`` entered
+around every call of the ``DiffusionModule`` (``adapters.diffusion_scope``) with every argument
+except ``xl_noisy`` and ``t``, plus the diffusion module's parameters outside its transformer
+blocks (the conditioning, the transformer's ``layer_norm_z``). Under ``torch.inference_mode``
+(Lightning's default for ``predict``, which OpenFold3's runner uses) the inputs are inference
+tensors, whose in-place changes cannot be tracked: the bias is then recomputed at every step
+(still exact, no reuse); ``torch.no_grad`` keeps the reuse. The atom transformer's local
+attention (``CrossAttentionPairBias``, kind "atom": AdaLN on the query and the key blocks
+separately, key windows shifted to stay inside each sample's atoms, query rows masked too) is not
+mapped: kind "atom" finds nothing here (``patch_model`` with only "atom" raises, as for any
+host without the kind).
+
 Importing ``openfold3`` imports gemmi at the package level and ml_collections / biotite in the
 model's import chain; no environment variable is needed on CPU.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 import torch
 from torch import nn
+
+from ..modules.bias_cache import SVDConfig
+from ..modules.diffusion_attention import FlashBiasDiffusionAttention
+from .diffusion_scope import DiffusionScope
 
 from ..modules import (
     FactorConfig,
@@ -102,8 +144,9 @@ INSTALL_HINT = (
     "pip install --no-deps openfold3==0.5.0 gemmi ml-collections absl-py biotite "
     "(--no-deps: its pins would replace torch / numpy)"
 )
-STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence")
-DEFAULT_STACKS: tuple[str, ...] = ("pairformer",)
+STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence", "diffusion")
+# "diffusion" holds only kind "diffusion", so the default kinds patch the trunk alone
+DEFAULT_STACKS: tuple[str, ...] = ("pairformer", "diffusion")
 
 # ancestor class name -> stack name (by name, so that no further openfold3 module is imported)
 _STACK_OF_ANCESTOR = {
@@ -130,11 +173,13 @@ def _host_classes():
 
 
 def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]:
-    """The triangle attentions (kind "triangle") of every PairBlock and the single attentions
-    ("single") of every PairFormerBlock of the selected stacks, in the order the blocks run them
-    (a PairFormerBlock's triangle attentions, then its single attention)."""
+    """The diffusion transformer's attentions (kind "diffusion", stack "diffusion"), then the
+    triangle attentions (kind "triangle") of every PairBlock and the single attentions ("single")
+    of every PairFormerBlock of the selected stacks, in the order the blocks run them (a
+    PairFormerBlock's triangle attentions, then its single attention). Kind "atom" (the atom
+    transformer) is not mapped: it finds nothing."""
     PairBlock, PairFormerBlock, TriangleAttention, AttentionPairBias = _host_classes()
-    sites: list[Site] = []
+    sites: list[Site] = _diffusion_sites(model) if "diffusion" in kinds and "diffusion" in stacks else []
     done: set[int] = set()  # PairBlocks already handled with their PairFormerBlock
 
     def triangles(pair_block: nn.Module, path: str, stack: str, index: int) -> None:
@@ -275,8 +320,127 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
     return OpenFold3AttentionPairBias(host, ours, site)
 
 
+def _diffusion_sites(model: nn.Module) -> list[Site]:
+    """The DiffusionAttentionPairBias of every DiffusionTransformerBlock (stack "diffusion"),
+    each with the innermost DiffusionModule above it as its context."""
+    from openfold3.core.model.layers.attention_pair_bias import DiffusionAttentionPairBias
+    from openfold3.core.model.layers.diffusion_transformer import DiffusionTransformerBlock
+    from openfold3.core.model.structure.diffusion_module import DiffusionModule
+
+    sites = []
+    for path, block in model.named_modules():
+        if not isinstance(block, DiffusionTransformerBlock):
+            continue
+        module = getattr(block, "attention_pair_bias", None)
+        if not isinstance(module, DiffusionAttentionPairBias):
+            continue  # the atom transformer's CrossAttentionPairBias, or already replaced
+        chain, m = [model], model
+        for part in path.split(".") if path else []:
+            m = getattr(m, part)
+            chain.append(m)
+        context = next((mod for mod in reversed(chain) if isinstance(mod, DiffusionModule)), None)
+        _, index = stack_and_index(model, path, {})
+        sites.append(Site(path=f"{path}.attention_pair_bias" if path else "attention_pair_bias", parent=block,
+                          attr="attention_pair_bias", module=module, kind="diffusion", node=None,
+                          stack="diffusion", block=index, context=context))
+    return sites
+
+
+def _scope_of(module: nn.Module) -> DiffusionScope:
+    """The one DiffusionScope of a DiffusionModule (created on first use)."""
+    if module not in _SCOPES:
+        from openfold3.core.model.layers.diffusion_transformer import DiffusionTransformerBlock
+
+        # the parameters the biases can depend on upstream of the attentions (conditioning, the
+        # transformer's pair norm); the attentions' own bias parameters are checked by each
+        inner = {id(p) for m in module.modules() if isinstance(m, DiffusionTransformerBlock) for p in m.parameters()}
+        params = [p for p in module.parameters() if id(p) not in inner]
+        _SCOPES[module] = DiffusionScope(module, varying=("xl_noisy", "t"), params=params)
+    return _SCOPES[module]
+
+
+_SCOPES: weakref.WeakKeyDictionary[nn.Module, DiffusionScope] = weakref.WeakKeyDictionary()
+
+
+class OpenFold3DiffusionAttentionPairBias(PatchedModule):
+    """Replaces ``openfold3...attention_pair_bias.DiffusionAttentionPairBias``; same forward
+    signature."""
+
+    def __init__(self, host_module, flash_bias, site: Site):
+        super().__init__(host_module, flash_bias, site)
+        self._scope = (_scope_of(site.context),) if site.context is not None else None
+
+    def on_patch(self) -> None:
+        if self._scope is not None:
+            self._scope[0].attach()
+            self.flash_bias.scope = self._scope[0].scope
+
+    def on_unpatch(self) -> None:
+        if self._scope is not None:
+            self._scope[0].detach()
+        self.flash_bias.scope = None
+        self.flash_bias.bias_cache.clear()
+
+    def forward(
+        self,
+        a: torch.Tensor,
+        z: torch.Tensor,
+        s: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        use_deepspeed_evo_attention: bool = False,
+        use_cueq_triangle_kernels: bool = False,
+        use_triton_triangle_kernels: bool = False,
+        use_lma: bool = False,
+        use_high_precision_attention: bool = False,
+    ) -> torch.Tensor:
+        # kernel / precision switches: the same function (see the module docstring)
+        return self._finish(self.flash_bias(a, s, z, key_mask=mask))
+
+
+def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backend: str,
+               svd_config: SVDConfig | None) -> PatchedModule:
+    host, where = site.module, site.path
+    mha = host.mha
+    if mha.linear_g is None:
+        raise UnsupportedModuleError(f"{where}: attention without gating is not supported")
+    if float(host.inf) != MASK_INF:
+        raise UnsupportedModuleError(f"{where}: inf={host.inf:g} (the FlashBias op masks with 1e9)")
+    if not (mha.c_q == mha.c_k == mha.c_v):
+        raise UnsupportedModuleError(f"{where}: c_q, c_k, c_v = {mha.c_q}, {mha.c_k}, {mha.c_v} (self-attention "
+                                     "on one width expected)")
+    names = ["linear_z", "linear_ada_out", "layer_norm_a.linear_g", "layer_norm_a.linear_s", "mha.linear_q",
+             "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"]
+    for name in names:
+        check_linear(host.get_submodule(name), f"{where}.{name}")
+    adaln = host.layer_norm_a
+    ours = build_on_meta(
+        FlashBiasDiffusionAttention, c_a=mha.c_q, c_s=host.linear_ada_out.in_features, c_z=host.linear_z.in_features,
+        n_heads=mha.no_heads, head_dim=mha.c_hidden, pair_layer_norm=False,
+        q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
+        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
+        out_bias=mha.linear_o.bias is not None,
+        svd_config=svd_config if mode == "lowrank" and factor_config is None else None, backend=backend,
+    )
+    share_layer_norm(ours.adaln_a.layer_norm_a, adaln.layer_norm_a, f"{where}.layer_norm_a.layer_norm_a")
+    share_layer_norm(ours.adaln_a.layer_norm_s, adaln.layer_norm_s, f"{where}.layer_norm_a.layer_norm_s")
+    share_linear(ours.adaln_a.linear_s, adaln.linear_g, f"{where}.layer_norm_a.linear_g")
+    share_linear(ours.adaln_a.linear_nobias_s, adaln.linear_s, f"{where}.layer_norm_a.linear_s")
+    share_linear(ours.linear_z, host.linear_z, f"{where}.linear_z")
+    share_linear(ours.linear_a_last, host.linear_ada_out, f"{where}.linear_ada_out")
+    for name in ("q", "k", "v", "g", "o"):
+        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
+    ours.factor_network = factor_network(factor_config, host.linear_z.in_features, mha.no_heads,
+                                         host.linear_z.weight, "OpenFold3")
+    check_no_meta(ours, where)
+    ours.mode = mode
+    return OpenFold3DiffusionAttentionPairBias(host, ours, site)
+
+
 def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | None,
-                     backend: str = "auto") -> PatchedModule:
-    """The wrapper that replaces ``site.module``, sharing its parameters."""
+                     backend: str = "auto", svd_config: SVDConfig | None = None) -> PatchedModule:
+    """The wrapper that replaces ``site.module``, sharing its parameters. ``svd_config``: the
+    SVD factors of the lowrank "diffusion" sites given no ``factor_config``."""
+    if site.kind == "diffusion":
+        return _diffusion(site, mode, factor_config, backend, svd_config)
     build = _triangle if site.kind == "triangle" else _single
     return build(site, mode, factor_config, backend)

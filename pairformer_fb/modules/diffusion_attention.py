@@ -92,6 +92,9 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
     Global (diffusion transformer): z is [*, N, N, c_z]; or, with ``efficient_fusion`` (the
     hosts' fused bias), the already normalised z [*, c_z, N, N], and the bias is
     ``(linear_z.weight * layer_norm_z.weight) @ z`` over c_z (layer_norm_z's offset unused).
+    With ``pair_layer_norm=False`` there is no layer_norm_z: z arrives normalised (OpenFold3
+    normalises it once per transformer) and b = linear_z(z). ``key_mask`` (global attention, a
+    token mask [*, N]) masks keys with -1e9, OpenFold3's ``inf * (mask - 1)``.
 
     Local (atom transformer, ``n_queries`` / ``n_keys`` given): queries in blocks of n_queries
     atoms, each attending to the window of n_keys atoms centred on its block; z is the trunked
@@ -127,6 +130,7 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         gate_bias: bool = False,
         out_bias: bool = False,
         layer_norm_eps: float = 1e-5,
+        pair_layer_norm: bool = True,
         factor_config: FactorConfig | None = None,
         svd_config: SVDConfig | None = None,
         mode: Mode = "exact",
@@ -143,7 +147,8 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         self.backend = backend
         self.adaln_a = AdaptiveLayerNorm(c_a, c_s, layer_norm_eps)
         self.adaln_kv = AdaptiveLayerNorm(c_a, c_s, layer_norm_eps) if cross_attention else None
-        self.layer_norm_z = nn.LayerNorm(c_z, eps=layer_norm_eps)
+        # pair_layer_norm=False: z comes normalised (OpenFold3 normalises it once per transformer)
+        self.layer_norm_z = nn.LayerNorm(c_z, eps=layer_norm_eps) if pair_layer_norm else None
         self.linear_z = nn.Linear(c_z, n_heads, bias=False)
         self.linear_q = nn.Linear(c_a, hidden, bias=q_bias)
         self.linear_k = nn.Linear(c_a, hidden, bias=k_bias)
@@ -181,6 +186,7 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         n_queries: int | None = None,
         n_keys: int | None = None,
         efficient_fusion: bool = False,
+        key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -190,6 +196,8 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
                 broadcastable to *, typically all 1 (shared by the samples).
             n_queries, n_keys: local attention windows (both or neither).
             efficient_fusion: the global bias from a normalised, channel-first z.
+            key_mask: [*, N] token mask (global attention only), bool or 0 / 1 (broadcastable
+                batch dims): a zero masks that key with -1e9 (OpenFold3's ``inf * (mask - 1)``).
 
         Returns:
             the update [*, N, c_a]; in "distill" mode (update, bias approximation loss).
@@ -200,13 +208,21 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         if local and efficient_fusion:
             raise ValueError("efficient_fusion applies to global attention only (n_queries / n_keys were given)")
         self._check_inputs(a, s, z, local, efficient_fusion, n_queries, n_keys)
+        if key_mask is not None:
+            if local:
+                raise ValueError("key_mask applies to global attention only (n_queries / n_keys were given)")
+            if not isinstance(key_mask, torch.Tensor) or key_mask.dim() < 1 or key_mask.shape[-1] != a.shape[-2] \
+                    or not _broadcasts_to(key_mask.shape[:-1], a.shape[:-2]):
+                raise ValueError(f"key_mask must be [*, N] with N = {a.shape[-2]} and batch dims broadcastable to a's "
+                                 f"{shape_str(a.shape[:-2])}, got "
+                                 f"{shape_str(key_mask.shape) if isinstance(key_mask, torch.Tensor) else type(key_mask).__name__}")
         x = self.adaln_a(a, s)
         kv = self.adaln_kv(x, s) if self.adaln_kv is not None else x
         q, k, v, gate = self._project(x, kv)  # [*, N, H, D] each
         if local:
             o, loss = self._local(q, k, v, z, n_queries, n_keys), None
         else:
-            o, loss = self._global(q, k, v, z, efficient_fusion, mode)
+            o, loss = self._global(q, k, v, z, efficient_fusion, mode, key_mask)
         gated = torch.sigmoid(gate) * o
         update = self.linear_o(gated.flatten(-2))
         update = torch.sigmoid(self.linear_a_last(s)) * update
@@ -227,7 +243,8 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
     # pair terms: computed once per z (cached)
 
     def _bias_params(self):
-        params = [self.layer_norm_z.weight, self.layer_norm_z.bias, self.linear_z.weight]
+        norm = self.layer_norm_z
+        params = [None if norm is None else norm.weight, None if norm is None else norm.bias, self.linear_z.weight]
         if self.factor_network is not None:
             params += list(self.factor_network.parameters())
         return params
@@ -247,22 +264,25 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
     def _dense_bias(self, z, efficient_fusion):
         """[*', H, N, N] in the compute dtype of the host's projection."""
         if efficient_fusion:
-            w = self.linear_z.weight * self.layer_norm_z.weight[None, :] if self.layer_norm_z.weight is not None \
-                else self.linear_z.weight
+            norm_weight = getattr(self.layer_norm_z, "weight", None)
+            w = self.linear_z.weight * norm_weight[None, :] if norm_weight is not None else self.linear_z.weight
             n = z.shape[-1]
             return torch.matmul(w, z.flatten(-2)).unflatten(-1, (n, n))
-        return head_major_pair_bias(layer_norm(z, self.layer_norm_z), self.linear_z)
+        return head_major_pair_bias(self._norm_z(z), self.linear_z)
+
+    def _norm_z(self, z):
+        return z if self.layer_norm_z is None else layer_norm(z, self.layer_norm_z)
 
     def _normalised_pair(self, z, efficient_fusion):
         """layer_norm_z(z) in [*', N, N, c_z] (for the factor network)."""
         if efficient_fusion:
             pair = z.movedim(-3, -1)
-            if self.layer_norm_z.weight is not None:
+            if getattr(self.layer_norm_z, "weight", None) is not None:
                 pair = pair * self.layer_norm_z.weight
             return pair
-        return layer_norm(z, self.layer_norm_z)
+        return self._norm_z(z)
 
-    def _global(self, q, k, v, z, efficient_fusion, mode):
+    def _global(self, q, k, v, z, efficient_fusion, mode, key_mask=None):
         batch_shape, n = q.shape[:-3], q.shape[-3]
         H, D = self.n_heads, self.head_dim
         use_factors = mode == "lowrank"
@@ -290,7 +310,10 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
             phi_k = _batch_to(terms["phi_k"], batch_shape, 3)
         else:
             bias = _batch_to(terms["bias"], batch_shape, 3)
-        o = flash_bias_attention(qh, kh, vh, q_factors=phi_q, k_factors=phi_k, bias=bias, backend=self.backend)
+        if key_mask is not None:  # [*, N] -> bool [B, N]
+            key_mask = (key_mask != 0).expand(*batch_shape, n).reshape(B, n)
+        o = flash_bias_attention(qh, kh, vh, q_factors=phi_q, k_factors=phi_k, bias=bias, key_mask=key_mask,
+                                 backend=self.backend)
         o = o.transpose(1, 2).reshape(*batch_shape, n, H, D)
         loss = None
         if mode == "distill":
@@ -303,7 +326,7 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         T, pad_left, pad_right = trunk_geometry(n, n_queries, n_keys)
 
         def build():
-            pair = layer_norm(z, self.layer_norm_z)  # [*', T, nq, nk, c]
+            pair = self._norm_z(z)  # [*', T, nq, nk, c]
             zb = pair.shape[:-4]
             flat = pair.reshape(*zb, T, n_queries * n_keys, self.c_z)
             bias = torch.matmul(self.linear_z.weight, flat.transpose(-1, -2))  # [*', T, H, nq * nk]
@@ -352,6 +375,14 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
                 d not in (1, b) for d, b in zip(zb, a.shape[:-2])):
             raise ValueError(f"z must be {layout} = {shape_str((*zb[:batch_nd], *tail))} with batch dims "
                              f"broadcastable to a's {shape_str(a.shape[:-2])}, got {shape_str(z.shape)}")
+
+
+def _broadcasts_to(shape, target) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` (without changing it)."""
+    try:
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except RuntimeError:
+        return False
 
 
 def _batch_to(t: torch.Tensor, batch_shape, n_tail: int) -> torch.Tensor:
