@@ -92,7 +92,7 @@ The bias depends only on the trunk's outputs and the input features (OpenFold3's
 ``DiffusionConditioning`` recomputes the pair conditioning at every step, from the same
 inputs, without the noise level): it (or its SVD factors in lowrank mode) is computed at the
 first step and reused for the other steps and every sample, within a ``BiasScope`` entered
-around every call of the ``DiffusionModule`` (``adapters.diffusion_scope``) with every argument
+around every call of the ``DiffusionModule`` (``adapters.call_scope``) with every argument
 except ``xl_noisy`` and ``t``, plus the diffusion module's parameters outside its transformer
 blocks (the conditioning, the transformer's ``layer_norm_z``). Under ``torch.inference_mode``
 (Lightning's default for ``predict``, which OpenFold3's runner uses) the inputs are inference
@@ -109,20 +109,18 @@ model's import chain; no environment variable is needed on CPU.
 
 from __future__ import annotations
 
-import weakref
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..modules.bias_cache import SVDConfig
-from ..modules.diffusion_attention import FlashBiasDiffusionAttention
-from .diffusion_scope import DiffusionScope
-
 from ..modules import (
     FactorConfig,
     FlashBiasAttentionPairBias,
 )
+from ..modules.bias_cache import SVDConfig
+from ..modules.diffusion_attention import FlashBiasDiffusionAttention
+from .call_scope import CallScope, scope_of
 from .common import (
     MASK_INF,
     PatchedModule,
@@ -346,20 +344,15 @@ def _diffusion_sites(model: nn.Module) -> list[Site]:
     return sites
 
 
-def _scope_of(module: nn.Module) -> DiffusionScope:
-    """The one DiffusionScope of a DiffusionModule (created on first use)."""
-    if module not in _SCOPES:
-        from openfold3.core.model.layers.diffusion_transformer import DiffusionTransformerBlock
+def _scope_of(module: nn.Module) -> CallScope:
+    """The CallScope of a DiffusionModule: every argument except the noisy positions and the
+    noise level, plus the parameters the biases can depend on upstream of the attentions
+    (conditioning, the transformer's pair norm; the attentions' own bias parameters are checked
+    by each)."""
+    from openfold3.core.model.layers.diffusion_transformer import DiffusionTransformerBlock
 
-        # the parameters the biases can depend on upstream of the attentions (conditioning, the
-        # transformer's pair norm); the attentions' own bias parameters are checked by each
-        inner = {id(p) for m in module.modules() if isinstance(m, DiffusionTransformerBlock) for p in m.parameters()}
-        params = [p for p in module.parameters() if id(p) not in inner]
-        _SCOPES[module] = DiffusionScope(module, varying=("xl_noisy", "t"), params=params)
-    return _SCOPES[module]
-
-
-_SCOPES: weakref.WeakKeyDictionary[nn.Module, DiffusionScope] = weakref.WeakKeyDictionary()
+    inner = {id(p) for m in module.modules() if isinstance(m, DiffusionTransformerBlock) for p in m.parameters()}
+    return scope_of(module, ("xl_noisy", "t"), [p for p in module.parameters() if id(p) not in inner])
 
 
 class OpenFold3DiffusionAttentionPairBias(PatchedModule):
