@@ -98,7 +98,7 @@ from ..modules import (
 )
 from ..modules.bias_cache import SVDConfig
 from ..modules.precomputed_bias_attention import FlashBiasPrecomputedBiasAttention
-from .call_scope import scope_of
+from .call_scope import ScopedPatchedModule, scope_of
 from .common import (
     DIFFUSION_KINDS,
     PatchedModule,
@@ -304,26 +304,14 @@ def _is_diffusion_module(module: nn.Module) -> bool:
     return cls.__name__ == "DiffusionModule" and cls.__module__ == "boltz.model.modules.diffusionv2"
 
 
-class BoltzDiffusionAttention(PatchedModule):
+class BoltzDiffusionAttention(ScopedPatchedModule):
     """Replaces the ``boltz.model.layers.attentionv2.AttentionPairBias`` (compute_pair_bias=False)
     of a ``DiffusionTransformerLayer`` (token or atom transformer); same forward signature: z is
     the layer's precomputed bias [B, Lq, Lk, H], mask the float key mask [B*m, Lk]."""
 
     def __init__(self, host_module, flash_bias, site: Site):
-        super().__init__(host_module, flash_bias, site)
         use_scope = site.context is not None and flash_bias.cache_bias
-        self._scope = (scope_of(site.context, _VARYING),) if use_scope else None
-
-    def on_patch(self) -> None:
-        if self._scope is not None:
-            self._scope[0].attach()
-            self.flash_bias.scope = self._scope[0].scope
-
-    def on_unpatch(self) -> None:
-        if self._scope is not None:
-            self._scope[0].detach()
-        self.flash_bias.scope = None
-        self.flash_bias.bias_cache.clear()
+        super().__init__(host_module, flash_bias, site, scope_of(site.context, _VARYING) if use_scope else None)
 
     def forward(
         self,

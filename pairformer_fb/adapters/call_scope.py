@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from ..modules.bias_cache import BiasScope
+from .common import PatchedModule, Site
 
 
 class CallScope:
@@ -69,3 +70,25 @@ def scope_of(module: nn.Module, varying: Iterable[str], params: Iterable[nn.Para
     if module not in _SCOPES:
         _SCOPES[module] = CallScope(module, varying, params)
     return _SCOPES[module]
+
+
+class ScopedPatchedModule(PatchedModule):
+    """A PatchedModule whose FlashBias module caches its bias within a CallScope (the diffusion
+    attentions): patching attaches the scope's hooks and hands the module its BiasScope;
+    unpatching detaches them and frees the cache. ``call_scope`` None: no scope (the module
+    then reuses a bias only for the same, unmodified z)."""
+
+    def __init__(self, host_module, flash_bias, site: Site, call_scope: CallScope | None):
+        super().__init__(host_module, flash_bias, site)
+        self._scope = (call_scope,) if call_scope is not None else None  # a tuple: not a submodule
+
+    def on_patch(self) -> None:
+        if self._scope is not None:
+            self._scope[0].attach()
+            self.flash_bias.scope = self._scope[0].scope
+
+    def on_unpatch(self) -> None:
+        if self._scope is not None:
+            self._scope[0].detach()
+        self.flash_bias.scope = None
+        self.flash_bias.bias_cache.clear()

@@ -120,7 +120,7 @@ from ..modules import (
 )
 from ..modules.bias_cache import SVDConfig
 from ..modules.diffusion_attention import FlashBiasDiffusionAttention
-from .call_scope import CallScope, scope_of
+from .call_scope import CallScope, ScopedPatchedModule, scope_of
 from .common import (
     MASK_INF,
     PatchedModule,
@@ -355,24 +355,13 @@ def _scope_of(module: nn.Module) -> CallScope:
     return scope_of(module, ("xl_noisy", "t"), [p for p in module.parameters() if id(p) not in inner])
 
 
-class OpenFold3DiffusionAttentionPairBias(PatchedModule):
+class OpenFold3DiffusionAttentionPairBias(ScopedPatchedModule):
     """Replaces ``openfold3...attention_pair_bias.DiffusionAttentionPairBias``; same forward
     signature."""
 
     def __init__(self, host_module, flash_bias, site: Site):
-        super().__init__(host_module, flash_bias, site)
-        self._scope = (_scope_of(site.context),) if site.context is not None else None
-
-    def on_patch(self) -> None:
-        if self._scope is not None:
-            self._scope[0].attach()
-            self.flash_bias.scope = self._scope[0].scope
-
-    def on_unpatch(self) -> None:
-        if self._scope is not None:
-            self._scope[0].detach()
-        self.flash_bias.scope = None
-        self.flash_bias.bias_cache.clear()
+        super().__init__(host_module, flash_bias, site,
+                         _scope_of(site.context) if site.context is not None else None)
 
     def forward(
         self,
