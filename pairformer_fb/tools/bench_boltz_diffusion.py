@@ -20,7 +20,6 @@ rank and error in the notes). Boltz-2 runs its diffusion module in fp32 with
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -29,8 +28,8 @@ import torch
 from tqdm import tqdm
 
 from .bench_attention import DTYPES
-from .bench_diffusion import DiffusionRecord, _autocast, _sync, markdown_table
-from .timing import Skipped, environment, failure_status, median_ms
+from .bench_diffusion import DiffusionRecord, _autocast, markdown_table, time_variant
+from .timing import Skipped, environment, failure_status
 
 
 def _host_module(module: str, cfg, device):
@@ -88,34 +87,13 @@ def _measure(module, n, variant, cfg, dtype, device, host, x, stock_out) -> Diff
     try:
         if variant == "lowrank" and module != "diffusion":
             raise Skipped("lowrank applies to the token transformer's attention only")
-        if variant == "stock":
-            fn = _call(host, x)
-        else:
-            ours = _ours(host, module, "lowrank" if variant == "lowrank" else "exact", cfg)
-            call = _call(ours, x)
-            if variant == "exact_uncached":
-                def fn():
-                    ours.flash_bias.bias_cache.clear()
-                    return call()
-            else:
-                fn = call
-            if variant == "lowrank":  # the one-off SVD, at the first call (then cached)
-                _sync(device)
-                t0 = time.perf_counter()
-                with _autocast(dtype, device):
-                    fn()
-                _sync(device)
-                svd = ours.flash_bias.last_svd
-                rec.notes.update(first_call_ms=round((time.perf_counter() - t0) * 1e3, 3), rank=svd.rank,
-                                 svd_rel_error_mean=float(svd.rel_errors.mean()),
-                                 svd_rel_error_max=float(svd.rel_errors.max()))
-        with _autocast(dtype, device):
-            out = fn()
-            rec.ms = median_ms(fn, device, cfg.warmup_ms, cfg.rep_ms)
-        if stock_out is not None and variant != "stock":
-            rec.rel_err = float((out.double() - stock_out.double()).norm() / stock_out.double().norm())
-        if variant == "exact" and module == "diffusion":
-            rec.notes["cache_hits"] = ours.flash_bias.bias_cache.hits
+
+        def build_ours(mode):
+            ours = _ours(host, module, mode, cfg)
+            return ours, _call(ours, x)
+
+        time_variant(rec, variant, _call(host, x), build_ours, cfg, dtype, device, stock_out,
+                     cache_hits=module == "diffusion")
     except Exception as e:  # noqa: BLE001 - keep going: record why this variant failed
         rec.status = failure_status(e)
     finally:

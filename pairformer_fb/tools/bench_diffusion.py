@@ -100,40 +100,55 @@ def _call(fn_module, module: str, x, cfg, fusion: bool):
     return lambda: fn_module(x["a"], x["s"], x["z"], n_queries=spec.n_queries, n_keys=spec.n_keys)
 
 
+def time_variant(rec: DiffusionRecord, variant: str, stock_fn, build_ours, cfg, dtype, device, stock_out,
+                 *, cache_hits: bool = True) -> None:
+    """Time one variant into ``rec``: ``stock_fn`` (a closure calling the host module) for
+    "stock*", else ``build_ours(mode) -> (wrapper, closure)``; "exact_uncached" clears the bias
+    cache before every call, "lowrank" records its one-off SVD (first call) and ranks. Also the
+    output's relative error against ``stock_out`` and, with ``cache_hits``, exact's cache hits.
+    Shared by the Protenix and Boltz-2 diffusion benchmarks."""
+    ours = None
+    if variant.startswith("stock"):
+        fn = stock_fn
+    else:
+        ours, call = build_ours("lowrank" if variant == "lowrank" else "exact")
+        if variant == "exact_uncached":
+            def fn():
+                ours.flash_bias.bias_cache.clear()
+                return call()
+        else:
+            fn = call
+        if variant == "lowrank":  # the one-off SVD, at the first call (then cached)
+            _sync(device)
+            t0 = time.perf_counter()
+            with _autocast(dtype, device):
+                fn()
+            _sync(device)
+            svd = ours.flash_bias.last_svd
+            rec.notes.update(first_call_ms=round((time.perf_counter() - t0) * 1e3, 3), rank=svd.rank,
+                             svd_rel_error_mean=float(svd.rel_errors.mean()),
+                             svd_rel_error_max=float(svd.rel_errors.max()))
+    with _autocast(dtype, device):
+        out = fn()
+        rec.ms = median_ms(fn, device, cfg.warmup_ms, cfg.rep_ms)
+    if stock_out is not None and ours is not None:
+        rec.rel_err = float((out.double() - stock_out.double()).norm() / stock_out.double().norm())
+    if variant == "exact" and cache_hits:
+        rec.notes["cache_hits"] = ours.flash_bias.bias_cache.hits
+
+
 def _measure(module: str, n: int, variant: str, cfg, dtype, device, host, x, stock_out) -> DiffusionRecord:
     rec = DiffusionRecord(module, n, cfg.n_sample, variant)
     try:
         if variant in ("stock_fusion", "lowrank") and module != "diffusion":
             raise Skipped(f"{variant} applies to the diffusion transformer's attention only")
         fusion = module == "diffusion" and variant != "stock"
-        if variant.startswith("stock"):
-            fn = _call(host, module, x, cfg, fusion)
-        else:
-            ours = _ours(host, module, "lowrank" if variant == "lowrank" else "exact", cfg)
-            call = _call(ours, module, x, cfg, fusion)
-            if variant == "exact_uncached":
-                def fn():
-                    ours.flash_bias.bias_cache.clear()
-                    return call()
-            else:
-                fn = call
-            if variant == "lowrank":  # the one-off SVD, at the first call (then cached)
-                _sync(device)
-                t0 = time.perf_counter()
-                with _autocast(dtype, device):
-                    fn()
-                _sync(device)
-                svd = ours.flash_bias.last_svd
-                rec.notes.update(first_call_ms=round((time.perf_counter() - t0) * 1e3, 3), rank=svd.rank,
-                                 svd_rel_error_mean=float(svd.rel_errors.mean()),
-                                 svd_rel_error_max=float(svd.rel_errors.max()))
-        with _autocast(dtype, device):
-            out = fn()
-            rec.ms = median_ms(fn, device, cfg.warmup_ms, cfg.rep_ms)
-        if stock_out is not None and not variant.startswith("stock"):
-            rec.rel_err = float((out.double() - stock_out.double()).norm() / stock_out.double().norm())
-        if variant == "exact":
-            rec.notes["cache_hits"] = ours.flash_bias.bias_cache.hits
+
+        def build_ours(mode):
+            ours = _ours(host, module, mode, cfg)
+            return ours, _call(ours, module, x, cfg, fusion)
+
+        time_variant(rec, variant, _call(host, module, x, cfg, fusion), build_ours, cfg, dtype, device, stock_out)
     except Exception as e:  # keep going: record why this variant failed
         rec.status = failure_status(e)
     finally:
