@@ -21,7 +21,7 @@ except Exception as e:  # noqa: BLE001 - any import failure means: no usable hos
     pytest.skip(f"boltz cannot be imported ({type(e).__name__}: {e}); install it with "
                 "pip install --no-deps boltz==2.2.1 einops", allow_module_level=True)
 
-from host_models import randomise_
+from host_models import additive_pair, randomise_, set_exact_factors
 from naive import rel_err
 import pairformer_fb as fb
 from pairformer_fb.adapters import PatchedModule, UnsupportedModelError, UnsupportedModuleError, detect_host
@@ -234,41 +234,6 @@ def test_per_block_modes_and_selection():
     fb.unpatch_model(stack)
 
 
-def _additive_pair(n, c, g):
-    """z[j, k] = x_j + y_k, x and y in orthogonal zero-mean subspaces with ||x_j|| and ||y_k||
-    constant: every z[j, k] has the same mean (0) and variance, so a layer norm maps z to an
-    affine function of it, and any linear bias of LN(z) is u_j + v_k: rank 2 exactly (also
-    in the transposed orientation, u_k + v_j)."""
-    basis, _ = torch.linalg.qr(torch.randn(c, c, generator=g, dtype=torch.float64))
-    basis = basis[:, 1:] - basis[:, 1:].mean(0)  # columns orthogonal to ones -> zero mean
-    basis, _ = torch.linalg.qr(basis)
-    half = (c - 1) // 2
-    x = torch.randn(n, half, generator=g, dtype=torch.float64)
-    y = torch.randn(n, half, generator=g, dtype=torch.float64)
-    x = x / x.norm(dim=-1, keepdim=True) * 3.0
-    y = y / y.norm(dim=-1, keepdim=True) * 4.0
-    xs, ys = x @ basis[:, :half].T, y @ basis[:, half:2 * half].T
-    return (xs[:, None, :] + ys[None, :, :]).float()
-
-
-def _set_exact_factors(factor_network, weight, pair):
-    """A depth-0 factor network whose phi_q phi_k^T equals W p[j, k] exactly for the additive
-    pair rep p in the bias' orientation (no mask): phi_q[h, j] = (W_h f_q[j] - W_h mean(p), 1),
-    phi_k[h, k] = (1, W_h f_k[k])."""
-    (lin_q,), (lin_k,) = factor_network.query_mlp, factor_network.key_mlp
-    mean = pair.mean((0, 1))
-    with torch.no_grad():
-        for m in (lin_q, lin_k):
-            m.weight.zero_()
-            m.bias.zero_()
-        for h in range(weight.shape[0]):
-            lin_q.weight[2 * h] = weight[h]
-            lin_q.bias[2 * h] = -(weight[h] @ mean)
-            lin_q.bias[2 * h + 1] = 1.0
-            lin_k.bias[2 * h] = 1.0
-            lin_k.weight[2 * h + 1] = weight[h]
-
-
 def test_lowrank_with_an_exactly_low_rank_bias_reproduces_exact_and_host():
     """The bias of an additive pair rep is exactly rank 2; the factor networks are set to give
     it (from the same layer-normed pair rep as the dense bias, in the bias' orientation: the
@@ -277,7 +242,7 @@ def test_lowrank_with_an_exactly_low_rank_bias_reproduces_exact_and_host():
     layer = stack.layers[0]
     g = torch.Generator().manual_seed(3)
     n = 11
-    z = _additive_pair(n, C_Z, g)[None]
+    z = additive_pair(n, C_Z, g)[None]
     s = torch.randn(1, n, C_S, generator=g)
     ones = torch.ones(1, n)
     calls = {
@@ -298,7 +263,7 @@ def test_lowrank_with_an_exactly_low_rank_bias_reproduces_exact_and_host():
                 weight, pair = ours.linear_b.weight, ours.layer_norm(z[0])
                 if name == "tri_att_end":
                     pair = pair.transpose(0, 1)  # the bias' orientation: from the transposed z
-            _set_exact_factors(ours.factor_network, weight, pair)
+            set_exact_factors(ours.factor_network, weight, pair)
             low = call(getattr(layer, name))
             ours.mode = "exact"
             exact = call(getattr(layer, name))

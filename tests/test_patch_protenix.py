@@ -20,7 +20,7 @@ except Exception as e:  # noqa: BLE001 - any import failure means: no usable hos
     pytest.skip(f"protenix cannot be imported ({type(e).__name__}: {e}); install it with "
                 "pip install --no-deps protenix==2.0.0 -r requirements-hosts.txt", allow_module_level=True)
 
-from host_models import randomise_
+from host_models import additive_pair, randomise_, set_exact_factors
 from naive import rel_err
 import pairformer_fb as fb
 from pairformer_fb.adapters import PatchedModule, UnsupportedModelError, detect_host
@@ -191,39 +191,6 @@ def test_per_block_modes_and_selection():
     fb.unpatch_model(stack)
 
 
-def _additive_pair(n, c, g):
-    """z[j, k] = x_j + y_k, x and y in orthogonal zero-mean subspaces with ||x_j|| and ||y_k||
-    constant: every z[j, k] has the same mean (0) and variance, so a layer norm maps z to an
-    affine function of it, and any linear bias of LN(z) is u_j + v_k: rank 2 exactly."""
-    basis, _ = torch.linalg.qr(torch.randn(c, c, generator=g, dtype=torch.float64))
-    basis = basis[:, 1:] - basis[:, 1:].mean(0)  # columns orthogonal to ones -> zero mean
-    basis, _ = torch.linalg.qr(basis)
-    half = (c - 1) // 2
-    x = torch.randn(n, half, generator=g, dtype=torch.float64)
-    y = torch.randn(n, half, generator=g, dtype=torch.float64)
-    x = x / x.norm(dim=-1, keepdim=True) * 3.0
-    y = y / y.norm(dim=-1, keepdim=True) * 4.0
-    xs, ys = x @ basis[:, :half].T, y @ basis[:, half:2 * half].T
-    return (xs[:, None, :] + ys[None, :, :]).float()
-
-
-def _set_exact_factors(factor_network, weight, pair):
-    """A depth-0 factor network whose phi_q phi_k^T equals W p[j, k] exactly for the additive
-    pair rep p (no mask): phi_q[h, j] = (W_h f_q[j] - W_h mean(p), 1), phi_k[h, k] = (1, W_h f_k[k])."""
-    (lin_q,), (lin_k,) = factor_network.query_mlp, factor_network.key_mlp
-    mean = pair.mean((0, 1))
-    with torch.no_grad():
-        for m in (lin_q, lin_k):
-            m.weight.zero_()
-            m.bias.zero_()
-        for h in range(weight.shape[0]):
-            lin_q.weight[2 * h] = weight[h]
-            lin_q.bias[2 * h] = -(weight[h] @ mean)
-            lin_q.bias[2 * h + 1] = 1.0
-            lin_k.bias[2 * h] = 1.0
-            lin_k.weight[2 * h + 1] = weight[h]
-
-
 def test_lowrank_with_an_exactly_low_rank_bias_reproduces_exact_and_host():
     """The bias of an additive pair rep is exactly rank 2; the factor network is set to give it
     (from the same layer-normed pair rep as the dense bias), so lowrank == exact == host."""
@@ -232,7 +199,7 @@ def test_lowrank_with_an_exactly_low_rank_bias_reproduces_exact_and_host():
     hosts = {"tri_att_start": block.tri_att_start, "attention_pair_bias": block.attention_pair_bias}
     g = torch.Generator().manual_seed(3)
     n = 11
-    z = _additive_pair(n, C_Z, g)[None]
+    z = additive_pair(n, C_Z, g)[None]
     s = torch.randn(1, n, C_S, generator=g)
     with torch.no_grad():
         ref_tri = hosts["tri_att_start"](z, None)
@@ -242,9 +209,9 @@ def test_lowrank_with_an_exactly_low_rank_bias_reproduces_exact_and_host():
     assert all(e.rank == 2 for e in report.entries)
     tri, apb = block.tri_att_start, block.attention_pair_bias
     with torch.no_grad():
-        _set_exact_factors(tri.flash_bias.factor_network, tri.flash_bias.linear_b.weight,
+        set_exact_factors(tri.flash_bias.factor_network, tri.flash_bias.linear_b.weight,
                            tri.flash_bias.layer_norm(z[0]))
-        _set_exact_factors(apb.flash_bias.factor_network, apb.flash_bias.linear_z.weight,
+        set_exact_factors(apb.flash_bias.factor_network, apb.flash_bias.linear_z.weight,
                            apb.flash_bias.layer_norm_z(z[0]))
         low_tri, low_apb = tri(z, None), apb(a=s, s=None, z=z)
         tri.mode = apb.mode = "exact"
