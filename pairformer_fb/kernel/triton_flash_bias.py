@@ -600,9 +600,10 @@ def _row_aligned(t: torch.Tensor) -> torch.Tensor:
     """``t`` itself when its last dim is contiguous and every other stride (and the start) is a
     multiple of 16 bytes; else a copy into rows padded to 16 bytes (returned as a view of the
     first ``t.shape[-1]`` columns). Triton vectorises a tile load only where it can prove that
-    alignment: an [N, N] bias with N = 1170 (rows of 2,340 bytes) read without it made the
-    forward 1.9x slower than at N = 1152. Used for operands shared by every row, where the copy
-    is N times smaller than what the kernel reads."""
+    alignment. (Measured on its own it did not explain the slow N = 1170 dense-bias forward:
+    7.23 ms with aligned rows as without; the bounds mask did, see ``_padded_to_tiles``.) Used
+    for operands shared by every row, where the copy is N times smaller than what the kernel
+    reads."""
     align = max(1, 16 // t.element_size())
     n = t.shape[-1]
     if n == 1 or (t.stride(-1) == 1 and t.data_ptr() % 16 == 0
@@ -629,7 +630,8 @@ def _padded_to_tiles(bias: torch.Tensor) -> torch.Tensor:
     """[1, H', Lq, Lk] -> the same values in zero-padded storage [1, H', Lq', Lk'] (multiples
     of BIAS_TILE_PAD), returned as a view of the first Lq x Lk. A bounds mask along the key
     dim (contiguous in memory) makes Triton load the bias tile element by element: at N = 1170
-    (not a multiple of the block) the dense-bias forward took 7.2 ms against 3.7 at N = 1152."""
+    (not a multiple of the block) the dense-bias forward took 7.23 ms against 3.72 at N = 1152
+    (H200, benchmarks/attention_h200/n1152_n1170_before_padding/); padded: 5.09."""
     *lead, lq, lk = bias.shape
     up = lambda n: -(-n // BIAS_TILE_PAD) * BIAS_TILE_PAD  # noqa: E731
     buf = torch.zeros((*lead, up(lq), up(lk)), dtype=bias.dtype, device=bias.device)
