@@ -147,6 +147,34 @@ def test_row_split_ds_sum_matches_the_reference(splits, monkeypatch):
         assert rel_err(a, b) < 1e-4, name
 
 
+@pytest.mark.parametrize("case", [
+    dict(rank=4, bias_shape=(1, 2, 20, 18), rows=2),   # shared factors + per-head bias, odd B (clamped row)
+    dict(rank=0, bias_shape=(1, 2, 20, 18), rows=1),
+    dict(rank=0, bias_shape=(1, 1, 20, 18), rows=2),   # bias shared by the heads too: summed over them
+])
+def test_fused_ds_in_backward_kernel_matches_the_reference(case, monkeypatch):
+    """fuse_ds: the backward kernel adds the dS of its rows atomically into the row-shared sum
+    (no _ds_sum_kernel pass): same bias and shared-factor gradients, also with a clamped last row."""
+    from pairformer_fb.kernel import triton_flash_bias as tfb
+
+    args, kw = make_inputs(7, 2, 20, 18, 16, case["rank"], bias_shape=case["bias_shape"], mask_shape=(7, 18),
+                           device=DEVICE)
+    block_d = tfb._pow2_at_least_16(16)
+    block_r = tfb._pow2_at_least_16(case["rank"]) if case["rank"] else 0
+    cfg = tfb.default_config("bwd", block_d, block_r, True)
+    monkeypatch.setitem(tfb.CONFIG_OVERRIDES, tfb.config_key("bwd", block_d, block_r, True),
+                        tfb.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, case["rows"],
+                                         fuse_ds=True))
+    ran = []
+    monkeypatch.setattr(tfb, "_ds_sum_kernel", ran)  # must not be launched
+    out = flash_bias_attention(*args, **kw, backend="triton")
+    ref = flash_bias_attention(*args, **kw, backend="reference")
+    ins = differentiable(args, kw)
+    names = ["q", "k", "v"] + [n for n in kw if n != "key_mask"]
+    for name, a, b in zip(names, grads(out, ins), grads(ref, ins)):
+        assert rel_err(a, b) < 1e-4, name
+
+
 def test_launch_shrinks_tiles_that_need_too_much_shared_memory(monkeypatch):
     """A launch that Triton refuses for its shared memory is retried with smaller tiles (one row
     per program, fewer stages, then smaller blocks), and the tiles that fit are remembered."""

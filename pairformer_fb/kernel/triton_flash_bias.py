@@ -50,6 +50,7 @@ class KernelConfig:
     num_stages: int
     rows: int = 2  # fwd / bwd: rows per program where they share the bias / factor tiles (else 1)
     splits: int = 1  # ds_sum: programs per tile of a row-shared sum, each adding its share of the rows
+    fuse_ds: bool = False  # bwd: add the program's rows' dS atomically to the row-shared sum (no ds_sum kernel)
 
 
 def _pow2_at_least_16(x: int) -> int:
@@ -94,7 +95,8 @@ def load_config_overrides(path: str) -> int:
     entries = json.load(open(path))
     for e in entries:
         CONFIG_OVERRIDES[config_key(e["kind"], e["block_d"], e["block_r"], e["has_bias"])] = KernelConfig(
-            e["block_m"], e["block_n"], e["num_warps"], e["num_stages"], e.get("rows", 2), e.get("splits", 1))
+            e["block_m"], e["block_n"], e["num_warps"], e["num_stages"], e.get("rows", 2), e.get("splits", 1),
+            e.get("fuse_ds", False))
     return len(entries)
 
 
@@ -376,7 +378,7 @@ def _bwd_row_step(q_base, s_ql, s_qd, do_base, s_dol, s_dod, stats_row, ROW_MAX,
 @triton.jit
 def _bwd_kernel(
     Q, K, V, QF, KF, BIAS, MASK, DO, ROW_MAX, ROW_INV_SUM, DELTA,
-    DK, DV, DQ_ACC, DKF, DQF_ACC,
+    DK, DV, DQ_ACC, DKF, DQF_ACC, DS_SUM,
     s_qb, s_qh, s_ql, s_qd,
     s_kb, s_kh, s_kl, s_kd,
     s_vb, s_vh, s_vl, s_vd,
@@ -390,9 +392,10 @@ def _bwd_kernel(
     s_dqb, s_dqh, s_dql, s_dqd,
     s_dkfb, s_dkfh, s_dkfl, s_dkfr,
     s_dqfb, s_dqfh, s_dqfl, s_dqfr,
+    s_gh, s_gq, s_gk,
     B, H, Lq, Lk, D, R, n_kblocks, n_qblocks, scale,
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ROW_FACTOR_GRAD: tl.constexpr,
+    ROW_FACTOR_GRAD: tl.constexpr, FUSE_DS: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
     BIAS_FULL_M: tl.constexpr, BIAS_FULL_N: tl.constexpr, HEAD_FASTEST: tl.constexpr,
     PRECISION: tl.constexpr, ROWS: tl.constexpr,
@@ -400,7 +403,10 @@ def _bwd_kernel(
 ):
     """One key block of one row group: S, P, dP and dS are computed once per tile; dK, dV (and
     per-row dKf) accumulate in registers, dQ (and per-row dQf) go to fp32 buffers by atomic adds
-    (FlashAttention-2's scheme for dQ). ROW_FACTOR_GRAD implies ROWS == 1."""
+    (FlashAttention-2's scheme for dQ). ROW_FACTOR_GRAD implies ROWS == 1. FUSE_DS (rows share
+    the bias / factors): the program's dS, summed over its rows, is added atomically into the
+    zeroed fp32 buffer DS_SUM [1, GH, Lq, Lk] (s_gh = 0 when the heads are summed too) instead
+    of a separate _ds_sum_kernel pass."""
     HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
     kb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_kblocks, B, H, ROWS, HEAD_FASTEST)
     offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -448,12 +454,17 @@ def _bwd_kernel(
                           tl.dot(ds_lp, kf, input_precision=PRECISION),
                           mask=(offs_m < Lq)[:, None] & (offs_r < R)[None, :], sem="relaxed")
         if ROWS == 2:
-            dk1, dv1, _ = _bwd_row_step(
+            dk1, dv1, ds1 = _bwd_row_step(
                 Q + b1 * s_qb + h * s_qh, s_ql, s_qd, DO + b1 * s_dob + h * s_doh, s_dol, s_dod,
                 (b1 * H + h) * Lq, ROW_MAX, ROW_INV_SUM, DELTA, k1, v1, shared, MASK + b1 * s_mb, s_ml,
                 DQ_ACC + b1 * s_dqb + h * s_dqh, s_dql, s_dqd, dk1, dv1,
                 offs_m, offs_n, offs_d, Lq, Lk, D, scale, row1_ok, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION,
                 EVEN_M, EVEN_D)
+            if FUSE_DS:  # a clamped copy of the last row (odd B) adds nothing
+                ds0 += ds1 * row1_ok.to(tl.float32)
+        if FUSE_DS:
+            tl.atomic_add(DS_SUM + h * s_gh + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk, ds0,
+                          mask=(offs_m < Lq)[:, None] & (offs_n < Lk)[None, :], sem="relaxed")
 
     nd_ok = (offs_n < Lk)[:, None] & (offs_d < D)[None, :]
     tl.store(DK + b0 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
@@ -765,24 +776,34 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     dqf_acc = torch.zeros((B, H, Lq, ops.R), device=q.device, dtype=torch.float32) if row_factor_grad else None
     qf, kf, bias, mask = ops.pointer_args(q)
 
+    # dS summed over the rows sharing the bias / factors: by the bwd kernel's atomics (fuse_ds)
+    # or by the separate _ds_sum_kernel
+    g = _reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device) if sum_ds else None
+    fused_ds = False
+
     def launch_bwd(cfg):
+        nonlocal fused_ds
         rows = 1 if row_factor_grad else _rows_per_program(ops, cfg)
+        fused_ds = bool(cfg.fuse_ds and sum_ds and g.shape[0] == 1 and not row_factor_grad)
+        if fused_ds:
+            g.zero_()
+        gh_stride = g.stride(1) if (fused_ds and g.shape[1] > 1) else 0
         n_kblocks = triton.cdiv(Lk, cfg.block_n)
         _bwd_kernel[(n_kblocks * H * triton.cdiv(B, rows),)](
             q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta,
-            dk, dv, dq_acc, _or(dkf, dk), _or(dqf_acc, dq_acc),
+            dk, dv, dq_acc, _or(dkf, dk), _or(dqf_acc, dq_acc), g if fused_ds else dq_acc,
             *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(),
             *dk.stride(), *dv.stride(), *dq_acc.stride(), *_strides4(dkf), *_strides4(dqf_acc),
+            gh_stride, *(g.stride()[2:] if fused_ds else (0, 0)),
             B, H, Lq, Lk, D, ops.R, n_kblocks, triton.cdiv(Lq, cfg.block_m), ops.scale,
-            **ops.flags(cfg), ROW_FACTOR_GRAD=row_factor_grad, ROWS=rows,
+            **ops.flags(cfg), ROW_FACTOR_GRAD=row_factor_grad, FUSE_DS=fused_ds, ROWS=rows,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 
     _launch("bwd", ops, q.dtype, launch_bwd)
     dq = dq_acc.to(q.dtype)
     dqf = dqf_acc.to(q.dtype) if dqf_acc is not None else None
-    if sum_ds:
-        g = _reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device)
+    if sum_ds and not fused_ds:
         GB, GH = g.shape[0], g.shape[1]
 
         def launch_ds_sum(rcfg):
