@@ -56,7 +56,15 @@ def test_triton_matches_reference(mode, dtype):
             assert rel_err(a, b) < tol_bwd, name
 
 
-def test_fully_masked_rows_match_the_reference_values_and_gradients():
+@pytest.mark.parametrize("mask_pad", [None, 8])
+def test_fully_masked_rows_match_the_reference_values_and_gradients(mask_pad, monkeypatch):
+    """Also with the additive key mask padded to a length the key tiles do not divide
+    (mask_pad=8: 21 keys -> 24, tiles of 16), where its loads take the bounds-checked path."""
+    from pairformer_fb.kernel import triton_flash_bias as tfb
+
+    if mask_pad is not None:
+        monkeypatch.setattr(tfb, "BIAS_TILE_PAD", mask_pad)
+        assert tfb._additive_key_mask(torch.ones(1, 21, dtype=torch.bool)).shape[1] % 16 != 0
     args, kw = make_inputs(3, 2, 14, 21, 16, 4, bias_shape=(1, 2, 14, 21), mask_shape=(3, 21),
                            fully_masked_rows=(0, 2), device=DEVICE)
     out = flash_bias_attention(*args, **kw, backend="triton")

@@ -70,6 +70,11 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> Ker
         # 12.9 ms forward+backward; the shared factors alone gain nothing from splitting
         return KernelConfig(128, 64, 4, 3, 1) if (block_r and not has_bias) else KernelConfig(64, 64, 4, 3, 1, 4)
     if kind == "bwd":
+        if has_bias or block_r:
+            # two rows per program, their dS summed into the row-shared sum by atomic adds: dense
+            # bias 12.13 / factors R = 32 11.85 ms fwd+bwd at N = 1024 against 12.45 / 12.52 with
+            # the separate _ds_sum_kernel (H200, benchmarks/session3/run1/bwd.txt)
+            return KernelConfig(64, 64, 4, 3, 2, fuse_ds=True)
         return KernelConfig(64, 128, 4, 3, 1)
     return KernelConfig(64, 64, 4, 3, 2) if has_bias else KernelConfig(128, 64, 4, 3, 1)
 
@@ -139,7 +144,6 @@ def _launch(kind: str, ops: "_Operands", dtype: torch.dtype, launch) -> None:
 # Tile helpers
 # --------------------------------------------------------------------------------------------
 _LOG2E = tl.constexpr(LOG2E)
-_MASKED = tl.constexpr(-MASK_NEG)  # the hosts' additive 1e9 * (mask - 1)
 
 
 @triton.jit
@@ -175,8 +179,12 @@ def _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
 def _row_scores(q, k, shared, scale, mask_base, s_ml, offs_n, Lk,
                 HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_N: tl.constexpr,
                 PRECISION: tl.constexpr):
-    """S = scale Q K^T + shared + mask term of one row (one FMA per score with a shared term);
-    keys past Lk get -inf."""
+    """S = scale Q K^T + shared + key-mask term of one row (one FMA per score with a shared
+    term); keys past Lk get -inf.
+
+    HAS_MASK: 0 no key mask; else the row's additive key mask (fp32: 0 kept, -1e9 masked, -inf
+    past Lk; see ``_additive_key_mask``), 1 when its padding covers every key tile (the load is
+    unmasked, and its -inf padding excludes the keys past Lk), 2 when loaded with a bounds check."""
     # Added after the product rather than seeding its accumulator: a seeded product waits for
     # the bias tile, and measured 6% (forward) to 25% (backward) slower on an H200. Scaling q
     # instead of the scores cost a register-to-shared-memory copy of every q tile backward.
@@ -185,10 +193,11 @@ def _row_scores(q, k, shared, scale, mask_base, s_ml, offs_n, Lk,
         s = s * scale + shared
     else:
         s = s * scale
-    if HAS_MASK:
-        keep = tl.load(mask_base + offs_n * s_ml, mask=offs_n < Lk, other=1)
-        s += tl.where(keep != 0, 0.0, _MASKED)[None, :]
-    if not EVEN_N:
+    if HAS_MASK == 1:
+        s += tl.load(mask_base + offs_n * s_ml)[None, :]
+    elif HAS_MASK == 2:
+        s += tl.load(mask_base + offs_n * s_ml, mask=offs_n < Lk, other=float("-inf"))[None, :]
+    elif not EVEN_N:
         s = tl.where((offs_n < Lk)[None, :], s, float("-inf"))
     return s
 
@@ -651,6 +660,22 @@ def _padded_to_tiles(bias: torch.Tensor) -> torch.Tensor:
     return view
 
 
+def _additive_key_mask(key_mask: torch.Tensor) -> torch.Tensor:
+    """bool [B', Lk] -> the additive key mask the kernels add to each row's scores: fp32
+    [B', Lk'] (Lk' a multiple of BIAS_TILE_PAD) holding 0 for a kept key, -1e9 for a masked one
+    (the hosts' 1e9 * (mask - 1)) and -inf past Lk, returned whole (its padding is read).
+
+    Loading the bool mask per key tile and selecting on it cost the triangle forward 24 % at
+    N = 1024 and 67 % at N = 1170 (8.61 against 5.14 ms; bounds-masked byte loads), H200,
+    benchmarks/session3/run1/tri.txt. The padded fp32 row loads unmasked and vectorised, one
+    add per score, and its -inf padding replaces the separate key-bounds select."""
+    rows, lk = key_mask.shape
+    buf = torch.full((rows, -(-lk // BIAS_TILE_PAD) * BIAS_TILE_PAD), float("-inf"), dtype=torch.float32,
+                     device=key_mask.device)
+    buf[:, :lk] = (~key_mask).to(torch.float32) * -MASK_NEG
+    return buf
+
+
 class _Operands:
     """Expanded (stride-0) views of the optional operands, and the launch constants."""
 
@@ -670,7 +695,7 @@ class _Operands:
         elif bias is not None and bias.shape[0] == 1:
             bias = _row_aligned(bias)
         if key_mask is not None:
-            key_mask = _row_aligned(key_mask.view(torch.uint8))
+            key_mask = _additive_key_mask(key_mask)
         self.has_factors = q_factors is not None
         self.q_factors_batch = q_factors.shape[0] if self.has_factors else 0
         self.bias_shape = tuple(bias.shape) if bias is not None else None
@@ -679,8 +704,7 @@ class _Operands:
         self.qf = q_factors.expand(B, H, Lq, self.R) if self.has_factors else None
         self.kf = k_factors.expand(B, H, Lk, self.R) if self.has_factors else None
         self.bias = bias.expand(B, H, Lq, Lk) if bias is not None else None
-        # bool -> uint8 is a free reinterpretation (same storage)
-        self.mask = key_mask.expand(B, Lk) if key_mask is not None else None
+        self.mask = key_mask.expand(B, key_mask.shape[1]) if key_mask is not None else None
         self.scale = float(scale)
         self.block_d = _pow2_at_least_16(D)
         self.block_r = _pow2_at_least_16(self.R) if self.has_factors else 16
@@ -702,7 +726,8 @@ class _Operands:
         """Constexpr flags of a launch with tiles ``cfg``: features present, and which dims
         divide into whole blocks (their loads go unmasked)."""
         return dict(HAS_FACTORS=self.has_factors, HAS_BIAS=self.bias is not None,
-                    HAS_MASK=self.mask is not None, PRECISION=self.precision,
+                    HAS_MASK=0 if self.mask is None else (1 if self.mask.shape[1] % cfg.block_n == 0 else 2),
+                    PRECISION=self.precision,
                     BLOCK_D=self.block_d, BLOCK_R=self.block_r,
                     EVEN_M=self.Lq % cfg.block_m == 0, EVEN_N=self.Lk % cfg.block_n == 0,
                     EVEN_D=self.D == self.block_d, EVEN_R=self.R == self.block_r,

@@ -150,7 +150,7 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         mode = self.mode
         self._check_mode(mode)
         self._check_inputs(z, mask, chunk_size)
-        pair = layer_norm(z, self.layer_norm)
+        pair = layer_norm(z, self.layer_norm, for_matmul=True)
         pair_mask = mask.to(torch.bool) if mask is not None else None
         source, source_mask = self._bias_orientation(pair, pair_mask)
 
