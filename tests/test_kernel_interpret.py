@@ -245,3 +245,55 @@ def test_shared_bias_is_padded_to_whole_tiles():
     assert not ops.flags(tfb.KernelConfig(64, 256, 4, 3))["BIAS_FULL_N"]  # tiles wider than the padding
     single, kw1 = make_inputs(1, 2, 18, 35, 16, bias_shape=(1, 2, 18, 35), requires_grad=False)
     assert not tfb._Operands(*single, None, None, kw1["bias"], None, 0.25).bias_padded
+
+
+def test_a_bias_prepared_for_reuse_is_read_without_a_copy():
+    """prepare_reused_bias pads once; the op then reads that storage as it is (no per-call
+    copy), also through reshaped views of it, and gives the reference's result; a view that
+    would read past its buffer, or a plain tensor, is still copied."""
+    from pairformer_fb.kernel import prepare_reused_bias
+    from pairformer_fb.kernel import triton_flash_bias as tfb
+
+    args, kw = make_inputs(3, 2, 18, 35, 16, bias_shape=(1, 2, 18, 35), requires_grad=False, device=DEVICE)
+    prepared = tfb.pad_bias_to_tiles(kw["bias"])  # what prepare_reused_bias does on CUDA
+    assert torch.equal(prepared, kw["bias"])
+    ops = tfb._Operands(*args, None, None, prepared.reshape(2, 18, 35)[None], None, 0.25)
+    assert ops.bias_padded and ops.bias.data_ptr() == prepared.data_ptr()
+    out = flash_bias_attention(*args, bias=prepared, backend="triton")
+    assert rel_err(out, flash_bias_attention(*args, **kw, backend="reference")) < 1e-5
+    # a view of the last rows: its padded tiles would run past the buffer -> copied
+    buf = tfb.pad_bias_to_tiles(torch.randn(1, 2, 130, 35))._base  # [1, 2, 256, 128]
+    assert tfb._in_padded_storage(buf[:, :, 120:130, :35])  # its 128-row tiles end inside the buffer
+    assert not tfb._in_padded_storage(buf[:, :, 200:, :35])  # they would end past it
+    assert not tfb._in_padded_storage(kw["bias"])
+    if not kw["bias"].is_cuda:
+        assert prepare_reused_bias(kw["bias"]) is kw["bias"]  # other devices: unchanged
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_every_grid_order_computes_the_same_attention(order, monkeypatch):
+    """The program orders (blocks / heads / row groups fastest) only change which programs run
+    side by side: values and gradients match the reference for each, with an odd row count."""
+    from pairformer_fb.kernel import triton_flash_bias as tfb
+
+    monkeypatch.setattr(tfb, "_FORCED_GRID_ORDER", str(order))
+    args, kw = make_inputs(3, 2, 18, 21, 16, 4, bias_shape=(1, 2, 18, 21), mask_shape=(3, 21), device=DEVICE)
+    out = flash_bias_attention(*args, **kw, backend="triton")
+    ref = flash_bias_attention(*args, **kw, backend="reference")
+    assert rel_err(out, ref) < 1e-5
+    ins = differentiable(args, kw)
+    for a, b in zip(grads(out, ins), grads(ref, ins)):
+        assert rel_err(a, b) < 1e-4
+
+
+def test_a_few_samples_sharing_a_bias_run_side_by_side():
+    from pairformer_fb.kernel import triton_flash_bias as tfb
+
+    def order(B, bias_batch):
+        args, kw = make_inputs(B, 2, 20, 20, 16, bias_shape=(bias_batch, 2, 20, 20), requires_grad=False)
+        ops = tfb._Operands(*args, None, None, kw["bias"], None, 0.25)
+        return tfb._grid_order(ops, 1)
+
+    if tfb._FORCED_GRID_ORDER is None:
+        assert order(5, 1) == 2  # diffusion samples sharing the bias
+        assert order(64, 1) != 2 and order(5, 5) != 2  # triangle rows; a bias per row

@@ -22,7 +22,7 @@ def test_triton_layer_norm_matches_torch(shape, affine):
             norm.weight.copy_(torch.randn(shape[-1], generator=g))
             norm.bias.copy_(torch.randn(shape[-1], generator=g))
     x = (torch.randn(*shape, generator=g) * 3 + 1).to(DEVICE).requires_grad_(True)
-    y = _TritonLayerNorm.apply(x, norm.weight, norm.bias, norm.eps)
+    y = _TritonLayerNorm.apply(x, norm.weight, norm.bias, norm.eps, None)
     ref = norm(x)
     assert y.shape == ref.shape and rel_err(y, ref) < 1e-5
     cot = torch.randn(shape, generator=g).to(DEVICE)
@@ -35,3 +35,21 @@ def test_dispatch_uses_torch_off_cuda():
     norm = torch.nn.LayerNorm(8)
     x = torch.randn(4, 8)
     assert torch.equal(layer_norm(x, norm), norm(x))
+
+
+def test_output_in_the_matmul_dtype_rounds_the_fp32_result_once():
+    """for_matmul under autocast: the fp32 normalisation written in bf16 (what autocast's cast
+    before the next matmul would give), and the gradient of an fp32 x from a bf16 cotangent."""
+    g = torch.Generator().manual_seed(1)
+    norm = torch.nn.LayerNorm(48).to(DEVICE)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(48, generator=g))
+    x = (torch.randn(4, 5, 48, generator=g) * 2).to(DEVICE).requires_grad_(True)
+    y = _TritonLayerNorm.apply(x, norm.weight, norm.bias, norm.eps, torch.bfloat16)
+    ref = norm(x)
+    assert y.dtype == torch.bfloat16 and torch.allclose(y.float(), ref.to(torch.bfloat16).float(), rtol=1e-2, atol=1e-2)
+    assert rel_err(y.float(), ref) < 5e-3
+    cot = torch.randn(4, 5, 48, generator=g).to(DEVICE)
+    dx = torch.autograd.grad(y, x, cot.to(torch.bfloat16))[0]
+    assert dx.dtype == torch.float32
+    assert rel_err(dx, torch.autograd.grad(ref, x, cot.to(torch.bfloat16).float())[0]) < 1e-4

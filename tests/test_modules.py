@@ -516,3 +516,24 @@ def test_modules_in_bf16_on_gpu_match_fp32(name, mode):
     assert rel_err(out16, out32) < 3e-2
     assert grads16.keys() == grads32.keys()
     assert_grads_close(grads16.values(), list(grads32.values()), grads32, 5e-2, floor_fraction=0.1)
+
+
+def test_stacked_projection_weights_are_reused_only_while_the_parameters_are_unchanged():
+    """concat_linear_params keeps the stacked weights for inference and rebuilds them after a
+    parameter changes in place (an optimiser step, load_state_dict); with gradients to track
+    it returns fresh, differentiable tensors."""
+    from pairformer_fb.modules.common import concat_linear_params
+
+    a, b = torch.nn.Linear(6, 4), torch.nn.Linear(6, 3, bias=False)
+    with torch.no_grad():
+        w1, bias1 = concat_linear_params([a, b])
+        w2, _ = concat_linear_params([a, b])
+        assert w2 is w1 and torch.equal(w1, torch.cat([a.weight, b.weight]))
+        assert torch.equal(bias1, torch.cat([a.bias, torch.zeros(3)]))
+        b.weight.add_(1.0)
+        w3, _ = concat_linear_params([a, b])
+        assert w3 is not w1 and torch.equal(w3[4:], b.weight)
+    w4, bias4 = concat_linear_params([a, b])
+    assert w4.requires_grad and w4 is not w3
+    (w4.sum() + bias4.sum()).backward()
+    assert torch.equal(b.weight.grad, torch.ones_like(b.weight))

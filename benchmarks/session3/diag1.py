@@ -34,34 +34,43 @@ if part in ("all", "tri"):
     for N in (1024, 1152, 1170):
         for layout in ("contig", "strided"):
             q, k, v, gate, bias, mask = tri_inputs(N, layout)
-            for use_mask in (False, True):
-                for use_gate in (False, True):
-                    with torch.no_grad():
-                        fn = lambda: flash_bias_attention(q, k, v, bias=bias, key_mask=mask if use_mask else None,
-                                                          gate=gate if use_gate else None)
-                        ms = bench(fn)
-                    log(f"N={N} {layout:8s} mask={int(use_mask)} gate={int(use_gate)}: {ms:.3f}")
+            for use_mask, use_gate in ((False, False), (True, False), (True, True)):
+                with torch.no_grad():
+                    fn = lambda: flash_bias_attention(q, k, v, bias=bias, key_mask=mask if use_mask else None,
+                                                      gate=gate if use_gate else None)
+                    ms = bench(fn)
+                log(f"N={N} {layout:8s} mask={int(use_mask)} gate={int(use_gate)}: {ms:.3f}")
             del q, k, v, gate
         torch.cuda.empty_cache()
-    log("== A2. strided+mask+gate at N=1170, forward tile sweep (bm, bn, warps, stages, rows)")
+    log("== A2. forward tile sweep (bm, bn, warps, stages, rows): module case (strided+mask+gate) and op case")
+    for N in (1024, 1170):
+        for case in ("module", "op"):
+            q, k, v, gate, bias, mask = tri_inputs(N, "strided" if case == "module" else "contig")
+            kw = dict(bias=bias, key_mask=mask, gate=gate) if case == "module" else dict(bias=bias)
+            key = tfb.config_key("fwd", 32, 0, True)
+            for cand in [(64, 64, 4, 3, 2), (64, 64, 4, 3, 1), (128, 64, 4, 3, 1), (128, 64, 8, 3, 1), (64, 32, 4, 3, 2),
+                         (128, 32, 4, 3, 1), (128, 128, 8, 3, 1), (64, 64, 4, 4, 1), (128, 64, 4, 4, 1), (64, 128, 4, 3, 1)]:
+                tfb.CONFIG_OVERRIDES[key] = tfb.KernelConfig(*cand)
+                try:
+                    with torch.no_grad():
+                        ms = bench(lambda: flash_bias_attention(q, k, v, **kw))
+                    log(f"  N={N} {case} {cand}: {ms:.3f}")
+                except Exception as e:
+                    log(f"  N={N} {case} {cand}: {type(e).__name__} {str(e)[:100]}")
+            tfb.CONFIG_OVERRIDES.pop(key, None)
+            del q, k, v, gate; torch.cuda.empty_cache()
+    log("== A3. lowrank R=32 module case (strided+mask+gate, shared factors) forward sweep at 1170")
     q, k, v, gate, bias, mask = tri_inputs(1170, "strided")
-    key = tfb.config_key("fwd", 32, 0, True)
-    for cand in [(64, 64, 4, 3, 2), (64, 64, 4, 3, 1), (128, 64, 4, 3, 1), (128, 64, 8, 3, 1), (64, 32, 4, 3, 2),
-                 (64, 128, 4, 3, 2), (128, 32, 4, 3, 1), (64, 64, 4, 2, 2), (64, 64, 4, 4, 2)]:
+    g = torch.Generator(device="cuda").manual_seed(3)
+    qf = 0.2 * torch.randn(1, H, 1170, 32, device=dev, dtype=bf, generator=g)
+    kf = 0.2 * torch.randn(1, H, 1170, 32, device=dev, dtype=bf, generator=g)
+    key = tfb.config_key("fwd", 32, 32, False)
+    for cand in [(128, 64, 4, 3, 1), (64, 64, 4, 3, 1), (64, 64, 4, 3, 2), (128, 64, 8, 3, 1), (128, 32, 4, 3, 1)]:
         tfb.CONFIG_OVERRIDES[key] = tfb.KernelConfig(*cand)
-        try:
-            with torch.no_grad():
-                ms = bench(lambda: flash_bias_attention(q, k, v, bias=bias, key_mask=mask, gate=gate))
-            log(f"  {cand}: {ms:.3f}")
-        except Exception as e:
-            log(f"  {cand}: {type(e).__name__} {str(e)[:100]}")
-    tfb.CONFIG_OVERRIDES.pop(key, None)
-    for hf in (0, 1):
-        tfb.GRID_HEAD_FASTEST = bool(hf)
         with torch.no_grad():
-            ms = bench(lambda: flash_bias_attention(q, k, v, bias=bias, key_mask=mask, gate=gate))
-        log(f"  HEAD_FASTEST={hf}: {ms:.3f}")
-    tfb.GRID_HEAD_FASTEST = True
+            ms = bench(lambda: flash_bias_attention(q, k, v, q_factors=qf, k_factors=kf, key_mask=mask, gate=gate))
+        log(f"  R32 N=1170 module {cand}: {ms:.3f}")
+    tfb.CONFIG_OVERRIDES.pop(key, None)
     del q, k, v, gate; torch.cuda.empty_cache()
 
 if part in ("all", "bwd"):

@@ -154,3 +154,16 @@ def flash_bias_attention(
         o = attention_reference(q, k, v, q_factors, k_factors, bias, key_mask, scale)
         return o if gate is None else torch.sigmoid(gate) * o
     raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
+
+
+def prepare_reused_bias(bias: torch.Tensor) -> torch.Tensor:
+    """A dense bias that will be passed to ``flash_bias_attention`` many times (e.g. the
+    diffusion module's, fixed across all steps and samples), in the form the op reads without
+    a per-call copy: for CUDA tensors the same values in storage padded to whole kernel tiles
+    (the op otherwise pads a shared bias whose lengths are not tile multiples at every call);
+    other tensors unchanged. Values, shape and dtype are those of ``bias``."""
+    if not bias.is_cuda:
+        return bias
+    from .triton_flash_bias import pad_bias_to_tiles
+
+    return pad_bias_to_tiles(bias)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -76,7 +77,10 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> Ker
             # the separate _ds_sum_kernel (H200, benchmarks/session3/run1/bwd.txt)
             return KernelConfig(64, 64, 4, 3, 2, fuse_ds=True)
         return KernelConfig(64, 128, 4, 3, 1)
-    return KernelConfig(64, 64, 4, 3, 2) if has_bias else KernelConfig(128, 64, 4, 3, 1)
+    # a shared bias or shared factors: two rows per program share their tiles. Factors at N = 1170
+    # (triangle module case: strided q/k/v, key mask, gate): 4.98 ms against 6.01 with the
+    # (128, 64, 4, 3, 1) tiles chosen at N = 1024 (benchmarks/session3/run2/tri.txt)
+    return KernelConfig(64, 64, 4, 3, 2) if (has_bias or block_r) else KernelConfig(128, 64, 4, 3, 1)
 
 
 # Tuning sweeps and benchmarks set entries here: {(kind, block_d, block_r, has_bias): KernelConfig}.
@@ -237,17 +241,25 @@ def _fwd_epilogue(o_base, s_ol, s_od, row_max_ptr, row_inv_sum_ptr, acc, m_i, l_
 
 
 @triton.jit
-def _program_rows(pid, n_blocks, B, H, ROWS: tl.constexpr, HEAD_FASTEST: tl.constexpr):
+def _program_rows(pid, n_blocks, B, H, ROWS: tl.constexpr, GRID_ORDER: tl.constexpr):
     """Decode a program id into (block, head, first row, second row, second row exists).
     With ROWS == 2 a program serves rows b0 and b0 + 1, which share the bias / factor tiles;
     when B is odd the last group's second row is a clamped copy that writes nothing.
-    HEAD_FASTEST: neighbouring programs take the heads of one block (the heads of a token are
-    neighbours in a fused projection, so they share cache lines), else the blocks of one head."""
-    if HEAD_FASTEST:
+    GRID_ORDER (see ``_grid_order``), which neighbouring programs take: 1 the heads of one block
+    (the heads of a token are neighbours in a fused projection, so they share cache lines);
+    2 the row groups of one (block, head) (a few samples that share one bias tile read it
+    while it is in L2); 0 the blocks of one head."""
+    if GRID_ORDER == 1:
         h = (pid % H).to(tl.int64)
         rest = pid // H
         blk = rest % n_blocks
         b0 = ((rest // n_blocks) * ROWS).to(tl.int64)
+    elif GRID_ORDER == 2:
+        n_groups = tl.cdiv(B, ROWS)
+        b0 = ((pid % n_groups) * ROWS).to(tl.int64)
+        rest = pid // n_groups
+        h = (rest % H).to(tl.int64)
+        blk = rest // H
     else:
         blk = pid % n_blocks
         rest = pid // n_blocks
@@ -272,12 +284,12 @@ def _fwd_kernel(
     B, H, Lq, Lk, D, R, n_qblocks, scale,
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GATE: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
-    BIAS_FULL_M: tl.constexpr, BIAS_FULL_N: tl.constexpr, HEAD_FASTEST: tl.constexpr,
+    BIAS_FULL_M: tl.constexpr, BIAS_FULL_N: tl.constexpr, GRID_ORDER: tl.constexpr,
     PRECISION: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
-    qb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_qblocks, B, H, ROWS, HEAD_FASTEST)
+    qb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_qblocks, B, H, ROWS, GRID_ORDER)
     offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -406,7 +418,7 @@ def _bwd_kernel(
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ROW_FACTOR_GRAD: tl.constexpr, FUSE_DS: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
-    BIAS_FULL_M: tl.constexpr, BIAS_FULL_N: tl.constexpr, HEAD_FASTEST: tl.constexpr,
+    BIAS_FULL_M: tl.constexpr, BIAS_FULL_N: tl.constexpr, GRID_ORDER: tl.constexpr,
     PRECISION: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -417,7 +429,7 @@ def _bwd_kernel(
     zeroed fp32 buffer DS_SUM [1, GH, Lq, Lk] (s_gh = 0 when the heads are summed too) instead
     of a separate _ds_sum_kernel pass."""
     HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
-    kb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_kblocks, B, H, ROWS, HEAD_FASTEST)
+    kb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_kblocks, B, H, ROWS, GRID_ORDER)
     offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -506,7 +518,7 @@ def _ds_sum_kernel(
     HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ROW_FACTORS: tl.constexpr, PRECISION: tl.constexpr, SPLITS: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
-    BIAS_FULL_M: tl.constexpr, BIAS_FULL_N: tl.constexpr, HEAD_FASTEST: tl.constexpr,
+    BIAS_FULL_M: tl.constexpr, BIAS_FULL_N: tl.constexpr, GRID_ORDER: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """dS summed over the rows (and heads) that share one tile of a broadcast operand, for the
@@ -621,7 +633,7 @@ def _row_aligned(t: torch.Tensor) -> torch.Tensor:
     multiple of 16 bytes; else a copy into rows padded to 16 bytes (returned as a view of the
     first ``t.shape[-1]`` columns). Triton vectorises a tile load only where it can prove that
     alignment. (Measured on its own it did not explain the slow N = 1170 dense-bias forward:
-    7.23 ms with aligned rows as without; the bounds mask did, see ``_padded_to_tiles``.) Used
+    7.23 ms with aligned rows as without; the bounds mask did, see ``pad_bias_to_tiles``.) Used
     for operands shared by every row, where the copy is N times smaller than what the kernel
     reads."""
     align = max(1, 16 // t.element_size())
@@ -640,24 +652,61 @@ def _row_aligned(t: torch.Tensor) -> torch.Tensor:
 # same run; the contiguous standalone op 2.68 against 2.64: both within ~1.5 % noise).
 # PFB_GRID_HEAD_FASTEST=0|1 overrides it for measurements.
 GRID_HEAD_FASTEST = os.environ.get("PFB_GRID_HEAD_FASTEST", "1") == "1"
+# at most this many row groups sharing a bias / factor tile run side by side (GRID_ORDER 2): the
+# diffusion transformer's samples; PFB_GRID_ORDER=0|1|2 forces an order for measurements
+SIDE_BY_SIDE_GROUPS = 8
+_FORCED_GRID_ORDER = os.environ.get("PFB_GRID_ORDER")
+
+
+def _grid_order(ops: "_Operands", rows: int) -> int:
+    if _FORCED_GRID_ORDER is not None:
+        return int(_FORCED_GRID_ORDER)
+    shared = ops.bias is not None and ops.bias_shape[0] == 1 or ops.has_factors and ops.q_factors_batch == 1
+    if shared and 1 < triton.cdiv(ops.B, rows) <= SIDE_BY_SIDE_GROUPS:
+        return 2
+    return 1 if GRID_HEAD_FASTEST else 0
 
 # a shared bias is copied into zero-padded storage whose dims are multiples of this (every tile
 # config's block_m / block_n divides it), so that its tile loads need no bounds mask
 BIAS_TILE_PAD = 128
 
 
-def _padded_to_tiles(bias: torch.Tensor) -> torch.Tensor:
-    """[1, H', Lq, Lk] -> the same values in zero-padded storage [1, H', Lq', Lk'] (multiples
-    of BIAS_TILE_PAD), returned as a view of the first Lq x Lk. A bounds mask along the key
-    dim (contiguous in memory) makes Triton load the bias tile element by element: at N = 1170
-    (not a multiple of the block) the dense-bias forward took 7.23 ms against 3.72 at N = 1152
-    (H200, benchmarks/attention_h200/n1152_n1170_before_padding/); padded: 5.09."""
+# the zero-padded buffers made by pad_bias_to_tiles, by id (a view's ._base is its buffer)
+_TILE_PADDED: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()
+
+
+def _tile_extent(n: int) -> int:
+    return -(-n // BIAS_TILE_PAD) * BIAS_TILE_PAD
+
+
+def pad_bias_to_tiles(bias: torch.Tensor) -> torch.Tensor:
+    """[..., Lq, Lk] -> the same values in zero-padded storage [..., Lq', Lk'] (multiples of
+    BIAS_TILE_PAD), returned as a view of the first Lq x Lk. The kernels read such a bias tile
+    by tile without bounds masks; a bias that lives across many calls (the diffusion module's,
+    fixed for all steps) is padded once with this, and the op then uses it as it is.
+
+    Why: a bounds mask along the key dim (contiguous in memory) makes Triton load the bias tile
+    element by element: at N = 1170 (not a multiple of the block) the dense-bias forward took
+    7.23 ms against 3.72 at N = 1152 (H200, benchmarks/attention_h200/n1152_n1170_before_padding/);
+    padded: 5.09."""
     *lead, lq, lk = bias.shape
-    up = lambda n: -(-n // BIAS_TILE_PAD) * BIAS_TILE_PAD  # noqa: E731
-    buf = torch.zeros((*lead, up(lq), up(lk)), dtype=bias.dtype, device=bias.device)
+    buf = torch.zeros((*lead, _tile_extent(lq), _tile_extent(lk)), dtype=bias.dtype, device=bias.device)
+    _TILE_PADDED[id(buf)] = buf
     view = buf[..., :lq, :lk]
     view.copy_(bias)
     return view
+
+
+def _in_padded_storage(t: torch.Tensor) -> bool:
+    """Whether t is a view into a pad_bias_to_tiles buffer whose whole tiles (rows and keys
+    rounded up to BIAS_TILE_PAD) stay inside that buffer: its padding is finite, so the reads
+    past Lq / Lk are harmless (those keys get -inf, those query rows are never written)."""
+    base = t._base
+    if base is None or _TILE_PADDED.get(id(base)) is not base or t.stride(-1) != 1:
+        return False
+    last = t.storage_offset() + sum((n - 1) * st for n, st in zip(t.shape[:-2], t.stride()[:-2]))
+    last += (_tile_extent(t.shape[-2]) - 1) * t.stride(-2) + _tile_extent(t.shape[-1]) - 1
+    return last < base.storage_offset() + base.numel()
 
 
 def _additive_key_mask(key_mask: torch.Tensor) -> torch.Tensor:
@@ -670,7 +719,7 @@ def _additive_key_mask(key_mask: torch.Tensor) -> torch.Tensor:
     benchmarks/session3/run1/tri.txt. The padded fp32 row loads unmasked and vectorised, one
     add per score, and its -inf padding replaces the separate key-bounds select."""
     rows, lk = key_mask.shape
-    buf = torch.full((rows, -(-lk // BIAS_TILE_PAD) * BIAS_TILE_PAD), float("-inf"), dtype=torch.float32,
+    buf = torch.full((rows, _tile_extent(lk)), float("-inf"), dtype=torch.float32,
                      device=key_mask.device)
     buf[:, :lk] = (~key_mask).to(torch.float32) * -MASK_NEG
     return buf
@@ -690,8 +739,8 @@ class _Operands:
         # tiles load unmasked (the copy is B times smaller than what the kernels read)
         self.bias_padded = (bias is not None and bias.shape[0] == 1 and B > 1 and bias.shape[2:] == (Lq, Lk)
                             and (Lq % BIAS_TILE_PAD != 0 or Lk % BIAS_TILE_PAD != 0))
-        if self.bias_padded:
-            bias = _padded_to_tiles(bias)
+        if self.bias_padded and not _in_padded_storage(bias):
+            bias = pad_bias_to_tiles(bias)
         elif bias is not None and bias.shape[0] == 1:
             bias = _row_aligned(bias)
         if key_mask is not None:
@@ -733,7 +782,7 @@ class _Operands:
                     EVEN_D=self.D == self.block_d, EVEN_R=self.R == self.block_r,
                     BIAS_FULL_M=self.Lq % cfg.block_m == 0 or (self.bias_padded and BIAS_TILE_PAD % cfg.block_m == 0),
                     BIAS_FULL_N=self.Lk % cfg.block_n == 0 or (self.bias_padded and BIAS_TILE_PAD % cfg.block_n == 0),
-                    HEAD_FASTEST=GRID_HEAD_FASTEST)
+                    GRID_ORDER=_grid_order(self, _rows_per_program(self, cfg)))
 
 
 def _rows_per_program(ops: _Operands, cfg: KernelConfig) -> int:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernel import flash_bias_attention
+from ..kernel import flash_bias_attention, prepare_reused_bias
 from ..kernel.layer_norm import layer_norm
 from ..kernel.op import Backend
 from .bias_cache import (
@@ -220,10 +220,9 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         kv = self.adaln_kv(x, s) if self.adaln_kv is not None else x
         q, k, v, gate = self._project(x, kv)  # [*, N, H, D] each
         if local:
-            o, loss = self._local(q, k, v, z, n_queries, n_keys), None
+            gated, loss = torch.sigmoid(gate) * self._local(q, k, v, z, n_queries, n_keys), None
         else:
-            o, loss = self._global(q, k, v, z, efficient_fusion, mode, key_mask)
-        gated = torch.sigmoid(gate) * o
+            gated, loss = self._global(q, k, v, gate, z, efficient_fusion, mode, key_mask)
         update = self.linear_o(gated.flatten(-2))
         update = torch.sigmoid(self.linear_a_last(s)) * update
         return (update, loss) if mode == "distill" else update
@@ -282,7 +281,8 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
             return pair
         return self._norm_z(z)
 
-    def _global(self, q, k, v, z, efficient_fusion, mode, key_mask=None):
+    def _global(self, q, k, v, gate, z, efficient_fusion, mode, key_mask=None):
+        """sigmoid(gate) * attention, [*, N, H, D] (the op gates in its epilogue at inference)."""
         batch_shape, n = q.shape[:-3], q.shape[-3]
         H, D = self.n_heads, self.head_dim
         use_factors = mode == "lowrank"
@@ -299,11 +299,14 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
                 svd = svd_factors(terms.pop("bias"), self.svd_config)
                 self.last_svd = svd
                 terms["phi_q"], terms["phi_k"] = svd.phi_q, svd.phi_k
-            return {name: t.to(q.dtype) if name == "bias" or mode == "lowrank" else t for name, t in terms.items()}
+            terms = {name: t.to(q.dtype) if name == "bias" or mode == "lowrank" else t for name, t in terms.items()}
+            if "bias" in terms and not terms["bias"].requires_grad:  # read by every later step as it is
+                terms["bias"] = prepare_reused_bias(terms["bias"])
+            return terms
 
         terms = self._pair_terms(z, q.dtype, ("global", mode, efficient_fusion, use_network), build)
         B = math.prod(batch_shape)
-        qh, kh, vh = (t.reshape(B, n, H, D).transpose(1, 2) for t in (q, k, v))  # [B, H, N, D]
+        qh, kh, vh, gh = (t.reshape(B, n, H, D).transpose(1, 2) for t in (q, k, v, gate))  # [B, H, N, D]
         bias = phi_q = phi_k = None
         if mode == "lowrank":
             phi_q = _batch_to(terms["phi_q"], batch_shape, 3)
@@ -313,8 +316,8 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         if key_mask is not None:  # [*, N] -> bool [B, N]
             key_mask = (key_mask != 0).expand(*batch_shape, n).reshape(B, n)
         o = flash_bias_attention(qh, kh, vh, q_factors=phi_q, k_factors=phi_k, bias=bias, key_mask=key_mask,
-                                 backend=self.backend)
-        o = o.transpose(1, 2).reshape(*batch_shape, n, H, D)
+                                 gate=gh, backend=self.backend)
+        o = o.transpose(1, 2).reshape(*batch_shape, n, H, D)  # o has the gate's memory order: a view
         loss = None
         if mode == "distill":
             loss = bias_approximation_loss(terms["phi_q"], terms["phi_k"], terms["bias"])

@@ -13,7 +13,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..kernel import flash_bias_attention
+from ..kernel import flash_bias_attention, prepare_reused_bias
 from ..kernel.op import Backend
 from .bias_cache import BiasCacheEntry, BiasScope, SVDConfig, SVDFactors, svd_factors
 from .common import FlashBiasModule, Mode, shape_str
@@ -151,7 +151,8 @@ class FlashBiasPrecomputedBiasAttention(FlashBiasModule):
         def build():
             dense = bias.permute(0, 3, 1, 2).float().contiguous()
             if mode == "exact":
-                return dense
+                # cached: read by every later step and sample as it is
+                return prepare_reused_bias(dense) if self.cache_bias and not dense.requires_grad else dense
             if bias.is_inference() and not self._warned_inference:
                 self._warned_inference = True
                 warnings.warn(
