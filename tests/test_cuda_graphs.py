@@ -106,36 +106,50 @@ def coordinates(model, feats, bf16=False):
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 def test_protenix_patched_and_graphed_matches_unpatched(protenix_cuda, bf16):
+    """Graphed vs the same model eager (tight: the same kernels replayed) and FlashBias exact +
+    graphed vs unpatched (fp32: the Triton kernels' 1e-4; bf16: loose, random weights amplify
+    bf16 rounding over the steps)."""
     import pairformer_fb as fb
     from pairformer_fb.tools.patching import patched_modules
 
     torch.backends.cuda.matmul.allow_tf32 = False
     model, (feats, other) = protenix_cuda
     ref, ref_other = coordinates(model, feats, bf16), coordinates(model, other, bf16)
-    tol = 3e-2 if bf16 else 1e-4
+    same = 1e-2 if bf16 else 1e-5  # graphed vs eager of the same model
+    tol = 5e-2 if bf16 else 1e-4  # patched vs unpatched
     handle = fb.graph_diffusion(model)
-    (call,) = handle.calls
     try:
         graphed_host = coordinates(model, feats, bf16)
+        (call,) = handle.calls
         assert call.stats["captures"] == 1 and call.stats["replays"] == 5 and call.stats["failed"] == 0, call.stats
-        assert rel_err(graphed_host, ref) < (1e-5 if not bf16 else 1e-2)
+        assert rel_err(graphed_host, ref) < same
+        handle.remove()
 
         fb.patch_model(model, kinds=("diffusion", "atom"), stacks=("diffusion", "input"))
+        ref_patched, ref_patched_other = coordinates(model, feats, bf16), coordinates(model, other, bf16)
+        assert rel_err(ref_patched, ref) < tol
+        handle = fb.graph_diffusion(model)  # graphing a patched model (the other order than above)
+        (call,) = handle.calls
         out = coordinates(model, feats, bf16)
-        assert call.stats["captures"] == 2 and call.stats["replays"] == 10 and call.stats["failed"] == 0, call.stats
-        assert rel_err(out, ref) < tol
+        assert call.stats["captures"] == 1 and call.stats["replays"] == 5 and call.stats["failed"] == 0, call.stats
+        assert rel_err(out, ref_patched) < same and rel_err(out, ref) < tol
         for path, m in patched_modules(model).items():
-            if path.startswith("diffusion_module"):  # computed at step 1; read by the graph (no lookups)
-                assert m.flash_bias.bias_cache.misses == 1, path
+            if path.startswith("diffusion_module"):  # computed at step 1; the graph reads it (no lookups)
+                assert m.flash_bias.bias_cache.misses == 3, path  # one per prediction
         # a second trunk pass: the graph is invalidated, relearned, recaptured; never stale
-        assert rel_err(coordinates(model, other, bf16), ref_other) < tol
-        assert call.stats["captures"] == 3 and call.stats["invalidated"] >= 1, call.stats
-        # the same inputs again: a third pass, still exact
-        assert rel_err(coordinates(model, feats, bf16), ref) < tol
+        out_other = coordinates(model, other, bf16)
+        assert rel_err(out_other, ref_patched_other) < same and rel_err(out_other, ref_other) < tol
+        assert call.stats["captures"] == 2 and call.stats["invalidated"] == 1, call.stats
+        # the first inputs again: a third pass, still exact
+        assert rel_err(coordinates(model, feats, bf16), ref_patched) < same
+        # patch_model after graph_diffusion (the first order): unpatch resets the graphs
+        fb.unpatch_model(model)
+        assert not handle.calls[0]._entries
+        assert rel_err(coordinates(model, feats, bf16), ref) < same
     finally:
         handle.remove()
         if patched_modules(model):
             fb.unpatch_model(model)
     assert "forward" not in model.diffusion_module.__dict__
     # (GPU scatter-adds are not bitwise deterministic: a tolerance, not torch.equal)
-    assert rel_err(coordinates(model, feats, bf16), ref) < (1e-5 if not bf16 else 1e-2)
+    assert rel_err(coordinates(model, feats, bf16), ref) < same
