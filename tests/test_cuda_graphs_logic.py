@@ -104,6 +104,21 @@ def test_parameter_update_invalidates(step):
     assert handle.calls[0].stats["invalidated"] == 1
 
 
+def test_inference_mode_matches_by_identity_and_data_pointer(step):
+    m, backend, handle = step
+    with torch.inference_mode():
+        z = torch.randn(5)
+        for i in range(4):
+            x, t, ctx = inputs(i, z)
+            check(m(x, t, ctx), eager(m, x, t, ctx))
+        (entry,) = handle.calls[0]._entries.values()
+        assert sorted(entry.static_in) == [0, 1] and backend.replays == 3
+        z2 = torch.randn(5)  # another object: relearned
+        x, t, ctx = inputs(9, z2)
+        check(m(x, t, ctx), eager(m, x, t, ctx))
+    assert handle.calls[0].stats["invalidated"] == 1
+
+
 def test_keys_and_eviction():
     m = Step().eval()
     backend = EagerReplayBackend()
