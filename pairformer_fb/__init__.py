@@ -14,6 +14,7 @@ from .modules import (
     SVDConfig,
 )
 from .tools.convert import convert_checkpoint, load_converted
+from .tools.cuda_graphs import graph_diffusion, graph_module
 from .tools.patching import PatchReport, patch_model, unpatch_model
 
 __version__ = "0.1.0"
@@ -30,5 +31,7 @@ __all__ = [
     "PatchReport",
     "convert_checkpoint",
     "load_converted",
+    "graph_diffusion",
+    "graph_module",
     "__version__",
 ]

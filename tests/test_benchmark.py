@@ -449,3 +449,23 @@ def test_benchmark_loads_host_and_converted_checkpoints(tmp_path, crn):
     with pytest.raises(ValueError, match="does not fit model=tiny"):
         benchmark.run(bench_cfg(tmp_path, samples=["1crn"], variants=["original"], checkpoint=str(host_path),
                                 model="tiny", overrides={"c_z": 16}, device="cpu"))
+
+
+def test_benchmark_cuda_graphs_option(tmp_path):
+    """cuda_graphs=true graphs the patched variants' diffusion step, ``original_graphs`` the
+    unpatched host's; the wrapper's counts are recorded (on a CPU: pass-throughs, same
+    structures)."""
+    from pairformer_fb.tools import benchmark
+
+    res = benchmark.run(bench_cfg(tmp_path, samples=["1crn"], variants=["original", "exact", "original_graphs"],
+                                  warmup=0, model="tiny", device="cpu", seed=0, cuda_graphs=True,
+                                  raise_errors=True))
+    orig, exact, graphed = res["records"]
+    assert orig["status"] == exact["status"] == graphed["status"] == "ok"
+    assert "cuda_graphs" not in orig["notes"]
+    for r in (exact, graphed):
+        g = r["notes"]["cuda_graphs"]
+        assert g["passthrough"] > 0 and g["captures"] == g["failed"] == 0, g  # CPU: eager
+    assert graphed["vs_original"]["rmsd"] < 1e-4  # unpatched either way
+    assert res["config"]["cuda_graphs"] is True
+    assert "CUDA graphs of the diffusion step" in (tmp_path / "out" / "results.md").read_text()

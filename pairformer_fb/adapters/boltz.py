@@ -367,3 +367,12 @@ def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | Non
         return _diffusion(site, mode, factor_config, backend, svd_config)
     build = _triangle if site.kind == "triangle" else _single
     return build(site, mode, factor_config, backend)
+
+
+def graph_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules whose one call is one diffusion step (``tools.cuda_graphs.graph_diffusion``):
+    the v2 ``DiffusionModule`` (the score model ``AtomDiffusion.preconditioned_network_forward``
+    calls with new ``r_noisy`` / ``times`` per step). Not yet checked on a GPU."""
+    from .protenix import _outermost
+
+    return _outermost(model, _is_diffusion_module)

@@ -426,3 +426,14 @@ def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | Non
         return _diffusion(site, mode, factor_config, backend, svd_config)
     build = _triangle if site.kind == "triangle" else _single
     return build(site, mode, factor_config, backend)
+
+
+def graph_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules whose one call is one diffusion step (``tools.cuda_graphs.graph_diffusion``):
+    every ``DiffusionModule`` (called per step with new ``xl_noisy`` / ``t``). Not yet checked on
+    a GPU."""
+    from openfold3.core.model.structure.diffusion_module import DiffusionModule
+
+    from .protenix import _outermost
+
+    return _outermost(model, lambda m: isinstance(m, DiffusionModule))

@@ -362,3 +362,24 @@ def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | Non
         return _diffusion(site, mode, factor_config, backend, svd_config)
     build = _triangle if site.kind == "triangle" else _single
     return build(site, mode, factor_config, backend)
+
+
+def graph_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules whose one call is one diffusion step (``tools.cuda_graphs.graph_diffusion``):
+    every ``DiffusionModule`` (``Protenix.diffusion_module``; the sampler calls it with new
+    ``x_noisy`` / ``t_hat_noise_level`` and the same other arguments at every step). The
+    outermost ones only (none of Protenix's nests another)."""
+    from protenix.model.modules.diffusion import DiffusionModule
+
+    return _outermost(model, lambda m: isinstance(m, DiffusionModule))
+
+
+def _outermost(model: nn.Module, pred) -> list[nn.Module]:
+    found: list[nn.Module] = []
+    inner: set[int] = set()
+    for m in model.modules():
+        if id(m) in inner or not pred(m):
+            continue
+        found.append(m)
+        inner.update(id(x) for x in m.modules())
+    return found

@@ -8,6 +8,13 @@ For each sample: featurise (tools/featurize.py), then for each variant
 * ``exact`` — ``patch_model(mode="exact")``: the same function, FlashBias kernels;
 * ``lowrank`` — ``patch_model(mode="lowrank", rank=...)``: factor networks from a converted
   checkpoint, else untrained (random) ones, which the report says;
+* ``original_graphs`` — the unpatched host with its per-step diffusion call CUDA-graphed
+  (``pairformer_fb.graph_diffusion``), the fair baseline for ``cuda_graphs: true``;
+
+``cuda_graphs: true`` graphs the diffusion step of the patched variants too (exact, lowrank;
+tools/cuda_graphs.py: captured at the second step of a prediction, replayed for the others;
+a pass-through on a CPU); the records' ``notes.cuda_graphs`` hold the wrapper's counts
+(captures, replays, failed, ...). Then
 run ``warmup`` untimed forwards and ``repeats`` timed ones, re-seeding torch / numpy / random
 before every forward (the diffusion noise is the same in every variant, so ``original`` and
 ``exact`` differ only by rounding). The phases are timed by wrapping the host's methods
@@ -45,7 +52,7 @@ from .structure import (
 )
 from .timing import environment, failure_status
 
-VARIANTS = ("original", "exact", "lowrank")
+VARIANTS = ("original", "exact", "lowrank", "original_graphs")
 PHASES = ("input_embedding", "msa_module", "pairformer_trunk", "diffusion_sampling", "confidence_head", "other")
 HOSTS_NOT_YET = {
     "boltz": "Boltz-2: patch_model's adapter exists (pairformer_fb/adapters/boltz.py), but the benchmark has "
@@ -230,7 +237,7 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
 
     from .checkpoint import FACTOR_KEY_MARK
 
-    if variant == "original":
+    if variant in ("original", "original_graphs"):
         return {}
     stacks = list(cfg.stacks) if cfg.stacks else None
     kinds = tuple(cfg.get("kinds") or ("triangle", "single"))
@@ -370,8 +377,11 @@ def _run_one(model, timer, sample, variant, feats_atoms, cfg, ckpt, device, auto
     feats, atoms = feats_atoms
     rec = Record(sample.name, variant, sample.n_tokens, atoms.array_length())
     feats_dev = {k: v.to(device) for k, v in feats.items()}
+    graphs = None
     try:
         rec.notes.update(patch_variant(model, variant, cfg, ckpt))
+        if variant == "original_graphs" or (cfg.get("cuda_graphs") and variant != "original"):
+            graphs = fb.graph_diffusion(model)
 
         def forward():
             seed_all(cfg.seed)
@@ -393,6 +403,8 @@ def _run_one(model, timer, sample, variant, feats_atoms, cfg, ckpt, device, auto
             if coords is None:
                 coords = pred["coordinate"][0].float().cpu().numpy()
         rec.times_s = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        if graphs is not None:
+            rec.notes["cuda_graphs"] = graphs.stats
         rec.tokens_per_s = sample.n_tokens / rec.times_s["total"]
         if not np.isfinite(coords).all():
             rec.status = "error: non-finite coordinates"
@@ -407,6 +419,8 @@ def _run_one(model, timer, sample, variant, feats_atoms, cfg, ckpt, device, auto
         if cfg.get("raise_errors"):
             raise
     finally:
+        if graphs is not None:
+            graphs.remove()
         fb.unpatch_model(model) if variant != "original" and _is_patched(model) else None
     return rec
 
@@ -483,6 +497,11 @@ def markdown(result: dict) -> str:
             v = r["vs_reference"]
             lines.append(f"| {r['sample']} | {r['variant']} | {v['rmsd']:.3g} | {v['lddt']:.4f} | "
                          f"{v['tm_score']:.4f} | {v['reference']} |")
+    graphed = [r for r in result["records"] if r["notes"].get("cuda_graphs")]
+    if graphed:
+        lines += ["", "CUDA graphs of the diffusion step (captures / replays / failed captures / eager pass-throughs): "
+                  + "; ".join(f"{r['sample']} {r['variant']}: {g['captures']} / {g['replays']} / {g['failed']} / "
+                              f"{g['passthrough']}" for r in graphed for g in [r["notes"]["cuda_graphs"]]) + "."]
     lows = {r["notes"].get("factors") for r in result["records"] if r["variant"] == "lowrank"} - {None}
     if lows:
         lines += ["", "lowrank factors: " + "; ".join(sorted(lows)) + "."]

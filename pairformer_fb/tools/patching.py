@@ -13,6 +13,7 @@ from ..adapters import DEFAULT_KINDS, DIFFUSION_KINDS, KINDS, PatchedModule, Uns
 from ..modules.bias_cache import SVDConfig
 from ..modules.common import MODES
 from ..modules.factor_network import FactorConfig
+from .cuda_graphs import reset_graphs
 
 DEFAULT_RANK = 32
 
@@ -206,6 +207,7 @@ def patch_model(
         plan.append((site, adapter.make_replacement(site, mode=block_mode, factor_config=cfg, backend=backend,
                                                     **extra)))
 
+    reset_graphs(model)  # a CUDA graph of a module inside would replay the old kernels
     report = PatchReport(host=host)
     shared: set[int] = set()
     for site, wrapper in plan:
@@ -237,6 +239,7 @@ def unpatch_model(model: nn.Module) -> list[str]:
         restored.append(name)
     if not restored:
         raise ValueError("the model holds no patched module (nothing to unpatch)")
+    reset_graphs(model)
     return restored
 
 
