@@ -65,7 +65,9 @@ def test_small_module_graphed_equals_eager(dtype):
                 t = torch.rand(2, device="cuda")
                 out = m(x, t, {"z": z2, "bias": bias})
                 assert rel_err(out, Step.forward(m, x, t, {"z": z2, "bias": bias})) < 1e-2
-        assert call.stats["captures"] == 3 and call.stats["failed"] == 0, call.stats
+        # the learning call after the in-place change saw z; z2 then differs from it, so that
+        # argument is learned as varying (copied into the graph's buffer): one more capture
+        assert call.stats["captures"] == 2 and call.stats["failed"] == 0, call.stats
     finally:
         handle.remove()
 

@@ -194,3 +194,29 @@ if part in ("all", "mod"):
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 fn(); torch.cuda.synchronize()
         log(prof.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=60))
+
+if part in ("all", "dsweep"):
+    log("== E. diffusion-transformer op (B=5 samples, H=16, D=48, bias [1,16,N,N] prepared, gate), forward sweep")
+    from pairformer_fb.kernel import prepare_reused_bias
+    for N in (384, 1170):
+        for prec, dt in (("bf16", bf), ("fp32", torch.float32)):
+            g = torch.Generator(device="cuda").manual_seed(4)
+            proj = torch.randn(5, N, 4, 16, 48, device=dev, dtype=dt, generator=g)
+            q, k, v, gate = (t.transpose(1, 2) for t in proj.unbind(2))
+            b = prepare_reused_bias(torch.randn(1, 16, N, N, device=dev, dtype=dt, generator=g))
+            key = tfb.config_key("fwd", 64, 0, True)
+            for cand in [(64, 64, 4, 3, 2), (64, 64, 4, 3, 1), (128, 64, 4, 3, 1), (128, 64, 8, 3, 1), (64, 32, 4, 3, 1),
+                         (128, 32, 4, 3, 1), (64, 64, 4, 2, 1), (32, 64, 4, 3, 1)]:
+                for order in ("1", "2"):
+                    tfb.CONFIG_OVERRIDES[key] = tfb.KernelConfig(*cand); tfb._FITTED.clear()
+                    tfb._FORCED_GRID_ORDER = order
+                    try:
+                        with torch.no_grad():
+                            ms = bench(lambda: flash_bias_attention(q, k, v, bias=b, gate=gate))
+                        log(f"  N={N} {prec} {cand} order={order}: {ms:.3f}")
+                    except Exception as e:
+                        log(f"  N={N} {prec} {cand} order={order}: {type(e).__name__} {str(e)[:80]}")
+            tfb._FORCED_GRID_ORDER = None
+            tfb.CONFIG_OVERRIDES.pop(key, None)
+            with torch.no_grad():
+                log(f"  N={N} {prec} SDPA no bias: {bench(lambda: F.scaled_dot_product_attention(q, k, v)):.3f}")

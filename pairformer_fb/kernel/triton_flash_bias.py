@@ -80,7 +80,11 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> Ker
     # a shared bias or shared factors: two rows per program share their tiles. Factors at N = 1170
     # (triangle module case: strided q/k/v, key mask, gate): 4.98 ms against 6.01 with the
     # (128, 64, 4, 3, 1) tiles chosen at N = 1024 (benchmarks/session3/run2/tri.txt)
-    return KernelConfig(64, 64, 4, 3, 2) if (has_bias or block_r) else KernelConfig(128, 64, 4, 3, 1)
+    # Head dims 33-64 (the diffusion transformer's 48): one row per program; 0.142 against 0.26 ms
+    # with two (bf16, 5 samples, N = 1170, gate fused; benchmarks/session3/run3/dsweep.txt).
+    if has_bias or block_r:
+        return KernelConfig(64, 64, 4, 3, 2) if block_d <= 32 else KernelConfig(64, 64, 4, 3, 1)
+    return KernelConfig(128, 64, 4, 3, 1)
 
 
 # Tuning sweeps and benchmarks set entries here: {(kind, block_d, block_r, has_bias): KernelConfig}.
@@ -937,7 +941,11 @@ def attention_triton(q, k, v, q_factors, k_factors, bias, key_mask, scale: float
     With ``gate`` and no gradient to compute (inference), sigmoid(gate) is applied in the
     forward kernel's epilogue; otherwise the caller gates the differentiable output."""
     operands = (q, k, v, q_factors, k_factors, bias, gate)
-    if gate is not None and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands)):
+    # fp32: not fused. A [64, 64] fp32 gate tile per row in the epilogue made the diffusion
+    # transformer's op (D = 48, 5 samples, N = 1170) take 2.7-48 ms instead of ~0.5 (register
+    # spills; H200, benchmarks/session3/run3/dsweep.txt)
+    if gate is not None and q.dtype != torch.float32 and not (
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands)):
         o, _ = _forward(q, k, v, _Operands(q, k, v, q_factors, k_factors, bias, key_mask, scale), gate)
         return o
     o = _FlashBiasFunction.apply(q, k, v, q_factors, k_factors, bias, key_mask, scale)
