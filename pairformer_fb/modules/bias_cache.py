@@ -147,13 +147,18 @@ class BiasScope:
                 entry.clear()
 
 
+def _as_tensors(z) -> tuple:
+    return (z,) if isinstance(z, torch.Tensor) else tuple(z)
+
+
 class BiasCacheEntry:
-    """One module's cached bias (or factors): valid for a scope token or a z fingerprint, plus a
-    signature of everything else the payload depends on."""
+    """One module's cached bias (or factors): valid for a scope token or the fingerprints of
+    the tensors it was computed from (z, or a tuple such as (z, atom_mask)), plus a signature
+    of everything else the payload depends on."""
 
     def __init__(self):
         self._token = None
-        self._fingerprint: TensorFingerprint | None = None
+        self._fingerprint: tuple[TensorFingerprint, ...] | None = None
         self._signature = None
         self.payload = None
         self.hits = 0
@@ -162,16 +167,20 @@ class BiasCacheEntry:
     def clear(self) -> None:
         self._token = self._fingerprint = self._signature = self.payload = None
 
-    def lookup(self, scope: BiasScope | None, z: torch.Tensor, signature: tuple):
-        """The cached payload if it is valid for this call, else None."""
+    def lookup(self, scope: BiasScope | None, z, signature: tuple):
+        """The cached payload if it is valid for this call (z: a tensor or a tuple of them),
+        else None."""
         if self.payload is None or signature != self._signature:
             return None
         token = scope.token() if scope is not None else None
         if token is not None:
             return self.payload if token == self._token else None
-        return self.payload if (self._fingerprint is not None and self._fingerprint.matches(z)) else None
+        tensors = _as_tensors(z)
+        fps = self._fingerprint
+        ok = fps is not None and len(fps) == len(tensors) and all(f.matches(t) for f, t in zip(fps, tensors))
+        return self.payload if ok else None
 
-    def store(self, scope: BiasScope | None, z: torch.Tensor, signature: tuple, payload) -> None:
+    def store(self, scope: BiasScope | None, z, signature: tuple, payload) -> None:
         """Keep ``payload`` unless any of its tensors needs gradients (then nothing is kept)."""
         tensors = [t for t in _flat(payload) if isinstance(t, torch.Tensor)]
         if any(t.requires_grad for t in tensors):
@@ -181,7 +190,7 @@ class BiasCacheEntry:
         if token is not None:
             scope.register(self)
         self._token = token
-        self._fingerprint = TensorFingerprint(z) if token is None else None
+        self._fingerprint = tuple(TensorFingerprint(t) for t in _as_tensors(z)) if token is None else None
         self._signature = signature
         self.payload = payload
 
