@@ -220,8 +220,8 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
 
     def extra_repr(self) -> str:
         return (f"c_a={self.c_a}, c_s={self.c_s}, c_z={self.c_z}, n_heads={self.n_heads}, "
-                f"head_dim={self.head_dim}, cross_attention={self.cross_attention}, kv_from_input={self.kv_from_input}, "
-                f"windows={self.windows!r}, mode={self.mode!r}")
+                f"head_dim={self.head_dim}, cross_attention={self.cross_attention}, "
+                f"kv_from_input={self.kv_from_input}, windows={self.windows!r}, mode={self.mode!r}")
 
     def _check_mode(self, mode: str) -> None:
         if mode not in MODES:
@@ -271,19 +271,11 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         if key_mask is not None:
             if local:
                 raise ValueError("key_mask applies to global attention only (n_queries / n_keys were given)")
-            if not isinstance(key_mask, torch.Tensor) or key_mask.dim() < 1 or key_mask.shape[-1] != a.shape[-2] \
-                    or not _broadcasts_to(key_mask.shape[:-1], a.shape[:-2]):
-                raise ValueError(f"key_mask must be [*, N] with N = {a.shape[-2]} and batch dims broadcastable to a's "
-                                 f"{shape_str(a.shape[:-2])}, got "
-                                 f"{shape_str(key_mask.shape) if isinstance(key_mask, torch.Tensor) else type(key_mask).__name__}")
+            _check_mask("key_mask", key_mask, a)
         if atom_mask is not None:
             if not (local and self.windows == "shifted"):
                 raise ValueError("atom_mask applies to local attention with windows='shifted' only")
-            if not isinstance(atom_mask, torch.Tensor) or atom_mask.dim() < 1 or atom_mask.shape[-1] != a.shape[-2] \
-                    or not _broadcasts_to(atom_mask.shape[:-1], a.shape[:-2]):
-                raise ValueError(f"atom_mask must be [*, N] with N = {a.shape[-2]} and batch dims broadcastable to "
-                                 f"a's {shape_str(a.shape[:-2])}, got "
-                                 f"{shape_str(atom_mask.shape) if isinstance(atom_mask, torch.Tensor) else type(atom_mask).__name__}")
+            _check_mask("atom_mask", atom_mask, a)
         x = self.adaln_a(a, s)
         if self.adaln_kv is None:
             kv = x
@@ -471,6 +463,16 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
                 d not in (1, b) for d, b in zip(zb, a.shape[:-2])):
             raise ValueError(f"z must be {layout} = {shape_str((*zb[:batch_nd], *tail))} with batch dims "
                              f"broadcastable to a's {shape_str(a.shape[:-2])}, got {shape_str(z.shape)}")
+
+
+def _check_mask(name: str, mask, a: torch.Tensor) -> None:
+    """A [*, N] mask with N from a and batch dims broadcastable to a's, else a ValueError naming it."""
+    if isinstance(mask, torch.Tensor) and mask.dim() >= 1 and mask.shape[-1] == a.shape[-2] \
+            and _broadcasts_to(mask.shape[:-1], a.shape[:-2]):
+        return
+    got = shape_str(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+    raise ValueError(f"{name} must be [*, N] with N = {a.shape[-2]} and batch dims broadcastable to a's "
+                     f"{shape_str(a.shape[:-2])}, got {got}")
 
 
 def _broadcasts_to(shape, target) -> bool:
