@@ -17,7 +17,8 @@
   bit-identical and removes the hooks, lowrank (SVD factors of the fixed bias) approaches exact
   as the rank grows; kind "atom" (encoder / decoder of the diffusion module, the input
   embedder's encoder) likewise: exact, the bias computed once per trunk pass, unpatch
-  bit-identical.
+  bit-identical. Under torch.inference_mode: recomputed every step by default, computed once per
+  trunk pass with ``trust_inference_tensors=True``; exact either way.
 """
 
 import pytest
@@ -175,6 +176,14 @@ def test_atom_attention_without_mask_and_bad_mask():
         assert rel_err(ours(a=a, z=z, s=s), host(a=a, z=z, s=s)) < RTOL  # mask None: all atoms valid
         with pytest.raises(ValueError, match="atom_mask must be"):
             ours(a=a, z=z, s=s, mask=torch.ones(1, 1, 149))
+    # the options name themselves; an atom mask only where it means something
+    with pytest.raises(ValueError, match="windows must be one of"):
+        diffusion_attention.FlashBiasDiffusionAttention(C_A, C_S, C_Z, HEADS, windows="sliding")
+    with pytest.raises(ValueError, match="kv_from_input needs cross_attention"):
+        diffusion_attention.FlashBiasDiffusionAttention(C_A, C_S, C_Z, HEADS, kv_from_input=True)
+    zg = rand(1, 1, 150, 150, C_Z, seed=8)
+    with pytest.raises(ValueError, match="atom_mask applies to local attention"):
+        ours.flash_bias(a, s, zg, atom_mask=torch.ones(1, 1, 150))
 
 
 def test_atom_attention_bias_cache():
@@ -220,17 +229,18 @@ def openfold3_model():
     return model, openfold3_features(seq[:10], seed=0), openfold3_features(seq[2:12], seed=1)
 
 
-def run_positions(model, batch, updates=None):
+def run_positions(model, batch, updates=None, inference_mode=False):
     """The predicted atom positions; with a list ``updates``, the diffusion transformer's
     attention updates (every block, every step, whatever module is in place) are appended to it:
     the positions alone are a weak check (the residual stream and the late steps' small noise
-    levels scale the attention's contribution down)."""
+    levels scale the attention's contribution down). Under torch.no_grad, or
+    torch.inference_mode (Lightning's predict)."""
     seed_all(0)
     blocks = model.diffusion_module.diffusion_transformer.blocks
     handles = [b.attention_pair_bias.register_forward_hook(lambda m, args, out: updates.append(out.clone()))
                for b in blocks] if updates is not None else []
     try:
-        with torch.no_grad():
+        with torch.inference_mode() if inference_mode else torch.no_grad():
             _, out = model({k: v.clone() for k, v in batch.items()})
     finally:
         for h in handles:
@@ -337,6 +347,32 @@ def test_openfold3_full_model_atom_kind(openfold3_model):
     assert torch.equal(run_positions(model, batch), ref)
     dm = model.diffusion_module
     assert not dm._forward_pre_hooks and not dm._forward_hooks
+
+
+@pytest.mark.parametrize("trust", [False, True], ids=["default", "trust_inference_tensors"])
+def test_openfold3_full_model_under_inference_mode(openfold3_model, trust):
+    """Under torch.inference_mode the trunk outputs are inference tensors (no version counter):
+    by default the bias is recomputed at every step; with trust_inference_tensors=True it is
+    computed once per trunk pass and reused (a second input still recomputes); exact either way."""
+    model, batch, other = openfold3_model
+    ref = run_positions(model, batch, inference_mode=True)
+    ref_other = run_positions(model, other, inference_mode=True)
+    fb.patch_model(model, kinds=("diffusion", "atom"), stacks=("diffusion",), trust_inference_tensors=trust)
+    wrappers = patched_modules(model)
+    assert len(wrappers) == 4  # 2 diffusion transformer blocks, the atom encoder's and decoder's
+    assert rel_err(run_positions(model, batch, inference_mode=True), ref) < 1e-4
+    for path, m in wrappers.items():
+        cache = m.flash_bias.bias_cache
+        assert (cache.hits, cache.misses) == ((STEPS - 1, 1) if trust else (0, STEPS)), path
+    assert rel_err(run_positions(model, other, inference_mode=True), ref_other) < 1e-4
+    for path, m in wrappers.items():
+        cache = m.flash_bias.bias_cache
+        assert (cache.hits, cache.misses) == ((2 * STEPS - 2, 2) if trust else (0, 2 * STEPS)), path
+    scope = next(iter(wrappers.values())).flash_bias.scope
+    assert scope.trust_inference_tensors == trust
+    fb.unpatch_model(model)
+    assert not scope.trust_inference_tensors  # the setting goes with the patch
+    assert torch.equal(run_positions(model, batch, inference_mode=True), ref)
 
 
 @pytest.mark.gpu

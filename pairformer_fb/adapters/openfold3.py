@@ -96,8 +96,10 @@ around every call of the ``DiffusionModule`` (``adapters.call_scope``) with ever
 except ``xl_noisy`` and ``t``, plus the diffusion module's parameters outside its transformer
 blocks (the conditioning, the transformer's ``layer_norm_z``). Under ``torch.inference_mode``
 (Lightning's default for ``predict``, which OpenFold3's runner uses) the inputs are inference
-tensors, whose in-place changes cannot be tracked: the bias is then recomputed at every step
-(still exact, no reuse); ``torch.no_grad`` keeps the reuse.
+tensors, whose in-place changes cannot be tracked: by default the bias is then recomputed at
+every step (still exact, no reuse); ``torch.no_grad`` keeps the reuse, and so does
+``patch_model(..., trust_inference_tensors=True)`` (identity of the inference tensors taken as
+proof that they are unchanged; see ``pairformer_fb.modules.bias_cache``).
 
 Atom transformer (kind "atom"): every ``DiffusionTransformerBlock`` of the ``atom_transformer`` of
 an ``AtomAttentionEncoder`` / ``AtomAttentionDecoder`` holds an ``openfold3.core.model.layers.
