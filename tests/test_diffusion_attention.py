@@ -9,7 +9,10 @@
   masked keys (N < 32, not a multiple of 32, a multiple); gradients as the host's.
 * bias reuse: a hit only for the same z object at the same version; an in-place change of z, a
   new z, a parameter update or a changed input of the scope recomputes it (checked against the
-  host on the new values); nothing is kept when gradients are needed.
+  host on the new values); nothing is kept when gradients are needed. Under
+  ``torch.inference_mode`` (inputs without version counters): recomputed at every step by
+  default, reused across steps with ``trust_inference_tensors`` (a new object still
+  recomputes; the results equal the uncached path's).
 * ``svd_factors``: ranks per head from the error budget, the achieved error, the randomised path,
   and the caller's RNG stream left untouched.
 * the full tiny Protenix (issue 5's preset, 2 samples x 3 steps): exact kinds "diffusion" +
@@ -204,6 +207,54 @@ def test_bias_reuse_within_a_scope():
     assert cache.payload is not None
     del other  # the inputs of its generation are gone: the cached bias is freed at once
     assert cache.payload is None
+
+
+@pytest.mark.parametrize("trust", [False, True], ids=["default", "trusted"])
+def test_bias_reuse_under_inference_mode(trust):
+    host, ours = host_and_ours("diffusion", seed=26)
+    scope = BiasScope(trust_inference_tensors=trust)
+    ours.flash_bias.scope = scope
+    cache = ours.flash_bias.bias_cache
+    n, steps = 8, 4
+    a, s = rand(2, n, C_A, seed=27), rand(2, n, C_S, seed=28)
+    with torch.inference_mode():
+        trunk = rand(n, n, C_Z, seed=29)  # an inference tensor: no version counter
+    assert trunk.is_inference()
+    # the premise of trusting one: outside inference mode it cannot be written in place
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor"):
+        trunk.add_(1.0)
+
+    def step(trunk_now):
+        with torch.inference_mode():
+            scope.enter([trunk_now])
+            try:
+                z = trunk_now[None] * 2.0  # a new tensor every step, as the host's conditioning makes
+                out = ours(a, s, z)
+                ref = host(a, s, z)
+            finally:
+                scope.exit()
+        assert rel_err(out, ref) < RTOL
+        return out
+
+    outs = [step(trunk) for _ in range(steps)]
+    expected = (steps - 1, 1) if trust else (0, steps)
+    assert (cache.hits, cache.misses) == expected
+    assert all(torch.equal(o, outs[0]) for o in outs)  # the cached bias gives the uncached result
+    with torch.inference_mode():
+        other = trunk.clone()  # equal values, a new object (e.g. the next prediction): recomputed
+    step(other)
+    assert cache.misses == expected[1] + 1
+    step(other)
+    assert cache.misses == expected[1] + (1 if trust else 2)
+
+    # outside a scope: the same inference z object is reused only when trusted
+    ours.flash_bias.scope = None
+    ours.flash_bias.bias_cache.trust_inference_tensors = trust
+    with torch.inference_mode():
+        z = trunk[None] * 2.0
+        before = cache.misses
+        first, again = ours(a, s, z), ours(a, s, z)
+    assert torch.equal(first, again) and cache.misses == before + (1 if trust else 2)
 
 
 def test_svd_factors_ranks_and_errors():

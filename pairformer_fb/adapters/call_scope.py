@@ -60,6 +60,7 @@ class CallScope:
                 h.remove()
             self._handles = []
             self.scope.invalidate()
+            self.scope.trust_inference_tensors = False
 
 
 _SCOPES: weakref.WeakKeyDictionary[nn.Module, CallScope] = weakref.WeakKeyDictionary()
@@ -76,19 +77,31 @@ class ScopedPatchedModule(PatchedModule):
     """A PatchedModule whose FlashBias module caches its bias within a CallScope (the diffusion
     attentions): patching attaches the scope's hooks and hands the module its BiasScope;
     unpatching detaches them and frees the cache. ``call_scope`` None: no scope (the module
-    then reuses a bias only for the same, unmodified z)."""
+    then reuses a bias only for the same, unmodified z).
+
+    ``trust_inference_tensors`` (set before ``on_patch``; ``patch_model``'s option): whether the
+    scope and the module's cache let inference tensors match by identity, so that the bias is
+    reused under ``torch.inference_mode`` too (see ``modules.bias_cache``)."""
 
     def __init__(self, host_module, flash_bias, site: Site, call_scope: CallScope | None):
         super().__init__(host_module, flash_bias, site)
         self._scope = (call_scope,) if call_scope is not None else None  # a tuple: not a submodule
+        self.trust_inference_tensors = False
 
     def on_patch(self) -> None:
+        trust = bool(self.trust_inference_tensors)
+        self.flash_bias.bias_cache.trust_inference_tensors = trust
         if self._scope is not None:
             self._scope[0].attach()
-            self.flash_bias.scope = self._scope[0].scope
+            scope = self._scope[0].scope
+            # one scope per host module, shared by its wrappers: trusted if any wrapper asks
+            # (patch_model passes one setting to all)
+            scope.trust_inference_tensors = scope.trust_inference_tensors or trust
+            self.flash_bias.scope = scope
 
     def on_unpatch(self) -> None:
         if self._scope is not None:
             self._scope[0].detach()
         self.flash_bias.scope = None
         self.flash_bias.bias_cache.clear()
+        self.flash_bias.bias_cache.trust_inference_tensors = False

@@ -96,12 +96,44 @@ around every call of the ``DiffusionModule`` (``adapters.call_scope``) with ever
 except ``xl_noisy`` and ``t``, plus the diffusion module's parameters outside its transformer
 blocks (the conditioning, the transformer's ``layer_norm_z``). Under ``torch.inference_mode``
 (Lightning's default for ``predict``, which OpenFold3's runner uses) the inputs are inference
-tensors, whose in-place changes cannot be tracked: the bias is then recomputed at every step
-(still exact, no reuse); ``torch.no_grad`` keeps the reuse. The atom transformer's local
-attention (``CrossAttentionPairBias``, kind "atom": AdaLN on the query and the key blocks
-separately, key windows shifted to stay inside each sample's atoms, query rows masked too) is not
-mapped: kind "atom" finds nothing here (``patch_model`` with only "atom" raises, as for any
-host without the kind).
+tensors, whose in-place changes cannot be tracked: by default the bias is then recomputed at
+every step (still exact, no reuse); ``torch.no_grad`` keeps the reuse, and so does
+``patch_model(..., trust_inference_tensors=True)`` (identity of the inference tensors taken as
+proof that they are unchanged; see ``pairformer_fb.modules.bias_cache``).
+
+Atom transformer (kind "atom"): every ``DiffusionTransformerBlock`` of the ``atom_transformer`` of
+an ``AtomAttentionEncoder`` / ``AtomAttentionDecoder`` holds an ``openfold3.core.model.layers.
+attention_pair_bias.CrossAttentionPairBias`` (local attention, ``n_query`` 32 / ``n_key`` 128),
+called as ``attention_pair_bias(a=ql, z=plm, s=cl, mask=atom_mask, use_high_precision_attention=
+...)`` with plm the blocked pair rep [*, n_blocks, n_query, n_key, c_atom_pair], normalised once
+by the transformer's ``layer_norm_z``. Stack "diffusion" in the ``DiffusionModule`` (its scope,
+as above: plm is recomputed every step from the fixed inputs, so the bias is computed at the
+first step and reused), stack "input" in the trunk's ``InputEmbedderAllAtom`` (run once per
+prediction; no scope). Its conventions, kept exactly by ``FlashBiasDiffusionAttention`` with
+``windows="shifted"``, ``cross_attention=True, kv_from_input=True`` and no pair norm:
+
+* two AdaLNs, both on the input a: ``layer_norm_a_q`` for the queries (and the gate),
+  ``layer_norm_a_k`` for the keys and values (computed per atom, then gathered into windows);
+* key windows formed by a gather: window t centred on query block t, then shifted to lie
+  inside each element's n_valid = sum(atom_mask) atoms (``shifted_windows``);
+* the mask ``inf * (mask_q * mask_k - 1)`` (inf = 1e9) over queries x keys, added to
+  ``linear_z(plm)``; both cached together, per window only ([*, n_blocks * H, 32, 128]);
+* the update gated by ``sigmoid(linear_ada_out(s))``.
+
+Rows of masked (padding) query atoms: the host shifts every logit of such a row by -1e9, which
+leaves fp32 only the rounding of the sum; ours differs there (a different order of the same
+additions). Nothing reads those rows: the keys they would feed are masked, the encoder multiplies
+its output by the atom mask and the diffusion module masks its output. Always exact (the
+32 x 128 tiles are read as a dense bias; lowrank / distill requests run exact, as Protenix's).
+
+    CrossAttentionPairBias                 FlashBiasDiffusionAttention (windows="shifted")
+      layer_norm_a_q (AdaLN)                 adaln_a  (layer_norm_a, layer_norm_s, linear_g ->
+                                               linear_s, linear_s -> linear_nobias_s)
+      layer_norm_a_k (AdaLN)                 adaln_kv (the same; kv_from_input=True)
+      linear_z      (no bias)                linear_z (pair_layer_norm=False)
+      mha.linear_q / _k / _v / _g / _o       linear_q / _k / _v / _g / _o
+      linear_ada_out                         linear_a_last
+      n_query, n_key                         the forward's n_queries, n_keys;  inf must be 1e9
 
 Importing ``openfold3`` imports gemmi at the package level and ml_collections / biotite in the
 model's import chain; no environment variable is needed on CPU.
@@ -122,6 +154,7 @@ from ..modules.bias_cache import SVDConfig
 from ..modules.diffusion_attention import FlashBiasDiffusionAttention
 from .call_scope import CallScope, ScopedPatchedModule, scope_of
 from .common import (
+    DIFFUSION_KINDS,
     MASK_INF,
     PatchedModule,
     Site,
@@ -142,8 +175,8 @@ INSTALL_HINT = (
     "pip install --no-deps openfold3==0.5.0 gemmi ml-collections absl-py biotite "
     "(--no-deps: its pins would replace torch / numpy)"
 )
-STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence", "diffusion")
-# "diffusion" holds only kind "diffusion", so the default kinds patch the trunk alone
+STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence", "diffusion", "input")
+# "diffusion" / "input" hold only kinds "diffusion" / "atom", so the default kinds patch the trunk alone
 DEFAULT_STACKS: tuple[str, ...] = ("pairformer", "diffusion")
 
 # ancestor class name -> stack name (by name, so that no further openfold3 module is imported)
@@ -171,13 +204,13 @@ def _host_classes():
 
 
 def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]:
-    """The diffusion transformer's attentions (kind "diffusion", stack "diffusion"), then the
-    triangle attentions (kind "triangle") of every PairBlock and the single attentions ("single")
-    of every PairFormerBlock of the selected stacks, in the order the blocks run them (a
-    PairFormerBlock's triangle attentions, then its single attention). Kind "atom" (the atom
-    transformer) is not mapped: it finds nothing."""
+    """The diffusion transformer's attentions (kind "diffusion", stack "diffusion") and the atom
+    transformers' (kind "atom", stack "diffusion" or "input"), in model order, then the triangle
+    attentions (kind "triangle") of every PairBlock and the single attentions ("single") of
+    every PairFormerBlock of the selected stacks, in the order the blocks run them (a
+    PairFormerBlock's triangle attentions, then its single attention)."""
     PairBlock, PairFormerBlock, TriangleAttention, AttentionPairBias = _host_classes()
-    sites: list[Site] = _diffusion_sites(model) if "diffusion" in kinds and "diffusion" in stacks else []
+    sites: list[Site] = _diffusion_sites(model, stacks, kinds) if set(kinds) & set(DIFFUSION_KINDS) else []
     done: set[int] = set()  # PairBlocks already handled with their PairFormerBlock
 
     def triangles(pair_block: nn.Module, path: str, stack: str, index: int) -> None:
@@ -318,10 +351,12 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
     return OpenFold3AttentionPairBias(host, ours, site)
 
 
-def _diffusion_sites(model: nn.Module) -> list[Site]:
-    """The DiffusionAttentionPairBias of every DiffusionTransformerBlock (stack "diffusion"),
-    each with the innermost DiffusionModule above it as its context."""
-    from openfold3.core.model.layers.attention_pair_bias import DiffusionAttentionPairBias
+def _diffusion_sites(model: nn.Module, stacks, kinds) -> list[Site]:
+    """The attention of every DiffusionTransformerBlock: a DiffusionAttentionPairBias (kind
+    "diffusion", stack "diffusion") or a CrossAttentionPairBias (kind "atom": stack "input" in
+    the InputEmbedderAllAtom, else "diffusion"), each with the innermost DiffusionModule above it
+    as its context."""
+    from openfold3.core.model.layers.attention_pair_bias import CrossAttentionPairBias, DiffusionAttentionPairBias
     from openfold3.core.model.layers.diffusion_transformer import DiffusionTransformerBlock
     from openfold3.core.model.structure.diffusion_module import DiffusionModule
 
@@ -330,17 +365,25 @@ def _diffusion_sites(model: nn.Module) -> list[Site]:
         if not isinstance(block, DiffusionTransformerBlock):
             continue
         module = getattr(block, "attention_pair_bias", None)
-        if not isinstance(module, DiffusionAttentionPairBias):
-            continue  # the atom transformer's CrossAttentionPairBias, or already replaced
+        if isinstance(module, DiffusionAttentionPairBias):
+            kind = "diffusion"
+        elif isinstance(module, CrossAttentionPairBias):
+            kind = "atom"
+        else:
+            continue  # already replaced (patch_model checks that first) or absent
         chain, m = [model], model
         for part in path.split(".") if path else []:
             m = getattr(m, part)
             chain.append(m)
         context = next((mod for mod in reversed(chain) if isinstance(mod, DiffusionModule)), None)
+        in_input_embedder = any(type(mod).__name__ == "InputEmbedderAllAtom" for mod in chain)
+        stack = "input" if kind == "atom" and context is None and in_input_embedder else "diffusion"
+        if kind not in kinds or stack not in stacks:
+            continue
         _, index = stack_and_index(model, path, {})
         sites.append(Site(path=f"{path}.attention_pair_bias" if path else "attention_pair_bias", parent=block,
-                          attr="attention_pair_bias", module=module, kind="diffusion", node=None,
-                          stack="diffusion", block=index, context=context))
+                          attr="attention_pair_bias", module=module, kind=kind, node=None,
+                          stack=stack, block=index, context=context))
     return sites
 
 
@@ -418,10 +461,74 @@ def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backen
     return OpenFold3DiffusionAttentionPairBias(host, ours, site)
 
 
+class OpenFold3CrossAttentionPairBias(ScopedPatchedModule):
+    """Replaces ``openfold3...attention_pair_bias.CrossAttentionPairBias`` (the atom transformer's
+    local attention); same forward signature."""
+
+    def __init__(self, host_module, flash_bias, site: Site):
+        super().__init__(host_module, flash_bias, site,
+                         _scope_of(site.context) if site.context is not None else None)
+        self.n_query, self.n_key = int(host_module.n_query), int(host_module.n_key)
+
+    def forward(
+        self,
+        a: torch.Tensor,
+        z: torch.Tensor,
+        s: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        use_high_precision_attention: bool = False,
+    ) -> torch.Tensor:
+        # use_high_precision_attention: the op accumulates in fp32 (see the module docstring)
+        return self._finish(self.flash_bias(a, s, z, n_queries=self.n_query, n_keys=self.n_key, atom_mask=mask))
+
+
+def _atom(site: Site, backend: str) -> PatchedModule:
+    host, where = site.module, site.path
+    mha = host.mha
+    if mha.linear_g is None:
+        raise UnsupportedModuleError(f"{where}: attention without gating is not supported")
+    if float(host.inf) != MASK_INF:
+        raise UnsupportedModuleError(f"{where}: inf={host.inf:g} (the atom mask is reproduced with 1e9)")
+    if not (mha.c_q == mha.c_k == mha.c_v):
+        raise UnsupportedModuleError(f"{where}: c_q, c_k, c_v = {mha.c_q}, {mha.c_k}, {mha.c_v} (one width expected)")
+    n_query, n_key = host.n_query, host.n_key
+    if not n_query or not n_key or n_query % 2 or n_key % 2 or n_key < n_query:
+        raise UnsupportedModuleError(f"{where}: n_query={n_query}, n_key={n_key} (even n_key >= n_query expected)")
+    names = ["linear_z", "linear_ada_out", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g",
+             "mha.linear_o"] + [f"{norm}.{lin}" for norm in ("layer_norm_a_q", "layer_norm_a_k")
+                                for lin in ("linear_g", "linear_s")]
+    for name in names:
+        check_linear(host.get_submodule(name), f"{where}.{name}")
+    ours = build_on_meta(
+        FlashBiasDiffusionAttention, c_a=mha.c_q, c_s=host.linear_ada_out.in_features, c_z=host.linear_z.in_features,
+        n_heads=mha.no_heads, head_dim=mha.c_hidden, pair_layer_norm=False, cross_attention=True,
+        kv_from_input=True, windows="shifted",
+        q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
+        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
+        out_bias=mha.linear_o.bias is not None, backend=backend,
+    )
+    for dst, name in ((ours.adaln_a, "layer_norm_a_q"), (ours.adaln_kv, "layer_norm_a_k")):
+        src = getattr(host, name)
+        share_layer_norm(dst.layer_norm_a, src.layer_norm_a, f"{where}.{name}.layer_norm_a")
+        share_layer_norm(dst.layer_norm_s, src.layer_norm_s, f"{where}.{name}.layer_norm_s")
+        share_linear(dst.linear_s, src.linear_g, f"{where}.{name}.linear_g")
+        share_linear(dst.linear_nobias_s, src.linear_s, f"{where}.{name}.linear_s")
+    share_linear(ours.linear_z, host.linear_z, f"{where}.linear_z")
+    share_linear(ours.linear_a_last, host.linear_ada_out, f"{where}.linear_ada_out")
+    for name in ("q", "k", "v", "g", "o"):
+        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
+    check_no_meta(ours, where)
+    ours.mode = "exact"  # local tiles: a dense bias read once, nothing to factor
+    return OpenFold3CrossAttentionPairBias(host, ours, site)
+
+
 def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | None,
                      backend: str = "auto", svd_config: SVDConfig | None = None) -> PatchedModule:
     """The wrapper that replaces ``site.module``, sharing its parameters. ``svd_config``: the
-    SVD factors of the lowrank "diffusion" sites given no ``factor_config``."""
+    SVD factors of the lowrank "diffusion" sites given no ``factor_config``; "atom" sites always
+    run exact."""
+    if site.kind == "atom":
+        return _atom(site, backend)
     if site.kind == "diffusion":
         return _diffusion(site, mode, factor_config, backend, svd_config)
     build = _triangle if site.kind == "triangle" else _single

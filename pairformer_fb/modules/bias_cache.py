@@ -11,14 +11,34 @@ serve it again, as long as it provably cannot be stale:
   features -- everything except the noisy coordinates and the noise level) an entry is reused
   while the scope's *generation* is unchanged. The generation advances whenever any of those
   tensors is a different object, was modified in place (its version counter moved), or cannot be
-  tracked (an inference-mode tensor has no version counter).
-* Outside a scope an entry is reused only for the very same z tensor object at the same version
-  counter (:class:`TensorFingerprint`; held by weak reference, so a freed tensor's address that
-  is reused by a new one can never match).
+  tracked (an inference-mode tensor has no version counter; see below).
+* Outside a scope an entry is reused only for the very same z tensor object (and the other
+  tensors it was computed from, e.g. an atom mask) at the same version counter
+  (:class:`TensorFingerprint`; held by weak reference, so a freed tensor's address that is reused
+  by a new one can never match).
 * Always: the entry also records the shape / dtype / device of z and of the output, the module's
   settings and the version counters of the parameters the bias is computed from (an optimiser
   step or ``load_state_dict`` invalidates it), and nothing that needs gradients is kept
   (training recomputes every call).
+
+Inference tensors (``trust_inference_tensors``). Tensors created under ``torch.inference_mode``
+(Lightning's ``predict`` default, which Boltz-2 and OpenFold3 runners use) carry no version
+counter. What can be proved about one: outside inference mode it cannot be modified in place at
+all (PyTorch raises "Inplace update to inference tensor outside InferenceMode"), and its object,
+storage (``data_ptr``), shape, strides and offset can be checked at any time (``set_`` /
+``resize_`` show there). What cannot: *inside* inference mode -- where the diffusion loop runs --
+it can be written in place untracked, so "same object, same storage" does not prove "same
+values". By default (``trust_inference_tensors=False``) such a tensor therefore never matches:
+under inference mode the bias is recomputed at every step (exact, no reuse; ``torch.no_grad``
+keeps the reuse, as its tensors have version counters). With ``trust_inference_tensors=True``
+(:class:`BiasScope` / :class:`BiasCacheEntry` attribute; ``patch_model(...,
+trust_inference_tensors=True)`` sets it on the diffusion attentions' scopes and caches) an
+inference tensor matches while it is the same live object with the same storage pointer, shape,
+strides, offset, dtype and device: reuse across the steps then rests on one assumption, that
+nothing writes the trunk outputs / features in place between the diffusion steps of one
+prediction (the hosts' samplers do not: they build new tensors). A new object (a new trunk pass,
+a new batch) is still recomputed, and normal tensors (e.g. parameters) keep their version
+counters, also inside inference mode.
 
 :func:`svd_factors` turns a fixed dense bias into FlashBias factors without any training: a
 truncated SVD per head, with the rank chosen per head by a relative-error budget.
@@ -38,24 +58,30 @@ import torch
 class TensorFingerprint:
     """Identity of one tensor at one moment: a weak reference to the object plus its version
     counter, shape, strides, storage offset, dtype and device. ``matches(t)`` is true only for
-    the same live object, not modified in place since."""
+    the same live object, not modified in place since. An inference tensor (no version counter)
+    never matches, unless ``trust_inference`` (see the module docstring): then the same live
+    object with the same storage pointer and layout matches."""
 
     __slots__ = ("_ref", "_state")
 
-    def __init__(self, t: torch.Tensor):
+    def __init__(self, t: torch.Tensor, trust_inference: bool = False):
         self._ref = weakref.ref(t)
-        self._state = _tensor_state(t)
+        self._state = _tensor_state(t, trust_inference)
 
     def matches(self, t: torch.Tensor) -> bool:
-        return self._ref() is t and self._state is not None and _tensor_state(t) == self._state
+        if self._ref() is not t or self._state is None:
+            return False
+        return _tensor_state(t, True) == self._state
 
 
-def _tensor_state(t: torch.Tensor) -> tuple | None:
-    """(version, shape, stride, offset, dtype, device), or None for a tensor whose in-place
-    changes are not tracked (inference-mode tensors have no version counter)."""
+def _tensor_state(t: torch.Tensor, trust_inference: bool = False) -> tuple | None:
+    """("version", version, layout...) of a normal tensor; for an inference tensor (no version
+    counter) ("inference", data_ptr, layout...) if ``trust_inference``, else None (untrackable).
+    Layout: shape, stride, storage offset, dtype, device."""
+    layout = (tuple(t.shape), t.stride(), t.storage_offset(), t.dtype, t.device)
     if t.is_inference():
-        return None
-    return (t._version, tuple(t.shape), t.stride(), t.storage_offset(), t.dtype, t.device)
+        return ("inference", t.data_ptr(), *layout) if trust_inference else None
+    return ("version", t._version, *layout)
 
 
 def _leaves(obj: Any, out: list) -> None:
@@ -80,10 +106,13 @@ class BiasScope:
 
     ``enter(inputs)`` / ``exit()`` bracket one call of the host module whose inputs the biases
     depend on; modules ask ``token()`` for the key their entries are valid under (None outside
-    the scope). The scope keeps only weak references to the inputs.
+    the scope). The scope keeps only weak references to the inputs. ``trust_inference_tensors``:
+    whether inference-mode inputs can match by identity (default False; see the module
+    docstring).
     """
 
-    def __init__(self):
+    def __init__(self, trust_inference_tensors: bool = False):
+        self.trust_inference_tensors = trust_inference_tensors
         self.generation = 0
         self._key: list | None = None
         self._depth = 0
@@ -97,7 +126,8 @@ class BiasScope:
     def enter(self, inputs: Iterable[Any]) -> None:
         leaves: list = []
         _leaves(list(inputs), leaves)
-        key = [TensorFingerprint(x) if isinstance(x, torch.Tensor) else x for x in leaves]
+        trust = self.trust_inference_tensors
+        key = [TensorFingerprint(x, trust) if isinstance(x, torch.Tensor) else x for x in leaves]
         if self._depth == 0 and not self._same(key, leaves):
             self.generation += 1
             # once any input of this generation is freed it can never match again: free the
@@ -147,13 +177,20 @@ class BiasScope:
                 entry.clear()
 
 
-class BiasCacheEntry:
-    """One module's cached bias (or factors): valid for a scope token or a z fingerprint, plus a
-    signature of everything else the payload depends on."""
+def _as_tensors(z) -> tuple:
+    return (z,) if isinstance(z, torch.Tensor) else tuple(z)
 
-    def __init__(self):
+
+class BiasCacheEntry:
+    """One module's cached bias (or factors): valid for a scope token or the fingerprints of
+    the tensors it was computed from (z, or a tuple such as (z, atom_mask)), plus a signature
+    of everything else the payload depends on. ``trust_inference_tensors``: whether, outside a
+    scope, inference tensors can match by identity (default False; see the module docstring)."""
+
+    def __init__(self, trust_inference_tensors: bool = False):
+        self.trust_inference_tensors = trust_inference_tensors
         self._token = None
-        self._fingerprint: TensorFingerprint | None = None
+        self._fingerprint: tuple[TensorFingerprint, ...] | None = None
         self._signature = None
         self.payload = None
         self.hits = 0
@@ -162,16 +199,20 @@ class BiasCacheEntry:
     def clear(self) -> None:
         self._token = self._fingerprint = self._signature = self.payload = None
 
-    def lookup(self, scope: BiasScope | None, z: torch.Tensor, signature: tuple):
-        """The cached payload if it is valid for this call, else None."""
+    def lookup(self, scope: BiasScope | None, z, signature: tuple):
+        """The cached payload if it is valid for this call (z: a tensor or a tuple of them),
+        else None."""
         if self.payload is None or signature != self._signature:
             return None
         token = scope.token() if scope is not None else None
         if token is not None:
             return self.payload if token == self._token else None
-        return self.payload if (self._fingerprint is not None and self._fingerprint.matches(z)) else None
+        tensors = _as_tensors(z)
+        fps = self._fingerprint
+        ok = fps is not None and len(fps) == len(tensors) and all(f.matches(t) for f, t in zip(fps, tensors))
+        return self.payload if ok else None
 
-    def store(self, scope: BiasScope | None, z: torch.Tensor, signature: tuple, payload) -> None:
+    def store(self, scope: BiasScope | None, z, signature: tuple, payload) -> None:
         """Keep ``payload`` unless any of its tensors needs gradients (then nothing is kept)."""
         tensors = [t for t in _flat(payload) if isinstance(t, torch.Tensor)]
         if any(t.requires_grad for t in tensors):
@@ -181,7 +222,8 @@ class BiasCacheEntry:
         if token is not None:
             scope.register(self)
         self._token = token
-        self._fingerprint = TensorFingerprint(z) if token is None else None
+        trust = self.trust_inference_tensors
+        self._fingerprint = tuple(TensorFingerprint(t, trust) for t in _as_tensors(z)) if token is None else None
         self._signature = signature
         self.payload = payload
 

@@ -2,6 +2,14 @@
 as used by the diffusion transformer (every token attends to every token) and by the atom
 transformer (local attention: queries in blocks of 32 atoms, keys in windows of 128), on the
 fused FlashBias op, with the pair bias computed once and reused across diffusion steps.
+
+The atom transformer's key windows come in two host conventions (``windows=``): "centred"
+(Protenix: the atoms padded on both sides, window t = atoms [t*nq - (nk-nq)/2, ... + nk), keys
+outside [0, N) masked with -1e10; formed by pad + unfold) and "shifted" (OpenFold3: each window
+centred on its block, then shifted to lie inside the element's n_valid = sum(atom_mask) atoms --
+right to start at 0 if it underflows, else left to end at n_valid - 1; slots still outside
+[0, n_valid), only when n_valid < nk, are invalid; formed by a per-element gather, with the atom
+mask of queries x keys applied as ``1e9 * (mask - 1)``).
 """
 
 from __future__ import annotations
@@ -35,6 +43,9 @@ from .factor_network import FactorConfig, FactorNetwork, bias_approximation_loss
 
 # the additive mask of the hosts' local (trunked) attention: padded keys get -1e10
 LOCAL_MASK_INF = 1e10
+# the additive mask of OpenFold3's "shifted" windows: inf * (mask_q * mask_k - 1), inf = 1e9
+SHIFTED_MASK_INF = 1e9
+WINDOWS = ("centred", "shifted")
 
 
 class AdaptiveLayerNorm(nn.Module):
@@ -78,6 +89,34 @@ def local_key_valid(n: int, n_queries: int, n_keys: int, device=None) -> torch.T
     return (pos >= 0) & (pos < n)
 
 
+def shifted_windows(atom_mask: torch.Tensor, n_queries: int, n_keys: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenFold3's key windows over atom_mask [*, N] (0 / 1 or bool): (index, pair_mask) with
+    index [*, n_trunks, n_keys] (long) the atom of key slot c of window t, clamped into
+    [0, n_valid) for gathering, and pair_mask [*, n_trunks, n_queries, n_keys] (atom_mask's dtype,
+    float for bool) = mask of query (0 beyond N) x mask of key (0 at invalid slots).
+
+    Window t is centred on block t (first slot t*nq + nq/2 - nk/2) and shifted to lie inside
+    the element's n_valid = sum(atom_mask) atoms: right to start at 0 if it starts below 0,
+    otherwise left to end at n_valid - 1 if it ends beyond; slots outside [0, n_valid) remain
+    (n_valid < nk) and are invalid."""
+    n_trunks, _, _ = trunk_geometry(atom_mask.shape[-1], n_queries, n_keys)
+    mask = atom_mask if atom_mask.is_floating_point() else atom_mask.float()
+    device = mask.device
+    n_valid = mask.sum(-1, keepdim=True).to(torch.int64)  # [*, 1]
+    start = torch.arange(n_trunks, device=device) * n_queries + n_queries // 2 - n_keys // 2  # [T]
+    start = start.expand(*mask.shape[:-1], n_trunks)
+    end = start + n_keys - 1
+    underflow, overflow = (-start).clamp_min(0), (end - (n_valid - 1)).clamp_min(0)
+    start = start + torch.where(underflow > 0, underflow, -overflow)
+    pos = start[..., None] + torch.arange(n_keys, device=device)  # [*, T, nk]
+    invalid = (pos < 0) | (pos >= n_valid[..., None])
+    index = torch.minimum(pos, n_valid[..., None] - 1).clamp_min(0)
+    mask_k = torch.gather(mask, -1, index.flatten(-2)).unflatten(-1, (n_trunks, n_keys))
+    mask_k = mask_k.masked_fill(invalid, 0)
+    mask_q = F.pad(mask, (0, n_trunks * n_queries - mask.shape[-1])).unflatten(-1, (n_trunks, n_queries))
+    return index, mask_q[..., :, None] * mask_k[..., None, :]
+
+
 class FlashBiasDiffusionAttention(FlashBiasModule):
     r"""Drop-in conditioned pair-biased attention of the diffusion module.
 
@@ -97,10 +136,18 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
     token mask [*, N]) masks keys with -1e9, OpenFold3's ``inf * (mask - 1)``.
 
     Local (atom transformer, ``n_queries`` / ``n_keys`` given): queries in blocks of n_queries
-    atoms, each attending to the window of n_keys atoms centred on its block; z is the trunked
-    pair rep [*, n_trunks, n_queries, n_keys, c_z]; keys outside [0, N) are masked with -1e10,
-    as the hosts do. The op runs on batch = the leading dims, heads = n_trunks * H, L_q =
-    n_queries, L_k = n_keys: only the trunks' bias tiles exist, never an N x N one.
+    atoms, each attending to a window of n_keys atoms; z is the trunked pair rep
+    [*, n_trunks, n_queries, n_keys, c_z]. ``windows="centred"`` (Protenix): the window centred
+    on its block, keys outside [0, N) masked with -1e10. ``windows="shifted"`` (OpenFold3, see
+    :func:`shifted_windows`): the window shifted inside each element's valid atoms, gathered per
+    element, and ``atom_mask`` [*, N] masks queries x keys with ``1e9 * (mask - 1)``; the key
+    indices and the masked bias are cached with the bias. The op runs on batch = the leading
+    dims, heads = n_trunks * H, L_q = n_queries, L_k = n_keys: only the trunks' bias tiles
+    exist, never an N x N one.
+
+    ``kv_from_input`` (with cross_attention): adaln_kv normalises the input a (OpenFold3's
+    ``layer_norm_a_k`` beside ``layer_norm_a_q``) instead of adaln_a's output (Protenix's
+    ``layernorm_kv``).
 
     The bias (exact) or its factors (lowrank) depend only on z: they are computed once and
     reused while z is unchanged (``bias_cache``; within ``scope``, an adapter's
@@ -131,6 +178,8 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         out_bias: bool = False,
         layer_norm_eps: float = 1e-5,
         pair_layer_norm: bool = True,
+        kv_from_input: bool = False,
+        windows: str = "centred",
         factor_config: FactorConfig | None = None,
         svd_config: SVDConfig | None = None,
         mode: Mode = "exact",
@@ -141,9 +190,15 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
                 raise ValueError(f"c_a = {c_a} is not divisible by n_heads = {n_heads}: give head_dim")
             head_dim = c_a // n_heads
         hidden = n_heads * head_dim
+        if windows not in WINDOWS:
+            raise ValueError(f"windows must be one of {WINDOWS}, got {windows!r}")
+        if kv_from_input and not cross_attention:
+            raise ValueError("kv_from_input needs cross_attention=True (it chooses adaln_kv's input)")
         super().__init__()
         self.c_a, self.c_s, self.c_z, self.n_heads, self.head_dim = c_a, c_s, c_z, n_heads, head_dim
         self.cross_attention = cross_attention
+        self.kv_from_input = kv_from_input
+        self.windows = windows
         self.backend = backend
         self.adaln_a = AdaptiveLayerNorm(c_a, c_s, layer_norm_eps)
         self.adaln_kv = AdaptiveLayerNorm(c_a, c_s, layer_norm_eps) if cross_attention else None
@@ -165,7 +220,8 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
 
     def extra_repr(self) -> str:
         return (f"c_a={self.c_a}, c_s={self.c_s}, c_z={self.c_z}, n_heads={self.n_heads}, "
-                f"head_dim={self.head_dim}, cross_attention={self.cross_attention}, mode={self.mode!r}")
+                f"head_dim={self.head_dim}, cross_attention={self.cross_attention}, "
+                f"kv_from_input={self.kv_from_input}, windows={self.windows!r}, mode={self.mode!r}")
 
     def _check_mode(self, mode: str) -> None:
         if mode not in MODES:
@@ -187,6 +243,7 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         n_keys: int | None = None,
         efficient_fusion: bool = False,
         key_mask: torch.Tensor | None = None,
+        atom_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -198,6 +255,9 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
             efficient_fusion: the global bias from a normalised, channel-first z.
             key_mask: [*, N] token mask (global attention only), bool or 0 / 1 (broadcastable
                 batch dims): a zero masks that key with -1e9 (OpenFold3's ``inf * (mask - 1)``).
+            atom_mask: [*, N] atom mask of local attention with ``windows="shifted"`` (None: all
+                valid), bool or 0 / 1, broadcastable batch dims: places the windows and masks
+                queries x keys with -1e9.
 
         Returns:
             the update [*, N, c_a]; in "distill" mode (update, bias approximation loss).
@@ -211,16 +271,19 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         if key_mask is not None:
             if local:
                 raise ValueError("key_mask applies to global attention only (n_queries / n_keys were given)")
-            if not isinstance(key_mask, torch.Tensor) or key_mask.dim() < 1 or key_mask.shape[-1] != a.shape[-2] \
-                    or not _broadcasts_to(key_mask.shape[:-1], a.shape[:-2]):
-                raise ValueError(f"key_mask must be [*, N] with N = {a.shape[-2]} and batch dims broadcastable to a's "
-                                 f"{shape_str(a.shape[:-2])}, got "
-                                 f"{shape_str(key_mask.shape) if isinstance(key_mask, torch.Tensor) else type(key_mask).__name__}")
+            _check_mask("key_mask", key_mask, a)
+        if atom_mask is not None:
+            if not (local and self.windows == "shifted"):
+                raise ValueError("atom_mask applies to local attention with windows='shifted' only")
+            _check_mask("atom_mask", atom_mask, a)
         x = self.adaln_a(a, s)
-        kv = self.adaln_kv(x, s) if self.adaln_kv is not None else x
+        if self.adaln_kv is None:
+            kv = x
+        else:
+            kv = self.adaln_kv(a if self.kv_from_input else x, s)
         q, k, v, gate = self._project(x, kv)  # [*, N, H, D] each
         if local:
-            gated, loss = torch.sigmoid(gate) * self._local(q, k, v, z, n_queries, n_keys), None
+            gated, loss = torch.sigmoid(gate) * self._local(q, k, v, z, n_queries, n_keys, atom_mask), None
         else:
             gated, loss = self._global(q, k, v, gate, z, efficient_fusion, mode, key_mask)
         update = self.linear_o(gated.flatten(-2))
@@ -248,16 +311,19 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
             params += list(self.factor_network.parameters())
         return params
 
-    def _pair_terms(self, z, dtype, key: tuple, build):
+    def _pair_terms(self, z, dtype, key: tuple, build, extra: tuple = ()):
+        """The cached terms built from z (and the ``extra`` tensors, e.g. an atom mask), or
+        ``build()`` fresh."""
         signature = (key, tuple(z.shape), z.dtype, z.device, dtype, self.svd_config,
-                     param_versions(self._bias_params()))
-        payload = self.bias_cache.lookup(self.scope, z, signature)
+                     param_versions(self._bias_params()),
+                     tuple((tuple(t.shape), t.dtype, t.device) for t in extra))
+        payload = self.bias_cache.lookup(self.scope, (z, *extra), signature)
         if payload is not None:
             self.bias_cache.hits += 1
             return payload
         self.bias_cache.misses += 1
         payload = build()
-        self.bias_cache.store(self.scope, z, signature, payload)
+        self.bias_cache.store(self.scope, (z, *extra), signature, payload)
         return payload
 
     def _dense_bias(self, z, efficient_fusion):
@@ -323,10 +389,11 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
             loss = bias_approximation_loss(terms["phi_q"], terms["phi_k"], terms["bias"])
         return o, loss
 
-    def _local(self, q, k, v, z, n_queries, n_keys):
+    def _local(self, q, k, v, z, n_queries, n_keys, atom_mask=None):
         batch_shape, n = q.shape[:-3], q.shape[-3]
         H, D = self.n_heads, self.head_dim
         T, pad_left, pad_right = trunk_geometry(n, n_queries, n_keys)
+        shifted = self.windows == "shifted"
 
         def build():
             pair = self._norm_z(z)  # [*', T, nq, nk, c]
@@ -334,19 +401,40 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
             flat = pair.reshape(*zb, T, n_queries * n_keys, self.c_z)
             bias = torch.matmul(self.linear_z.weight, flat.transpose(-1, -2))  # [*', T, H, nq * nk]
             bias = bias.unflatten(-1, (n_queries, n_keys))  # [*', T, H, nq, nk]
-            valid = local_key_valid(n, n_queries, n_keys, device=bias.device)
-            bias = bias + (-LOCAL_MASK_INF) * (~valid).to(bias.dtype)[:, None, None, :]
-            return {"bias": bias.to(q.dtype).flatten(-4, -3)}  # [*', T * H, nq, nk]
+            terms = {}
+            if shifted:
+                # the host's order of terms: linear_z(z) and inf * (mask_q * mask_k - 1)
+                mask = atom_mask if atom_mask is not None else torch.ones(n, device=bias.device, dtype=bias.dtype)
+                index, pair_mask = shifted_windows(mask, n_queries, n_keys)
+                bias = bias + (SHIFTED_MASK_INF * (pair_mask - 1)).to(bias.dtype)[..., :, None, :, :]
+                terms["key_index"] = index  # [*m, T, nk]
+            else:
+                valid = local_key_valid(n, n_queries, n_keys, device=bias.device)
+                bias = bias + (-LOCAL_MASK_INF) * (~valid).to(bias.dtype)[:, None, None, :]
+            terms["bias"] = bias.to(q.dtype).flatten(-4, -3)  # [*', T * H, nq, nk]
+            return terms
 
-        terms = self._pair_terms(z, q.dtype, ("local", n, n_queries, n_keys), build)
+        key = ("local", self.windows, n, n_queries, n_keys)
+        extra = (atom_mask,) if shifted and atom_mask is not None else ()
+        terms = self._pair_terms(z, q.dtype, (*key, len(extra)), build, extra=extra)
         B = math.prod(batch_shape)
         q = F.pad(q.reshape(B, n, H, D), (0, 0, 0, 0, 0, T * n_queries - n))
         qt = q.unflatten(1, (T, n_queries)).permute(0, 1, 3, 2, 4).reshape(B, T * H, n_queries, D)
 
-        def windows(t):
-            t = F.pad(t.reshape(B, n, H, D), (0, 0, 0, 0, pad_left, pad_right))
-            # unfold: [B, T, H, D, nk] (overlapping windows), then one copy into the op's layout
-            return t.unfold(1, n_keys, n_queries).permute(0, 1, 2, 4, 3).reshape(B, T * H, n_keys, D)
+        if shifted:
+            # per element b, window t, slot c: atom index[b, t, c] (one gather over the flat atoms)
+            index = terms["key_index"]
+            index = index.expand(*batch_shape, T, n_keys).reshape(B, T * n_keys)
+            flat_index = (index + n * torch.arange(B, device=index.device)[:, None]).flatten()
+
+            def windows(t):
+                t = t.reshape(B * n, H, D).index_select(0, flat_index)  # [B * T * nk, H, D]
+                return t.reshape(B, T, n_keys, H, D).permute(0, 1, 3, 2, 4).reshape(B, T * H, n_keys, D)
+        else:
+            def windows(t):
+                t = F.pad(t.reshape(B, n, H, D), (0, 0, 0, 0, pad_left, pad_right))
+                # unfold: [B, T, H, D, nk] (overlapping windows), then one copy into the op's layout
+                return t.unfold(1, n_keys, n_queries).permute(0, 1, 2, 4, 3).reshape(B, T * H, n_keys, D)
 
         bias = _batch_to(terms["bias"], batch_shape, 3)
         o = flash_bias_attention(qt, windows(k), windows(v), bias=bias, backend=self.backend)
@@ -378,6 +466,16 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
                 d not in (1, b) for d, b in zip(zb, a.shape[:-2])):
             raise ValueError(f"z must be {layout} = {shape_str((*zb[:batch_nd], *tail))} with batch dims "
                              f"broadcastable to a's {shape_str(a.shape[:-2])}, got {shape_str(z.shape)}")
+
+
+def _check_mask(name: str, mask, a: torch.Tensor) -> None:
+    """A [*, N] mask with N from a and batch dims broadcastable to a's, else a ValueError naming it."""
+    if isinstance(mask, torch.Tensor) and mask.dim() >= 1 and mask.shape[-1] == a.shape[-2] \
+            and _broadcasts_to(mask.shape[:-1], a.shape[:-2]):
+        return
+    got = shape_str(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+    raise ValueError(f"{name} must be [*, N] with N = {a.shape[-2]} and batch dims broadcastable to a's "
+                     f"{shape_str(a.shape[:-2])}, got {got}")
 
 
 def _broadcasts_to(shape, target) -> bool:

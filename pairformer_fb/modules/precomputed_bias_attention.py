@@ -153,13 +153,17 @@ class FlashBiasPrecomputedBiasAttention(FlashBiasModule):
             if mode == "exact":
                 # cached: read by every later step and sample as it is
                 return prepare_reused_bias(dense) if self.cache_bias and not dense.requires_grad else dense
-            if bias.is_inference() and not self._warned_inference:
+            trusted = self.bias_cache.trust_inference_tensors or (
+                self.scope is not None and self.scope.trust_inference_tensors)
+            if bias.is_inference() and not trusted and not self._warned_inference:
                 self._warned_inference = True
                 warnings.warn(
                     "FlashBiasPrecomputedBiasAttention (lowrank): the bias is an inference-mode tensor, "
                     "which has no version counter, so its SVD cannot be proven reusable and is recomputed "
                     "every call; run the diffusion under torch.no_grad() instead of torch.inference_mode() "
-                    "(Lightning: Trainer(inference_mode=False)) to compute it once per trunk pass",
+                    "(Lightning: Trainer(inference_mode=False)), or patch with "
+                    "patch_model(..., trust_inference_tensors=True) (see pairformer_fb.modules.bias_cache), "
+                    "to compute it once per trunk pass",
                     RuntimeWarning, stacklevel=4)
             svd = svd_factors(dense, self.svd_config)
             self.last_svd = svd

@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Mapping, Sequence, Union
 from torch import nn
 
 from ..adapters import DEFAULT_KINDS, DIFFUSION_KINDS, KINDS, PatchedModule, UnsupportedModelError, detect_host, get_adapter
+from ..adapters.call_scope import ScopedPatchedModule
 from ..modules.bias_cache import SVDConfig
 from ..modules.common import MODES
 from ..modules.factor_network import FactorConfig
@@ -118,6 +119,7 @@ def patch_model(
     factor_config: FactorConfig | None = None,
     svd_config: SVDConfig | None = None,
     backend: str = "auto",
+    trust_inference_tensors: bool = False,
 ) -> PatchReport:
     """Replace, in place, the triangle attentions and pair-biased single attentions of a host
     model with FlashBias modules that use the original nn.Parameter objects.
@@ -137,9 +139,9 @@ def patch_model(
             are added only to those. Must agree with ``factor_config`` if both are given.
         blocks: the block indices to patch (None: all).
         kinds: which modules: "triangle" (starting and ending node), "single" (the default
-            two), and, for hosts whose adapter has them (Protenix, Boltz-2), "diffusion" (the diffusion
-            transformer's conditioned attention) and "atom" (the atom transformer's local
-            attention, always exact). Their bias is computed once per trunk pass and reused
+            two), and, for hosts whose adapter has them (Protenix, Boltz-2, OpenFold3),
+            "diffusion" (the diffusion transformer's conditioned attention) and "atom" (the atom
+            transformer's local attention, always exact). Their bias is computed once per trunk pass and reused
             across diffusion steps and samples.
         stacks: which of the host's stacks (None: the adapter's ``DEFAULT_STACKS``, the trunk's
             Pairformer; each adapter's ``STACKS`` lists the others, e.g. Protenix: "pairformer",
@@ -152,6 +154,12 @@ def patch_model(
         svd_config: that SVD's rank rule (default ``SVDConfig()``: 1% relative error per head,
             rank at most 64).
         backend: passed to the modules ("auto": Triton on CUDA, torch otherwise).
+        trust_inference_tensors: let the diffusion attentions' cached biases be reused under
+            ``torch.inference_mode`` too (default False: there, inputs without a version counter
+            cannot be proved unmodified, so the bias is recomputed at every step). With True an
+            inference tensor counts as unchanged while it is the same object with the same
+            storage and layout: safe unless something writes the trunk outputs / features in
+            place between the diffusion steps (see ``pairformer_fb.modules.bias_cache``).
 
     Returns:
         a PatchReport listing every replaced module. Raises AlreadyPatchedError on a model
@@ -212,6 +220,8 @@ def patch_model(
     shared: set[int] = set()
     for site, wrapper in plan:
         setattr(site.parent, site.attr, wrapper)
+        if isinstance(wrapper, ScopedPatchedModule):
+            wrapper.trust_inference_tensors = bool(trust_inference_tensors)
         wrapper.on_patch()
         fn = wrapper.flash_bias.factor_network
         added = sum(p.numel() for p in fn.parameters()) if fn is not None else 0
