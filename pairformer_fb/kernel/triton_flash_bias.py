@@ -17,10 +17,12 @@ stride 0, and a program serves two rows at once so each shared bias / factor til
 the factor product computed) once for both. The backward pass is one kernel per key block that
 computes S, P, dP, dS once per tile: dK, dV accumulate in registers, dQ is added atomically into
 an fp32 buffer (FlashAttention-2's scheme), and the gradients of shared operands come from dS
-summed over the rows into one fp32 buffer of the *reduced* (bias) shape by a kernel that owns
-each tile and loops over the rows, recomputing P and dP (cheaper than atomic adds of dS: 13.1
-against 14.3 ms fwd+bwd at N = 1024 on an H200), so no per-row [B, H, Lq, Lk] tensor is ever
-allocated.
+summed over the rows into one fp32 buffer of the *reduced* (bias) shape, so no per-row
+[B, H, Lq, Lk] tensor is ever allocated. By default (rows sharing the bias / factors) the
+backward kernel does that sum itself: a program serves two rows and adds their summed dS
+atomically (``fuse_ds``: 12.13 ms fwd+bwd at N = 1024 on an H200); otherwise a separate kernel
+owns each tile and loops over the rows, recomputing P and dP (12.45 ms; one atomic add per row
+and score took 14.3).
 
 Inputs reach this module validated and normalised by ``op.flash_bias_attention``.
 """
