@@ -364,18 +364,15 @@ def test_protenix_full_model_diffusion_kinds(protenix_model):
 
 def test_diffusion_benchmark_runs_on_cpu(tmp_path):
     import json
-    from pathlib import Path
 
-    from hydra import compose, initialize_config_dir
+    from bench_configs import bench_config
 
     from pairformer_fb.tools import bench_diffusion
 
-    configs = str((Path(__file__).parents[1] / "configs").resolve())
-    with initialize_config_dir(config_dir=configs, version_base=None):
-        cfg = compose(config_name="bench_diffusion", overrides=[
-            f"output_dir={tmp_path}", "n_sample=2", "diffusion.sizes=[12]", "diffusion.c_a=64", "diffusion.c_s=32",
-            "diffusion.c_z=16", "diffusion.heads=4", "atom.sizes=[40]", "atom.c_a=32", "atom.c_s=32",
-            "atom.c_z=8", "atom.heads=2", "svd.max_rank=4", "warmup_ms=1", "rep_ms=1"])
+    cfg = bench_config("bench_diffusion", tmp_path, [
+        "n_sample=2", "diffusion.sizes=[12]", "diffusion.c_a=64", "diffusion.c_s=32",
+        "diffusion.c_z=16", "diffusion.heads=4", "atom.sizes=[40]", "atom.c_a=32", "atom.c_s=32",
+        "atom.c_z=8", "atom.heads=2", "svd.max_rank=4", "warmup_ms=1", "rep_ms=1"])
     records = bench_diffusion.run(cfg)
     by = {(r.module, r.variant): r for r in records}
     for key in [("diffusion", v) for v in ("stock", "stock_fusion", "exact", "exact_uncached", "lowrank")] + [

@@ -278,18 +278,15 @@ def test_diffusion_module_under_inference_mode_stays_exact_without_reuse():
 
 def test_boltz_diffusion_benchmark_runs_on_cpu(tmp_path):
     import json
-    from pathlib import Path
 
-    from hydra import compose, initialize_config_dir
+    from bench_configs import bench_config
 
     from pairformer_fb.tools import bench_boltz_diffusion
 
-    configs = str((Path(__file__).parents[1] / "configs").resolve())
-    with initialize_config_dir(config_dir=configs, version_base=None):
-        cfg = compose(config_name="bench_boltz_diffusion", overrides=[
-            f"output_dir={tmp_path}", "n_sample=2", "diffusion.sizes=[12]", "diffusion.dim=32", "diffusion.heads=4",
-            "diffusion.bias_layers=3", "atom.sizes=[20]", "atom.dim=16", "atom.heads=2", "atom.n_queries=8",
-            "atom.n_keys=32", "svd.max_rank=4", "warmup_ms=1", "rep_ms=1"])
+    cfg = bench_config("bench_boltz_diffusion", tmp_path, [
+        "n_sample=2", "diffusion.sizes=[12]", "diffusion.dim=32", "diffusion.heads=4",
+        "diffusion.bias_layers=3", "atom.sizes=[20]", "atom.dim=16", "atom.heads=2", "atom.n_queries=8",
+        "atom.n_keys=32", "svd.max_rank=4", "warmup_ms=1", "rep_ms=1"])
     records = bench_boltz_diffusion.run(cfg)
     by = {(r.module, r.variant): r for r in records}
     for key in [("diffusion", v) for v in ("stock", "exact", "exact_uncached", "lowrank")] + [

@@ -4,13 +4,12 @@ scripts' default (CPU) configurations run end to end and write readable results.
 import json
 
 import torch
-from hydra import compose, initialize_config_dir
+from bench_configs import bench_config
 from naive import rel_err
 
 from pairformer_fb import FlashBiasAttentionPairBias, FlashBiasTriangleAttention
 from pairformer_fb.tools import bench_attention, bench_blocks, bench_modules
 
-CONFIGS = str((__import__("pathlib").Path(__file__).parents[1] / "configs").resolve())
 
 
 def _random_weights(mod, seed=0):
@@ -34,13 +33,8 @@ def test_sdpa_baselines_compute_the_modules_function():
     assert rel_err(bench_modules.sdpa_single(single, s, z, mask), single(s, z, mask)) < 1e-5
 
 
-def _cfg(name, tmp_path, overrides):
-    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
-        return compose(config_name=name, overrides=[f"output_dir={tmp_path}", *overrides])
-
-
 def test_attention_benchmark_runs_on_cpu(tmp_path):
-    cfg = _cfg("bench_attention", tmp_path, ["triangle.sizes=[16]", "single.sizes=[24]", "ranks=[4]",
+    cfg = bench_config("bench_attention", tmp_path, ["triangle.sizes=[16]", "single.sizes=[24]", "ranks=[4]",
                                              "warmup_ms=1", "rep_ms=1"])
     records = bench_attention.run(cfg)
     by_method = {r.method: r for r in records if r.kind == "triangle"}
@@ -53,7 +47,7 @@ def test_attention_benchmark_runs_on_cpu(tmp_path):
 
 
 def test_module_benchmark_runs_on_cpu(tmp_path):
-    cfg = _cfg("bench_modules", tmp_path, ["triangle.sizes=[8]", "single.sizes=[8]", "rank=4",
+    cfg = bench_config("bench_modules", tmp_path, ["triangle.sizes=[8]", "single.sizes=[8]", "rank=4",
                                            "factor_width=16", "warmup_ms=1", "rep_ms=1"])
     records = bench_modules.run(cfg)
     ok = [r for r in records if r.status == "ok"]
@@ -66,7 +60,7 @@ def test_module_benchmark_runs_on_cpu(tmp_path):
 def test_block_benchmark_runs_on_cpu(tmp_path):
     """Real host blocks (Protenix, Boltz-2) at their full widths, tiny N: stock and patched run
     and the table compares each variant with the stock block."""
-    cfg = _cfg("bench_blocks", tmp_path, ["hosts=[protenix,boltz]", "sizes.protenix=[6]", "sizes.boltz=[6]",
+    cfg = bench_config("bench_blocks", tmp_path, ["hosts=[protenix,boltz]", "sizes.protenix=[6]", "sizes.boltz=[6]",
                                           "variants=[stock,exact]", "warmup_ms=1", "rep_ms=1"])
     records = bench_blocks.run(cfg)
     assert [(r.host, r.variant, r.status) for r in records] == [

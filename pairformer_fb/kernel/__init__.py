@@ -3,4 +3,4 @@
 from .op import flash_bias_attention, prepare_reused_bias
 from .reference import MASK_NEG, attention_reference
 
-__all__ = ["flash_bias_attention", "prepare_reused_bias", "attention_reference", "MASK_NEG"]
+__all__ = ["MASK_NEG", "attention_reference", "flash_bias_attention", "prepare_reused_bias"]

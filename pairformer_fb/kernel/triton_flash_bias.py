@@ -97,8 +97,12 @@ def config_key(kind: str, block_d: int, block_r: int, has_bias: bool) -> tuple[s
     return (kind, block_d, block_r, bool(has_bias))
 
 
+def _ops_config_key(kind: str, ops: "_Operands") -> tuple[str, int, int, bool]:
+    return config_key(kind, ops.block_d, ops.block_r if ops.has_factors else 0, ops.bias is not None)
+
+
 def _config(kind: str, ops: "_Operands") -> KernelConfig:
-    key = config_key(kind, ops.block_d, ops.block_r if ops.has_factors else 0, ops.bias is not None)
+    key = _ops_config_key(kind, ops)
     return CONFIG_OVERRIDES.get(key) or default_config(*key)
 
 
@@ -138,7 +142,7 @@ def _launch(kind: str, ops: "_Operands", dtype: torch.dtype, launch) -> None:
     """``launch(cfg)`` with the configured tiles, shrunk (see ``_shrink``) while Triton reports
     that they need more shared memory than the device has; the tiles that fit are remembered.
     The error is raised at launch, before the kernel runs, so a retry starts from clean buffers."""
-    key = (*config_key(kind, ops.block_d, ops.block_r if ops.has_factors else 0, ops.bias is not None), dtype)
+    key = (*_ops_config_key(kind, ops), dtype)
     cfg = _FITTED.get(key) or _config(kind, ops)
     while True:
         try:

@@ -19,17 +19,12 @@ rank and error in the notes). Boltz-2 runs its diffusion module in fp32 with
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from .bench_attention import DTYPES
-from .bench_diffusion import DiffusionRecord, _autocast, markdown_table, time_variant
-from .timing import Skipped, environment, failure_status
+from .bench_diffusion import DiffusionRecord, run_cases, time_variant
+from .timing import Skipped, failure_status
 
 
 def _host_module(module: str, cfg, device):
@@ -103,36 +98,9 @@ def _measure(module, n, variant, cfg, dtype, device, host, x, stock_out) -> Diff
 
 
 def run(cfg) -> list[DiffusionRecord]:
-    device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    dtype = DTYPES[cfg.dtype]
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
-        torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    env = environment(device) | {"host": "boltz", "dtype": str(dtype).replace("torch.", ""), "tf32": bool(cfg.tf32)}
-    jobs = [(m, n) for m in cfg.modules for n in cfg[m].sizes]
-    records: list[DiffusionRecord] = []
-    bar = tqdm(total=len(jobs) * len(cfg.variants), desc="Boltz-2 diffusion attention benchmark", unit="case")
-    for module, n in jobs:
-        with torch.no_grad():
-            try:
-                host = _host_module(module, cfg, device)
-                x = _inputs(module, n, cfg, device)
-                with _autocast(dtype, device):
-                    stock_out = _call(host, x)()
-            except Exception as e:  # noqa: BLE001
-                for variant in cfg.variants:
-                    records.append(DiffusionRecord(module, n, cfg.n_sample, variant, status=failure_status(e)))
-                    bar.update()
-                continue
-            for variant in cfg.variants:
-                records.append(_measure(module, n, variant, cfg, dtype, device, host, x, stock_out))
-                bar.update()
-                (out / "results.json").write_text(json.dumps(
-                    {"environment": env, "records": [asdict(r) for r in records]}, indent=1))
-                (out / "results.md").write_text(markdown_table(records, env))
-            del host, x, stock_out
-    bar.close()
-    return records
+    def setup(module, n, device):
+        host = _host_module(module, cfg, device)
+        x = _inputs(module, n, cfg, device)
+        return host, x, _call(host, x)
+
+    return run_cases(cfg, "Boltz-2 diffusion attention benchmark", {"host": "boltz"}, setup, _measure)

@@ -169,6 +169,20 @@ def _autocast(dtype, device):
 
 
 def run(cfg) -> list[DiffusionRecord]:
+    def setup(module, n, device):
+        host = _host_module(module, cfg, device)
+        x = _inputs(module, n, cfg, device)
+        return host, x, _call(host, module, x, cfg, module == "diffusion")
+
+    return run_cases(cfg, "diffusion attention benchmark", {}, setup, _measure)
+
+
+def run_cases(cfg, title: str, env_extra: dict, setup, measure) -> list[DiffusionRecord]:
+    """The loop of the diffusion-attention benchmarks (Protenix here, Boltz-2 in
+    bench_boltz_diffusion): every (module, size) of ``cfg`` gets ``setup(module, n, device) ->
+    (host, inputs, stock call)``, the stock output, then ``measure(module, n, variant, cfg, dtype,
+    device, host, inputs, stock_out)`` per variant; results.json / results.md rewritten after
+    every case, a case whose set-up fails recorded as failed for all its variants."""
     device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -177,25 +191,23 @@ def run(cfg) -> list[DiffusionRecord]:
         torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = environment(device) | {"dtype": str(dtype).replace("torch.", ""), "tf32": bool(cfg.tf32)}
+    env = environment(device) | env_extra | {"dtype": str(dtype).replace("torch.", ""), "tf32": bool(cfg.tf32)}
     jobs = [(m, n) for m in cfg.modules for n in cfg[m].sizes]
     records: list[DiffusionRecord] = []
-    bar = tqdm(total=len(jobs) * len(cfg.variants), desc="diffusion attention benchmark", unit="case")
+    bar = tqdm(total=len(jobs) * len(cfg.variants), desc=title, unit="case")
     for module, n in jobs:
         with torch.no_grad():
             try:
-                host = _host_module(module, cfg, device)
-                x = _inputs(module, n, cfg, device)
-                fusion = module == "diffusion"
+                host, x, stock_fn = setup(module, n, device)
                 with _autocast(dtype, device):
-                    stock_out = _call(host, module, x, cfg, fusion)()
+                    stock_out = stock_fn()
             except Exception as e:  # noqa: BLE001
                 for variant in cfg.variants:
                     records.append(DiffusionRecord(module, n, cfg.n_sample, variant, status=failure_status(e)))
                     bar.update()
                 continue
             for variant in cfg.variants:
-                records.append(_measure(module, n, variant, cfg, dtype, device, host, x, stock_out))
+                records.append(measure(module, n, variant, cfg, dtype, device, host, x, stock_out))
                 bar.update()
                 (out / "results.json").write_text(json.dumps(
                     {"environment": env, "records": [asdict(r) for r in records]}, indent=1))
