@@ -17,7 +17,9 @@ and the same for every host.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -264,18 +266,52 @@ class OpenFold3Host(StructureHost):
 # Boltz-2
 
 
+# what full Boltz-2 inference needs beyond the boltz package's Pairformer (module -> pip name):
+# the Lightning module Boltz2 (boltz.model.models.boltz2) imports pytorch_lightning and
+# torchmetrics; boltz's data pipeline (boltz.main: parsing, tokenising, featurising) imports numba
+BOLTZ_MODULES = {"boltz": "boltz==2.2.1", "pytorch_lightning": "pytorch-lightning==2.6.6",
+                 "torchmetrics": "torchmetrics==1.9.0", "lightning_utilities": "lightning-utilities==0.15.3",
+                 "numba": "numba==0.68.0 llvmlite==0.50.0"}
+
+
+def boltz_cache_dir(cfg=None) -> Path:
+    """Boltz's cache folder as ``boltz predict`` resolves it: ``$BOLTZ_CACHE``, else ``~/.boltz``
+    (``boltz_cache=`` of the benchmark config overrides both)."""
+    given = cfg.get("boltz_cache") if cfg is not None else None
+    return Path(given or os.environ.get("BOLTZ_CACHE") or "~/.boltz").expanduser()
+
+
+def boltz_missing(cfg=None) -> list[str]:
+    """What full Boltz-2 inference lacks here: packages, and the CCD molecule data ``mols/``
+    (one pickled RDKit molecule per CCD code: ``boltz predict`` downloads and unpacks mols.tar
+    into the cache folder; the featuriser reads every residue's atoms from it)."""
+    missing = [f"Python package {mod} (pip install --no-deps {pip})" for mod, pip in BOLTZ_MODULES.items()
+               if importlib.util.find_spec(mod) is None]
+    mols = boltz_cache_dir(cfg) / "mols"
+    if not (mols / "ALA.pkl").is_file():
+        missing.append(f"Boltz's CCD molecule data: no {mols}/ALA.pkl (boltz predict downloads mols.tar and unpacks "
+                       f"it to {mols}; offline, put it there or set BOLTZ_CACHE / boltz_cache=)")
+    return missing
+
+
 class BoltzHost(StructureHost):
-    """Boltz-2 (boltz 2.2.1): not runnable as a full model yet, see :meth:`check`."""
+    """Boltz-2 (boltz 2.2.1): full inference is not available in the benchmark. What it would
+    need is checked first (:func:`boltz_missing`), so that the error names what is missing:
+    the ``Boltz2`` Lightning module imports pytorch_lightning and torchmetrics (with them,
+    installed --no-deps, it imports and can be constructed), and Boltz's featuriser needs its
+    CCD molecule data ``mols/`` (a download) and numba. Boltz's feature dict (about 80 keys of
+    its tokeniser and featuriser) is not synthesised: random stand-ins for it would not be a
+    faithful Boltz-2 inference."""
 
     name = "boltz"
 
     def check(self, cfg) -> None:
-        raise HostUnavailable(boltz_unavailable_reason())
-
-
-def boltz_unavailable_reason() -> str:
-    return ("host=boltz: full Boltz-2 inference is not available in the structure benchmark yet "
-            "(patch_model's adapter exists: pairformer_fb/adapters/boltz.py)")
+        missing = boltz_missing(cfg)
+        if missing:
+            raise HostUnavailable("host=boltz: full Boltz-2 inference cannot run here; missing: " + "; ".join(missing)
+                                  + ". (patch_model's Boltz-2 adapter itself needs none of these.)")
+        raise HostUnavailable("host=boltz: full Boltz-2 inference (its featuriser + the Boltz2 module) is not wired "
+                              "into the structure benchmark yet; host=protenix and host=openfold3 are")
 
 
 HOSTS: dict[str, type[StructureHost]] = {"protenix": ProtenixHost, "openfold3": OpenFold3Host, "boltz": BoltzHost}
@@ -287,5 +323,5 @@ def get_host(name: str) -> StructureHost:
     return HOSTS[name]()
 
 
-__all__ = ["HOSTS", "PHASES", "BoltzHost", "HostUnavailable", "InputError", "OpenFold3Host", "ProtenixHost",
+__all__ = ["HOSTS", "PHASES", "BoltzHost", "boltz_cache_dir", "boltz_missing", "HostUnavailable", "InputError", "OpenFold3Host", "ProtenixHost",
            "StructureHost", "best_protenix_kernels", "get_host"]
