@@ -520,7 +520,9 @@ def test_openfold3_features_1crn(crn):
     (restype over its 32 classes, elements as atomic number - 1 over 119, atom-name characters),
     tokens <-> atoms consistent, the reference conformers rigid copies of the CCD's."""
     from openfold3.core.data.resources.residues import STANDARD_RESIDUES_WITH_GAP_3
-    from openfold3.core.data.resources.token_atom_constants import TOKEN_NAME_TO_ATOM_NAMES
+    from openfold3.core.data.resources.token_atom_constants import (
+        TOKEN_NAME_TO_ATOM_NAMES,
+    )
 
     from pairformer_fb.tools.featurize import openfold3_features
 
@@ -544,9 +546,12 @@ def test_openfold3_features_1crn(crn):
     assert f["template_pseudo_beta_mask"].eq(0).all()
     ideal = np.asarray(build_atoms(crn, oxt=False).coord, dtype=np.float64)
     ref = f["ref_pos"].double().numpy()
+
+    def d(x):
+        return np.linalg.norm(x[:, None] - x[None], axis=-1)
+
     for t in (0, 20, 45):
         sel = (f["atom_to_token_index"] == t).numpy()
-        d = lambda x: np.linalg.norm(x[:, None] - x[None], axis=-1)  # noqa: E731
         assert np.allclose(d(ref[sel]), d(ideal[sel]), atol=1e-4) and np.allclose(ref[sel].mean(0), 0, atol=1e-4)
 
 

@@ -429,7 +429,9 @@ def protenix_features(sample: Sample, *, msa_dir: str | os.PathLike | None = Non
 def _openfold3_constants():
     try:
         from openfold3.core.data.resources.residues import STANDARD_RESIDUES_WITH_GAP_3
-        from openfold3.core.data.resources.token_atom_constants import TOKEN_NAME_TO_ATOM_NAMES
+        from openfold3.core.data.resources.token_atom_constants import (
+            TOKEN_NAME_TO_ATOM_NAMES,
+        )
     except Exception as e:  # noqa: BLE001
         raise ImportError(f"openfold3 cannot be imported ({type(e).__name__}: {e}); "
                           "install it with `make install`") from e

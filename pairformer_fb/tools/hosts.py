@@ -20,7 +20,7 @@ import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -188,9 +188,9 @@ class OpenFold3Host(StructureHost):
                      "conformers (biotite; OpenFold3 would use RDKit conformers of its CCD cache), "
                      "single-sequence MSA unless msa_dir is given, no templates")
     # kernels= -> OpenFold3's settings.memory.eval switches of the original's triangle attention
-    KERNELS = {"torch": {}, "triton": {"use_triton_triangle_kernels": True},
-               "cuequivariance": {"use_cueq_triangle_kernels": True},
-               "deepspeed": {"use_deepspeed_evo_attention": True}}
+    KERNELS: ClassVar[dict[str, dict[str, bool]]] = {
+        "torch": {}, "triton": {"use_triton_triangle_kernels": True},
+        "cuequivariance": {"use_cueq_triangle_kernels": True}, "deepspeed": {"use_deepspeed_evo_attention": True}}
 
     def check(self, cfg) -> None:
         if cfg.kernels != "auto" and cfg.kernels not in self.KERNELS:
@@ -266,12 +266,14 @@ class OpenFold3Host(StructureHost):
 # Boltz-2
 
 
-# what full Boltz-2 inference needs beyond the boltz package's Pairformer (module -> pip name):
-# the Lightning module Boltz2 (boltz.model.models.boltz2) imports pytorch_lightning and
-# torchmetrics; boltz's data pipeline (boltz.main: parsing, tokenising, featurising) imports numba
+# what full Boltz-2 inference needs beyond the boltz package's Pairformer (module -> pip spec):
+# the Lightning module Boltz2 (boltz.model.models.boltz2) imports pytorch_lightning (which needs
+# lightning_utilities) and torchmetrics; boltz's data pipeline (boltz.data.types: mashumaro;
+# featurizer v2: numba with its llvmlite). These versions, installed --no-deps next to this
+# torch 2.13, were checked to import Boltz2, featurizerv2 and the inference data module.
 BOLTZ_MODULES = {"boltz": "boltz==2.2.1", "pytorch_lightning": "pytorch-lightning==2.6.6",
-                 "torchmetrics": "torchmetrics==1.9.0", "lightning_utilities": "lightning-utilities==0.15.3",
-                 "numba": "numba==0.68.0 llvmlite==0.50.0"}
+                 "lightning_utilities": "lightning-utilities==0.15.3", "torchmetrics": "torchmetrics==1.9.0",
+                 "mashumaro": "mashumaro==3.23", "numba": "numba==0.68.0 llvmlite==0.50.0"}
 
 
 def boltz_cache_dir(cfg=None) -> Path:
@@ -297,11 +299,14 @@ def boltz_missing(cfg=None) -> list[str]:
 class BoltzHost(StructureHost):
     """Boltz-2 (boltz 2.2.1): full inference is not available in the benchmark. What it would
     need is checked first (:func:`boltz_missing`), so that the error names what is missing:
-    the ``Boltz2`` Lightning module imports pytorch_lightning and torchmetrics (with them,
-    installed --no-deps, it imports and can be constructed), and Boltz's featuriser needs its
-    CCD molecule data ``mols/`` (a download) and numba. Boltz's feature dict (about 80 keys of
-    its tokeniser and featuriser) is not synthesised: random stand-ins for it would not be a
-    faithful Boltz-2 inference."""
+    the packages of :data:`BOLTZ_MODULES` (with them the ``Boltz2`` module and Boltz's
+    featuriser import), and Boltz's CCD molecule data ``mols/`` (a download: its featuriser reads
+    every residue's atoms and reference conformer from it). Still to do for a runner: Boltz's
+    features from its own parser / tokeniser / featuriser (with ``mols/``; for the canonical
+    residues it could be made offline as RDKit molecules from biotite's CCD, as
+    featurize.py does for the other hosts), and a tiny ``Boltz2`` hyper-parameter preset for a
+    CPU (the released ones come with the checkpoint). Random stand-ins for Boltz's ~80 feature
+    keys would not be a faithful Boltz-2 inference, so none are made."""
 
     name = "boltz"
 
@@ -323,5 +328,17 @@ def get_host(name: str) -> StructureHost:
     return HOSTS[name]()
 
 
-__all__ = ["HOSTS", "PHASES", "BoltzHost", "boltz_cache_dir", "boltz_missing", "HostUnavailable", "InputError", "OpenFold3Host", "ProtenixHost",
-           "StructureHost", "best_protenix_kernels", "get_host"]
+__all__ = [
+    "HOSTS",
+    "PHASES",
+    "BoltzHost",
+    "HostUnavailable",
+    "InputError",
+    "OpenFold3Host",
+    "ProtenixHost",
+    "StructureHost",
+    "best_protenix_kernels",
+    "boltz_cache_dir",
+    "boltz_missing",
+    "get_host",
+]
