@@ -14,7 +14,10 @@ scripts/benchmark.py) on a CPU:
 * bad inputs fail with a clear error before any model is built;
 * one end-to-end run of the Hydra script (tiny Protenix, 1CRN, the three variants, a reference):
   the schema of results.json, the files, and that exact agrees with the original while the
-  untrained lowrank factors do not.
+  untrained lowrank factors do not;
+* the same for host=openfold3 and host=boltz (their features checked against the hosts' own
+  atom lists and encodings), and with a host checkpoint the written structure is the prediction
+  of that model run by hand; host=boltz without its extra packages names each missing one.
 """
 
 import json
@@ -364,10 +367,9 @@ def test_bad_benchmark_inputs_fail_before_model_work(tmp_path, monkeypatch):
 
 
 def test_boltz_host_says_what_is_missing_before_model_work(tmp_path, monkeypatch):
-    """host=boltz: full Boltz-2 inference needs packages (pytorch_lightning, torchmetrics, numba)
-    and Boltz's CCD molecule data; the error names each missing one (and the cache folder
-    looked in), before any model work; with all of them present it still says the benchmark has
-    no Boltz-2 runner yet."""
+    """host=boltz: full Boltz-2 inference needs packages beyond the adapter's (pytorch_lightning,
+    torchmetrics, numba, ...); the error names each missing one with its pinned version, before
+    any model work. Boltz's own settings are checked there too."""
     import importlib.util
 
     from pairformer_fb.tools import benchmark, hosts
@@ -381,23 +383,20 @@ def test_boltz_host_says_what_is_missing_before_model_work(tmp_path, monkeypatch
     absent = {"pytorch_lightning", "numba"}
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in absent else real_find_spec(name, *a))
-    monkeypatch.delenv("BOLTZ_CACHE", raising=False)
-    cache = tmp_path / "boltz_cache"
     with pytest.raises(hosts.HostUnavailable) as e:
-        benchmark.run(bench_cfg(tmp_path, host="boltz", boltz_cache=str(cache)))
+        benchmark.run(bench_cfg(tmp_path, host="boltz"))
     msg = str(e.value)
     assert "pytorch_lightning (pip install --no-deps pytorch-lightning==2.6.6)" in msg
-    assert "numba" in msg and f"no {cache}/mols/ALA.pkl" in msg
-    assert "lightning_utilities" not in msg or real_find_spec("lightning_utilities") is None
-    # everything present: the packages (as seen) and the mols folder ($BOLTZ_CACHE)
-    absent.clear()
+    assert "numba (pip install --no-deps numba==0.68.0 llvmlite==0.50.0)" in msg
+    assert "torchmetrics" not in msg or real_find_spec("torchmetrics") is None
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
-    (cache / "mols").mkdir(parents=True)
-    (cache / "mols" / "ALA.pkl").write_bytes(b"")
-    monkeypatch.setenv("BOLTZ_CACHE", str(cache))
     assert hosts.boltz_missing() == []
-    with pytest.raises(hosts.HostUnavailable, match="not wired into the structure benchmark yet"):
-        benchmark.run(bench_cfg(tmp_path, host="boltz"))
+    with pytest.raises(ValueError, match="model must be auto, tiny or checkpoint for host=boltz"):
+        benchmark.run(bench_cfg(tmp_path, host="boltz", model="base"))
+    with pytest.raises(ValueError, match="model=checkpoint .* give checkpoint="):
+        benchmark.run(bench_cfg(tmp_path, host="boltz", model="checkpoint"))
+    with pytest.raises(InputError, match="msa_dir= is not supported for host=boltz"):
+        benchmark.run(bench_cfg(tmp_path, host="boltz", msa_dir=str(tmp_path)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -627,3 +626,98 @@ def test_openfold3_benchmark_writes_the_models_prediction(tmp_path, crn):
     with pytest.raises(ValueError, match="does not fit model=tiny"):
         benchmark.run(bench_cfg(tmp_path, host="openfold3", samples=["1crn"], variants=["original"],
                                 checkpoint=str(path), overrides={"architecture.shared.c_z": 8}, device="cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# host=boltz
+
+try:
+    from pairformer_fb.tools.hosts import boltz_missing
+
+    BOLTZ_SKIP = "; ".join(boltz_missing()) or None
+except Exception as e:  # noqa: BLE001
+    BOLTZ_SKIP = f"{type(e).__name__}: {e}"
+
+needs_boltz = pytest.mark.skipif(BOLTZ_SKIP is not None, reason=f"full Boltz-2 cannot run: {BOLTZ_SKIP}")
+
+
+@needs_boltz
+def test_boltz_features_and_molecules(crn):
+    """Boltz-2's features of 1CRN through its own pipeline, with the canonical residues made
+    from biotite's CCD: Boltz's atoms per residue (const.ref_atoms), the atoms returned in the
+    features' order, the molecules' conformers the CCD ideal coordinates."""
+    from boltz.data import const
+    from rdkit import Chem
+
+    from pairformer_fb.tools.featurize import boltz_features, boltz_molecules, ccd_rdkit_mol
+
+    mols, source = boltz_molecules(None)
+    assert "biotite" in source and set(mols) == set(const.canonical_tokens)
+    trp = ccd_rdkit_mol("TRP")
+    assert Chem.RemoveHs(trp, sanitize=False).GetNumAtoms() == 15  # 14 heavy + OXT
+    assert {a.GetProp("name") for a in trp.GetAtoms()} >= set(const.ref_atoms["TRP"])
+    assert str(Chem.FindMolChiralCenters(trp, useLegacyImplementation=False)) == "[(1, 'S')]"  # L-Trp Cα
+    f, atoms = boltz_features(crn, mols, seed=0)
+    three = [protein_1to3()[c] for c in CRN]
+    assert [str(n) for n in atoms.atom_name] == sum([list(const.ref_atoms[r]) for r in three], [])
+    n = atoms.array_length()
+    pad = f["atom_pad_mask"][0].bool()
+    assert int(pad.sum()) == n and pad[:n].all() and f["ref_pos"].shape[1] % 32 == 0
+    assert f["res_type"][0].argmax(-1).tolist() == [const.token_ids[r] for r in three]
+    assert torch.equal(f["atom_to_token"][0][:n].argmax(-1), torch.repeat_interleave(
+        torch.arange(46), torch.tensor([len(const.ref_atoms[r]) for r in three])))
+
+
+@needs_boltz
+def test_boltz_benchmark_end_to_end_and_checkpoint(tmp_path):
+    """host=boltz: full inference of a tiny Boltz-2 on 1CRN in the three variants (the script:
+    schema, phases, structures; exact agrees with the original, the untrained lowrank does
+    not); then checkpoint= a Lightning checkpoint with hyper_parameters: the written structure
+    is that model's prediction, run by hand on the same features and seed."""
+    from pairformer_fb.tools import benchmark
+    from pairformer_fb.tools.featurize import boltz_features, boltz_molecules
+    from pairformer_fb.tools.presets import BOLTZ2_TINY, build_boltz2, randomise_
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "host=boltz", "samples=[1crn]",
+           "variants=[original,exact,lowrank]", "warmup=0", "repeats=1", "rank=4", f"output_dir={out}", "device=cpu"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert "RANDOM weights" in result["note"] and "Boltz-2's own features" in result["features"]
+    m = result["model"]
+    assert m["host"] == "boltz" and m["preset"] == "tiny" and m["recycling_steps"] == 1 and m["diffusion_steps"] == 2
+    recs = result["records"]
+    phases = ["input_embedding", "msa_module", "pairformer_trunk", "diffusion_sampling", "confidence_head", "other"]
+    for r in recs:
+        assert r["status"] == "ok" and r["n_tokens"] == 46 and r["n_atoms"] == 326
+        assert list(r["times_s"]) == phases + ["total"] and all(r["times_s"][p] > 0 for p in phases[:5])
+        assert sum(r["times_s"][p] for p in phases) == pytest.approx(r["times_s"]["total"], rel=1e-6)
+        assert (out / r["structure_path"]).is_file()
+    ca = S.read_ca(out / recs[0]["structure_path"])
+    assert ca[1] == CRN
+    scale = np.linalg.norm(ca[0] - ca[0].mean(0), axis=-1).mean()
+    orig, exact, low = (r["vs_original"] for r in recs)
+    assert orig["rmsd"] < 1e-5 * scale + 1e-3 and exact["rmsd"] < 1e-5 * scale + 1e-3 and exact["tm_score"] > 0.9999
+    assert low["rmsd"] > 100 * exact["rmsd"] and low["tm_score"] < 0.999
+    assert recs[1]["notes"]["patched_modules"] == recs[2]["notes"]["patched_modules"] > 0
+
+    crn = read_samples(["1crn"])[0]
+    model = randomise_(build_boltz2(BOLTZ2_TINY), seed=11).eval()
+    path = tmp_path / "boltz2.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(BOLTZ2_TINY)}, path)
+    f, atoms = boltz_features(crn, boltz_molecules(None)[0], seed=0)
+    benchmark.seed_all(0)
+    with torch.no_grad():
+        o = model(dict(f), recycling_steps=1, num_sampling_steps=2, diffusion_samples=1, max_parallel_samples=1,
+                  run_confidence_sequentially=True)
+    want = o["sample_atom_coords"][0][f["atom_pad_mask"][0].bool()].numpy()
+    res = benchmark.run(bench_cfg(tmp_path, host="boltz", samples=["1crn"], variants=["original"], warmup=0,
+                                  checkpoint=str(path), device="cpu", seed=0, raise_errors=True,
+                                  overrides={"recycling_steps": 1, "sampling_steps": 2},
+                                  output_dir=str(tmp_path / "out2")))
+    assert res["model"]["preset"] == "checkpoint" and res["model"]["weights"] == "checkpoint"
+    assert res["model"]["recycling_steps"] == 1 and res["model"]["diffusion_steps"] == 2
+    got = S.read_ca(tmp_path / "out2" / res["records"][0]["structure_path"])[0]
+    assert np.abs(got - S.ca_coords(atoms, want)).max() < 2e-3 + 1e-5 * np.abs(want).max()

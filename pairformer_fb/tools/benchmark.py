@@ -1,5 +1,5 @@
 """Structure benchmark (the project's main job): full structure inference of a host model
-(``host=``: protenix, openfold3; boltz: a clear error, see tools/hosts.py) on sample proteins,
+(``host=``: protenix, openfold3, boltz; see tools/hosts.py) on sample proteins,
 unpatched and patched with FlashBias, timed per phase, with the agreement of the predicted
 structures. See configs/benchmark.yaml and scripts/benchmark.py. The host-specific parts
 (featurisation, model, forward, phases) are the host's :class:`hosts.StructureHost`; this module

@@ -517,3 +517,118 @@ def _atomic_number(element: str) -> int:
     from rdkit.Chem import GetPeriodicTable  # OpenFold3's own element table
 
     return int(GetPeriodicTable().GetAtomicNumber(element.capitalize()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Boltz-2
+
+# biotite BondType -> bond order (its aromatic kinds carry the Kekulé order)
+_BOND_ORDER = {1: 1, 2: 2, 3: 3, 5: 1, 6: 2, 7: 3}
+
+
+def ccd_rdkit_mol(code: str):
+    """The CCD residue ``code`` as an RDKit molecule the way Boltz's ``mols/`` data hold it: every
+    atom (hydrogens included) with its CCD name (atom property ``name``), formal charge and
+    ``leaving_atom`` flag, the CCD bonds, one conformer ``Ideal`` (the CCD ideal coordinates)
+    and the stereo tags from it. Made from biotite's shipped CCD (no download)."""
+    import biotite.structure.info as info
+    from rdkit import Chem
+    from rdkit.Geometry import Point3D
+
+    res = info.residue(code)
+    orders = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
+    rw = Chem.RWMol()
+    for i in range(res.array_length()):
+        a = Chem.Atom(str(res.element[i]).capitalize())
+        a.SetFormalCharge(int(res.charge[i]))
+        a.SetProp("name", str(res.atom_name[i]))
+        a.SetProp("leaving_atom", "1" if str(res.atom_name[i]) in ("OXT", "HXT", "H2") else "0")
+        a.SetNoImplicit(True)
+        rw.AddAtom(a)
+    for i, j, t in res.bonds.as_array():
+        rw.AddBond(int(i), int(j), orders[_BOND_ORDER.get(int(t), 1)])
+    conf = Chem.Conformer(res.array_length())
+    for i, xyz in enumerate(res.coord):
+        conf.SetAtomPosition(i, Point3D(*map(float, xyz)))
+    conf.SetProp("name", "Ideal")
+    mol = rw.GetMol()
+    mol.UpdatePropertyCache(strict=False)
+    cid = mol.AddConformer(conf, assignId=True)
+    Chem.AssignStereochemistryFrom3D(mol, confId=cid)
+    return mol
+
+
+def boltz_molecules(mols_dir: str | os.PathLike | None = None) -> tuple[dict, str]:
+    """Boltz's canonical residue molecules (``boltz.data.const.canonical_tokens``) and where they
+    come from: Boltz's own CCD data ``mols_dir`` when it holds them, else made from biotite's CCD
+    (:func:`ccd_rdkit_mol`)."""
+    from boltz.data import const
+
+    if mols_dir is not None and (Path(mols_dir) / "ALA.pkl").is_file():
+        from boltz.data.mol import load_canonicals
+
+        return load_canonicals(str(mols_dir)), f"Boltz's CCD molecule data {mols_dir}"
+    return {c: ccd_rdkit_mol(c) for c in const.canonical_tokens}, "canonical residues made from biotite's CCD"
+
+
+def boltz_features(sample: Sample, molecules: Mapping, *, seed: int = 0):
+    """Boltz-2's inference features of ``sample`` (a batch of one) and the atoms the model
+    predicts (a biotite AtomArray in the features' atom order), through Boltz's own pipeline as
+    ``boltz predict`` runs it (``parse_boltz_schema`` -> ``Boltz2Tokenizer`` ->
+    ``Boltz2Featurizer.process`` with the inference settings of ``boltz.data.module.inferencev2``),
+    in single-sequence mode (``msa: empty``), no templates. Boltz groups chains of the same
+    sequence into one entity, in order of first appearance; the atoms follow its chain order."""
+    import contextlib
+    import io
+
+    import biotite.structure as struc
+    from boltz.data import const
+    from boltz.data.feature.featurizerv2 import Boltz2Featurizer
+    from boltz.data.parse.schema import parse_boltz_schema
+    from boltz.data.tokenize.boltz2 import Boltz2Tokenizer
+    from boltz.data.types import Input
+
+    groups: dict[str, list[str]] = {}
+    for c in sample.chains:
+        groups.setdefault(c.sequence, []).append(c.chain_id)
+    schema = {"version": 1, "sequences": [{"protein": {"id": ids, "sequence": seq, "msa": "empty"}}
+                                          for seq, ids in groups.items()]}
+    with contextlib.redirect_stdout(io.StringIO()):  # its single-sequence-mode notice
+        target = parse_boltz_schema(sample.name, schema, ccd=dict(molecules), mol_dir=None, boltz_2=True)
+    inp = Input(target.structure, {}, record=target.record, residue_constraints=target.residue_constraints,
+                templates=None, extra_mols=target.extra_mols)
+    tokenized = Boltz2Tokenizer().tokenize(inp)
+    # the featuriser rotates each residue's reference conformer with torch's global RNG
+    # (center_random_augmentation): seeded here, the caller's RNG state left as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        feats = Boltz2Featurizer().process(
+            tokenized, molecules=dict(molecules), random=np.random.default_rng(seed), training=False,
+            max_atoms=None, max_tokens=None, max_seqs=const.max_msa_seqs, pad_to_max_seqs=False,
+            single_sequence_prop=0.0, compute_frames=True, inference_pocket_constraints=None,
+            inference_contact_constraints=None, compute_constraint_features=True, override_method=None,
+            compute_affinity=False)
+
+    # the atoms, from Boltz's structure (chains, residues, atom names in its order)
+    s = target.structure
+    elements = {}
+    one = []
+    for ch in s.chains:
+        for r in s.residues[ch["res_idx"]: ch["res_idx"] + ch["res_num"]]:
+            name = str(r["name"])
+            if name not in elements:
+                ccd = residue_atoms(name, c_terminal=True)
+                elements[name] = dict(zip(ccd.atom_name, ccd.element))
+            for a in s.atoms[r["atom_idx"]: r["atom_idx"] + r["atom_num"]]:
+                one.append((str(ch["name"]), int(r["res_idx"]) + 1, name, str(a["name"]), elements[name][str(a["name"])]))
+    atoms = struc.AtomArray(len(one))
+    atoms.chain_id = np.array([x[0] for x in one])
+    atoms.res_id = np.array([x[1] for x in one])
+    atoms.res_name = np.array([x[2] for x in one])
+    atoms.atom_name = np.array([x[3] for x in one])
+    atoms.element = np.array([x[4] for x in one])
+    n_real = int(feats["atom_pad_mask"].sum())
+    if n_real != len(one):
+        raise InputError(f"{sample.name}: Boltz's features hold {n_real} atoms, its structure {len(one)}")
+    batch = {k: (v.unsqueeze(0) if torch.is_tensor(v) else v) for k, v in feats.items()}
+    return batch, atoms

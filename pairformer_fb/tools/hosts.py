@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Mapping
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -219,8 +220,6 @@ class OpenFold3Host(StructureHost):
         return "triton"  # OpenFold3's own default
 
     def build(self, cfg, device, ckpt):
-        from importlib.metadata import version
-
         from openfold3.projects.of3_all_atom.model import OpenFold3
 
         from .presets import openfold3_config
@@ -268,12 +267,14 @@ class OpenFold3Host(StructureHost):
 
 # what full Boltz-2 inference needs beyond the boltz package's Pairformer (module -> pip spec):
 # the Lightning module Boltz2 (boltz.model.models.boltz2) imports pytorch_lightning (which needs
-# lightning_utilities) and torchmetrics; boltz's data pipeline (boltz.data.types: mashumaro;
-# featurizer v2: numba with its llvmlite). These versions, installed --no-deps next to this
-# torch 2.13, were checked to import Boltz2, featurizerv2 and the inference data module.
+# lightning_utilities) and torchmetrics; boltz's data pipeline: mashumaro (boltz.data.types),
+# numba + llvmlite (featurizer v2), chembl_structure_pipeline and scikit-learn (+ joblib,
+# threadpoolctl) (its schema / mmCIF parsers). requirements-hosts.txt pins them (--no-deps).
 BOLTZ_MODULES = {"boltz": "boltz==2.2.1", "pytorch_lightning": "pytorch-lightning==2.6.6",
                  "lightning_utilities": "lightning-utilities==0.15.3", "torchmetrics": "torchmetrics==1.9.0",
-                 "mashumaro": "mashumaro==3.23", "numba": "numba==0.68.0 llvmlite==0.50.0"}
+                 "mashumaro": "mashumaro==3.23", "numba": "numba==0.68.0 llvmlite==0.50.0",
+                 "chembl_structure_pipeline": "chembl_structure_pipeline==1.2.4",
+                 "sklearn": "scikit-learn==1.6.1 joblib==1.6.0 threadpoolctl==3.7.0"}
 
 
 def boltz_cache_dir(cfg=None) -> Path:
@@ -283,40 +284,90 @@ def boltz_cache_dir(cfg=None) -> Path:
     return Path(given or os.environ.get("BOLTZ_CACHE") or "~/.boltz").expanduser()
 
 
-def boltz_missing(cfg=None) -> list[str]:
-    """What full Boltz-2 inference lacks here: packages, and the CCD molecule data ``mols/``
-    (one pickled RDKit molecule per CCD code: ``boltz predict`` downloads and unpacks mols.tar
-    into the cache folder; the featuriser reads every residue's atoms from it)."""
-    missing = [f"Python package {mod} (pip install --no-deps {pip})" for mod, pip in BOLTZ_MODULES.items()
-               if importlib.util.find_spec(mod) is None]
-    mols = boltz_cache_dir(cfg) / "mols"
-    if not (mols / "ALA.pkl").is_file():
-        missing.append(f"Boltz's CCD molecule data: no {mols}/ALA.pkl (boltz predict downloads mols.tar and unpacks "
-                       f"it to {mols}; offline, put it there or set BOLTZ_CACHE / boltz_cache=)")
-    return missing
+def boltz_missing() -> list[str]:
+    """The packages full Boltz-2 inference lacks here (:data:`BOLTZ_MODULES`)."""
+    return [f"Python package {mod} (pip install --no-deps {pip})" for mod, pip in BOLTZ_MODULES.items()
+            if importlib.util.find_spec(mod) is None]
 
 
 class BoltzHost(StructureHost):
-    """Boltz-2 (boltz 2.2.1): full inference is not available in the benchmark. What it would
-    need is checked first (:func:`boltz_missing`), so that the error names what is missing:
-    the packages of :data:`BOLTZ_MODULES` (with them the ``Boltz2`` module and Boltz's
-    featuriser import), and Boltz's CCD molecule data ``mols/`` (a download: its featuriser reads
-    every residue's atoms and reference conformer from it). Still to do for a runner: Boltz's
-    features from its own parser / tokeniser / featuriser (with ``mols/``; for the canonical
-    residues it could be made offline as RDKit molecules from biotite's CCD, as
-    featurize.py does for the other hosts), and a tiny ``Boltz2`` hyper-parameter preset for a
-    CPU (the released ones come with the checkpoint). Random stand-ins for Boltz's ~80 feature
-    keys would not be a faithful Boltz-2 inference, so none are made."""
+    """Boltz-2 (boltz 2.2.1): ``Boltz2.forward(feats, recycling_steps, num_sampling_steps,
+    diffusion_samples=1)`` as ``boltz predict`` runs it, on the features of Boltz's own parser,
+    tokeniser and featuriser (``featurize.boltz_features``). Its CCD molecule data ``mols/``
+    (normally downloaded into the cache folder) are used when present; otherwise the canonical
+    residues are made from biotite's CCD (``featurize.ccd_rdkit_mol``), which the report says.
+    Presets: ``tiny`` (:data:`presets.BOLTZ2_TINY`) or, with ``checkpoint=`` a Boltz-2 Lightning
+    checkpoint, its ``hyper_parameters``. Phases: ``input_embedder``, ``msa_module``, the trunk
+    up to the last ``pairformer_module`` call (recycling), from there to the end of
+    ``structure_module.sample`` (distogram head, diffusion conditioning, sampling),
+    ``confidence_module``."""
 
     name = "boltz"
 
     def check(self, cfg) -> None:
-        missing = boltz_missing(cfg)
+        missing = boltz_missing()
         if missing:
             raise HostUnavailable("host=boltz: full Boltz-2 inference cannot run here; missing: " + "; ".join(missing)
                                   + ". (patch_model's Boltz-2 adapter itself needs none of these.)")
-        raise HostUnavailable("host=boltz: full Boltz-2 inference (its featuriser + the Boltz2 module) is not wired "
-                              "into the structure benchmark yet; host=protenix and host=openfold3 are")
+        if cfg.model not in ("auto", "tiny", "checkpoint"):
+            raise ValueError(f"model must be auto, tiny or checkpoint for host=boltz, got {cfg.model!r}")
+        if cfg.model == "checkpoint" and not cfg.checkpoint:
+            raise ValueError("model=checkpoint (host=boltz) builds Boltz-2 from a checkpoint's hyper_parameters: "
+                             "give checkpoint=")
+        if cfg.msa_dir:
+            raise InputError("msa_dir= is not supported for host=boltz yet (single-sequence mode only)")
+        if cfg.kernels not in ("auto", "torch"):
+            raise ValueError(f"kernels must be auto or torch for host=boltz, got {cfg.kernels!r}")
+        self._mols_dir = boltz_cache_dir(cfg) / "mols"
+
+    def featurise(self, sample, cfg):
+        from .featurize import boltz_features, boltz_molecules
+
+        if not hasattr(self, "_mols"):
+            self._mols, source = boltz_molecules(getattr(self, "_mols_dir", None))
+            self.features_note = ("Boltz-2's own features (its parser, tokeniser and featuriser v2; molecules: "
+                                  f"{source}), single-sequence mode, no templates")
+        return boltz_features(sample, self._mols, seed=cfg.seed)
+
+    def build(self, cfg, device, ckpt):
+        from .presets import BOLTZ2_TINY, build_boltz2
+
+        preset = cfg.model if cfg.model != "auto" else ("checkpoint" if ckpt is not None else "tiny")
+        hp = BOLTZ2_TINY
+        if preset == "checkpoint":
+            hp = ckpt.container.get("hyper_parameters") if isinstance(ckpt.container, Mapping) else None
+            if not hp:
+                raise ValueError(f"checkpoint={ckpt.path} has no hyper_parameters to build Boltz-2 from (model=checkpoint)")
+        ov = dict(cfg.get("overrides") or {})
+        for k in ov:
+            if k not in ("recycling_steps", "sampling_steps"):
+                raise ValueError(f"overrides: host=boltz takes recycling_steps and sampling_steps, got {k!r}")
+        model = build_boltz2(hp)
+        self.recycling_steps = int(ov.get("recycling_steps", 1 if preset == "tiny" else 3))
+        self.sampling_steps = int(ov.get("sampling_steps", 2 if preset == "tiny" else 200))
+        info = {"host": "boltz", "preset": preset, "model_name": f"Boltz-2 (boltz {version('boltz')})",
+                "kernels": {"triangle_attention": "torch"}, "overrides": ov, "checkpoint": None, "weights": "random",
+                "recycling_steps": self.recycling_steps, "diffusion_steps": self.sampling_steps, "diffusion_samples": 1}
+        return _finish(model, device, ckpt, cfg, preset, "Boltz2", info)
+
+    def predict(self, model, feats):
+        out = model(dict(feats), recycling_steps=self.recycling_steps, num_sampling_steps=self.sampling_steps,
+                    diffusion_samples=1, max_parallel_samples=1, run_confidence_sequentially=True)
+        return out["sample_atom_coords"][0][feats["atom_pad_mask"][0].bool()]
+
+    def phase_wraps(self, model):
+        return [(model.input_embedder, "forward", "input_embedding", "embed_end"),
+                (model.msa_module, "forward", "msa_module", None),
+                (model.pairformer_module, "forward", "pairformer", "trunk_end"),
+                (model.structure_module, "sample", "sample", "diffusion_end"),
+                (model.confidence_module, "forward", "confidence_head", None)]
+
+    def phases(self, spans, stamps):
+        msa = spans.get("msa_module", 0.0)
+        return {"input_embedding": spans.get("input_embedding", 0.0), "msa_module": msa,
+                "pairformer_trunk": stamps["trunk_end"] - stamps["embed_end"] - msa,
+                "diffusion_sampling": stamps["diffusion_end"] - stamps["trunk_end"],
+                "confidence_head": spans.get("confidence_head", 0.0)}
 
 
 HOSTS: dict[str, type[StructureHost]] = {"protenix": ProtenixHost, "openfold3": OpenFold3Host, "boltz": BoltzHost}
