@@ -649,7 +649,11 @@ def test_boltz_features_and_molecules(crn):
     from boltz.data import const
     from rdkit import Chem
 
-    from pairformer_fb.tools.featurize import boltz_features, boltz_molecules, ccd_rdkit_mol
+    from pairformer_fb.tools.featurize import (
+        boltz_features,
+        boltz_molecules,
+        ccd_rdkit_mol,
+    )
 
     mols, source = boltz_molecules(None)
     assert "biotite" in source and set(mols) == set(const.canonical_tokens)
