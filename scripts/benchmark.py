@@ -4,6 +4,8 @@ with the agreement of the predicted structures.
 
     python scripts/benchmark.py                                   # small CPU default (tiny Protenix)
     python scripts/benchmark.py model=base "samples=[1ubq,7wux_a2b2]" repeats=3 output_dir=DIR
+    python scripts/benchmark.py host=openfold3 "samples=[1crn]"     # tiny OpenFold3 on a CPU
+    python scripts/benchmark.py host=boltz "samples=[1crn]"         # tiny Boltz-2 on a CPU
 """
 
 import os

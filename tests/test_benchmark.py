@@ -14,7 +14,10 @@ scripts/benchmark.py) on a CPU:
 * bad inputs fail with a clear error before any model is built;
 * one end-to-end run of the Hydra script (tiny Protenix, 1CRN, the three variants, a reference):
   the schema of results.json, the files, and that exact agrees with the original while the
-  untrained lowrank factors do not.
+  untrained lowrank factors do not;
+* the same for host=openfold3 and host=boltz (their features checked against the hosts' own
+  atom lists and encodings), and with a host checkpoint the written structure is the prediction
+  of that model run by hand; host=boltz without its extra packages names each missing one.
 """
 
 import json
@@ -325,29 +328,75 @@ def bench_cfg(tmp_path, **kw):
 
 
 def test_bad_benchmark_inputs_fail_before_model_work(tmp_path, monkeypatch):
-    from pairformer_fb.tools import benchmark
+    from pairformer_fb.tools import benchmark, hosts
 
     def no_model(*a, **k):
-        raise AssertionError("a model was built before the inputs were checked")
+        raise AssertionError("a model was built or a sample featurised before the inputs were checked")
 
-    monkeypatch.setattr(benchmark, "build_model", no_model)
-    monkeypatch.setattr(benchmark, "protenix_features", no_model)
+    for cls in hosts.HOSTS.values():
+        monkeypatch.setattr(cls, "build", no_model)
+        monkeypatch.setattr(cls, "featurise", no_model)
     (tmp_path / "bad.fasta").write_text(">x\nMKTJ\n")
     with pytest.raises(InputError, match="unknown residue letter 'J'"):
         benchmark.run(bench_cfg(tmp_path, samples=["1crn", str(tmp_path / "bad.fasta")]))
     with pytest.raises(FileNotFoundError, match="checkpoint="):
         benchmark.run(bench_cfg(tmp_path, checkpoint=str(tmp_path / "nope.pt")))
-    # a checkpoint of another host (Boltz-2's Pairformer keys)
+    # a checkpoint of another host (Boltz-2's Pairformer keys; OpenFold3's)
     torch.save({"state_dict": {"pairformer_module.layers.0.attention.proj_q.weight": torch.zeros(2, 2)}},
                tmp_path / "boltz.ckpt")
+    torch.save({"state_dict": {"pairformer_stack.blocks.0.attn_pair_bias.linear_z.weight": torch.zeros(2, 2)}},
+               tmp_path / "of3.ckpt")
     with pytest.raises(ValueError, match="is a boltz checkpoint, but the benchmark runs host=protenix"):
         benchmark.run(bench_cfg(tmp_path, checkpoint=str(tmp_path / "boltz.ckpt")))
-    with pytest.raises(NotImplementedError, match="host=openfold3: not yet.*adapters/openfold3.py"):
-        benchmark.run(bench_cfg(tmp_path, host="openfold3"))
+    with pytest.raises(ValueError, match="is a boltz checkpoint, but the benchmark runs host=openfold3"):
+        benchmark.run(bench_cfg(tmp_path, host="openfold3", checkpoint=str(tmp_path / "boltz.ckpt")))
+    with pytest.raises(ValueError, match="is a openfold3 checkpoint, but the benchmark runs host=protenix"):
+        benchmark.run(bench_cfg(tmp_path, checkpoint=str(tmp_path / "of3.ckpt")))
+    with pytest.raises(ValueError, match="unknown host='alphafold'; known: protenix, openfold3, boltz"):
+        benchmark.run(bench_cfg(tmp_path, host="alphafold"))
+    with pytest.raises(ValueError, match="model must be auto, tiny or default for host=openfold3"):
+        benchmark.run(bench_cfg(tmp_path, host="openfold3", model="base"))
+    with pytest.raises(ValueError, match="kernels must be auto or one of torch, triton.*host=openfold3"):
+        benchmark.run(bench_cfg(tmp_path, host="openfold3", kernels="triattention"))
+    with pytest.raises(ValueError, match="kernels must be one of .*host=protenix, got 'triton'"):
+        benchmark.run(bench_cfg(tmp_path, kernels="triton"))
     with pytest.raises(ValueError, match="variants must be distinct names"):
         benchmark.run(bench_cfg(tmp_path, variants=["original", "fast"]))
     with pytest.raises(S.StructureError, match="does not exist"):
         benchmark.run(bench_cfg(tmp_path, samples=["1crn"], reference=str(tmp_path / "ref.pdb")))
+
+
+def test_boltz_host_says_what_is_missing_before_model_work(tmp_path, monkeypatch):
+    """host=boltz: full Boltz-2 inference needs packages beyond the adapter's (pytorch_lightning,
+    torchmetrics, numba, ...); the error names each missing one with its pinned version, before
+    any model work. Boltz's own settings are checked there too."""
+    import importlib.util
+
+    from pairformer_fb.tools import benchmark, hosts
+
+    def no_model(*a, **k):
+        raise AssertionError("model work before the host check")
+
+    monkeypatch.setattr(hosts.BoltzHost, "build", no_model)
+    monkeypatch.setattr(hosts.BoltzHost, "featurise", no_model)
+    real_find_spec = importlib.util.find_spec
+    absent = {"pytorch_lightning", "numba"}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in absent else real_find_spec(name, *a))
+    with pytest.raises(hosts.HostUnavailable) as e:
+        benchmark.run(bench_cfg(tmp_path, host="boltz"))
+    msg = str(e.value)
+    assert "pytorch_lightning (pip install --no-deps pytorch-lightning==2.6.6)" in msg
+    assert "numba (pip install --no-deps numba==0.68.0 llvmlite==0.50.0)" in msg
+    assert "torchmetrics" not in msg or real_find_spec("torchmetrics") is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert hosts.boltz_missing() == []
+    with pytest.raises(ValueError, match="model must be auto, tiny or checkpoint for host=boltz"):
+        benchmark.run(bench_cfg(tmp_path, host="boltz", model="base"))
+    with pytest.raises(ValueError, match="model=checkpoint .* give checkpoint="):
+        benchmark.run(bench_cfg(tmp_path, host="boltz", model="checkpoint"))
+    with pytest.raises(InputError, match="msa_dir= is not supported for host=boltz"):
+        benchmark.run(bench_cfg(tmp_path, host="boltz", msa_dir=str(tmp_path)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,3 +518,230 @@ def test_benchmark_cuda_graphs_option(tmp_path):
     assert graphed["vs_original"]["rmsd"] < 1e-4  # unpatched either way
     assert res["config"]["cuda_graphs"] is True
     assert "CUDA graphs of the diffusion step" in (tmp_path / "out" / "results.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# host=openfold3
+
+try:
+    import openfold3  # noqa: F401
+
+    OPENFOLD3_SKIP = None
+except Exception as e:  # noqa: BLE001
+    OPENFOLD3_SKIP = f"openfold3 cannot be imported ({type(e).__name__}: {e})"
+
+needs_openfold3 = pytest.mark.skipif(OPENFOLD3_SKIP is not None, reason=OPENFOLD3_SKIP or "")
+
+
+@needs_openfold3
+def test_openfold3_features_1crn(crn):
+    """OpenFold3's features of 1CRN: OpenFold3's per-residue atom lists (no OXT), its encodings
+    (restype over its 32 classes, elements as atomic number - 1 over 119, atom-name characters),
+    tokens <-> atoms consistent, the reference conformers rigid copies of the CCD's."""
+    from openfold3.core.data.resources.residues import STANDARD_RESIDUES_WITH_GAP_3
+    from openfold3.core.data.resources.token_atom_constants import (
+        TOKEN_NAME_TO_ATOM_NAMES,
+    )
+
+    from pairformer_fb.tools.featurize import openfold3_features
+
+    f, atoms = openfold3_features(crn, seed=3)
+    assert all(v.shape[0] == 1 for v in f.values())
+    f = {k: v[0] for k, v in f.items()}
+    three = [protein_1to3()[c] for c in CRN]
+    want_names = sum([list(TOKEN_NAME_TO_ATOM_NAMES[r]) for r in three], [])
+    assert [str(n) for n in atoms.atom_name] == want_names and "OXT" not in want_names
+    n_atom = len(want_names)
+    assert f["num_atoms_per_token"].tolist() == [len(TOKEN_NAME_TO_ATOM_NAMES[r]) for r in three]
+    assert f["start_atom_index"].tolist() == np.r_[0, np.cumsum(f["num_atoms_per_token"].numpy())[:-1]].tolist()
+    assert torch.equal(torch.bincount(f["atom_to_token_index"].long()), f["num_atoms_per_token"].long())
+    assert f["restype"].argmax(-1).tolist() == [STANDARD_RESIDUES_WITH_GAP_3.index(r) for r in three]
+    assert f["residue_index"].tolist() == list(range(1, 47)) and f["asym_id"].eq(1).all()
+    z = {"C": 6, "N": 7, "O": 8, "S": 16}
+    assert (f["ref_element"].argmax(-1) + 1).tolist() == [z[str(e)] for e in atoms.element]
+    names = ["".join(chr(int(i) + 32) for i in row).rstrip() for row in f["ref_atom_name_chars"].argmax(-1)]
+    assert names == want_names and f["ref_pos"].shape == (n_atom, 3)
+    assert f["msa"].shape == (1, 46, 32) and torch.equal(f["msa"][0], f["restype"])
+    assert f["template_pseudo_beta_mask"].eq(0).all()
+    ideal = np.asarray(build_atoms(crn, oxt=False).coord, dtype=np.float64)
+    ref = f["ref_pos"].double().numpy()
+
+    def d(x):
+        return np.linalg.norm(x[:, None] - x[None], axis=-1)
+
+    for t in (0, 20, 45):
+        sel = (f["atom_to_token_index"] == t).numpy()
+        assert np.allclose(d(ref[sel]), d(ideal[sel]), atol=1e-4) and np.allclose(ref[sel].mean(0), 0, atol=1e-4)
+
+
+@needs_openfold3
+def test_openfold3_benchmark_script_end_to_end(tmp_path):
+    """python scripts/benchmark.py host=openfold3: full inference of the tiny OpenFold3 on 1CRN in
+    the three variants: results.json's schema, the phases, the structures; exact agrees with
+    the original (the same seed: the same diffusion noise), the untrained lowrank does not."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "host=openfold3", "samples=[1crn]",
+           "variants=[original,exact,lowrank]", "warmup=0", "repeats=2", "rank=4", f"output_dir={out}",
+           "device=cpu"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "structure benchmark" in proc.stderr  # the progress bars
+
+    result = json.loads((out / "results.json").read_text())
+    assert "RANDOM weights" in result["note"] and "OpenFold3 features" in result["features"]
+    m = result["model"]
+    assert m["host"] == "openfold3" and m["preset"] == "tiny" and m["weights"] == "random"
+    assert m["num_recycles"] == 1 and m["diffusion_steps"] == 2 and m["kernels"]["triangle_attention"] == "torch"
+    recs = result["records"]
+    assert [r["variant"] for r in recs] == ["original", "exact", "lowrank"]
+    phases = ["input_embedding", "msa_module", "pairformer_trunk", "diffusion_sampling", "confidence_head", "other"]
+    for r in recs:
+        assert r["status"] == "ok" and r["sample"] == "1crn" and r["n_tokens"] == 46 and r["n_atoms"] == 326
+        assert list(r["times_s"]) == phases + ["total"]
+        assert all(r["times_s"][p] > 0 for p in phases[:5]), r["times_s"]
+        assert sum(r["times_s"][p] for p in phases) == pytest.approx(r["times_s"]["total"], rel=1e-6)
+        assert r["peak_memory_bytes"] == 0 and r["vs_reference"] is None
+        assert set(r["vs_original"]) >= {"rmsd", "lddt", "tm_score"}
+        assert (out / r["structure_path"]).is_file() and r["structure_path"].endswith(".cif")
+    ca = {r["variant"]: S.read_ca(out / r["structure_path"]) for r in recs}
+    assert ca["original"][1] == CRN and len(ca["original"][0]) == 46
+    scale = np.linalg.norm(ca["original"][0] - ca["original"][0].mean(0), axis=-1).mean()
+    orig, exact, low = (r["vs_original"] for r in recs)
+    assert orig["rmsd"] < 1e-5 * scale + 1e-3 and orig["tm_score"] == pytest.approx(1, abs=1e-6)
+    assert exact["rmsd"] < 1e-5 * scale + 1e-3 and exact["tm_score"] > 0.9999
+    assert low["rmsd"] > 100 * exact["rmsd"] and low["tm_score"] < 0.999
+    assert recs[1]["notes"]["patched_modules"] == recs[2]["notes"]["patched_modules"] > 0
+    assert set(recs[1]["notes"]["kinds"]) == {"triangle", "single", "diffusion", "atom"}
+    md = (out / "results.md").read_text()
+    assert md.count("| 1crn |") == 3 and "openfold3 preset `tiny`" in md and "OpenFold3 features" in md
+    assert (out / "time_vs_tokens.png").stat().st_size > 1000
+
+
+@needs_openfold3
+def test_openfold3_benchmark_writes_the_models_prediction(tmp_path, crn):
+    """checkpoint= an OpenFold3 checkpoint: the benchmark's written structure is the prediction
+    of that model, run by hand on the same features and seed (atoms in the features' order)."""
+    from pairformer_fb.tools import benchmark
+    from pairformer_fb.tools.featurize import openfold3_features
+    from pairformer_fb.tools.presets import build_openfold3, randomise_
+
+    model = randomise_(build_openfold3("tiny"), seed=11).eval()
+    path = tmp_path / "of3.ckpt"
+    torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()}}, path)
+    f, atoms = openfold3_features(crn, seed=0)
+    benchmark.seed_all(0)
+    with torch.no_grad():
+        _, out = model(dict(f))
+    want = out["atom_positions_predicted"][0, 0].numpy()
+
+    res = benchmark.run(bench_cfg(tmp_path, host="openfold3", samples=["1crn"], variants=["original", "exact"],
+                                  warmup=1, checkpoint=str(path), device="cpu", seed=0, raise_errors=True))
+    assert res["note"] is None and res["model"]["weights"] == "checkpoint"
+    orig, exact = res["records"]
+    got = S.read_ca(tmp_path / "out" / orig["structure_path"])[0]
+    assert np.abs(got - S.ca_coords(atoms, want)).max() < 2e-3 + 1e-5 * np.abs(want).max()
+    assert exact["vs_original"]["rmsd"] < 1e-5 * np.abs(want).max() + 1e-3
+    # a checkpoint of another architecture than model= is refused with the reason
+    with pytest.raises(ValueError, match="does not fit model=tiny"):
+        benchmark.run(bench_cfg(tmp_path, host="openfold3", samples=["1crn"], variants=["original"],
+                                checkpoint=str(path), overrides={"architecture.shared.c_z": 8}, device="cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# host=boltz
+
+try:
+    from pairformer_fb.tools.hosts import boltz_missing
+
+    BOLTZ_SKIP = "; ".join(boltz_missing()) or None
+except Exception as e:  # noqa: BLE001
+    BOLTZ_SKIP = f"{type(e).__name__}: {e}"
+
+needs_boltz = pytest.mark.skipif(BOLTZ_SKIP is not None, reason=f"full Boltz-2 cannot run: {BOLTZ_SKIP}")
+
+
+@needs_boltz
+def test_boltz_features_and_molecules(crn):
+    """Boltz-2's features of 1CRN through its own pipeline, with the canonical residues made
+    from biotite's CCD: Boltz's atoms per residue (const.ref_atoms), the atoms returned in the
+    features' order, the molecules' conformers the CCD ideal coordinates."""
+    from boltz.data import const
+    from rdkit import Chem
+
+    from pairformer_fb.tools.featurize import (
+        boltz_features,
+        boltz_molecules,
+        ccd_rdkit_mol,
+    )
+
+    mols, source = boltz_molecules(None)
+    assert "biotite" in source and set(mols) == set(const.canonical_tokens)
+    trp = ccd_rdkit_mol("TRP")
+    assert Chem.RemoveHs(trp, sanitize=False).GetNumAtoms() == 15  # 14 heavy + OXT
+    assert {a.GetProp("name") for a in trp.GetAtoms()} >= set(const.ref_atoms["TRP"])
+    assert str(Chem.FindMolChiralCenters(trp, useLegacyImplementation=False)) == "[(1, 'S')]"  # L-Trp Cα
+    f, atoms = boltz_features(crn, mols, seed=0)
+    three = [protein_1to3()[c] for c in CRN]
+    assert [str(n) for n in atoms.atom_name] == sum([list(const.ref_atoms[r]) for r in three], [])
+    n = atoms.array_length()
+    pad = f["atom_pad_mask"][0].bool()
+    assert int(pad.sum()) == n and pad[:n].all() and f["ref_pos"].shape[1] % 32 == 0
+    assert f["res_type"][0].argmax(-1).tolist() == [const.token_ids[r] for r in three]
+    assert torch.equal(f["atom_to_token"][0][:n].argmax(-1), torch.repeat_interleave(
+        torch.arange(46), torch.tensor([len(const.ref_atoms[r]) for r in three])))
+
+
+@needs_boltz
+def test_boltz_benchmark_end_to_end_and_checkpoint(tmp_path):
+    """host=boltz: full inference of a tiny Boltz-2 on 1CRN in the three variants (the script:
+    schema, phases, structures; exact agrees with the original, the untrained lowrank does
+    not); then checkpoint= a Lightning checkpoint with hyper_parameters: the written structure
+    is that model's prediction, run by hand on the same features and seed."""
+    from pairformer_fb.tools import benchmark
+    from pairformer_fb.tools.featurize import boltz_features, boltz_molecules
+    from pairformer_fb.tools.presets import BOLTZ2_TINY, build_boltz2, randomise_
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "host=boltz", "samples=[1crn]",
+           "variants=[original,exact,lowrank]", "warmup=0", "repeats=1", "rank=4", f"output_dir={out}", "device=cpu"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert "RANDOM weights" in result["note"] and "Boltz-2's own features" in result["features"]
+    m = result["model"]
+    assert m["host"] == "boltz" and m["preset"] == "tiny" and m["recycling_steps"] == 1 and m["diffusion_steps"] == 2
+    recs = result["records"]
+    phases = ["input_embedding", "msa_module", "pairformer_trunk", "diffusion_sampling", "confidence_head", "other"]
+    for r in recs:
+        assert r["status"] == "ok" and r["n_tokens"] == 46 and r["n_atoms"] == 326
+        assert list(r["times_s"]) == phases + ["total"] and all(r["times_s"][p] > 0 for p in phases[:5])
+        assert sum(r["times_s"][p] for p in phases) == pytest.approx(r["times_s"]["total"], rel=1e-6)
+        assert (out / r["structure_path"]).is_file()
+    ca = S.read_ca(out / recs[0]["structure_path"])
+    assert ca[1] == CRN
+    scale = np.linalg.norm(ca[0] - ca[0].mean(0), axis=-1).mean()
+    orig, exact, low = (r["vs_original"] for r in recs)
+    assert orig["rmsd"] < 1e-5 * scale + 1e-3 and exact["rmsd"] < 1e-5 * scale + 1e-3 and exact["tm_score"] > 0.9999
+    assert low["rmsd"] > 100 * exact["rmsd"] and low["tm_score"] < 0.999
+    assert recs[1]["notes"]["patched_modules"] == recs[2]["notes"]["patched_modules"] > 0
+
+    crn = read_samples(["1crn"])[0]
+    model = randomise_(build_boltz2(BOLTZ2_TINY), seed=11).eval()
+    path = tmp_path / "boltz2.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(BOLTZ2_TINY)}, path)
+    f, atoms = boltz_features(crn, boltz_molecules(None)[0], seed=0)
+    benchmark.seed_all(0)
+    with torch.no_grad():
+        o = model(dict(f), recycling_steps=1, num_sampling_steps=2, diffusion_samples=1, max_parallel_samples=1,
+                  run_confidence_sequentially=True)
+    want = o["sample_atom_coords"][0][f["atom_pad_mask"][0].bool()].numpy()
+    res = benchmark.run(bench_cfg(tmp_path, host="boltz", samples=["1crn"], variants=["original"], warmup=0,
+                                  checkpoint=str(path), device="cpu", seed=0, raise_errors=True,
+                                  overrides={"recycling_steps": 1, "sampling_steps": 2},
+                                  output_dir=str(tmp_path / "out2")))
+    assert res["model"]["preset"] == "checkpoint" and res["model"]["weights"] == "checkpoint"
+    assert res["model"]["recycling_steps"] == 1 and res["model"]["diffusion_steps"] == 2
+    got = S.read_ca(tmp_path / "out2" / res["records"][0]["structure_path"])[0]
+    assert np.abs(got - S.ca_coords(atoms, want)).max() < 2e-3 + 1e-5 * np.abs(want).max()

@@ -1,10 +1,13 @@
-"""Structure benchmark (the project's main job): full structure inference of a host model on
-sample proteins, unpatched and patched with FlashBias, timed per phase, with the agreement of
-the predicted structures. See configs/benchmark.yaml and scripts/benchmark.py.
+"""Structure benchmark (the project's main job): full structure inference of a host model
+(``host=``: protenix, openfold3, boltz; see tools/hosts.py) on sample proteins,
+unpatched and patched with FlashBias, timed per phase, with the agreement of the predicted
+structures. See configs/benchmark.yaml and scripts/benchmark.py. The host-specific parts
+(featurisation, model, forward, phases) are the host's :class:`hosts.StructureHost`; this module
+is the same for every host.
 
 For each sample: featurise (tools/featurize.py), then for each variant
 * ``original`` — the unpatched host with its best available kernels (on CUDA: cuEquivariance
-  when installed, else the host's torch path);
+  when installed, else the host's own accelerated or torch path);
 * ``exact`` — ``patch_model(mode="exact")``: the same function, FlashBias kernels;
 * ``lowrank`` — ``patch_model(mode="lowrank", rank=...)``: factor networks from a converted
   checkpoint, else untrained (random) ones, which the report says;
@@ -20,7 +23,8 @@ before every forward (the diffusion noise is the same in every variant, so ``ori
 ``exact`` differ only by rounding). The phases are timed by wrapping the host's methods
 (CUDA-synchronised): input embedding, MSA module, Pairformer trunk (recycling, template
 embedder and the trunk's Pairformer; input embedding and MSA module excluded), diffusion
-sampling, confidence head, and ``other`` (the rest of the forward: distogram head, summary).
+sampling, confidence head, and ``other`` (the rest of the forward: distogram head, summary);
+which host methods make which phase is the host's (tools/hosts.py).
 Then the structure of the first timed run is written (mmCIF) and compared with the original's
 and, if given, a reference structure (tools/structure.py).
 """
@@ -41,7 +45,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .featurize import InputError, Sample, protenix_features, read_samples
+from .featurize import InputError, Sample, read_samples
+from .hosts import PHASES, StructureHost, get_host
 from .structure import (
     TM_METHODS,
     agreement,
@@ -53,13 +58,6 @@ from .structure import (
 from .timing import environment, failure_status
 
 VARIANTS = ("original", "exact", "lowrank", "original_graphs")
-PHASES = ("input_embedding", "msa_module", "pairformer_trunk", "diffusion_sampling", "confidence_head", "other")
-HOSTS_NOT_YET = {
-    "boltz": "Boltz-2: patch_model's adapter exists (pairformer_fb/adapters/boltz.py), but the benchmark has "
-             "no Boltz featuriser / model builder yet",
-    "openfold3": "OpenFold3: patch_model's adapter exists (pairformer_fb/adapters/openfold3.py), but the benchmark "
-                 "has no OpenFold3 featuriser / model builder yet",
-}
 RANDOM_WEIGHTS_NOTE = ("no checkpoint: the model has the real architecture with RANDOM weights "
                        "(pairformer_fb.tools.presets.randomise_), so the structures are not meaningful "
                        "predictions; timings and the agreement between variants are")
@@ -94,12 +92,13 @@ def seed_all(seed: int) -> None:
 
 
 class PhaseTimer:
-    """Wall time of Protenix's inference phases, by wrapping the model's methods (instance
-    attributes shadowing the class's; ``remove`` restores them). On CUDA every time stamp is
-    taken after ``torch.cuda.synchronize()``."""
+    """Wall time of a host's inference phases, by wrapping the model's methods that the host
+    names (``StructureHost.phase_wraps``: instance attributes shadowing the class's; ``remove``
+    restores them). On CUDA every time stamp is taken after ``torch.cuda.synchronize()``."""
 
-    def __init__(self, model, device: torch.device):
+    def __init__(self, model, device: torch.device, host: StructureHost):
         self.model = model
+        self.host = host
         self.cuda = device.type == "cuda"
         self.spans: dict[str, float] = {}
         self.stamps: dict[str, float] = {}
@@ -126,12 +125,8 @@ class PhaseTimer:
         self._installed.append((owner, attr))
 
     def install(self) -> PhaseTimer:
-        m = self.model
-        self._wrap(m.input_embedder, "forward", "input_embedding")
-        self._wrap(m.msa_module, "forward", "msa_module")
-        self._wrap(m, "get_pairformer_output", "get_pairformer_output", stamp_end="trunk_end")
-        self._wrap(m, "sample_diffusion", "sample_diffusion", stamp_end="diffusion_end")
-        self._wrap(m, "run_confidence_head", "confidence_head")
+        for owner, attr, key, stamp in self.host.phase_wraps(self.model):
+            self._wrap(owner, attr, key, stamp)
         return self
 
     def remove(self) -> None:
@@ -146,12 +141,7 @@ class PhaseTimer:
         t0 = self.now()
         out = fn()
         total = self.now() - t0
-        s = self.spans
-        trunk = s["get_pairformer_output"] - s.get("input_embedding", 0.0) - s.get("msa_module", 0.0)
-        diffusion = self.stamps["diffusion_end"] - self.stamps["trunk_end"]  # caches + sampling
-        times = {"input_embedding": s.get("input_embedding", 0.0), "msa_module": s.get("msa_module", 0.0),
-                 "pairformer_trunk": trunk, "diffusion_sampling": diffusion,
-                 "confidence_head": s.get("confidence_head", 0.0)}
+        times = dict(self.host.phases(self.spans, self.stamps))
         times["other"] = max(total - sum(times.values()), 0.0)
         times["total"] = total
         return out, times
@@ -170,19 +160,6 @@ def resolve_device(name: str) -> torch.device:
     return d
 
 
-def best_protenix_kernels(device: torch.device) -> dict[str, str]:
-    """The host's fastest available triangle kernels: on CUDA cuEquivariance when its packages
-    import, else Protenix's bundled Triton triangle attention ("triattention") with its torch
-    triangle multiplication; on a CPU the torch path."""
-    if device.type != "cuda":
-        return {"triangle_attention": "torch", "triangle_multiplicative": "torch"}
-    import importlib.util
-
-    if all(importlib.util.find_spec(m) is not None for m in ("cuequivariance_torch", "cuequivariance_ops_torch")):
-        return {"triangle_attention": "cuequivariance", "triangle_multiplicative": "cuequivariance"}
-    return {"triangle_attention": "triattention", "triangle_multiplicative": "torch"}
-
-
 def read_host_checkpoint(path: str | None, host: str):
     """The checkpoint (tools.checkpoint.read_checkpoint), checked to be of ``host``."""
     if path is None:
@@ -197,38 +174,9 @@ def read_host_checkpoint(path: str | None, host: str):
     return ckpt
 
 
-def build_model(cfg, device: torch.device, ckpt):
-    """(Protenix model in eval mode on ``device``, its configs, model info for the report)."""
-    from .checkpoint import FACTOR_KEY_MARK
-    from .presets import build_protenix, randomise_
-
-    cpu = device.type == "cpu"
-    preset = cfg.model if cfg.model != "auto" else ("tiny" if cpu else "base")
-    if cfg.kernels == "auto":
-        kernels = best_protenix_kernels(device)
-    elif cfg.kernels in ("torch", "cuequivariance", "triattention", "deepspeed"):
-        kernels = {"triangle_attention": cfg.kernels,
-                   "triangle_multiplicative": cfg.kernels if cfg.kernels in ("torch", "cuequivariance") else "torch"}
-    else:
-        raise ValueError(f"kernels must be auto, torch, cuequivariance, triattention or deepspeed, got {cfg.kernels!r}")
-    overrides = {**kernels, **dict(cfg.get("overrides") or {})}
-    model, configs = build_protenix(preset, overrides, cpu=cpu)
-    info = {"host": "protenix", "preset": preset, "model_name": configs.model_name, "kernels": kernels,
-            "overrides": {k: v for k, v in overrides.items()}, "checkpoint": None, "weights": "random"}
-    if ckpt is None:
-        randomise_(model, seed=cfg.seed)
-    else:
-        host_sd = {k: v for k, v in ckpt.state_dict.items() if FACTOR_KEY_MARK not in k}
-        try:
-            model.load_state_dict(host_sd, strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"checkpoint={ckpt.path} does not fit model={preset} "
-                             f"({configs.model_name}): {str(e).splitlines()[0]} ...") from e
-        info.update(checkpoint=str(ckpt.path), weights="checkpoint",
-                    converted=ckpt.metadata is not None)
-    params = sum(p.numel() for p in model.parameters())
-    info["parameters"] = params
-    return model.to(device).eval(), configs, info
+def build_model(cfg, device: torch.device, ckpt, host: StructureHost | None = None):
+    """(host model in eval mode on ``device``, model info for the report): the host's builder."""
+    return (host or get_host(cfg.host)).build(cfg, device, ckpt)
 
 
 def patch_variant(model, variant: str, cfg, ckpt) -> dict:
@@ -288,13 +236,11 @@ def dtype_context(device: torch.device, dtype: str):
 # the benchmark
 
 
-def validate(cfg) -> tuple[list[Sample], Any, dict]:
-    """Everything checked before any model work: host, variants, samples, references, checkpoint."""
-    if cfg.host != "protenix":
-        if cfg.host in HOSTS_NOT_YET:
-            raise NotImplementedError(f"host={cfg.host}: not yet. {HOSTS_NOT_YET[cfg.host]}; "
-                                      "host=protenix is implemented")
-        raise ValueError(f"unknown host={cfg.host!r}; known: protenix (boltz, openfold3: not yet)")
+def validate(cfg) -> tuple[StructureHost, list[Sample], Any, dict]:
+    """Everything checked before any model work: host (and its prerequisites), variants,
+    samples, references, checkpoint."""
+    host = get_host(cfg.host)
+    host.check(cfg)
     variants = list(cfg.variants)
     bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants or len(set(variants)) != len(variants):
@@ -321,35 +267,36 @@ def validate(cfg) -> tuple[list[Sample], Any, dict]:
     if cfg.msa_dir and not Path(cfg.msa_dir).is_dir():
         raise InputError(f"msa_dir={cfg.msa_dir!r} is not a folder")
     ckpt = read_host_checkpoint(cfg.checkpoint, cfg.host)
-    return samples, ckpt, refs
+    return host, samples, ckpt, refs
 
 
 def run(cfg) -> dict:
-    samples, ckpt, refs = validate(cfg)
+    host, samples, ckpt, refs = validate(cfg)
     device = resolve_device(cfg.device)
     out = Path(cfg.output_dir)
     (out / "structures").mkdir(parents=True, exist_ok=True)
 
     features = {}
     for s in tqdm(samples, desc="featurise", unit="sample"):
-        features[s.name] = protenix_features(s, msa_dir=cfg.msa_dir, seed=cfg.seed)
-    model, _, model_info = build_model(cfg, device, ckpt)
+        features[s.name] = host.featurise(s, cfg)
+    model, model_info = build_model(cfg, device, ckpt, host)
     autocast, dtype = dtype_context(device, cfg.dtype)
     env = environment(device) | {"dtype": dtype}
     notes = []
     if ckpt is None:
         notes.append(RANDOM_WEIGHTS_NOTE)
     result = {"note": " | ".join(notes) or None, "environment": env, "model": model_info,
+              "features": host.features_note,
               "config": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in _plain(cfg).items()},
               "phases": list(PHASES), "records": []}
     records: list[Record] = []
-    timer = PhaseTimer(model, device).install()
+    timer = PhaseTimer(model, device, host).install()
     jobs = [(s, v) for s in samples for v in cfg.variants]
     bar = tqdm(jobs, desc="structure benchmark", unit="run")
     try:
         for sample, variant in bar:
             bar.set_postfix_str(f"{sample.name} {variant}")
-            records.append(_run_one(model, timer, sample, variant, features[sample.name], cfg, ckpt,
+            records.append(_run_one(host, model, timer, sample, variant, features[sample.name], cfg, ckpt,
                                     device, autocast, out, refs))
             _agreement(records, sample, refs, cfg.tm_method)
             result["records"] = [asdict(r) for r in records]
@@ -371,7 +318,7 @@ def _plain(cfg) -> dict:
         return dict(cfg)
 
 
-def _run_one(model, timer, sample, variant, feats_atoms, cfg, ckpt, device, autocast, out, refs) -> Record:
+def _run_one(host, model, timer, sample, variant, feats_atoms, cfg, ckpt, device, autocast, out, refs) -> Record:
     import pairformer_fb as fb
 
     feats, atoms = feats_atoms
@@ -386,8 +333,7 @@ def _run_one(model, timer, sample, variant, feats_atoms, cfg, ckpt, device, auto
         def forward():
             seed_all(cfg.seed)
             with torch.no_grad(), autocast:
-                pred, _, _ = model(dict(feats_dev), None, None, mode="inference")
-            return pred
+                return host.predict(model, feats_dev)
 
         for _ in range(cfg.warmup):
             forward()
@@ -396,12 +342,12 @@ def _run_one(model, timer, sample, variant, feats_atoms, cfg, ckpt, device, auto
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats(device)
-            pred, times = timer.run(forward)
+            xyz, times = timer.run(forward)
             runs.append(times)
             if device.type == "cuda":
                 rec.peak_memory_bytes = max(rec.peak_memory_bytes, int(torch.cuda.max_memory_allocated(device)))
             if coords is None:
-                coords = pred["coordinate"][0].float().cpu().numpy()
+                coords = xyz.float().cpu().numpy()
         rec.times_s = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         if graphs is not None:
             rec.notes["cuda_graphs"] = graphs.stats
@@ -469,6 +415,8 @@ def markdown(result: dict) -> str:
              " · ".join(f"{k}: {v}" for k, v in env.items()), "",
              f"Model: {m['host']} preset `{m['preset']}` ({m['model_name']}, {m['parameters']:,} parameters), "
              f"weights: {m['weights']}, host kernels of `original`: {m['kernels']['triangle_attention']}.", ""]
+    if result.get("features"):
+        lines += [f"Features: {result['features']}.", ""]
     if result.get("note"):
         lines += [f"**Note:** {result['note']}.", ""]
     lines += ["Times in seconds (median of the timed runs, warm-up excluded). Agreement with the unpatched "

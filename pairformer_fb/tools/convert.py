@@ -119,13 +119,13 @@ def build_model(host: str, preset: str | None, ckpt: HostCheckpoint | None = Non
                 overrides: Mapping[str, Any] | None = None) -> tuple[nn.Module, str]:
     """The host model of ``preset`` (None: the host's default in ``presets.DEFAULT_PRESETS``) and
     the name of the preset used. Protenix gets the fastest triangle kernels installed for its
-    unpatched modules (``benchmark.best_protenix_kernels``: its default, cuEquivariance, is not
+    unpatched modules (``hosts.best_protenix_kernels``: its default, cuEquivariance, is not
     always installed), and ``overrides`` (more Protenix settings) last."""
     from . import presets
 
     preset = preset or DEFAULT_PRESETS[host]
     if host == "protenix":
-        from .benchmark import best_protenix_kernels
+        from .hosts import best_protenix_kernels
 
         cuda = torch.cuda.is_available()
         settings = {**best_protenix_kernels(torch.device("cuda" if cuda else "cpu")), **dict(overrides or {})}

@@ -181,9 +181,10 @@ def residue_atoms(res_name: str, *, c_terminal: bool):
     return res[keep]
 
 
-def build_atoms(sample: Sample):
+def build_atoms(sample: Sample, *, oxt: bool = True):
     """The sample's atoms as one biotite AtomArray (chain_id, res_id 1-based, res_name,
-    atom_name, element, charge; coord = the CCD ideal coordinates, per residue)."""
+    atom_name, element, charge; coord = the CCD ideal coordinates, per residue). ``oxt``: keep
+    the C-terminal OXT of each chain (Protenix's atoms; OpenFold3's have no OXT)."""
     import biotite.structure as struc
 
     one_to_three = protein_1to3()
@@ -191,7 +192,7 @@ def build_atoms(sample: Sample):
     for chain in sample.chains:
         n = len(chain.sequence)
         for i, letter in enumerate(chain.sequence):
-            res = residue_atoms(one_to_three[letter], c_terminal=i == n - 1).copy()
+            res = residue_atoms(one_to_three[letter], c_terminal=oxt and i == n - 1).copy()
             res.chain_id[:] = chain.chain_id
             res.res_id[:] = i + 1
             res.hetero[:] = False
@@ -282,18 +283,21 @@ def atom_name_chars(names: Sequence[str]) -> torch.Tensor:
     return torch.nn.functional.one_hot(idx, 64).float()
 
 
-def protenix_features(sample: Sample, *, msa_dir: str | os.PathLike | None = None, seed: int = 0,
-                      rotate_ref: bool = True):
-    """Protenix's inference features of ``sample`` (unbatched, CPU tensors) and the sample's
-    atoms (a biotite AtomArray in the features' atom order, for writing the prediction).
+@dataclass
+class _Tokens:
+    """Token-level ids (one token per residue, in chain order) and the atom -> token map."""
 
-    ``seed`` seeds the per-residue random rotation of the reference conformers
-    (``rotate_ref=False``: centred only)."""
-    restypes, res_atoms, elements, msa_aa_to_id = _host_constants()
-    atoms = build_atoms(sample)
-    n_atom = atoms.array_length()
+    chain: list[int]
+    entity: list[int]
+    sym: list[int]
+    res: list[int]  # 1-based per chain
+    name: list[str]  # CCD code
+    starts: np.ndarray  # first atom of each token
+    atom_to_token: np.ndarray
+    atom_chain: np.ndarray
 
-    # tokens: one per residue, in chain order
+
+def _tokens(sample: Sample, atoms) -> _Tokens:
     tok_chain, tok_entity, tok_sym, tok_res, tok_name = [], [], [], [], []
     copies: dict[int, int] = {}
     one_to_three = protein_1to3()
@@ -307,23 +311,74 @@ def protenix_features(sample: Sample, *, msa_dir: str | os.PathLike | None = Non
             tok_sym.append(sym)
             tok_res.append(i + 1)
             tok_name.append(one_to_three[letter])
-    n_tok = len(tok_name)
-    restype_idx = torch.tensor([restypes[r] for r in tok_name])
-
     # atom -> token: residues are contiguous runs of atoms
+    n_atom = atoms.array_length()
     chain_index = {c.chain_id: i for i, c in enumerate(sample.chains)}
     atom_chain = np.array([chain_index[c] for c in atoms.chain_id])
     res_key = atom_chain * (1 << 20) + atoms.res_id
     starts = np.flatnonzero(np.r_[True, res_key[1:] != res_key[:-1]])
     atom_to_token = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n_atom]))
-    assert len(starts) == n_tok
+    assert len(starts) == len(tok_name)
+    return _Tokens(tok_chain, tok_entity, tok_sym, tok_res, tok_name, starts, atom_to_token, atom_chain)
 
-    # reference conformers: CCD ideal coordinates, centred (and rotated) per residue
+
+def _reference_positions(atoms, starts: np.ndarray, seed: int, rotate: bool) -> np.ndarray:
+    """The reference conformers: CCD ideal coordinates, centred (and randomly rotated, seeded)
+    per residue."""
+    n_atom = atoms.array_length()
     ref_pos = np.asarray(atoms.coord, dtype=np.float64).copy()
-    rot = _random_rotations(n_tok, seed) if rotate_ref else None
+    rot = _random_rotations(len(starts), seed) if rotate else None
     for t, (a, b) in enumerate(zip(starts, np.r_[starts[1:], n_atom])):
         x = ref_pos[a:b] - ref_pos[a:b].mean(0)
         ref_pos[a:b] = x @ rot[t].T if rot is not None else x
+    return ref_pos
+
+
+def _msa(sample: Sample, msa_dir, restype_ids: Mapping[str, int], aa_to_id: Mapping[str, int], gap: int,
+         n_classes: int):
+    """Per chain (block-diagonal, unpaired), the query alone by default: (msa ids [n_msa, n_tok],
+    deletion counts, profile [n_tok, n_classes], deletion mean [n_tok], rows of the deepest chain)."""
+    one_to_three = protein_1to3()
+    chain_rows, chain_dels, chain_profile = [], [], []
+    for chain in sample.chains:
+        query_ids = np.array([restype_ids[one_to_three[c]] for c in chain.sequence])
+        p = msa_path(sample, sample.entities.index(chain.sequence), msa_dir)
+        if p is None:
+            rows, dels = query_ids[None], np.zeros((1, len(query_ids)), dtype=np.int64)
+        else:
+            rows, dels = _a3m_rows(p, chain.sequence, aa_to_id)
+        chain_rows.append(rows)
+        chain_dels.append(dels)
+        chain_profile.append(np.stack([(rows == k).mean(0) for k in range(n_classes)], -1))
+    n_tok = sum(r.shape[1] for r in chain_rows)
+    n_msa = max(r.shape[0] for r in chain_rows)
+    msa = np.full((n_msa, n_tok), gap, dtype=np.int64)
+    deletions = np.zeros((n_msa, n_tok), dtype=np.float64)
+    col = 0
+    for rows, dels in zip(chain_rows, chain_dels):
+        msa[: rows.shape[0], col: col + rows.shape[1]] = rows
+        deletions[: rows.shape[0], col: col + rows.shape[1]] = dels
+        col += rows.shape[1]
+    profile = np.concatenate(chain_profile, 0)
+    deletion_mean = np.concatenate([d.mean(0) for d in chain_dels])
+    return msa, deletions, profile, deletion_mean, n_msa
+
+
+def protenix_features(sample: Sample, *, msa_dir: str | os.PathLike | None = None, seed: int = 0,
+                      rotate_ref: bool = True):
+    """Protenix's inference features of ``sample`` (unbatched, CPU tensors) and the sample's
+    atoms (a biotite AtomArray in the features' atom order, for writing the prediction).
+
+    ``seed`` seeds the per-residue random rotation of the reference conformers
+    (``rotate_ref=False``: centred only)."""
+    restypes, res_atoms, elements, msa_aa_to_id = _host_constants()
+    atoms = build_atoms(sample)
+    n_atom = atoms.array_length()
+    tk = _tokens(sample, atoms)
+    n_tok = len(tk.name)
+    restype_idx = torch.tensor([restypes[r] for r in tk.name])
+    atom_to_token, atom_chain = tk.atom_to_token, tk.atom_chain
+    ref_pos = _reference_positions(atoms, tk.starts, seed, rotate_ref)
 
     names = [str(n) for n in atoms.atom_name]
     elems = [str(e).upper() for e in atoms.element]
@@ -333,34 +388,14 @@ def protenix_features(sample: Sample, *, msa_dir: str | os.PathLike | None = Non
     cb = np.asarray(atoms.atom_name) == "CB"
     mol_atom_index = np.concatenate([np.arange((atom_chain == c).sum()) for c in range(len(sample.chains))])
 
-    # MSA: per chain (block-diagonal, unpaired), the query alone by default
-    chain_rows, chain_dels, chain_profile = [], [], []
-    for chain in sample.chains:
-        query_ids = np.array([restypes[one_to_three[c]] for c in chain.sequence])
-        p = msa_path(sample, sample.entities.index(chain.sequence), msa_dir)
-        if p is None:
-            rows, dels = query_ids[None], np.zeros((1, len(query_ids)), dtype=np.int64)
-        else:
-            rows, dels = _a3m_rows(p, chain.sequence, msa_aa_to_id)
-        chain_rows.append(rows)
-        chain_dels.append(dels)
-        chain_profile.append(np.stack([(rows == k).mean(0) for k in range(len(restypes))], -1))
-    gap = restypes["-"]
-    n_msa = max(r.shape[0] for r in chain_rows)
-    msa = np.full((n_msa, n_tok), gap, dtype=np.int64)
-    deletions = np.zeros((n_msa, n_tok), dtype=np.float64)
-    col = 0
-    for rows, dels in zip(chain_rows, chain_dels):
-        msa[: rows.shape[0], col: col + rows.shape[1]] = rows
-        deletions[: rows.shape[0], col: col + rows.shape[1]] = dels
-        col += rows.shape[1]
-    n_rows_prot = max(r.shape[0] for r in chain_rows)
+    msa, deletions, profile, deletion_mean, n_rows_prot = _msa(
+        sample, msa_dir, restypes, msa_aa_to_id, restypes["-"], len(restypes))
 
     t = torch.tensor
     f = {
         # tokens
-        "token_index": torch.arange(n_tok), "residue_index": t(tok_res), "asym_id": t(tok_chain),
-        "entity_id": t(tok_entity), "sym_id": t(tok_sym),
+        "token_index": torch.arange(n_tok), "residue_index": t(tk.res), "asym_id": t(tk.chain),
+        "entity_id": t(tk.entity), "sym_id": t(tk.sym),
         "restype": torch.nn.functional.one_hot(restype_idx, len(restypes)).float(),
         "token_bonds": torch.zeros(n_tok, n_tok),  # polymer-polymer bonds of standard residues are not token bonds
         "has_frame": torch.ones(n_tok, dtype=torch.long),  # N, CA, C of every standard residue
@@ -383,9 +418,217 @@ def protenix_features(sample: Sample, *, msa_dir: str | os.PathLike | None = Non
         # MSA
         "msa": torch.from_numpy(msa), "has_deletion": torch.from_numpy(np.clip(deletions, 0, 1)).float(),
         "deletion_value": torch.from_numpy(np.arctan(deletions / 3.0) * 2 / np.pi).float(),
-        "profile": torch.from_numpy(np.concatenate(chain_profile, 0)).float(),
-        "deletion_mean": torch.from_numpy(np.concatenate([d.mean(0) for d in chain_dels])).float(),
+        "profile": torch.from_numpy(profile).float(),
+        "deletion_mean": torch.from_numpy(deletion_mean).float(),
         "prot_pair_num_alignments": t(1), "prot_unpair_num_alignments": t(n_rows_prot),
         "rna_pair_num_alignments": t(1), "rna_unpair_num_alignments": t(1),
     }
     return f, atoms
+
+
+def _openfold3_constants():
+    try:
+        from openfold3.core.data.resources.residues import STANDARD_RESIDUES_WITH_GAP_3
+        from openfold3.core.data.resources.token_atom_constants import (
+            TOKEN_NAME_TO_ATOM_NAMES,
+        )
+    except Exception as e:  # noqa: BLE001
+        raise ImportError(f"openfold3 cannot be imported ({type(e).__name__}: {e}); "
+                          "install it with `make install`") from e
+    return list(STANDARD_RESIDUES_WITH_GAP_3), TOKEN_NAME_TO_ATOM_NAMES
+
+
+def openfold3_features(sample: Sample, *, msa_dir: str | os.PathLike | None = None, seed: int = 0,
+                       rotate_ref: bool = True):
+    """OpenFold3's inference features of ``sample`` (a batch of one, CPU tensors) and the
+    sample's atoms (a biotite AtomArray in the features' atom order), built offline the way
+    OpenFold3 0.5.0's featurisers (``core/data/pipelines/featurization/{structure,conformer,
+    msa,template}.py``) encode them, from the same CCD atoms as ``protenix_features``:
+
+    * tokens: ``restype`` one-hot over ``STANDARD_RESIDUES_WITH_GAP_3`` (32, int32);
+      ``residue_index`` 1-based per chain, ``asym_id`` / ``entity_id`` / ``sym_id`` 1-based.
+    * atoms: each residue's heavy atoms in OpenFold3's ``TOKEN_NAME_TO_ATOM_NAMES`` order (the
+      CCD order without OXT: checked here); ``ref_pos`` the CCD ideal coordinates centred and
+      randomly rotated per residue (seeded; OpenFold3 prefers an RDKit conformer of its CCD
+      cache, a download); ``ref_element`` one-hot of atomic number - 1 (119);
+      ``ref_atom_name_chars`` 4 x one-hot(ord(c) - 32, 64); ``ref_space_uid`` one per residue.
+    * MSA: the query alone (or the A3M rows of ``msa_dir``, unpaired, as for Protenix);
+      ``num_paired_seqs`` 0.
+    * templates: none: one template slot, all masks 0 (residue type gap).
+    """
+    restypes, atom_names = _openfold3_constants()
+    rt_index = {r: i for i, r in enumerate(restypes)}
+    atoms = build_atoms(sample, oxt=False)
+    n_atom = atoms.array_length()
+    tk = _tokens(sample, atoms)
+    n_tok = len(tk.name)
+    for t_i, (a, b) in enumerate(zip(tk.starts, np.r_[tk.starts[1:], n_atom])):
+        got = [str(n) for n in atoms.atom_name[a:b]]
+        if got != list(atom_names[tk.name[t_i]]):
+            raise InputError(f"{sample.name}: residue {tk.name[t_i]}'s CCD atoms {got} are not OpenFold3's "
+                             f"{list(atom_names[tk.name[t_i]])}")
+    ref_pos = _reference_positions(atoms, tk.starts, seed, rotate_ref)
+    one_to_three = protein_1to3()
+    aa_to_id = {k: rt_index[v] for k, v in one_to_three.items()} | {"X": rt_index["UNK"], "-": rt_index["GAP"]}
+    msa, deletions, profile, deletion_mean, _ = _msa(sample, msa_dir, rt_index, aa_to_id, rt_index["GAP"],
+                                                     len(restypes))
+    n_msa = msa.shape[0]
+    restype_idx = torch.tensor([rt_index[r] for r in tk.name])
+    n_per_tok = np.diff(np.r_[tk.starts, n_atom])
+    numbers = [_atomic_number(str(e)) for e in atoms.element]
+    names = [str(n) for n in atoms.atom_name]
+    oh = torch.nn.functional.one_hot
+    i32 = torch.int32
+    t = torch.tensor
+    n_templ = 1
+    f = {
+        "residue_index": t(tk.res, dtype=i32), "token_index": torch.arange(n_tok, dtype=i32),
+        "asym_id": t(tk.chain, dtype=i32) + 1, "entity_id": t(tk.entity, dtype=i32) + 1,
+        "sym_id": t(tk.sym, dtype=i32) + 1, "restype": oh(restype_idx, len(restypes)).to(i32),
+        "is_protein": torch.ones(n_tok, dtype=i32), "is_dna": torch.zeros(n_tok, dtype=i32),
+        "is_rna": torch.zeros(n_tok, dtype=i32), "is_ligand": torch.zeros(n_tok, dtype=i32),
+        "is_atomized": torch.zeros(n_tok, dtype=i32),
+        "ref_pos": torch.from_numpy(ref_pos).float(), "ref_mask": torch.ones(n_atom, dtype=i32),
+        "ref_element": oh(t([z - 1 for z in numbers]), 119).to(i32),
+        "ref_charge": torch.from_numpy(np.asarray(atoms.charge, dtype=np.float32)),
+        "ref_atom_name_chars": atom_name_chars(names).to(i32),
+        "ref_space_uid": torch.from_numpy(tk.atom_to_token.astype(np.int32)),
+        "msa": oh(torch.from_numpy(msa), len(restypes)).to(i32),
+        "has_deletion": torch.from_numpy((deletions != 0).astype(np.float32)),
+        "deletion_value": torch.from_numpy(np.arctan(deletions / 3.0) * 2 / np.pi).float(),
+        "profile": torch.from_numpy(profile).float(), "deletion_mean": torch.from_numpy(deletion_mean).float(),
+        "msa_mask": torch.ones(n_msa, n_tok), "num_paired_seqs": t(0),
+        "template_restype": oh(torch.full((n_templ, n_tok), rt_index["GAP"]), len(restypes)).to(i32),
+        "template_pseudo_beta_mask": torch.zeros(n_templ, n_tok),
+        "template_backbone_frame_mask": torch.zeros(n_templ, n_tok),
+        "template_distogram": torch.zeros(n_templ, n_tok, n_tok, 39),
+        "template_unit_vector": torch.zeros(n_templ, n_tok, n_tok, 3),
+        "token_bonds": torch.zeros(n_tok, n_tok, dtype=i32),
+        "token_mask": torch.ones(n_tok), "atom_mask": torch.ones(n_atom),
+        "cyclic_mask": torch.zeros(n_tok, dtype=torch.bool),
+        "start_atom_index": torch.from_numpy(tk.starts.astype(np.int32)),
+        "num_atoms_per_token": torch.from_numpy(n_per_tok.astype(np.int32)),
+        "atom_to_token_index": torch.from_numpy(tk.atom_to_token.astype(np.int32)),
+    }
+    return {k: v.unsqueeze(0) for k, v in f.items()}, atoms
+
+
+def _atomic_number(element: str) -> int:
+    from rdkit.Chem import GetPeriodicTable  # OpenFold3's own element table
+
+    return int(GetPeriodicTable().GetAtomicNumber(element.capitalize()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Boltz-2
+
+# biotite BondType -> bond order (its aromatic kinds carry the Kekulé order)
+_BOND_ORDER = {1: 1, 2: 2, 3: 3, 5: 1, 6: 2, 7: 3}
+
+
+def ccd_rdkit_mol(code: str):
+    """The CCD residue ``code`` as an RDKit molecule the way Boltz's ``mols/`` data hold it: every
+    atom (hydrogens included) with its CCD name (atom property ``name``), formal charge and
+    ``leaving_atom`` flag, the CCD bonds, one conformer ``Ideal`` (the CCD ideal coordinates)
+    and the stereo tags from it. Made from biotite's shipped CCD (no download)."""
+    import biotite.structure.info as info
+    from rdkit import Chem
+    from rdkit.Geometry import Point3D
+
+    res = info.residue(code)
+    orders = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
+    rw = Chem.RWMol()
+    for i in range(res.array_length()):
+        a = Chem.Atom(str(res.element[i]).capitalize())
+        a.SetFormalCharge(int(res.charge[i]))
+        a.SetProp("name", str(res.atom_name[i]))
+        a.SetProp("leaving_atom", "1" if str(res.atom_name[i]) in ("OXT", "HXT", "H2") else "0")
+        a.SetNoImplicit(True)
+        rw.AddAtom(a)
+    for i, j, t in res.bonds.as_array():
+        rw.AddBond(int(i), int(j), orders[_BOND_ORDER.get(int(t), 1)])
+    conf = Chem.Conformer(res.array_length())
+    for i, xyz in enumerate(res.coord):
+        conf.SetAtomPosition(i, Point3D(*map(float, xyz)))
+    conf.SetProp("name", "Ideal")
+    mol = rw.GetMol()
+    mol.UpdatePropertyCache(strict=False)
+    cid = mol.AddConformer(conf, assignId=True)
+    Chem.AssignStereochemistryFrom3D(mol, confId=cid)
+    return mol
+
+
+def boltz_molecules(mols_dir: str | os.PathLike | None = None) -> tuple[dict, str]:
+    """Boltz's canonical residue molecules (``boltz.data.const.canonical_tokens``) and where they
+    come from: Boltz's own CCD data ``mols_dir`` when it holds them, else made from biotite's CCD
+    (:func:`ccd_rdkit_mol`)."""
+    from boltz.data import const
+
+    if mols_dir is not None and (Path(mols_dir) / "ALA.pkl").is_file():
+        from boltz.data.mol import load_canonicals
+
+        return load_canonicals(str(mols_dir)), f"Boltz's CCD molecule data {mols_dir}"
+    return {c: ccd_rdkit_mol(c) for c in const.canonical_tokens}, "canonical residues made from biotite's CCD"
+
+
+def boltz_features(sample: Sample, molecules: Mapping, *, seed: int = 0):
+    """Boltz-2's inference features of ``sample`` (a batch of one) and the atoms the model
+    predicts (a biotite AtomArray in the features' atom order), through Boltz's own pipeline as
+    ``boltz predict`` runs it (``parse_boltz_schema`` -> ``Boltz2Tokenizer`` ->
+    ``Boltz2Featurizer.process`` with the inference settings of ``boltz.data.module.inferencev2``),
+    in single-sequence mode (``msa: empty``), no templates. Boltz groups chains of the same
+    sequence into one entity, in order of first appearance; the atoms follow its chain order."""
+    import contextlib
+    import io
+
+    import biotite.structure as struc
+    from boltz.data import const
+    from boltz.data.feature.featurizerv2 import Boltz2Featurizer
+    from boltz.data.parse.schema import parse_boltz_schema
+    from boltz.data.tokenize.boltz2 import Boltz2Tokenizer
+    from boltz.data.types import Input
+
+    groups: dict[str, list[str]] = {}
+    for c in sample.chains:
+        groups.setdefault(c.sequence, []).append(c.chain_id)
+    schema = {"version": 1, "sequences": [{"protein": {"id": ids, "sequence": seq, "msa": "empty"}}
+                                          for seq, ids in groups.items()]}
+    with contextlib.redirect_stdout(io.StringIO()):  # its single-sequence-mode notice
+        target = parse_boltz_schema(sample.name, schema, ccd=dict(molecules), mol_dir=None, boltz_2=True)
+    inp = Input(target.structure, {}, record=target.record, residue_constraints=target.residue_constraints,
+                templates=None, extra_mols=target.extra_mols)
+    tokenized = Boltz2Tokenizer().tokenize(inp)
+    # the featuriser rotates each residue's reference conformer with torch's global RNG
+    # (center_random_augmentation): seeded here, the caller's RNG state left as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        feats = Boltz2Featurizer().process(
+            tokenized, molecules=dict(molecules), random=np.random.default_rng(seed), training=False,
+            max_atoms=None, max_tokens=None, max_seqs=const.max_msa_seqs, pad_to_max_seqs=False,
+            single_sequence_prop=0.0, compute_frames=True, inference_pocket_constraints=None,
+            inference_contact_constraints=None, compute_constraint_features=True, override_method=None,
+            compute_affinity=False)
+
+    # the atoms, from Boltz's structure (chains, residues, atom names in its order)
+    s = target.structure
+    elements = {}
+    one = []
+    for ch in s.chains:
+        for r in s.residues[ch["res_idx"]: ch["res_idx"] + ch["res_num"]]:
+            name = str(r["name"])
+            if name not in elements:
+                ccd = residue_atoms(name, c_terminal=True)
+                elements[name] = dict(zip(ccd.atom_name, ccd.element))
+            for a in s.atoms[r["atom_idx"]: r["atom_idx"] + r["atom_num"]]:
+                one.append((str(ch["name"]), int(r["res_idx"]) + 1, name, str(a["name"]), elements[name][str(a["name"])]))
+    atoms = struc.AtomArray(len(one))
+    atoms.chain_id = np.array([x[0] for x in one])
+    atoms.res_id = np.array([x[1] for x in one])
+    atoms.res_name = np.array([x[2] for x in one])
+    atoms.atom_name = np.array([x[3] for x in one])
+    atoms.element = np.array([x[4] for x in one])
+    n_real = int(feats["atom_pad_mask"].sum())
+    if n_real != len(one):
+        raise InputError(f"{sample.name}: Boltz's features hold {n_real} atoms, its structure {len(one)}")
+    batch = {k: (v.unsqueeze(0) if torch.is_tensor(v) else v) for k, v in feats.items()}
+    return batch, atoms
