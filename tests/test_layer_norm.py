@@ -53,3 +53,41 @@ def test_output_in_the_matmul_dtype_rounds_the_fp32_result_once():
     dx = torch.autograd.grad(y, x, cot.to(torch.bfloat16))[0]
     assert dx.dtype == torch.float32
     assert rel_err(dx, torch.autograd.grad(ref, x, cot.to(torch.bfloat16).float())[0]) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_input_with_fp32_parameters(dtype):
+    """A bf16 / fp16 x with the host's fp32 parameters (a pair rep inside an autocast trunk):
+    normalised and scaled in fp32, written in x's dtype; gradients against torch's fp32 layer
+    norm of the same x (x's gradient in x's dtype, the parameters' in fp32)."""
+    g = torch.Generator().manual_seed(2)
+    norm = torch.nn.LayerNorm(40).to(DEVICE)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(40, generator=g))
+        norm.bias.copy_(torch.randn(40, generator=g))
+    x = (torch.randn(3, 6, 40, generator=g) * 2 + 1).to(DEVICE, dtype).requires_grad_(True)
+    y = _TritonLayerNorm.apply(x, norm.weight, norm.bias, norm.eps, dtype)
+    x32 = x.detach().float().requires_grad_(True)
+    ref = norm(x32)
+    assert y.dtype == dtype and rel_err(y.float(), ref) < 1e-2
+    if DEVICE == "cuda" or dtype == torch.float16:  # (Triton's CPU interpreter truncates to bf16)
+        assert torch.equal(y, ref.to(dtype))  # one rounding of the fp32 result
+    cot = torch.randn(3, 6, 40, generator=g).to(DEVICE)
+    dx, dw, db = torch.autograd.grad(y, [x, norm.weight, norm.bias], cot.to(dtype))
+    rx, rw, rb = torch.autograd.grad(ref, [x32, norm.weight, norm.bias], cot.to(dtype).float())
+    assert dx.dtype == dtype and dw.dtype == db.dtype == torch.float32
+    assert rel_err(dx.float(), rx) < 1e-2 and rel_err(dw, rw) < 1e-4 and rel_err(db, rb) < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the dispatch to Triton is CUDA-only")
+def test_dispatch_output_dtypes_follow_torch():
+    """layer_norm()'s output dtype is torch's: x's without autocast, fp32 under autocast (the
+    autocast dtype with for_matmul), also for a bf16 x with fp32 parameters."""
+    norm = torch.nn.LayerNorm(64).cuda()
+    for x in (torch.randn(8, 64, device="cuda"), torch.randn(8, 64, device="cuda", dtype=torch.bfloat16)):
+        assert layer_norm(x, norm).dtype == x.dtype
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            ref = norm(x)
+            assert layer_norm(x, norm).dtype == ref.dtype == torch.float32
+            y = layer_norm(x, norm, for_matmul=True)
+            assert y.dtype == torch.bfloat16 and torch.equal(y, ref.to(torch.bfloat16))

@@ -115,6 +115,7 @@ TRIANGLE_CASES = {
 def test_triangle_exact_matches_the_algorithm(convention, case):
     batch, n, mask_kind, chunk = TRIANGLE_CASES[case]
     module = triangle(convention)
+    module.chunk_budget_bytes = 0  # chunk_size exactly
     z, mask = randn(*batch, n, n, TRI["c_z"]), pair_mask(mask_kind, batch, n)
     out = module(z, mask, chunk_size=chunk)
     assert out.shape == z.shape and out.dtype == z.dtype
@@ -127,6 +128,7 @@ def test_triangle_exact_gradients_match_the_algorithm(convention):
     z = randn(2, 6, 6, TRI["c_z"], seed=1).requires_grad_()
     mask = pair_mask("random", (2,), 6)
     cot = randn(2, 6, 6, TRI["c_z"], seed=2)
+    module.chunk_budget_bytes = 0  # chunk_size exactly
     out = module(z, mask, chunk_size=4)
     params = dict(module.named_parameters())
     got = torch.autograd.grad(out, [z, *params.values()], cot)
@@ -160,6 +162,7 @@ def test_triangle_lowrank_matches_the_algorithm_with_the_factor_bias(convention)
         module.linear_b.weight.fill_(float("nan"))
     z, mask = randn(2, 7, 7, TRI["c_z"], seed=3), pair_mask("random", (2,), 7)
     s_inputs = randn(2, 7, C_S_INPUTS, seed=4)
+    module.chunk_budget_bytes = 0  # chunk_size exactly
     out = module(z, mask, s_inputs=s_inputs, chunk_size=3)
     expected = lowrank_reference_triangle(module, z, mask, convention, s_inputs)
     assert torch.isfinite(out).all()
@@ -445,6 +448,26 @@ def test_triangle_rejects_bad_shapes(z_shape, mask_shape, match):
     mask = torch.ones(mask_shape, dtype=torch.bool) if mask_shape else None
     with pytest.raises(ValueError, match=match):
         module(torch.zeros(z_shape), mask)
+
+
+@pytest.mark.parametrize("budget_rows,chunk,calls", [(0, 3, 3), (4, 3, 2), (100, 3, 1), (1, 4, 2)])
+def test_triangle_chunk_size_is_a_lower_bound_within_the_budget(monkeypatch, budget_rows, chunk, calls):
+    """chunk_size bounds the rows per op call from below; the projection budget decides how many
+    more fit (N = 7: 3 rows per call -> 3 calls; a 4-row budget -> 2; the whole budget -> 1);
+    the result is the same."""
+    import pairformer_fb.modules.triangle_attention as tri
+
+    module = triangle("starting")
+    z, mask = randn(7, 7, TRI["c_z"], seed=5), pair_mask("random", (), 7)
+    expected = reference_triangle(module, z, mask, "starting")
+    row_bytes = 7 * 4 * TRI["n_heads"] * TRI["head_dim"] * z.element_size()
+    module.chunk_budget_bytes = budget_rows * row_bytes
+    seen = []
+    op = tri.flash_bias_attention
+    monkeypatch.setattr(tri, "flash_bias_attention", lambda q, *a, **k: seen.append(q.shape[0]) or op(q, *a, **k))
+    out = module(z, mask, chunk_size=chunk)
+    assert len(seen) == calls and sum(seen) == 7
+    assert rel_err(out, expected) < 1e-5
 
 
 def test_triangle_rejects_bad_chunk_size_and_s_inputs():

@@ -77,9 +77,9 @@ Kernel switches: the wrappers keep the host signatures. ``use_kernels`` (the hos
 cuequivariance ``triangle_attention`` kernel; the layer passes ``use_cuequiv_attn or
 use_kernels``) computes the same function as the host's torch path, which the FlashBias op now
 computes: it is accepted and ignored. The host ignores ``chunk_size`` when ``use_kernels`` is
-set; the wrapper always honours it (it bounds the attention rows per op call, as the host's
-``chunk_layer`` over the rows does; ``PairformerModule`` picks 512 or 128 in eval mode, None in
-training). The single-attention wrapper disables CUDA autocast around our module as the host
+set; the wrapper reads it as the least number of attention rows per op call (more as
+``FlashBiasTriangleAttention.chunk_budget_bytes`` allows: the op has no N^3 logits;
+``PairformerModule`` picks 512 or 128 in eval mode, None in training). The single-attention wrapper disables CUDA autocast around our module as the host
 does around its attention, so it computes in fp32 with the fp32 inputs the layer gives it. A
 single-attention call with ``k_in`` other than ``s`` or ``multiplicity != 1`` (neither is used
 by the Pairformer) runs the original host module.

@@ -61,8 +61,8 @@ Kernel switches: the wrappers keep the host signatures. ``use_deepspeed_evo_atte
 ``use_high_precision_attention`` only choose how the host computes the same function (the
 host's ``Attention`` falls back between them by sequence length), which the FlashBias op now
 computes: they are accepted and ignored (the host's "choose at most one" ValueError for
-combined switches is not reproduced). ``chunk_size`` bounds the attention rows per op call,
-as the host's ``chunk_layer`` does. ``inplace_safe`` only lets the host reuse buffers; the
+combined switches is not reproduced). ``chunk_size`` is the least number of attention rows per op
+call (``FlashBiasTriangleAttention.chunk_budget_bytes`` lets more in: the op has no N^3 logits). ``inplace_safe`` only lets the host reuse buffers; the
 wrapper returns a fresh update, which the host's callers add in place or not as before. Masks
 that broadcast (the host's ``mask.expand``) are expanded to full shape.
 

@@ -46,7 +46,7 @@ class _TritonLayerNorm(torch.autograd.Function):
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         M = x2.shape[0]
-        y = torch.empty_like(x2, dtype=out_dtype or x2.dtype)
+        y = torch.empty_like(x2, dtype=out_dtype)
         mean = torch.empty(M, device=x.device, dtype=torch.float32)
         rstd = torch.empty(M, device=x.device, dtype=torch.float32)
         block_c = triton.next_power_of_2(C)
@@ -64,27 +64,37 @@ class _TritonLayerNorm(torch.autograd.Function):
     def backward(ctx, dy):
         x2, weight, bias, mean, rstd = ctx.saved_tensors
         C = x2.shape[-1]
+        x_dtype = x2.dtype
+        if any(p is not None and p.dtype != x_dtype for p in (weight, bias)):
+            x2 = x2.float()  # mixed dtypes: the backward in fp32 (x's gradient cast back below)
         dx, dw, db = torch.ops.aten.native_layer_norm_backward(
             dy.reshape(-1, C).to(x2.dtype).contiguous(), x2, [C], mean[:, None], rstd[:, None], weight, bias,
             [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
              bias is not None and ctx.needs_input_grad[2]],
         )
-        return (dx.view(ctx.x_shape) if dx is not None else None), dw, db, None, None
+        return (dx.to(x_dtype).view(ctx.x_shape) if dx is not None else None), dw, db, None, None
 
 
 def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm, *, for_matmul: bool = False) -> torch.Tensor:
     """``norm(x)`` (an nn.LayerNorm over the last dim): Triton forward on CUDA, else torch.
 
+    The statistics and the affine step are computed in fp32 whatever the dtypes; the output
+    dtype is torch's: under CUDA autocast (which runs layer norm in fp32) fp32, else x's dtype.
+    fp32 parameters with a bf16 / fp16 x (a host's pair rep inside an autocast trunk) are used
+    as they are, without the fp32 copy of x that autocast would make: in a Protenix prediction
+    at 1,170 tokens that copy plus torch's fp32 kernel took 2.5 ms of a 9.7 ms triangle module
+    (H200, benchmarks/session4/call1).
+
     ``for_matmul``: the caller only feeds the result to matmuls (linear layers). Under CUDA
-    autocast an fp32 x is then normalised in fp32 and written once in the autocast dtype, the
-    values autocast's own cast before the matmul would give, without that extra pass over the
-    tensor (a triangle module with an fp32 pair rep at N = 1170: 0.48 ms of 11, H200,
+    autocast the result is then written once in the autocast dtype, the values autocast's own
+    cast before the matmul would give, without that extra pass over the tensor (a triangle
+    module with an fp32 pair rep at N = 1170: 0.48 ms of 11, H200,
     benchmarks/session3/run1/mod.txt)."""
     if not x.is_cuda or len(norm.normalized_shape) != 1 or x.shape[-1] > 8192:
         return norm(x)
-    if norm.weight is not None and norm.weight.dtype != x.dtype:
-        return norm(x)  # mixed dtypes (e.g. under autocast): torch's own promotion rules
-    out_dtype = None
-    if for_matmul and x.dtype == torch.float32 and torch.is_autocast_enabled("cuda"):
-        out_dtype = torch.get_autocast_dtype("cuda")
+    if any(p is not None and p.dtype not in (x.dtype, torch.float32) for p in (norm.weight, norm.bias)):
+        return norm(x)  # other mixes: torch's own promotion rules
+    out_dtype = x.dtype
+    if torch.is_autocast_enabled("cuda"):
+        out_dtype = torch.get_autocast_dtype("cuda") if for_matmul else torch.float32
     return _TritonLayerNorm.apply(x, norm.weight, norm.bias, norm.eps, out_dtype)

@@ -73,6 +73,12 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         factor_config: builds ``factor_network`` (needed by "lowrank" and "distill").
         mode: "exact", "lowrank" or "distill" (see ``FlashBiasModule``); settable later.
         backend: passed to ``flash_bias_attention`` ("auto": Triton on CUDA, torch otherwise).
+        chunk_budget_bytes: how a host's ``chunk_size`` is read. Hosts chunk triangle attention
+            to bound their N x N x N logits, which the op never materialises; what our chunks
+            bound is the fused q/k/v/g projection of the rows in one op call. So ``chunk_size``
+            is a lower bound: each call takes as many rows as fit in this many bytes of
+            projection (default 2 GiB: a Protenix model at 1,170 tokens, which its inference
+            chunks by 512 rows, runs in one call). 0 follows ``chunk_size`` exactly.
     """
 
     def __init__(
@@ -92,6 +98,7 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         factor_config: FactorConfig | None = None,
         mode: Mode = "exact",
         backend: Backend = "auto",
+        chunk_budget_bytes: int = 2 << 30,
     ):
         if node not in ("starting", "ending"):
             raise ValueError(f"node must be 'starting' or 'ending', got {node!r}")
@@ -108,6 +115,7 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         self.c_z, self.n_heads, self.head_dim = c_z, n_heads, head_dim
         self.node, self.ending_bias = node, ending_bias
         self.backend = backend
+        self.chunk_budget_bytes = chunk_budget_bytes
         self.layer_norm = nn.LayerNorm(c_z, eps=layer_norm_eps)
         self.linear_q = nn.Linear(c_z, hidden, bias=q_bias)
         self.linear_k = nn.Linear(c_z, hidden, bias=k_bias)
@@ -141,8 +149,9 @@ class FlashBiasTriangleAttention(FlashBiasModule):
             mask: [*, N, N] pair mask (bool or 0/1), or None for no masking.
             s_inputs: [*, N, c_s_inputs] single input features, for a factor network that uses
                 them ("lowrank" / "distill" only; ignored otherwise).
-            chunk_size: attention rows per op call (and per q/k/v/g projection), to bound
-                memory; None processes all N rows of a batch element at once.
+            chunk_size: at least this many attention rows per op call (and per q/k/v/g
+                projection), more as ``chunk_budget_bytes`` allows; None processes all N rows of
+                a batch element at once.
 
         Returns:
             the update [*, N, N, c_z]; in "distill" mode (update, bias approximation loss).
@@ -224,7 +233,11 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         biases = bias.reshape(-1, self.n_heads, n, n) if bias is not None else None
         if factors is not None:
             factors = tuple(phi.reshape(-1, *phi.shape[-3:]) for phi in factors)
-        rows_per_call = chunk_size or n
+        rows_per_call = n
+        if chunk_size is not None:
+            row_bytes = n * weight.shape[0] * (torch.get_autocast_dtype(pair.device.type).itemsize
+                                               if torch.is_autocast_enabled(pair.device.type) else pair.element_size())
+            rows_per_call = min(n, max(chunk_size, self.chunk_budget_bytes // row_bytes))
 
         outs = []
         for b in range(pairs.shape[0]):

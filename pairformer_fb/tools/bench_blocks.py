@@ -5,7 +5,10 @@ Boltz-2 ``PairformerLayer`` v2, OpenFold3 ``PairFormerBlock``), inference, stock
 Each block is built at its host's default trunk widths (c_s 384, c_z 128, 16 single heads, 4
 triangle heads × 32; Protenix v2: c_z 256 with ``hidden_scale_up``), with random non-zero weights
 (the hosts zero-initialise output projections), in eval mode, run the way the host runs its
-trunk in bf16: fp32 parameters under ``torch.autocast(bfloat16)``. 5 % of the tokens are padding.
+trunk in bf16: fp32 parameters under ``torch.autocast(bfloat16)``, and on CUDA bf16 single and
+pair representations (``rep_dtype: auto``), as inside a Protenix prediction, whose trunk carries
+z in bf16 after its first cuEquivariance triangle multiplication (benchmarks/session4/call1).
+5 % of the tokens are padding.
 
 Kernel switches, per host (``kernels=`` in the config): ``default`` is what the host uses at
 inference — Protenix's ``triangle_attention="cuequivariance"`` / ``triangle_multiplicative=
@@ -129,8 +132,10 @@ def _measure(host, n, variant, kernels, cfg, device, width="v1") -> BlockRecord:
             rec.notes["patched"] = len(report)
         g = torch.Generator().manual_seed(cfg.seed)
         c_z = 256 if width == "v2" else cfg.c_z
-        s = torch.randn(1, n, cfg.c_s, generator=g).to(device)
-        z = torch.randn(1, n, n, c_z, generator=g).to(device)
+        rep_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
+                     "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.get("rep_dtype", "auto")]
+        s = torch.randn(1, n, cfg.c_s, generator=g).to(device, rep_dtype)
+        z = torch.randn(1, n, n, c_z, generator=g).to(device, rep_dtype)
         token, pair = _masks(n, device)
         kw = {**KERNELS[host][kernels], **dict(cfg.get("forward_kwargs", {}).get(host) or {})}
 
@@ -153,11 +158,14 @@ def _measure(host, n, variant, kernels, cfg, device, width="v1") -> BlockRecord:
 
 
 def run(cfg) -> list[BlockRecord]:
+    if cfg.get("rep_dtype", "auto") not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"rep_dtype must be auto, bf16 or fp32, got {cfg.rep_dtype!r}")
     device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = environment(device) | {"dtype": "bf16 autocast" if device.type == "cuda" else "fp32"}
+    env = environment(device) | {"dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
+                                 "rep_dtype": cfg.get("rep_dtype", "auto")}
     for pkg in ("protenix", "boltz", "openfold3", "cuequivariance_torch"):
         try:
             import importlib.metadata as md
