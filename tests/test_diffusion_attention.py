@@ -362,6 +362,49 @@ def test_protenix_full_model_diffusion_kinds(protenix_model):
     assert torch.equal(run_coordinates(model, feats), ref)
 
 
+@pytest.mark.parametrize("kind", ["diffusion", "atom"])
+def test_compute_dtype_runs_the_module_in_bf16_and_returns_the_host_dtype(kind, spy_op):
+    """compute_dtype=bf16 on an fp32 call: the op gets bf16 q / k / v and the cached bias in bf16;
+    the update comes back in fp32, within bf16 rounding of the host's fp32 output."""
+    host, ours = host_and_ours(kind, seed=11)
+    ours.flash_bias.compute_dtype = torch.bfloat16
+    n = 19 if kind == "diffusion" else 70
+    a, s = rand(3, n, C_A, seed=12), rand(3, n, C_S, seed=13)
+    if kind == "diffusion":
+        z, kw = rand(1, n, n, C_Z, seed=14), {}
+    else:
+        z, kw = rand(1, math.ceil(n / 32), 32, 128, C_Z, seed=14), {"n_queries": 32, "n_keys": 128}
+    with torch.no_grad():
+        ref = host(a, s, z, **kw)
+        out = ours(a, s, z, **kw)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert 1e-6 < rel_err(out, ref) < 3e-2  # bf16 rounding: close, and not the fp32 computation
+    (call,) = spy_op
+    assert call["bias"].dtype == torch.bfloat16
+
+
+def test_patch_model_diffusion_dtype(protenix_model):
+    """patch_model(diffusion_dtype="bf16") sets the diffusion kinds' compute dtype (not the
+    trunk's modules); the prediction stays close to the host's; a bad value is an error."""
+    model, feats, _ = protenix_model
+    ref = run_coordinates(model, feats)
+    with pytest.raises(ValueError, match="diffusion_dtype"):
+        fb.patch_model(model, kinds=("diffusion",), diffusion_dtype="bfloat")
+    assert not patched_modules(model)
+    fb.patch_model(model, kinds=("triangle", "diffusion", "atom"), stacks=("pairformer", "diffusion", "input"),
+                   diffusion_dtype="bf16")
+    try:
+        mods = patched_modules(model)
+        dtypes = {m.flash_bias.compute_dtype if hasattr(m.flash_bias, "compute_dtype") else "none"
+                  for p, m in mods.items() if "tri_att" not in p}
+        assert dtypes == {torch.bfloat16}
+        assert all(not hasattr(m.flash_bias, "compute_dtype") for p, m in mods.items() if "tri_att" in p)
+        out = run_coordinates(model, feats)
+        assert out.dtype == ref.dtype and 0 < rel_err(out, ref) < 5e-2
+    finally:
+        fb.unpatch_model(model)
+
+
 def test_diffusion_benchmark_runs_on_cpu(tmp_path):
     import json
 

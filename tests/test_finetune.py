@@ -221,6 +221,19 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_fb, tmp_path):
     assert full["validations"][-1]["blocks"] == resumed["validations"][-1]["blocks"]
 
 
+def test_host_activation_checkpointing_gives_the_same_run(tiny_fb, tmp_path):
+    """A model built with the host's activation checkpointing (Protenix blocks_per_ckpt, as its
+    base preset trains): the same losses and gradients as without (its recompute would otherwise
+    rerun the patched modules in the mode they have at backward time: a CheckpointError)."""
+    base = [f"checkpoint={tiny_fb}", "data.samples=[1crn,1ubq]", "data.n_val=0", "data.crop_size=12",
+            "trainer.max_steps=2", "trainer.save_every=0", "progress=false", "loss=bias_and_output"]
+    plain = finetune(make_cfg(base + [f"output_dir={tmp_path / 'plain'}"]))
+    ckpt = finetune(make_cfg(base + [f"output_dir={tmp_path / 'ckpt'}", "+model.overrides={blocks_per_ckpt: 1}"]))
+    keys = ("loss", "bias_loss", "output_loss", "grad_norm")
+    for a, b in zip(plain["history"], ckpt["history"], strict=True):
+        assert all(abs(a[k] - b[k]) <= 1e-5 * abs(a[k]) for k in keys), (a, b)
+
+
 def test_two_process_gloo_step_equals_averaged_gradients(tiny_fb, tmp_path):
     """torchrun, 2 CPU processes (gloo): one AdamW step on the mean of the two ranks' gradients."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",

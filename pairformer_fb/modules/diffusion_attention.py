@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernel import flash_bias_attention, prepare_reused_bias
+from ..kernel.adaptive_layer_norm import adaptive_layer_norm
 from ..kernel.layer_norm import layer_norm
 from ..kernel.op import Backend
 from .bias_cache import (
@@ -60,12 +61,18 @@ class AdaptiveLayerNorm(nn.Module):
         self.linear_s = nn.Linear(c_s, c_a)
         self.linear_nobias_s = nn.Linear(c_s, c_a, bias=False)
 
-    def forward(self, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        a = layer_norm(a, self.layer_norm_a)
-        s = layer_norm(s, self.layer_norm_s)
+    def forward(self, a: torch.Tensor, s: torch.Tensor, *, for_matmul: bool = False) -> torch.Tensor:
+        """``for_matmul``: the caller only feeds the result to matmuls (see
+        :func:`pairformer_fb.kernel.layer_norm.layer_norm`); at inference on CUDA the whole
+        step is then one Triton pass writing the autocast dtype."""
+        s = layer_norm(s, self.layer_norm_s, for_matmul=True)
         weight, bias = concat_linear_params([self.linear_s, self.linear_nobias_s])
-        gate, shift = F.linear(s, weight, bias).chunk(2, dim=-1)
-        return torch.sigmoid(gate) * a + shift
+        gate_shift = F.linear(s, weight, bias)
+        fused = adaptive_layer_norm(a, gate_shift, self.layer_norm_a, for_matmul=for_matmul)
+        if fused is not None:
+            return fused
+        gate, shift = gate_shift.chunk(2, dim=-1)
+        return torch.sigmoid(gate) * layer_norm(a, self.layer_norm_a) + shift
 
 
 def trunk_geometry(n: int, n_queries: int, n_keys: int) -> tuple[int, int, int]:
@@ -155,6 +162,12 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
     leading dims are all 1 (shared by the samples) is passed to the op with batch 1, read with
     stride 0.
 
+    ``compute_dtype`` (e.g. torch.bfloat16; None: the input's): for a host that runs its
+    diffusion without autocast (Protenix's inference runs it in fp32 with TF32 matmuls), the
+    module then runs its matmuls and the op under autocast in that dtype and returns the update
+    in a's dtype -- the trunk's precision instead of fp32, several times less GPU time per
+    call (an opt-in: ``patch_model(..., diffusion_dtype="bf16")``).
+
     Modes: "exact"; "lowrank" -- factors from ``factor_network`` if there is one, else from a
     truncated SVD of the exact bias (``svd_config``; ranks and errors in ``last_svd``); local
     attention always runs exact (its 32 x 128 tiles plus the window mask are read as a dense
@@ -184,6 +197,7 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         svd_config: SVDConfig | None = None,
         mode: Mode = "exact",
         backend: Backend = "auto",
+        compute_dtype: torch.dtype | None = None,
     ):
         if head_dim is None:
             if c_a % n_heads:
@@ -200,6 +214,7 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         self.kv_from_input = kv_from_input
         self.windows = windows
         self.backend = backend
+        self.compute_dtype = compute_dtype
         self.adaln_a = AdaptiveLayerNorm(c_a, c_s, layer_norm_eps)
         self.adaln_kv = AdaptiveLayerNorm(c_a, c_s, layer_norm_eps) if cross_attention else None
         # pair_layer_norm=False: z comes normalised (OpenFold3 normalises it once per transformer)
@@ -260,8 +275,19 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
                 queries x keys with -1e9.
 
         Returns:
-            the update [*, N, c_a]; in "distill" mode (update, bias approximation loss).
+            the update [*, N, c_a] in a's dtype; in "distill" mode (update, bias approximation
+            loss).
         """
+        if (self.compute_dtype is not None and a.dtype != self.compute_dtype and a.is_floating_point()
+                and not torch.is_autocast_enabled(a.device.type)):
+            # an fp32 host step (Protenix's diffusion skips AMP): matmuls and the op in
+            # compute_dtype under autocast, the update returned in a's dtype
+            with torch.autocast(a.device.type, dtype=self.compute_dtype):
+                res = self.forward(a, s, z, n_queries=n_queries, n_keys=n_keys, efficient_fusion=efficient_fusion,
+                                   key_mask=key_mask, atom_mask=atom_mask)
+            if isinstance(res, tuple):
+                return res[0].to(a.dtype), res[1]
+            return res.to(a.dtype)
         mode = self.mode
         self._check_mode(mode)
         local = bool(n_queries and n_keys)
@@ -276,11 +302,12 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
             if not (local and self.windows == "shifted"):
                 raise ValueError("atom_mask applies to local attention with windows='shifted' only")
             _check_mask("atom_mask", atom_mask, a)
-        x = self.adaln_a(a, s)
+        # x is read by the projections only, unless adaln_kv normalises it again
+        x = self.adaln_a(a, s, for_matmul=self.adaln_kv is None or self.kv_from_input)
         if self.adaln_kv is None:
             kv = x
         else:
-            kv = self.adaln_kv(a if self.kv_from_input else x, s)
+            kv = self.adaln_kv(a if self.kv_from_input else x, s, for_matmul=True)
         q, k, v, gate = self._project(x, kv)  # [*, N, H, D] each
         if local:
             gated, loss = torch.sigmoid(gate) * self._local(q, k, v, z, n_queries, n_keys, atom_mask), None

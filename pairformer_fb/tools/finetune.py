@@ -169,11 +169,20 @@ def protenix_trunk(model: nn.Module, feats: Mapping[str, torch.Tensor], n_cycle:
     feats = update_input_feature_dict(feats)
     was = model.training
     model.training = grad  # the root's flag only: get_pairformer_output enables grad in the last cycle
+    # The host's activation checkpointing (blocks_per_ckpt) is off for the pass: its recompute in
+    # backward would rerun the patched modules in the mode they have then ("lowrank" after
+    # DistillLoss's "distill" pass), not the one of the forward. Only the factor networks (and
+    # any unfrozen weights) need activations, so the memory it saved is small here.
+    ckpt = {m: m.blocks_per_ckpt for m in model.modules() if getattr(m, "blocks_per_ckpt", None) is not None}
     try:
+        for m in ckpt:
+            m.blocks_per_ckpt = None
         with torch.set_grad_enabled(grad):
             return model.get_pairformer_output(feats, N_cycle=n_cycle, inplace_safe=False, chunk_size=None)
     finally:
         model.training = was
+        for m, v in ckpt.items():
+            m.blocks_per_ckpt = v
 
 
 def relative_deviation(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
+import torch
 from torch import nn
 
 from ..adapters import DEFAULT_KINDS, DIFFUSION_KINDS, KINDS, PatchedModule, UnsupportedModelError, detect_host, get_adapter
@@ -120,6 +121,7 @@ def patch_model(
     svd_config: SVDConfig | None = None,
     backend: str = "auto",
     trust_inference_tensors: bool = False,
+    diffusion_dtype: str | None = None,
 ) -> PatchReport:
     """Replace, in place, the triangle attentions and pair-biased single attentions of a host
     model with FlashBias modules that use the original nn.Parameter objects.
@@ -160,6 +162,11 @@ def patch_model(
             inference tensor counts as unchanged while it is the same object with the same
             storage and layout: safe unless something writes the trunk outputs / features in
             place between the diffusion steps (see ``pairformer_fb.modules.bias_cache``).
+        diffusion_dtype: None (default: the host's precision) or "bf16" / "fp16": the
+            "diffusion" and "atom" modules of a host that runs its diffusion without autocast
+            (Protenix: fp32 with TF32) compute in that dtype under autocast and return the
+            update in the host's dtype (``FlashBiasDiffusionAttention.compute_dtype``). Faster,
+            not bit-faithful: the structure benchmark reports the agreement.
 
     Returns:
         a PatchReport listing every replaced module. Raises AlreadyPatchedError on a model
@@ -192,6 +199,9 @@ def patch_model(
         svd_config = SVDConfig()
     rule = _mode_rule(mode)
     selected = None if blocks is None else set(blocks)
+    compute_dtypes = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if diffusion_dtype not in compute_dtypes:
+        raise ValueError(f"diffusion_dtype must be None, 'bf16' or 'fp16', got {diffusion_dtype!r}")
 
     sites = adapter.find_sites(model, stacks=stacks, kinds=tuple(kinds))
     if not sites:
@@ -212,8 +222,12 @@ def patch_model(
         else:
             cfg = factor_config if block_mode != "exact" else None
             extra = {}
-        plan.append((site, adapter.make_replacement(site, mode=block_mode, factor_config=cfg, backend=backend,
-                                                    **extra)))
+        wrapper = adapter.make_replacement(site, mode=block_mode, factor_config=cfg, backend=backend, **extra)
+        if diffusion_dtype is not None and site.kind in DIFFUSION_KINDS and not hasattr(wrapper.flash_bias,
+                                                                                     "compute_dtype"):
+            raise ValueError(f"diffusion_dtype={diffusion_dtype!r}: {site.path} ({type(wrapper.flash_bias).__name__}, "
+                             f"host {host!r}) has no compute dtype option; leave diffusion_dtype=None")
+        plan.append((site, wrapper))
 
     reset_graphs(model)  # a CUDA graph of a module inside would replay the old kernels
     report = PatchReport(host=host)
@@ -222,6 +236,8 @@ def patch_model(
         setattr(site.parent, site.attr, wrapper)
         if isinstance(wrapper, ScopedPatchedModule):
             wrapper.trust_inference_tensors = bool(trust_inference_tensors)
+        if site.kind in DIFFUSION_KINDS and hasattr(wrapper.flash_bias, "compute_dtype"):
+            wrapper.flash_bias.compute_dtype = compute_dtypes[diffusion_dtype]
         wrapper.on_patch()
         fn = wrapper.flash_bias.factor_network
         added = sum(p.numel() for p in fn.parameters()) if fn is not None else 0
