@@ -745,3 +745,16 @@ def test_boltz_benchmark_end_to_end_and_checkpoint(tmp_path):
     assert res["model"]["recycling_steps"] == 1 and res["model"]["diffusion_steps"] == 2
     got = S.read_ca(tmp_path / "out2" / res["records"][0]["structure_path"])[0]
     assert np.abs(got - S.ca_coords(atoms, want)).max() < 2e-3 + 1e-5 * np.abs(want).max()
+
+
+def test_benchmark_diffusion_dtype_option(tmp_path):
+    """diffusion_dtype=bf16: the patched variant's diffusion attentions compute in bf16 (recorded
+    in its notes); its structure stays close to the original's; the unpatched one is untouched."""
+    from pairformer_fb.tools import benchmark
+
+    res = benchmark.run(bench_cfg(tmp_path, samples=["1crn"], variants=["original", "exact"], warmup=0, model="tiny",
+                                  device="cpu", seed=0, diffusion_dtype="bf16", raise_errors=True))
+    orig, exact = res["records"]
+    assert orig["status"] == exact["status"] == "ok"
+    assert exact["notes"]["diffusion_dtype"] == "bf16" and "diffusion_dtype" not in orig["notes"]
+    assert 0 < exact["vs_original"]["rmsd"] < 0.5

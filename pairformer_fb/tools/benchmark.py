@@ -189,9 +189,11 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
         return {}
     stacks = list(cfg.stacks) if cfg.stacks else None
     kinds = tuple(cfg.get("kinds") or ("triangle", "single"))
+    diffusion_dtype = cfg.get("diffusion_dtype")
+    dd = {"diffusion_dtype": diffusion_dtype} if diffusion_dtype else {}
     if variant == "exact":
-        report = fb.patch_model(model, mode="exact", stacks=stacks, kinds=kinds)
-        return {"patched_modules": len(report), "kinds": list(kinds)}
+        report = fb.patch_model(model, mode="exact", stacks=stacks, kinds=kinds, diffusion_dtype=diffusion_dtype)
+        return {"patched_modules": len(report), "kinds": list(kinds), **dd}
     # lowrank: the converted checkpoint's factor networks if it has them, else untrained ones
     factors = {k: v for k, v in (ckpt.state_dict.items() if ckpt is not None else ()) if FACTOR_KEY_MARK in k}
     meta = ckpt.metadata if ckpt is not None else None
@@ -203,7 +205,8 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
         # the kinds the checkpoint has factor networks for (its diffusion kinds, if any, would
         # take these factor networks too, which it does not hold: they stay unpatched here)
         kinds = tuple(k for k in kinds if k in {m["kind"] for m in meta["modules"].values()})
-        report = fb.patch_model(model, mode="lowrank", rank=rank, factor_config=fc, stacks=stacks, kinds=kinds)
+        report = fb.patch_model(model, mode="lowrank", rank=rank, factor_config=fc, stacks=stacks, kinds=kinds,
+                                diffusion_dtype=diffusion_dtype)
         _, unexpected = model.load_state_dict(factors, strict=False)
         if unexpected:
             raise ValueError(f"the converted checkpoint has factor networks for modules not patched here "
@@ -213,10 +216,11 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
             raise ValueError(f"the converted checkpoint lacks factor networks for {len(want - set(factors))} "
                              f"patched modules (e.g. {sorted(want - set(factors))[0]}); patch stacks={stacks}")
         return {"patched_modules": len(report), "rank": rank, "kinds": list(kinds),
-                "factors": "from the converted checkpoint"}
+                "factors": "from the converted checkpoint", **dd}
     seed_all(cfg.seed)  # the untrained factor networks' initialisation
-    report = fb.patch_model(model, mode="lowrank", rank=cfg.rank, stacks=stacks, kinds=kinds)
-    return {"patched_modules": len(report), "rank": cfg.rank, "kinds": list(kinds),
+    report = fb.patch_model(model, mode="lowrank", rank=cfg.rank, stacks=stacks, kinds=kinds,
+                            diffusion_dtype=diffusion_dtype)
+    return {"patched_modules": len(report), "rank": cfg.rank, "kinds": list(kinds), **dd,
             "factors": "UNTRAINED (random) factor networks: no converted checkpoint given"
                        + ("; diffusion attention: truncated SVD of its fixed bias" if "diffusion" in kinds else "")}
 
