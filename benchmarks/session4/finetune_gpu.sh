@@ -7,8 +7,6 @@
 set -e
 D=${1:-ft_gpu}; R=${2:-$D/result}; STEPS=${3:-120}; mkdir -p $D $R
 stamp() { echo "[$(date +%T)] $*"; }
-keep() { cp $D/run/*.csv $D/run/*.md $D/run/*.json $R/ 2>/dev/null || true; }
-trap keep EXIT
 stamp "build + save base (random weights)"
 python3 - "$D" <<'PY'
 import sys, torch
@@ -21,7 +19,7 @@ python3 scripts/convert_checkpoint.py input=$D/base.pt output=$D/base_fb.pt mode
     "fit.samples=[data_samples/1crn.fasta,data_samples/1ubq.fasta]" fit.max_tokens=64 fit.steps=${FIT_STEPS:-0} progress=false
 cp $D/base_fb.pt.report.md $R/convert_report.md 2>/dev/null || true
 stamp "finetune"
-python3 scripts/finetune.py checkpoint=$D/base_fb.pt output_dir=$D/run model=base data=gpu trainer.max_steps=$STEPS \
-    trainer.save_every=0 trainer.log_every=5 progress=false
+python3 scripts/finetune.py checkpoint=$D/base_fb.pt output_dir=$R/run output_name=$D/finetuned_fb.pt model=base data=gpu \
+    trainer.max_steps=$STEPS trainer.save_every=0 trainer.log_every=5 progress=false
 stamp "done"
-rm -f $D/base.pt $D/base_fb.pt $D/run/*.pt
+rm -f $D/base.pt $D/base_fb.pt $D/finetuned_fb.pt
