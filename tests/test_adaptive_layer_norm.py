@@ -72,9 +72,10 @@ def test_dispatch_dtypes_follow_the_composition():
     gs = torch.randn(5, 11, 192, device="cuda")
     with torch.no_grad():
         assert adaptive_layer_norm(a, gs, norm).dtype == torch.float32
+        exact = composed(a, gs.bfloat16().float(), norm)  # the same inputs, every step in fp32
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            ref = composed(a, gs.bfloat16(), norm)
+            ref = composed(a, gs.bfloat16(), norm)  # autocast rounds sigmoid(gate) to bf16; we do not
             y = adaptive_layer_norm(a, gs.bfloat16(), norm)
-            assert y.dtype == ref.dtype == torch.float32 and rel_err(y, ref) < 1e-5
+            assert y.dtype == ref.dtype == torch.float32 and rel_err(y, exact) < 1e-5 and rel_err(y, ref) < 1e-2
             yb = adaptive_layer_norm(a, gs.bfloat16(), norm, for_matmul=True)
-            assert yb.dtype == torch.bfloat16 and rel_err(yb.float(), ref) < 1e-2
+            assert yb.dtype == torch.bfloat16 and rel_err(yb.float(), exact) < 4e-3  # one bf16 rounding
