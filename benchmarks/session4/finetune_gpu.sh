@@ -20,6 +20,6 @@ python3 scripts/convert_checkpoint.py input=$D/base.pt output=$D/base_fb.pt mode
 cp $D/base_fb.pt.report.md $R/convert_report.md 2>/dev/null || true
 stamp "finetune"
 python3 scripts/finetune.py checkpoint=$D/base_fb.pt output_dir=$R/run output_name=$D/finetuned_fb.pt model=base data=gpu \
-    trainer.max_steps=$STEPS trainer.save_every=0 trainer.log_every=5 progress=false
+    trainer.max_steps=$STEPS trainer.save_every=0 trainer.log_every=5 progress=false $FT_ARGS
 stamp "done"
 rm -f $D/base.pt $D/base_fb.pt $D/finetuned_fb.pt
