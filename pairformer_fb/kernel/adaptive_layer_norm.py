@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .layer_norm import normalised_rows
+
 
 @triton.jit
 def _adaln_fwd_kernel(X, GS, Y, W, Bias, M, M_GS, C, stride_gs, eps,
@@ -27,19 +29,9 @@ def _adaln_fwd_kernel(X, GS, Y, W, Bias, M, M_GS, C, stride_gs, eps,
                       BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.arange(0, BLOCK_C)
-    row_ok = rows < M
-    col_ok = cols < C
-    ok = row_ok[:, None] & col_ok[None, :]
+    y, _, _ = normalised_rows(X, W, Bias, rows, cols, M, C, eps, HAS_W, HAS_B)
+    ok = (rows < M)[:, None] & (cols < C)[None, :]
     r64 = rows.to(tl.int64)
-    x = tl.load(X + r64[:, None] * C + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-    mean = tl.sum(x, 1) / C
-    xc = tl.where(ok, x - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / C + eps)
-    y = xc * rstd[:, None]
-    if HAS_W:
-        y = y * tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    if HAS_B:
-        y = y + tl.load(Bias + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     # the conditioning rows: one per row of x, or shared by the leading (sample) dims
     g_rows = (r64 % M_GS)[:, None] * stride_gs + cols[None, :]
     gate = tl.load(GS + g_rows, mask=ok, other=0.0).to(tl.float32)

@@ -15,16 +15,14 @@ import triton.language as tl
 
 
 @triton.jit
-def _layer_norm_fwd_kernel(X, W, Bias, Y, MEAN, RSTD, M, C, eps,
-                           HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                           BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-    cols = tl.arange(0, BLOCK_C)
+def normalised_rows(X, W, Bias, rows, cols, M, C, eps, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    """Rows ``rows`` of the row-major [M, C] X normalised over C in fp32 (times W, plus Bias when
+    given), with their mean and 1/std; columns ``cols`` (a power of 2 >= C) past C are 0.
+    Shared by the layer-norm kernels (this one and adaptive_layer_norm's)."""
     row_ok = rows < M
     col_ok = cols < C
     ok = row_ok[:, None] & col_ok[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-    x = tl.load(X + offs, mask=ok, other=0.0).to(tl.float32)
+    x = tl.load(X + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=ok, other=0.0).to(tl.float32)
     mean = tl.sum(x, 1) / C
     xc = tl.where(ok, x - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / C + eps)
@@ -33,7 +31,19 @@ def _layer_norm_fwd_kernel(X, W, Bias, Y, MEAN, RSTD, M, C, eps,
         y = y * tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if HAS_B:
         y = y + tl.load(Bias + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=ok)
+    return y, mean, rstd
+
+
+@triton.jit
+def _layer_norm_fwd_kernel(X, W, Bias, Y, MEAN, RSTD, M, C, eps,
+                           HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                           BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    cols = tl.arange(0, BLOCK_C)
+    y, mean, rstd = normalised_rows(X, W, Bias, rows, cols, M, C, eps, HAS_W, HAS_B)
+    row_ok = rows < M
+    ok = row_ok[:, None] & (cols < C)[None, :]
+    tl.store(Y + rows.to(tl.int64)[:, None] * C + cols[None, :], y.to(Y.dtype.element_ty), mask=ok)
     tl.store(MEAN + rows, mean, mask=row_ok)
     tl.store(RSTD + rows, rstd, mask=row_ok)
 
