@@ -395,8 +395,6 @@ def test_boltz_host_says_what_is_missing_before_model_work(tmp_path, monkeypatch
         benchmark.run(bench_cfg(tmp_path, host="boltz", model="base"))
     with pytest.raises(ValueError, match="model=checkpoint .* give checkpoint="):
         benchmark.run(bench_cfg(tmp_path, host="boltz", model="checkpoint"))
-    with pytest.raises(InputError, match="msa_dir= is not supported for host=boltz"):
-        benchmark.run(bench_cfg(tmp_path, host="boltz", msa_dir=str(tmp_path)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -690,6 +688,54 @@ def test_boltz_features_and_molecules(crn):
     assert f["res_type"][0].argmax(-1).tolist() == [const.token_ids[r] for r in three]
     assert torch.equal(f["atom_to_token"][0][:n].argmax(-1), torch.repeat_interleave(
         torch.arange(46), torch.tensor([len(const.ref_atoms[r]) for r in three])))
+
+
+@needs_boltz
+def test_boltz_features_msa_dir(tmp_path, crn):
+    """host=boltz with msa_dir=: the entity's A3M read by Boltz's own parse_a3m and featurised by
+    its featuriser (unpaired): the rows in the A3M's order, '-' Boltz's gap token, a lower-case
+    insertion a deletion in Boltz's parsed MSA; none without msa_dir (one row, the query); an
+    A3M whose first row is not the query is refused, naming the file and the entity."""
+    from boltz.data import const
+
+    from pairformer_fb.tools.featurize import (
+        _boltz_msa,
+        boltz_features,
+        boltz_molecules,
+    )
+
+    mols, _ = boltz_molecules(None)
+    f0, _ = boltz_features(crn, mols, seed=0)
+    assert f0["msa"].shape == (1, 1, 46)
+    assert f0["msa"][0, 0].tolist() == f0["res_type"][0].argmax(-1).tolist()
+
+    a3m = tmp_path / "1crn.a3m"
+    a3m.write_text(f">query\n{CRN}\n>hit1\n{CRN[:5]}kk{CRN[5:10]}-{CRN[11:]}\n>hit2\nG{CRN[1:]}\n")
+    f, atoms = boltz_features(crn, mols, seed=0, msa_dir=tmp_path)
+    query = f["res_type"][0].argmax(-1)
+    msa = f["msa"][0]
+    assert msa.shape == (3, 46) and f["msa_mask"][0].bool().all()
+    assert msa[0].tolist() == query.tolist() == [const.token_ids[protein_1to3()[c]] for c in CRN]
+    assert msa[1, 10] == const.token_ids["-"] and torch.equal(msa[1, :10], query[:10])
+    assert torch.equal(msa[1, 11:], query[11:])
+    assert msa[2, 0] == const.token_ids["GLY"] and torch.equal(msa[2, 1:], query[1:])
+    assert not f["msa_paired"][0, 1:].any()  # unpaired homologs: parse_a3m gives no taxonomy
+    assert torch.allclose(f["profile"][0, 10, const.token_ids["-"]], torch.tensor(1 / 3))
+    assert atoms.array_length() == int(f["atom_pad_mask"].sum())
+    # Boltz's parsed MSA counts the insertion 'kk' before column 5 of row 2
+    parsed = _boltz_msa(crn, 0, a3m, CRN)
+    seq = parsed.sequences[1]
+    assert parsed.deletions[seq["del_start"]: seq["del_end"]].tolist() == [(5, 2)]
+    # (boltz 2.2.1's featuriser, as `boltz predict` runs it, then drops the deletions of every
+    # row after one without any: construct_paired_msa re-slices chain_deletions per row)
+    assert not f["has_deletion"].any()
+
+    a3m.write_text(f">hit2\nG{CRN[1:]}\n>query\n{CRN}\n")
+    with pytest.raises(InputError, match=r"1crn, entity 1: .*1crn\.a3m: the first row is not the query"):
+        boltz_features(crn, mols, seed=0, msa_dir=tmp_path)
+    a3m.write_text(f">query\n{CRN}\n>bad\n{CRN[:-1]}\n")
+    with pytest.raises(InputError, match="entity 1: .*aligned columns"):
+        boltz_features(crn, mols, seed=0, msa_dir=tmp_path)
 
 
 @needs_boltz

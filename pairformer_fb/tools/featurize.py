@@ -571,13 +571,47 @@ def boltz_molecules(mols_dir: str | os.PathLike | None = None) -> tuple[dict, st
     return {c: ccd_rdkit_mol(c) for c in const.canonical_tokens}, "canonical residues made from biotite's CCD"
 
 
-def boltz_features(sample: Sample, molecules: Mapping, *, seed: int = 0):
+def _boltz_msa(sample: Sample, entity: int, path: Path, query: str):
+    """The A3M ``path`` of entity ``entity`` (0-based) parsed by Boltz's own ``parse_a3m`` (as
+    ``boltz predict`` does: no taxonomy, at most its default 8192 rows), after the checks of
+    :func:`_a3m_rows` (the file exists, every row has the query's aligned columns and known
+    letters, the first row is the query), errors naming the file and the entity."""
+    from boltz.data import const
+    from boltz.data.parse.a3m import parse_a3m
+
+    where = f"{sample.name}, entity {entity + 1}"
+    letters = {c: const.token_ids[t] for c, t in const.prot_letter_to_token.items()}
+    try:
+        _a3m_rows(path, query, letters)
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from e
+    try:
+        msa = parse_a3m(path, taxonomy=None, max_seqs=8192)
+    except KeyError as e:  # a letter Boltz does not read (e.g. '.')
+        raise InputError(f"{where}: {path}: Boltz cannot read the MSA letter {e.args[0]!r}") from e
+    query_ids = [letters[c] for c in query]
+    for k, (a, b) in enumerate(zip(msa.sequences["res_start"], msa.sequences["res_end"])):
+        if b - a != len(query):  # e.g. a row wrapped over several lines, which Boltz reads line by line
+            raise InputError(f"{where}: {path}: Boltz reads a row of {b - a} residues, the query has {len(query)} "
+                             "(one line per A3M row)")
+        if k == 0 and msa.residues["res_type"][a:b].tolist() != query_ids:
+            raise InputError(f"{where}: {path}: the first row is not the query sequence of the sample")
+    return msa
+
+
+def boltz_features(sample: Sample, molecules: Mapping, *, seed: int = 0,
+                   msa_dir: str | os.PathLike | None = None):
     """Boltz-2's inference features of ``sample`` (a batch of one) and the atoms the model
     predicts (a biotite AtomArray in the features' atom order), through Boltz's own pipeline as
     ``boltz predict`` runs it (``parse_boltz_schema`` -> ``Boltz2Tokenizer`` ->
     ``Boltz2Featurizer.process`` with the inference settings of ``boltz.data.module.inferencev2``),
-    in single-sequence mode (``msa: empty``), no templates. Boltz groups chains of the same
-    sequence into one entity, in order of first appearance; the atoms follow its chain order."""
+    no templates. Boltz groups chains of the same sequence into one entity, in order of first
+    appearance; the atoms follow its chain order. MSA: an entity whose A3M :func:`msa_path` finds
+    in ``msa_dir`` gets it as its schema ``msa``, parsed by Boltz's ``parse_a3m`` and handed to
+    its ``Input`` per chain, as ``boltz predict`` loads it (unpaired: no taxonomy); the others
+    run in single-sequence mode (``msa: empty``). (Boltz 2.2.1's featuriser, as ``boltz predict``
+    runs it, then loses the deletion counts of the rows after the query: its
+    ``construct_paired_msa`` re-slices ``chain_deletions`` per row; kept as Boltz does it.)"""
     import contextlib
     import io
 
@@ -591,11 +625,20 @@ def boltz_features(sample: Sample, molecules: Mapping, *, seed: int = 0):
     groups: dict[str, list[str]] = {}
     for c in sample.chains:
         groups.setdefault(c.sequence, []).append(c.chain_id)
-    schema = {"version": 1, "sequences": [{"protein": {"id": ids, "sequence": seq, "msa": "empty"}}
-                                          for seq, ids in groups.items()]}
+    paths = [msa_path(sample, entity, msa_dir) for entity in range(len(groups))]
+    schema = {"version": 1, "sequences": [
+        {"protein": {"id": ids, "sequence": seq, "msa": str(p.resolve()) if p is not None else "empty"}}
+        for (seq, ids), p in zip(groups.items(), paths)]}
     with contextlib.redirect_stdout(io.StringIO()):  # its single-sequence-mode notice
         target = parse_boltz_schema(sample.name, schema, ccd=dict(molecules), mol_dir=None, boltz_2=True)
-    inp = Input(target.structure, {}, record=target.record, residue_constraints=target.residue_constraints,
+    # each entity's A3M parsed once; Input.msa keyed by chain id, as inferencev2.load_input does
+    parsed = {str(p.resolve()): _boltz_msa(sample, entity, p, seq)
+              for entity, (seq, p) in enumerate(zip(groups, paths)) if p is not None}
+    msas = {}
+    for c in target.record.chains:
+        if c.msa_id != -1:
+            msas[c.chain_id] = parsed[str(c.msa_id)]
+    inp = Input(target.structure, msas, record=target.record, residue_constraints=target.residue_constraints,
                 templates=None, extra_mols=target.extra_mols)
     tokenized = Boltz2Tokenizer().tokenize(inp)
     # the featuriser rotates each residue's reference conformer with torch's global RNG

@@ -296,6 +296,8 @@ class BoltzHost(StructureHost):
     tokeniser and featuriser (``featurize.boltz_features``). Its CCD molecule data ``mols/``
     (normally downloaded into the cache folder) are used when present; otherwise the canonical
     residues are made from biotite's CCD (``featurize.ccd_rdkit_mol``), which the report says.
+    MSA: single-sequence unless ``msa_dir=`` holds an entity's A3M, which Boltz's own
+    ``parse_a3m`` reads (unpaired, as ``boltz predict`` with a custom A3M).
     Presets: ``tiny`` (:data:`presets.BOLTZ2_TINY`) or, with ``checkpoint=`` a Boltz-2 Lightning
     checkpoint, its ``hyper_parameters``. Phases: ``input_embedder``, ``msa_module``, the trunk
     up to the last ``pairformer_module`` call (recycling), from there to the end of
@@ -314,8 +316,6 @@ class BoltzHost(StructureHost):
         if cfg.model == "checkpoint" and not cfg.checkpoint:
             raise ValueError("model=checkpoint (host=boltz) builds Boltz-2 from a checkpoint's hyper_parameters: "
                              "give checkpoint=")
-        if cfg.msa_dir:
-            raise InputError("msa_dir= is not supported for host=boltz yet (single-sequence mode only)")
         if cfg.kernels not in ("auto", "torch"):
             raise ValueError(f"kernels must be auto or torch for host=boltz, got {cfg.kernels!r}")
         self._mols_dir = boltz_cache_dir(cfg) / "mols"
@@ -326,8 +326,8 @@ class BoltzHost(StructureHost):
         if not hasattr(self, "_mols"):
             self._mols, source = boltz_molecules(getattr(self, "_mols_dir", None))
             self.features_note = ("Boltz-2's own features (its parser, tokeniser and featuriser v2; molecules: "
-                                  f"{source}), single-sequence mode, no templates")
-        return boltz_features(sample, self._mols, seed=cfg.seed)
+                                  f"{source}), single-sequence MSA unless msa_dir is given, no templates")
+        return boltz_features(sample, self._mols, seed=cfg.seed, msa_dir=cfg.msa_dir)
 
     def build(self, cfg, device, ckpt):
         from .presets import BOLTZ2_TINY, build_boltz2
