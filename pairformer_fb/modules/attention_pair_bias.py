@@ -109,7 +109,7 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
         self._check_mode(mode)
         self._check_inputs(s, z, mask)
         batch_shape, n = s.shape[:-2], s.shape[-2]
-        a = layer_norm(s, self.layer_norm_s) if self.layer_norm_s is not None else s
+        a = layer_norm(s, self.layer_norm_s, for_matmul=True) if self.layer_norm_s is not None else s
         pair = layer_norm(z, self.layer_norm_z, for_matmul=True)
         token_mask = mask.to(torch.bool) if mask is not None else None
         pair_mask = token_mask[..., :, None] & token_mask[..., None, :] if token_mask is not None else None
