@@ -362,6 +362,8 @@ def test_bad_benchmark_inputs_fail_before_model_work(tmp_path, monkeypatch):
         benchmark.run(bench_cfg(tmp_path, kernels="triton"))
     with pytest.raises(ValueError, match="variants must be distinct names"):
         benchmark.run(bench_cfg(tmp_path, variants=["original", "fast"]))
+    with pytest.raises(ValueError, match="diffusion_dtype must be null, bf16 or fp16"):
+        benchmark.run(bench_cfg(tmp_path, diffusion_dtype="bfloat16"))
     with pytest.raises(S.StructureError, match="does not exist"):
         benchmark.run(bench_cfg(tmp_path, samples=["1crn"], reference=str(tmp_path / "ref.pdb")))
 
