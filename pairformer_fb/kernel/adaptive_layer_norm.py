@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layer_norm import normalised_rows
+from .layer_norm import norm_output_dtype, normalised_rows, triton_norm_applies
 
 
 @triton.jit
@@ -43,23 +43,22 @@ def _adaln_fwd_kernel(X, GS, Y, W, Bias, M, M_GS, C, stride_gs, eps,
 def adaptive_layer_norm(a: torch.Tensor, gate_shift: torch.Tensor, norm: torch.nn.LayerNorm,
                         *, for_matmul: bool = False) -> torch.Tensor | None:
     """``sigmoid(gate) * norm(a) + shift`` with ``gate, shift = gate_shift.chunk(2, -1)``, in one
-    Triton pass; None where it does not apply (not CUDA, gradients needed, a norm over more than
-    the last dim, parameters of another dtype than a's or fp32, ``gate_shift`` not [*, 2C] with
-    leading dims equal to a's or all 1 but the token dim): the caller then composes torch ops.
+    Triton pass; None where it does not apply (not where the layer-norm kernel applies, see
+    :func:`~pairformer_fb.kernel.layer_norm.triton_norm_applies`; gradients needed;
+    ``gate_shift`` not on CUDA or not [*, 2C] with leading dims equal to a's or all 1 but the
+    token dim): the caller then composes torch ops.
 
     Output dtype, as the composition's: under CUDA autocast fp32 (the autocast dtype with
     ``for_matmul``: the caller feeds it only to matmuls), else the promotion of a's and
     gate_shift's dtypes.
     """
     C = a.shape[-1]
-    if not (a.is_cuda and gate_shift.is_cuda) or len(norm.normalized_shape) != 1 or C > 8192:
+    if not (triton_norm_applies(a, norm) and gate_shift.is_cuda):
         return None
     if torch.is_grad_enabled() and (a.requires_grad or gate_shift.requires_grad
                                     or any(p is not None and p.requires_grad for p in (norm.weight, norm.bias))):
         return None
-    if any(p is not None and p.dtype not in (a.dtype, torch.float32) for p in (norm.weight, norm.bias)):
-        return None
-    if gate_shift.shape[-1] != 2 * C or gate_shift.dim() != a.dim() or gate_shift.stride(-1) != 1:
+    if gate_shift.shape[-1] != 2 * C or gate_shift.dim() != a.dim():
         return None
     lead_a, lead_g = a.shape[:-1], gate_shift.shape[:-1]
     if lead_g == lead_a:
@@ -68,10 +67,7 @@ def adaptive_layer_norm(a: torch.Tensor, gate_shift: torch.Tensor, norm: torch.n
         m_gs = lead_g[-1]  # shared by the leading dims: row r of a reads row r % N
     else:
         return None
-    if torch.is_autocast_enabled("cuda"):
-        out_dtype = torch.get_autocast_dtype("cuda") if for_matmul else torch.float32
-    else:
-        out_dtype = torch.promote_types(a.dtype, gate_shift.dtype)
+    out_dtype = norm_output_dtype(torch.promote_types(a.dtype, gate_shift.dtype), for_matmul)
     return launch_adaptive_layer_norm(a, gate_shift, m_gs, norm, out_dtype)
 
 

@@ -85,6 +85,23 @@ class _TritonLayerNorm(torch.autograd.Function):
         return (dx.to(x_dtype).view(ctx.x_shape) if dx is not None else None), dw, db, None, None
 
 
+def triton_norm_applies(x: torch.Tensor, norm: torch.nn.LayerNorm) -> bool:
+    """Whether the Triton layer-norm kernels take ``norm`` over x: a CUDA x, a norm over the last
+    dim only (at most 8192 wide), parameters of x's dtype or fp32 (other mixes follow torch's
+    promotion rules, so they stay with torch)."""
+    return (x.is_cuda and len(norm.normalized_shape) == 1 and x.shape[-1] <= 8192
+            and all(p is None or p.dtype in (x.dtype, torch.float32) for p in (norm.weight, norm.bias)))
+
+
+def norm_output_dtype(dtype: torch.dtype, for_matmul: bool) -> torch.dtype:
+    """The dtype torch's composition would give a layer-norm result of ``dtype`` without
+    autocast: under CUDA autocast (which runs layer norm in fp32) fp32, or the autocast dtype
+    with ``for_matmul`` (the caller feeds it only to matmuls, which would cast it to that)."""
+    if torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda") if for_matmul else torch.float32
+    return dtype
+
+
 def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm, *, for_matmul: bool = False) -> torch.Tensor:
     """``norm(x)`` (an nn.LayerNorm over the last dim): Triton forward on CUDA, else torch.
 
@@ -100,11 +117,6 @@ def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm, *, for_matmul: bool = 
     cast before the matmul would give, without that extra pass over the tensor (a triangle
     module with an fp32 pair rep at N = 1170: 0.48 ms of 11, H200,
     benchmarks/session3/run1/mod.txt)."""
-    if not x.is_cuda or len(norm.normalized_shape) != 1 or x.shape[-1] > 8192:
+    if not triton_norm_applies(x, norm):
         return norm(x)
-    if any(p is not None and p.dtype not in (x.dtype, torch.float32) for p in (norm.weight, norm.bias)):
-        return norm(x)  # other mixes: torch's own promotion rules
-    out_dtype = x.dtype
-    if torch.is_autocast_enabled("cuda"):
-        out_dtype = torch.get_autocast_dtype("cuda") if for_matmul else torch.float32
-    return _TritonLayerNorm.apply(x, norm.weight, norm.bias, norm.eps, out_dtype)
+    return _TritonLayerNorm.apply(x, norm.weight, norm.bias, norm.eps, norm_output_dtype(x.dtype, for_matmul))

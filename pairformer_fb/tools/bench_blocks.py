@@ -120,6 +120,10 @@ def build_block(host: str, cfg, width: str = "v1"):
     return _randomise(block, cfg.seed).eval(), call
 
 
+# the s / z dtype fed to the block (None: bf16 on CUDA, as in a prediction's trunk; fp32 on CPU)
+REP_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
 def _measure(host, n, variant, kernels, cfg, device, width="v1") -> BlockRecord:
     import pairformer_fb as fb
 
@@ -132,8 +136,8 @@ def _measure(host, n, variant, kernels, cfg, device, width="v1") -> BlockRecord:
             rec.notes["patched"] = len(report)
         g = torch.Generator().manual_seed(cfg.seed)
         c_z = 256 if width == "v2" else cfg.c_z
-        rep_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
-                     "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.get("rep_dtype", "auto")]
+        rep_dtype = REP_DTYPES[cfg.get("rep_dtype", "auto")] or (torch.bfloat16 if device.type == "cuda"
+                                                                   else torch.float32)
         s = torch.randn(1, n, cfg.c_s, generator=g).to(device, rep_dtype)
         z = torch.randn(1, n, n, c_z, generator=g).to(device, rep_dtype)
         token, pair = _masks(n, device)
@@ -158,7 +162,7 @@ def _measure(host, n, variant, kernels, cfg, device, width="v1") -> BlockRecord:
 
 
 def run(cfg) -> list[BlockRecord]:
-    if cfg.get("rep_dtype", "auto") not in ("auto", "bf16", "fp32"):
+    if cfg.get("rep_dtype", "auto") not in REP_DTYPES:
         raise ValueError(f"rep_dtype must be auto, bf16 or fp32, got {cfg.rep_dtype!r}")
     device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
                           ("cpu" if cfg.device == "auto" else cfg.device))

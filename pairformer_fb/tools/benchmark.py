@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from .featurize import InputError, Sample, read_samples
 from .hosts import PHASES, StructureHost, get_host
+from .patching import DIFFUSION_DTYPES
 from .structure import (
     TM_METHODS,
     agreement,
@@ -251,7 +252,7 @@ def validate(cfg) -> tuple[StructureHost, list[Sample], Any, dict]:
         raise ValueError(f"variants must be distinct names from {list(VARIANTS)}, got {variants}")
     if cfg.repeats < 1 or cfg.warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={cfg.repeats} warmup={cfg.warmup}")
-    if cfg.get("diffusion_dtype") not in (None, "bf16", "fp16"):
+    if cfg.get("diffusion_dtype") not in DIFFUSION_DTYPES:
         raise ValueError(f"diffusion_dtype must be null, bf16 or fp16, got {cfg.diffusion_dtype!r}")
     samples = read_samples(list(cfg.samples) if not isinstance(cfg.samples, str) else [cfg.samples],
                            cfg.data_dir or Path(__file__).resolve().parents[2] / "data_samples")

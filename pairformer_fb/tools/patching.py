@@ -108,6 +108,9 @@ def _check_mode(m, what: str = "mode") -> None:
         raise ValueError(f"{what} must be one of {', '.join(map(repr, MODES))}, got {m!r}")
 
 
+# patch_model's diffusion_dtype -> the diffusion modules' compute dtype
+DIFFUSION_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 def patch_model(
     model: nn.Module,
     *,
@@ -199,8 +202,7 @@ def patch_model(
         svd_config = SVDConfig()
     rule = _mode_rule(mode)
     selected = None if blocks is None else set(blocks)
-    compute_dtypes = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if diffusion_dtype not in compute_dtypes:
+    if diffusion_dtype not in DIFFUSION_DTYPES:
         raise ValueError(f"diffusion_dtype must be None, 'bf16' or 'fp16', got {diffusion_dtype!r}")
 
     sites = adapter.find_sites(model, stacks=stacks, kinds=tuple(kinds))
@@ -237,7 +239,7 @@ def patch_model(
         if isinstance(wrapper, ScopedPatchedModule):
             wrapper.trust_inference_tensors = bool(trust_inference_tensors)
         if site.kind in DIFFUSION_KINDS and hasattr(wrapper.flash_bias, "compute_dtype"):
-            wrapper.flash_bias.compute_dtype = compute_dtypes[diffusion_dtype]
+            wrapper.flash_bias.compute_dtype = DIFFUSION_DTYPES[diffusion_dtype]
         wrapper.on_patch()
         fn = wrapper.flash_bias.factor_network
         added = sum(p.numel() for p in fn.parameters()) if fn is not None else 0
