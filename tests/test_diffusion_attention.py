@@ -384,6 +384,11 @@ def test_compute_dtype_runs_the_module_in_bf16_and_returns_the_host_dtype(kind, 
     assert call["bias"].dtype == torch.bfloat16
 
 
+def test_compute_dtype_must_be_a_half_float():
+    with pytest.raises(ValueError, match="compute_dtype must be None, torch.bfloat16 or torch.float16"):
+        fb.FlashBiasDiffusionAttention(c_a=C_A, c_s=C_S, c_z=C_Z, n_heads=HEADS, compute_dtype=torch.int8)
+
+
 def test_patch_model_diffusion_dtype(protenix_model):
     """patch_model(diffusion_dtype="bf16") sets the diffusion kinds' compute dtype (not the
     trunk's modules); the prediction stays close to the host's; a bad value is an error."""

@@ -470,6 +470,12 @@ def test_triangle_chunk_size_is_a_lower_bound_within_the_budget(monkeypatch, bud
     assert rel_err(out, expected) < 1e-5
 
 
+@pytest.mark.parametrize("budget", [-1, 2.5, True])
+def test_triangle_rejects_a_bad_chunk_budget(budget):
+    with pytest.raises(ValueError, match="chunk_budget_bytes must be an int >= 0"):
+        FlashBiasTriangleAttention(**TRI, chunk_budget_bytes=budget)
+
+
 def test_triangle_rejects_bad_chunk_size_and_s_inputs():
     module = FlashBiasTriangleAttention(**TRI, factor_config=FACTORS, mode="lowrank")
     z = torch.zeros(5, 5, TRI["c_z"])

@@ -109,8 +109,9 @@ def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm, *, for_matmul: bool = 
     dtype is torch's: under CUDA autocast (which runs layer norm in fp32) fp32, else x's dtype.
     fp32 parameters with a bf16 / fp16 x (a host's pair rep inside an autocast trunk) are used
     as they are, without the fp32 copy of x that autocast would make: in a Protenix prediction
-    at 1,170 tokens that copy plus torch's fp32 kernel took 2.5 ms of a 9.7 ms triangle module
-    (H200, benchmarks/session4/call1).
+    at 1,170 tokens torch's fp32 kernel alone took 1.44 ms per call (H200,
+    benchmarks/session4/call1), and the triangle module went from 9.73 to 6.71 ms with this
+    change and the chunking one (call3).
 
     ``for_matmul``: the caller only feeds the result to matmuls (linear layers). Under CUDA
     autocast the result is then written once in the autocast dtype, the values autocast's own

@@ -204,6 +204,8 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
                 raise ValueError(f"c_a = {c_a} is not divisible by n_heads = {n_heads}: give head_dim")
             head_dim = c_a // n_heads
         hidden = n_heads * head_dim
+        if compute_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"compute_dtype must be None, torch.bfloat16 or torch.float16, got {compute_dtype!r}")
         if windows not in WINDOWS:
             raise ValueError(f"windows must be one of {WINDOWS}, got {windows!r}")
         if kv_from_input and not cross_attention:

@@ -108,6 +108,8 @@ class FlashBiasTriangleAttention(FlashBiasModule):
                 "bias from the transposed z) or 'untransposed' (AF3 code / OpenFold3 "
                 f"transpose_bias=True), got {ending_bias!r}"
             )
+        if isinstance(chunk_budget_bytes, bool) or not isinstance(chunk_budget_bytes, int) or chunk_budget_bytes < 0:
+            raise ValueError(f"chunk_budget_bytes must be an int >= 0, got {chunk_budget_bytes!r}")
         if node == "starting" and ending_bias is not None:
             raise ValueError(f"ending_bias={ending_bias!r} only applies to node='ending'")
         hidden = n_heads * head_dim
