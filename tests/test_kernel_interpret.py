@@ -144,8 +144,9 @@ def test_row_split_ds_sum_matches_the_reference(splits, monkeypatch):
 
     args, kw = make_inputs(7, 2, 20, 18, 16, 4, bias_shape=(1, 2, 20, 18), mask_shape=(7, 18), device=DEVICE)
     block_d, block_r = tfb._pow2_at_least_16(16), tfb._pow2_at_least_16(4)
-    cfg = tfb.default_config("ds_sum", block_d, block_r, True)
-    monkeypatch.setitem(tfb.CONFIG_OVERRIDES, tfb.config_key("ds_sum", block_d, block_r, True),
+    elem = args[0].element_size()
+    cfg = tfb.default_config("ds_sum", block_d, block_r, True, elem)
+    monkeypatch.setitem(tfb.CONFIG_OVERRIDES, tfb.config_key("ds_sum", block_d, block_r, True, elem),
                         tfb.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 1, splits))
     out = flash_bias_attention(*args, **kw, backend="triton")
     ref = flash_bias_attention(*args, **kw, backend="reference")
@@ -169,8 +170,9 @@ def test_fused_ds_in_backward_kernel_matches_the_reference(case, monkeypatch):
                            device=DEVICE)
     block_d = tfb._pow2_at_least_16(16)
     block_r = tfb._pow2_at_least_16(case["rank"]) if case["rank"] else 0
-    cfg = tfb.default_config("bwd", block_d, block_r, True)
-    monkeypatch.setitem(tfb.CONFIG_OVERRIDES, tfb.config_key("bwd", block_d, block_r, True),
+    elem = args[0].element_size()
+    cfg = tfb.default_config("bwd", block_d, block_r, True, elem)
+    monkeypatch.setitem(tfb.CONFIG_OVERRIDES, tfb.config_key("bwd", block_d, block_r, True, elem),
                         tfb.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, case["rows"],
                                          fuse_ds=True))
     ran = []

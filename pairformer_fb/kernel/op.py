@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -40,6 +41,34 @@ def _broadcast_to(name: str, t: torch.Tensor, target: tuple[int, ...], labels: s
     return t
 
 
+# fp32 products without TF32 run on the FMA units, where tiles wider than this (padded head dim +
+# padded rank) spill registers: a first call compiled for 12-150 s on an sm_90 target
+# (tests/test_kernel_compile.py); "auto" runs those on the torch reference path (cuBLAS) instead.
+FULL_FP32_MAX_WIDTH = 64
+_warned_full_fp32 = False
+
+
+def _padded(n: int) -> int:
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def _full_fp32_too_wide(q: torch.Tensor, q_factors: torch.Tensor | None) -> bool:
+    global _warned_full_fp32
+    if q.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32:
+        return False
+    width = _padded(q.shape[-1]) + (_padded(q_factors.shape[-1]) if q_factors is not None else 0)
+    if width <= FULL_FP32_MAX_WIDTH:
+        return False
+    if not _warned_full_fp32:
+        _warned_full_fp32 = True
+        warnings.warn(
+            f"flash_bias_attention: fp32 inputs with torch.backends.cuda.matmul.allow_tf32 = False and padded head "
+            f"dim + rank {width} > {FULL_FP32_MAX_WIDTH} run the torch reference path (the full-precision Triton "
+            f"kernels of this width compile for minutes); allow TF32 or use bf16 / fp16 for the fused kernel",
+            RuntimeWarning, stacklevel=3)
+    return True
+
+
 def flash_bias_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -72,7 +101,8 @@ def flash_bias_attention(
             gating of the AF3 attentions. Without gradients to compute (inference) the Triton
             path applies it in the forward kernel's epilogue (no extra pass over the output).
         backend: "auto" runs the Triton kernels for CUDA tensors and the chunked torch reference
-            otherwise; "triton" / "reference" force one path.
+            otherwise (and for fp32 without TF32 when the padded head dim + rank exceeds
+            ``FULL_FP32_MAX_WIDTH``, with a one-time warning); "triton" / "reference" force one path.
 
     Precision: fp16 and bf16 use fp32 accumulation and an fp32 softmax. fp32 inputs run the
     Triton products in tf32 only when ``torch.backends.cuda.matmul.allow_tf32`` is set (as
@@ -145,7 +175,7 @@ def flash_bias_attention(
     scale = float(scale)
 
     if backend == "auto":
-        backend = "triton" if q.is_cuda else "reference"
+        backend = "triton" if q.is_cuda and not _full_fp32_too_wide(q, q_factors) else "reference"
     if backend == "triton":
         from .triton_flash_bias import attention_triton
 

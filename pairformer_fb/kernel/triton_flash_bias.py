@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -60,13 +61,32 @@ def _pow2_at_least_16(x: int) -> int:
     return max(16, triton.next_power_of_2(x))
 
 
-def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> KernelConfig:
+def default_config(kind: str, block_d: int, block_r: int, has_bias: bool, elem_bytes: int = 2) -> KernelConfig:
     """Tiles per kernel kind ("fwd", "bwd", "ds_sum"), padded head width, padded rank (0 without
-    factors) and whether a dense bias tile is read."""
+    factors), whether a dense bias tile is read, and the operands' element size (2: fp16 / bf16,
+    4: fp32).
+
+    Every entry fits the 227 KiB of shared memory of a Hopper SM as it is, so a first call
+    compiles each kernel once: a launch that runs out of shared memory recompiles with smaller
+    tiles (``_shrink``), and each such compile of a spilling fp32 kernel took 10-150 s
+    (``tests/test_kernel_compile.py`` compiles the largest case of each branch for sm_90 and
+    checks this without a GPU)."""
     if INTERPRET:  # the CPU interpreter: small tiles keep tests fast and still cover several blocks
         return KernelConfig(16, 16, 1, 1)
-    if block_d + block_r > 128:  # wide tiles: keep shared memory under the 227 KiB of a Hopper SM
-        return KernelConfig(64, 32, 4, 2, 1) if kind == "fwd" else KernelConfig(32, 64, 4, 2, 1)
+    width = block_d + block_r
+    if elem_bytes == 4:
+        # fp32 tiles take twice the bytes (shared memory, registers) of 16-bit ones: one row per
+        # program, two stages, narrower tiles as the head dim + rank grows. The forward at
+        # width <= 64 is the tiles Protenix's fp32 diffusion attention (D = 48, dense bias) ran
+        # with after shrinking at launch (benchmarks/session3/run3). The backward adds each
+        # row's dS to the row-shared sum itself (no separate ds_sum kernel to compile).
+        if kind == "fwd":
+            return KernelConfig(64, 64, 4, 2, 1) if width <= 64 else KernelConfig(32, 32, 4, 2, 1)
+        if kind == "bwd":
+            return KernelConfig(32, 32, 4, 2, 1, fuse_ds=True)
+        return KernelConfig(32, 32, 4, 2, 1)
+    if width > 128:  # wide tiles: keep shared memory under the 227 KiB of a Hopper SM
+        return KernelConfig(64, 32, 4, 2, 1) if kind == "fwd" else KernelConfig(32, 64, 4, 2, 1, fuse_ds=True)
     # measured best at N = 1024, D = 32 on an H200 (benchmarks/kernel_tuning.md)
     if kind == "ds_sum":
         # a dense bias: 4 programs per tile (N = 1024: 4096 programs, not 1024) measured 12.46 against
@@ -76,8 +96,9 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> Ker
         if has_bias or block_r:
             # two rows per program, their dS summed into the row-shared sum by atomic adds: dense
             # bias 12.13 / factors R = 32 11.85 ms fwd+bwd at N = 1024 against 12.45 / 12.52 with
-            # the separate _ds_sum_kernel (H200, benchmarks/session3/run1/bwd.txt)
-            return KernelConfig(64, 64, 4, 3, 2, fuse_ds=True)
+            # the separate _ds_sum_kernel (H200, benchmarks/session3/run1/bwd.txt). From width 128
+            # (D = 128, or D + R past 64) two rows' tiles need more than 227 KiB: one row.
+            return KernelConfig(64, 64, 4, 3, 2 if width < 128 else 1, fuse_ds=True)
         return KernelConfig(64, 128, 4, 3, 1)
     # a shared bias or shared factors: two rows per program share their tiles. Factors at N = 1170
     # (triangle module case: strided q/k/v, key mask, gate): 4.98 ms against 6.01 with the
@@ -89,16 +110,19 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool) -> Ker
     return KernelConfig(128, 64, 4, 3, 1)
 
 
-# Tuning sweeps and benchmarks set entries here: {(kind, block_d, block_r, has_bias): KernelConfig}.
-CONFIG_OVERRIDES: dict[tuple[str, int, int, bool], KernelConfig] = {}
+# Tuning sweeps and benchmarks set entries here:
+# {(kind, block_d, block_r, has_bias, elem_bytes): KernelConfig}.
+CONFIG_OVERRIDES: dict[tuple[str, int, int, bool, int], KernelConfig] = {}
 
 
-def config_key(kind: str, block_d: int, block_r: int, has_bias: bool) -> tuple[str, int, int, bool]:
-    return (kind, block_d, block_r, bool(has_bias))
+def config_key(kind: str, block_d: int, block_r: int, has_bias: bool,
+               elem_bytes: int = 2) -> tuple[str, int, int, bool, int]:
+    return (kind, block_d, block_r, bool(has_bias), int(elem_bytes))
 
 
-def _ops_config_key(kind: str, ops: "_Operands") -> tuple[str, int, int, bool]:
-    return config_key(kind, ops.block_d, ops.block_r if ops.has_factors else 0, ops.bias is not None)
+def _ops_config_key(kind: str, ops: "_Operands") -> tuple[str, int, int, bool, int]:
+    return config_key(kind, ops.block_d, ops.block_r if ops.has_factors else 0, ops.bias is not None,
+                      ops.elem_bytes)
 
 
 def _config(kind: str, ops: "_Operands") -> KernelConfig:
@@ -108,12 +132,14 @@ def _config(kind: str, ops: "_Operands") -> KernelConfig:
 
 def load_config_overrides(path: str) -> int:
     """Read tuned tiles from a JSON list of {"kind", "block_d", "block_r", "has_bias",
-    "block_m", "block_n", "num_warps", "num_stages", "rows"} (as written by scripts/tune_kernels.py)."""
+    "block_m", "block_n", "num_warps", "num_stages", "rows", "elem_bytes"} (as written by
+    scripts/tune_kernels.py; elem_bytes defaults to 2, the 16-bit dtypes)."""
     import json
 
     entries = json.load(open(path))
     for e in entries:
-        CONFIG_OVERRIDES[config_key(e["kind"], e["block_d"], e["block_r"], e["has_bias"])] = KernelConfig(
+        key = config_key(e["kind"], e["block_d"], e["block_r"], e["has_bias"], e.get("elem_bytes", 2))
+        CONFIG_OVERRIDES[key] = KernelConfig(
             e["block_m"], e["block_n"], e["num_warps"], e["num_stages"], e.get("rows", 2), e.get("splits", 1),
             e.get("fuse_ds", False))
     return len(entries)
@@ -151,6 +177,9 @@ def _launch(kind: str, ops: "_Operands", dtype: torch.dtype, launch) -> None:
             smaller = _shrink(cfg)
             if smaller is None:
                 raise
+            if key not in _FITTED:  # once per kernel class: each retry is another compile
+                warnings.warn(f"FlashBias {kind} tiles {cfg} need more shared memory than this GPU has; "
+                              f"compiling smaller ones (a slower first call)", RuntimeWarning, stacklevel=3)
             cfg = _FITTED[key] = smaller
 
 
@@ -768,6 +797,7 @@ class _Operands:
         self.block_d = _pow2_at_least_16(D)
         self.block_r = _pow2_at_least_16(self.R) if self.has_factors else 16
         self.precision = _precision(q.dtype)
+        self.elem_bytes = q.element_size()
 
     def pointer_args(self, q):
         return (

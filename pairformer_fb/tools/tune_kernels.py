@@ -69,7 +69,8 @@ def tune(problems: list[Problem], device, dtype, warmup_ms=10, rep_ms=50) -> tup
         do = torch.randn_like(args[0])
         block_d = tfb._pow2_at_least_16(p.head_dim)
         block_r = tfb._pow2_at_least_16(p.rank) if p.rank else 0
-        keys = {kind: tfb.config_key(kind, block_d, block_r, p.dense_bias) for kind in CANDIDATES}
+        keys = {kind: tfb.config_key(kind, block_d, block_r, p.dense_bias, args[0].element_size())
+                for kind in CANDIDATES}
         for key in keys.values():
             tfb.CONFIG_OVERRIDES.pop(key, None)
 
@@ -109,6 +110,7 @@ def tune(problems: list[Problem], device, dtype, warmup_ms=10, rep_ms=50) -> tup
             tfb.CONFIG_OVERRIDES[keys[kind]] = tfb.KernelConfig(*best["config"])
             bm, bn, w, s, rows, *split = best["config"]
             winners.append({"kind": kind, "block_d": block_d, "block_r": block_r, "has_bias": p.dense_bias,
+                            "elem_bytes": args[0].element_size(),
                             "block_m": bm, "block_n": bn, "num_warps": w, "num_stages": s, "rows": rows,
                             "splits": split[0] if split else 1,
                             "problem": asdict(p), "ms": best["ms"]})

@@ -1,0 +1,99 @@
+"""Compile the op's Triton kernels for an sm_90 (Hopper) target on a machine without a GPU, as a
+first call would, and print one JSON line per kernel compiled: shared memory, registers, stack
+(spills), compile seconds. Run as a script (it replaces Triton's driver for the process):
+
+    python tests/aot_compile.py '{"B": 4, "H": 2, "Lq": 100, "Lk": 100, "D": 128, "dtype": "bf16"}'
+
+Keys: B, H, Lq, Lk, D, R (0), factor_batch (1), bias_shape (null), mask (false), dtype
+(bf16 | fp16 | fp32 | tf32), grad (true). A launch whose kernel needs more shared memory than an
+H100 / H200 block may have raises OutOfResources as the device would, so the op's shrink-and-
+retry path runs here too (each retry is one more line)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime.driver import driver  # noqa: E402
+from triton.runtime.errors import OutOfResources  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+HOPPER_SHARED_MEMORY = 232448  # bytes a block may have on sm_90 (227 KiB)
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+class _Sm90Driver:
+    """Just enough of a driver for Triton to compile for sm_90 without a device."""
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+def _resources(kernel) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(kernel.asm["cubin"])
+    try:
+        out = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    finally:
+        os.unlink(f.name)
+    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return {"registers": int(m.group(1)), "stack_bytes": int(m.group(2))} if m else {}
+
+
+def _compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
+    t0 = time.perf_counter()
+    kernel = _run(self, *args, grid=grid, warmup=True, **kwargs)
+    shared = kernel.metadata.shared
+    print(json.dumps({"kernel": self.__name__, "seconds": round(time.perf_counter() - t0, 2), "shared_bytes": shared,
+                      **_resources(kernel), **{k: kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "ROWS") if k in kwargs},
+                      "num_warps": kernel.metadata.num_warps, "num_stages": kernel.metadata.num_stages}), flush=True)
+    if shared > HOPPER_SHARED_MEMORY:
+        raise OutOfResources(shared, HOPPER_SHARED_MEMORY, "shared memory")
+    return kernel
+
+
+_run = JITFunction.run
+
+
+def main(spec: dict) -> None:
+    driver.set_active(_Sm90Driver())
+    JITFunction.run = _compile_instead_of_launch
+    from pairformer_fb.kernel import triton_flash_bias as tfb
+
+    dtype = spec.get("dtype", "bf16")
+    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}[dtype]
+    B, H, Lq, Lk, D = (spec[k] for k in ("B", "H", "Lq", "Lk", "D"))
+    R = spec.get("R", 0)
+    fb = spec.get("factor_batch", 1)
+    g = torch.Generator().manual_seed(0)
+    rnd = lambda *s: torch.randn(*s, generator=g).to(dt)  # noqa: E731
+    q, k, v = rnd(B, H, Lq, D), rnd(B, H, Lk, D), rnd(B, H, Lk, D)
+    qf, kf = (rnd(fb, H, Lq, R), rnd(fb, H, Lk, R)) if R else (None, None)
+    bias = rnd(*spec["bias_shape"]) if spec.get("bias_shape") else None
+    mask = torch.rand(B, Lk, generator=g) > 0.3 if spec.get("mask") else None
+    ops = tfb._Operands(q, k, v, qf, kf, bias, mask, D ** -0.5)
+    o, stats = tfb._forward(q, k, v, ops)
+    if spec.get("grad", True):
+        tfb._backward(q, k, v, o, stats, rnd(B, H, Lq, D), ops, (True,) * 3 + (R > 0,) * 2 + (bias is not None,))
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

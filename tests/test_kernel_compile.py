@@ -1,0 +1,50 @@
+"""Every branch of the kernels' tile table compiles once for an H100 / H200 (sm_90) and fits its
+shared memory, so a first call never recompiles with smaller tiles (each such compile of a
+spilling fp32 kernel took 10-150 s). Compiled for sm_90 without a GPU (tests/aot_compile.py),
+each case in its own process: the largest case of each branch of ``default_config``."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+from aot_compile import HOPPER_SHARED_MEMORY  # noqa: E402
+
+SCRIPT = Path(__file__).with_name("aot_compile.py")
+CASES = {
+    # name: spec (see aot_compile.py); widths are padded head dim + padded rank
+    "bf16_d32_r64_rows2": dict(D=32, R=64, bias="shared", mask=True),  # two rows per program, widest
+    "bf16_d128_bias": dict(D=128, bias="shared", mask=True),  # width 128: one row
+    "bf16_d64_r64": dict(D=64, R=64, bias="shared"),
+    "fp16_wide_d128_r128": dict(D=128, R=128, bias="shared", dtype="fp16"),
+    "bf16_row_factors_row_bias": dict(D=64, R=64, factor_batch=4, bias="rows"),  # ds_sum kernel
+    "tf32_d48_bias": dict(D=48, bias="shared", mask=True, dtype="tf32"),
+    "tf32_wide_d128_r128": dict(D=128, R=128, bias="shared", dtype="tf32"),
+    "tf32_row_bias_d128": dict(D=128, bias="rows", dtype="tf32"),
+    "fp32_d48_bias": dict(D=48, bias="shared", dtype="fp32"),  # full fp32 up to width 64
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_first_call_compiles_each_kernel_once_within_hopper_shared_memory(name, tmp_path):
+    c = dict(CASES[name])
+    B, H, L = 4, 2, 100
+    bias = c.pop("bias", None)
+    spec = {"B": B, "H": H, "Lq": L, "Lk": L, **c,
+            "bias_shape": {"shared": [1, H, L, L], "rows": [B, 1, L, L], None: None}[bias]}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # cold: really compile
+    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPT.parent.parent), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    kernels = [json.loads(line) for line in run.stdout.splitlines()]
+    names = [k["kernel"] for k in kernels]
+    assert names[0] == "_fwd_kernel" and "_bwd_kernel" in names, names
+    assert len(names) == len(set(names)), f"a kernel was compiled again with smaller tiles: {kernels}"
+    for k in kernels:
+        assert k["shared_bytes"] <= HOPPER_SHARED_MEMORY, k
