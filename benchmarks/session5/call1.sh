@@ -10,7 +10,7 @@ SECONDS=0
 timeout 300 python3 scripts/fuzz_op.py cases=320 named=true device=cuda workers=12 timeout_s=270 \
   output_dir=$OUT/fuzz > $OUT/fuzz.log 2>&1; echo "fuzz rc=$? ${SECONDS}s"
 head -12 $OUT/fuzz/results.md; grep -A12 "^## Failures" $OUT/fuzz/results.md | head -14
-timeout 120 python3 -m pytest -q -x tests/test_kernel_gpu.py tests/test_kernel_interpret.py tests/test_validation.py \
+timeout 240 python3 -m pytest -q tests/test_kernel_gpu.py tests/test_kernel_interpret.py tests/test_validation.py tests/test_fuzz.py \
   > $OUT/gpu_tests.txt 2>&1; echo "tests rc=$? ${SECONDS}s"; tail -3 $OUT/gpu_tests.txt
 timeout $((590 - SECONDS)) python3 scripts/bench_attention.py "triangle.sizes=[1024,1170]" "single.sizes=[768]" \
   "methods=[sdpa_floor,flex_bias,fb_bias,fb_factors]" "ranks=[32]" output_dir=$OUT/attention > $OUT/attention.log 2>&1

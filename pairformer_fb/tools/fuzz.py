@@ -234,7 +234,7 @@ def run_case(case: FuzzCase, device, backend: str = "auto") -> dict:
 def _worker(cases: list[FuzzCase], device: str, backend: str, path: str, cache_dir: str | None) -> None:
     if cache_dir:  # a cold kernel cache: every first call pays its compilation, as on a fresh machine
         os.environ["TRITON_CACHE_DIR"] = cache_dir
-    if device.startswith("cuda"):
+    if torch.device(device).type == "cuda" and torch.device(device).index is not None:
         torch.cuda.set_device(torch.device(device))
     with open(path, "a") as f:
         for case in cases:
