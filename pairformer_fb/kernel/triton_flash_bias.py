@@ -98,7 +98,11 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool, elem_b
             # bias 12.13 / factors R = 32 11.85 ms fwd+bwd at N = 1024 against 12.45 / 12.52 with
             # the separate _ds_sum_kernel (H200, benchmarks/session3/run1/bwd.txt). From width 128
             # (D = 128, or D + R past 64) two rows' tiles need more than 227 KiB: one row.
-            return KernelConfig(64, 64, 4, 3, 2 if width < 128 else 1, fuse_ds=True)
+            # A padded rank above the padded head dim (e.g. D 27 / R 38, D 8 / R 20) at 4 warps made
+            # Triton 3.6 read shared memory out of bounds at the dQ product (compute-sanitizer; wrong
+            # dQ, dK, dV): 8 warps compute those right (benchmarks/session5/call5/tiles.txt).
+            warps = 8 if block_r > block_d else 4
+            return KernelConfig(64, 64, warps, 3, 2 if width < 128 else 1, fuse_ds=True)
         return KernelConfig(64, 128, 4, 3, 1)
     # a shared bias or shared factors: two rows per program share their tiles. Factors at N = 1170
     # (triangle module case: strided q/k/v, key mask, gate): 4.98 ms against 6.01 with the

@@ -17,7 +17,8 @@ from dS has with unit-scale inputs (a dot of D unit terms, summed over up to B *
 rows); the kernels' dS there is the rounding of dP - rowsum(dO * O), about fp32's u. The tolerances
 are multiples of each dtype's unit roundoff ``u`` (the precision of the kernel's products):
 ``FWD_ULPS * u`` forward, ``BWD_ULPS * u`` for gradients (P and dS are rounded to the input
-dtype before their products, and the bias gradient sums many such rows)."""
+dtype before their products, and the bias gradient sums many such rows), times
+``logit_error_scale`` where the products themselves round their inputs (TF32)."""
 
 from __future__ import annotations
 
@@ -166,6 +167,15 @@ def float64_oracle(q, k, v, q_factors=None, k_factors=None, bias=None, key_mask=
     return out if gate is None else torch.sigmoid(gate) * out
 
 
+def logit_error_scale(case: FuzzCase) -> float:
+    """How many units of roundoff a logit's error spans. 16-bit inputs are exact in the kernels'
+    products (fp32 accumulation), so only P, dS and the output are rounded: 1. TF32 rounds the
+    fp32 inputs of each product to 11 bits, so a logit (D products of unit-scale q, k times
+    D^-1/2, plus R of the factors times R^-1/2) is off by about u (sqrt(D) + sqrt(R)), and the
+    softmax passes that absolute error on to the output."""
+    return math.sqrt(case.D) + math.sqrt(case.R) if case.dtype == "tf32" else 1.0
+
+
 def _error(a: torch.Tensor, b: torch.Tensor, scale: float) -> float:
     """Relative norm-wise error; absolute (RMS over ``scale``) where ``b`` is zero up to float64
     rounding."""
@@ -223,7 +233,7 @@ def run_case(case: FuzzCase, device, backend: str = "auto") -> dict:
                 errors["d" + n] = math.inf if a is None or a.shape != b.shape else _error(a, b, scale)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
-    u = UNIT_ROUNDOFF[case.dtype]
+    u = UNIT_ROUNDOFF[case.dtype] * logit_error_scale(case)
     tol = {n: (FWD_ULPS if n == "out" else BWD_ULPS) * u for n in errors}
     failed = sorted(n for n, e in errors.items() if not e <= tol[n])
     return {**asdict(case), "case": case.describe(), "first_call_s": round(first_call_s, 4),
@@ -299,9 +309,10 @@ def summarize(records: list[dict]) -> dict:
             kind = "forward" if name == "out" else "gradient"
             w = worst.setdefault(r["dtype"], {"forward": 0.0, "gradient": 0.0})
             w[kind] = max(w[kind], err)
-    for w, dt in ((worst[d], d) for d in worst):
-        w["tolerance_forward"] = FWD_ULPS * UNIT_ROUNDOFF[dt]
-        w["tolerance_gradient"] = BWD_ULPS * UNIT_ROUNDOFF[dt]
+    for r in records:  # the loosest tolerance of the dtype's cases (tf32's grows with D and R)
+        for name, tol in r.get("tolerance", {}).items():
+            key = "tolerance_forward" if name == "out" else "tolerance_gradient"
+            worst[r["dtype"]][key] = max(worst[r["dtype"]].get(key, 0.0), tol)
     return {
         "cases": len(records),
         "failures": sum(r["status"] != "ok" for r in records),
