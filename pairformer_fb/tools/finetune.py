@@ -553,7 +553,10 @@ def read_training_state(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume={path}: no such file")
-    state = _load(path, allow_pickle=True)
+    try:
+        state = _load(path, allow_pickle=True)
+    except CheckpointError as e:
+        raise CheckpointError(f"resume={e}") from None
     if not isinstance(state, Mapping) or state.get("kind") != "pairformer_fb.finetune":
         raise CheckpointError(f"resume={path}: not a fine-tuning checkpoint (written by scripts/finetune.py "
                               "under output_dir/checkpoints/)")
