@@ -4,14 +4,11 @@
     python scripts/bench_attention.py triangle.sizes=[1024] output_dir=benchmarks/attention_h200
 """
 
-import hydra
-from omegaconf import DictConfig
-
+from pairformer_fb.tools.cli import main
 from pairformer_fb.tools.bench_attention import run
 
 
-@hydra.main(config_path="../configs", config_name="bench_attention", version_base=None)
-def main(cfg: DictConfig) -> None:
+def task(cfg) -> None:
     records = run(cfg)
     print(open(f"{cfg.output_dir}/results.md").read())
     failed = [r for r in records if r.method.startswith("fb_") and r.status != "ok"]
@@ -20,4 +17,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main("bench_attention", task, doc=__doc__)

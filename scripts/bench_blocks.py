@@ -4,14 +4,11 @@
     python scripts/bench_blocks.py "sizes.protenix=[1024]" output_dir=benchmarks/blocks_h200
 """
 
-import hydra
-from omegaconf import DictConfig
-
+from pairformer_fb.tools.cli import main
 from pairformer_fb.tools.bench_blocks import run
 
 
-@hydra.main(config_path="../configs", config_name="bench_blocks", version_base=None)
-def main(cfg: DictConfig) -> None:
+def task(cfg) -> None:
     records = run(cfg)
     print(open(f"{cfg.output_dir}/results.md").read())
     failed = [r for r in records if r.variant != "stock" and r.status != "ok"
@@ -21,4 +18,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main("bench_blocks", task, doc=__doc__)

@@ -8,14 +8,11 @@
 
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
-
+from pairformer_fb.tools.cli import main
 from pairformer_fb.tools.bench_boltz_diffusion import run
 
 
-@hydra.main(config_path="../configs", config_name="bench_boltz_diffusion", version_base=None)
-def main(cfg: DictConfig) -> None:
+def task(cfg) -> None:
     records = run(cfg)
     print((Path(cfg.output_dir) / "results.md").read_text())
     failed = [r for r in records if r.variant != "stock" and r.status != "ok" and not r.status.startswith("skipped")]
@@ -24,4 +21,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main("bench_boltz_diffusion", task, doc=__doc__)

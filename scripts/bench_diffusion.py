@@ -10,14 +10,11 @@ import os
 
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # before protenix is imported (no CUDA layer-norm build)
 
-import hydra
-from omegaconf import DictConfig
-
+from pairformer_fb.tools.cli import main
 from pairformer_fb.tools.bench_diffusion import run
 
 
-@hydra.main(config_path="../configs", config_name="bench_diffusion", version_base=None)
-def main(cfg: DictConfig) -> None:
+def task(cfg) -> None:
     records = run(cfg)
     print(open(f"{cfg.output_dir}/results.md").read())
     failed = [r for r in records if not r.variant.startswith("stock") and r.status != "ok"
@@ -27,4 +24,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main("bench_diffusion", task, doc=__doc__)

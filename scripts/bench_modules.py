@@ -4,14 +4,11 @@
     python scripts/bench_modules.py "triangle.sizes=[1024]" output_dir=benchmarks/modules_h200
 """
 
-import hydra
-from omegaconf import DictConfig
-
+from pairformer_fb.tools.cli import main
 from pairformer_fb.tools.bench_modules import run
 
 
-@hydra.main(config_path="../configs", config_name="bench_modules", version_base=None)
-def main(cfg: DictConfig) -> None:
+def task(cfg) -> None:
     records = run(cfg)
     print(open(f"{cfg.output_dir}/results.md").read())
     failed = [r for r in records if r.variant != "torch_sdpa" and r.status != "ok"]
@@ -20,4 +17,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main("bench_modules", task, doc=__doc__)

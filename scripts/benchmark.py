@@ -6,20 +6,21 @@ with the agreement of the predicted structures.
     python scripts/benchmark.py model=base "samples=[1ubq,7wux_a2b2]" repeats=3 output_dir=DIR
     python scripts/benchmark.py host=openfold3 "samples=[1crn]"     # tiny OpenFold3 on a CPU
     python scripts/benchmark.py host=boltz "samples=[1crn]"         # tiny Boltz-2 on a CPU
+
+Bad input (options, samples, references, checkpoint, output_dir): one line
+"benchmark: error: ..." on stderr, exit status 2, before any model work; nothing is written.
 """
 
 import os
 
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # before protenix is imported: no CUDA layer-norm build on a CPU
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
+from pairformer_fb.tools.cli import main  # noqa: E402
+from pairformer_fb.tools.hosts import HostUnavailable  # noqa: E402
 from pairformer_fb.tools.benchmark import run  # noqa: E402
 
 
-@hydra.main(config_path="../configs", config_name="benchmark", version_base=None)
-def main(cfg: DictConfig) -> None:
+def task(cfg) -> None:
     result = run(cfg)
     print(open(f"{cfg.output_dir}/results.md").read())
     failed = [r for r in result["records"] if r["status"] != "ok"]
@@ -28,4 +29,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main("benchmark", task, doc=__doc__, errors=(HostUnavailable,))

@@ -1,45 +1,40 @@
-"""Convert a host checkpoint to a FlashBias checkpoint, or back (configs/convert_checkpoint.yaml).
+r"""Convert a host checkpoint to a FlashBias checkpoint, or back (configs/convert_checkpoint.yaml).
 
     python scripts/convert_checkpoint.py input=IN output=OUT [host=auto|protenix|boltz|openfold3] \
-        [model=PRESET] [patch.mode=lowrank] [patch.rank=R] [strip=true]
+        [model=PRESET] [patch.mode=lowrank] [patch.rank=R] [strip=true] [overwrite=true]
 
 Prints the per-module bias-approximation errors and writes OUT.report.json / OUT.report.md.
-Exits non-zero, with the reason on stderr and nothing written, on bad input.
+An existing OUT is replaced only with overwrite=true (atomically). Bad input: one line
+"convert_checkpoint: error: ..." on stderr, exit status 2, checked before any model work;
+nothing is written.
 """
 
 import os
-import sys
-
-import hydra
-from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, OmegaConf
 
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # protenix without CUDA: no fused layer norm build
 
-from pairformer_fb.modules import FactorConfig
-from pairformer_fb.tools.checkpoint import CheckpointError
-from pairformer_fb.tools.convert import convert_checkpoint
-from pairformer_fb.tools.presets import PresetError
+from hydra.utils import to_absolute_path  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from pairformer_fb.tools.cli import main  # noqa: E402
 
 
-@hydra.main(config_path="../configs", config_name="convert_checkpoint", version_base=None)
-def main(cfg: DictConfig) -> None:
+def task(cfg) -> None:
+    from pairformer_fb.modules import FactorConfig
+    from pairformer_fb.tools.convert import convert_checkpoint
+
     p, fit = cfg.patch, cfg.fit
     listed = lambda v: None if v is None else list(OmegaConf.to_container(v))
-    try:
-        report = convert_checkpoint(
-            to_absolute_path(cfg.input), to_absolute_path(cfg.output), host=cfg.host, model=cfg.model,
-            mode=p.mode, factor_config=FactorConfig(rank=p.rank, width=p.factor_width, depth=p.factor_depth),
-            stacks=listed(p.stacks), kinds=listed(p.kinds), blocks=listed(p.blocks),
-            samples=None if fit.samples is None else [to_absolute_path(f) for f in fit.samples],
-            max_tokens=fit.max_tokens, fit_steps=fit.steps, fit_lr=fit.lr, seed=fit.seed, strip=cfg.strip,
-            use_ema=cfg.use_ema, allow_pickle=cfg.allow_pickle, device=cfg.device, write_report=cfg.report,
-            progress=cfg.progress)
-    except (CheckpointError, PresetError, ValueError, FileNotFoundError, IsADirectoryError, ImportError) as e:
-        print(f"convert_checkpoint: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    report = convert_checkpoint(
+        to_absolute_path(cfg.input), to_absolute_path(cfg.output), host=cfg.host, model=cfg.model,
+        mode=p.mode, factor_config=FactorConfig(rank=p.rank, width=p.factor_width, depth=p.factor_depth),
+        stacks=listed(p.stacks), kinds=listed(p.kinds), blocks=listed(p.blocks),
+        samples=None if fit.samples is None else [to_absolute_path(f) for f in fit.samples],
+        max_tokens=fit.max_tokens, fit_steps=fit.steps, fit_lr=fit.lr, seed=fit.seed, strip=cfg.strip,
+        use_ema=cfg.use_ema, allow_pickle=cfg.allow_pickle, device=cfg.device, write_report=cfg.report,
+        progress=cfg.progress, overwrite=cfg.overwrite)
     print(report.markdown())
 
 
 if __name__ == "__main__":
-    main()
+    main("convert_checkpoint", task, doc=__doc__)

@@ -349,7 +349,7 @@ def bench_cfg(tmp_path, **kw):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(ROOT / "configs" / "benchmark.yaml")
-    cfg.pop("hydra")
+    cfg.pop("hydra", None)
     cfg.output_dir = str(tmp_path / "out")
     for k, v in kw.items():
         cfg[k] = v

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Literal
 
@@ -177,6 +178,9 @@ def flash_bias_attention(
     if backend == "auto":
         backend = "triton" if q.is_cuda and not _full_fp32_too_wide(q, q_factors) else "reference"
     if backend == "triton":
+        if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"backend='triton' needs CUDA tensors, but q is on {q.device} (Triton has no CPU "
+                             "driver): use backend='auto' or 'reference' (TRITON_INTERPRET=1: Triton's interpreter)")
         from .triton_flash_bias import attention_triton
 
         return attention_triton(q, k, v, q_factors, k_factors, bias, key_mask, scale, gate)

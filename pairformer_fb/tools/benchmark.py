@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .cli import atomic_write, check_writable_dir
 from .featurize import InputError, Sample, read_samples
 from .hosts import PHASES, StructureHost, get_host
 from .patching import DIFFUSION_DTYPES
@@ -199,25 +200,22 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
     factors = {k: v for k, v in (ckpt.state_dict.items() if ckpt is not None else ()) if FACTOR_KEY_MARK in k}
     meta = ckpt.metadata if ckpt is not None else None
     if factors and meta:
-        from ..modules import FactorConfig
+        # the converted checkpoint decides what its lowrank variant patches: exactly the modules
+        # (stacks, kinds, blocks, modes, rank) its metadata records, with its factor networks
+        from .convert import patch_as_recorded
 
-        fc = FactorConfig(**meta["factor_config"]) if meta.get("factor_config") else None
-        rank = fc.rank if fc else next(iter(meta["modules"].values()))["rank"]
-        # the kinds the checkpoint has factor networks for (its diffusion kinds, if any, would
-        # take these factor networks too, which it does not hold: they stay unpatched here)
-        kinds = tuple(k for k in kinds if k in {m["kind"] for m in meta["modules"].values()})
-        report = fb.patch_model(model, mode="lowrank", rank=rank, factor_config=fc, stacks=stacks, kinds=kinds,
-                                diffusion_dtype=diffusion_dtype)
-        _, unexpected = model.load_state_dict(factors, strict=False)
-        if unexpected:
-            raise ValueError(f"the converted checkpoint has factor networks for modules not patched here "
-                             f"(e.g. {unexpected[0]}); patch the same stacks (stacks=) it was converted with")
+        report, prefix = patch_as_recorded(model, meta, what=f"checkpoint={cfg.checkpoint}",
+                                           diffusion_dtype=diffusion_dtype)
+        own = {k[len(prefix):]: v for k, v in factors.items() if k.startswith(prefix)}
+        _, unexpected = model.load_state_dict(own, strict=False)
         want = {k for k in model.state_dict() if FACTOR_KEY_MARK in k}
-        if want - set(factors):
-            raise ValueError(f"the converted checkpoint lacks factor networks for {len(want - set(factors))} "
-                             f"patched modules (e.g. {sorted(want - set(factors))[0]}); patch stacks={stacks}")
-        return {"patched_modules": len(report), "rank": rank, "kinds": list(kinds),
-                "factors": "from the converted checkpoint", **dd}
+        if unexpected or want - set(own):
+            raise ValueError(f"checkpoint={cfg.checkpoint}: its factor networks do not fit the modules its metadata "
+                             f"records ({len(unexpected)} unexpected, {len(want - set(own))} missing)")
+        entries = report.entries
+        return {"patched_modules": len(report), "rank": next((e.rank for e in entries if e.rank), None),
+                "kinds": sorted({e.kind for e in entries}), "stacks": sorted({e.stack for e in entries}),
+                "factors": "from the converted checkpoint", "patched_as": "the checkpoint's metadata records", **dd}
     seed_all(cfg.seed)  # the untrained factor networks' initialisation
     report = fb.patch_model(model, mode="lowrank", rank=cfg.rank, stacks=stacks, kinds=kinds,
                             diffusion_dtype=diffusion_dtype)
@@ -252,6 +250,9 @@ def validate(cfg) -> tuple[StructureHost, list[Sample], Any, dict]:
         raise ValueError(f"variants must be distinct names from {list(VARIANTS)}, got {variants}")
     if cfg.repeats < 1 or cfg.warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={cfg.repeats} warmup={cfg.warmup}")
+    if not isinstance(cfg.rank, int) or isinstance(cfg.rank, bool) or cfg.rank < 1:
+        raise ValueError(f"rank must be an integer >= 1 (the untrained factor networks' rank), got {cfg.rank!r}")
+    check_writable_dir(cfg.output_dir, "output_dir")
     if cfg.get("diffusion_dtype") not in DIFFUSION_DTYPES:
         raise ValueError(f"diffusion_dtype must be null, bf16 or fp16, got {cfg.diffusion_dtype!r}")
     samples = read_samples(list(cfg.samples) if not isinstance(cfg.samples, str) else [cfg.samples],
@@ -408,8 +409,8 @@ def _public(rec: dict) -> dict:
 def write_outputs(out: Path, result: dict) -> None:
     public = dict(result)
     public["records"] = [_public(r) for r in result["records"]]
-    (out / "results.json").write_text(json.dumps(public, indent=1, allow_nan=False))
-    (out / "results.md").write_text(markdown(public))
+    atomic_write(out / "results.json", json.dumps(public, indent=1, allow_nan=False))
+    atomic_write(out / "results.md", markdown(public))
 
 
 def markdown(result: dict) -> str:

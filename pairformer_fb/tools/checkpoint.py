@@ -28,7 +28,6 @@ import importlib.metadata
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,10 +245,14 @@ def read_checkpoint(path: str | os.PathLike, host: str = "auto", *, use_ema: boo
                           location=location, prefix=prefix, path=path)
 
 
-def check_output_path(out_path: str | os.PathLike, input_path: str | os.PathLike | None = None) -> Path:
+def check_output_path(out_path: str | os.PathLike, input_path: str | os.PathLike | None = None, *,
+                      overwrite: bool = True, what: str = "output") -> Path:
     """Raise unless ``out_path`` can be written without touching ``input_path``: ValueError if it
     is the input (after resolving links), FileNotFoundError if its directory does not exist,
-    IsADirectoryError if it is a directory. Returns it as a Path."""
+    PermissionError if files cannot be created there, IsADirectoryError if it is a directory,
+    FileExistsError if it exists and not ``overwrite``. Returns it as a Path."""
+    from .cli import check_writable_dir
+
     out = Path(out_path)
     if input_path is not None:
         src = Path(input_path)
@@ -257,37 +260,28 @@ def check_output_path(out_path: str | os.PathLike, input_path: str | os.PathLike
         if not same and out.exists() and src.exists():
             same = os.path.samefile(out, src)
         if same:
-            raise ValueError(f"the output {out} is the input checkpoint {src}: refusing to overwrite it")
+            raise ValueError(f"the {what} {out} is the input checkpoint {src}: refusing to overwrite it")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise FileNotFoundError(f"the output's directory does not exist: {parent}")
+        raise FileNotFoundError(f"the {what}'s directory does not exist: {parent}")
     if out.is_dir():
-        raise IsADirectoryError(f"the output is a directory: {out}")
+        raise IsADirectoryError(f"the {what} is a directory: {out}")
+    check_writable_dir(parent, what)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{what}={out} exists: choose another path, or overwrite=true to replace it")
     return out
 
 
 def write_checkpoint_atomic(container: Any, out_path: str | os.PathLike, *,
                             input_path: str | os.PathLike | None = None) -> Path:
-    """``torch.save(container)`` to ``out_path`` through a temporary file in the same directory
-    and ``os.replace``: readers see the old file or the whole new one, never a part, and a failed
-    write leaves nothing behind. Refuses (ValueError, nothing written) an ``out_path`` that is
-    ``input_path`` (after resolving links). Returns the path written."""
+    """``torch.save(container)`` to ``out_path`` atomically (``cli.atomic_write``: readers see the
+    old file or the whole new one, a failed write leaves nothing behind; the file gets the mode of
+    ``input_path`` when given, else the umask's). Refuses (ValueError, nothing written) an
+    ``out_path`` that is ``input_path`` (after resolving links). Returns the path written."""
+    from .cli import atomic_write
+
     out = check_output_path(out_path, input_path)
-    parent = out.parent if str(out.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(container, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return out
+    return atomic_write(out, lambda f: torch.save(container, f), mode_from=input_path)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -221,6 +221,7 @@ def convert_checkpoint(
     device: str = "auto",
     write_report: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> ConversionReport:
     """Convert a host checkpoint to a FlashBias one (or back, ``strip=True``); see the module
     docstring.
@@ -247,6 +248,8 @@ def convert_checkpoint(
         device: "auto" (CUDA if available), "cpu", "cuda", ...: where the model runs.
         write_report: also write ``<output>.report.json`` and ``<output>.report.md``.
         progress: tqdm bars.
+        overwrite: replace an existing ``output`` (atomically); False: FileExistsError before
+            any work.
 
     Returns a ConversionReport. Raises CheckpointError (bad checkpoint, wrong host, keys that do
     not fit the model, a checkpoint already converted / not converted), ValueError (output is
@@ -254,7 +257,7 @@ def convert_checkpoint(
     """
     start = time.perf_counter()
     output = Path(output)
-    check_output_path(output, input)
+    check_output_path(output, input, overwrite=overwrite)
     ckpt = read_checkpoint(input, host, use_ema=use_ema, allow_pickle=allow_pickle)
     has_factors = any(FACTOR_KEY_MARK in k for k in ckpt.state_dict)
 
@@ -349,11 +352,10 @@ def write_converted(ckpt: HostCheckpoint, tensors: Mapping[str, torch.Tensor], m
 
 
 def _write_report(report: ConversionReport, output: Path) -> None:
+    from .cli import atomic_write
+
     for suffix, text in ((".report.json", json.dumps(report.as_dict(), indent=2)), (".report.md", report.markdown())):
-        path = output.with_name(output.name + suffix)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write(output.with_name(output.name + suffix), text)
 
 
 def load_converted(path: str | os.PathLike, model: nn.Module, *, use_ema: bool = False, backend: str = "auto",
@@ -365,13 +367,28 @@ def load_converted(path: str | os.PathLike, model: nn.Module, *, use_ema: bool =
     CheckpointError for a checkpoint that is not a converted one or does not fit the model (the
     model is then left unpatched)."""
     ckpt = read_checkpoint(path, use_ema=use_ema, allow_pickle=allow_pickle)
-    meta = ckpt.metadata
+    report, prefix = patch_as_recorded(model, ckpt.metadata, what=str(path), backend=backend)
+    try:
+        load_host_state(model, ckpt.state_dict, prefix, what="converted checkpoint")
+    except BaseException:
+        unpatch_model(model)
+        raise
+    return report
+
+
+def patch_as_recorded(model: nn.Module, meta: Mapping | None, *, what: str = "the checkpoint",
+                      backend: str = "auto", diffusion_dtype: str | None = None):
+    """Patch the (unpatched) host ``model`` exactly as a converted checkpoint's metadata records
+    (its modules' stacks, kinds, per-block modes and the factor config), nothing more: ``(the
+    PatchReport, the state-dict prefix of the model's keys)``. ``model`` is the full host model or
+    the part the checkpoint was converted on. Raises CheckpointError (the model left unpatched)
+    when the metadata is missing or the patched modules differ from the recorded ones."""
     if meta is None:
-        raise CheckpointError(f"{path}: not a converted checkpoint (no '{METADATA_KEY}' metadata); "
+        raise CheckpointError(f"{what}: not a converted checkpoint (no '{METADATA_KEY}' metadata); "
                               "run scripts/convert_checkpoint.py on it first")
     host, recorded_prefix = meta["host"], meta.get("model_prefix", "")
     if host not in HOSTS:
-        raise CheckpointError(f"{path}: the metadata names an unknown host {host!r}")
+        raise CheckpointError(f"{what}: the metadata names an unknown host {host!r}")
     # a model holding the recorded prefix's module is the full model: its keys carry the prefix
     prefix = recorded_prefix
     if recorded_prefix:
@@ -383,26 +400,25 @@ def load_converted(path: str | os.PathLike, model: nn.Module, *, use_ema: bool =
     strip_len = len(prefix)  # the model is the part: its module paths lack the prefix
     modules = {p[strip_len:]: m for p, m in meta["modules"].items()}
     if not modules:
-        raise CheckpointError(f"{path}: the metadata records no patched module")
+        raise CheckpointError(f"{what}: the metadata records no patched module")
     by_block = {m["block"]: m["mode"] for m in modules.values()}
     config = FactorConfig(**meta["factor_config"]) if meta.get("factor_config") else None
     report = patch_model(model, host=host, mode=lambda b: by_block.get(b),
                          stacks=sorted({m["stack"] for m in modules.values()}),
                          kinds=[k for k in KINDS if k in {m["kind"] for m in modules.values()}],
-                         factor_config=config, backend=backend)
+                         factor_config=config, backend=backend, diffusion_dtype=diffusion_dtype)
     try:
         got = {e.path: (e.mode, e.rank) for e in report.entries}
         want = {p: (m["mode"], m["rank"]) for p, m in modules.items()}
         if got != want:
             diff = sorted(set(got.items()) ^ set(want.items()))[:5]
-            raise CheckpointError(f"{path}: the model's patched modules differ from the recorded ones "
+            raise CheckpointError(f"{what}: the model's patched modules differ from the recorded ones "
                                   f"(path, (mode, rank)) e.g. {diff}: not the model the checkpoint was converted for")
-        load_host_state(model, ckpt.state_dict, prefix, what="converted checkpoint")
     except BaseException:
         unpatch_model(model)
         raise
-    return report
+    return report, prefix
 
 
 __all__ = ["ConversionReport", "build_model", "convert_checkpoint", "load_converted", "load_host_state",
-           "write_converted"]
+           "patch_as_recorded", "write_converted"]

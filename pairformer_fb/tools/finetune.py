@@ -54,9 +54,11 @@ from torch import nn
 from .checkpoint import (
     FACTOR_KEY_MARK,
     CheckpointError,
+    check_output_path,
     read_checkpoint,
     write_checkpoint_atomic,
 )
+from .cli import atomic_write, check_writable_dir
 from .convert import build_model, load_converted, write_converted
 from .patching import patched_modules
 
@@ -340,11 +342,22 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     out_dir = Path(cfg["output_dir"])
     output = out_dir / cfg["output_name"]
     ckpt_dir = Path(tr.get("checkpoint_dir") or out_dir / "checkpoints")
+    state = read_training_state(cfg["resume"]) if cfg.get("resume") else None
+    # the run a resume continues wrote (or will write) this output: it may replace it
+    continued = state is not None and _output_of(state["config"]) == output
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if output.exists() and not cfg.get("overwrite", False):
-            raise FileExistsError(f"{output} exists: choose another output_dir / output_name (or overwrite=true)")
+        if output.parent.is_dir():
+            check_output_path(output, checkpoint, overwrite=bool(cfg.get("overwrite")) or continued)
+        else:
+            check_writable_dir(output.parent, "output_dir")
+        check_writable_dir(ckpt_dir, "trainer.checkpoint_dir")
+    if int(tr["max_steps"]) < 1 or int(tr["save_every"]) < 0:
+        raise ValueError(f"trainer.max_steps must be >= 1 and trainer.save_every >= 0, got {tr['max_steps']} and "
+                         f"{tr['save_every']}")
+    train_samples, val_samples = split_samples(data["samples"], data.get("val_samples"), int(data["n_val"]),
+                                               data.get("data_dir"))
+    if int(data["crop_size"]) < 1:
+        raise ValueError(f"data.crop_size must be >= 1, got {data['crop_size']}")
     ckpt = read_checkpoint(checkpoint)
     meta = ckpt.metadata
     if meta is None:
@@ -395,8 +408,6 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, int(sch["warmup_steps"]), total, float(sch["min_lr_ratio"])))
 
-    train_samples, val_samples = split_samples(data["samples"], data.get("val_samples"), int(data["n_val"]),
-                                               data.get("data_dir"))
     crops = ProteinCrops(train_samples, crop_size=int(data["crop_size"]), seed=seed, msa_dir=data.get("msa_dir"))
     val = ProteinCrops(val_samples, crop_size=int(data.get("val_crop_size") or data["crop_size"]), seed=seed,
                        msa_dir=data.get("msa_dir")) if val_samples else None
@@ -407,10 +418,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
 
     step, history, validations = 0, [], []
-    if cfg.get("resume"):
-        state = torch.load(cfg["resume"], map_location="cpu", weights_only=False)
-        if state.get("kind") != "pairformer_fb.finetune":
-            raise CheckpointError(f"resume={cfg['resume']}: not a fine-tuning checkpoint")
+    if state is not None:
         missing = set(params) - set(state["params"])
         if missing:
             raise CheckpointError(f"resume={cfg['resume']}: no saved value for {sorted(missing)[:3]}")
@@ -429,6 +437,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
             torch.distributed.all_gather_object(gathered, rngs[0])
             rngs = gathered
         if main:
+            path.parent.mkdir(parents=True, exist_ok=True)
             write_checkpoint_atomic({
                 "kind": "pairformer_fb.finetune", "step": step, "config": cfg,
                 "params": {n: p.detach().cpu().clone() for n, p in params.items()},
@@ -448,7 +457,9 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
                               "pip install tensorboard, or use train_log.csv") from e
         writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=step + 1 if step else None)
 
-    if main and not cfg.get("resume"):
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed check leaves nothing behind
+    if main and state is None:
         run_validation("before")
     clip = float(tr.get("grad_clip") or 0)
     log_every, save_every, val_every = int(tr.get("log_every", 1)), int(tr["save_every"]), int(tr.get("val_every", 0))
@@ -526,9 +537,35 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     return summary
 
 
+def _output_of(cfg: Mapping[str, Any]) -> Path | None:
+    """The output checkpoint path of a run's config (None if it records none)."""
+    try:
+        return Path(cfg["output_dir"]) / cfg["output_name"]
+    except (KeyError, TypeError):
+        return None
+
+
+def read_training_state(path: str | os.PathLike) -> dict:
+    """A training checkpoint (``checkpoints/step_N.pt``) for ``resume=``; FileNotFoundError /
+    CheckpointError (truncated, corrupt, not a fine-tuning checkpoint) before any model work."""
+    from .checkpoint import _load
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={path}: no such file")
+    try:
+        state = _load(path, allow_pickle=True)
+    except CheckpointError as e:
+        raise CheckpointError(f"resume={e}") from None
+    if not isinstance(state, Mapping) or state.get("kind") != "pairformer_fb.finetune":
+        raise CheckpointError(f"resume={path}: not a fine-tuning checkpoint (written by scripts/finetune.py "
+                              "under output_dir/checkpoints/)")
+    return state
+
+
 def _write_report(summary: dict, out_dir: Path) -> None:
     report = {k: v for k, v in summary.items() if k != "history"}
-    (out_dir / "finetune_report.json").write_text(json.dumps(report, indent=2))
+    atomic_write(out_dir / "finetune_report.json", json.dumps(report, indent=2))
     lines = ["# Factor fine-tuning", "", f"- output: `{summary['output']}`",
              (f"- steps: {summary['steps']} ({summary['steps_run']} in this run, "
              f"{summary['steps_per_second'] or 0:.3f} steps/s, {summary['world_size']} process(es))")]
@@ -545,7 +582,7 @@ def _write_report(summary: dict, out_dir: Path) -> None:
         lines += [f"| `{b}` | {first['blocks'][b]:.4f} | {last['blocks'][b]:.4f} |" for b in first["blocks"]]
         lines += [f"| trunk single s | {first['single_deviation']:.4g} | {last['single_deviation']:.4g} |",
                   f"| trunk pair z | {first['pair_deviation']:.4g} | {last['pair_deviation']:.4g} |"]
-    (out_dir / "finetune_report.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out_dir / "finetune_report.md", "\n".join(lines) + "\n")
 
 
 __all__ = ["DistillLoss", "ProteinCrops", "crop_features", "finetune", "protenix_trunk", "relative_deviation",

@@ -103,6 +103,12 @@ def _mode_rule(mode: ModeSpec) -> Callable[[int], str | None]:
     raise TypeError(f"mode must be a str, a mapping mode -> block indices or a callable, got {type(mode).__name__}")
 
 
+def _describe_mode(mode: ModeSpec) -> str:
+    if isinstance(mode, Mapping):
+        return "{" + ", ".join(f"{m!r}: {'...' if b is Ellipsis else list(b)}" for m, b in mode.items()) + "}"
+    return repr(mode) if isinstance(mode, str) else "a callable (None for every block)"
+
+
 def _check_mode(m, what: str = "mode") -> None:
     if m not in MODES:
         raise ValueError(f"{what} must be one of {', '.join(map(repr, MODES))}, got {m!r}")
@@ -173,7 +179,8 @@ def patch_model(
 
     Returns:
         a PatchReport listing every replaced module. Raises AlreadyPatchedError on a model
-        that holds patched modules, UnsupportedModelError on a model of no known host or with
+        that holds patched modules, ValueError when ``mode`` / ``blocks`` select none of the
+        modules found (naming what was asked and the block indices that exist), UnsupportedModelError on a model of no known host or with
         nothing to patch, ImportError when the host's package is missing.
     """
     if not isinstance(model, nn.Module):
@@ -230,6 +237,13 @@ def patch_model(
             raise ValueError(f"diffusion_dtype={diffusion_dtype!r}: {site.path} ({type(wrapper.flash_bias).__name__}, "
                              f"host {host!r}) has no compute dtype option; leave diffusion_dtype=None")
         plan.append((site, wrapper))
+    if not plan:
+        found = sorted({site.block for site in sites})
+        raise ValueError(
+            f"patch_model selected no module: mode={_describe_mode(mode)}"
+            + (f", blocks={sorted(selected)}" if selected is not None else "")
+            + f" matches none of the {len(sites)} {'/'.join(kinds)} module(s) found in the stacks {stacks} "
+            f"of {type(model).__name__}, whose block indices are {found[0]}..{found[-1]}")
 
     reset_graphs(model)  # a CUDA graph of a module inside would replay the old kernels
     report = PatchReport(host=host)

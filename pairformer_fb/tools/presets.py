@@ -113,9 +113,14 @@ def build_protenix(model: str = "tiny", overrides: Mapping[str, Any] | None = No
     """The Protenix model (``protenix.model.protenix.Protenix``) of preset ``model``, with the
     host's own initialisation, and its configs: ``(model, configs)``."""
     configs = protenix_configs(model, overrides, cpu=cpu)
+    import contextlib
+    import io
+
     from protenix.model.protenix import Protenix
 
-    return Protenix(configs), configs
+    with contextlib.redirect_stdout(io.StringIO()):  # its constructor prints its schedulers' settings
+        model = Protenix(configs)
+    return model, configs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,13 +49,14 @@ def median_ms_and_peak_memory(fn: Callable[[], object], device: torch.device, wa
 
 def failure_status(e: Exception) -> str:
     """How a benchmark records a case that could not run; one failing case never stops a run."""
+    message = " ".join(str(e).split())  # the whole message, on one line: never cut off
     if isinstance(e, ImportError):
-        return f"not installed ({e.name or str(e).splitlines()[0][:200]})"
+        return f"not installed ({e.name or message})"
     if isinstance(e, Skipped):
-        return f"skipped: {e}"
+        return f"skipped: {message}"
     if isinstance(e, torch.OutOfMemoryError):
         return "OOM"
-    return f"error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return f"error: {type(e).__name__}: {message}"
 
 
 def environment(device: torch.device) -> dict:

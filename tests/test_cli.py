@@ -1,0 +1,222 @@
+"""The workflow seams of issue 16, each as the user's command: the documented paths work at their
+defaults, every error is one line (``<script>: error: ...``, exit status 2) before any work and
+leaves nothing behind, unknown keys are rejected, ``--help`` describes the script's own options."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.stem for p in (ROOT / "scripts").glob("*.py"))
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "LAYERNORM_TYPE": "torch"}
+
+
+def run(script, *args, cwd, timeout=600):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *map(str, args)],
+                          capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout, check=False)
+
+
+def assert_one_line_error(proc, *needles):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and ": error: " in lines[0], proc.stderr[-2000:]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def need_protenix():
+    pytest.importorskip("protenix")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny Protenix checkpoint (mode 0644) and its conversion by the script at its defaults
+    (the fit shortened)."""
+    need_protenix()
+    from pairformer_fb.tools.presets import build_protenix, randomise_
+
+    d = tmp_path_factory.mktemp("seams")
+    model, _ = build_protenix("tiny")
+    randomise_(model, seed=0)
+    torch.save({"model": model.state_dict()}, d / "tiny.pt")
+    os.chmod(d / "tiny.pt", 0o644)
+    done = run("convert_checkpoint", "input=tiny.pt", "output=conv.pt", "model=tiny", "fit.steps=0",
+               "fit.max_tokens=16", cwd=d)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# items 1, 2 and 8 (file mode, console): convert, then benchmark the converted checkpoint
+
+
+def test_converted_checkpoint_benchmarks_at_the_defaults(tiny, tmp_path):
+    """convert_checkpoint.py ... model=tiny, then benchmark.py checkpoint=conv.pt: the lowrank
+    variant patches what the checkpoint's metadata records (the trunk), and runs."""
+    proc = run("benchmark", f"checkpoint={tiny / 'conv.pt'}", "samples=[1crn]", "warmup=0",
+               f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    low = next(r for r in result["records"] if r["variant"] == "lowrank")
+    assert low["status"] == "ok" and low["notes"]["factors"] == "from the converted checkpoint"
+    meta = torch.load(tiny / "conv.pt", weights_only=True)["pairformer_fb"]
+    assert low["notes"]["patched_modules"] == len(meta["modules"]) and low["notes"]["stacks"] == ["pairformer"]
+    # item 8: no host prints or library warnings: stdout is the results table
+    assert "scheduler" not in proc.stdout and proc.stdout.lstrip().startswith("# Structure benchmark")
+    assert "Warning" not in proc.stderr
+
+
+def test_failure_status_keeps_the_whole_message():
+    from pairformer_fb.tools.timing import failure_status
+
+    msg = "lacks factor networks for 108 patched modules (e.g. " + "x" * 400 + ")\nsecond line"
+    assert failure_status(ValueError(msg)).endswith("x" * 400 + ") second line")
+
+
+def test_convert_refuses_an_existing_output_and_keeps_the_input_mode(tiny):
+    out = tiny / "conv.pt"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # the input's mode, not mkstemp's 0600
+    before = out.read_bytes()
+    bad = run("convert_checkpoint", "input=tiny.pt", "output=conv.pt", "model=tiny", "patch.rank=8", cwd=tiny)
+    assert_one_line_error(bad, "conv.pt exists", "overwrite=true")
+    assert out.read_bytes() == before
+    again = run("convert_checkpoint", "input=tiny.pt", "output=conv2.pt", "model=tiny", "fit.steps=0",
+                "fit.max_tokens=16", "patch.rank=8", cwd=tiny)
+    assert again.returncode == 0, again.stderr[-2000:]
+    done = run("convert_checkpoint", "input=tiny.pt", "output=conv2.pt", "model=tiny", "fit.steps=0",
+               "fit.max_tokens=16", "patch.rank=4", "overwrite=true", cwd=tiny)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.load(tiny / "conv2.pt", weights_only=True)["pairformer_fb"]["factor_config"]["rank"] == 4
+    assert not list(tiny.glob(".*.tmp"))
+
+
+def test_convert_into_an_unwritable_place_fails_before_the_fit(tiny, tmp_path):
+    (tmp_path / "file").write_text("")
+    bad = run("convert_checkpoint", f"input={tiny / 'tiny.pt'}", f"output={tmp_path / 'nodir' / 'x.pt'}",
+              "model=tiny", cwd=tmp_path)
+    assert_one_line_error(bad, "directory does not exist")
+    if os.geteuid() != 0:  # root writes into read-only folders
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        bad = run("convert_checkpoint", f"input={tiny / 'tiny.pt'}", f"output={ro / 'x.pt'}", "model=tiny",
+                  cwd=tmp_path)
+        assert_one_line_error(bad, "cannot create files")
+
+
+# ---------------------------------------------------------------------------------------------
+# item 3: the README's resume command after a finished run
+
+
+def test_finetune_resume_after_a_finished_run(tiny, tmp_path):
+    base = [f"checkpoint={tiny / 'conv.pt'}", "output_dir=ft_out", "model=tiny", "data.crop_size=8",
+            "data.samples=[1crn,1ubq]", "trainer.save_every=1", "progress=false"]
+    done = run("finetune", *base, "trainer.max_steps=1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = run("finetune", *base, "trainer.max_steps=2", "resume=ft_out/checkpoints/step_0000001.pt", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    meta = torch.load(tmp_path / "ft_out" / "finetuned_fb.pt", weights_only=True)["pairformer_fb"]
+    assert meta["finetune"]["steps"] == 2
+    # a fresh run into it still refuses; a truncated resume file is one line, before any work
+    assert_one_line_error(run("finetune", *base, "trainer.max_steps=1", cwd=tmp_path), "exists")
+    state = tmp_path / "ft_out" / "checkpoints" / "step_0000001.pt"
+    (tmp_path / "trunc.pt").write_bytes(state.read_bytes()[:1000])
+    bad = run("finetune", *base[:1], "output_dir=ft_new", *base[2:], "resume=trunc.pt", cwd=tmp_path)
+    assert_one_line_error(bad, "resume=", "truncated or corrupt")
+    assert not (tmp_path / "ft_new").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# item 4: benchmark errors are one line, before any model work, nothing written
+
+
+def test_benchmark_errors_are_one_line_and_write_nothing(tiny, tmp_path):
+    (tmp_path / "bad.fasta").write_text(">x\nMKTJ\n")
+    (tmp_path / "trunc.pt").write_bytes((tiny / "conv.pt").read_bytes()[:1000])
+    torch.save({"state_dict": {"pairformer_module.layers.0.attention.proj_q.weight": torch.zeros(2, 2)}},
+               tmp_path / "boltz.ckpt")
+    (tmp_path / "file").write_text("")
+    cases = [(["samples=[missing.fasta]"], "does not exist"),
+             (["samples=[bad.fasta]"], "unknown residue letter 'J'"),
+             (["checkpoint=trunc.pt"], "truncated or corrupt"),
+             (["checkpoint=boltz.ckpt"], "is a boltz checkpoint"),
+             (["rank=0"], "rank must be an integer >= 1")]
+    for args, needle in cases:
+        assert_one_line_error(run("benchmark", *args, "output_dir=out", cwd=tmp_path), needle)
+        assert not (tmp_path / "out").exists(), args
+    assert_one_line_error(run("benchmark", "output_dir=file/out", cwd=tmp_path), "output_dir=file/out")
+
+
+# ---------------------------------------------------------------------------------------------
+# items 5 and 7: unknown keys, --help, for every script
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_rejects_unknown_keys_and_helps(script, tmp_path):
+    bad = run(script, "+rnak=8", cwd=tmp_path)
+    assert_one_line_error(bad, "unknown key 'rnak'")
+    assert not any(tmp_path.iterdir())  # no .hydra/, no log file
+    helped = run(script, "--help", cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert "output" in helped.stdout and "#" in helped.stdout  # options with their descriptions
+    if script != "finetune":
+        assert "finetune" not in helped.stdout.replace("finetune.py", "")  # only its own options
+
+
+def test_help_describes_the_options():
+    from pairformer_fb.tools.cli import CONFIGS, help_text
+
+    text = help_text("benchmark", "doc")
+    assert "rank: 32" in text and "factor rank of untrained factor networks" in text and "hydra" not in text
+    text = help_text("finetune", "doc", config_dir=CONFIGS / "finetune")
+    assert "model=OPTION" in text and "tiny             Protenix preset 'tiny'" in text
+
+
+def test_plus_keys_under_free_form_mappings_are_allowed():
+    from pairformer_fb.tools.cli import UsageError, compose_config
+
+    cfg = compose_config("benchmark", ["+overrides={model.N_cycle:4}", "rank=4"])
+    assert cfg.overrides == {"model.N_cycle": 4} and cfg.rank == 4
+    with pytest.raises(UsageError, match="did you mean rank"):
+        compose_config("benchmark", ["++rnak=4"])
+    with pytest.raises(UsageError, match="input=, output= must be given"):
+        compose_config("convert_checkpoint", [])
+
+
+# ---------------------------------------------------------------------------------------------
+# items 6 and 8: patch_model selecting nothing, lowercase sequences, the triton backend on CPU
+
+
+def test_patch_model_selecting_nothing_is_an_error():
+    need_protenix()
+    import pairformer_fb as fb
+    from pairformer_fb.tools.presets import build_protenix
+
+    model, _ = build_protenix("tiny")
+    with pytest.raises(ValueError, match=r"selected no module: mode=\{'lowrank': \[5\]\}.*block indices are 0..1"):
+        fb.patch_model(model, mode={"lowrank": [5]})
+    assert not fb.tools.patching.patched_modules(model)
+
+
+def test_lowercase_sequences_are_upper_cased(tmp_path):
+    from pairformer_fb.tools.featurize import read_samples
+
+    (tmp_path / "low.fasta").write_text(">x\nmktayiakqr\n")
+    (s,) = read_samples([str(tmp_path / "low.fasta")])
+    assert s.chains[0].sequence == "MKTAYIAKQR"
+
+
+def test_triton_backend_on_cpu_says_what_is_wrong(monkeypatch):
+    from pairformer_fb import flash_bias_attention
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors, but q is on cpu"):
+        flash_bias_attention(q, q, q, backend="triton")
