@@ -1,21 +1,31 @@
 """Fuzz the FlashBias op against its float64 oracle and record the run (configs/fuzz_op.yaml).
 
     python scripts/fuzz_op.py                                   # small CPU run (reference path)
-    python scripts/fuzz_op.py cases=320 device=cuda workers=8 output_dir=benchmarks/fuzz_h200
+    python scripts/fuzz_op.py cases=320 named=true device=cuda workers=12 output_dir=benchmarks/fuzz_h200
 """
 
-import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from pairformer_fb.tools import fuzz
+from pairformer_fb.tools.cli import UsageError, main
 from pairformer_fb.tools.timing import environment
 
 
-@hydra.main(config_path="../configs", config_name="fuzz_op", version_base=None)
-def main(cfg: DictConfig) -> None:
+def task(cfg) -> None:
+    for key in ("cases", "workers", "max_elements"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise UsageError(f"{key}={cfg[key]!r}: expected an integer >= 1")
+    if cfg.backend not in ("auto", "triton", "reference"):
+        raise UsageError(f"backend={cfg.backend!r}: expected auto, triton or reference")
+    if cfg.device not in ("auto", "cuda", "cpu"):
+        raise UsageError(f"device={cfg.device!r}: expected auto, cuda or cpu")
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    max_len = cfg.max_len if device == "cuda" or "max_len=" in " ".join(__import__("sys").argv) else 40
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device=cuda: no CUDA device is available")
+    max_len = cfg.max_len if cfg.max_len != "auto" else (600 if device == "cuda" else 40)
+    if not isinstance(max_len, int) or max_len < 1:
+        raise UsageError(f"max_len={cfg.max_len!r}: expected auto or an integer >= 1")
     cases = fuzz.draw_cases(cfg.cases, cfg.seed, max_len=max_len, max_elements=cfg.max_elements)
     if cfg.named:
         cases = fuzz.named_cases(cfg.seed) + cases
@@ -29,4 +39,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main("fuzz_op", task, doc=__doc__)

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ..kernel.reference import MASK_NEG
+from .cli import atomic_write
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}
 # unit roundoff of the products' inputs: bf16 8 significant bits, fp16 and tf32 11; fp32 24 bits,
@@ -330,7 +331,7 @@ def write_results(records: list[dict], output_dir: str | Path, environment: dict
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(records)
     doc = {**summary, "environment": environment, "config": config, "records": records}
-    _atomic_write(out / "results.json", json.dumps(doc, indent=1, default=str))
+    atomic_write(out / "results.json", json.dumps(doc, indent=1, default=str))
     lines = [f"# FlashBias op fuzz: {summary['cases']} cases, {summary['failures']} failures", "",
              f"{environment.get('device')} · torch {environment.get('torch')} · triton {environment.get('triton')}"
              f" · {environment.get('date')}", "", f"`{environment.get('command')}`", "",
@@ -347,14 +348,8 @@ def write_results(records: list[dict], output_dir: str | Path, environment: dict
     slow = sorted((r for r in records if "first_call_s" in r), key=lambda r: -r["first_call_s"])[:10]
     lines += ["", "## Slowest first calls", "", "| case | s | kernels compiled |", "|---|---|---|"]
     lines += [f"| {r['case']} | {r['first_call_s']:.2f} | {r['kernels_compiled']} |" for r in slow]
-    _atomic_write(out / "results.md", "\n".join(lines) + "\n")
+    atomic_write(out / "results.md", "\n".join(lines) + "\n")
     return summary
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 __all__ = ["FuzzCase", "draw_cases", "named_cases", "float64_oracle", "run_case", "run_fuzz", "summarize", "write_results"]
