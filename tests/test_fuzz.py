@@ -60,3 +60,14 @@ def test_fuzz_on_gpu():
     n = int(os.environ.get("FUZZ_CASES", "120"))
     records = fuzz.run_fuzz(fuzz.draw_cases(n, 0), "cuda", workers=4, progress=False)
     _assert_all_ok(records)
+
+
+def test_run_records_the_headline(tmp_path):
+    cases = _small_cases(5, 16, ("fp16", "fp32"))
+    records = fuzz.run_fuzz(cases, "cpu", workers=2, backend="reference", progress=False)
+    assert [r["index"] for r in records] == [c.index for c in cases]
+    summary = fuzz.write_results(records, tmp_path, {"device": "cpu"}, {"cases": 5})
+    doc = __import__("json").loads((tmp_path / "results.json").read_text())
+    for key in ("cases", "failures", "worst_error", "first_call_s_max", "first_call_s_median", "environment"):
+        assert key in doc, key
+    assert summary["cases"] == 5 and summary["failures"] == 0 and (tmp_path / "results.md").exists()

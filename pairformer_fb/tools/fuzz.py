@@ -304,16 +304,14 @@ def _count_lines(path: str) -> int:
 def summarize(records: list[dict]) -> dict:
     """The run's headline: cases, failures, worst error per dtype, first-call times."""
     firsts = [r["first_call_s"] for r in records if "first_call_s" in r]
-    worst: dict[str, dict] = {}
+    worst: dict[str, dict] = {}  # dtype -> {forward, gradient, tolerance_forward, tolerance_gradient}
     for r in records:
         for name, err in r.get("errors", {}).items():
             kind = "forward" if name == "out" else "gradient"
-            w = worst.setdefault(r["dtype"], {"forward": 0.0, "gradient": 0.0})
-            w[kind] = max(w[kind], err)
-    for r in records:  # the loosest tolerance of the dtype's cases (tf32's grows with D and R)
-        for name, tol in r.get("tolerance", {}).items():
-            key = "tolerance_forward" if name == "out" else "tolerance_gradient"
-            worst[r["dtype"]][key] = max(worst[r["dtype"]].get(key, 0.0), tol)
+            w = worst.setdefault(r["dtype"], {})
+            w[kind] = max(w.get(kind, 0.0), err)
+            # the loosest tolerance of the dtype's cases (tf32's grows with D and R)
+            w["tolerance_" + kind] = max(w.get("tolerance_" + kind, 0.0), r["tolerance"][name])
     return {
         "cases": len(records),
         "failures": sum(r["status"] != "ok" for r in records),
@@ -340,8 +338,8 @@ def write_results(records: list[dict], output_dir: str | Path, environment: dict
              f"{summary['first_call_s_median_compiling']:.2f} s)" if summary["first_call_s_max"] is not None else "",
              "", "| dtype | worst forward error (tolerance) | worst gradient error (tolerance) |", "|---|---|---|"]
     for dt, w in sorted(summary["worst_error"].items()):
-        lines.append(f"| {dt} | {w['forward']:.2e} ({w['tolerance_forward']:.1e}) | "
-                     f"{w['gradient']:.2e} ({w['tolerance_gradient']:.1e}) |")
+        cells = [f"{w[k]:.2e} ({w['tolerance_' + k]:.1e})" if k in w else "—" for k in ("forward", "gradient")]
+        lines.append(f"| {dt} | {cells[0]} | {cells[1]} |")
     bad = [r for r in records if r["status"] != "ok"]
     if bad:
         lines += ["", "## Failures", ""] + [f"- #{r['index']} {r['case']}: {r['status']}" for r in bad]
