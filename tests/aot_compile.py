@@ -17,14 +17,12 @@ import sys
 import tempfile
 import time
 
-os.environ.pop("TRITON_INTERPRET", None)
-
-import torch  # noqa: E402
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.runtime.driver import driver  # noqa: E402
-from triton.runtime.errors import OutOfResources  # noqa: E402
-from triton.runtime.jit import JITFunction  # noqa: E402
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime.driver import driver
+from triton.runtime.errors import OutOfResources
+from triton.runtime.jit import JITFunction
 
 HOPPER_SHARED_MEMORY = 232448  # bytes a block may have on sm_90 (227 KiB)
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -96,4 +94,6 @@ def main(spec: dict) -> None:
 
 
 if __name__ == "__main__":
+    # compiled, not interpreted: the flag is read when the kernels are defined (imported in main)
+    os.environ.pop("TRITON_INTERPRET", None)
     main(json.loads(sys.argv[1]))
