@@ -3,24 +3,15 @@ the chunked reference and the kernels are checked against."""
 
 import torch
 
+from pairformer_fb.tools.fuzz import float64_oracle
+
 
 def naive_attention(q, k, v, q_factors=None, k_factors=None, bias=None, key_mask=None, scale=None,
                     compute_dtype=torch.float64):
-    d = q.shape[-1]
-    scale = d ** -0.5 if scale is None else scale
-    up = lambda t: None if t is None else t.to(compute_dtype)  # noqa: E731
-    q, k, v, qf, kf, bias = map(up, (q, k, v, q_factors, k_factors, bias))
-    logits = torch.einsum("bhid,bhjd->bhij", q, k) * scale
-    if qf is not None:
-        logits = logits + torch.einsum("bhir,bhjr->bhij", qf, kf)
-    if bias is not None:
-        logits = logits + bias
-    if key_mask is not None:
-        m = key_mask.to(compute_dtype)
-        while m.dim() < 2:
-            m = m.unsqueeze(0)
-        logits = logits + 1e9 * (m[:, None, None, :] - 1.0)
-    return torch.einsum("bhij,bhjd->bhid", torch.softmax(logits, dim=-1), v)
+    """The op's formula in ``compute_dtype`` with the key mask added exactly (the fuzz suite's
+    oracle, pairformer_fb.tools.fuzz.float64_oracle, without its fp32 mask rounding)."""
+    return float64_oracle(q, k, v, q_factors, k_factors, bias, key_mask, scale=scale, compute_dtype=compute_dtype,
+                          mask_dtype=compute_dtype)
 
 
 def rel_err(a, b):

@@ -149,9 +149,12 @@ def make_case_inputs(case: FuzzCase, device) -> tuple[tuple, dict]:
     return args, kw
 
 
-def float64_oracle(q, k, v, q_factors=None, k_factors=None, bias=None, key_mask=None, gate=None, scale=None):
-    """The op's formula in float64, the key mask added in fp32 as the hosts add it."""
-    up = lambda t: None if t is None else t.double()  # noqa: E731
+def float64_oracle(q, k, v, q_factors=None, k_factors=None, bias=None, key_mask=None, gate=None, scale=None,
+                   compute_dtype=torch.float64, mask_dtype=torch.float32):
+    """The op's formula, fully materialised in ``compute_dtype`` (float64), with the key mask
+    (bool, broadcastable to [B, Lk]) added in ``mask_dtype``: fp32 as the hosts add it, so a fully
+    masked row's logits all round to -1e9; ``mask_dtype=compute_dtype`` adds it exactly."""
+    up = lambda t: None if t is None else t.to(compute_dtype)  # noqa: E731
     q, k, v, qf, kf, bias, gate = map(up, (q, k, v, q_factors, k_factors, bias, gate))
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     logits = torch.einsum("bhid,bhjd->bhij", q, k) * scale
@@ -160,10 +163,13 @@ def float64_oracle(q, k, v, q_factors=None, k_factors=None, bias=None, key_mask=
     if bias is not None:
         logits = logits + bias
     if key_mask is not None:
-        masked = ~key_mask[:, None, None, :]
-        # fp32 rounding of the masked sum; its gradient is the identity, as in the hosts' autograd
-        in_fp32 = logits + ((logits.detach().float() - MASK_NEG).double() - logits.detach())
-        logits = torch.where(masked, in_fp32, logits)
+        m = key_mask.reshape((1,) * (2 - key_mask.dim()) + tuple(key_mask.shape))[:, None, None, :]
+        exact = logits + MASK_NEG * (m.to(compute_dtype) - 1.0)
+        if mask_dtype == compute_dtype:
+            logits = exact
+        else:  # rounded in mask_dtype; the gradient is the identity, as in the hosts' autograd
+            rounded = (logits.detach().to(mask_dtype) - MASK_NEG).to(compute_dtype)
+            logits = torch.where(m, logits, logits + (rounded - logits.detach()))
     out = torch.einsum("bhij,bhjd->bhid", torch.softmax(logits, dim=-1), v)
     return out if gate is None else torch.sigmoid(gate) * out
 
