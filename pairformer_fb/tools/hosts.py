@@ -269,12 +269,14 @@ class OpenFold3Host(StructureHost):
 # the Lightning module Boltz2 (boltz.model.models.boltz2) imports pytorch_lightning (which needs
 # lightning_utilities) and torchmetrics; boltz's data pipeline: mashumaro (boltz.data.types),
 # numba + llvmlite (featurizer v2), chembl_structure_pipeline and scikit-learn (+ joblib,
-# threadpoolctl) (its schema / mmCIF parsers). requirements-hosts.txt pins them (--no-deps).
+# threadpoolctl) (its schema / mmCIF parsers), click (the schema parser) and cloudpickle.
+# requirements-hosts.txt pins them (--no-deps).
 BOLTZ_MODULES = {"boltz": "boltz==2.2.1", "pytorch_lightning": "pytorch-lightning==2.6.6",
                  "lightning_utilities": "lightning-utilities==0.15.3", "torchmetrics": "torchmetrics==1.9.0",
                  "mashumaro": "mashumaro==3.23", "numba": "numba==0.68.0 llvmlite==0.50.0",
                  "chembl_structure_pipeline": "chembl_structure_pipeline==1.2.4",
-                 "sklearn": "scikit-learn==1.6.1 joblib==1.6.0 threadpoolctl==3.7.0"}
+                 "sklearn": "scikit-learn==1.6.1 joblib==1.6.0 threadpoolctl==3.7.0", "click": "click==8.4.0",
+                 "cloudpickle": "cloudpickle==2.1.0"}
 
 
 def boltz_cache_dir(cfg=None) -> Path:
