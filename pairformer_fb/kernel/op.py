@@ -49,7 +49,8 @@ FULL_FP32_MAX_WIDTH = 64
 _warned_full_fp32 = False
 
 
-def _padded(n: int) -> int:
+def pow2_at_least_16(n: int) -> int:
+    """The kernels' padded tile width of a head dim or rank: the next power of 2, at least 16."""
     return max(16, 1 << (n - 1).bit_length())
 
 
@@ -57,7 +58,7 @@ def _full_fp32_too_wide(q: torch.Tensor, q_factors: torch.Tensor | None) -> bool
     global _warned_full_fp32
     if q.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32:
         return False
-    width = _padded(q.shape[-1]) + (_padded(q_factors.shape[-1]) if q_factors is not None else 0)
+    width = pow2_at_least_16(q.shape[-1]) + (pow2_at_least_16(q_factors.shape[-1]) if q_factors is not None else 0)
     if width <= FULL_FP32_MAX_WIDTH:
         return False
     if not _warned_full_fp32:

@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
+from .op import pow2_at_least_16
 from .reference import MASK_NEG
 
 LOG2E = 1.4426950408889634
@@ -57,8 +58,8 @@ class KernelConfig:
     fuse_ds: bool = False  # bwd: add the program's rows' dS atomically to the row-shared sum (no ds_sum kernel)
 
 
-def _pow2_at_least_16(x: int) -> int:
-    return max(16, triton.next_power_of_2(x))
+# the padded tile width of a head dim or rank (shared with the op's dispatch)
+_pow2_at_least_16 = pow2_at_least_16
 
 
 def default_config(kind: str, block_d: int, block_r: int, has_bias: bool, elem_bytes: int = 2) -> KernelConfig:
