@@ -54,3 +54,20 @@ def test_float64_only_on_the_reference_path():
     assert flash_bias_attention(q, k, v, backend="reference").dtype == torch.float64
     with pytest.raises(TypeError, match="q has dtype torch.float64"):
         flash_bias_attention(q, k, v, backend="triton")
+
+
+def test_full_fp32_wider_than_the_fma_tiles_goes_to_the_reference_once_warned(monkeypatch):
+    """fp32 without TF32 at padded head dim + rank > 64 (D = 96; D = 48 with R = 32) dispatches to
+    the reference under backend='auto', warning once; narrower, TF32 or 16-bit stay on Triton."""
+    from pairformer_fb.kernel import op
+
+    monkeypatch.setattr(op, "_warned_full_fp32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    q = lambda d, dtype=torch.float32: torch.zeros(1, 1, 4, d, dtype=dtype)  # noqa: E731
+    with pytest.warns(RuntimeWarning, match="allow_tf32"):
+        assert op._full_fp32_too_wide(q(96), None)
+    assert op._full_fp32_too_wide(q(48), q(32))  # warned already: silent
+    assert not op._full_fp32_too_wide(q(48), None) and not op._full_fp32_too_wide(q(32), q(32))
+    assert not op._full_fp32_too_wide(q(96, torch.bfloat16), None)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert not op._full_fp32_too_wide(q(96), None)
