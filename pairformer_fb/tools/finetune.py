@@ -37,6 +37,7 @@ is the current model (an unfrozen bias projection moves the target too).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -309,12 +310,11 @@ def _trainable(model: nn.Module, trained_paths: Sequence[str], unfreeze: Sequenc
 
 
 def _write_csv(path: Path, rows: list[dict], fields: Sequence[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(fields))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(fields))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, text.getvalue())
 
 
 def finetune(cfg: Mapping[str, Any]) -> dict:
