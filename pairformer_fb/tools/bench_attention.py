@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..kernel import flash_bias_attention
+from .cli import atomic_write
 from .timing import Skipped, environment, failure_status, median_ms, median_ms_and_peak_memory
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -167,8 +168,8 @@ def run(cfg) -> list[Record]:
     for case, method, rank in tqdm(jobs, desc="attention benchmark", unit="case"):
         records.append(_measure(case, method, rank, cfg, dtype, device))
         # written after every case, so an interrupted run still leaves its results
-        (out / "results.json").write_text(json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1))
-        (out / "results.md").write_text(markdown_table(records, env))
+        atomic_write(out / "results.json", json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1))
+        atomic_write(out / "results.md", markdown_table(records, env))
     return records
 
 

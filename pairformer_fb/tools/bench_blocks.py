@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .cli import atomic_write
 from .timing import environment, failure_status, median_ms
 
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # Protenix's fused layer norm needs nvcc at import
@@ -193,9 +194,9 @@ def run(cfg) -> list[BlockRecord]:
         if width == "v2":
             rec.notes["width"] = "v2 (c_z 256, 8 triangle heads)"
         records.append(rec)
-        (out / "results.json").write_text(json.dumps({"environment": env, "records": [asdict(r) for r in records]},
+        atomic_write(out / "results.json", json.dumps({"environment": env, "records": [asdict(r) for r in records]},
                                                      indent=1))
-        (out / "results.md").write_text(markdown_table(records, env))
+        atomic_write(out / "results.md", markdown_table(records, env))
     return records
 
 

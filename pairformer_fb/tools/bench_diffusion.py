@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from .bench_attention import DTYPES
+from .cli import atomic_write
 from .timing import Skipped, environment, failure_status, median_ms
 
 
@@ -209,9 +210,9 @@ def run_cases(cfg, title: str, env_extra: dict, setup, measure) -> list[Diffusio
             for variant in cfg.variants:
                 records.append(measure(module, n, variant, cfg, dtype, device, host, x, stock_out))
                 bar.update()
-                (out / "results.json").write_text(json.dumps(
+                atomic_write(out / "results.json", json.dumps(
                     {"environment": env, "records": [asdict(r) for r in records]}, indent=1))
-                (out / "results.md").write_text(markdown_table(records, env))
+                atomic_write(out / "results.md", markdown_table(records, env))
             del host, x, stock_out
     bar.close()
     return records

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ..modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
 from .bench_attention import DTYPES
+from .cli import atomic_write
 from .timing import Skipped, environment, failure_status, median_ms, median_ms_and_peak_memory
 
 
@@ -132,7 +133,7 @@ def profile(module: str, n: int, variant: str, rank, cfg, dtype, device, path: P
         with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
-    path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+    atomic_write(path, prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
 
 
 def run(cfg) -> list[ModuleRecord]:
@@ -148,8 +149,8 @@ def run(cfg) -> list[ModuleRecord]:
     records = []
     for job in tqdm(jobs, desc="module benchmark", unit="case"):
         records.append(_measure(*job, cfg, dtype, device))
-        (out / "results.json").write_text(json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1))
-        (out / "results.md").write_text(markdown_table(records, env))
+        atomic_write(out / "results.json", json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1))
+        atomic_write(out / "results.md", markdown_table(records, env))
     if cfg.profile and device.type == "cuda":
         for variant in ("exact", "lowrank"):
             profile("triangle_starting", cfg.profile_n, variant, cfg.rank, cfg, dtype, device,

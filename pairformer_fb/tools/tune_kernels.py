@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..kernel import flash_bias_attention
 from ..kernel import triton_flash_bias as tfb
+from .cli import atomic_write
 from .timing import median_ms
 
 # (block_m, block_n, num_warps, num_stages, rows per program[, ds_sum row splits])
@@ -125,5 +126,5 @@ def run(cfg) -> None:
     winners, log = tune(problems, device, dtype, cfg.warmup_ms, cfg.rep_ms)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tuned_configs.json").write_text(json.dumps(winners, indent=1))
-    (out / "tune_log.json").write_text(json.dumps(log, indent=1))
+    atomic_write(out / "tuned_configs.json", json.dumps(winners, indent=1))
+    atomic_write(out / "tune_log.json", json.dumps(log, indent=1))
