@@ -1,6 +1,6 @@
 """Every branch of the kernels' tile table compiles once for an H100 / H200 (sm_90) and fits its
 shared memory, so a first call never recompiles with smaller tiles (each such compile of a
-spilling fp32 kernel took 10-150 s). Compiled for sm_90 without a GPU (tests/aot_compile.py),
+spilling fp32 kernel took 5-150 s, benchmarks/session5/cpu_compile_probe/). Compiled for sm_90 without a GPU (tests/aot_compile.py),
 each case in its own process: the largest case of each branch of ``default_config``."""
 
 import json

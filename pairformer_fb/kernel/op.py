@@ -43,8 +43,8 @@ def _broadcast_to(name: str, t: torch.Tensor, target: tuple[int, ...], labels: s
 
 
 # fp32 products without TF32 run on the FMA units, where tiles wider than this (padded head dim +
-# padded rank) spill registers: a first call compiled for 12-150 s on an sm_90 target
-# (tests/test_kernel_compile.py); "auto" runs those on the torch reference path (cuBLAS) instead.
+# padded rank) spill registers: 5-150 s per compile for sm_90
+# (benchmarks/session5/cpu_compile_probe/); "auto" runs those on the torch reference path (cuBLAS) instead.
 FULL_FP32_MAX_WIDTH = 64
 _warned_full_fp32 = False
 

@@ -69,9 +69,9 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool, elem_b
 
     Every entry fits the 227 KiB of shared memory of a Hopper SM as it is, so a first call
     compiles each kernel once: a launch that runs out of shared memory recompiles with smaller
-    tiles (``_shrink``), and each such compile of a spilling fp32 kernel took 10-150 s
-    (``tests/test_kernel_compile.py`` compiles the largest case of each branch for sm_90 and
-    checks this without a GPU)."""
+    tiles (``_shrink``), and each such compile of a spilling fp32 kernel took 5-150 s
+    (benchmarks/session5/cpu_compile_probe/). ``tests/test_kernel_compile.py`` compiles the
+    largest case of each branch for sm_90 and checks this without a GPU."""
     if INTERPRET:  # the CPU interpreter: small tiles keep tests fast and still cover several blocks
         return KernelConfig(16, 16, 1, 1)
     width = block_d + block_r
