@@ -16,6 +16,13 @@ def task(cfg) -> None:
     for key in ("cases", "workers", "max_elements"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UsageError(f"{key}={cfg[key]!r}: expected an integer >= 1")
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise UsageError(f"seed={cfg.seed!r}: expected an integer >= 0")
+    for key in ("named", "cold_cache"):
+        if not isinstance(cfg[key], bool):
+            raise UsageError(f"{key}={cfg[key]!r}: expected true or false")
+    if not isinstance(cfg.timeout_s, (int, float)) or isinstance(cfg.timeout_s, bool) or cfg.timeout_s <= 0:
+        raise UsageError(f"timeout_s={cfg.timeout_s!r}: expected a number of seconds > 0")
     if cfg.backend not in ("auto", "triton", "reference"):
         raise UsageError(f"backend={cfg.backend!r}: expected auto, triton or reference")
     if cfg.device not in ("auto", "cuda", "cpu"):

@@ -71,3 +71,16 @@ def test_run_records_the_headline(tmp_path):
     for key in ("cases", "failures", "worst_error", "first_call_s_max", "first_call_s_median", "environment"):
         assert key in doc, key
     assert summary["cases"] == 5 and summary["failures"] == 0 and (tmp_path / "results.md").exists()
+
+
+@pytest.mark.parametrize("arg", ["cases=0", "workers=0", "backend=x", "device=gpu", "named=3", "timeout_s=0", "seed=-1"])
+def test_fuzz_script_rejects_bad_options_in_one_line_before_any_work(arg, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_op.py"
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(script), arg, f"output_dir={out}"], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip().count("\n") == 0, run.stderr
+    assert run.stderr.startswith("fuzz_op: error: " + arg.split("=")[0]) and not out.exists()
