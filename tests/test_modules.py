@@ -566,3 +566,14 @@ def test_stacked_projection_weights_are_reused_only_while_the_parameters_are_unc
     assert w4.requires_grad and w4 is not w3
     (w4.sum() + bias4.sum()).backward()
     assert torch.equal(b.weight.grad, torch.ones_like(b.weight))
+
+
+def test_one_factor_rank_default_and_one_rank_check():
+    from pairformer_fb.modules.factor_network import DEFAULT_RANK, factor_config_for
+
+    assert FactorConfig().rank == DEFAULT_RANK == factor_config_for(None, None).rank
+    assert factor_config_for(8, None).rank == 8
+    cfg = FactorConfig(rank=16)
+    assert factor_config_for(None, cfg) is cfg and factor_config_for(16, cfg) is cfg
+    with pytest.raises(ValueError, match="rank=8 disagrees"):
+        factor_config_for(8, cfg)

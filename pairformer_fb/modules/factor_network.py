@@ -50,7 +50,7 @@ class FactorConfig:
             untrained network's bias is close to zero.
     """
 
-    rank: int = 96
+    rank: int = 32  # DEFAULT_RANK, the one default of the package (scripts' YAML: 32 too)
     width: int = 256
     depth: int = 2
     use_s_inputs: bool = False
@@ -75,6 +75,20 @@ class FactorConfig:
         """The FlashBias paper's AlphaFold 3 setting: R = 96, tanh MLP of width 256, pair
         summaries plus s_inputs when their width is given (449 in AF3 / Protenix)."""
         return cls(rank=96, width=256, depth=2, use_s_inputs=c_s_inputs is not None, c_s_inputs=c_s_inputs)
+
+
+DEFAULT_RANK = FactorConfig.rank
+
+
+def factor_config_for(rank: int | None, factor_config: FactorConfig | None) -> FactorConfig:
+    """The factor networks' config of a call that takes ``rank`` and / or ``factor_config``
+    (``patch_model``, ``convert_checkpoint``): the given config, else ``FactorConfig(rank=rank)``
+    (``DEFAULT_RANK`` when neither is given); a rank that disagrees with the config's is an error."""
+    if factor_config is not None:
+        if rank is not None and factor_config.rank != rank:
+            raise ValueError(f"rank={rank} disagrees with factor_config.rank={factor_config.rank}")
+        return factor_config
+    return FactorConfig(rank=DEFAULT_RANK if rank is None else rank)
 
 
 def _tanh_mlp(c_in: int, c_out: int, config: FactorConfig) -> nn.Sequential:

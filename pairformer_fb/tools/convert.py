@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..adapters import DEFAULT_KINDS, HOSTS, KINDS
-from ..modules.factor_network import FactorConfig
+from ..modules.factor_network import FactorConfig, factor_config_for
 from .checkpoint import (
     EMA_LOCATIONS,
     FACTOR_KEY_MARK,
@@ -48,7 +48,7 @@ from .checkpoint import (
     write_checkpoint_atomic,
 )
 from .factor_init import FitResult, fit_patched_model
-from .patching import DEFAULT_RANK, patch_model, unpatch_model
+from .patching import patch_model, unpatch_model
 from .presets import DEFAULT_PRESETS, PresetError
 
 DEFAULT_SAMPLES_DIR = Path(__file__).resolve().parents[2] / "data_samples"
@@ -277,9 +277,7 @@ def convert_checkpoint(
     if ckpt.metadata is not None or has_factors:
         raise CheckpointError(f"{input}: the checkpoint is already converted (it has pairformer_fb metadata or "
                               "factor-network keys): strip it first (strip=true)")
-    if factor_config is not None and rank is not None and factor_config.rank != rank:
-        raise ValueError(f"rank={rank} disagrees with factor_config.rank={factor_config.rank}")
-    factor_config = factor_config or FactorConfig(rank=DEFAULT_RANK if rank is None else rank)
+    factor_config = factor_config_for(rank, factor_config)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
 

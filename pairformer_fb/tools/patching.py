@@ -14,10 +14,9 @@ from ..adapters import DEFAULT_KINDS, DIFFUSION_KINDS, KINDS, PatchedModule, Uns
 from ..adapters.call_scope import ScopedPatchedModule
 from ..modules.bias_cache import SVDConfig
 from ..modules.common import MODES
-from ..modules.factor_network import FactorConfig
+from ..modules.factor_network import FactorConfig, factor_config_for
 from .cuda_graphs import reset_graphs
 
-DEFAULT_RANK = 32
 
 # A mode for every patched block: one mode; {mode: block indices} with ``...`` for "every
 # block not listed under another mode"; or block index -> mode (None: leave the block alone).
@@ -200,11 +199,8 @@ def patch_model(
     bad = set(stacks) - set(adapter.STACKS)
     if bad or not stacks:
         raise ValueError(f"stacks must be a non-empty subset of {adapter.STACKS} for host {host!r}, got {stacks!r}")
-    if factor_config is not None and rank is not None and factor_config.rank != rank:
-        raise ValueError(f"rank={rank} disagrees with factor_config.rank={factor_config.rank}")
     user_factor_config = factor_config
-    if factor_config is None:
-        factor_config = FactorConfig(rank=DEFAULT_RANK if rank is None else rank)
+    factor_config = factor_config_for(rank, factor_config)
     if svd_config is None:
         svd_config = SVDConfig()
     rule = _mode_rule(mode)
