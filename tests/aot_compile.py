@@ -73,7 +73,7 @@ _run = JITFunction.run
 def main(spec: dict) -> None:
     driver.set_active(_Sm90Driver())
     JITFunction.run = _compile_instead_of_launch
-    from pairformer_fb.kernel import triton_flash_bias as tfb
+    from pairformer_fb.kernel import triton_launch as tfb
 
     dtype = spec.get("dtype", "bf16")
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"

@@ -60,11 +60,11 @@ def test_triton_matches_reference(mode, dtype):
 def test_fully_masked_rows_match_the_reference_values_and_gradients(mask_pad, monkeypatch):
     """Also with the additive key mask padded to a length the key tiles do not divide
     (mask_pad=8: 21 keys -> 24, tiles of 16), where its loads take the bounds-checked path."""
-    from pairformer_fb.kernel import triton_flash_bias as tfb
+    from pairformer_fb.kernel import triton_launch
 
     if mask_pad is not None:
-        monkeypatch.setattr(tfb, "BIAS_TILE_PAD", mask_pad)
-        assert tfb._additive_key_mask(torch.ones(1, 21, dtype=torch.bool)).shape[1] % 16 != 0
+        monkeypatch.setattr(triton_launch, "BIAS_TILE_PAD", mask_pad)
+        assert triton_launch._additive_key_mask(torch.ones(1, 21, dtype=torch.bool)).shape[1] % 16 != 0
     args, kw = make_inputs(3, 2, 14, 21, 16, 4, bias_shape=(1, 2, 14, 21), mask_shape=(3, 21),
                            fully_masked_rows=(0, 2), device=DEVICE)
     out = flash_bias_attention(*args, **kw, backend="triton")
@@ -140,14 +140,14 @@ def test_gate_fused_at_inference_and_differentiable_in_training(layout, dtype):
 def test_row_split_ds_sum_matches_the_reference(splits, monkeypatch):
     """The dS row-sum split over several programs per tile (atomic partial sums) gives the same
     bias and shared-factor gradients."""
-    from pairformer_fb.kernel import triton_flash_bias as tfb
+    from pairformer_fb.kernel import tiles
 
     args, kw = make_inputs(7, 2, 20, 18, 16, 4, bias_shape=(1, 2, 20, 18), mask_shape=(7, 18), device=DEVICE)
-    block_d, block_r = tfb._pow2_at_least_16(16), tfb._pow2_at_least_16(4)
+    block_d, block_r = tiles._pow2_at_least_16(16), tiles._pow2_at_least_16(4)
     elem = args[0].element_size()
-    cfg = tfb.default_config("ds_sum", block_d, block_r, True, elem)
-    monkeypatch.setitem(tfb.CONFIG_OVERRIDES, tfb.config_key("ds_sum", block_d, block_r, True, elem),
-                        tfb.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 1, splits))
+    cfg = tiles.default_config("ds_sum", block_d, block_r, True, elem)
+    monkeypatch.setitem(tiles.CONFIG_OVERRIDES, tiles.config_key("ds_sum", block_d, block_r, True, elem),
+                        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 1, splits))
     out = flash_bias_attention(*args, **kw, backend="triton")
     ref = flash_bias_attention(*args, **kw, backend="reference")
     ins = differentiable(args, kw)
@@ -164,19 +164,19 @@ def test_row_split_ds_sum_matches_the_reference(splits, monkeypatch):
 def test_fused_ds_in_backward_kernel_matches_the_reference(case, monkeypatch):
     """fuse_ds: the backward kernel adds the dS of its rows atomically into the row-shared sum
     (no _ds_sum_kernel pass): same bias and shared-factor gradients, also with a clamped last row."""
-    from pairformer_fb.kernel import triton_flash_bias as tfb
+    from pairformer_fb.kernel import tiles, triton_launch
 
     args, kw = make_inputs(7, 2, 20, 18, 16, case["rank"], bias_shape=case["bias_shape"], mask_shape=(7, 18),
                            device=DEVICE)
-    block_d = tfb._pow2_at_least_16(16)
-    block_r = tfb._pow2_at_least_16(case["rank"]) if case["rank"] else 0
+    block_d = tiles._pow2_at_least_16(16)
+    block_r = tiles._pow2_at_least_16(case["rank"]) if case["rank"] else 0
     elem = args[0].element_size()
-    cfg = tfb.default_config("bwd", block_d, block_r, True, elem)
-    monkeypatch.setitem(tfb.CONFIG_OVERRIDES, tfb.config_key("bwd", block_d, block_r, True, elem),
-                        tfb.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, case["rows"],
-                                         fuse_ds=True))
+    cfg = tiles.default_config("bwd", block_d, block_r, True, elem)
+    monkeypatch.setitem(tiles.CONFIG_OVERRIDES, tiles.config_key("bwd", block_d, block_r, True, elem),
+                        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, case["rows"],
+                                           fuse_ds=True))
     ran = []
-    monkeypatch.setattr(tfb, "_ds_sum_kernel", ran)  # must not be launched
+    monkeypatch.setattr(triton_launch, "_ds_sum_kernel", ran)  # must not be launched
     out = flash_bias_attention(*args, **kw, backend="triton")
     ref = flash_bias_attention(*args, **kw, backend="reference")
     ins = differentiable(args, kw)
@@ -190,13 +190,13 @@ def test_launch_shrinks_tiles_that_need_too_much_shared_memory(monkeypatch):
     per program, fewer stages, then smaller blocks), and the tiles that fit are remembered."""
     from triton.runtime.errors import OutOfResources
 
-    from pairformer_fb.kernel import triton_flash_bias as tfb
+    from pairformer_fb.kernel import tiles, triton_launch
 
-    monkeypatch.setattr(tfb, "_FITTED", {})
+    monkeypatch.setattr(tiles, "_FITTED", {})
     args, kw = make_inputs(4, 2, 20, 20, 16, bias_shape=(1, 2, 20, 20), device=DEVICE)
-    ops = tfb._Operands(*args, None, None, kw["bias"], None, 0.25)
-    start = tfb.KernelConfig(64, 64, 4, 3, 2)
-    monkeypatch.setattr(tfb, "_config", lambda kind, ops: start)
+    ops = triton_launch._Operands(*args, None, None, kw["bias"], None, 0.25)
+    start = tiles.KernelConfig(64, 64, 4, 3, 2)
+    monkeypatch.setattr(tiles, "_config", lambda kind, ops: start)
     tried = []
 
     def launch(cfg):
@@ -205,24 +205,24 @@ def test_launch_shrinks_tiles_that_need_too_much_shared_memory(monkeypatch):
             raise OutOfResources(262144, 232448, "shared memory")
         return "ran"
 
-    assert tfb._launch("fwd", ops, torch.float32, launch) == "ran"
+    assert tiles._launch("fwd", ops, torch.float32, launch) == "ran"
     assert [(c.rows, c.num_stages, c.block_n) for c in tried] == [(2, 3, 64), (1, 3, 64), (1, 2, 64), (1, 1, 64),
                                                                    (1, 1, 32)]
     tried.clear()
-    tfb._launch("fwd", ops, torch.float32, launch)  # remembered: straight to the tiles that fit
+    tiles._launch("fwd", ops, torch.float32, launch)  # remembered: straight to the tiles that fit
     assert [(c.rows, c.num_stages, c.block_n) for c in tried] == [(1, 1, 32)]
 
     def never(cfg):
         raise OutOfResources(1 << 30, 232448, "shared memory")
 
     with pytest.raises(OutOfResources):  # nothing left to shrink: the error is not swallowed
-        tfb._launch("bwd", ops, torch.float32, never)
+        tiles._launch("bwd", ops, torch.float32, never)
 
 
 def test_shared_operands_get_16_byte_aligned_rows():
     """Shared operands whose rows are not 16-byte aligned are copied into padded rows (same
     values); aligned ones are passed through untouched."""
-    from pairformer_fb.kernel.triton_flash_bias import _row_aligned
+    from pairformer_fb.kernel.triton_launch import _row_aligned
 
     aligned = torch.randn(1, 2, 5, 16)
     assert _row_aligned(aligned) is aligned
@@ -237,16 +237,17 @@ def test_shared_operands_get_16_byte_aligned_rows():
 def test_shared_bias_is_padded_to_whole_tiles():
     """A bias shared by several rows, of lengths that are not tile multiples, is read from
     zero-padded storage (unmasked tile loads) holding the same values; a bias of one row is not."""
-    from pairformer_fb.kernel import triton_flash_bias as tfb
+    from pairformer_fb.kernel import tiles, triton_launch
 
     args, kw = make_inputs(3, 2, 18, 35, 16, bias_shape=(1, 2, 18, 35), requires_grad=False)
-    ops = tfb._Operands(*args, None, None, kw["bias"], None, 0.25)
+    ops = triton_launch._Operands(*args, None, None, kw["bias"], None, 0.25)
     assert ops.bias_padded and torch.equal(ops.bias[0], kw["bias"][0])
-    assert ops.bias.stride(2) == tfb.BIAS_TILE_PAD and ops.bias.stride(1) == tfb.BIAS_TILE_PAD ** 2
-    assert ops.flags(tfb.KernelConfig(64, 64, 4, 3))["BIAS_FULL_N"]
-    assert not ops.flags(tfb.KernelConfig(64, 256, 4, 3))["BIAS_FULL_N"]  # tiles wider than the padding
+    pad = triton_launch.BIAS_TILE_PAD
+    assert ops.bias.stride(2) == pad and ops.bias.stride(1) == pad ** 2
+    assert ops.flags(tiles.KernelConfig(64, 64, 4, 3))["BIAS_FULL_N"]
+    assert not ops.flags(tiles.KernelConfig(64, 256, 4, 3))["BIAS_FULL_N"]  # tiles wider than the padding
     single, kw1 = make_inputs(1, 2, 18, 35, 16, bias_shape=(1, 2, 18, 35), requires_grad=False)
-    assert not tfb._Operands(*single, None, None, kw1["bias"], None, 0.25).bias_padded
+    assert not triton_launch._Operands(*single, None, None, kw1["bias"], None, 0.25).bias_padded
 
 
 def test_a_bias_prepared_for_reuse_is_read_without_a_copy():
@@ -254,20 +255,20 @@ def test_a_bias_prepared_for_reuse_is_read_without_a_copy():
     copy), also through reshaped views of it, and gives the reference's result; a view that
     would read past its buffer, or a plain tensor, is still copied."""
     from pairformer_fb.kernel import prepare_reused_bias
-    from pairformer_fb.kernel import triton_flash_bias as tfb
+    from pairformer_fb.kernel import triton_launch
 
     args, kw = make_inputs(3, 2, 18, 35, 16, bias_shape=(1, 2, 18, 35), requires_grad=False, device=DEVICE)
-    prepared = tfb.pad_bias_to_tiles(kw["bias"])  # what prepare_reused_bias does on CUDA
+    prepared = triton_launch.pad_bias_to_tiles(kw["bias"])  # what prepare_reused_bias does on CUDA
     assert torch.equal(prepared, kw["bias"])
-    ops = tfb._Operands(*args, None, None, prepared.reshape(2, 18, 35)[None], None, 0.25)
+    ops = triton_launch._Operands(*args, None, None, prepared.reshape(2, 18, 35)[None], None, 0.25)
     assert ops.bias_padded and ops.bias.data_ptr() == prepared.data_ptr()
     out = flash_bias_attention(*args, bias=prepared, backend="triton")
     assert rel_err(out, flash_bias_attention(*args, **kw, backend="reference")) < 1e-5
     # a view of the last rows: its padded tiles would run past the buffer -> copied
-    buf = tfb.pad_bias_to_tiles(torch.randn(1, 2, 130, 35))._base  # [1, 2, 256, 128]
-    assert tfb._in_padded_storage(buf[:, :, 120:130, :35])  # its 128-row tiles end inside the buffer
-    assert not tfb._in_padded_storage(buf[:, :, 200:, :35])  # they would end past it
-    assert not tfb._in_padded_storage(kw["bias"])
+    buf = triton_launch.pad_bias_to_tiles(torch.randn(1, 2, 130, 35))._base  # [1, 2, 256, 128]
+    assert triton_launch._in_padded_storage(buf[:, :, 120:130, :35])  # its 128-row tiles end inside the buffer
+    assert not triton_launch._in_padded_storage(buf[:, :, 200:, :35])  # they would end past it
+    assert not triton_launch._in_padded_storage(kw["bias"])
     if not kw["bias"].is_cuda:
         assert prepare_reused_bias(kw["bias"]) is kw["bias"]  # other devices: unchanged
 
@@ -276,9 +277,9 @@ def test_a_bias_prepared_for_reuse_is_read_without_a_copy():
 def test_every_grid_order_computes_the_same_attention(order, monkeypatch):
     """The program orders (blocks / heads / row groups fastest) only change which programs run
     side by side: values and gradients match the reference for each, with an odd row count."""
-    from pairformer_fb.kernel import triton_flash_bias as tfb
+    from pairformer_fb.kernel import tiles
 
-    monkeypatch.setattr(tfb, "_FORCED_GRID_ORDER", str(order))
+    monkeypatch.setattr(tiles, "_FORCED_GRID_ORDER", str(order))
     args, kw = make_inputs(3, 2, 18, 21, 16, 4, bias_shape=(1, 2, 18, 21), mask_shape=(3, 21), device=DEVICE)
     out = flash_bias_attention(*args, **kw, backend="triton")
     ref = flash_bias_attention(*args, **kw, backend="reference")
@@ -289,13 +290,13 @@ def test_every_grid_order_computes_the_same_attention(order, monkeypatch):
 
 
 def test_a_few_samples_sharing_a_bias_run_side_by_side():
-    from pairformer_fb.kernel import triton_flash_bias as tfb
+    from pairformer_fb.kernel import tiles, triton_launch
 
     def order(B, bias_batch):
         args, kw = make_inputs(B, 2, 20, 20, 16, bias_shape=(bias_batch, 2, 20, 20), requires_grad=False)
-        ops = tfb._Operands(*args, None, None, kw["bias"], None, 0.25)
-        return tfb._grid_order(ops, 1)
+        ops = triton_launch._Operands(*args, None, None, kw["bias"], None, 0.25)
+        return tiles._grid_order(ops, 1)
 
-    if tfb._FORCED_GRID_ORDER is None:
+    if tiles._FORCED_GRID_ORDER is None:
         assert order(5, 1) == 2  # diffusion samples sharing the bias
         assert order(64, 1) != 2 and order(5, 5) != 2  # triangle rows; a bias per row

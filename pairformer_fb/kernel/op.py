@@ -182,7 +182,7 @@ def flash_bias_attention(
         if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError(f"backend='triton' needs CUDA tensors, but q is on {q.device} (Triton has no CPU "
                              "driver): use backend='auto' or 'reference' (TRITON_INTERPRET=1: Triton's interpreter)")
-        from .triton_flash_bias import attention_triton
+        from .triton_launch import attention_triton
 
         return attention_triton(q, k, v, q_factors, k_factors, bias, key_mask, scale, gate)
     if backend == "reference":
@@ -199,6 +199,6 @@ def prepare_reused_bias(bias: torch.Tensor) -> torch.Tensor:
     other tensors unchanged. Values, shape and dtype are those of ``bias``."""
     if not bias.is_cuda:
         return bias
-    from .triton_flash_bias import pad_bias_to_tiles
+    from .triton_launch import pad_bias_to_tiles
 
     return pad_bias_to_tiles(bias)

@@ -151,7 +151,7 @@ def _measure(case: Case, method: str, rank: int | None, cfg, dtype, device) -> R
 
 def run(cfg) -> list[Record]:
     if cfg.get("kernel_configs"):
-        from ..kernel.triton_flash_bias import load_config_overrides
+        from ..kernel.tiles import load_config_overrides
 
         load_config_overrides(cfg.kernel_configs)
     device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else

@@ -196,7 +196,7 @@ def _error(a: torch.Tensor, b: torch.Tensor, scale: float) -> float:
 
 
 def _compiled_kernels() -> int:
-    from ..kernel import triton_flash_bias as tfb
+    from ..kernel import triton_kernels as tfb
 
     kernels = (tfb._fwd_kernel, tfb._bwd_delta_kernel, tfb._bwd_kernel, tfb._ds_sum_kernel)
     return sum(len(c[0]) for k in kernels for c in getattr(k, "device_caches", {}).values())

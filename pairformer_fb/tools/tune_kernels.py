@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..kernel import flash_bias_attention
-from ..kernel import triton_flash_bias as tfb
+from ..kernel import tiles as tfb
 from .cli import atomic_write
 from .timing import median_ms
 

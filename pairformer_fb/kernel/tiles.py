@@ -1,0 +1,189 @@
+"""Tile configurations of the FlashBias Triton kernels (``triton_kernels``): the defaults per
+kernel kind, the tuned overrides, the shrink-and-retry of a launch that runs out of shared
+memory, and the program order of the forward / backward grids."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import triton
+from triton.runtime.errors import OutOfResources
+
+from .op import pow2_at_least_16
+
+if TYPE_CHECKING:
+    from .triton_launch import _Operands
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    rows: int = 2  # fwd / bwd: rows per program where they share the bias / factor tiles (else 1)
+    splits: int = 1  # ds_sum: programs per tile of a row-shared sum, each adding its share of the rows
+    fuse_ds: bool = False  # bwd: add the program's rows' dS atomically to the row-shared sum (no ds_sum kernel)
+
+
+# the padded tile width of a head dim or rank (shared with the op's dispatch)
+_pow2_at_least_16 = pow2_at_least_16
+
+
+def default_config(kind: str, block_d: int, block_r: int, has_bias: bool, elem_bytes: int = 2) -> KernelConfig:
+    """Tiles per kernel kind ("fwd", "bwd", "ds_sum"), padded head width, padded rank (0 without
+    factors), whether a dense bias tile is read, and the operands' element size (2: fp16 / bf16,
+    4: fp32).
+
+    Every entry fits the 227 KiB of shared memory of a Hopper SM as it is, so a first call
+    compiles each kernel once: a launch that runs out of shared memory recompiles with smaller
+    tiles (``_shrink``), and each such compile of a spilling fp32 kernel took 5-150 s
+    (benchmarks/session5/cpu_compile_probe/). ``tests/test_kernel_compile.py`` compiles the
+    largest case of each branch for sm_90 and checks this without a GPU."""
+    if INTERPRET:  # the CPU interpreter: small tiles keep tests fast and still cover several blocks
+        return KernelConfig(16, 16, 1, 1)
+    width = block_d + block_r
+    if elem_bytes == 4:
+        # fp32 tiles take twice the bytes (shared memory, registers) of 16-bit ones: one row per
+        # program, two stages, narrower tiles as the head dim + rank grows. The forward at
+        # width <= 64 is the tiles Protenix's fp32 diffusion attention (D = 48, dense bias) ran
+        # with after shrinking at launch (benchmarks/session3/run3). The backward adds each
+        # row's dS to the row-shared sum itself (no separate ds_sum kernel to compile).
+        if kind == "fwd":
+            return KernelConfig(64, 64, 4, 2, 1) if width <= 64 else KernelConfig(32, 32, 4, 2, 1)
+        if kind == "bwd":
+            return KernelConfig(32, 32, 4, 2, 1, fuse_ds=True)
+        return KernelConfig(32, 32, 4, 2, 1)
+    if width > 128:  # wide tiles: keep shared memory under the 227 KiB of a Hopper SM
+        return KernelConfig(64, 32, 4, 2, 1) if kind == "fwd" else KernelConfig(32, 64, 4, 2, 1, fuse_ds=True)
+    # measured best at N = 1024, D = 32 on an H200 (benchmarks/kernel_tuning.md)
+    if kind == "ds_sum":
+        # a dense bias: 4 programs per tile (N = 1024: 4096 programs, not 1024) measured 12.46 against
+        # 12.9 ms forward+backward; the shared factors alone gain nothing from splitting
+        return KernelConfig(128, 64, 4, 3, 1) if (block_r and not has_bias) else KernelConfig(64, 64, 4, 3, 1, 4)
+    if kind == "bwd":
+        if has_bias or block_r:
+            # two rows per program, their dS summed into the row-shared sum by atomic adds: dense
+            # bias 12.13 / factors R = 32 11.85 ms fwd+bwd at N = 1024 against 12.45 / 12.52 with
+            # the separate _ds_sum_kernel (H200, benchmarks/session3/run1/bwd.txt). From width 128
+            # (D = 128, or D + R past 64) two rows' tiles need more than 227 KiB: one row.
+            # A padded rank above the padded head dim (e.g. D 27 / R 38, D 8 / R 20) at 4 warps made
+            # Triton 3.6 read shared memory out of bounds at the dQ product (compute-sanitizer; wrong
+            # dQ, dK, dV): 8 warps compute those right (benchmarks/session5/call5/tiles.txt).
+            warps = 8 if block_r > block_d else 4
+            return KernelConfig(64, 64, warps, 3, 2 if width < 128 else 1, fuse_ds=True)
+        return KernelConfig(64, 128, 4, 3, 1)
+    # a shared bias or shared factors: two rows per program share their tiles. Factors at N = 1170
+    # (triangle module case: strided q/k/v, key mask, gate): 4.98 ms against 6.01 with the
+    # (128, 64, 4, 3, 1) tiles chosen at N = 1024 (benchmarks/session3/run2/tri.txt)
+    # Head dims 33-64 (the diffusion transformer's 48): one row per program; 0.142 against 0.26 ms
+    # with two (bf16, 5 samples, N = 1170, gate fused; benchmarks/session3/run3/dsweep.txt).
+    if has_bias or block_r:
+        return KernelConfig(64, 64, 4, 3, 2) if block_d <= 32 else KernelConfig(64, 64, 4, 3, 1)
+    return KernelConfig(128, 64, 4, 3, 1)
+
+
+# Tuning sweeps and benchmarks set entries here:
+# {(kind, block_d, block_r, has_bias, elem_bytes): KernelConfig}.
+CONFIG_OVERRIDES: dict[tuple[str, int, int, bool, int], KernelConfig] = {}
+
+
+def config_key(kind: str, block_d: int, block_r: int, has_bias: bool,
+               elem_bytes: int = 2) -> tuple[str, int, int, bool, int]:
+    return (kind, block_d, block_r, bool(has_bias), int(elem_bytes))
+
+
+def _ops_config_key(kind: str, ops: "_Operands") -> tuple[str, int, int, bool, int]:
+    return config_key(kind, ops.block_d, ops.block_r if ops.has_factors else 0, ops.bias is not None,
+                      ops.elem_bytes)
+
+
+def _config(kind: str, ops: "_Operands") -> KernelConfig:
+    key = _ops_config_key(kind, ops)
+    return CONFIG_OVERRIDES.get(key) or default_config(*key)
+
+
+def load_config_overrides(path: str) -> int:
+    """Read tuned tiles from a JSON list of {"kind", "block_d", "block_r", "has_bias",
+    "block_m", "block_n", "num_warps", "num_stages", "rows", "elem_bytes"} (as written by
+    scripts/tune_kernels.py; elem_bytes defaults to 2, the 16-bit dtypes)."""
+    import json
+
+    entries = json.load(open(path))
+    for e in entries:
+        key = config_key(e["kind"], e["block_d"], e["block_r"], e["has_bias"], e.get("elem_bytes", 2))
+        CONFIG_OVERRIDES[key] = KernelConfig(
+            e["block_m"], e["block_n"], e["num_warps"], e["num_stages"], e.get("rows", 2), e.get("splits", 1),
+            e.get("fuse_ds", False))
+    return len(entries)
+
+
+def _shrink(cfg: KernelConfig) -> KernelConfig | None:
+    """The next smaller tiles after a launch ran out of shared memory (wide head dims in fp32
+    need four times the bf16 tiles): one row per program, then fewer pipeline stages, then half
+    the key block, then half the query block. None when nothing is left to shrink."""
+    if cfg.rows > 1:
+        return dataclasses.replace(cfg, rows=1)
+    if cfg.num_stages > 1:
+        return dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
+    if cfg.block_n > 16:
+        return dataclasses.replace(cfg, block_n=cfg.block_n // 2)
+    if cfg.block_m > 16:
+        return dataclasses.replace(cfg, block_m=cfg.block_m // 2)
+    return None
+
+
+# (kind, block_d, block_r, has_bias, dtype) -> the tiles that fit after a launch had to shrink
+_FITTED: dict[tuple, KernelConfig] = {}
+
+
+def _launch(kind: str, ops: "_Operands", dtype: torch.dtype, launch) -> None:
+    """``launch(cfg)`` with the configured tiles, shrunk (see ``_shrink``) while Triton reports
+    that they need more shared memory than the device has; the tiles that fit are remembered.
+    The error is raised at launch, before the kernel runs, so a retry starts from clean buffers."""
+    key = (*_ops_config_key(kind, ops), dtype)
+    cfg = _FITTED.get(key) or _config(kind, ops)
+    while True:
+        try:
+            return launch(cfg)
+        except OutOfResources:
+            smaller = _shrink(cfg)
+            if smaller is None:
+                raise
+            if key not in _FITTED:  # once per kernel class: each retry is another compile
+                warnings.warn(f"FlashBias {kind} tiles {cfg} need more shared memory than this GPU has; "
+                              f"compiling smaller ones (a slower first call)", RuntimeWarning, stacklevel=3)
+            cfg = _FITTED[key] = smaller
+
+
+# program order of the forward / backward grids (see _program_rows). Heads fastest measured
+# 4.38 / 4.47 ms for the starting / ending triangle module at N = 1024 against 4.42 / 4.52 (H200,
+# same run; the contiguous standalone op 2.68 against 2.64: both within ~1.5 % noise).
+# PFB_GRID_HEAD_FASTEST=0|1 overrides it for measurements.
+GRID_HEAD_FASTEST = os.environ.get("PFB_GRID_HEAD_FASTEST", "1") == "1"
+# at most this many row groups sharing a bias / factor tile run side by side (GRID_ORDER 2): the
+# diffusion transformer's samples; PFB_GRID_ORDER=0|1|2 forces an order for measurements
+SIDE_BY_SIDE_GROUPS = 8
+_FORCED_GRID_ORDER = os.environ.get("PFB_GRID_ORDER")
+
+
+def _grid_order(ops: "_Operands", rows: int) -> int:
+    if _FORCED_GRID_ORDER is not None:
+        return int(_FORCED_GRID_ORDER)
+    shared = ops.bias is not None and ops.bias_shape[0] == 1 or ops.has_factors and ops.q_factors_batch == 1
+    if shared and 1 < triton.cdiv(ops.B, rows) <= SIDE_BY_SIDE_GROUPS:
+        return 2
+    return 1 if GRID_HEAD_FASTEST else 0
+
+
+def _rows_per_program(ops: "_Operands", cfg: KernelConfig) -> int:
+    """Two rows per program where they share every bias / factor tile (read once for both)."""
+    shared = (not ops.has_factors or ops.q_factors_batch == 1) and (ops.bias is None or ops.bias_shape[0] == 1)
+    return 2 if (cfg.rows == 2 and ops.B > 1 and shared and (ops.has_factors or ops.bias is not None)) else 1
