@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..kernel import flash_bias_attention
 from ..kernel import triton_flash_bias as tfb
-from .cli import atomic_write
+from ..cli import atomic_write
 from .timing import median_ms
 
 # (block_m, block_n, num_warps, num_stages, rows per program[, ds_sum row splits])
