@@ -1,10 +1,13 @@
 """pairformer_fb: FlashBias attention for AlphaFold 3-style Pairformers (Protenix, Boltz-2, OpenFold3).
 
 Layers, bottom up: ``kernel`` (the fused op) -> ``modules`` (triangle / pair-biased attention,
-factor networks) -> ``adapters`` (one per host model) -> ``tools`` (patching, conversion,
-fine-tuning, benchmarking).
+factor networks) -> ``hosts`` (one adapter package per host model, the structure-benchmark hosts,
+model presets) -> ``patching`` (patch_model, CUDA graphs) / ``convert`` (checkpoint I/O,
+conversion, factor initialisation, fine-tuning) / ``data`` (featurisation, structures) /
+``bench`` (benchmarks, kernel tuning, fuzzing). ``cli`` holds the scripts' shared command line.
 """
 
+from ._version import __version__
 from .kernel import flash_bias_attention
 from .modules import (
     FactorConfig,
@@ -13,11 +16,9 @@ from .modules import (
     FlashBiasTriangleAttention,
     SVDConfig,
 )
-from .tools.convert import convert_checkpoint, load_converted
-from .tools.cuda_graphs import graph_diffusion, graph_module
-from .tools.patching import PatchReport, patch_model, unpatch_model
-
-__version__ = "0.1.0"
+from .convert.convert import convert_checkpoint, load_converted
+from .patching.cuda_graphs import graph_diffusion, graph_module
+from .patching.patching import PatchReport, patch_model, unpatch_model
 
 __all__ = [
     "flash_bias_attention",

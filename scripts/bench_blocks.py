@@ -4,8 +4,8 @@
     python scripts/bench_blocks.py "sizes.protenix=[1024]" output_dir=benchmarks/blocks_h200
 """
 
-from pairformer_fb.tools.cli import main
-from pairformer_fb.tools.bench_blocks import run
+from pairformer_fb.cli import main
+from pairformer_fb.bench.blocks import run
 
 
 def task(cfg) -> None:

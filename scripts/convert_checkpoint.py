@@ -16,12 +16,12 @@ os.environ.setdefault("LAYERNORM_TYPE", "torch")  # protenix without CUDA: no fu
 from hydra.utils import to_absolute_path  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from pairformer_fb.tools.cli import main  # noqa: E402
+from pairformer_fb.cli import main  # noqa: E402
 
 
 def task(cfg) -> None:
     from pairformer_fb.modules import FactorConfig
-    from pairformer_fb.tools.convert import convert_checkpoint
+    from pairformer_fb.convert.convert import convert_checkpoint
 
     p, fit = cfg.patch, cfg.fit
     listed = lambda v: None if v is None else list(OmegaConf.to_container(v))

@@ -1,5 +1,5 @@
 r"""Fine-tune the factor networks of a converted checkpoint (configs/finetune/; see
-pairformer_fb/tools/finetune.py).
+pairformer_fb/convert/finetune.py).
 
     python scripts/finetune.py checkpoint=IN_fb.pt output_dir=DIR [model=tiny|base|v2] \
         [trainer.max_steps=N] [data.crop_size=T] [loss=bias_and_output] [resume=DIR/checkpoints/step_N.pt]
@@ -17,11 +17,11 @@ os.environ.setdefault("LAYERNORM_TYPE", "torch")  # protenix without CUDA: no fu
 from hydra.utils import to_absolute_path  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from pairformer_fb.tools.cli import CONFIGS, main  # noqa: E402
+from pairformer_fb.cli import CONFIGS, main  # noqa: E402
 
 
 def task(cfg) -> None:
-    from pairformer_fb.tools.finetune import finetune
+    from pairformer_fb.convert.finetune import finetune
 
     c = OmegaConf.to_container(cfg, resolve=True)
     for key in ("checkpoint", "output_dir", "resume"):

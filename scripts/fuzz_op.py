@@ -7,9 +7,9 @@
 import torch
 from omegaconf import OmegaConf
 
-from pairformer_fb.tools import fuzz
-from pairformer_fb.tools.cli import UsageError, main
-from pairformer_fb.tools.timing import environment
+from pairformer_fb.bench import fuzz
+from pairformer_fb.cli import UsageError, main
+from pairformer_fb.bench.timing import environment
 
 
 def task(cfg) -> None:

@@ -1,11 +1,11 @@
 """Shared by the host-model tests: random, non-zero host weights (the hosts zero-initialise
 their output projections and gates, which would hide every error; the function lives in
-pairformer_fb.tools.presets, the structure benchmark uses it too), and an exactly low-rank
+pairformer_fb.hosts.presets, the structure benchmark uses it too), and an exactly low-rank
 pair bias with factor networks set to reproduce it (the lowrank-equals-exact tests)."""
 
 import torch
 
-from pairformer_fb.tools.presets import randomise_
+from pairformer_fb.hosts.presets import randomise_
 
 __all__ = ["additive_pair", "randomise_", "set_exact_factors"]
 

@@ -3,13 +3,13 @@ the chunked reference and the kernels are checked against."""
 
 import torch
 
-from pairformer_fb.tools.fuzz import float64_oracle
+from pairformer_fb.bench.fuzz import float64_oracle
 
 
 def naive_attention(q, k, v, q_factors=None, k_factors=None, bias=None, key_mask=None, scale=None,
                     compute_dtype=torch.float64):
     """The op's formula in ``compute_dtype`` with the key mask added exactly (the fuzz suite's
-    oracle, pairformer_fb.tools.fuzz.float64_oracle, without its fp32 mask rounding)."""
+    oracle, pairformer_fb.bench.fuzz.float64_oracle, without its fp32 mask rounding)."""
     return float64_oracle(q, k, v, q_factors, k_factors, bias, key_mask, scale=scale, compute_dtype=compute_dtype,
                           mask_dtype=compute_dtype)
 

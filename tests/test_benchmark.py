@@ -1,4 +1,4 @@
-"""The structure benchmark (tools/featurize.py, tools/structure.py, tools/benchmark.py,
+"""The structure benchmark (data/featurize.py, data/structure.py, bench/structure.py,
 scripts/benchmark.py) on a CPU:
 
 * featurisation of the samples against Protenix's expectations: one token per residue with
@@ -46,8 +46,8 @@ try:
 except Exception as e:  # noqa: BLE001
     PROTENIX_SKIP = f"protenix cannot be imported ({type(e).__name__}: {e})"
 
-from pairformer_fb.tools import structure as S
-from pairformer_fb.tools.featurize import (
+from pairformer_fb.data import structure as S
+from pairformer_fb.data.featurize import (
     InputError,
     build_atoms,
     protein_1to3,
@@ -182,7 +182,7 @@ def test_features_complex_ids_and_a3m(tmp_path):
 
 @needs_protenix
 def test_tiny_protenix_runs_on_1crn_features(crn_features):
-    from pairformer_fb.tools.presets import build_protenix, randomise_
+    from pairformer_fb.hosts.presets import build_protenix, randomise_
 
     f, atoms = crn_features
     model, _ = build_protenix("tiny", cpu=True)
@@ -357,7 +357,8 @@ def bench_cfg(tmp_path, **kw):
 
 
 def test_bad_benchmark_inputs_fail_before_model_work(tmp_path, monkeypatch):
-    from pairformer_fb.tools import benchmark, hosts
+    from pairformer_fb.bench import structure as benchmark
+    from pairformer_fb.hosts import structure_hosts as hosts
 
     def no_model(*a, **k):
         raise AssertionError("a model was built or a sample featurised before the inputs were checked")
@@ -403,7 +404,8 @@ def test_boltz_host_says_what_is_missing_before_model_work(tmp_path, monkeypatch
     any model work. Boltz's own settings are checked there too."""
     import importlib.util
 
-    from pairformer_fb.tools import benchmark, hosts
+    from pairformer_fb.bench import structure as benchmark
+    from pairformer_fb.hosts import structure_hosts as hosts
 
     def no_model(*a, **k):
         raise AssertionError("model work before the host check")
@@ -487,9 +489,9 @@ def test_benchmark_loads_host_and_converted_checkpoints(tmp_path, crn):
     written structure is the one a model patched and loaded by hand predicts."""
     import pairformer_fb as fb
     from pairformer_fb.modules import FactorConfig
-    from pairformer_fb.tools import benchmark
-    from pairformer_fb.tools.checkpoint import make_metadata
-    from pairformer_fb.tools.presets import build_protenix, randomise_
+    from pairformer_fb.bench import structure as benchmark
+    from pairformer_fb.convert.checkpoint import make_metadata
+    from pairformer_fb.hosts.presets import build_protenix, randomise_
 
     model, _ = build_protenix("tiny", cpu=True)
     randomise_(model, seed=11)
@@ -534,7 +536,7 @@ def test_benchmark_cuda_graphs_option(tmp_path):
     """cuda_graphs=true graphs the patched variants' diffusion step, ``original_graphs`` the
     unpatched host's; the wrapper's counts are recorded (on a CPU: pass-throughs, same
     structures)."""
-    from pairformer_fb.tools import benchmark
+    from pairformer_fb.bench import structure as benchmark
 
     res = benchmark.run(bench_cfg(tmp_path, samples=["1crn"], variants=["original", "exact", "original_graphs"],
                                   warmup=0, model="tiny", device="cpu", seed=0, cuda_graphs=True,
@@ -579,7 +581,7 @@ def test_openfold3_features_1crn(crn):
         TOKEN_NAME_TO_ATOM_NAMES,
     )
 
-    from pairformer_fb.tools.featurize import openfold3_features
+    from pairformer_fb.data.featurize import openfold3_features
 
     f, atoms = openfold3_features(crn, seed=3)
     assert all(v.shape[0] == 1 for v in f.values())
@@ -658,9 +660,9 @@ def test_openfold3_benchmark_script_end_to_end(tmp_path):
 def test_openfold3_benchmark_writes_the_models_prediction(tmp_path, crn):
     """checkpoint= an OpenFold3 checkpoint: the benchmark's written structure is the prediction
     of that model, run by hand on the same features and seed (atoms in the features' order)."""
-    from pairformer_fb.tools import benchmark
-    from pairformer_fb.tools.featurize import openfold3_features
-    from pairformer_fb.tools.presets import build_openfold3, randomise_
+    from pairformer_fb.bench import structure as benchmark
+    from pairformer_fb.data.featurize import openfold3_features
+    from pairformer_fb.hosts.presets import build_openfold3, randomise_
 
     model = randomise_(build_openfold3("tiny"), seed=11).eval()
     path = tmp_path / "of3.ckpt"
@@ -688,7 +690,7 @@ def test_openfold3_benchmark_writes_the_models_prediction(tmp_path, crn):
 # host=boltz
 
 try:
-    from pairformer_fb.tools.hosts import boltz_missing
+    from pairformer_fb.hosts.structure_hosts import boltz_missing
 
     BOLTZ_SKIP = "; ".join(boltz_missing()) or None
 except Exception as e:  # noqa: BLE001
@@ -705,7 +707,7 @@ def test_boltz_features_and_molecules(crn):
     from boltz.data import const
     from rdkit import Chem
 
-    from pairformer_fb.tools.featurize import (
+    from pairformer_fb.data.featurize import (
         boltz_features,
         boltz_molecules,
         ccd_rdkit_mol,
@@ -736,7 +738,7 @@ def test_boltz_features_msa_dir(tmp_path, crn):
     A3M whose first row is not the query is refused, naming the file and the entity."""
     from boltz.data import const
 
-    from pairformer_fb.tools.featurize import (
+    from pairformer_fb.data.featurize import (
         _boltz_msa,
         boltz_features,
         boltz_molecules,
@@ -782,9 +784,9 @@ def test_boltz_benchmark_end_to_end_and_checkpoint(tmp_path):
     schema, phases, structures; exact agrees with the original, the untrained lowrank does
     not); then checkpoint= a Lightning checkpoint with hyper_parameters: the written structure
     is that model's prediction, run by hand on the same features and seed."""
-    from pairformer_fb.tools import benchmark
-    from pairformer_fb.tools.featurize import boltz_features, boltz_molecules
-    from pairformer_fb.tools.presets import BOLTZ2_TINY, build_boltz2, randomise_
+    from pairformer_fb.bench import structure as benchmark
+    from pairformer_fb.data.featurize import boltz_features, boltz_molecules
+    from pairformer_fb.hosts.presets import BOLTZ2_TINY, build_boltz2, randomise_
 
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "host=boltz", "samples=[1crn]",
@@ -834,7 +836,7 @@ def test_boltz_benchmark_end_to_end_and_checkpoint(tmp_path):
 def test_benchmark_diffusion_dtype_option(tmp_path):
     """diffusion_dtype=bf16: the patched variant's diffusion attentions compute in bf16 (recorded
     in its notes); its structure stays close to the original's; the unpatched one is untouched."""
-    from pairformer_fb.tools import benchmark
+    from pairformer_fb.bench import structure as benchmark
 
     res = benchmark.run(bench_cfg(tmp_path, samples=["1crn"], variants=["original", "exact"], warmup=0, model="tiny",
                                   device="cpu", seed=0, diffusion_dtype="bf16", raise_errors=True))

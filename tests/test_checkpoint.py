@@ -1,4 +1,4 @@
-"""Checkpoint I/O (pairformer_fb.tools.checkpoint) on small real host models saved in each host's
+"""Checkpoint I/O (pairformer_fb.convert.checkpoint) on small real host models saved in each host's
 own container format: Protenix ``.pt`` ({"model": ...}, DDP "module." prefix), Boltz-2 Lightning
 ``.ckpt`` ("state_dict", "hyper_parameters", "ema") and OpenFold3 (plain state dict; Lightning
 with "model." prefix and "ema" params). Each host's cases are skipped without its package."""
@@ -21,7 +21,7 @@ from host_models import randomise_
 
 import pairformer_fb as fb
 from pairformer_fb.modules import FactorConfig
-from pairformer_fb.tools.checkpoint import (
+from pairformer_fb.convert.checkpoint import (
     CheckpointError,
     HostCheckpoint,
     make_metadata,

@@ -40,7 +40,7 @@ def tiny(tmp_path_factory):
     """A tiny Protenix checkpoint (mode 0644) and its conversion by the script at its defaults
     (the fit shortened)."""
     need_protenix()
-    from pairformer_fb.tools.presets import build_protenix, randomise_
+    from pairformer_fb.hosts.presets import build_protenix, randomise_
 
     d = tmp_path_factory.mktemp("seams")
     model, _ = build_protenix("tiny")
@@ -74,7 +74,7 @@ def test_converted_checkpoint_benchmarks_at_the_defaults(tiny, tmp_path):
 
 
 def test_failure_status_keeps_the_whole_message():
-    from pairformer_fb.tools.timing import failure_status
+    from pairformer_fb.bench.timing import failure_status
 
     msg = "lacks factor networks for 108 patched modules (e.g. " + "x" * 400 + ")\nsecond line"
     assert failure_status(ValueError(msg)).endswith("x" * 400 + ") second line")
@@ -171,7 +171,7 @@ def test_every_script_rejects_unknown_keys_and_helps(script, tmp_path):
 
 
 def test_help_describes_the_options():
-    from pairformer_fb.tools.cli import CONFIGS, help_text
+    from pairformer_fb.cli import CONFIGS, help_text
 
     text = help_text("benchmark", "doc")
     assert "rank: 32" in text and "factor rank of untrained factor networks" in text and "hydra" not in text
@@ -180,7 +180,7 @@ def test_help_describes_the_options():
 
 
 def test_plus_keys_under_free_form_mappings_are_allowed():
-    from pairformer_fb.tools.cli import UsageError, compose_config
+    from pairformer_fb.cli import UsageError, compose_config
 
     cfg = compose_config("benchmark", ["+overrides={model.N_cycle:4}", "rank=4"])
     assert cfg.overrides == {"model.N_cycle": 4} and cfg.rank == 4
@@ -197,16 +197,16 @@ def test_plus_keys_under_free_form_mappings_are_allowed():
 def test_patch_model_selecting_nothing_is_an_error():
     need_protenix()
     import pairformer_fb as fb
-    from pairformer_fb.tools.presets import build_protenix
+    from pairformer_fb.hosts.presets import build_protenix
 
     model, _ = build_protenix("tiny")
     with pytest.raises(ValueError, match=r"selected no module: mode=\{'lowrank': \[5\]\}.*block indices are 0..1"):
         fb.patch_model(model, mode={"lowrank": [5]})
-    assert not fb.tools.patching.patched_modules(model)
+    assert not fb.patching.patching.patched_modules(model)
 
 
 def test_lowercase_sequences_are_upper_cased(tmp_path):
-    from pairformer_fb.tools.featurize import read_samples
+    from pairformer_fb.data.featurize import read_samples
 
     (tmp_path / "low.fasta").write_text(">x\nmktayiakqr\n")
     (s,) = read_samples([str(tmp_path / "low.fasta")])

@@ -1,4 +1,4 @@
-"""Checkpoint conversion (pairformer_fb.tools.convert, scripts/convert_checkpoint.py) on small
+"""Checkpoint conversion (pairformer_fb.convert.convert, scripts/convert_checkpoint.py) on small
 real host models saved in each host's own container: a tiny full Protenix ({"model": ...} with
 the DDP "module." prefix), a tiny full OpenFold3 (a plain state dict) and a Boltz-2 Lightning
 ``.ckpt`` ("state_dict", "hyper_parameters", "ema") of a model holding Boltz-2's trunk Pairformer
@@ -33,11 +33,11 @@ from pairformer_fb.modules import (
     FlashBiasTriangleAttention,
 )
 from pairformer_fb.modules.factor_network import bias_approximation_loss
-from pairformer_fb.tools.checkpoint import CheckpointError, file_sha256
-from pairformer_fb.tools.convert import convert_checkpoint, load_converted
-from pairformer_fb.tools.factor_init import approximation_error, capture_bias_targets
-from pairformer_fb.tools.patching import patched_modules
-from pairformer_fb.tools.samples import (
+from pairformer_fb.convert.checkpoint import CheckpointError, file_sha256
+from pairformer_fb.convert.convert import convert_checkpoint, load_converted
+from pairformer_fb.convert.factor_init import approximation_error, capture_bias_targets
+from pairformer_fb.patching.patching import patched_modules
+from pairformer_fb.convert.samples import (
     openfold3_features,
     protenix_features,
     read_fasta_sequences,
@@ -119,7 +119,7 @@ def test_bias_target_is_what_distill_compares_against(node, ending_bias):
 
 
 def protenix_model(seed=0):
-    from pairformer_fb.tools.presets import build_protenix
+    from pairformer_fb.hosts.presets import build_protenix
 
     torch.manual_seed(seed)
     return randomise_(build_protenix("tiny")[0], seed=seed).eval()
@@ -213,7 +213,7 @@ def test_protenix_lowrank_conversion(tmp_path):
     keys_and_tensors_equal(again.state_dict(), model.state_dict())
     # the reported errors are what the loaded factors reach on the same samples
     sequences = read_fasta_sequences(SAMPLE, 12)
-    from pairformer_fb.tools.samples import run_samples
+    from pairformer_fb.convert.samples import run_samples
 
     records = capture_bias_targets(again, lambda m: run_samples(m, "protenix", sequences, progress=False))
     wrappers = patched_modules(again)
@@ -249,7 +249,7 @@ BOLTZ_HPARAMS = {"token_s": 32, "token_z": 16,
 
 
 def boltz_model(seed=0):
-    from pairformer_fb.tools.presets import build_boltz_trunk
+    from pairformer_fb.hosts.presets import build_boltz_trunk
 
     torch.manual_seed(seed)
     model = nn.Module()
@@ -314,7 +314,7 @@ def test_boltz_lightning_checkpoint(tmp_path):
 
 
 def openfold3_model(seed=0):
-    from pairformer_fb.tools.presets import build_openfold3
+    from pairformer_fb.hosts.presets import build_openfold3
 
     torch.manual_seed(seed)
     return randomise_(build_openfold3("tiny"), seed=seed).eval()

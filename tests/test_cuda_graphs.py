@@ -1,4 +1,4 @@
-"""CUDA graphs on a GPU (pairformer_fb.tools.cuda_graphs with the real CudaGraphBackend); every
+"""CUDA graphs on a GPU (pairformer_fb.patching.cuda_graphs with the real CudaGraphBackend); every
 test is skipped without CUDA. Run alone on the device:
 
     PYTHONPATH=$PWD python -m pytest -q -rs tests/test_cuda_graphs.py
@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from pairformer_fb.tools.cuda_graphs import graph_module
+from pairformer_fb.patching.cuda_graphs import graph_module
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -87,7 +87,7 @@ def protenix_cuda():
     from host_models import randomise_
     from test_patch_full_models import protenix_features
 
-    from pairformer_fb.tools.presets import protenix_configs
+    from pairformer_fb.hosts.presets import protenix_configs
 
     configs = protenix_configs("tiny", {"sample_diffusion.N_sample": 2, "sample_diffusion.N_step": 6}, cpu=True)
     torch.manual_seed(0)
@@ -112,7 +112,7 @@ def test_protenix_patched_and_graphed_matches_unpatched(protenix_cuda, bf16):
     graphed vs unpatched (fp32: the Triton kernels' 1e-4; bf16: loose, random weights amplify
     bf16 rounding over the steps)."""
     import pairformer_fb as fb
-    from pairformer_fb.tools.patching import patched_modules
+    from pairformer_fb.patching.patching import patched_modules
 
     torch.backends.cuda.matmul.allow_tf32 = False
     model, (feats, other) = protenix_cuda

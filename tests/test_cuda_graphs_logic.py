@@ -1,4 +1,4 @@
-"""The CUDA-graph wrapper's logic without CUDA (pairformer_fb.tools.cuda_graphs): keying,
+"""The CUDA-graph wrapper's logic without CUDA (pairformer_fb.patching.cuda_graphs): keying,
 varying vs fixed arguments, replay on static buffers, invalidation and relearning, fallbacks,
 eviction, install / remove, and the tiny Protenix model (FlashBias-patched) graphed with the
 EagerReplayBackend (graph semantics: replays re-run the captured closure on the static buffers
@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from pairformer_fb.tools import cuda_graphs
-from pairformer_fb.tools.cuda_graphs import EagerReplayBackend, GraphedCall, graph_module
+from pairformer_fb.patching.cuda_graphs import EagerReplayBackend, GraphedCall, graph_module
 
 
 class Step(nn.Module):
@@ -218,7 +217,7 @@ def protenix_model():
     from host_models import randomise_
     from test_patch_full_models import protenix_features
 
-    from pairformer_fb.tools.presets import protenix_configs
+    from pairformer_fb.hosts.presets import protenix_configs
 
     configs = protenix_configs("tiny", {"sample_diffusion.N_sample": 2, "sample_diffusion.N_step": 4}, cpu=True)
     torch.manual_seed(0)
@@ -240,7 +239,7 @@ def test_protenix_patched_and_graphed(protenix_model):
     import pairformer_fb as fb
     from naive import rel_err
 
-    from pairformer_fb.tools.patching import patched_modules
+    from pairformer_fb.patching.patching import patched_modules
 
     model, feats, other = protenix_model
     ref, ref_other = run_coordinates(model, feats), run_coordinates(model, other)

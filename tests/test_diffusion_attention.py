@@ -37,11 +37,11 @@ from host_models import randomise_
 from naive import rel_err
 
 import pairformer_fb as fb
-from pairformer_fb.adapters.common import Site
-from pairformer_fb.adapters.protenix import make_replacement
+from pairformer_fb.hosts.base import Site
+from pairformer_fb.hosts.protenix.adapter import make_replacement
 from pairformer_fb.modules import diffusion_attention
 from pairformer_fb.modules.bias_cache import BiasScope, SVDConfig, svd_factors
-from pairformer_fb.tools.patching import patched_modules
+from pairformer_fb.patching.patching import patched_modules
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning"),
@@ -311,7 +311,7 @@ def protenix_model():
     from protenix.model.protenix import Protenix
     from test_patch_full_models import protenix_features
 
-    from pairformer_fb.tools.presets import protenix_configs
+    from pairformer_fb.hosts.presets import protenix_configs
 
     configs = protenix_configs("tiny", {"sample_diffusion.N_sample": 2, "sample_diffusion.N_step": 3}, cpu=True)
     torch.manual_seed(0)
@@ -416,7 +416,7 @@ def test_diffusion_benchmark_runs_on_cpu(tmp_path):
 
     from bench_configs import bench_config
 
-    from pairformer_fb.tools import bench_diffusion
+    from pairformer_fb.bench import diffusion as bench_diffusion
 
     cfg = bench_config("bench_diffusion", tmp_path, [
         "n_sample=2", "diffusion.sizes=[12]", "diffusion.c_a=64", "diffusion.c_s=32",

@@ -1,4 +1,4 @@
-"""Fine-tuning of the factor networks (pairformer_fb.tools.finetune, scripts/finetune.py) on a tiny
+"""Fine-tuning of the factor networks (pairformer_fb.convert.finetune, scripts/finetune.py) on a tiny
 converted Protenix checkpoint made here with ``convert_checkpoint``.
 
 The objective is checked against its pieces (the logged and validated errors against
@@ -22,10 +22,10 @@ os.environ.setdefault("LAYERNORM_TYPE", "torch")
 
 from test_convert import CONFIG, need, protenix_model, save_protenix
 
-from pairformer_fb.tools.checkpoint import FACTOR_KEY_MARK
-from pairformer_fb.tools.convert import convert_checkpoint, load_converted
-from pairformer_fb.tools.factor_init import approximation_error, capture_bias_targets
-from pairformer_fb.tools.finetune import (
+from pairformer_fb.convert.checkpoint import FACTOR_KEY_MARK
+from pairformer_fb.convert.convert import convert_checkpoint, load_converted
+from pairformer_fb.convert.factor_init import approximation_error, capture_bias_targets
+from pairformer_fb.convert.finetune import (
     DistillLoss,
     ProteinCrops,
     crop_features,
@@ -34,7 +34,7 @@ from pairformer_fb.tools.finetune import (
     split_samples,
     warmup_cosine,
 )
-from pairformer_fb.tools.patching import patched_modules
+from pairformer_fb.patching.patching import patched_modules
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning"),
@@ -90,7 +90,7 @@ def short_fasta(tmp_path, name="short", seq="MKTAYIAKQRQISFVK"):
 
 def test_crop_features_keeps_tokens_and_their_atoms():
     need("protenix")
-    from pairformer_fb.tools.featurize import protenix_features, read_samples
+    from pairformer_fb.data.featurize import protenix_features, read_samples
 
     sample = read_samples(["7wux_a2b2"])[0]
     feats, atoms = protenix_features(sample, seed=0)
@@ -292,7 +292,7 @@ def test_bad_inputs_are_named(tiny_fb, tmp_path):
             finetune(make_cfg(base + [f"output_dir={tmp_path / 'e'}", "trainer.tensorboard=true"]))
     plain = tmp_path / "plain.pt"
     save_protenix(protenix_model(), plain)
-    from pairformer_fb.tools.checkpoint import CheckpointError
+    from pairformer_fb.convert.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="not a converted checkpoint"):
         finetune(make_cfg(base[1:] + [f"checkpoint={plain}", f"output_dir={tmp_path / 'd'}"]))

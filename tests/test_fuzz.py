@@ -1,4 +1,4 @@
-"""The op's fuzz suite (pairformer_fb/tools/fuzz.py): seeded random cases against the float64
+"""The op's fuzz suite (pairformer_fb/bench/fuzz.py): seeded random cases against the float64
 oracle. CPU: a slice of small cases through the Triton kernels in the interpreter (fp32 / fp16:
 the interpreter computes bf16 products wrongly) and through the torch reference. GPU: the
 seeded suite at full size (FUZZ_CASES cases, default 120; scripts/fuzz_op.py records a run)."""
@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from pairformer_fb.tools import fuzz
+from pairformer_fb.bench import fuzz
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available()
 

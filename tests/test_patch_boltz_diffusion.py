@@ -31,8 +31,8 @@ from host_models import randomise_
 from naive import rel_err
 
 import pairformer_fb as fb
-from pairformer_fb.adapters.boltz import BoltzDiffusionAttention, make_replacement
-from pairformer_fb.adapters.common import Site, UnsupportedModuleError
+from pairformer_fb.hosts.boltz.adapter import BoltzDiffusionAttention, make_replacement
+from pairformer_fb.hosts.base import Site, UnsupportedModuleError
 from pairformer_fb.modules import precomputed_bias_attention
 from pairformer_fb.modules.bias_cache import SVDConfig
 from pairformer_fb.modules.factor_network import FactorConfig
@@ -281,7 +281,7 @@ def test_boltz_diffusion_benchmark_runs_on_cpu(tmp_path):
 
     from bench_configs import bench_config
 
-    from pairformer_fb.tools import bench_boltz_diffusion
+    from pairformer_fb.bench import boltz_diffusion as bench_boltz_diffusion
 
     cfg = bench_config("bench_boltz_diffusion", tmp_path, [
         "n_sample=2", "diffusion.sizes=[12]", "diffusion.dim=32", "diffusion.heads=4",
@@ -304,7 +304,7 @@ def test_boltz_diffusion_benchmark_runs_on_cpu(tmp_path):
 def test_input_embedder_atom_encoder_is_stack_input():
     from boltz.model.modules.trunkv2 import InputEmbedder
 
-    from pairformer_fb.adapters import UnsupportedModelError
+    from pairformer_fb.hosts import UnsupportedModelError
 
     emb = InputEmbedder(atom_s=8, atom_z=4, token_s=16, token_z=8, atoms_per_window_queries=W,
                         atoms_per_window_keys=H, atom_feature_dim=10, atom_encoder_depth=DEPTH,

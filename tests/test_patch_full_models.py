@@ -34,7 +34,7 @@ os.environ.setdefault("LAYERNORM_TYPE", "torch")
 try:
     from protenix.model.protenix import Protenix
 
-    from pairformer_fb.tools.presets import protenix_configs
+    from pairformer_fb.hosts.presets import protenix_configs
 
     PROTENIX_SKIP = None
 except Exception as e:  # noqa: BLE001 - any import failure means: no usable host here
@@ -44,8 +44,8 @@ except Exception as e:  # noqa: BLE001 - any import failure means: no usable hos
 try:
     from openfold3.projects.of3_all_atom.model import OpenFold3
 
-    from pairformer_fb.tools.presets import openfold3_config
-    from pairformer_fb.tools.samples import openfold3_features
+    from pairformer_fb.hosts.presets import openfold3_config
+    from pairformer_fb.convert.samples import openfold3_features
 
     OPENFOLD3_SKIP = None
 except Exception as e:  # noqa: BLE001
@@ -56,8 +56,8 @@ from host_models import randomise_
 from naive import rel_err
 
 import pairformer_fb as fb
-from pairformer_fb.tools import samples
-from pairformer_fb.tools.patching import patched_modules
+from pairformer_fb.convert import samples
+from pairformer_fb.patching.patching import patched_modules
 
 EXACT_RTOL = 1e-4
 LOWRANK_RANK = 4
@@ -116,12 +116,12 @@ def check_exact_then_lowrank(model: nn.Module, run, stacks, expected_stacks) -> 
 
 
 def of3_tiny_config():
-    """OpenFold3's ``tiny`` preset (``pairformer_fb.tools.presets.openfold3_config``)."""
+    """OpenFold3's ``tiny`` preset (``pairformer_fb.hosts.presets.openfold3_config``)."""
     return openfold3_config("tiny")
 
 
 def of3_features(n_token=10, seed=0):
-    """A batch of one protein chain (``pairformer_fb.tools.samples.openfold3_features``)."""
+    """A batch of one protein chain (``pairformer_fb.convert.samples.openfold3_features``)."""
     return openfold3_features("MKTAYIAKQRQISFVKSHFSRQ"[:n_token], seed=seed)
 
 
@@ -154,7 +154,7 @@ def protenix_tiny_configs():
 
 
 def protenix_features(n_token=10, seed=0):
-    """Unbatched features of one protein chain (``pairformer_fb.tools.samples.protenix_features``:
+    """Unbatched features of one protein chain (``pairformer_fb.convert.samples.protenix_features``:
     real tokens and CCD atoms)."""
     return samples.protenix_features("MKTAYIAKQRQISFVKSHFSRQ"[:n_token], seed=seed)
 

@@ -27,8 +27,8 @@ import torch
 try:
     from openfold3.core.model.layers.attention_pair_bias import CrossAttentionPairBias, DiffusionAttentionPairBias
 
-    from pairformer_fb.tools.presets import openfold3_config
-    from pairformer_fb.tools.samples import openfold3_features
+    from pairformer_fb.hosts.presets import openfold3_config
+    from pairformer_fb.convert.samples import openfold3_features
 except Exception as e:  # noqa: BLE001
     pytest.skip(f"openfold3 cannot be imported ({type(e).__name__}: {e})", allow_module_level=True)
 
@@ -37,12 +37,12 @@ from naive import rel_err
 from test_patch_full_models import seed_all
 
 import pairformer_fb as fb
-from pairformer_fb.adapters import UnsupportedModelError
-from pairformer_fb.adapters.common import Site
-from pairformer_fb.adapters.openfold3 import make_replacement
+from pairformer_fb.hosts import UnsupportedModelError
+from pairformer_fb.hosts.base import Site
+from pairformer_fb.hosts.openfold3.adapter import make_replacement
 from pairformer_fb.modules import diffusion_attention
 from pairformer_fb.modules.bias_cache import SVDConfig
-from pairformer_fb.tools.patching import patched_modules
+from pairformer_fb.patching.patching import patched_modules
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning"),

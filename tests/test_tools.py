@@ -8,7 +8,7 @@ from bench_configs import bench_config
 from naive import rel_err
 
 from pairformer_fb import FlashBiasAttentionPairBias, FlashBiasTriangleAttention
-from pairformer_fb.tools import bench_attention, bench_blocks, bench_modules
+from pairformer_fb.bench import attention as bench_attention, blocks as bench_blocks, modules as bench_modules
 
 
 

@@ -6,7 +6,7 @@ import math, os, sys, time, json, contextlib
 import torch, triton, triton.testing
 import torch.nn.functional as F
 from pairformer_fb import flash_bias_attention
-from pairformer_fb.kernel import triton_flash_bias as tfb
+from pairformer_fb.kernel import tiles as tfb
 
 dev = torch.device("cuda")
 bf = torch.bfloat16
@@ -127,7 +127,7 @@ if part in ("all", "bwd"):
 if part in ("all", "diff"):
     log("== C. diffusion attention module: eager vs CUDA-graph replay (GPU time), 5 samples")
     from hydra import compose, initialize_config_dir
-    from pairformer_fb.tools import bench_diffusion as bd
+    from pairformer_fb.bench import diffusion as bd
     from torch.profiler import profile, ProfilerActivity
     with initialize_config_dir(config_dir=os.path.abspath("configs"), version_base=None):
         cfg = compose("bench_diffusion")

@@ -6,7 +6,7 @@ set -e
 D=${1:-ft_gpu}; mkdir -p $D
 python3 - "$D" <<'PY'
 import sys, torch
-from pairformer_fb.tools.presets import build_protenix, randomise_
+from pairformer_fb.hosts.presets import build_protenix, randomise_
 m = randomise_(build_protenix("base", cpu=False)[0], seed=0)
 torch.save({"model": {"module." + k: v for k, v in m.state_dict().items()}}, f"{sys.argv[1]}/base.pt")
 PY

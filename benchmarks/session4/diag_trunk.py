@@ -87,8 +87,8 @@ def trunk():
     from hydra import compose, initialize_config_dir
 
     import pairformer_fb as fb
-    from pairformer_fb.tools.featurize import read_samples
-    from pairformer_fb.tools.hosts import get_host
+    from pairformer_fb.data.featurize import read_samples
+    from pairformer_fb.hosts.structure_hosts import get_host
 
     with initialize_config_dir(config_dir=str(Path("configs").resolve()), version_base=None):
         cfg = compose(config_name="benchmark", overrides=[
@@ -149,7 +149,7 @@ def trunk():
 def gpu_ms_per_call(call, dtype, calls=10):
     """GPU kernel time of one call (summed kernel durations / calls, profiler): what a
     CUDA-graphed step costs on the GPU, without the eager host overhead."""
-    from pairformer_fb.tools import bench_diffusion as bd
+    from pairformer_fb.bench import diffusion as bd
 
     with torch.no_grad(), bd._autocast(dtype, dev):
         for _ in range(3):
@@ -170,7 +170,7 @@ def diffusion():
     and fp32 calls with our compute dtype bf16 (patch_model(diffusion_dtype="bf16"))."""
     from omegaconf import OmegaConf
 
-    from pairformer_fb.tools import bench_diffusion as bd
+    from pairformer_fb.bench import diffusion as bd
 
     cfg = OmegaConf.load("configs/bench_diffusion.yaml")
     torch.backends.cuda.matmul.allow_tf32 = True

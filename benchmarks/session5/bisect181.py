@@ -6,7 +6,7 @@ run each in its own process, since an illegal access poisons the CUDA context.""
 import dataclasses
 import sys
 
-from pairformer_fb.tools import fuzz
+from pairformer_fb.bench import fuzz
 
 base = fuzz.FuzzCase(181, 1604832000, "bf16", 11, 1, 53, 315, 27, 38, 1, "B H 1 Lk", True, (), True, True)
 VARIANTS = {

@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-import pairformer_fb.kernel.triton_flash_bias as tfb
-from pairformer_fb.tools import fuzz
+import pairformer_fb.kernel.tiles as tfb
+from pairformer_fb.bench import fuzz
 
 base = fuzz.FuzzCase(181, 1604832000, "bf16", 11, 1, 53, 315, 27, 38, 1, "B H 1 Lk", True, (), True, True)
 CASES = {

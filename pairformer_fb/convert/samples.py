@@ -1,7 +1,7 @@
 """Sample proteins for fitting factor networks: read the sequences of FASTA files and run a host
 model on them, so that its patched modules see the pair representations the model produces.
 
-Protenix gets its real inference features, offline (``tools/featurize.py``, the structure
+Protenix gets its real inference features, offline (``data/featurize.py``, the structure
 benchmark's featuriser: tokens, CCD atoms and reference conformers, single-sequence MSA).
 OpenFold3's data pipeline needs the CCD, MSA and template databases, which are not here, so its
 features are *synthetic around the real sequence*: residue types and per-residue atom counts
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .featurize import protenix_features as featurize_protenix
+from ..data.featurize import protenix_features as featurize_protenix
 
 
 # the trunk-stack class of each host (by name, so that nothing is imported here)
@@ -39,7 +39,7 @@ def read_fasta_sequences(paths: Iterable[str | os.PathLike], max_tokens: int | N
     """``[(file stem:record id, sequence)]`` of every record (chain) in the FASTA files, read and
     checked by ``featurize.read_fasta``, each cropped to its first ``max_tokens`` residues
     (None: whole)."""
-    from .featurize import read_fasta
+    from ..data.featurize import read_fasta
 
     return [(f"{Path(path).stem}:{chain.name}", chain.sequence[:max_tokens] if max_tokens else chain.sequence)
             for path in paths for chain in read_fasta(path).chains]
@@ -58,7 +58,7 @@ def _one_hot(idx: torch.Tensor, k: int) -> torch.Tensor:
 def protenix_features(sequence: str, seed: int = 0, name: str = "sample") -> dict:
     """Protenix's real inference features (unbatched) of one protein chain, from
     ``featurize.protenix_features`` (``seed``: the reference conformers' random rotations)."""
-    from .featurize import Chain, Sample, check_sequence
+    from ..data.featurize import Chain, Sample, check_sequence
 
     sample = Sample(name, Path(name), [Chain("A", name, check_sequence(sequence, name))])
     features, _ = featurize_protenix(sample, seed=seed)
@@ -152,7 +152,7 @@ def _run_trunk_stacks(model: nn.Module, host: str, sequences: Sequence[tuple[str
 
 def _stack_widths(stack: nn.Module) -> tuple[int, int]:
     """(c_s, c_z) of a trunk stack, read off its patched modules (or the host's attributes)."""
-    from .patching import patched_modules
+    from ..patching.patching import patched_modules
 
     c_s = c_z = None
     for m in patched_modules(stack).values():
@@ -180,7 +180,7 @@ def run_samples(model: nn.Module, host: str, sequences: Sequence[tuple[str, str]
         if host == "protenix" and name == "Protenix":
             for i, (_, seq) in enumerate(tqdm(sequences, desc="samples", disable=not progress)):
                 model(_to(protenix_features(seq, seed=seed + i), device), None, None, mode="inference")
-            return "full Protenix model, inference on the sample sequences' features (tools/featurize.py)"
+            return "full Protenix model, inference on the sample sequences' features (data/featurize.py)"
         if host == "openfold3" and name == "OpenFold3":
             for i, (_, seq) in enumerate(tqdm(sequences, desc="samples", disable=not progress)):
                 model(_to(openfold3_features(seq, seed=seed + i), device))

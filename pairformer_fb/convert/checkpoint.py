@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from ..adapters import HOSTS
-from .patching import PatchReport
+from ..hosts import HOSTS
+from ..patching.patching import PatchReport
 
 METADATA_KEY = "pairformer_fb"
 METADATA_FORMAT = 1
@@ -177,7 +177,7 @@ def read_checkpoint(path: str | os.PathLike, host: str = "auto", *, use_ema: boo
 
     Args:
         path: the file.
-        host: "auto" (told by the key names) or a key of ``pairformer_fb.adapters.HOSTS``; a host
+        host: "auto" (told by the key names) or a key of ``pairformer_fb.hosts.HOSTS``; a host
             that contradicts the key names is an error, one given for a state dict without any
             host's Pairformer keys (e.g. a bare stack's) is taken as is.
         use_ema: read the EMA weights (Boltz-2 ``ema.ema_weights``, OpenFold3 ``ema.params``)
@@ -251,7 +251,7 @@ def check_output_path(out_path: str | os.PathLike, input_path: str | os.PathLike
     is the input (after resolving links), FileNotFoundError if its directory does not exist,
     PermissionError if files cannot be created there, IsADirectoryError if it is a directory,
     FileExistsError if it exists and not ``overwrite``. Returns it as a Path."""
-    from .cli import check_writable_dir
+    from ..cli import check_writable_dir
 
     out = Path(out_path)
     if input_path is not None:
@@ -278,7 +278,7 @@ def write_checkpoint_atomic(container: Any, out_path: str | os.PathLike, *,
     old file or the whole new one, a failed write leaves nothing behind; the file gets the mode of
     ``input_path`` when given, else the umask's). Refuses (ValueError, nothing written) an
     ``out_path`` that is ``input_path`` (after resolving links). Returns the path written."""
-    from .cli import atomic_write
+    from ..cli import atomic_write
 
     out = check_output_path(out_path, input_path)
     return atomic_write(out, lambda f: torch.save(container, f), mode_from=input_path)
@@ -299,7 +299,7 @@ def make_metadata(host: str, report: PatchReport, factor_config, source_path: st
     mode and factor rank (and kind, stack, block index) of every patched module (by its path in
     the state dict: ``prefix`` + its path in the patched model, which ``prefix`` also records
     as ``model_prefix``), the factor config, the UTC date and the source file's path and sha256."""
-    from .. import __version__
+    from .._version import __version__
 
     if host not in HOSTS:
         raise ValueError(f"unknown host {host!r}; known hosts: {', '.join(sorted(HOSTS))}")

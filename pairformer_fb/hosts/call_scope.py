@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from ..modules.bias_cache import BiasScope
-from .common import PatchedModule, Site
+from .base import PatchedModule, Site
 
 
 class CallScope:

@@ -1,7 +1,8 @@
-"""Adapters layer: one file per host model, each mapping that host's triangle attention and
-pair-biased single attention onto our modules (``pairformer_fb.tools.patching`` drives them).
+"""Hosts layer: one package per host model (``hosts/<name>/adapter.py``), each adapter mapping that host's triangle attention and
+pair-biased single attention onto our modules (``pairformer_fb.patching.patching`` drives them).
 
-A host adapter is a module with:
+A host adapter is a module with (shared pieces in ``hosts/base.py`` and ``hosts/call_scope.py``;
+the structure-benchmark hosts are in ``hosts/structure_hosts.py``, model presets in ``hosts/presets.py``):
 
 * ``HOST`` (its name here), ``PACKAGE`` (the top-level package of the host's classes, used to
   detect the host from a model without importing anything) and ``INSTALL_HINT``;
@@ -10,7 +11,8 @@ A host adapter is a module with:
 * ``make_replacement(site, *, mode, factor_config, backend) -> PatchedModule``: the wrapper,
   built on the host module's own parameter objects.
 
-Adding a host means adding its file and one line to ``HOSTS``.
+Adding a host means adding its package ``hosts/<name>/`` (``__init__.py`` and ``adapter.py``)
+and one line to ``HOSTS``.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from types import ModuleType
 
 from torch import nn
 
-from .common import DEFAULT_KINDS, DIFFUSION_KINDS, KINDS, PatchedModule, Site, UnsupportedModuleError
+from .base import DEFAULT_KINDS, DIFFUSION_KINDS, KINDS, PatchedModule, Site, UnsupportedModuleError
 
 # host name -> the module of its adapter
 HOSTS: dict[str, str] = {
-    "protenix": "pairformer_fb.adapters.protenix",
-    "openfold3": "pairformer_fb.adapters.openfold3",
-    "boltz": "pairformer_fb.adapters.boltz",
+    "protenix": "pairformer_fb.hosts.protenix.adapter",
+    "openfold3": "pairformer_fb.hosts.openfold3.adapter",
+    "boltz": "pairformer_fb.hosts.boltz.adapter",
 }
 
 

@@ -78,14 +78,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..modules import (
+from ...modules import (
     FactorConfig,
     FlashBiasAttentionPairBias,
 )
-from ..modules.bias_cache import SVDConfig
-from ..modules.diffusion_attention import FlashBiasDiffusionAttention
-from .call_scope import CallScope, ScopedPatchedModule, scope_of
-from .common import (
+from ...modules.bias_cache import SVDConfig
+from ...modules.diffusion_attention import FlashBiasDiffusionAttention
+from ..call_scope import CallScope, ScopedPatchedModule, scope_of
+from ..base import (
     DIFFUSION_KINDS,
     PatchedModule,
     Site,
@@ -365,7 +365,7 @@ def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | Non
 
 
 def graph_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules whose one call is one diffusion step (``tools.cuda_graphs.graph_diffusion``):
+    """The modules whose one call is one diffusion step (``patching.cuda_graphs.graph_diffusion``):
     every ``DiffusionModule`` (``Protenix.diffusion_module``; the sampler calls it with new
     ``x_noisy`` / ``t_hat_noise_level`` and the same other arguments at every step). The
     outermost ones only (none of Protenix's nests another)."""

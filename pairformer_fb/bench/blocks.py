@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .cli import atomic_write
+from ..cli import atomic_write
 from .timing import environment, failure_status, median_ms
 
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # Protenix's fused layer norm needs nvcc at import

@@ -10,8 +10,8 @@ from typing import Callable, Iterable, Mapping, Sequence, Union
 import torch
 from torch import nn
 
-from ..adapters import DEFAULT_KINDS, DIFFUSION_KINDS, KINDS, PatchedModule, UnsupportedModelError, detect_host, get_adapter
-from ..adapters.call_scope import ScopedPatchedModule
+from ..hosts import DEFAULT_KINDS, DIFFUSION_KINDS, KINDS, PatchedModule, UnsupportedModelError, detect_host, get_adapter
+from ..hosts.call_scope import ScopedPatchedModule
 from ..modules.bias_cache import SVDConfig
 from ..modules.common import MODES
 from ..modules.factor_network import FactorConfig, factor_config_for
@@ -138,7 +138,7 @@ def patch_model(
         model: a host model or any part of one holding its Pairformer blocks (e.g. Protenix's
             ``PairformerStack`` or the whole ``Protenix`` model).
         host: "auto" (detected from the classes of the model's modules) or a key of
-            ``pairformer_fb.adapters.HOSTS`` ("protenix", "boltz", "openfold3").
+            ``pairformer_fb.hosts.HOSTS`` ("protenix", "boltz", "openfold3").
         mode: "exact" / "lowrank" / "distill" for every selected block; or a mapping
             ``{mode: block indices}`` where ``...`` stands for every block not listed under
             another mode (``{"lowrank": range(16), "exact": ...}``; blocks in no entry are

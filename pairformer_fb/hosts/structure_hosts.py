@@ -1,11 +1,11 @@
-"""The host-specific parts of the structure benchmark (tools/benchmark.py), one class per host:
+"""The host-specific parts of the structure benchmark (bench/structure.py), one class per host:
 what ``host=`` names. A :class:`StructureHost` knows how to
 
 * ``check`` its prerequisites and settings (before any model work: a missing package or data
   set is a clear error, not a failure half-way);
 * ``featurise`` a sample (features + the biotite AtomArray of the atoms the model predicts, in
   the features' order, for writing the structure);
-* ``build`` the model (a preset of tools/presets.py; a host checkpoint's weights, else random);
+* ``build`` the model (a preset of hosts/presets.py; a host checkpoint's weights, else random);
 * ``predict``: one inference forward, returning the coordinates of the first sample [n_atom, 3];
 * ``phase_wraps`` / ``phases``: which host methods :class:`benchmark.PhaseTimer` wraps and how
   the wrapped spans make the benchmark's phases (:data:`PHASES`).
@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .featurize import InputError, Sample
+from ..data.featurize import InputError, Sample
 
 PHASES = ("input_embedding", "msa_module", "pairformer_trunk", "diffusion_sampling", "confidence_head", "other")
 
@@ -37,7 +37,7 @@ class HostUnavailable(RuntimeError):
 def _load_weights(model, ckpt, preset: str, label: str, info: dict) -> None:
     """Load a host checkpoint's weights (its factor networks, if any, are the lowrank
     variant's: left out here) into ``model``, strictly; record it in ``info``."""
-    from .checkpoint import FACTOR_KEY_MARK
+    from ..convert.checkpoint import FACTOR_KEY_MARK
 
     host_sd = {k: v for k, v in ckpt.state_dict.items() if FACTOR_KEY_MARK not in k}
     try:
@@ -104,13 +104,13 @@ def best_protenix_kernels(device: torch.device) -> dict[str, str]:
 
 class ProtenixHost(StructureHost):
     """Protenix 2.0.0: ``model(features, None, None, mode="inference")`` on the offline features
-    of tools/featurize.py. Phases: ``input_embedder``, ``msa_module``, ``get_pairformer_output``
+    of data/featurize.py. Phases: ``input_embedder``, ``msa_module``, ``get_pairformer_output``
     (recycling: template embedder + trunk Pairformer, input embedding and MSA module subtracted),
     diffusion = from the end of the trunk to the end of ``sample_diffusion`` (its caches and the
     sampling), ``run_confidence_head``."""
 
     name = "protenix"
-    features_note = ("offline Protenix features (tools/featurize.py): CCD atoms and ideal reference conformers "
+    features_note = ("offline Protenix features (data/featurize.py): CCD atoms and ideal reference conformers "
                      "(biotite), single-sequence MSA unless msa_dir is given, no templates")
     KERNELS = ("auto", "torch", "cuequivariance", "triattention", "deepspeed")
 
@@ -119,7 +119,7 @@ class ProtenixHost(StructureHost):
             raise ValueError(f"kernels must be one of {', '.join(self.KERNELS)} for host=protenix, got {cfg.kernels!r}")
 
     def featurise(self, sample, cfg):
-        from .featurize import protenix_features
+        from ..data.featurize import protenix_features
 
         return protenix_features(sample, msa_dir=cfg.msa_dir, seed=cfg.seed)
 
@@ -199,12 +199,12 @@ class OpenFold3Host(StructureHost):
                              f"got {cfg.kernels!r}")
         if cfg.model not in ("auto", "tiny", "default"):
             raise ValueError(f"model must be auto, tiny or default for host=openfold3, got {cfg.model!r}")
-        from .featurize import _openfold3_constants
+        from ..data.featurize import _openfold3_constants
 
         _openfold3_constants()  # importable
 
     def featurise(self, sample, cfg):
-        from .featurize import openfold3_features
+        from ..data.featurize import openfold3_features
 
         return openfold3_features(sample, msa_dir=cfg.msa_dir, seed=cfg.seed)
 
@@ -323,7 +323,7 @@ class BoltzHost(StructureHost):
         self._mols_dir = boltz_cache_dir(cfg) / "mols"
 
     def featurise(self, sample, cfg):
-        from .featurize import boltz_features, boltz_molecules
+        from ..data.featurize import boltz_features, boltz_molecules
 
         if not hasattr(self, "_mols"):
             self._mols, source = boltz_molecules(getattr(self, "_mols_dir", None))

@@ -23,14 +23,14 @@ from functools import partial
 
 import torch
 
-from .bench_diffusion import DiffusionRecord, run_cases, time_variant
+from .diffusion import DiffusionRecord, run_cases, time_variant
 from .timing import Skipped, failure_status
 
 
 def _host_module(module: str, cfg, device):
     from boltz.model.layers.attentionv2 import AttentionPairBias
 
-    from .presets import randomise_
+    from ..hosts.presets import randomise_
 
     spec = cfg[module]
     host = AttentionPairBias(c_s=spec.dim, num_heads=spec.heads, compute_pair_bias=False)
@@ -67,8 +67,8 @@ def _call(fn_module, x):
 
 
 def _ours(host, module: str, mode: str, cfg):
-    from ..adapters.boltz import make_replacement
-    from ..adapters.common import Site
+    from ..hosts.boltz.adapter import make_replacement
+    from ..hosts.base import Site
     from ..modules.bias_cache import SVDConfig
 
     site = Site(path=module, parent=None, attr=module, module=host, kind=module, node=None, stack="diffusion",

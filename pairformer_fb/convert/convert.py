@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters import DEFAULT_KINDS, HOSTS, KINDS
+from ..hosts import DEFAULT_KINDS, HOSTS, KINDS
 from ..modules.factor_network import FactorConfig, factor_config_for
 from .checkpoint import (
     EMA_LOCATIONS,
@@ -48,8 +48,8 @@ from .checkpoint import (
     write_checkpoint_atomic,
 )
 from .factor_init import FitResult, fit_patched_model
-from .patching import patch_model, unpatch_model
-from .presets import DEFAULT_PRESETS, PresetError
+from ..hosts.presets import DEFAULT_PRESETS, PresetError
+from ..patching.patching import patch_model, unpatch_model
 
 DEFAULT_SAMPLES_DIR = Path(__file__).resolve().parents[2] / "data_samples"
 
@@ -121,11 +121,11 @@ def build_model(host: str, preset: str | None, ckpt: HostCheckpoint | None = Non
     the name of the preset used. Protenix gets the fastest triangle kernels installed for its
     unpatched modules (``hosts.best_protenix_kernels``: its default, cuEquivariance, is not
     always installed), and ``overrides`` (more Protenix settings) last."""
-    from . import presets
+    from ..hosts import presets
 
     preset = preset or DEFAULT_PRESETS[host]
     if host == "protenix":
-        from .hosts import best_protenix_kernels
+        from ..hosts.structure_hosts import best_protenix_kernels
 
         cuda = torch.cuda.is_available()
         settings = {**best_protenix_kernels(torch.device("cuda" if cuda else "cpu")), **dict(overrides or {})}
@@ -350,7 +350,7 @@ def write_converted(ckpt: HostCheckpoint, tensors: Mapping[str, torch.Tensor], m
 
 
 def _write_report(report: ConversionReport, output: Path) -> None:
-    from .cli import atomic_write
+    from ..cli import atomic_write
 
     for suffix, text in ((".report.json", json.dumps(report.as_dict(), indent=2)), (".report.md", report.markdown())):
         atomic_write(output.with_name(output.name + suffix), text)

@@ -92,7 +92,7 @@ The bias depends only on the trunk's outputs and the input features (OpenFold3's
 ``DiffusionConditioning`` recomputes the pair conditioning at every step, from the same
 inputs, without the noise level): it (or its SVD factors in lowrank mode) is computed at the
 first step and reused for the other steps and every sample, within a ``BiasScope`` entered
-around every call of the ``DiffusionModule`` (``adapters.call_scope``) with every argument
+around every call of the ``DiffusionModule`` (``hosts.call_scope``) with every argument
 except ``xl_noisy`` and ``t``, plus the diffusion module's parameters outside its transformer
 blocks (the conditioning, the transformer's ``layer_norm_z``). Under ``torch.inference_mode``
 (Lightning's default for ``predict``, which OpenFold3's runner uses) the inputs are inference
@@ -146,14 +146,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..modules import (
+from ...modules import (
     FactorConfig,
     FlashBiasAttentionPairBias,
 )
-from ..modules.bias_cache import SVDConfig
-from ..modules.diffusion_attention import FlashBiasDiffusionAttention
-from .call_scope import CallScope, ScopedPatchedModule, scope_of
-from .common import (
+from ...modules.bias_cache import SVDConfig
+from ...modules.diffusion_attention import FlashBiasDiffusionAttention
+from ..call_scope import CallScope, ScopedPatchedModule, scope_of
+from ..base import (
     DIFFUSION_KINDS,
     MASK_INF,
     PatchedModule,
@@ -536,11 +536,11 @@ def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | Non
 
 
 def graph_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules whose one call is one diffusion step (``tools.cuda_graphs.graph_diffusion``):
+    """The modules whose one call is one diffusion step (``patching.cuda_graphs.graph_diffusion``):
     every ``DiffusionModule`` (called per step with new ``xl_noisy`` / ``t``). Not yet checked on
     a GPU."""
     from openfold3.core.model.structure.diffusion_module import DiffusionModule
 
-    from .protenix import _outermost
+    from ..protenix.adapter import _outermost
 
     return _outermost(model, lambda m: isinstance(m, DiffusionModule))

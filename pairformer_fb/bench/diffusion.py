@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .bench_attention import DTYPES
-from .cli import atomic_write
+from .attention import DTYPES
+from ..cli import atomic_write
 from .timing import Skipped, environment, failure_status, median_ms
 
 
@@ -82,8 +82,8 @@ def _inputs(module: str, n: int, cfg, device):
 
 
 def _ours(host, module: str, mode: str, cfg):
-    from ..adapters.common import Site
-    from ..adapters.protenix import make_replacement
+    from ..hosts.base import Site
+    from ..hosts.protenix.adapter import make_replacement
     from ..modules.bias_cache import SVDConfig
 
     site = Site(path=module, parent=None, attr=module, module=host, kind=module, node=None, stack="diffusion",

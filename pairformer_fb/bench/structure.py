@@ -1,11 +1,11 @@
 """Structure benchmark (the project's main job): full structure inference of a host model
-(``host=``: protenix, openfold3, boltz; see tools/hosts.py) on sample proteins,
+(``host=``: protenix, openfold3, boltz; see hosts/structure_hosts.py) on sample proteins,
 unpatched and patched with FlashBias, timed per phase, with the agreement of the predicted
 structures. See configs/benchmark.yaml and scripts/benchmark.py. The host-specific parts
 (featurisation, model, forward, phases) are the host's :class:`hosts.StructureHost`; this module
 is the same for every host.
 
-For each sample: featurise (tools/featurize.py), then for each variant
+For each sample: featurise (data/featurize.py), then for each variant
 * ``original`` — the unpatched host with its best available kernels (on CUDA: cuEquivariance
   when installed, else the host's own accelerated or torch path);
 * ``exact`` — ``patch_model(mode="exact")``: the same function, FlashBias kernels;
@@ -15,7 +15,7 @@ For each sample: featurise (tools/featurize.py), then for each variant
   (``pairformer_fb.graph_diffusion``), the fair baseline for ``cuda_graphs: true``;
 
 ``cuda_graphs: true`` graphs the diffusion step of the patched variants too (exact, lowrank;
-tools/cuda_graphs.py: captured at the second step of a prediction, replayed for the others;
+patching/cuda_graphs.py: captured at the second step of a prediction, replayed for the others;
 a pass-through on a CPU); the records' ``notes.cuda_graphs`` hold the wrapper's counts
 (captures, replays, failed, ...). Then
 run ``warmup`` untimed forwards and ``repeats`` timed ones, re-seeding torch / numpy / random
@@ -24,9 +24,9 @@ before every forward (the diffusion noise is the same in every variant, so ``ori
 (CUDA-synchronised): input embedding, MSA module, Pairformer trunk (recycling, template
 embedder and the trunk's Pairformer; input embedding and MSA module excluded), diffusion
 sampling, confidence head, and ``other`` (the rest of the forward: distogram head, summary);
-which host methods make which phase is the host's (tools/hosts.py).
+which host methods make which phase is the host's (hosts/structure_hosts.py).
 Then the structure of the first timed run is written (mmCIF) and compared with the original's
-and, if given, a reference structure (tools/structure.py).
+and, if given, a reference structure (data/structure.py).
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cli import atomic_write, check_writable_dir
-from .featurize import InputError, Sample, read_samples
-from .hosts import PHASES, StructureHost, get_host
-from .patching import DIFFUSION_DTYPES
-from .structure import (
+from ..cli import atomic_write, check_writable_dir
+from ..data.featurize import InputError, Sample, read_samples
+from ..hosts.structure_hosts import PHASES, StructureHost, get_host
+from ..patching.patching import DIFFUSION_DTYPES
+from ..data.structure import (
     TM_METHODS,
     agreement,
     ca_coords,
@@ -61,7 +61,7 @@ from .timing import environment, failure_status
 
 VARIANTS = ("original", "exact", "lowrank", "original_graphs")
 RANDOM_WEIGHTS_NOTE = ("no checkpoint: the model has the real architecture with RANDOM weights "
-                       "(pairformer_fb.tools.presets.randomise_), so the structures are not meaningful "
+                       "(pairformer_fb.hosts.presets.randomise_), so the structures are not meaningful "
                        "predictions; timings and the agreement between variants are")
 
 
@@ -163,10 +163,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def read_host_checkpoint(path: str | None, host: str):
-    """The checkpoint (tools.checkpoint.read_checkpoint), checked to be of ``host``."""
+    """The checkpoint (convert.checkpoint.read_checkpoint), checked to be of ``host``."""
     if path is None:
         return None
-    from .checkpoint import read_checkpoint
+    from ..convert.checkpoint import read_checkpoint
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint={path!r} does not exist")
@@ -185,7 +185,7 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
     """Patch ``model`` for ``variant``; returns what the report records about it."""
     import pairformer_fb as fb
 
-    from .checkpoint import FACTOR_KEY_MARK
+    from ..convert.checkpoint import FACTOR_KEY_MARK
 
     if variant in ("original", "original_graphs"):
         return {}
@@ -202,7 +202,7 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
     if factors and meta:
         # the converted checkpoint decides what its lowrank variant patches: exactly the modules
         # (stacks, kinds, blocks, modes, rank) its metadata records, with its factor networks
-        from .convert import patch_as_recorded
+        from ..convert.convert import patch_as_recorded
 
         report, prefix = patch_as_recorded(model, meta, what=f"checkpoint={cfg.checkpoint}",
                                            diffusion_dtype=diffusion_dtype)
@@ -380,7 +380,7 @@ def _run_one(host, model, timer, sample, variant, feats_atoms, cfg, ckpt, device
 
 
 def _is_patched(model) -> bool:
-    from .patching import patched_modules
+    from ..patching.patching import patched_modules
 
     return bool(patched_modules(model))
 

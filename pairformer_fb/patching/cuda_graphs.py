@@ -582,7 +582,7 @@ def graph_diffusion(model: nn.Module, *, host: str = "auto", **kwargs) -> GraphH
     ``graph_modules(model)``: Protenix's ``DiffusionModule``; Boltz-2's and OpenFold3's
     ``DiffusionModule`` too, untested on a GPU). Opt-in and reversible (``handle.remove()``);
     composes with ``patch_model`` in either order."""
-    from ..adapters import detect_host, get_adapter
+    from ..hosts import detect_host, get_adapter
 
     adapter = get_adapter(detect_host(model) if host == "auto" else host)
     targets = adapter.graph_modules(model)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
-from .bench_attention import DTYPES
-from .cli import atomic_write
+from .attention import DTYPES
+from ..cli import atomic_write
 from .timing import Skipped, environment, failure_status, median_ms, median_ms_and_peak_memory
 
 

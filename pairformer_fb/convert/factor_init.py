@@ -40,7 +40,7 @@ from torch import nn
 from ..modules.attention_pair_bias import FlashBiasAttentionPairBias
 from ..modules.factor_network import FactorNetwork, bias_approximation_loss
 from ..modules.triangle_attention import FlashBiasTriangleAttention
-from .patching import patched_modules
+from ..patching.patching import patched_modules
 
 
 @dataclass

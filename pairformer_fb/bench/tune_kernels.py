@@ -15,8 +15,8 @@ import torch
 from tqdm import tqdm
 
 from ..kernel import flash_bias_attention
+from ..cli import atomic_write
 from ..kernel import tiles as tfb
-from .cli import atomic_write
 from .timing import median_ms
 
 # (block_m, block_n, num_warps, num_stages, rows per program[, ds_sum row splits])

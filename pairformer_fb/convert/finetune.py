@@ -59,9 +59,9 @@ from .checkpoint import (
     read_checkpoint,
     write_checkpoint_atomic,
 )
-from .cli import atomic_write, check_writable_dir
+from ..cli import atomic_write, check_writable_dir
 from .convert import build_model, load_converted, write_converted
-from .patching import patched_modules
+from ..patching.patching import patched_modules
 
 # ---------------------------------------------------------------------------------------------
 # data
@@ -109,7 +109,7 @@ class ProteinCrops:
     """The featurised samples and the seeded choice of (sample, crop) for a step and rank."""
 
     def __init__(self, samples, *, crop_size: int, seed: int, msa_dir=None):
-        from .featurize import protenix_features
+        from ..data.featurize import protenix_features
 
         if crop_size < 1:
             raise ValueError(f"data.crop_size must be >= 1, got {crop_size}")
@@ -140,7 +140,7 @@ class ProteinCrops:
 
 def split_samples(specs: Sequence[str], val: Sequence[str] | None, n_val: int, data_dir=None):
     """(train, validation) samples: ``val`` names / files (held out), or else the last ``n_val``."""
-    from .featurize import DATA_SAMPLES, read_samples
+    from ..data.featurize import DATA_SAMPLES, read_samples
 
     samples = read_samples(list(specs), data_dir or DATA_SAMPLES)
     if val:

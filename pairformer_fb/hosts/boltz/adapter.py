@@ -92,14 +92,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..modules import (
+from ...modules import (
     FactorConfig,
     FlashBiasAttentionPairBias,
 )
-from ..modules.bias_cache import SVDConfig
-from ..modules.precomputed_bias_attention import FlashBiasPrecomputedBiasAttention
-from .call_scope import ScopedPatchedModule, scope_of
-from .common import (
+from ...modules.bias_cache import SVDConfig
+from ...modules.precomputed_bias_attention import FlashBiasPrecomputedBiasAttention
+from ..call_scope import ScopedPatchedModule, scope_of
+from ..base import (
     DIFFUSION_KINDS,
     PatchedModule,
     Site,
@@ -370,9 +370,9 @@ def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | Non
 
 
 def graph_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules whose one call is one diffusion step (``tools.cuda_graphs.graph_diffusion``):
+    """The modules whose one call is one diffusion step (``patching.cuda_graphs.graph_diffusion``):
     the v2 ``DiffusionModule`` (the score model ``AtomDiffusion.preconditioned_network_forward``
     calls with new ``r_noisy`` / ``times`` per step). Not yet checked on a GPU."""
-    from .protenix import _outermost
+    from ..protenix.adapter import _outermost
 
     return _outermost(model, _is_diffusion_module)

@@ -1,0 +1,1 @@
+"""Data layer: featurising sample sequences for each host, and reading / scoring structures."""

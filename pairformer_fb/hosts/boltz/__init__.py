@@ -1,0 +1,1 @@
+"""The boltz host: its adapter (``adapter.py``)."""

@@ -1,0 +1,1 @@
+"""The openfold3 host: its adapter (``adapter.py``)."""

@@ -1,0 +1,1 @@
+"""The protenix host: its adapter (``adapter.py``)."""
