@@ -79,8 +79,10 @@ def test_fuzz_script_rejects_bad_options_in_one_line_before_any_work(arg, tmp_pa
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_op.py"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, str(script), arg, f"output_dir={out}"], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, str(root / "scripts" / "fuzz_op.py"), arg, f"output_dir={out}"],
+                         capture_output=True, text=True, env=env)
     assert run.returncode == 2 and run.stderr.strip().count("\n") == 0, run.stderr
     assert run.stderr.startswith("fuzz_op: error: " + arg.split("=")[0]) and not out.exists()
