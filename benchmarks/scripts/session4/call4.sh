@@ -10,5 +10,5 @@ timeout 170 python3 scripts/benchmark.py model=base "samples=[7wux_b,7wux_a2b2]"
   cuda_graphs=true warmup=1 repeats=1 "+overrides={model.N_cycle:4}" output_dir=$OUT/structure_bf16 > $OUT/structure_bf16.log 2>&1
 echo "structure rc=$? ${SECONDS}s"; grep "^|" $OUT/structure_bf16/results.md; rm -rf $OUT/structure_bf16/structures
 mkdir -p $OUT/ft
-timeout $((580 - SECONDS)) bash benchmarks/session4/finetune_gpu.sh /tmp/ft4 $OUT/ft 50 > $OUT/ft/log.txt 2>&1; echo "ft rc=$? ${SECONDS}s"
+timeout $((580 - SECONDS)) bash benchmarks/scripts/session4/finetune_gpu.sh /tmp/ft4 $OUT/ft 50 > $OUT/ft/log.txt 2>&1; echo "ft rc=$? ${SECONDS}s"
 grep "^\[" $OUT/ft/log.txt; tail -4 $OUT/ft/run/train_log.csv 2>/dev/null; grep -v Warning $OUT/ft/log.txt | tail -3

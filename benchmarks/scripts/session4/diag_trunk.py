@@ -3,7 +3,7 @@ inside a real prediction (7WUX A2B2, 1,170 tokens, base architecture, random wei
 benchmark's features, cuEquivariance + fused layer norm as the stock default), original vs
 patched exact; and where one diffusion-attention call goes (1,170 tokens, 5 samples, bf16 and
 fp32). Prints tables (and writes them under OUT). Run from the repo root with the host packages
-on PYTHONPATH:  python benchmarks/session4/diag_trunk.py OUT [trunk|diffusion|all]"""
+on PYTHONPATH:  python benchmarks/scripts/session4/diag_trunk.py OUT [trunk|diffusion|all]"""
 import sys
 import time
 from collections import defaultdict

@@ -7,6 +7,6 @@ SECONDS=0
 timeout 100 python3 -m pytest -q tests/test_layer_norm.py tests/test_adaptive_layer_norm.py tests/test_diffusion_attention.py \
   tests/test_modules.py > $OUT/gpu_tests.txt 2>&1; echo "tests rc=$? ${SECONDS}s"; grep -E "^FAILED|passed|failed" $OUT/gpu_tests.txt | tail -5
 mkdir -p $OUT/ft
-FT_ARGS="optimizer.lr=2e-4 schedule.warmup_steps=10" timeout $((570 - SECONDS)) bash benchmarks/session4/finetune_gpu.sh /tmp/ft5 $OUT/ft 110 \
+FT_ARGS="optimizer.lr=2e-4 schedule.warmup_steps=10" timeout $((570 - SECONDS)) bash benchmarks/scripts/session4/finetune_gpu.sh /tmp/ft5 $OUT/ft 110 \
   > $OUT/ft/log.txt 2>&1; echo "ft rc=$? ${SECONDS}s"
 grep "^\[" $OUT/ft/log.txt; tail -3 $OUT/ft/run/train_log.csv 2>/dev/null; tail -3 $OUT/ft/run/finetune_report.md 2>/dev/null

@@ -3,7 +3,7 @@
 # random weights, converted to lowrank R=32 with the conversion's least-squares initialisation only
 # (FIT_STEPS=0 Adam steps, 64-token crops of 1CRN / 1UBQ), then fine-tuned by bias distillation on 384-token crops, bf16 autocast).
 # (Session 3's attempt spent its whole 330 s in the conversion's fit; session 4's first, with 50
-# Adam steps on 128-token crops of two samples, 227 s: the fit is per module, 144 of them.) Usage (repo root, host packages on PYTHONPATH): bash benchmarks/session4/finetune_gpu.sh WORK_DIR RESULT_DIR [STEPS]
+# Adam steps on 128-token crops of two samples, 227 s: the fit is per module, 144 of them.) Usage (repo root, host packages on PYTHONPATH): bash benchmarks/scripts/session4/finetune_gpu.sh WORK_DIR RESULT_DIR [STEPS]
 set -e
 D=${1:-ft_gpu}; R=${2:-$D/result}; STEPS=${3:-120}; mkdir -p $D $R
 stamp() { echo "[$(date +%T)] $*"; }

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Session 3, issue 6: one real-size fine-tuning run on the device (Protenix base architecture,
 # random weights converted to lowrank R=32, crops of 384 tokens, bf16 autocast).
-# Usage (repo root, host packages on PYTHONPATH): bash benchmarks/session3/finetune_gpu.sh OUT_DIR
+# Usage (repo root, host packages on PYTHONPATH): bash benchmarks/scripts/session3/finetune_gpu.sh OUT_DIR
 set -e
 D=${1:-ft_gpu}; mkdir -p $D
 python3 - "$D" <<'PY'
