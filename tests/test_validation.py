@@ -62,12 +62,17 @@ def test_full_fp32_wider_than_the_fma_tiles_goes_to_the_reference_once_warned(mo
     from pairformer_fb.kernel import op
 
     monkeypatch.setattr(op, "_warned_full_fp32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    matmul = torch.backends.cuda.matmul  # its allow_tf32 is a property: set and restore by hand
+    old = matmul.allow_tf32
     q = lambda d, dtype=torch.float32: torch.zeros(1, 1, 4, d, dtype=dtype)  # noqa: E731
-    with pytest.warns(RuntimeWarning, match="allow_tf32"):
-        assert op._full_fp32_too_wide(q(96), None)
-    assert op._full_fp32_too_wide(q(48), q(32))  # warned already: silent
-    assert not op._full_fp32_too_wide(q(48), None) and not op._full_fp32_too_wide(q(32), q(32))
-    assert not op._full_fp32_too_wide(q(96, torch.bfloat16), None)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    assert not op._full_fp32_too_wide(q(96), None)
+    try:
+        matmul.allow_tf32 = False
+        with pytest.warns(RuntimeWarning, match="allow_tf32"):
+            assert op._full_fp32_too_wide(q(96), None)
+        assert op._full_fp32_too_wide(q(48), q(32))  # warned already: silent
+        assert not op._full_fp32_too_wide(q(48), None) and not op._full_fp32_too_wide(q(32), q(32))
+        assert not op._full_fp32_too_wide(q(96, torch.bfloat16), None)
+        matmul.allow_tf32 = True
+        assert not op._full_fp32_too_wide(q(96), None)
+    finally:
+        matmul.allow_tf32 = old
