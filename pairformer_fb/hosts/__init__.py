@@ -1,28 +1,22 @@
-"""Hosts layer: one package per host model (``hosts/<name>/adapter.py``), each adapter mapping that host's triangle attention and
-pair-biased single attention onto our modules (``pairformer_fb.patching.patching`` drives them).
+"""Hosts layer: one package per host model (``hosts/<name>/``). Each has an adapter
+(``adapter.py``) mapping that host's triangle attention, pair-biased single attention and
+diffusion attentions onto our modules (``pairformer_fb.patching`` drives them). The contract an
+adapter fulfils is ``base.HostAdapter`` (a Protocol that mypy checks every adapter against,
+``hosts/_contract.py``); shared pieces are in ``base.py`` and ``call_scope.py``, the structure
+benchmark's host parts in ``structure_hosts.py``, the model presets in ``presets.py``.
 
-A host adapter is a module with (shared pieces in ``hosts/base.py`` and ``hosts/call_scope.py``;
-the structure-benchmark hosts are in ``hosts/structure_hosts.py``, model presets in ``hosts/presets.py``):
-
-* ``HOST`` (its name here), ``PACKAGE`` (the top-level package of the host's classes, used to
-  detect the host from a model without importing anything) and ``INSTALL_HINT``;
-* ``STACKS`` (the names of the host's Pairformer-like stacks) and ``DEFAULT_STACKS``;
-* ``find_sites(model, *, stacks, kinds) -> list[Site]``: the modules to replace, in model order;
-* ``make_replacement(site, *, mode, factor_config, backend) -> PatchedModule``: the wrapper,
-  built on the host module's own parameter objects.
-
-Adding a host means adding its package ``hosts/<name>/`` (``__init__.py`` and ``adapter.py``)
-and one line to ``HOSTS``.
+Adding a host means adding its package ``hosts/<name>/`` (``__init__.py`` and ``adapter.py``
+satisfying ``HostAdapter``), one line to ``HOSTS`` and one to ``_contract.ADAPTERS``.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from typing import cast
 
 from torch import nn
 
-from .base import DEFAULT_KINDS, DIFFUSION_KINDS, KINDS, PatchedModule, Site, UnsupportedModuleError
+from .base import DEFAULT_KINDS, DIFFUSION_KINDS, KINDS, HostAdapter, PatchedModule, Site, UnsupportedModuleError
 
 # host name -> the module of its adapter
 HOSTS: dict[str, str] = {
@@ -36,11 +30,11 @@ class UnsupportedModelError(ValueError):
     """``patch_model`` got a model of no known host (or with nothing to replace)."""
 
 
-def get_adapter(host: str) -> ModuleType:
+def get_adapter(host: str) -> HostAdapter:
     """The adapter module of ``host`` (a key of ``HOSTS``)."""
     if host not in HOSTS:
         raise ValueError(f"unknown host {host!r}; known hosts: {', '.join(sorted(HOSTS))}")
-    return importlib.import_module(HOSTS[host])
+    return cast(HostAdapter, importlib.import_module(HOSTS[host]))
 
 
 def detect_host(model: nn.Module) -> str:
@@ -62,6 +56,7 @@ def detect_host(model: nn.Module) -> str:
 
 __all__ = [
     "HOSTS",
+    "HostAdapter",
     "DEFAULT_KINDS",
     "DIFFUSION_KINDS",
     "KINDS",

@@ -1,12 +1,12 @@
-"""Pieces shared by the host adapters: where a module is replaced (``Site``), the wrapper base
-class (``PatchedModule``) and the helpers that build one of our modules on the host's own
-parameter objects."""
+"""Pieces shared by the host adapters: the contract an adapter fulfils (``HostAdapter``), where
+a module is replaced (``Site``), the wrapper base class (``PatchedModule``) and the helpers that
+build one of our modules on the host's own parameter objects."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from torch import nn
 from ..modules import FlashBiasTriangleAttention
 from ..modules.common import FlashBiasModule
 from ..modules.factor_network import FactorConfig, FactorNetwork
+
+if TYPE_CHECKING:
+    from ..modules.bias_cache import SVDConfig
 
 Kind = Literal["triangle", "single", "diffusion", "atom"]
 KINDS: tuple[str, ...] = ("triangle", "single", "diffusion", "atom")
@@ -239,3 +242,43 @@ def factor_network(config: FactorConfig | None, c_z: int, n_heads: int, like: to
             f"{host}'s Pairformer blocks pass no s_inputs to their attention modules: use a "
             "FactorConfig with use_s_inputs=False")
     return FactorNetwork(c_z, n_heads, config).to(device=like.device, dtype=like.dtype)
+
+
+def outermost(model: nn.Module, pred: Callable[[nn.Module], bool]) -> list[nn.Module]:
+    """The modules of ``model`` for which ``pred`` holds that lie inside no other such module,
+    in model order (e.g. a host's diffusion module, not the blocks inside it)."""
+    found: list[nn.Module] = []
+    inner: set[int] = set()
+    for m in model.modules():
+        if id(m) in inner or not pred(m):
+            continue
+        found.append(m)
+        inner.update(id(x) for x in m.modules())
+    return found
+
+
+@runtime_checkable
+class HostAdapter(Protocol):
+    """What a host adapter module (``hosts/<host>/adapter.py``) provides; ``hosts/_contract.py``
+    has mypy check each adapter module against it, and ``tests/test_hosts_contract.py`` checks
+    it at run time.
+
+    * ``HOST``: its name here; ``PACKAGE``: the top-level package of the host's classes (the
+      host is detected from a model without importing anything); ``INSTALL_HINT``;
+    * ``STACKS``: the names of the host's Pairformer-like stacks; ``DEFAULT_STACKS``;
+    * ``find_sites``: the modules to replace, in model order;
+    * ``make_replacement``: the wrapper, built on the host module's own parameter objects;
+    * ``graph_modules``: the modules whose per-step calls ``graph_diffusion`` captures."""
+
+    HOST: str
+    PACKAGE: str
+    INSTALL_HINT: str
+    STACKS: tuple[str, ...]
+    DEFAULT_STACKS: tuple[str, ...]
+
+    def find_sites(self, model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]: ...
+
+    def make_replacement(self, site: Site, *, mode: str, factor_config: FactorConfig | None,
+                         backend: str = "auto", svd_config: SVDConfig | None = None) -> PatchedModule: ...
+
+    def graph_modules(self, model: nn.Module) -> list[nn.Module]: ...

@@ -98,7 +98,6 @@ from ...modules import (
 )
 from ...modules.bias_cache import SVDConfig
 from ...modules.precomputed_bias_attention import FlashBiasPrecomputedBiasAttention
-from ..call_scope import ScopedPatchedModule, scope_of
 from ..base import (
     DIFFUSION_KINDS,
     PatchedModule,
@@ -109,10 +108,12 @@ from ..base import (
     check_linear,
     check_no_meta,
     factor_network,
+    outermost,
     share_layer_norm,
     share_linear,
     stack_and_index,
 )
+from ..call_scope import ScopedPatchedModule, scope_of
 
 HOST = "boltz"
 PACKAGE = "boltz"
@@ -373,6 +374,4 @@ def graph_modules(model: nn.Module) -> list[nn.Module]:
     """The modules whose one call is one diffusion step (``patching.cuda_graphs.graph_diffusion``):
     the v2 ``DiffusionModule`` (the score model ``AtomDiffusion.preconditioned_network_forward``
     calls with new ``r_noisy`` / ``times`` per step). Not yet checked on a GPU."""
-    from ..protenix.adapter import _outermost
-
-    return _outermost(model, _is_diffusion_module)
+    return outermost(model, _is_diffusion_module)

@@ -152,7 +152,6 @@ from ...modules import (
 )
 from ...modules.bias_cache import SVDConfig
 from ...modules.diffusion_attention import FlashBiasDiffusionAttention
-from ..call_scope import CallScope, ScopedPatchedModule, scope_of
 from ..base import (
     DIFFUSION_KINDS,
     MASK_INF,
@@ -164,10 +163,12 @@ from ..base import (
     check_linear,
     check_no_meta,
     factor_network,
+    outermost,
     share_layer_norm,
     share_linear,
     stack_and_index,
 )
+from ..call_scope import CallScope, ScopedPatchedModule, scope_of
 
 HOST = "openfold3"
 PACKAGE = "openfold3"
@@ -541,6 +542,5 @@ def graph_modules(model: nn.Module) -> list[nn.Module]:
     a GPU."""
     from openfold3.core.model.structure.diffusion_module import DiffusionModule
 
-    from ..protenix.adapter import _outermost
 
-    return _outermost(model, lambda m: isinstance(m, DiffusionModule))
+    return outermost(model, lambda m: isinstance(m, DiffusionModule))

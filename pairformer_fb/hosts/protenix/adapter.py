@@ -84,7 +84,6 @@ from ...modules import (
 )
 from ...modules.bias_cache import SVDConfig
 from ...modules.diffusion_attention import FlashBiasDiffusionAttention
-from ..call_scope import CallScope, ScopedPatchedModule, scope_of
 from ..base import (
     DIFFUSION_KINDS,
     PatchedModule,
@@ -95,10 +94,12 @@ from ..base import (
     check_linear,
     check_no_meta,
     factor_network,
+    outermost,
     share_layer_norm,
     share_linear,
     stack_and_index,
 )
+from ..call_scope import CallScope, ScopedPatchedModule, scope_of
 
 HOST = "protenix"
 PACKAGE = "protenix"
@@ -371,15 +372,6 @@ def graph_modules(model: nn.Module) -> list[nn.Module]:
     outermost ones only (none of Protenix's nests another)."""
     from protenix.model.modules.diffusion import DiffusionModule
 
-    return _outermost(model, lambda m: isinstance(m, DiffusionModule))
+    return outermost(model, lambda m: isinstance(m, DiffusionModule))
 
 
-def _outermost(model: nn.Module, pred) -> list[nn.Module]:
-    found: list[nn.Module] = []
-    inner: set[int] = set()
-    for m in model.modules():
-        if id(m) in inner or not pred(m):
-            continue
-        found.append(m)
-        inner.update(id(x) for x in m.modules())
-    return found
