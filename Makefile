@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 TRITON_PIN ?= triton==3.6.0
 
-.PHONY: install test bench
+.PHONY: install lint test bench
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_PIN)"
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install -q "$(TRITON_PIN)"
@@ -13,7 +13,13 @@ install:
 	@# host models (Protenix ...) without their pins, which would replace torch: see the file
 	@$(PYTHON) -m pip install -q --no-deps -r requirements-hosts.txt
 
-test: install
+# ruff (lint + import order) on the package, tests and scripts; mypy on the host-adapter contract
+# (pyproject.toml's [tool.ruff] / [tool.mypy])
+lint: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
+
+test: lint
 	$(PYTHON) -m pytest -q tests
 
 # the structure benchmark at its small CPU default (tiny Protenix, 1CRN + 1UBQ, original / exact /

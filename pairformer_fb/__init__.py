@@ -8,6 +8,7 @@ conversion, factor initialisation, fine-tuning) / ``data`` (featurisation, struc
 """
 
 from ._version import __version__
+from .convert.convert import convert_checkpoint, load_converted
 from .kernel import flash_bias_attention
 from .modules import (
     FactorConfig,
@@ -16,7 +17,6 @@ from .modules import (
     FlashBiasTriangleAttention,
     SVDConfig,
 )
-from .convert.convert import convert_checkpoint, load_converted
 from .patching.cuda_graphs import graph_diffusion, graph_module
 from .patching.patching import PatchReport, patch_model, unpatch_model
 

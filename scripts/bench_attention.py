@@ -4,8 +4,8 @@
     python scripts/bench_attention.py triangle.sizes=[1024] output_dir=benchmarks/attention_h200
 """
 
-from pairformer_fb.cli import main
 from pairformer_fb.bench.attention import run
+from pairformer_fb.cli import main
 
 
 def task(cfg) -> None:

@@ -4,8 +4,8 @@
     python scripts/bench_blocks.py "sizes.protenix=[1024]" output_dir=benchmarks/blocks_h200
 """
 
-from pairformer_fb.cli import main
 from pairformer_fb.bench.blocks import run
+from pairformer_fb.cli import main
 
 
 def task(cfg) -> None:

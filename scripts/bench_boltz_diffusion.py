@@ -8,8 +8,8 @@
 
 from pathlib import Path
 
-from pairformer_fb.cli import main
 from pairformer_fb.bench.boltz_diffusion import run
+from pairformer_fb.cli import main
 
 
 def task(cfg) -> None:

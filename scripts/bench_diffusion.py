@@ -10,8 +10,8 @@ import os
 
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # before protenix is imported (no CUDA layer-norm build)
 
-from pairformer_fb.cli import main
 from pairformer_fb.bench.diffusion import run
+from pairformer_fb.cli import main
 
 
 def task(cfg) -> None:

@@ -4,8 +4,8 @@
     python scripts/bench_modules.py "triangle.sizes=[1024]" output_dir=benchmarks/modules_h200
 """
 
-from pairformer_fb.cli import main
 from pairformer_fb.bench.modules import run
+from pairformer_fb.cli import main
 
 
 def task(cfg) -> None:

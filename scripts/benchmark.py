@@ -15,9 +15,9 @@ import os
 
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # before protenix is imported: no CUDA layer-norm build on a CPU
 
+from pairformer_fb.bench.structure import run  # noqa: E402
 from pairformer_fb.cli import main  # noqa: E402
 from pairformer_fb.hosts.structure_hosts import HostUnavailable  # noqa: E402
-from pairformer_fb.bench.structure import run  # noqa: E402
 
 
 def task(cfg) -> None:

@@ -20,8 +20,8 @@ from pairformer_fb.cli import main  # noqa: E402
 
 
 def task(cfg) -> None:
-    from pairformer_fb.modules import FactorConfig
     from pairformer_fb.convert.convert import convert_checkpoint
+    from pairformer_fb.modules import FactorConfig
 
     p, fit = cfg.patch, cfg.fit
     listed = lambda v: None if v is None else list(OmegaConf.to_container(v))

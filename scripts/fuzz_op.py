@@ -8,8 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from pairformer_fb.bench import fuzz
-from pairformer_fb.cli import UsageError, main
 from pairformer_fb.bench.timing import environment
+from pairformer_fb.cli import UsageError, main
 
 
 def task(cfg) -> None:

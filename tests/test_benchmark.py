@@ -488,10 +488,10 @@ def test_benchmark_loads_host_and_converted_checkpoints(tmp_path, crn):
     lowrank, factor networks + metadata) feeds its factor networks to the lowrank variant: the
     written structure is the one a model patched and loaded by hand predicts."""
     import pairformer_fb as fb
-    from pairformer_fb.modules import FactorConfig
     from pairformer_fb.bench import structure as benchmark
     from pairformer_fb.convert.checkpoint import make_metadata
     from pairformer_fb.hosts.presets import build_protenix, randomise_
+    from pairformer_fb.modules import FactorConfig
 
     model, _ = build_protenix("tiny", cpu=True)
     randomise_(model, seed=11)

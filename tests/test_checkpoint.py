@@ -20,7 +20,6 @@ os.environ.setdefault("LAYERNORM_TYPE", "torch")  # protenix without CUDA: no fu
 from host_models import randomise_
 
 import pairformer_fb as fb
-from pairformer_fb.modules import FactorConfig
 from pairformer_fb.convert.checkpoint import (
     CheckpointError,
     HostCheckpoint,
@@ -29,6 +28,7 @@ from pairformer_fb.convert.checkpoint import (
     strip_checkpoint,
     write_checkpoint_atomic,
 )
+from pairformer_fb.modules import FactorConfig
 
 # the host models' CUDA autocast warns on CPU
 pytestmark = pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")

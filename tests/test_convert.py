@@ -27,22 +27,22 @@ from host_models import randomise_
 from naive import rel_err
 
 import pairformer_fb as fb
-from pairformer_fb.modules import (
-    FactorConfig,
-    FlashBiasAttentionPairBias,
-    FlashBiasTriangleAttention,
-)
-from pairformer_fb.modules.factor_network import bias_approximation_loss
 from pairformer_fb.convert.checkpoint import CheckpointError, file_sha256
 from pairformer_fb.convert.convert import convert_checkpoint, load_converted
 from pairformer_fb.convert.factor_init import approximation_error, capture_bias_targets
-from pairformer_fb.patching.patching import patched_modules
 from pairformer_fb.convert.samples import (
     openfold3_features,
     protenix_features,
     read_fasta_sequences,
     seed_all,
 )
+from pairformer_fb.modules import (
+    FactorConfig,
+    FlashBiasAttentionPairBias,
+    FlashBiasTriangleAttention,
+)
+from pairformer_fb.modules.factor_network import bias_approximation_loss
+from pairformer_fb.patching.patching import patched_modules
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning"),

@@ -236,9 +236,9 @@ def run_coordinates(model, feats):
 
 @pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")
 def test_protenix_patched_and_graphed(protenix_model):
-    import pairformer_fb as fb
     from naive import rel_err
 
+    import pairformer_fb as fb
     from pairformer_fb.patching.patching import patched_modules
 
     model, feats, other = protenix_model

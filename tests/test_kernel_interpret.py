@@ -254,8 +254,7 @@ def test_a_bias_prepared_for_reuse_is_read_without_a_copy():
     """prepare_reused_bias pads once; the op then reads that storage as it is (no per-call
     copy), also through reshaped views of it, and gives the reference's result; a view that
     would read past its buffer, or a plain tensor, is still copied."""
-    from pairformer_fb.kernel import prepare_reused_bias
-    from pairformer_fb.kernel import triton_launch
+    from pairformer_fb.kernel import prepare_reused_bias, triton_launch
 
     args, kw = make_inputs(3, 2, 18, 35, 16, bias_shape=(1, 2, 18, 35), requires_grad=False, device=DEVICE)
     prepared = triton_launch.pad_bias_to_tiles(kw["bias"])  # what prepare_reused_bias does on CUDA

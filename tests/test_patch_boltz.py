@@ -23,6 +23,7 @@ except Exception as e:  # noqa: BLE001 - any import failure means: no usable hos
 
 from host_models import additive_pair, randomise_, set_exact_factors
 from naive import rel_err
+
 import pairformer_fb as fb
 from pairformer_fb.hosts import PatchedModule, UnsupportedModelError, UnsupportedModuleError, detect_host
 from pairformer_fb.patching.patching import AlreadyPatchedError, patched_modules
@@ -137,8 +138,8 @@ def test_ending_node_takes_its_bias_from_the_transposed_pair():
     with torch.no_grad():
         ref = host(z, pair_mask)
         ref_chunked = host(z, pair_mask, chunk_size=3)
-    from pairformer_fb.hosts.boltz import adapter
     from pairformer_fb.hosts.base import Site
+    from pairformer_fb.hosts.boltz import adapter
     site = Site(path="tri", parent=holder, attr="tri", module=host, kind="triangle", node="ending",
                 stack="pairformer", block=0)
     wrapper = adapter.make_replacement(site, mode="exact", factor_config=None)

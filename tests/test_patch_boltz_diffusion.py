@@ -31,8 +31,8 @@ from host_models import randomise_
 from naive import rel_err
 
 import pairformer_fb as fb
-from pairformer_fb.hosts.boltz.adapter import BoltzDiffusionAttention, make_replacement
 from pairformer_fb.hosts.base import Site, UnsupportedModuleError
+from pairformer_fb.hosts.boltz.adapter import BoltzDiffusionAttention, make_replacement
 from pairformer_fb.modules import precomputed_bias_attention
 from pairformer_fb.modules.bias_cache import SVDConfig
 from pairformer_fb.modules.factor_network import FactorConfig

@@ -44,8 +44,8 @@ except Exception as e:  # noqa: BLE001 - any import failure means: no usable hos
 try:
     from openfold3.projects.of3_all_atom.model import OpenFold3
 
-    from pairformer_fb.hosts.presets import openfold3_config
     from pairformer_fb.convert.samples import openfold3_features
+    from pairformer_fb.hosts.presets import openfold3_config
 
     OPENFOLD3_SKIP = None
 except Exception as e:  # noqa: BLE001

@@ -22,6 +22,7 @@ except Exception as e:  # noqa: BLE001 - any import failure means: no usable hos
 
 from host_models import additive_pair, randomise_, set_exact_factors
 from naive import rel_err
+
 import pairformer_fb as fb
 from pairformer_fb.hosts import PatchedModule, UnsupportedModelError, detect_host
 from pairformer_fb.patching.patching import AlreadyPatchedError, patched_modules

@@ -8,8 +8,9 @@ from bench_configs import bench_config
 from naive import rel_err
 
 from pairformer_fb import FlashBiasAttentionPairBias, FlashBiasTriangleAttention
-from pairformer_fb.bench import attention as bench_attention, blocks as bench_blocks, modules as bench_modules
-
+from pairformer_fb.bench import attention as bench_attention
+from pairformer_fb.bench import blocks as bench_blocks
+from pairformer_fb.bench import modules as bench_modules
 
 
 def _random_weights(mod, seed=0):

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..kernel import flash_bias_attention
 from ..cli import atomic_write
+from ..kernel import flash_bias_attention
 from .timing import Skipped, environment, failure_status, median_ms, median_ms_and_peak_memory
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -67,8 +67,8 @@ def _call(fn_module, x):
 
 
 def _ours(host, module: str, mode: str, cfg):
-    from ..hosts.boltz.adapter import make_replacement
     from ..hosts.base import Site
+    from ..hosts.boltz.adapter import make_replacement
     from ..modules.bias_cache import SVDConfig
 
     site = Site(path=module, parent=None, attr=module, module=host, kind=module, node=None, stack="diffusion",

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .attention import DTYPES
 from ..cli import atomic_write
+from .attention import DTYPES
 from .timing import Skipped, environment, failure_status, median_ms
 
 

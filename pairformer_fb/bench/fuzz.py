@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-from ..kernel.reference import MASK_NEG
 from ..cli import atomic_write
+from ..kernel.reference import MASK_NEG
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}
 # unit roundoff of the products' inputs: bf16 8 significant bits, fp16 and tf32 11; fp32 24 bits,

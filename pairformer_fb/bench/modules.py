@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..cli import atomic_write
 from ..modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
 from .attention import DTYPES
-from ..cli import atomic_write
 from .timing import Skipped, environment, failure_status, median_ms, median_ms_and_peak_memory
 
 
@@ -123,7 +123,8 @@ def _measure(module, n, variant, rank, cfg, dtype, device) -> ModuleRecord:
 
 def profile(module: str, n: int, variant: str, rank, cfg, dtype, device, path: Path) -> None:
     """Top kernels of one inference call, as a text table (CUDA time)."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     fn, _, _ = _build(module, n, variant, rank, cfg, dtype, device)
     with torch.inference_mode():

@@ -47,8 +47,6 @@ from tqdm import tqdm
 
 from ..cli import atomic_write, check_writable_dir
 from ..data.featurize import InputError, Sample, read_samples
-from ..hosts.structure_hosts import PHASES, StructureHost, get_host
-from ..patching.patching import DIFFUSION_DTYPES
 from ..data.structure import (
     TM_METHODS,
     agreement,
@@ -57,6 +55,8 @@ from ..data.structure import (
     read_ca,
     write_structure,
 )
+from ..hosts.structure_hosts import PHASES, StructureHost, get_host
+from ..patching.patching import DIFFUSION_DTYPES
 from .timing import environment, failure_status
 
 VARIANTS = ("original", "exact", "lowrank", "original_graphs")

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..kernel import flash_bias_attention
 from ..cli import atomic_write
+from ..kernel import flash_bias_attention
 from ..kernel import tiles as tfb
 from .timing import median_ms
 

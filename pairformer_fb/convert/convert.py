@@ -33,7 +33,9 @@ import torch
 from torch import nn
 
 from ..hosts import DEFAULT_KINDS, HOSTS, KINDS
+from ..hosts.presets import DEFAULT_PRESETS, PresetError
 from ..modules.factor_network import FactorConfig, factor_config_for
+from ..patching.patching import patch_model, unpatch_model
 from .checkpoint import (
     EMA_LOCATIONS,
     FACTOR_KEY_MARK,
@@ -48,8 +50,6 @@ from .checkpoint import (
     write_checkpoint_atomic,
 )
 from .factor_init import FitResult, fit_patched_model
-from ..hosts.presets import DEFAULT_PRESETS, PresetError
-from ..patching.patching import patch_model, unpatch_model
 
 DEFAULT_SAMPLES_DIR = Path(__file__).resolve().parents[2] / "data_samples"
 

@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cli import atomic_write, check_writable_dir
+from ..patching.patching import patched_modules
 from .checkpoint import (
     FACTOR_KEY_MARK,
     CheckpointError,
@@ -59,9 +61,7 @@ from .checkpoint import (
     read_checkpoint,
     write_checkpoint_atomic,
 )
-from ..cli import atomic_write, check_writable_dir
 from .convert import build_model, load_converted, write_converted
-from ..patching.patching import patched_modules
 
 # ---------------------------------------------------------------------------------------------
 # data

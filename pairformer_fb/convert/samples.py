@@ -30,7 +30,6 @@ from torch import nn
 
 from ..data.featurize import protenix_features as featurize_protenix
 
-
 # the trunk-stack class of each host (by name, so that nothing is imported here)
 TRUNK_STACK_CLASSES = {"protenix": "PairformerStack", "boltz": "PairformerModule", "openfold3": "PairFormerStack"}
 

@@ -5,8 +5,8 @@ from .attention_pair_bias import FlashBiasAttentionPairBias
 from .bias_cache import BiasScope, SVDConfig, svd_factors
 from .common import MODES, FlashBiasModule, Mode
 from .diffusion_attention import FlashBiasDiffusionAttention
-from .precomputed_bias_attention import FlashBiasPrecomputedBiasAttention
 from .factor_network import FactorConfig, FactorNetwork, bias_approximation_loss
+from .precomputed_bias_attention import FlashBiasPrecomputedBiasAttention
 from .triangle_attention import FlashBiasTriangleAttention
 
 __all__ = [

@@ -10,13 +10,20 @@ from typing import Callable, Iterable, Mapping, Sequence, Union
 import torch
 from torch import nn
 
-from ..hosts import DEFAULT_KINDS, DIFFUSION_KINDS, KINDS, PatchedModule, UnsupportedModelError, detect_host, get_adapter
+from ..hosts import (
+    DEFAULT_KINDS,
+    DIFFUSION_KINDS,
+    KINDS,
+    PatchedModule,
+    UnsupportedModelError,
+    detect_host,
+    get_adapter,
+)
 from ..hosts.call_scope import ScopedPatchedModule
 from ..modules.bias_cache import SVDConfig
 from ..modules.common import MODES
 from ..modules.factor_network import FactorConfig, factor_config_for
 from .cuda_graphs import reset_graphs
-
 
 # A mode for every patched block: one mode; {mode: block indices} with ``...`` for "every
 # block not listed under another mode"; or block index -> mode (None: leave the block alone).
