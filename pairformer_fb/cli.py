@@ -73,8 +73,9 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Any], None], *,
-                 mode_from: str | os.PathLike | None = None) -> Path:
+def atomic_write(
+    path: str | os.PathLike, data: bytes | str | Callable[[Any], None], *, mode_from: str | os.PathLike | None = None
+) -> Path:
     """Write ``path`` atomically: ``data`` (bytes, text, or a function writing to the binary file
     object) into a temporary file in the same folder, flushed and synced, then ``os.replace``.
     Readers see the old file or the whole new one; a failure leaves nothing behind. The file gets
@@ -195,8 +196,10 @@ def compose_config(config_name: str, overrides: Sequence[str], *, config_dir: Pa
         try:
             parsed += parser.parse_overrides([line])
         except OverrideParseException as e:
-            raise UsageError(f"cannot read {line!r}: {str(e).splitlines()[0]} (expected key=value; lists "
-                             f"\"key=[a,b]\", mappings \"+key={{a:1}}\"; quote them for the shell)") from None
+            raise UsageError(
+                f"cannot read {line!r}: {str(e).splitlines()[0]} (expected key=value; lists "
+                f'"key=[a,b]", mappings "+key={{a:1}}"; quote them for the shell)'
+            ) from None
     groups = _groups(config_dir, config_name)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
@@ -210,8 +213,10 @@ def compose_config(config_name: str, overrides: Sequence[str], *, config_dir: Pa
                 known = _leaf_keys(base)
                 close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
                 hint = f"did you mean {' or '.join(close)}?" if close else f"known keys: {', '.join(known)}"
-                raise UsageError(f"unknown key {key!r} (in {o.input_line!r}): not an option of this script; "
-                                 f"{hint} (--help lists them)")
+                raise UsageError(
+                    f"unknown key {key!r} (in {o.input_line!r}): not an option of this script; "
+                    f"{hint} (--help lists them)"
+                )
         cfg = compose(config_name=config_name, overrides=list(overrides))
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -244,8 +249,12 @@ def help_text(config_name: str, doc: str | None, *, config_dir: Path = CONFIGS) 
     path = _config_file(config_dir, config_name)
     text = path.read_text()
     lead = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("#")]
-    parts = [(doc or "").strip(), "",
-             f"Options (key=value on the command line; defaults from {path.relative_to(config_dir.parent)}):", ""]
+    parts = [
+        (doc or "").strip(),
+        "",
+        f"Options (key=value on the command line; defaults from {path.relative_to(config_dir.parent)}):",
+        "",
+    ]
     parts += _described(text)
     for group, default in _groups(config_dir, config_name).items():
         parts += ["", f"{group}=OPTION (config group {group}/; default {default}):"]
@@ -256,9 +265,12 @@ def help_text(config_name: str, doc: str | None, *, config_dir: Path = CONFIGS) 
         if default_file.is_file():
             parts += [f"  its keys ({group}.KEY=value; as in {group}={default}):"]
             parts += ["  " + ln for ln in _described(default_file.read_text())]
-    parts += ["", "Lists and mappings: \"samples=[1crn,1ubq]\", \"+overrides={a.b:1}\". Unknown keys are errors. "
-              "--cfg prints the composed config. Errors: one line on stderr, exit status 2 "
-              "(HYDRA_FULL_ERROR=1: the traceback)."]
+    parts += [
+        "",
+        'Lists and mappings: "samples=[1crn,1ubq]", "+overrides={a.b:1}". Unknown keys are errors. '
+        "--cfg prints the composed config. Errors: one line on stderr, exit status 2 "
+        "(HYDRA_FULL_ERROR=1: the traceback).",
+    ]
     if lead and not doc:
         parts = lead + parts
     return "\n".join(parts).strip() + "\n"
@@ -268,9 +280,16 @@ def help_text(config_name: str, doc: str | None, *, config_dir: Path = CONFIGS) 
 # the entry point
 
 
-def main(config_name: str, task: Callable[[Any], Any], *, doc: str | None = None, prog: str | None = None,
-         config_dir: Path | str = CONFIGS, errors: Sequence[type[BaseException]] = (),
-         argv: Sequence[str] | None = None) -> Any:
+def main(
+    config_name: str,
+    task: Callable[[Any], Any],
+    *,
+    doc: str | None = None,
+    prog: str | None = None,
+    config_dir: Path | str = CONFIGS,
+    errors: Sequence[type[BaseException]] = (),
+    argv: Sequence[str] | None = None,
+) -> Any:
     """Run a script: compose ``config_dir/config_name.yaml`` with the command line (``argv``,
     default ``sys.argv[1:]``) and call ``task(cfg)`` (see the module docstring)."""
     config_dir = Path(config_dir)
@@ -285,7 +304,7 @@ def main(config_name: str, task: Callable[[Any], Any], *, doc: str | None = None
     show_cfg = "--cfg" in argv
     if show_cfg:  # Hydra's "--cfg job": the composed config
         i = argv.index("--cfg")
-        del argv[i:i + (2 if argv[i + 1:i + 2] in (["job"], ["all"]) else 1)]
+        del argv[i : i + (2 if argv[i + 1 : i + 2] in (["job"], ["all"]) else 1)]
     caught = tuple(user_errors()) + tuple(errors)
     try:
         flags = [a for a in argv if a.startswith("-")]
@@ -306,5 +325,14 @@ def main(config_name: str, task: Callable[[Any], Any], *, doc: str | None = None
         fail(prog, one_line(e))
 
 
-__all__ = ["UsageError", "atomic_write", "check_writable_dir", "compose_config", "default_file_mode", "fail",
-           "help_text", "main", "one_line"]
+__all__ = [
+    "UsageError",
+    "atomic_write",
+    "check_writable_dir",
+    "compose_config",
+    "default_file_mode",
+    "fail",
+    "help_text",
+    "main",
+    "one_line",
+]

@@ -1,7 +1,7 @@
 """Benchmark the FlashBias attention op against the baselines (see configs/bench_attention.yaml).
 
-    python scripts/bench_attention.py                       # small CPU default
-    python scripts/bench_attention.py triangle.sizes=[1024] output_dir=benchmarks/attention_h200
+python scripts/bench_attention.py                       # small CPU default
+python scripts/bench_attention.py triangle.sizes=[1024] output_dir=benchmarks/attention_h200
 """
 
 from pairformer_fb.bench.attention import run

@@ -17,8 +17,11 @@ from pairformer_fb.cli import main
 def task(cfg) -> None:
     records = run(cfg)
     print(open(f"{cfg.output_dir}/results.md").read())
-    failed = [r for r in records if not r.variant.startswith("stock") and r.status != "ok"
-              and not r.status.startswith("skipped")]
+    failed = [
+        r
+        for r in records
+        if not r.variant.startswith("stock") and r.status != "ok" and not r.status.startswith("skipped")
+    ]
     if failed:
         raise SystemExit(f"{len(failed)} FlashBias cases failed: {[r.status for r in failed]}")
 

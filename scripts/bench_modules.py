@@ -1,7 +1,7 @@
 """Benchmark the FlashBias modules against an unfused torch module (configs/bench_modules.yaml).
 
-    python scripts/bench_modules.py                         # small CPU default
-    python scripts/bench_modules.py "triangle.sizes=[1024]" output_dir=benchmarks/modules_h200
+python scripts/bench_modules.py                         # small CPU default
+python scripts/bench_modules.py "triangle.sizes=[1024]" output_dir=benchmarks/modules_h200
 """
 
 from pairformer_fb.bench.modules import run

@@ -26,13 +26,28 @@ def task(cfg) -> None:
     p, fit = cfg.patch, cfg.fit
     listed = lambda v: None if v is None else list(OmegaConf.to_container(v))
     report = convert_checkpoint(
-        to_absolute_path(cfg.input), to_absolute_path(cfg.output), host=cfg.host, model=cfg.model,
-        mode=p.mode, factor_config=FactorConfig(rank=p.rank, width=p.factor_width, depth=p.factor_depth),
-        stacks=listed(p.stacks), kinds=listed(p.kinds), blocks=listed(p.blocks),
+        to_absolute_path(cfg.input),
+        to_absolute_path(cfg.output),
+        host=cfg.host,
+        model=cfg.model,
+        mode=p.mode,
+        factor_config=FactorConfig(rank=p.rank, width=p.factor_width, depth=p.factor_depth),
+        stacks=listed(p.stacks),
+        kinds=listed(p.kinds),
+        blocks=listed(p.blocks),
         samples=None if fit.samples is None else [to_absolute_path(f) for f in fit.samples],
-        max_tokens=fit.max_tokens, fit_steps=fit.steps, fit_lr=fit.lr, seed=fit.seed, strip=cfg.strip,
-        use_ema=cfg.use_ema, allow_pickle=cfg.allow_pickle, device=cfg.device, write_report=cfg.report,
-        progress=cfg.progress, overwrite=cfg.overwrite)
+        max_tokens=fit.max_tokens,
+        fit_steps=fit.steps,
+        fit_lr=fit.lr,
+        seed=fit.seed,
+        strip=cfg.strip,
+        use_ema=cfg.use_ema,
+        allow_pickle=cfg.allow_pickle,
+        device=cfg.device,
+        write_report=cfg.report,
+        progress=cfg.progress,
+        overwrite=cfg.overwrite,
+    )
     print(report.markdown())
 
 

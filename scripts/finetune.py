@@ -29,8 +29,9 @@ def task(cfg) -> None:
             c[key] = to_absolute_path(c[key])
     summary = finetune(c)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"wrote {summary['output']} after {summary['steps']} steps "
-              f"({summary['steps_per_second'] or 0:.3f} steps/s)")
+        print(
+            f"wrote {summary['output']} after {summary['steps']} steps ({summary['steps_per_second'] or 0:.3f} steps/s)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Fuzz the FlashBias op against its float64 oracle and record the run (configs/fuzz_op.yaml).
 
-    python scripts/fuzz_op.py                                   # small CPU run (reference path)
-    python scripts/fuzz_op.py cases=320 named=true device=cuda workers=12 output_dir=benchmarks/fuzz_h200
+python scripts/fuzz_op.py                                   # small CPU run (reference path)
+python scripts/fuzz_op.py cases=320 named=true device=cuda workers=12 output_dir=benchmarks/fuzz_h200
 """
 
 import torch
@@ -36,10 +36,12 @@ def task(cfg) -> None:
     cases = fuzz.draw_cases(cfg.cases, cfg.seed, max_len=max_len, max_elements=cfg.max_elements)
     if cfg.named:
         cases = fuzz.named_cases(cfg.seed) + cases
-    records = fuzz.run_fuzz(cases, device, workers=cfg.workers, backend=cfg.backend, cold_cache=cfg.cold_cache,
-                            timeout_s=cfg.timeout_s)
-    summary = fuzz.write_results(records, cfg.output_dir, environment(torch.device(device)),
-                                 OmegaConf.to_container(cfg, resolve=True))
+    records = fuzz.run_fuzz(
+        cases, device, workers=cfg.workers, backend=cfg.backend, cold_cache=cfg.cold_cache, timeout_s=cfg.timeout_s
+    )
+    summary = fuzz.write_results(
+        records, cfg.output_dir, environment(torch.device(device)), OmegaConf.to_container(cfg, resolve=True)
+    )
     print(open(f"{cfg.output_dir}/results.md").read())
     if summary["failures"]:
         raise SystemExit(1)

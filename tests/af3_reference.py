@@ -43,8 +43,11 @@ def linear(x, p, name):
 
 def mlp_tanh(x, p, prefix):
     """The Sequential of Linear / Tanh layers stored under ``prefix`` (e.g. factor_network.query_mlp)."""
-    indices = sorted(int(name[len(prefix) + 1:].split(".")[0]) for name in p
-                     if name.startswith(prefix + ".") and name.endswith(".weight"))
+    indices = sorted(
+        int(name[len(prefix) + 1 :].split(".")[0])
+        for name in p
+        if name.startswith(prefix + ".") and name.endswith(".weight")
+    )
     for n, i in enumerate(indices):
         x = linear(x, p, f"{prefix}.{i}")
         if n < len(indices) - 1:

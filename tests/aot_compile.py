@@ -59,9 +59,20 @@ def _compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
     t0 = time.perf_counter()
     kernel = _run(self, *args, grid=grid, warmup=True, **kwargs)
     shared = kernel.metadata.shared
-    print(json.dumps({"kernel": self.__name__, "seconds": round(time.perf_counter() - t0, 2), "shared_bytes": shared,
-                      **_resources(kernel), **{k: kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "ROWS") if k in kwargs},
-                      "num_warps": kernel.metadata.num_warps, "num_stages": kernel.metadata.num_stages}), flush=True)
+    print(
+        json.dumps(
+            {
+                "kernel": self.__name__,
+                "seconds": round(time.perf_counter() - t0, 2),
+                "shared_bytes": shared,
+                **_resources(kernel),
+                **{k: kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "ROWS") if k in kwargs},
+                "num_warps": kernel.metadata.num_warps,
+                "num_stages": kernel.metadata.num_stages,
+            }
+        ),
+        flush=True,
+    )
     if shared > HOPPER_SHARED_MEMORY:
         raise OutOfResources(shared, HOPPER_SHARED_MEMORY, "shared memory")
     return kernel
@@ -87,7 +98,7 @@ def main(spec: dict) -> None:
     qf, kf = (rnd(fb, H, Lq, R), rnd(fb, H, Lk, R)) if R else (None, None)
     bias = rnd(*spec["bias_shape"]) if spec.get("bias_shape") else None
     mask = torch.rand(B, Lk, generator=g) > 0.3 if spec.get("mask") else None
-    ops = tfb._Operands(q, k, v, qf, kf, bias, mask, D ** -0.5)
+    ops = tfb._Operands(q, k, v, qf, kf, bias, mask, D**-0.5)
     o, stats = tfb._forward(q, k, v, ops)
     if spec.get("grad", True):
         tfb._backward(q, k, v, o, stats, rnd(B, H, Lq, D), ops, (True,) * 3 + (R > 0,) * 2 + (bias is not None,))

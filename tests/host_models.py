@@ -23,7 +23,7 @@ def additive_pair(n, c, g):
     y = torch.randn(n, half, generator=g, dtype=torch.float64)
     x = x / x.norm(dim=-1, keepdim=True) * 3.0
     y = y / y.norm(dim=-1, keepdim=True) * 4.0
-    xs, ys = x @ basis[:, :half].T, y @ basis[:, half:2 * half].T
+    xs, ys = x @ basis[:, :half].T, y @ basis[:, half : 2 * half].T
     return (xs[:, None, :] + ys[None, :, :]).float()
 
 

@@ -6,12 +6,23 @@ import torch
 from pairformer_fb.bench.fuzz import float64_oracle
 
 
-def naive_attention(q, k, v, q_factors=None, k_factors=None, bias=None, key_mask=None, scale=None,
-                    compute_dtype=torch.float64):
+def naive_attention(
+    q, k, v, q_factors=None, k_factors=None, bias=None, key_mask=None, scale=None, compute_dtype=torch.float64
+):
     """The op's formula in ``compute_dtype`` with the key mask added exactly (the fuzz suite's
     oracle, pairformer_fb.bench.fuzz.float64_oracle, without its fp32 mask rounding)."""
-    return float64_oracle(q, k, v, q_factors, k_factors, bias, key_mask, scale=scale, compute_dtype=compute_dtype,
-                          mask_dtype=compute_dtype)
+    return float64_oracle(
+        q,
+        k,
+        v,
+        q_factors,
+        k_factors,
+        bias,
+        key_mask,
+        scale=scale,
+        compute_dtype=compute_dtype,
+        mask_dtype=compute_dtype,
+    )
 
 
 def rel_err(a, b):
@@ -19,9 +30,23 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def make_inputs(B, H, Lq, Lk, D, R=0, *, factor_batch=1, bias_shape=None, mask_shape=None,
-                fully_masked_rows=(), dtype=torch.float32, device="cpu", requires_grad=True,
-                seed=None):
+def make_inputs(
+    B,
+    H,
+    Lq,
+    Lk,
+    D,
+    R=0,
+    *,
+    factor_batch=1,
+    bias_shape=None,
+    mask_shape=None,
+    fully_masked_rows=(),
+    dtype=torch.float32,
+    device="cpu",
+    requires_grad=True,
+    seed=None,
+):
     """Fresh random operands for one call of the op; returns (args, kwargs).
 
     Factors are drawn with a scale that gives the bias term a spread comparable to the
@@ -36,8 +61,8 @@ def make_inputs(B, H, Lq, Lk, D, R=0, *, factor_batch=1, bias_shape=None, mask_s
     q, k, v = rnd(B, H, Lq, D), rnd(B, H, Lk, D), rnd(B, H, Lk, D)
     kw = {}
     if R:
-        kw["q_factors"] = rnd(factor_batch, H, Lq, R, std=R ** -0.25)
-        kw["k_factors"] = rnd(factor_batch, H, Lk, R, std=R ** -0.25)
+        kw["q_factors"] = rnd(factor_batch, H, Lq, R, std=R**-0.25)
+        kw["k_factors"] = rnd(factor_batch, H, Lk, R, std=R**-0.25)
     if bias_shape is not None:
         kw["bias"] = rnd(*bias_shape)
     if mask_shape is not None:

@@ -9,8 +9,10 @@ from naive import rel_err
 
 from pairformer_fb.kernel.adaptive_layer_norm import adaptive_layer_norm, launch_adaptive_layer_norm
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
-                                reason="needs TRITON_INTERPRET=1 or a GPU")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+    reason="needs TRITON_INTERPRET=1 or a GPU",
+)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -19,11 +21,14 @@ def composed(a, gate_shift, norm):
     return torch.sigmoid(gate) * norm(a) + shift
 
 
-@pytest.mark.parametrize("a_shape,gs_lead,affine", [
-    ((5, 7, 48), (5, 7), False),     # one conditioning row per row (the diffusion transformer)
-    ((3, 9, 40), (1, 9), True),      # shared by the samples (the atom transformer), a non-power-of-2 width
-    ((2, 2, 6, 32), (1, 1, 6), False),
-])
+@pytest.mark.parametrize(
+    "a_shape,gs_lead,affine",
+    [
+        ((5, 7, 48), (5, 7), False),  # one conditioning row per row (the diffusion transformer)
+        ((3, 9, 40), (1, 9), True),  # shared by the samples (the atom transformer), a non-power-of-2 width
+        ((2, 2, 6, 32), (1, 1, 6), False),
+    ],
+)
 def test_fused_matches_the_composition(a_shape, gs_lead, affine):
     g = torch.Generator().manual_seed(0)
     C = a_shape[-1]

@@ -120,8 +120,11 @@ def test_features_1crn_tokens_and_atoms(crn, crn_features):
     assert [elems[i] for i in f["ref_element"].argmax(-1)] == [str(e).upper() for e in atoms.element]
 
     # one representative atom per token: CA (pae, plddt), CB / glycine CA (distogram)
-    for k, want in (("pae_rep_atom_mask", ["CA"] * n_tok), ("plddt_m_rep_atom_mask", ["CA"] * n_tok),
-                    ("distogram_rep_atom_mask", ["CA" if r == "GLY" else "CB" for r in three])):
+    for k, want in (
+        ("pae_rep_atom_mask", ["CA"] * n_tok),
+        ("plddt_m_rep_atom_mask", ["CA"] * n_tok),
+        ("distogram_rep_atom_mask", ["CA" if r == "GLY" else "CB" for r in three]),
+    ):
         m = f[k].bool()
         assert torch.equal(f["atom_to_token_idx"][m], torch.arange(n_tok)), k
         assert [str(n) for n in atoms.atom_name[m.numpy()]] == want, k
@@ -165,8 +168,7 @@ def test_features_complex_ids_and_a3m(tmp_path):
     assert torch.equal(f["entity_mol_id"], f["entity_id"][f["atom_to_token_idx"]])
 
     # an A3M for 1crn: a duplicate row is dropped, lower case counts as deletions, '-' is a gap
-    (tmp_path / "1crn.a3m").write_text(
-        f">query\n{CRN}\n>hit1\n{CRN[:5]}kk{CRN[5:10]}-{CRN[11:]}\n>dup\n{CRN}\n")
+    (tmp_path / "1crn.a3m").write_text(f">query\n{CRN}\n>hit1\n{CRN[:5]}kk{CRN[5:10]}-{CRN[11:]}\n>dup\n{CRN}\n")
     crn = read_samples(["1crn"])[0]
     f, _ = protenix_features(crn, msa_dir=tmp_path)
     assert f["msa"].shape == (2, 46)
@@ -372,10 +374,14 @@ def test_bad_benchmark_inputs_fail_before_model_work(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="checkpoint="):
         benchmark.run(bench_cfg(tmp_path, checkpoint=str(tmp_path / "nope.pt")))
     # a checkpoint of another host (Boltz-2's Pairformer keys; OpenFold3's)
-    torch.save({"state_dict": {"pairformer_module.layers.0.attention.proj_q.weight": torch.zeros(2, 2)}},
-               tmp_path / "boltz.ckpt")
-    torch.save({"state_dict": {"pairformer_stack.blocks.0.attn_pair_bias.linear_z.weight": torch.zeros(2, 2)}},
-               tmp_path / "of3.ckpt")
+    torch.save(
+        {"state_dict": {"pairformer_module.layers.0.attention.proj_q.weight": torch.zeros(2, 2)}},
+        tmp_path / "boltz.ckpt",
+    )
+    torch.save(
+        {"state_dict": {"pairformer_stack.blocks.0.attn_pair_bias.linear_z.weight": torch.zeros(2, 2)}},
+        tmp_path / "of3.ckpt",
+    )
     with pytest.raises(ValueError, match="is a boltz checkpoint, but the benchmark runs host=protenix"):
         benchmark.run(bench_cfg(tmp_path, checkpoint=str(tmp_path / "boltz.ckpt")))
     with pytest.raises(ValueError, match="is a boltz checkpoint, but the benchmark runs host=openfold3"):
@@ -414,8 +420,9 @@ def test_boltz_host_says_what_is_missing_before_model_work(tmp_path, monkeypatch
     monkeypatch.setattr(hosts.BoltzHost, "featurise", no_model)
     real_find_spec = importlib.util.find_spec
     absent = {"pytorch_lightning", "numba"}
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in absent else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in absent else real_find_spec(name, *a)
+    )
     with pytest.raises(hosts.HostUnavailable) as e:
         benchmark.run(bench_cfg(tmp_path, host="boltz"))
     msg = str(e.value)
@@ -442,9 +449,19 @@ def test_benchmark_script_end_to_end(tmp_path, crn):
     ref_xyz = np.repeat(compact_chain(45, 5), np.bincount(ref_atoms.res_id)[2:], axis=0)
     S.write_structure(tmp_path / "ref.pdb", ref_atoms, ref_xyz)
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "model=tiny", "samples=[1crn]",
-           "variants=[original,exact,lowrank]", "warmup=0", "repeats=2", "rank=4",
-           f"reference={tmp_path / 'ref.pdb'}", f"output_dir={out}", "device=cpu"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "benchmark.py"),
+        "model=tiny",
+        "samples=[1crn]",
+        "variants=[original,exact,lowrank]",
+        "warmup=0",
+        "repeats=2",
+        "rank=4",
+        f"reference={tmp_path / 'ref.pdb'}",
+        f"output_dir={out}",
+        "device=cpu",
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -502,8 +519,9 @@ def test_benchmark_loads_host_and_converted_checkpoints(tmp_path, crn):
     report = fb.patch_model(model, mode="lowrank", factor_config=fc, stacks=stacks)
     randomise_(model, seed=12)  # trained factor networks stand-in (host weights re-randomised too)
     conv_path = tmp_path / "converted.pt"
-    torch.save({"model": model.state_dict(), "pairformer_fb": make_metadata("protenix", report, fc, host_path)},
-               conv_path)
+    torch.save(
+        {"model": model.state_dict(), "pairformer_fb": make_metadata("protenix", report, fc, host_path)}, conv_path
+    )
 
     f, atoms = protenix_features(crn, seed=0)  # the benchmark's features at seed=0
     model.eval()
@@ -512,8 +530,18 @@ def test_benchmark_loads_host_and_converted_checkpoints(tmp_path, crn):
         pred, _, _ = model(dict(f), None, None, mode="inference")
     want = S.ca_coords(atoms, pred["coordinate"][0].numpy())
 
-    res = benchmark.run(bench_cfg(tmp_path, samples=["1crn"], variants=["original", "lowrank"], warmup=0,
-                                  checkpoint=str(conv_path), model="tiny", device="cpu", seed=0))
+    res = benchmark.run(
+        bench_cfg(
+            tmp_path,
+            samples=["1crn"],
+            variants=["original", "lowrank"],
+            warmup=0,
+            checkpoint=str(conv_path),
+            model="tiny",
+            device="cpu",
+            seed=0,
+        )
+    )
     assert res["note"] is None and res["model"]["weights"] == "checkpoint" and res["model"]["converted"]
     orig, low = res["records"]
     assert orig["status"] == low["status"] == "ok"
@@ -522,14 +550,33 @@ def test_benchmark_loads_host_and_converted_checkpoints(tmp_path, crn):
     assert np.abs(got - want).max() < 2e-3 + 1e-5 * np.abs(want).max()
     assert low["vs_original"]["rmsd"] > 1e-3
 
-    res = benchmark.run(bench_cfg(tmp_path, samples=["1crn"], variants=["original"], warmup=0,
-                                  checkpoint=str(host_path), model="tiny", device="cpu", seed=0))
+    res = benchmark.run(
+        bench_cfg(
+            tmp_path,
+            samples=["1crn"],
+            variants=["original"],
+            warmup=0,
+            checkpoint=str(host_path),
+            model="tiny",
+            device="cpu",
+            seed=0,
+        )
+    )
     assert res["model"]["weights"] == "checkpoint" and not res["model"]["converted"]
     assert res["records"][0]["status"] == "ok"
     # a checkpoint of another architecture than model= is refused with the reason
     with pytest.raises(ValueError, match="does not fit model=tiny"):
-        benchmark.run(bench_cfg(tmp_path, samples=["1crn"], variants=["original"], checkpoint=str(host_path),
-                                model="tiny", overrides={"c_z": 16}, device="cpu"))
+        benchmark.run(
+            bench_cfg(
+                tmp_path,
+                samples=["1crn"],
+                variants=["original"],
+                checkpoint=str(host_path),
+                model="tiny",
+                overrides={"c_z": 16},
+                device="cpu",
+            )
+        )
 
 
 def test_benchmark_cuda_graphs_option(tmp_path):
@@ -538,9 +585,19 @@ def test_benchmark_cuda_graphs_option(tmp_path):
     structures)."""
     from pairformer_fb.bench import structure as benchmark
 
-    res = benchmark.run(bench_cfg(tmp_path, samples=["1crn"], variants=["original", "exact", "original_graphs"],
-                                  warmup=0, model="tiny", device="cpu", seed=0, cuda_graphs=True,
-                                  raise_errors=True))
+    res = benchmark.run(
+        bench_cfg(
+            tmp_path,
+            samples=["1crn"],
+            variants=["original", "exact", "original_graphs"],
+            warmup=0,
+            model="tiny",
+            device="cpu",
+            seed=0,
+            cuda_graphs=True,
+            raise_errors=True,
+        )
+    )
     orig, exact, graphed = res["records"]
     assert orig["status"] == exact["status"] == graphed["status"] == "ok"
     assert "cuda_graphs" not in orig["notes"]
@@ -618,9 +675,18 @@ def test_openfold3_benchmark_script_end_to_end(tmp_path):
     the three variants: results.json's schema, the phases, the structures; exact agrees with
     the original (the same seed: the same diffusion noise), the untrained lowrank does not."""
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "host=openfold3", "samples=[1crn]",
-           "variants=[original,exact,lowrank]", "warmup=0", "repeats=2", "rank=4", f"output_dir={out}",
-           "device=cpu"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "benchmark.py"),
+        "host=openfold3",
+        "samples=[1crn]",
+        "variants=[original,exact,lowrank]",
+        "warmup=0",
+        "repeats=2",
+        "rank=4",
+        f"output_dir={out}",
+        "device=cpu",
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -673,8 +739,19 @@ def test_openfold3_benchmark_writes_the_models_prediction(tmp_path, crn):
         _, out = model(dict(f))
     want = out["atom_positions_predicted"][0, 0].numpy()
 
-    res = benchmark.run(bench_cfg(tmp_path, host="openfold3", samples=["1crn"], variants=["original", "exact"],
-                                  warmup=1, checkpoint=str(path), device="cpu", seed=0, raise_errors=True))
+    res = benchmark.run(
+        bench_cfg(
+            tmp_path,
+            host="openfold3",
+            samples=["1crn"],
+            variants=["original", "exact"],
+            warmup=1,
+            checkpoint=str(path),
+            device="cpu",
+            seed=0,
+            raise_errors=True,
+        )
+    )
     assert res["note"] is None and res["model"]["weights"] == "checkpoint"
     orig, exact = res["records"]
     got = S.read_ca(tmp_path / "out" / orig["structure_path"])[0]
@@ -682,8 +759,17 @@ def test_openfold3_benchmark_writes_the_models_prediction(tmp_path, crn):
     assert exact["vs_original"]["rmsd"] < 1e-5 * np.abs(want).max() + 1e-3
     # a checkpoint of another architecture than model= is refused with the reason
     with pytest.raises(ValueError, match="does not fit model=tiny"):
-        benchmark.run(bench_cfg(tmp_path, host="openfold3", samples=["1crn"], variants=["original"],
-                                checkpoint=str(path), overrides={"architecture.shared.c_z": 8}, device="cpu"))
+        benchmark.run(
+            bench_cfg(
+                tmp_path,
+                host="openfold3",
+                samples=["1crn"],
+                variants=["original"],
+                checkpoint=str(path),
+                overrides={"architecture.shared.c_z": 8},
+                device="cpu",
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -726,8 +812,10 @@ def test_boltz_features_and_molecules(crn):
     pad = f["atom_pad_mask"][0].bool()
     assert int(pad.sum()) == n and pad[:n].all() and f["ref_pos"].shape[1] % 32 == 0
     assert f["res_type"][0].argmax(-1).tolist() == [const.token_ids[r] for r in three]
-    assert torch.equal(f["atom_to_token"][0][:n].argmax(-1), torch.repeat_interleave(
-        torch.arange(46), torch.tensor([len(const.ref_atoms[r]) for r in three])))
+    assert torch.equal(
+        f["atom_to_token"][0][:n].argmax(-1),
+        torch.repeat_interleave(torch.arange(46), torch.tensor([len(const.ref_atoms[r]) for r in three])),
+    )
 
 
 @needs_boltz
@@ -765,7 +853,7 @@ def test_boltz_features_msa_dir(tmp_path, crn):
     # Boltz's parsed MSA counts the insertion 'kk' before column 5 of row 2
     parsed = _boltz_msa(crn, 0, a3m, CRN)
     seq = parsed.sequences[1]
-    assert parsed.deletions[seq["del_start"]: seq["del_end"]].tolist() == [(5, 2)]
+    assert parsed.deletions[seq["del_start"] : seq["del_end"]].tolist() == [(5, 2)]
     # (boltz 2.2.1's featuriser, as `boltz predict` runs it, then drops the deletions of every
     # row after one without any: construct_paired_msa re-slices chain_deletions per row)
     assert not f["has_deletion"].any()
@@ -789,8 +877,18 @@ def test_boltz_benchmark_end_to_end_and_checkpoint(tmp_path):
     from pairformer_fb.hosts.presets import BOLTZ2_TINY, build_boltz2, randomise_
 
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "host=boltz", "samples=[1crn]",
-           "variants=[original,exact,lowrank]", "warmup=0", "repeats=1", "rank=4", f"output_dir={out}", "device=cpu"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "benchmark.py"),
+        "host=boltz",
+        "samples=[1crn]",
+        "variants=[original,exact,lowrank]",
+        "warmup=0",
+        "repeats=1",
+        "rank=4",
+        f"output_dir={out}",
+        "device=cpu",
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -820,13 +918,30 @@ def test_boltz_benchmark_end_to_end_and_checkpoint(tmp_path):
     f, atoms = boltz_features(crn, boltz_molecules(None)[0], seed=0)
     benchmark.seed_all(0)
     with torch.no_grad():
-        o = model(dict(f), recycling_steps=1, num_sampling_steps=2, diffusion_samples=1, max_parallel_samples=1,
-                  run_confidence_sequentially=True)
+        o = model(
+            dict(f),
+            recycling_steps=1,
+            num_sampling_steps=2,
+            diffusion_samples=1,
+            max_parallel_samples=1,
+            run_confidence_sequentially=True,
+        )
     want = o["sample_atom_coords"][0][f["atom_pad_mask"][0].bool()].numpy()
-    res = benchmark.run(bench_cfg(tmp_path, host="boltz", samples=["1crn"], variants=["original"], warmup=0,
-                                  checkpoint=str(path), device="cpu", seed=0, raise_errors=True,
-                                  overrides={"recycling_steps": 1, "sampling_steps": 2},
-                                  output_dir=str(tmp_path / "out2")))
+    res = benchmark.run(
+        bench_cfg(
+            tmp_path,
+            host="boltz",
+            samples=["1crn"],
+            variants=["original"],
+            warmup=0,
+            checkpoint=str(path),
+            device="cpu",
+            seed=0,
+            raise_errors=True,
+            overrides={"recycling_steps": 1, "sampling_steps": 2},
+            output_dir=str(tmp_path / "out2"),
+        )
+    )
     assert res["model"]["preset"] == "checkpoint" and res["model"]["weights"] == "checkpoint"
     assert res["model"]["recycling_steps"] == 1 and res["model"]["diffusion_steps"] == 2
     got = S.read_ca(tmp_path / "out2" / res["records"][0]["structure_path"])[0]
@@ -838,8 +953,19 @@ def test_benchmark_diffusion_dtype_option(tmp_path):
     in its notes); its structure stays close to the original's; the unpatched one is untouched."""
     from pairformer_fb.bench import structure as benchmark
 
-    res = benchmark.run(bench_cfg(tmp_path, samples=["1crn"], variants=["original", "exact"], warmup=0, model="tiny",
-                                  device="cpu", seed=0, diffusion_dtype="bf16", raise_errors=True))
+    res = benchmark.run(
+        bench_cfg(
+            tmp_path,
+            samples=["1crn"],
+            variants=["original", "exact"],
+            warmup=0,
+            model="tiny",
+            device="cpu",
+            seed=0,
+            diffusion_dtype="bf16",
+            raise_errors=True,
+        )
+    )
     orig, exact = res["records"]
     assert orig["status"] == exact["status"] == "ok"
     assert exact["notes"]["diffusion_dtype"] == "bf16" and "diffusion_dtype" not in orig["notes"]

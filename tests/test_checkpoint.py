@@ -44,25 +44,43 @@ class TrainArgs:
 
 def _protenix_stack():
     from protenix.model.modules.pairformer import PairformerStack
+
     return PairformerStack(n_blocks=2, n_heads=4, c_z=32, c_s=64)
 
 
 def _boltz_stack():
     from boltz.model.layers.pairformer import PairformerModule
+
     return PairformerModule(32, 16, 2, num_heads=4, dropout=0.0, pairwise_head_width=8, pairwise_num_heads=2, v2=True)
 
 
 def _openfold3_stack():
     from openfold3.core.model.latent.pairformer import PairFormerStack
+
     return PairFormerStack(
-        c_s=32, c_z=16, c_hidden_pair_bias=8, no_heads_pair_bias=4, c_hidden_mul=16, c_hidden_pair_att=8,
-        no_heads_pair=2, no_blocks=2, transition_type="swiglu", transition_n=2, pair_dropout=0.25,
-        fuse_projection_weights=False, blocks_per_ckpt=None, inf=1e9)
+        c_s=32,
+        c_z=16,
+        c_hidden_pair_bias=8,
+        no_heads_pair_bias=4,
+        c_hidden_mul=16,
+        c_hidden_pair_att=8,
+        no_heads_pair=2,
+        no_blocks=2,
+        transition_type="swiglu",
+        transition_n=2,
+        pair_dropout=0.25,
+        fuse_projection_weights=False,
+        blocks_per_ckpt=None,
+        inf=1e9,
+    )
 
 
 # host -> (stack builder, the stack's attribute in the full host model)
-HOST_STACKS = {"protenix": (_protenix_stack, "pairformer_stack"), "boltz": (_boltz_stack, "pairformer_module"),
-               "openfold3": (_openfold3_stack, "pairformer_stack")}
+HOST_STACKS = {
+    "protenix": (_protenix_stack, "pairformer_stack"),
+    "boltz": (_boltz_stack, "pairformer_module"),
+    "openfold3": (_openfold3_stack, "pairformer_stack"),
+}
 
 
 def make_model(host):
@@ -86,13 +104,20 @@ def host_state(model):
 
 # format -> (host, file suffix, container from the model's state dict, prefix, location)
 def _protenix(sd):
-    return {"model": {"module." + k: v for k, v in sd.items()}, "optimizer": {"state": {}, "param_groups": []},
-            "step": 7}
+    return {
+        "model": {"module." + k: v for k, v in sd.items()},
+        "optimizer": {"state": {}, "param_groups": []},
+        "step": 7,
+    }
 
 
 def _boltz(sd):
-    return {"state_dict": dict(sd), "hyper_parameters": {"args": TrainArgs(), "ema": True}, "epoch": 3,
-            "ema": {"cur_step": 5, "ema_weights": {k: v * 0.5 for k, v in sd.items()}}}
+    return {
+        "state_dict": dict(sd),
+        "hyper_parameters": {"args": TrainArgs(), "ema": True},
+        "epoch": 3,
+        "ema": {"cur_step": 5, "ema_weights": {k: v * 0.5 for k, v in sd.items()}},
+    }
 
 
 def _openfold3_plain(sd):
@@ -100,8 +125,11 @@ def _openfold3_plain(sd):
 
 
 def _openfold3_lightning(sd):
-    return {"state_dict": {"model." + k: v for k, v in sd.items()}, "epoch": 1,
-            "ema": {"params": {k: v * 0.5 for k, v in sd.items()}, "decay": 0.999}}
+    return {
+        "state_dict": {"model." + k: v for k, v in sd.items()},
+        "epoch": 1,
+        "ema": {"params": {k: v * 0.5 for k, v in sd.items()}, "decay": 0.999},
+    }
 
 
 def _openfold3_deepspeed(sd):
@@ -278,14 +306,26 @@ def test_metadata(tmp_path):
     assert meta["pairformer_fb_version"] == fb.__version__
     modules = meta["modules"]
     assert modules["pairformer_stack.blocks.1.tri_att_start"] == {
-        "mode": "lowrank", "rank": 4, "kind": "triangle", "stack": "pairformer", "block": 1}
+        "mode": "lowrank",
+        "rank": 4,
+        "kind": "triangle",
+        "stack": "pairformer",
+        "block": 1,
+    }
     assert modules["pairformer_stack.blocks.0.attention_pair_bias"] == {
-        "mode": "exact", "rank": None, "kind": "single", "stack": "pairformer", "block": 0}
+        "mode": "exact",
+        "rank": None,
+        "kind": "single",
+        "stack": "pairformer",
+        "block": 0,
+    }
     assert meta["model_prefix"] == ""
     assert len(meta["modules"]) == len(report) == 6
     assert meta["factor_config"] == dataclasses.asdict(config)
     created = datetime.datetime.fromisoformat(meta["created_utc"])
-    assert created.tzinfo is not None and abs(datetime.datetime.now(datetime.timezone.utc) - created).total_seconds() < 60
+    assert (
+        created.tzinfo is not None and abs(datetime.datetime.now(datetime.timezone.utc) - created).total_seconds() < 60
+    )
     assert meta["source"] == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     # plain data: a converted checkpoint still loads with weights_only=True
     out = write_checkpoint_atomic({"model": model.state_dict(), "pairformer_fb": meta}, tmp_path / "c.pt")
@@ -317,7 +357,10 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
         read_checkpoint(junk)
     cases = {
         "nosd.pt": ({"step": 3, "config": {"a": 1}}, "found no state dict.*'config', 'step'"),
-        "other.pt": ({"model": {"encoder.weight": torch.ones(2)}}, "no Pairformer keys of a known host.*encoder.weight"),
+        "other.pt": (
+            {"model": {"encoder.weight": torch.ones(2)}},
+            "no Pairformer keys of a known host.*encoder.weight",
+        ),
         "bare.pt": (model.pairformer_stack.state_dict(), "no Pairformer keys.*pass host="),
         "mixed.pt": ({**sd, "pairformer_module.layers.0.attention.proj_q.weight": torch.ones(2)}, "several hosts"),
     }

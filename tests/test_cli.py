@@ -18,8 +18,15 @@ ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPA
 
 
 def run(script, *args, cwd, timeout=600):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *map(str, args)],
-                          capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / f"{script}.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def assert_one_line_error(proc, *needles):
@@ -47,8 +54,9 @@ def tiny(tmp_path_factory):
     randomise_(model, seed=0)
     torch.save({"model": model.state_dict()}, d / "tiny.pt")
     os.chmod(d / "tiny.pt", 0o644)
-    done = run("convert_checkpoint", "input=tiny.pt", "output=conv.pt", "model=tiny", "fit.steps=0",
-               "fit.max_tokens=16", cwd=d)
+    done = run(
+        "convert_checkpoint", "input=tiny.pt", "output=conv.pt", "model=tiny", "fit.steps=0", "fit.max_tokens=16", cwd=d
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return d
 
@@ -60,8 +68,14 @@ def tiny(tmp_path_factory):
 def test_converted_checkpoint_benchmarks_at_the_defaults(tiny, tmp_path):
     """convert_checkpoint.py ... model=tiny, then benchmark.py checkpoint=conv.pt: the lowrank
     variant patches what the checkpoint's metadata records (the trunk), and runs."""
-    proc = run("benchmark", f"checkpoint={tiny / 'conv.pt'}", "samples=[1crn]", "warmup=0",
-               f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    proc = run(
+        "benchmark",
+        f"checkpoint={tiny / 'conv.pt'}",
+        "samples=[1crn]",
+        "warmup=0",
+        f"output_dir={tmp_path / 'out'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     low = next(r for r in result["records"] if r["variant"] == "lowrank")
@@ -87,11 +101,28 @@ def test_convert_refuses_an_existing_output_and_keeps_the_input_mode(tiny):
     bad = run("convert_checkpoint", "input=tiny.pt", "output=conv.pt", "model=tiny", "patch.rank=8", cwd=tiny)
     assert_one_line_error(bad, "conv.pt exists", "overwrite=true")
     assert out.read_bytes() == before
-    again = run("convert_checkpoint", "input=tiny.pt", "output=conv2.pt", "model=tiny", "fit.steps=0",
-                "fit.max_tokens=16", "patch.rank=8", cwd=tiny)
+    again = run(
+        "convert_checkpoint",
+        "input=tiny.pt",
+        "output=conv2.pt",
+        "model=tiny",
+        "fit.steps=0",
+        "fit.max_tokens=16",
+        "patch.rank=8",
+        cwd=tiny,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
-    done = run("convert_checkpoint", "input=tiny.pt", "output=conv2.pt", "model=tiny", "fit.steps=0",
-               "fit.max_tokens=16", "patch.rank=4", "overwrite=true", cwd=tiny)
+    done = run(
+        "convert_checkpoint",
+        "input=tiny.pt",
+        "output=conv2.pt",
+        "model=tiny",
+        "fit.steps=0",
+        "fit.max_tokens=16",
+        "patch.rank=4",
+        "overwrite=true",
+        cwd=tiny,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert torch.load(tiny / "conv2.pt", weights_only=True)["pairformer_fb"]["factor_config"]["rank"] == 4
     assert not list(tiny.glob(".*.tmp"))
@@ -99,15 +130,21 @@ def test_convert_refuses_an_existing_output_and_keeps_the_input_mode(tiny):
 
 def test_convert_into_an_unwritable_place_fails_before_the_fit(tiny, tmp_path):
     (tmp_path / "file").write_text("")
-    bad = run("convert_checkpoint", f"input={tiny / 'tiny.pt'}", f"output={tmp_path / 'nodir' / 'x.pt'}",
-              "model=tiny", cwd=tmp_path)
+    bad = run(
+        "convert_checkpoint",
+        f"input={tiny / 'tiny.pt'}",
+        f"output={tmp_path / 'nodir' / 'x.pt'}",
+        "model=tiny",
+        cwd=tmp_path,
+    )
     assert_one_line_error(bad, "directory does not exist")
     if os.geteuid() != 0:  # root writes into read-only folders
         ro = tmp_path / "ro"
         ro.mkdir()
         ro.chmod(0o555)
-        bad = run("convert_checkpoint", f"input={tiny / 'tiny.pt'}", f"output={ro / 'x.pt'}", "model=tiny",
-                  cwd=tmp_path)
+        bad = run(
+            "convert_checkpoint", f"input={tiny / 'tiny.pt'}", f"output={ro / 'x.pt'}", "model=tiny", cwd=tmp_path
+        )
         assert_one_line_error(bad, "cannot create files")
 
 
@@ -116,8 +153,15 @@ def test_convert_into_an_unwritable_place_fails_before_the_fit(tiny, tmp_path):
 
 
 def test_finetune_resume_after_a_finished_run(tiny, tmp_path):
-    base = [f"checkpoint={tiny / 'conv.pt'}", "output_dir=ft_out", "model=tiny", "data.crop_size=8",
-            "data.samples=[1crn,1ubq]", "trainer.save_every=1", "progress=false"]
+    base = [
+        f"checkpoint={tiny / 'conv.pt'}",
+        "output_dir=ft_out",
+        "model=tiny",
+        "data.crop_size=8",
+        "data.samples=[1crn,1ubq]",
+        "trainer.save_every=1",
+        "progress=false",
+    ]
     done = run("finetune", *base, "trainer.max_steps=1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     again = run("finetune", *base, "trainer.max_steps=2", "resume=ft_out/checkpoints/step_0000001.pt", cwd=tmp_path)
@@ -140,14 +184,18 @@ def test_finetune_resume_after_a_finished_run(tiny, tmp_path):
 def test_benchmark_errors_are_one_line_and_write_nothing(tiny, tmp_path):
     (tmp_path / "bad.fasta").write_text(">x\nMKTJ\n")
     (tmp_path / "trunc.pt").write_bytes((tiny / "conv.pt").read_bytes()[:1000])
-    torch.save({"state_dict": {"pairformer_module.layers.0.attention.proj_q.weight": torch.zeros(2, 2)}},
-               tmp_path / "boltz.ckpt")
+    torch.save(
+        {"state_dict": {"pairformer_module.layers.0.attention.proj_q.weight": torch.zeros(2, 2)}},
+        tmp_path / "boltz.ckpt",
+    )
     (tmp_path / "file").write_text("")
-    cases = [(["samples=[missing.fasta]"], "does not exist"),
-             (["samples=[bad.fasta]"], "unknown residue letter 'J'"),
-             (["checkpoint=trunc.pt"], "truncated or corrupt"),
-             (["checkpoint=boltz.ckpt"], "is a boltz checkpoint"),
-             (["rank=0"], "rank must be an integer >= 1")]
+    cases = [
+        (["samples=[missing.fasta]"], "does not exist"),
+        (["samples=[bad.fasta]"], "unknown residue letter 'J'"),
+        (["checkpoint=trunc.pt"], "truncated or corrupt"),
+        (["checkpoint=boltz.ckpt"], "is a boltz checkpoint"),
+        (["rank=0"], "rank must be an integer >= 1"),
+    ]
     for args, needle in cases:
         assert_one_line_error(run("benchmark", *args, "output_dir=out", cwd=tmp_path), needle)
         assert not (tmp_path / "out").exists(), args

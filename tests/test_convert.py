@@ -94,8 +94,9 @@ def assert_containers_equal(a, b, where="container"):
 @pytest.mark.parametrize("node,ending_bias", [("starting", None), ("ending", "transposed"), ("ending", "untransposed")])
 def test_bias_target_is_what_distill_compares_against(node, ending_bias):
     torch.manual_seed(0)
-    m = randomise_(FlashBiasTriangleAttention(16, 2, 8, node=node, ending_bias=ending_bias,
-                                              factor_config=CONFIG, mode="distill"))
+    m = randomise_(
+        FlashBiasTriangleAttention(16, 2, 8, node=node, ending_bias=ending_bias, factor_config=CONFIG, mode="distill")
+    )
     z = torch.randn(2, 7, 7, 16)
     mask = torch.rand(2, 7, 7) > 0.2
     _, loss = m(z, mask)
@@ -138,8 +139,11 @@ def protenix_run(model, n=10):
 
 
 def save_protenix(model, path):
-    container = {"model": {"module." + k: v.clone() for k, v in model.state_dict().items()},
-                 "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3}]}, "step": 7}
+    container = {
+        "model": {"module." + k: v.clone() for k, v in model.state_dict().items()},
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3}]},
+        "step": 7,
+    }
     torch.save(container, path)
     return container
 
@@ -206,7 +210,7 @@ def test_protenix_lowrank_conversion(tmp_path):
     # the host's own loader: patch as recorded, then load_state_dict(strict=True)
     model = protenix_model(seed=5)
     fb.patch_model(model, mode="lowrank", factor_config=CONFIG)
-    model.load_state_dict({k[len("module."):]: v for k, v in sd.items()}, strict=True)
+    model.load_state_dict({k[len("module.") :]: v for k, v in sd.items()}, strict=True)
     # load_converted restores the same model
     again = protenix_model(seed=6)
     load_converted(out, again)
@@ -226,7 +230,7 @@ def test_protenix_lowrank_conversion(tmp_path):
     assert all(torch.isfinite(v).all() for v in low.values())
     rand = protenix_model(seed=5)
     fb.patch_model(rand, mode="lowrank", factor_config=CONFIG)
-    rand.load_state_dict({k[len("module."):]: v for k, v in original["model"].items()}, strict=False)
+    rand.load_state_dict({k[len("module.") :]: v for k, v in original["model"].items()}, strict=False)
     assert rel_err(low["z"], ref["z"]) < rel_err(protenix_run(rand)["z"], ref["z"])
 
     # strip: the plain host checkpoint again, bit-identical outputs in the unpatched host
@@ -235,7 +239,7 @@ def test_protenix_lowrank_conversion(tmp_path):
     assert report.keys_removed == len(added)
     assert_containers_equal(torch.load(plain, weights_only=True), original)
     fresh = protenix_model(seed=7)
-    fresh.load_state_dict({k[len("module."):]: v for k, v in torch.load(plain)["model"].items()}, strict=True)
+    fresh.load_state_dict({k[len("module.") :]: v for k, v in torch.load(plain)["model"].items()}, strict=True)
     for k, v in protenix_run(fresh).items():
         assert torch.equal(v, ref[k]), k
 
@@ -243,9 +247,18 @@ def test_protenix_lowrank_conversion(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Boltz-2: Lightning .ckpt of a model holding the trunk Pairformer under its Boltz2 name
 
-BOLTZ_HPARAMS = {"token_s": 32, "token_z": 16,
-                 "pairformer_args": {"num_blocks": 2, "num_heads": 4, "dropout": 0.0, "pairwise_head_width": 8,
-                                     "pairwise_num_heads": 2, "v2": True}}
+BOLTZ_HPARAMS = {
+    "token_s": 32,
+    "token_z": 16,
+    "pairformer_args": {
+        "num_blocks": 2,
+        "num_heads": 4,
+        "dropout": 0.0,
+        "pairwise_head_width": 8,
+        "pairwise_num_heads": 2,
+        "v2": True,
+    },
+}
 
 
 def boltz_model(seed=0):
@@ -271,8 +284,12 @@ def test_boltz_lightning_checkpoint(tmp_path):
     need("boltz")
     host = boltz_model()
     sd = {k: v.clone() for k, v in host.state_dict().items()}
-    original = {"state_dict": sd, "hyper_parameters": BOLTZ_HPARAMS, "epoch": 3,
-                "ema": {"cur_step": 5, "ema_weights": {k: v * 0.5 for k, v in sd.items()}}}
+    original = {
+        "state_dict": sd,
+        "hyper_parameters": BOLTZ_HPARAMS,
+        "epoch": 3,
+        "ema": {"cur_step": 5, "ema_weights": {k: v * 0.5 for k, v in sd.items()}},
+    }
     src = tmp_path / "boltz2.ckpt"
     torch.save(original, src)
     ref_s, ref_z = boltz_run(host.pairformer_module)
@@ -409,7 +426,7 @@ def test_bad_inputs_name_what_is_wrong_and_write_nothing(tmp_path):
     gone = "module.pairformer_stack.blocks.1.tri_att_end.linear.weight"
     del sd[gone]
     torch.save({"model": sd}, tmp_path / "missing_key.pt")
-    refused(tmp_path / "missing_key.pt", "missing from the checkpoint.*" + gone[len("module."):].replace(".", r"\."))
+    refused(tmp_path / "missing_key.pt", "missing from the checkpoint.*" + gone[len("module.") :].replace(".", r"\."))
     sd = dict(container["model"])
     bad = "module.pairformer_stack.blocks.0.attention_pair_bias.linear_nobias_z.weight"
     sd[bad] = torch.zeros(3, 32)
@@ -424,6 +441,7 @@ def test_bad_inputs_name_what_is_wrong_and_write_nothing(tmp_path):
         load_converted(src, protenix_standin())
     other = nn.Module()
     from protenix.model.modules.pairformer import PairformerStack
+
     other.pairformer_stack = PairformerStack(n_blocks=1, n_heads=4, c_z=32, c_s=64)
     with pytest.raises(CheckpointError, match="differ from the recorded ones"):
         load_converted(tmp_path / "conv.pt", other)
@@ -441,15 +459,33 @@ def test_script_converts_tiny_protenix_and_fails_cleanly(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     script = str(ROOT / "scripts" / "convert_checkpoint.py")
     out = tmp_path / "tiny_fb.pt"
-    args = [sys.executable, script, f"input={src}", f"output={out}", "model=tiny", "patch.rank=4",
-            "patch.factor_width=16", "patch.factor_depth=1", f"fit.samples=[{SAMPLE[0]}]", "fit.max_tokens=10",
-            "fit.steps=10", "progress=false"]
+    args = [
+        sys.executable,
+        script,
+        f"input={src}",
+        f"output={out}",
+        "model=tiny",
+        "patch.rank=4",
+        "patch.factor_width=16",
+        "patch.factor_depth=1",
+        f"fit.samples=[{SAMPLE[0]}]",
+        "fit.max_tokens=10",
+        "fit.steps=10",
+        "progress=false",
+    ]
     done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| `pairformer_stack.blocks.1.attention_pair_bias` | single | 4 |" in done.stdout
     assert out.exists() and (tmp_path / "tiny_fb.pt.report.md").exists()
     assert torch.load(out, weights_only=True)["pairformer_fb"]["factor_config"]["width"] == 16
 
-    bad = subprocess.run(args[:2] + [f"input={out}", f"output={out}"], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, timeout=600, check=False)
+    bad = subprocess.run(
+        args[:2] + [f"input={out}", f"output={out}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+        check=False,
+    )
     assert bad.returncode != 0 and "refusing to overwrite" in bad.stderr

@@ -257,8 +257,9 @@ def test_protenix_patched_and_graphed(protenix_model):
         fb.patch_model(model, kinds=("diffusion", "atom"), stacks=("diffusion", "input"))
         assert not call._entries  # patching dropped the graphs
         assert rel_err(run_coordinates(model, feats), ref) < 1e-4
-        caches = {p: m.flash_bias.bias_cache for p, m in patched_modules(model).items()
-                  if p.startswith("diffusion_module")}
+        caches = {
+            p: m.flash_bias.bias_cache for p, m in patched_modules(model).items() if p.startswith("diffusion_module")
+        }
         # filled once (eager call 1), read at the capture (and, with this backend, at every replay)
         assert caches and all(c.misses == 1 and c.hits >= 1 for c in caches.values())
         assert call.stats["captures"] == 2 and call.stats["replays"] == 6

@@ -54,8 +54,10 @@ RTOL = 1e-5
 
 def host_and_ours(kind="diffusion", mode="exact", seed=1, **kwargs):
     torch.manual_seed(seed)
-    host = randomise_(AttentionPairBias(has_s=True, n_heads=HEADS, c_a=C_A, c_s=C_S, c_z=C_Z,
-                                        cross_attention_mode=kind == "atom"), seed).eval()
+    host = randomise_(
+        AttentionPairBias(has_s=True, n_heads=HEADS, c_a=C_A, c_s=C_S, c_z=C_Z, cross_attention_mode=kind == "atom"),
+        seed,
+    ).eval()
     site = Site(path="x", parent=None, attr="x", module=host, kind=kind, node=None, stack="diffusion", block=0)
     return host, make_replacement(site, mode=mode, factor_config=None, **kwargs)
 
@@ -279,7 +281,7 @@ def test_svd_factors_ranks_and_errors():
         assert err <= budget and abs(err - f.rel_errors[0, h].item()) < 1e-5
         u, sv, vh = torch.linalg.svd(noisy[0, h].double())
         r = int(f.ranks[0, h])  # the smallest rank within budget
-        lower = ((u[:, :r - 1] * sv[:r - 1]) @ vh[:r - 1]).float()
+        lower = ((u[:, : r - 1] * sv[: r - 1]) @ vh[: r - 1]).float()
         assert r == 1 or rel_err(lower, noisy[0, h]) > budget
 
     state = torch.get_rng_state()
@@ -316,8 +318,7 @@ def protenix_model():
     configs = protenix_configs("tiny", {"sample_diffusion.N_sample": 2, "sample_diffusion.N_step": 3}, cpu=True)
     torch.manual_seed(0)
     model = randomise_(Protenix(configs)).eval()
-    return model, protenix_features(n_token=12, seed=0), protenix_features(
-        n_token=12, seed=1)
+    return model, protenix_features(n_token=12, seed=0), protenix_features(n_token=12, seed=1)
 
 
 def run_coordinates(model, feats):
@@ -336,7 +337,10 @@ def test_protenix_full_model_diffusion_kinds(protenix_model):
 
     report = fb.patch_model(model, kinds=("diffusion", "atom"), stacks=("diffusion", "input"))
     assert {(e.kind, e.stack) for e in report.entries} == {
-        ("diffusion", "diffusion"), ("atom", "diffusion"), ("atom", "input")}
+        ("diffusion", "diffusion"),
+        ("atom", "diffusion"),
+        ("atom", "input"),
+    }
     assert report.params_added == 0
     assert rel_err(run_coordinates(model, feats), ref) < 1e-4
     steps = 3
@@ -397,12 +401,19 @@ def test_patch_model_diffusion_dtype(protenix_model):
     with pytest.raises(ValueError, match="diffusion_dtype"):
         fb.patch_model(model, kinds=("diffusion",), diffusion_dtype="bfloat")
     assert not patched_modules(model)
-    fb.patch_model(model, kinds=("triangle", "diffusion", "atom"), stacks=("pairformer", "diffusion", "input"),
-                   diffusion_dtype="bf16")
+    fb.patch_model(
+        model,
+        kinds=("triangle", "diffusion", "atom"),
+        stacks=("pairformer", "diffusion", "input"),
+        diffusion_dtype="bf16",
+    )
     try:
         mods = patched_modules(model)
-        dtypes = {m.flash_bias.compute_dtype if hasattr(m.flash_bias, "compute_dtype") else "none"
-                  for p, m in mods.items() if "tri_att" not in p}
+        dtypes = {
+            m.flash_bias.compute_dtype if hasattr(m.flash_bias, "compute_dtype") else "none"
+            for p, m in mods.items()
+            if "tri_att" not in p
+        }
         assert dtypes == {torch.bfloat16}
         assert all(not hasattr(m.flash_bias, "compute_dtype") for p, m in mods.items() if "tri_att" in p)
         out = run_coordinates(model, feats)
@@ -418,14 +429,32 @@ def test_diffusion_benchmark_runs_on_cpu(tmp_path):
 
     from pairformer_fb.bench import diffusion as bench_diffusion
 
-    cfg = bench_config("bench_diffusion", tmp_path, [
-        "n_sample=2", "diffusion.sizes=[12]", "diffusion.c_a=64", "diffusion.c_s=32",
-        "diffusion.c_z=16", "diffusion.heads=4", "atom.sizes=[40]", "atom.c_a=32", "atom.c_s=32",
-        "atom.c_z=8", "atom.heads=2", "svd.max_rank=4", "warmup_ms=1", "rep_ms=1", "device=cpu"])
+    cfg = bench_config(
+        "bench_diffusion",
+        tmp_path,
+        [
+            "n_sample=2",
+            "diffusion.sizes=[12]",
+            "diffusion.c_a=64",
+            "diffusion.c_s=32",
+            "diffusion.c_z=16",
+            "diffusion.heads=4",
+            "atom.sizes=[40]",
+            "atom.c_a=32",
+            "atom.c_s=32",
+            "atom.c_z=8",
+            "atom.heads=2",
+            "svd.max_rank=4",
+            "warmup_ms=1",
+            "rep_ms=1",
+            "device=cpu",
+        ],
+    )
     records = bench_diffusion.run(cfg)
     by = {(r.module, r.variant): r for r in records}
     for key in [("diffusion", v) for v in ("stock", "stock_fusion", "exact", "exact_uncached", "lowrank")] + [
-            ("atom", v) for v in ("stock", "exact", "exact_uncached")]:
+        ("atom", v) for v in ("stock", "exact", "exact_uncached")
+    ]:
         assert by[key].status == "ok" and by[key].ms > 0, (key, by[key].status)
     for key in [("diffusion", "exact"), ("diffusion", "exact_uncached"), ("atom", "exact")]:
         assert by[key].rel_err < 1e-5, key  # ours computes the stock module's function
@@ -446,8 +475,16 @@ def test_gpu_matches_host(kind, n, dtype):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     heads, c_a, c_s, c_z = (16, 768, 384, 128) if kind == "diffusion" else (4, 128, 128, 16)
-    host = randomise_(AttentionPairBias(has_s=True, n_heads=heads, c_a=c_a, c_s=c_s, c_z=c_z,
-                                        cross_attention_mode=kind == "atom"), 27).cuda().eval()
+    host = (
+        randomise_(
+            AttentionPairBias(
+                has_s=True, n_heads=heads, c_a=c_a, c_s=c_s, c_z=c_z, cross_attention_mode=kind == "atom"
+            ),
+            27,
+        )
+        .cuda()
+        .eval()
+    )
     site = Site(path="x", parent=None, attr="x", module=host, kind=kind, node=None, stack="diffusion", block=0)
     ours = make_replacement(site, mode="exact", factor_config=None)
     a = rand(5, n, c_a, seed=28).cuda()

@@ -51,9 +51,18 @@ def tiny_fb(tmp_path_factory):
     need("protenix")
     d = tmp_path_factory.mktemp("ft")
     save_protenix(protenix_model(), d / "tiny.pt")
-    convert_checkpoint(d / "tiny.pt", d / "tiny_fb.pt", model="tiny", mode="lowrank", factor_config=CONFIG,
-                       samples=[ROOT / "data_samples" / "1crn.fasta"], max_tokens=12, fit_steps=0, progress=False,
-                       write_report=False)
+    convert_checkpoint(
+        d / "tiny.pt",
+        d / "tiny_fb.pt",
+        model="tiny",
+        mode="lowrank",
+        factor_config=CONFIG,
+        samples=[ROOT / "data_samples" / "1crn.fasta"],
+        max_tokens=12,
+        fit_steps=0,
+        progress=False,
+        write_report=False,
+    )
     return d / "tiny_fb.pt"
 
 
@@ -99,8 +108,8 @@ def test_crop_features_keeps_tokens_and_their_atoms():
     tok = feats["atom_to_token_idx"]
     keep = (tok >= start) & (tok < start + size)
     assert crop["restype"].shape[0] == size and crop["msa"].shape[1] == size
-    assert torch.equal(crop["residue_index"], feats["residue_index"][start:start + size])
-    assert torch.equal(crop["asym_id"], feats["asym_id"][start:start + size])
+    assert torch.equal(crop["residue_index"], feats["residue_index"][start : start + size])
+    assert torch.equal(crop["asym_id"], feats["asym_id"][start : start + size])
     assert torch.equal(crop["ref_pos"], feats["ref_pos"][keep])
     assert torch.equal(crop["token_index"], torch.arange(size))
     # every atom of a cropped token points at that token's new index
@@ -131,9 +140,19 @@ def test_data_order_is_a_function_of_seed_step_and_rank():
 def test_script_tiny_three_steps_writes_loadable_checkpoint(tiny_fb, tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     out = tmp_path / "out"
-    args = [sys.executable, str(ROOT / "scripts" / "finetune.py"), f"checkpoint={tiny_fb}", f"output_dir={out}",
-            "model=tiny", "trainer.max_steps=3", "trainer.save_every=2", "data.crop_size=12",
-            "data.samples=[1crn,1ubq,7wux_a]", "schedule.warmup_steps=1", "progress=false"]
+    args = [
+        sys.executable,
+        str(ROOT / "scripts" / "finetune.py"),
+        f"checkpoint={tiny_fb}",
+        f"output_dir={out}",
+        "model=tiny",
+        "trainer.max_steps=3",
+        "trainer.save_every=2",
+        "data.crop_size=12",
+        "data.samples=[1crn,1ubq,7wux_a]",
+        "schedule.warmup_steps=1",
+        "progress=false",
+    ]
     done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     result = out / "finetuned_fb.pt"
@@ -179,9 +198,20 @@ def test_script_tiny_three_steps_writes_loadable_checkpoint(tiny_fb, tmp_path):
 
 def test_loss_falls_on_a_fixed_batch(tiny_fb, tmp_path):
     fasta = short_fasta(tmp_path)
-    cfg = make_cfg([f"checkpoint={tiny_fb}", f"output_dir={tmp_path / 'o'}", f"data.samples=[{fasta}]", "data.n_val=0",
-                    "data.crop_size=16", "trainer.max_steps=30", "trainer.save_every=0", "schedule=constant",
-                    "optimizer.lr=3e-3", "progress=false"])
+    cfg = make_cfg(
+        [
+            f"checkpoint={tiny_fb}",
+            f"output_dir={tmp_path / 'o'}",
+            f"data.samples=[{fasta}]",
+            "data.n_val=0",
+            "data.crop_size=16",
+            "trainer.max_steps=30",
+            "trainer.save_every=0",
+            "schedule=constant",
+            "optimizer.lr=3e-3",
+            "progress=false",
+        ]
+    )
     summary = finetune(cfg)
     losses = [r["loss"] for r in summary["history"]]
     assert all(r["crop_start"] == 0 and r["n_tokens"] == 16 for r in summary["history"])  # the same batch
@@ -193,23 +223,50 @@ def test_loss_falls_on_a_fixed_batch(tiny_fb, tmp_path):
     records = capture_bias_targets(model, lambda m: protenix_trunk(m, feats, 1, grad=False))
     wrappers = patched_modules(model)
     with torch.no_grad():
-        ref = sum(float(approximation_error(wrappers[p].flash_bias.factor_network, r))
-                  for p, r in records.items()) / len(records)
+        ref = sum(
+            float(approximation_error(wrappers[p].flash_bias.factor_network, r)) for p, r in records.items()
+        ) / len(records)
     assert abs(losses[0] - ref) <= 1e-5 * ref, (losses[0], ref)
     assert losses[-1] < 0.5 * losses[0], losses
     assert min(losses[-5:]) < min(losses[:5])
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_fb, tmp_path):
-    base = [f"checkpoint={tiny_fb}", "data.samples=[1crn,1ubq,7wux_a]", "data.n_val=1", "data.crop_size=12",
-            "trainer.save_every=3", "schedule.warmup_steps=2", "progress=false", "loss=bias_and_output",
-            "model.n_cycle=2"]
+    base = [
+        f"checkpoint={tiny_fb}",
+        "data.samples=[1crn,1ubq,7wux_a]",
+        "data.n_val=1",
+        "data.crop_size=12",
+        "trainer.save_every=3",
+        "schedule.warmup_steps=2",
+        "progress=false",
+        "loss=bias_and_output",
+        "model.n_cycle=2",
+    ]
     full = finetune(make_cfg(base + [f"output_dir={tmp_path / 'full'}", "trainer.max_steps=6"]))
-    finetune(make_cfg(base + [f"output_dir={tmp_path / 'part'}", "trainer.max_steps=3", "schedule.total_steps=6",
-                              f"trainer.checkpoint_dir={tmp_path / 'ck'}", f"output_name={tmp_path / 'part.pt'}"]))
+    finetune(
+        make_cfg(
+            base
+            + [
+                f"output_dir={tmp_path / 'part'}",
+                "trainer.max_steps=3",
+                "schedule.total_steps=6",
+                f"trainer.checkpoint_dir={tmp_path / 'ck'}",
+                f"output_name={tmp_path / 'part.pt'}",
+            ]
+        )
+    )
     assert (tmp_path / "part.pt").exists() and not (tmp_path / "part" / "checkpoints" / "step_0000003.pt").exists()
-    resumed = finetune(make_cfg(base + [f"output_dir={tmp_path / 'resumed'}", "trainer.max_steps=6",
-                                        f"resume={tmp_path / 'ck' / 'step_0000003.pt'}"]))
+    resumed = finetune(
+        make_cfg(
+            base
+            + [
+                f"output_dir={tmp_path / 'resumed'}",
+                "trainer.max_steps=6",
+                f"resume={tmp_path / 'ck' / 'step_0000003.pt'}",
+            ]
+        )
+    )
     keys = ("step", "loss", "bias_loss", "output_loss", "lr", "grad_norm", "sample", "crop_start")
     assert all(r["output_loss"] > 0 for r in full["history"])
     # recycling as Protenix trains: 1..N_cycle cycles, drawn from RandomState(step)
@@ -225,8 +282,16 @@ def test_host_activation_checkpointing_gives_the_same_run(tiny_fb, tmp_path):
     """A model built with the host's activation checkpointing (Protenix blocks_per_ckpt, as its
     base preset trains): the same losses and gradients as without (its recompute would otherwise
     rerun the patched modules in the mode they have at backward time: a CheckpointError)."""
-    base = [f"checkpoint={tiny_fb}", "data.samples=[1crn,1ubq]", "data.n_val=0", "data.crop_size=12",
-            "trainer.max_steps=2", "trainer.save_every=0", "progress=false", "loss=bias_and_output"]
+    base = [
+        f"checkpoint={tiny_fb}",
+        "data.samples=[1crn,1ubq]",
+        "data.n_val=0",
+        "data.crop_size=12",
+        "trainer.max_steps=2",
+        "trainer.save_every=0",
+        "progress=false",
+        "loss=bias_and_output",
+    ]
     plain = finetune(make_cfg(base + [f"output_dir={tmp_path / 'plain'}"]))
     ckpt = finetune(make_cfg(base + [f"output_dir={tmp_path / 'ckpt'}", "+model.overrides={blocks_per_ckpt: 1}"]))
     keys = ("loss", "bias_loss", "output_loss", "grad_norm")
@@ -236,14 +301,30 @@ def test_host_activation_checkpointing_gives_the_same_run(tiny_fb, tmp_path):
 
 def test_two_process_gloo_step_equals_averaged_gradients(tiny_fb, tmp_path):
     """torchrun, 2 CPU processes (gloo): one AdamW step on the mean of the two ranks' gradients."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "ddp"
-    overrides = [f"checkpoint={tiny_fb}", f"output_dir={out}", "data.samples=[1crn,1ubq]", "data.n_val=0",
-                 "data.crop_size=12", "trainer.max_steps=1", "trainer.save_every=0", "trainer.grad_clip=0",
-                 "schedule.warmup_steps=1", "optimizer.lr=1e-3", "progress=false"]
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            str(ROOT / "scripts" / "finetune.py"), *overrides]
+    overrides = [
+        f"checkpoint={tiny_fb}",
+        f"output_dir={out}",
+        "data.samples=[1crn,1ubq]",
+        "data.n_val=0",
+        "data.crop_size=12",
+        "trainer.max_steps=1",
+        "trainer.save_every=0",
+        "trainer.grad_clip=0",
+        "schedule.warmup_steps=1",
+        "optimizer.lr=1e-3",
+        "progress=false",
+    ]
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "scripts" / "finetune.py"),
+        *overrides,
+    ]
     done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     got = factors_of(out / "finetuned_fb.pt")
@@ -272,13 +353,18 @@ def test_two_process_gloo_step_equals_averaged_gradients(tiny_fb, tmp_path):
     moved = 0
     for k, w in want.items():
         assert torch.allclose(got[k], w, rtol=0, atol=2e-6), k
-        moved += not torch.equal(w, before[k[len("module."):]])
+        moved += not torch.equal(w, before[k[len("module.") :]])
     assert moved > 0
 
 
 def test_bad_inputs_are_named(tiny_fb, tmp_path):
-    base = [f"checkpoint={tiny_fb}", "data.samples=[1crn,1ubq]", "data.crop_size=8", "trainer.max_steps=1",
-            "progress=false"]
+    base = [
+        f"checkpoint={tiny_fb}",
+        "data.samples=[1crn,1ubq]",
+        "data.crop_size=8",
+        "trainer.max_steps=1",
+        "progress=false",
+    ]
     with pytest.raises(ValueError, match="patch.blocks"):
         finetune(make_cfg(base + [f"output_dir={tmp_path / 'a'}", "patch.blocks=[7]"]))
     with pytest.raises(ValueError, match="patch.rank=5"):
@@ -299,16 +385,30 @@ def test_bad_inputs_are_named(tiny_fb, tmp_path):
 
 
 def test_unfreeze_trains_host_weights_too(tiny_fb, tmp_path):
-    cfg = make_cfg([f"checkpoint={tiny_fb}", f"output_dir={tmp_path / 'u'}", "data.samples=[1crn,1ubq]",
-                    "data.crop_size=8", "trainer.max_steps=2", "trainer.save_every=0", "progress=false",
-                    "loss=bias_and_output", "train.unfreeze=['^pairformer_stack.blocks.1.tri_att_start.mha.linear_o']",
-                    "patch.blocks=[0]"])
+    cfg = make_cfg(
+        [
+            f"checkpoint={tiny_fb}",
+            f"output_dir={tmp_path / 'u'}",
+            "data.samples=[1crn,1ubq]",
+            "data.crop_size=8",
+            "trainer.max_steps=2",
+            "trainer.save_every=0",
+            "progress=false",
+            "loss=bias_and_output",
+            "train.unfreeze=['^pairformer_stack.blocks.1.tri_att_start.mha.linear_o']",
+            "patch.blocks=[0]",
+        ]
+    )
     finetune(cfg)
     new = torch.load(tmp_path / "u" / "finetuned_fb.pt", weights_only=True)["model"]
     old = torch.load(tiny_fb, weights_only=True)["model"]
     changed = sorted(k for k in old if not torch.equal(old[k], new[k]))
     # the factors of block 0 (patch.blocks) and the unfrozen host weight, trained by the output term
-    assert all(".blocks.0." in k and FACTOR_KEY_MARK in k or k == "module.pairformer_stack.blocks.1.tri_att_start.mha."
-               "linear_o.weight" for k in changed), changed
+    assert all(
+        ".blocks.0." in k
+        and FACTOR_KEY_MARK in k
+        or k == "module.pairformer_stack.blocks.1.tri_att_start.mha.linear_o.weight"
+        for k in changed
+    ), changed
     assert "module.pairformer_stack.blocks.1.tri_att_start.mha.linear_o.weight" in changed
     assert not any(".blocks.1." in k and FACTOR_KEY_MARK in k for k in changed)

@@ -29,8 +29,9 @@ def test_fuzz_slice_in_the_triton_interpreter():
 
 
 def test_fuzz_slice_on_the_reference_path():
-    _assert_all_ok([fuzz.run_case(c, "cpu", backend="reference")
-                    for c in _small_cases(30, 15, ("fp32", "fp16", "bf16"))])
+    _assert_all_ok(
+        [fuzz.run_case(c, "cpu", backend="reference") for c in _small_cases(30, 15, ("fp32", "fp16", "bf16"))]
+    )
 
 
 def test_cases_cover_the_edges():
@@ -73,7 +74,9 @@ def test_run_records_the_headline(tmp_path):
     assert summary["cases"] == 5 and summary["failures"] == 0 and (tmp_path / "results.md").exists()
 
 
-@pytest.mark.parametrize("arg", ["cases=0", "workers=0", "backend=x", "device=gpu", "named=3", "timeout_s=0", "seed=-1"])
+@pytest.mark.parametrize(
+    "arg", ["cases=0", "workers=0", "backend=x", "device=gpu", "named=3", "timeout_s=0", "seed=-1"]
+)
 def test_fuzz_script_rejects_bad_options_in_one_line_before_any_work(arg, tmp_path):
     import subprocess
     import sys
@@ -82,7 +85,11 @@ def test_fuzz_script_rejects_bad_options_in_one_line_before_any_work(arg, tmp_pa
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, str(root / "scripts" / "fuzz_op.py"), arg, f"output_dir={out}"],
-                         capture_output=True, text=True, env=env)
+    run = subprocess.run(
+        [sys.executable, str(root / "scripts" / "fuzz_op.py"), arg, f"output_dir={out}"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert run.returncode == 2 and run.stderr.strip().count("\n") == 0, run.stderr
     assert run.stderr.startswith("fuzz_op: error: " + arg.split("=")[0]) and not out.exists()

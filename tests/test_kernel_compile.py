@@ -34,13 +34,20 @@ def test_first_call_compiles_each_kernel_once_within_hopper_shared_memory(name, 
     c = dict(CASES[name])
     B, H, L = 4, 2, 100
     bias = c.pop("bias", None)
-    spec = {"B": B, "H": H, "Lq": L, "Lk": L, **c,
-            "bias_shape": {"shared": [1, H, L, L], "rows": [B, 1, L, L], None: None}[bias]}
+    spec = {
+        "B": B,
+        "H": H,
+        "Lq": L,
+        "Lk": L,
+        **c,
+        "bias_shape": {"shared": [1, H, L, L], "rows": [B, 1, L, L], None: None}[bias],
+    }
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # cold: really compile
     env["PYTHONPATH"] = os.pathsep.join([str(SCRIPT.parent.parent), env.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], capture_output=True, text=True,
-                         env=env, timeout=600)
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), json.dumps(spec)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     kernels = [json.loads(line) for line in run.stdout.splitlines()]
     names = [k["kernel"] for k in kernels]

@@ -32,8 +32,9 @@ TOL = {torch.bfloat16: (2e-2, 3e-2), torch.float16: (3e-3, 1e-2), torch.float32:
 @pytest.mark.parametrize("name", list(CASES))
 def test_triton_matches_reference_on_gpu(name):
     B, H, Lq, Lk, D, R, fb, bias_shape, mask_shape, dtype = CASES[name]
-    args, kw = make_inputs(B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape,
-                           mask_shape=mask_shape, dtype=dtype, device="cuda")
+    args, kw = make_inputs(
+        B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape, mask_shape=mask_shape, dtype=dtype, device="cuda"
+    )
     out = flash_bias_attention(*args, **kw)
     # the oracle: the reference on fp32 copies of the same inputs
     args32 = [a.detach().float().requires_grad_(True) for a in args]
@@ -63,8 +64,19 @@ def test_tf32_follows_torch_switch():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_fully_masked_rows_on_gpu(dtype):
-    args, kw = make_inputs(8, 4, 100, 100, 32, 8, bias_shape=(1, 4, 100, 100), mask_shape=(8, 100),
-                           fully_masked_rows=(3,), dtype=dtype, device="cuda")
+    args, kw = make_inputs(
+        8,
+        4,
+        100,
+        100,
+        32,
+        8,
+        bias_shape=(1, 4, 100, 100),
+        mask_shape=(8, 100),
+        fully_masked_rows=(3,),
+        dtype=dtype,
+        device="cuda",
+    )
     out = flash_bias_attention(*args, **kw)
     ref = flash_bias_attention(*args, **kw, backend="reference")
     assert torch.isfinite(out).all() and rel_err(out, ref) < TOL[dtype][0]
@@ -76,8 +88,9 @@ def test_fully_masked_rows_on_gpu(dtype):
 def test_shared_bias_gradient_allocates_no_per_row_tensor():
     # N = 1024 rows: a per-row fp32 [B, H, N, N] tensor would be 16 GiB; the bias-shaped one 16 MiB
     N, H, D = 1024, 4, 32
-    args, kw = make_inputs(N, H, N, N, D, 0, bias_shape=(1, H, N, N), dtype=torch.bfloat16, device="cuda",
-                           requires_grad=True)
+    args, kw = make_inputs(
+        N, H, N, N, D, 0, bias_shape=(1, H, N, N), dtype=torch.bfloat16, device="cuda", requires_grad=True
+    )
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -102,6 +115,7 @@ def test_gate_fused_in_the_epilogue_on_gpu(layout):
     mask = (torch.rand(n, n, generator=g) > 0.2).cuda()
     with torch.no_grad():
         out = flash_bias_attention(q, k, v, bias=bias, key_mask=mask, gate=gate)
-    ref = torch.sigmoid(gate.float()) * flash_bias_attention(q.float(), k.float(), v.float(), bias=bias.float(),
-                                                             key_mask=mask, backend="reference")
+    ref = torch.sigmoid(gate.float()) * flash_bias_attention(
+        q.float(), k.float(), v.float(), bias=bias.float(), key_mask=mask, backend="reference"
+    )
     assert out.dtype == torch.bfloat16 and rel_err(out, ref) < 2e-2

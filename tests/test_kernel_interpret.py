@@ -15,8 +15,10 @@ from pairformer_fb import flash_bias_attention
 pytest.importorskip("triton")
 pytestmark = [
     pytest.mark.interpret,
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
-                       reason="needs TRITON_INTERPRET=1 or a GPU"),
+    pytest.mark.skipif(
+        os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+        reason="needs TRITON_INTERPRET=1 or a GPU",
+    ),
 ]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -39,8 +41,9 @@ MODES = {
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_triton_matches_reference(mode, dtype):
     B, H, Lq, Lk, D, R, fb, bias_shape, mask_shape = MODES[mode]
-    args, kw = make_inputs(B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape,
-                           mask_shape=mask_shape, dtype=dtype, device=DEVICE)
+    args, kw = make_inputs(
+        B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape, mask_shape=mask_shape, dtype=dtype, device=DEVICE
+    )
     out = flash_bias_attention(*args, **kw, backend="triton")
     ref = flash_bias_attention(*args, **kw, backend="reference")
     assert out.dtype == dtype and out.shape == ref.shape
@@ -65,8 +68,9 @@ def test_fully_masked_rows_match_the_reference_values_and_gradients(mask_pad, mo
     if mask_pad is not None:
         monkeypatch.setattr(triton_launch, "BIAS_TILE_PAD", mask_pad)
         assert triton_launch._additive_key_mask(torch.ones(1, 21, dtype=torch.bool)).shape[1] % 16 != 0
-    args, kw = make_inputs(3, 2, 14, 21, 16, 4, bias_shape=(1, 2, 14, 21), mask_shape=(3, 21),
-                           fully_masked_rows=(0, 2), device=DEVICE)
+    args, kw = make_inputs(
+        3, 2, 14, 21, 16, 4, bias_shape=(1, 2, 14, 21), mask_shape=(3, 21), fully_masked_rows=(0, 2), device=DEVICE
+    )
     out = flash_bias_attention(*args, **kw, backend="triton")
     ref = flash_bias_attention(*args, **kw, backend="reference")
     assert torch.isfinite(out).all()
@@ -77,8 +81,7 @@ def test_fully_masked_rows_match_the_reference_values_and_gradients(mask_pad, mo
 
 
 def test_partial_gradients_and_no_grad():
-    args, kw = make_inputs(2, 2, 17, 17, 16, 4, bias_shape=(1, 2, 17, 17), device=DEVICE,
-                           requires_grad=False)
+    args, kw = make_inputs(2, 2, 17, 17, 16, 4, bias_shape=(1, 2, 17, 17), device=DEVICE, requires_grad=False)
     kw["bias"].requires_grad_(True)
     out = flash_bias_attention(*args, **kw, backend="triton")
     ref = flash_bias_attention(*args, **kw, backend="reference")
@@ -117,8 +120,9 @@ def test_gate_fused_at_inference_and_differentiable_in_training(layout, dtype):
     q, k, v, gate = (t.transpose(1, 2) for t in views)  # [rows, H, L, D]
     bias = torch.randn(1, H, n, n, generator=g).to(dtype).to(DEVICE)
     mask = (torch.rand(n, n, generator=g) > 0.3).to(DEVICE)
-    ref = torch.sigmoid(gate.float()) * flash_bias_attention(q.float(), k.float(), v.float(), bias=bias.float(),
-                                                             key_mask=mask, backend="reference")
+    ref = torch.sigmoid(gate.float()) * flash_bias_attention(
+        q.float(), k.float(), v.float(), bias=bias.float(), key_mask=mask, backend="reference"
+    )
     tol = 1e-5 if dtype == torch.float32 else 2e-3
     with torch.no_grad():
         out = flash_bias_attention(q, k, v, bias=bias, key_mask=mask, gate=gate, backend="triton")
@@ -130,8 +134,9 @@ def test_gate_fused_at_inference_and_differentiable_in_training(layout, dtype):
     out = flash_bias_attention(*ins[:3], bias=bias, key_mask=mask, gate=ins[3], backend="triton")
     assert rel_err(out, ref) < tol
     ins32 = [t.detach().float().requires_grad_(True) for t in ins]
-    ref = torch.sigmoid(ins32[3]) * flash_bias_attention(*ins32[:3], bias=bias.float(), key_mask=mask,
-                                                         backend="reference")
+    ref = torch.sigmoid(ins32[3]) * flash_bias_attention(
+        *ins32[:3], bias=bias.float(), key_mask=mask, backend="reference"
+    )
     for a, b in zip(grads(out, ins), grads(ref, ins32)):
         assert rel_err(a, b) < (1e-4 if dtype == torch.float32 else 1e-2)
 
@@ -146,8 +151,11 @@ def test_row_split_ds_sum_matches_the_reference(splits, monkeypatch):
     block_d, block_r = tiles._pow2_at_least_16(16), tiles._pow2_at_least_16(4)
     elem = args[0].element_size()
     cfg = tiles.default_config("ds_sum", block_d, block_r, True, elem)
-    monkeypatch.setitem(tiles.CONFIG_OVERRIDES, tiles.config_key("ds_sum", block_d, block_r, True, elem),
-                        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 1, splits))
+    monkeypatch.setitem(
+        tiles.CONFIG_OVERRIDES,
+        tiles.config_key("ds_sum", block_d, block_r, True, elem),
+        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 1, splits),
+    )
     out = flash_bias_attention(*args, **kw, backend="triton")
     ref = flash_bias_attention(*args, **kw, backend="reference")
     ins = differentiable(args, kw)
@@ -156,25 +164,31 @@ def test_row_split_ds_sum_matches_the_reference(splits, monkeypatch):
         assert rel_err(a, b) < 1e-4, name
 
 
-@pytest.mark.parametrize("case", [
-    dict(rank=4, bias_shape=(1, 2, 20, 18), rows=2),   # shared factors + per-head bias, odd B (clamped row)
-    dict(rank=0, bias_shape=(1, 2, 20, 18), rows=1),
-    dict(rank=0, bias_shape=(1, 1, 20, 18), rows=2),   # bias shared by the heads too: summed over them
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(rank=4, bias_shape=(1, 2, 20, 18), rows=2),  # shared factors + per-head bias, odd B (clamped row)
+        dict(rank=0, bias_shape=(1, 2, 20, 18), rows=1),
+        dict(rank=0, bias_shape=(1, 1, 20, 18), rows=2),  # bias shared by the heads too: summed over them
+    ],
+)
 def test_fused_ds_in_backward_kernel_matches_the_reference(case, monkeypatch):
     """fuse_ds: the backward kernel adds the dS of its rows atomically into the row-shared sum
     (no _ds_sum_kernel pass): same bias and shared-factor gradients, also with a clamped last row."""
     from pairformer_fb.kernel import tiles, triton_launch
 
-    args, kw = make_inputs(7, 2, 20, 18, 16, case["rank"], bias_shape=case["bias_shape"], mask_shape=(7, 18),
-                           device=DEVICE)
+    args, kw = make_inputs(
+        7, 2, 20, 18, 16, case["rank"], bias_shape=case["bias_shape"], mask_shape=(7, 18), device=DEVICE
+    )
     block_d = tiles._pow2_at_least_16(16)
     block_r = tiles._pow2_at_least_16(case["rank"]) if case["rank"] else 0
     elem = args[0].element_size()
     cfg = tiles.default_config("bwd", block_d, block_r, True, elem)
-    monkeypatch.setitem(tiles.CONFIG_OVERRIDES, tiles.config_key("bwd", block_d, block_r, True, elem),
-                        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, case["rows"],
-                                           fuse_ds=True))
+    monkeypatch.setitem(
+        tiles.CONFIG_OVERRIDES,
+        tiles.config_key("bwd", block_d, block_r, True, elem),
+        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, case["rows"], fuse_ds=True),
+    )
     ran = []
     monkeypatch.setattr(triton_launch, "_ds_sum_kernel", ran)  # must not be launched
     out = flash_bias_attention(*args, **kw, backend="triton")
@@ -206,8 +220,13 @@ def test_launch_shrinks_tiles_that_need_too_much_shared_memory(monkeypatch):
         return "ran"
 
     assert tiles._launch("fwd", ops, torch.float32, launch) == "ran"
-    assert [(c.rows, c.num_stages, c.block_n) for c in tried] == [(2, 3, 64), (1, 3, 64), (1, 2, 64), (1, 1, 64),
-                                                                   (1, 1, 32)]
+    assert [(c.rows, c.num_stages, c.block_n) for c in tried] == [
+        (2, 3, 64),
+        (1, 3, 64),
+        (1, 2, 64),
+        (1, 1, 64),
+        (1, 1, 32),
+    ]
     tried.clear()
     tiles._launch("fwd", ops, torch.float32, launch)  # remembered: straight to the tiles that fit
     assert [(c.rows, c.num_stages, c.block_n) for c in tried] == [(1, 1, 32)]
@@ -226,8 +245,12 @@ def test_shared_operands_get_16_byte_aligned_rows():
 
     aligned = torch.randn(1, 2, 5, 16)
     assert _row_aligned(aligned) is aligned
-    for t in (torch.randn(1, 2, 7, 35), torch.randn(1, 2, 35, 7).transpose(-1, -2),
-              torch.randn(1, 2, 8, 17)[..., 1:], torch.ones(3, 21, dtype=torch.uint8)):
+    for t in (
+        torch.randn(1, 2, 7, 35),
+        torch.randn(1, 2, 35, 7).transpose(-1, -2),
+        torch.randn(1, 2, 8, 17)[..., 1:],
+        torch.ones(3, 21, dtype=torch.uint8),
+    ):
         out = _row_aligned(t)
         align = 16 // t.element_size()
         assert torch.equal(out, t) and out.stride(-1) == 1
@@ -243,7 +266,7 @@ def test_shared_bias_is_padded_to_whole_tiles():
     ops = triton_launch._Operands(*args, None, None, kw["bias"], None, 0.25)
     assert ops.bias_padded and torch.equal(ops.bias[0], kw["bias"][0])
     pad = triton_launch.BIAS_TILE_PAD
-    assert ops.bias.stride(2) == pad and ops.bias.stride(1) == pad ** 2
+    assert ops.bias.stride(2) == pad and ops.bias.stride(1) == pad**2
     assert ops.flags(tiles.KernelConfig(64, 64, 4, 3))["BIAS_FULL_N"]
     assert not ops.flags(tiles.KernelConfig(64, 256, 4, 3))["BIAS_FULL_N"]  # tiles wider than the padding
     single, kw1 = make_inputs(1, 2, 18, 35, 16, bias_shape=(1, 2, 18, 35), requires_grad=False)

@@ -8,8 +8,10 @@ from naive import rel_err
 
 from pairformer_fb.kernel.layer_norm import _TritonLayerNorm, layer_norm
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
-                                reason="needs TRITON_INTERPRET=1 or a GPU")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+    reason="needs TRITON_INTERPRET=1 or a GPU",
+)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 

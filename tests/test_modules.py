@@ -64,7 +64,7 @@ def token_mask(batch, n, seed=0):
     m = torch.ones(*batch, n, dtype=torch.bool)
     flat = m.view(-1, n)
     for b in range(flat.shape[0]):
-        flat[b, n - 1 - b % 3:] = False
+        flat[b, n - 1 - b % 3 :] = False
     return m
 
 
@@ -87,15 +87,28 @@ def randn(*shape, seed=0):
 
 def reference_triangle(module, z, mask, convention, bias_term=None):
     spec = CONVENTIONS[convention]
-    return ref.triangle_attention(z, mask, ref.params64(module), n_heads=TRI["n_heads"], node=spec["node"],
-                                  ending_bias=spec.get("ending_bias"), bias_term=bias_term)
+    return ref.triangle_attention(
+        z,
+        mask,
+        ref.params64(module),
+        n_heads=TRI["n_heads"],
+        node=spec["node"],
+        ending_bias=spec.get("ending_bias"),
+        bias_term=bias_term,
+    )
 
 
 def lowrank_reference_triangle(module, z, mask, convention, s_inputs):
     spec = CONVENTIONS[convention]
-    term = ref.triangle_lowrank_bias_term(z, mask, ref.params64(module), n_heads=TRI["n_heads"],
-                                          node=spec["node"], ending_bias=spec.get("ending_bias"),
-                                          s_inputs=s_inputs)
+    term = ref.triangle_lowrank_bias_term(
+        z,
+        mask,
+        ref.params64(module),
+        n_heads=TRI["n_heads"],
+        node=spec["node"],
+        ending_bias=spec.get("ending_bias"),
+        s_inputs=s_inputs,
+    )
     return reference_triangle(module, z, mask, convention, bias_term=term)
 
 
@@ -136,8 +149,9 @@ def test_triangle_exact_gradients_match_the_algorithm(convention):
     z64 = z.detach().double().requires_grad_()
     p64 = {name: t.detach().double().requires_grad_() for name, t in params.items()}
     spec = CONVENTIONS[convention]
-    expected_out = ref.triangle_attention(z64, mask, p64, n_heads=TRI["n_heads"], node=spec["node"],
-                                          ending_bias=spec.get("ending_bias"))
+    expected_out = ref.triangle_attention(
+        z64, mask, p64, n_heads=TRI["n_heads"], node=spec["node"], ending_bias=spec.get("ending_bias")
+    )
     expected = torch.autograd.grad(expected_out, [z64, *p64.values()], cot.double())
     assert_grads_close(got, expected, ["z", *params], 1e-4)
 
@@ -175,18 +189,22 @@ def test_triangle_mask_none_equals_all_ones(convention, mode):
     module = triangle(convention, factor_config=FACTORS, mode=mode)
     z, s_inputs = randn(6, 6, TRI["c_z"]), randn(6, C_S_INPUTS)
     ones = torch.ones(6, 6, dtype=torch.bool)
-    torch.testing.assert_close(module(z, None, s_inputs=s_inputs), module(z, ones, s_inputs=s_inputs),
-                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        module(z, None, s_inputs=s_inputs), module(z, ones, s_inputs=s_inputs), rtol=1e-6, atol=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------------------
 # Attention with pair bias
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("batch,n,masked,layer_norm_s", [
-    ((), 7, False, True),
-    ((2,), 6, True, True),
-    ((1, 2), 5, True, False),
-])
+@pytest.mark.parametrize(
+    "batch,n,masked,layer_norm_s",
+    [
+        ((), 7, False, True),
+        ((2,), 6, True, True),
+        ((1, 2), 5, True, False),
+    ],
+)
 def test_attention_pair_bias_exact_matches_the_algorithm(batch, n, masked, layer_norm_s):
     module = pair_bias_attention(layer_norm_s=layer_norm_s)
     s, z = randn(*batch, n, APB["c_s"]), randn(*batch, n, n, APB["c_z"], seed=1)
@@ -229,8 +247,9 @@ def test_attention_pair_bias_mask_none_equals_all_ones(mode):
     module = pair_bias_attention(factor_config=FACTORS, mode=mode)
     s, z, s_inputs = randn(6, APB["c_s"]), randn(6, 6, APB["c_z"], seed=1), randn(6, C_S_INPUTS)
     ones = torch.ones(6, dtype=torch.bool)
-    torch.testing.assert_close(module(s, z, None, s_inputs=s_inputs), module(s, z, ones, s_inputs=s_inputs),
-                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        module(s, z, None, s_inputs=s_inputs), module(s, z, ones, s_inputs=s_inputs), rtol=1e-6, atol=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -240,7 +259,7 @@ def reference_loss(term_exact, term_lowrank, weights):
     """Relative squared error per batch element (over heads and valid pairs), averaged."""
     w = weights.double()[..., None, :, :]
     num = (w * (term_lowrank - term_exact) ** 2).sum((-3, -2, -1))
-    return (num / (w * term_exact ** 2).sum((-3, -2, -1))).mean()
+    return (num / (w * term_exact**2).sum((-3, -2, -1))).mean()
 
 
 @pytest.mark.parametrize("convention", list(CONVENTIONS))
@@ -257,8 +276,9 @@ def test_triangle_distill_returns_the_exact_output_and_the_relative_bias_error(c
     p = ref.params64(module)
     x = ref.layer_norm(z.double(), p["layer_norm.weight"], p["layer_norm.bias"], 1e-5)
     term_exact = ref.triangle_bias_term(ref.linear(x, p, "linear_b"), spec["node"], spec.get("ending_bias"))
-    term_lowrank = ref.triangle_lowrank_bias_term(z, mask, p, n_heads=TRI["n_heads"], node=spec["node"],
-                                                  ending_bias=spec.get("ending_bias"), s_inputs=s_inputs)
+    term_lowrank = ref.triangle_lowrank_bias_term(
+        z, mask, p, n_heads=TRI["n_heads"], node=spec["node"], ending_bias=spec.get("ending_bias"), s_inputs=s_inputs
+    )
     # the bias' pair mask: entry (x, y) of T is valid where its source pair is
     source_mask = mask.transpose(-1, -2) if spec.get("ending_bias") == "transposed" else mask
     expected = reference_loss(term_exact, term_lowrank, source_mask)
@@ -321,6 +341,7 @@ def factor_params(module):
 
 def run_module(module, seed=0, device="cpu", dtype=torch.float32):
     """The module on fixed random inputs (batch 2, N = 6, padded tokens, s_inputs)."""
+
     def put(t):
         return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
 
@@ -411,10 +432,16 @@ def test_host_parameter_layout():
     tri = FlashBiasTriangleAttention()
     shapes = {n: tuple(p.shape) for n, p in tri.named_parameters()}
     assert shapes == {
-        "layer_norm.weight": (128,), "layer_norm.bias": (128,),
-        "linear_q.weight": (128, 128), "linear_k.weight": (128, 128), "linear_v.weight": (128, 128),
-        "linear_b.weight": (4, 128), "linear_g.weight": (128, 128), "linear_g.bias": (128,),
-        "linear_o.weight": (128, 128), "linear_o.bias": (128,),
+        "layer_norm.weight": (128,),
+        "layer_norm.bias": (128,),
+        "linear_q.weight": (128, 128),
+        "linear_k.weight": (128, 128),
+        "linear_v.weight": (128, 128),
+        "linear_b.weight": (4, 128),
+        "linear_g.weight": (128, 128),
+        "linear_g.bias": (128,),
+        "linear_o.weight": (128, 128),
+        "linear_o.bias": (128,),
     }
     apb = FlashBiasAttentionPairBias(layer_norm_s=False)
     assert apb.head_dim == 24 and apb.layer_norm_s is None
@@ -436,13 +463,16 @@ def test_factor_config_validation_and_preset():
     assert (preset.rank, preset.width, preset.use_s_inputs, preset.c_s_inputs) == (96, 256, True, 449)
 
 
-@pytest.mark.parametrize("z_shape,mask_shape,match", [
-    ((5, 6, 16), None, r"z must be \[\*, N, N, c_z\].*got \[5, 6, 16\]"),
-    ((5, 5, 12), None, r"z must be .*c_z = 16"),
-    ((5, 16), None, r"z must be"),
-    ((5, 5, 16), (5, 4), r"mask must be \[\*, N, N\].* = \[5, 5\], got \[5, 4\]"),
-    ((2, 5, 5, 16), (5, 5), r"mask must be .* = \[2, 5, 5\]"),
-])
+@pytest.mark.parametrize(
+    "z_shape,mask_shape,match",
+    [
+        ((5, 6, 16), None, r"z must be \[\*, N, N, c_z\].*got \[5, 6, 16\]"),
+        ((5, 5, 12), None, r"z must be .*c_z = 16"),
+        ((5, 16), None, r"z must be"),
+        ((5, 5, 16), (5, 4), r"mask must be \[\*, N, N\].* = \[5, 5\], got \[5, 4\]"),
+        ((2, 5, 5, 16), (5, 5), r"mask must be .* = \[2, 5, 5\]"),
+    ],
+)
 def test_triangle_rejects_bad_shapes(z_shape, mask_shape, match):
     module = FlashBiasTriangleAttention(**TRI)
     mask = torch.ones(mask_shape, dtype=torch.bool) if mask_shape else None
@@ -487,13 +517,16 @@ def test_triangle_rejects_bad_chunk_size_and_s_inputs():
         module(z)
 
 
-@pytest.mark.parametrize("s_shape,z_shape,mask_shape,match", [
-    ((5, 20), (5, 5, 16), None, r"s must be \[\*, N, c_s\] with c_s = 24, got \[5, 20\]"),
-    ((5, 24), (5, 5, 8), None, r"z must be \[\*, N, N, c_z\] .* = \[5, 5, 16\], got \[5, 5, 8\]"),
-    ((5, 24), (6, 6, 16), None, r"z must be .* = \[5, 5, 16\]"),
-    ((2, 5, 24), (5, 5, 16), None, r"z must be .* = \[2, 5, 5, 16\]"),
-    ((5, 24), (5, 5, 16), (4,), r"mask must be \[\*, N\] .* = \[5\], got \[4\]"),
-])
+@pytest.mark.parametrize(
+    "s_shape,z_shape,mask_shape,match",
+    [
+        ((5, 20), (5, 5, 16), None, r"s must be \[\*, N, c_s\] with c_s = 24, got \[5, 20\]"),
+        ((5, 24), (5, 5, 8), None, r"z must be \[\*, N, N, c_z\] .* = \[5, 5, 16\], got \[5, 5, 8\]"),
+        ((5, 24), (6, 6, 16), None, r"z must be .* = \[5, 5, 16\]"),
+        ((2, 5, 24), (5, 5, 16), None, r"z must be .* = \[2, 5, 5, 16\]"),
+        ((5, 24), (5, 5, 16), (4,), r"mask must be \[\*, N\] .* = \[5\], got \[4\]"),
+    ],
+)
 def test_attention_pair_bias_rejects_bad_shapes(s_shape, z_shape, mask_shape, match):
     module = FlashBiasAttentionPairBias(**APB)
     mask = torch.ones(mask_shape, dtype=torch.bool) if mask_shape else None

@@ -18,8 +18,11 @@ try:
     from boltz.model.modules.confidencev2 import ConfidenceModule
     from boltz.model.modules.trunkv2 import MSAModule, TemplateModule
 except Exception as e:  # noqa: BLE001 - any import failure means: no usable host here
-    pytest.skip(f"boltz cannot be imported ({type(e).__name__}: {e}); install it with "
-                "pip install --no-deps boltz==2.2.1 einops", allow_module_level=True)
+    pytest.skip(
+        f"boltz cannot be imported ({type(e).__name__}: {e}); install it with "
+        "pip install --no-deps boltz==2.2.1 einops",
+        allow_module_level=True,
+    )
 
 from host_models import additive_pair, randomise_, set_exact_factors
 from naive import rel_err
@@ -33,8 +36,16 @@ C_Z, C_S, HEADS, TRI_HEADS, TRI_WIDTH = 16, 32, 4, 2, 8
 
 def make_stack(n_blocks=3) -> PairformerModule:
     torch.manual_seed(0)
-    stack = PairformerModule(C_S, C_Z, n_blocks, num_heads=HEADS, dropout=0.0, pairwise_head_width=TRI_WIDTH,
-                             pairwise_num_heads=TRI_HEADS, v2=True)
+    stack = PairformerModule(
+        C_S,
+        C_Z,
+        n_blocks,
+        num_heads=HEADS,
+        dropout=0.0,
+        pairwise_head_width=TRI_WIDTH,
+        pairwise_num_heads=TRI_HEADS,
+        v2=True,
+    )
     return randomise_(stack).eval()
 
 
@@ -74,7 +85,10 @@ def test_exact_patch_reproduces_host_and_unpatch_is_bit_identical(lengths, chunk
     report = fb.patch_model(stack)
     assert report.host == "boltz" and len(report) == 9 and report.params_added == 0
     assert [(e.kind, e.node) for e in report.entries[:3]] == [
-        ("triangle", "starting"), ("triangle", "ending"), ("single", None)]
+        ("triangle", "starting"),
+        ("triangle", "ending"),
+        ("single", None),
+    ]
     assert all(e.mode == "exact" and e.rank is None for e in report.entries)
     # no parameter added, none copied: the patched model holds exactly the host's objects
     assert {id(p) for p in stack.parameters()} == params_before
@@ -96,18 +110,30 @@ def test_parameters_are_shared_not_copied():
     layer = stack.layers[0]
     tri, end, apb = layer.tri_att_start, layer.tri_att_end, layer.attention
     fb.patch_model(stack)
-    ours_tri, ours_end, ours_apb = (layer.tri_att_start.flash_bias, layer.tri_att_end.flash_bias,
-                                    layer.attention.flash_bias)
+    ours_tri, ours_end, ours_apb = (
+        layer.tri_att_start.flash_bias,
+        layer.tri_att_end.flash_bias,
+        layer.attention.flash_bias,
+    )
     pairs = [
-        (ours_tri.layer_norm.weight, tri.layer_norm.weight), (ours_tri.layer_norm.bias, tri.layer_norm.bias),
-        (ours_tri.linear_b.weight, tri.linear.weight), (ours_tri.linear_q.weight, tri.mha.linear_q.weight),
-        (ours_tri.linear_k.weight, tri.mha.linear_k.weight), (ours_tri.linear_v.weight, tri.mha.linear_v.weight),
-        (ours_tri.linear_g.weight, tri.mha.linear_g.weight), (ours_tri.linear_o.weight, tri.mha.linear_o.weight),
-        (ours_end.linear_b.weight, end.linear.weight), (ours_end.layer_norm.bias, end.layer_norm.bias),
-        (ours_apb.layer_norm_z.weight, apb.proj_z[0].weight), (ours_apb.layer_norm_z.bias, apb.proj_z[0].bias),
-        (ours_apb.linear_z.weight, apb.proj_z[1].weight), (ours_apb.linear_q.weight, apb.proj_q.weight),
-        (ours_apb.linear_q.bias, apb.proj_q.bias), (ours_apb.linear_k.weight, apb.proj_k.weight),
-        (ours_apb.linear_v.weight, apb.proj_v.weight), (ours_apb.linear_g.weight, apb.proj_g.weight),
+        (ours_tri.layer_norm.weight, tri.layer_norm.weight),
+        (ours_tri.layer_norm.bias, tri.layer_norm.bias),
+        (ours_tri.linear_b.weight, tri.linear.weight),
+        (ours_tri.linear_q.weight, tri.mha.linear_q.weight),
+        (ours_tri.linear_k.weight, tri.mha.linear_k.weight),
+        (ours_tri.linear_v.weight, tri.mha.linear_v.weight),
+        (ours_tri.linear_g.weight, tri.mha.linear_g.weight),
+        (ours_tri.linear_o.weight, tri.mha.linear_o.weight),
+        (ours_end.linear_b.weight, end.linear.weight),
+        (ours_end.layer_norm.bias, end.layer_norm.bias),
+        (ours_apb.layer_norm_z.weight, apb.proj_z[0].weight),
+        (ours_apb.layer_norm_z.bias, apb.proj_z[0].bias),
+        (ours_apb.linear_z.weight, apb.proj_z[1].weight),
+        (ours_apb.linear_q.weight, apb.proj_q.weight),
+        (ours_apb.linear_q.bias, apb.proj_q.bias),
+        (ours_apb.linear_k.weight, apb.proj_k.weight),
+        (ours_apb.linear_v.weight, apb.proj_v.weight),
+        (ours_apb.linear_g.weight, apb.proj_g.weight),
         (ours_apb.linear_o.weight, apb.proj_o.weight),
     ]
     for ours, host in pairs:
@@ -140,8 +166,10 @@ def test_ending_node_takes_its_bias_from_the_transposed_pair():
         ref_chunked = host(z, pair_mask, chunk_size=3)
     from pairformer_fb.hosts.base import Site
     from pairformer_fb.hosts.boltz import adapter
-    site = Site(path="tri", parent=holder, attr="tri", module=host, kind="triangle", node="ending",
-                stack="pairformer", block=0)
+
+    site = Site(
+        path="tri", parent=holder, attr="tri", module=host, kind="triangle", node="ending", stack="pairformer", block=0
+    )
     wrapper = adapter.make_replacement(site, mode="exact", factor_config=None)
     with torch.no_grad():
         assert rel_err(wrapper(z, pair_mask), ref) <= 1e-5
@@ -179,8 +207,11 @@ def test_errors():
 
 
 def test_missing_host_package(monkeypatch):
-    for name in ("boltz.model.layers.pairformer", "boltz.model.layers.attentionv2",
-                 "boltz.model.layers.triangular_attention.attention"):
+    for name in (
+        "boltz.model.layers.pairformer",
+        "boltz.model.layers.attentionv2",
+        "boltz.model.layers.triangular_attention.attention",
+    ):
         monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
     with pytest.raises(ImportError, match="pip install --no-deps boltz"):
         fb.patch_model(nn.Linear(4, 4), host="boltz")
@@ -209,8 +240,12 @@ def test_per_block_modes_and_selection():
     modes = {(e.block, e.path.rsplit(".", 1)[1]): (e.mode, e.rank) for e in report.entries}
     assert modes[(0, "tri_att_end")] == ("lowrank", 3) and modes[(2, "attention")] == ("exact", None)
     assert [e.block for e in report.entries if e.params_added] == [0, 0, 0]
-    fn_params = sum(p.numel() for m in patched_modules(stack).values() if m.flash_bias.factor_network is not None
-                    for p in m.flash_bias.factor_network.parameters())
+    fn_params = sum(
+        p.numel()
+        for m in patched_modules(stack).values()
+        if m.flash_bias.factor_network is not None
+        for p in m.flash_bias.factor_network.parameters()
+    )
     assert report.params_added == fn_params > 0
     assert "lowrank" in str(report) and "layers.0.tri_att_start" in str(report)
     s, z, mask, pair_mask = inputs(n=7, lengths=(5,))
@@ -282,12 +317,22 @@ def test_stack_selection_msa_and_template():
     their stacks are selected; each replaced module computes its host module's function."""
     torch.manual_seed(0)
     model = nn.Module()
-    model.template_module = TemplateModule(C_Z, template_dim=8, template_blocks=1, dropout=0.0,
-                                           pairwise_head_width=TRI_WIDTH, pairwise_num_heads=TRI_HEADS)
-    model.msa_module = MSAModule(msa_s=8, token_z=C_Z, token_s=C_S, msa_blocks=2, msa_dropout=0.0, z_dropout=0.0,
-                                 pairwise_head_width=TRI_WIDTH, pairwise_num_heads=TRI_HEADS)
-    model.pairformer_module = PairformerModule(C_S, C_Z, 1, num_heads=HEADS, dropout=0.0,
-                                               pairwise_head_width=TRI_WIDTH, pairwise_num_heads=TRI_HEADS, v2=True)
+    model.template_module = TemplateModule(
+        C_Z, template_dim=8, template_blocks=1, dropout=0.0, pairwise_head_width=TRI_WIDTH, pairwise_num_heads=TRI_HEADS
+    )
+    model.msa_module = MSAModule(
+        msa_s=8,
+        token_z=C_Z,
+        token_s=C_S,
+        msa_blocks=2,
+        msa_dropout=0.0,
+        z_dropout=0.0,
+        pairwise_head_width=TRI_WIDTH,
+        pairwise_num_heads=TRI_HEADS,
+    )
+    model.pairformer_module = PairformerModule(
+        C_S, C_Z, 1, num_heads=HEADS, dropout=0.0, pairwise_head_width=TRI_WIDTH, pairwise_num_heads=TRI_HEADS, v2=True
+    )
     randomise_(model).eval()
     assert detect_host(model) == "boltz"
     report = fb.patch_model(model)
@@ -303,7 +348,7 @@ def test_stack_selection_msa_and_template():
     assert sorted({(e.stack, e.block) for e in report.entries}) == [("msa", 0), ("msa", 1), ("template", 0)]
     _, z, _, pair_mask = inputs(n=9, lengths=(6,))
     for wrapper in patched_modules(model).values():
-        zc = z[..., :wrapper.flash_bias.c_z]  # the template stack works on template_dim channels
+        zc = z[..., : wrapper.flash_bias.c_z]  # the template stack works on template_dim channels
         with torch.no_grad():
             assert rel_err(wrapper(zc, pair_mask, chunk_size=3), wrapper.host_module(zc, pair_mask)) <= 1e-5
 
@@ -314,18 +359,29 @@ def test_stack_selection_confidence_and_affinity():
     torch.manual_seed(0)
     args = dict(dropout=0.0, pairwise_head_width=TRI_WIDTH, pairwise_num_heads=TRI_HEADS)
     model = nn.Module()
-    model.confidence_module = ConfidenceModule(C_S, C_Z, dict(num_blocks=2, num_heads=HEADS, **args),
-                                               confidence_args={})
-    model.affinity_module = AffinityModule(C_S, C_Z, dict(num_blocks=1, **args), transformer_args=dict(
-        token_s=C_S, num_blocks=1, num_heads=HEADS, activation_checkpointing=False))
+    model.confidence_module = ConfidenceModule(
+        C_S, C_Z, dict(num_blocks=2, num_heads=HEADS, **args), confidence_args={}
+    )
+    model.affinity_module = AffinityModule(
+        C_S,
+        C_Z,
+        dict(num_blocks=1, **args),
+        transformer_args=dict(token_s=C_S, num_blocks=1, num_heads=HEADS, activation_checkpointing=False),
+    )
     randomise_(model).eval()
     with pytest.raises(UnsupportedModelError, match="found no"):
         fb.patch_model(model)  # no trunk pairformer here
     report = fb.patch_model(model, stacks=("confidence", "affinity"))
     assert [(e.stack, e.block, e.kind) for e in report.entries] == [
-        ("confidence", 0, "triangle"), ("confidence", 0, "triangle"), ("confidence", 0, "single"),
-        ("confidence", 1, "triangle"), ("confidence", 1, "triangle"), ("confidence", 1, "single"),
-        ("affinity", 0, "triangle"), ("affinity", 0, "triangle")]
+        ("confidence", 0, "triangle"),
+        ("confidence", 0, "triangle"),
+        ("confidence", 0, "single"),
+        ("confidence", 1, "triangle"),
+        ("confidence", 1, "triangle"),
+        ("confidence", 1, "single"),
+        ("affinity", 0, "triangle"),
+        ("affinity", 0, "triangle"),
+    ]
     stack = model.confidence_module.pairformer_stack
     s, z, mask, pair_mask = inputs(n=9, lengths=(9, 6))
     out = run(stack, s, z, mask, pair_mask)

@@ -24,8 +24,11 @@ try:
     from boltz.model.modules.diffusionv2 import DiffusionModule
     from boltz.model.modules.encodersv2 import get_indexing_matrix, single_to_keys
 except Exception as e:  # noqa: BLE001 - any import failure means: no usable host here
-    pytest.skip(f"boltz's diffusion module cannot be imported ({type(e).__name__}: {e}); install "
-                "pip install --no-deps boltz==2.2.1 einops einx==0.3.0 frozendict", allow_module_level=True)
+    pytest.skip(
+        f"boltz's diffusion module cannot be imported ({type(e).__name__}: {e}); install "
+        "pip install --no-deps boltz==2.2.1 einops einx==0.3.0 frozendict",
+        allow_module_level=True,
+    )
 
 from host_models import randomise_
 from naive import rel_err
@@ -56,7 +59,7 @@ def token_inputs(batch=2, mult=3, n=11, seed=0):
     s = torch.randn(batch * mult, n, C, generator=g)
     all_bias = 2 * torch.randn(batch, n, n, LAYERS * HEADS, generator=g)
     mask = torch.ones(batch, n)
-    mask[-1, n - 4:] = 0
+    mask[-1, n - 4 :] = 0
     return s, all_bias, mask.repeat_interleave(mult, 0)
 
 
@@ -120,7 +123,7 @@ def test_bias_cache_hits_only_for_the_same_unmodified_bias():
         out = ours(s, layer_slice(all_bias), mask, s, multiplicity=3)  # a fresh view of the same tensor
         assert (cache.misses, cache.hits) == (1, 1)
         assert rel_err(out, host(s, layer_slice(all_bias), mask, s, multiplicity=3)) < RTOL
-        all_bias[:, :, :, HEADS:2 * HEADS] += 1.5 * torch.randn_like(all_bias[:, :, :, :HEADS])  # layer 1's slice
+        all_bias[:, :, :, HEADS : 2 * HEADS] += 1.5 * torch.randn_like(all_bias[:, :, :, :HEADS])  # layer 1's slice
         out = ours(s, layer_slice(all_bias), mask, s, multiplicity=3)
         assert (cache.misses, cache.hits) == (2, 1)
         assert rel_err(out, host(s, layer_slice(all_bias), mask, s, multiplicity=3)) < RTOL
@@ -157,10 +160,20 @@ DEPTH, DM_HEADS = 2, 2
 
 def make_diffusion_module():
     torch.manual_seed(0)
-    dm = DiffusionModule(token_s=TOKEN_S, atom_s=ATOM_S, atoms_per_window_queries=W, atoms_per_window_keys=H,
-                         dim_fourier=16, atom_encoder_depth=DEPTH, atom_encoder_heads=DM_HEADS,
-                         token_transformer_depth=DEPTH, token_transformer_heads=DM_HEADS,
-                         atom_decoder_depth=DEPTH, atom_decoder_heads=DM_HEADS, conditioning_transition_layers=1)
+    dm = DiffusionModule(
+        token_s=TOKEN_S,
+        atom_s=ATOM_S,
+        atoms_per_window_queries=W,
+        atoms_per_window_keys=H,
+        dim_fourier=16,
+        atom_encoder_depth=DEPTH,
+        atom_encoder_heads=DM_HEADS,
+        token_transformer_depth=DEPTH,
+        token_transformer_heads=DM_HEADS,
+        atom_decoder_depth=DEPTH,
+        atom_decoder_heads=DM_HEADS,
+        conditioning_transition_layers=1,
+    )
     return randomise_(dm, 1).eval()
 
 
@@ -175,8 +188,12 @@ def dm_inputs(batch=2, mult=2, n_tokens=9, n_atoms=32, seed=2):
     token_mask[-1, -2:] = 0
     owner = torch.arange(n_atoms) * (n_tokens - 2) // n_atoms  # atoms -> real tokens, in order
     atom_to_token = torch.nn.functional.one_hot(owner, n_tokens).float().expand(batch, -1, -1) * atom_mask[..., None]
-    feats = {"ref_pos": torch.randn(batch, n_atoms, 3, generator=g), "atom_pad_mask": atom_mask,
-             "atom_to_token": atom_to_token.contiguous(), "token_pad_mask": token_mask}
+    feats = {
+        "ref_pos": torch.randn(batch, n_atoms, 3, generator=g),
+        "atom_pad_mask": atom_mask,
+        "atom_to_token": atom_to_token.contiguous(),
+        "token_pad_mask": token_mask,
+    }
     cond = {
         "q": torch.randn(batch, n_atoms, ATOM_S, generator=g),
         "c": torch.randn(batch, n_atoms, ATOM_S, generator=g),
@@ -187,10 +204,16 @@ def dm_inputs(batch=2, mult=2, n_tokens=9, n_atoms=32, seed=2):
     }
     s_inputs = torch.randn(batch, n_tokens, TOKEN_S, generator=g)
     s_trunk = torch.randn(batch, n_tokens, TOKEN_S, generator=g)
-    steps = [(torch.randn(batch * mult, n_atoms, 3, generator=g), torch.rand(batch * mult, generator=g))
-             for _ in range(3)]
-    fixed = {"s_inputs": s_inputs, "s_trunk": s_trunk, "feats": feats, "diffusion_conditioning": cond,
-             "multiplicity": mult}
+    steps = [
+        (torch.randn(batch * mult, n_atoms, 3, generator=g), torch.rand(batch * mult, generator=g)) for _ in range(3)
+    ]
+    fixed = {
+        "s_inputs": s_inputs,
+        "s_trunk": s_trunk,
+        "feats": feats,
+        "diffusion_conditioning": cond,
+        "multiplicity": mult,
+    }
     return fixed, steps
 
 
@@ -283,14 +306,30 @@ def test_boltz_diffusion_benchmark_runs_on_cpu(tmp_path):
 
     from pairformer_fb.bench import boltz_diffusion as bench_boltz_diffusion
 
-    cfg = bench_config("bench_boltz_diffusion", tmp_path, [
-        "n_sample=2", "diffusion.sizes=[12]", "diffusion.dim=32", "diffusion.heads=4",
-        "diffusion.bias_layers=3", "atom.sizes=[20]", "atom.dim=16", "atom.heads=2", "atom.n_queries=8",
-        "atom.n_keys=32", "svd.max_rank=4", "warmup_ms=1", "rep_ms=1"])
+    cfg = bench_config(
+        "bench_boltz_diffusion",
+        tmp_path,
+        [
+            "n_sample=2",
+            "diffusion.sizes=[12]",
+            "diffusion.dim=32",
+            "diffusion.heads=4",
+            "diffusion.bias_layers=3",
+            "atom.sizes=[20]",
+            "atom.dim=16",
+            "atom.heads=2",
+            "atom.n_queries=8",
+            "atom.n_keys=32",
+            "svd.max_rank=4",
+            "warmup_ms=1",
+            "rep_ms=1",
+        ],
+    )
     records = bench_boltz_diffusion.run(cfg)
     by = {(r.module, r.variant): r for r in records}
     for key in [("diffusion", v) for v in ("stock", "exact", "exact_uncached", "lowrank")] + [
-            ("atom", v) for v in ("stock", "exact", "exact_uncached")]:
+        ("atom", v) for v in ("stock", "exact", "exact_uncached")
+    ]:
         assert by[key].status == "ok" and by[key].ms > 0, (key, by[key].status)
     for key in [("diffusion", "exact"), ("diffusion", "exact_uncached"), ("atom", "exact")]:
         assert by[key].rel_err < 1e-5, key  # ours computes the stock module's function
@@ -306,9 +345,17 @@ def test_input_embedder_atom_encoder_is_stack_input():
 
     from pairformer_fb.hosts import UnsupportedModelError
 
-    emb = InputEmbedder(atom_s=8, atom_z=4, token_s=16, token_z=8, atoms_per_window_queries=W,
-                        atoms_per_window_keys=H, atom_feature_dim=10, atom_encoder_depth=DEPTH,
-                        atom_encoder_heads=DM_HEADS)
+    emb = InputEmbedder(
+        atom_s=8,
+        atom_z=4,
+        token_s=16,
+        token_z=8,
+        atoms_per_window_queries=W,
+        atoms_per_window_keys=H,
+        atom_feature_dim=10,
+        atom_encoder_depth=DEPTH,
+        atom_encoder_heads=DM_HEADS,
+    )
     with pytest.raises(UnsupportedModelError, match="found no"):  # not in the default stacks
         fb.patch_model(emb, kinds=("diffusion", "atom"))
     report = fb.patch_model(emb, kinds=("atom",), stacks=("input",))
@@ -347,11 +394,13 @@ def test_gpu_diffusion_module_matches_host():
     dm = make_diffusion_module().cuda()
     fixed, steps = dm_inputs(n_atoms=64, n_tokens=20)
     to_cuda = lambda x: x.cuda() if isinstance(x, torch.Tensor) else x
-    fixed = {k: ({kk: to_cuda(vv) for kk, vv in v.items()} if isinstance(v, dict) else to_cuda(v))
-             for k, v in fixed.items()}
+    fixed = {
+        k: ({kk: to_cuda(vv) for kk, vv in v.items()} if isinstance(v, dict) else to_cuda(v)) for k, v in fixed.items()
+    }
     K = 64 // W
     fixed["diffusion_conditioning"]["to_keys"] = partial(
-        single_to_keys, indexing_matrix=get_indexing_matrix(K, W, H, "cuda"), W=W, H=H)
+        single_to_keys, indexing_matrix=get_indexing_matrix(K, W, H, "cuda"), W=W, H=H
+    )
     steps = [(r.cuda(), t.cuda()) for r, t in steps]
     ref = run_steps(dm, fixed, steps)
     fb.patch_model(dm, kinds=("diffusion", "atom"))

@@ -38,8 +38,10 @@ try:
 
     PROTENIX_SKIP = None
 except Exception as e:  # noqa: BLE001 - any import failure means: no usable host here
-    PROTENIX_SKIP = (f"protenix cannot be imported ({type(e).__name__}: {e}); install it with "
-                     "pip install --no-deps protenix==2.0.0 -r requirements-hosts.txt")
+    PROTENIX_SKIP = (
+        f"protenix cannot be imported ({type(e).__name__}: {e}); install it with "
+        "pip install --no-deps protenix==2.0.0 -r requirements-hosts.txt"
+    )
 
 try:
     from openfold3.projects.of3_all_atom.model import OpenFold3
@@ -49,8 +51,10 @@ try:
 
     OPENFOLD3_SKIP = None
 except Exception as e:  # noqa: BLE001
-    OPENFOLD3_SKIP = (f"openfold3 cannot be imported ({type(e).__name__}: {e}); install it with "
-                      "pip install --no-deps openfold3==0.5.0 gemmi ml-collections absl-py biotite")
+    OPENFOLD3_SKIP = (
+        f"openfold3 cannot be imported ({type(e).__name__}: {e}); install it with "
+        "pip install --no-deps openfold3==0.5.0 gemmi ml-collections absl-py biotite"
+    )
 
 from host_models import randomise_
 from naive import rel_err
@@ -148,6 +152,7 @@ def test_openfold3_full_model_exact_and_lowrank():
 # ---------------------------------------------------------------------------------------------
 # Protenix
 
+
 def protenix_tiny_configs():
     """The ``tiny`` preset (issue 5's settings) with the CPU switches (fp32, torch kernels)."""
     return protenix_configs("tiny", cpu=True)
@@ -162,14 +167,19 @@ def protenix_features(n_token=10, seed=0):
 @pytest.mark.skipif(PROTENIX_SKIP is not None, reason=PROTENIX_SKIP or "")
 def test_protenix_full_model_exact_and_lowrank():
     configs = protenix_tiny_configs()
-    assert (configs.c_s, configs.c_z, configs.model.pairformer.n_blocks,
-            configs.sample_diffusion.N_step) == (64, 32, 2, 2)
+    assert (configs.c_s, configs.c_z, configs.model.pairformer.n_blocks, configs.sample_diffusion.N_step) == (
+        64,
+        32,
+        2,
+        2,
+    )
     torch.manual_seed(0)
     model = randomise_(Protenix(configs)).eval()
     feats = protenix_features()
     trunk = {}  # the trunk's (s, z): Protenix's inference output holds neither
     model.pairformer_stack.register_forward_hook(
-        lambda mod, args, out: trunk.update(s=out[0].clone(), z=out[1].clone()))
+        lambda mod, args, out: trunk.update(s=out[0].clone(), z=out[1].clone())
+    )
 
     def run(m):
         seed_all(0)

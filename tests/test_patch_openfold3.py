@@ -17,9 +17,11 @@ try:
     from openfold3.core.model.latent.pairformer import PairFormerStack
     from openfold3.core.model.layers.triangular_attention import TriangleAttention
 except Exception as e:  # noqa: BLE001 - any import failure means: no usable host here
-    pytest.skip(f"openfold3 cannot be imported ({type(e).__name__}: {e}); install it with "
-                "pip install --no-deps openfold3==0.5.0 gemmi ml-collections absl-py biotite",
-                allow_module_level=True)
+    pytest.skip(
+        f"openfold3 cannot be imported ({type(e).__name__}: {e}); install it with "
+        "pip install --no-deps openfold3==0.5.0 gemmi ml-collections absl-py biotite",
+        allow_module_level=True,
+    )
 
 from host_models import randomise_
 from naive import rel_err
@@ -37,10 +39,22 @@ pytestmark = pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarnin
 def make_stack(n_blocks=3, inf=1e9, **kwargs) -> PairFormerStack:
     torch.manual_seed(0)
     stack = PairFormerStack(
-        c_s=C_S, c_z=C_Z, c_hidden_pair_bias=8, no_heads_pair_bias=4, c_hidden_mul=16,
-        c_hidden_pair_att=8, no_heads_pair=2, no_blocks=n_blocks, transition_type="swiglu",
-        transition_n=2, pair_dropout=0.25, fuse_projection_weights=False, blocks_per_ckpt=None,
-        inf=inf, **kwargs)
+        c_s=C_S,
+        c_z=C_Z,
+        c_hidden_pair_bias=8,
+        no_heads_pair_bias=4,
+        c_hidden_mul=16,
+        c_hidden_pair_att=8,
+        no_heads_pair=2,
+        no_blocks=n_blocks,
+        transition_type="swiglu",
+        transition_n=2,
+        pair_dropout=0.25,
+        fuse_projection_weights=False,
+        blocks_per_ckpt=None,
+        inf=inf,
+        **kwargs,
+    )
     return randomise_(stack).eval()
 
 
@@ -73,7 +87,10 @@ def test_exact_patch_reproduces_host_and_unpatch_is_bit_identical(lengths, kwarg
     report = fb.patch_model(stack)
     assert report.host == "openfold3" and len(report) == 9 and report.params_added == 0
     assert [(e.block, e.path.rsplit(".", 1)[1], e.node) for e in report.entries[:3]] == [
-        (0, "tri_att_start", "starting"), (0, "tri_att_end", "ending"), (0, "attn_pair_bias", None)]
+        (0, "tri_att_start", "starting"),
+        (0, "tri_att_end", "ending"),
+        (0, "attn_pair_bias", None),
+    ]
     assert all(e.mode == "exact" and e.rank is None and e.stack == "pairformer" for e in report.entries)
     # no parameter added, none copied: the patched model holds exactly the host's objects
     assert {id(p) for p in stack.parameters()} == params_before
@@ -122,9 +139,17 @@ def test_ending_node_class_both_transpose_bias(transpose_bias):
     """starting=False (TriangleAttentionEndingNode, used by no OpenFold3 block) maps to our
     ending node with "transposed" / "untransposed" for transpose_bias False / True."""
     torch.manual_seed(0)
-    pair_block = PairBlock(c_z=C_Z, c_hidden_mul=8, c_hidden_pair_att=8, no_heads_pair=2,
-                           transition_type="swiglu", transition_n=2, pair_dropout=0.0,
-                           fuse_projection_weights=False, inf=1e9)
+    pair_block = PairBlock(
+        c_z=C_Z,
+        c_hidden_mul=8,
+        c_hidden_pair_att=8,
+        no_heads_pair=2,
+        transition_type="swiglu",
+        transition_n=2,
+        pair_dropout=0.0,
+        fuse_projection_weights=False,
+        inf=1e9,
+    )
     host = TriangleAttention(C_Z, 8, 2, starting=False, inf=1e9)
     randomise_(host)
     attr = "tri_att_end" if transpose_bias else "tri_att_start"
@@ -147,13 +172,20 @@ def test_parameters_are_shared_not_copied():
     fb.patch_model(stack)
     ours_tri, ours_apb = block.pair_stack.tri_att_start.flash_bias, block.attn_pair_bias.flash_bias
     pairs = [
-        (ours_tri.layer_norm.weight, tri.layer_norm.weight), (ours_tri.layer_norm.bias, tri.layer_norm.bias),
-        (ours_tri.linear_b.weight, tri.linear_z.weight), (ours_tri.linear_q.weight, tri.mha.linear_q.weight),
-        (ours_tri.linear_k.weight, tri.mha.linear_k.weight), (ours_tri.linear_v.weight, tri.mha.linear_v.weight),
-        (ours_tri.linear_g.weight, tri.mha.linear_g.weight), (ours_tri.linear_o.weight, tri.mha.linear_o.weight),
-        (ours_apb.layer_norm_s.weight, apb.layer_norm_a.weight), (ours_apb.layer_norm_z.bias, apb.layer_norm_z.bias),
-        (ours_apb.linear_z.weight, apb.linear_z.weight), (ours_apb.linear_q.bias, apb.mha.linear_q.bias),
-        (ours_apb.linear_o.weight, apb.mha.linear_o.weight), (ours_apb.linear_g.weight, apb.mha.linear_g.weight),
+        (ours_tri.layer_norm.weight, tri.layer_norm.weight),
+        (ours_tri.layer_norm.bias, tri.layer_norm.bias),
+        (ours_tri.linear_b.weight, tri.linear_z.weight),
+        (ours_tri.linear_q.weight, tri.mha.linear_q.weight),
+        (ours_tri.linear_k.weight, tri.mha.linear_k.weight),
+        (ours_tri.linear_v.weight, tri.mha.linear_v.weight),
+        (ours_tri.linear_g.weight, tri.mha.linear_g.weight),
+        (ours_tri.linear_o.weight, tri.mha.linear_o.weight),
+        (ours_apb.layer_norm_s.weight, apb.layer_norm_a.weight),
+        (ours_apb.layer_norm_z.bias, apb.layer_norm_z.bias),
+        (ours_apb.linear_z.weight, apb.linear_z.weight),
+        (ours_apb.linear_q.bias, apb.mha.linear_q.bias),
+        (ours_apb.linear_o.weight, apb.mha.linear_o.weight),
+        (ours_apb.linear_g.weight, apb.mha.linear_g.weight),
     ]
     for ours, host in pairs:
         assert ours is host and ours.data_ptr() == host.data_ptr()
@@ -179,14 +211,14 @@ def test_single_attention_alone_broadcast_mask_and_no_mask():
     apb = stack.blocks[0].attn_pair_bias
     s, z, single_mask, _ = inputs(n=9, lengths=(9, 5))
     with torch.no_grad():
-        refs = [apb(a=s, z=z, mask=m, use_high_precision_attention=True)
-                for m in (single_mask, single_mask[1], None)]
+        refs = [apb(a=s, z=z, mask=m, use_high_precision_attention=True) for m in (single_mask, single_mask[1], None)]
     report = fb.patch_model(stack, kinds=("single",))
     assert [e.kind for e in report.entries] == ["single"]
     wrapper = stack.blocks[0].attn_pair_bias
     with torch.no_grad():
-        outs = [wrapper(a=s, z=z, mask=m, use_high_precision_attention=True)
-                for m in (single_mask, single_mask[1], None)]
+        outs = [
+            wrapper(a=s, z=z, mask=m, use_high_precision_attention=True) for m in (single_mask, single_mask[1], None)
+        ]
     for out, ref in zip(outs, refs):
         assert rel_err(out, ref) <= 1e-5
 
@@ -215,9 +247,12 @@ def test_errors():
 
 
 def test_missing_host_package(monkeypatch):
-    for name in ("openfold3.core.model.latent.base_blocks", "openfold3.core.model.latent.pairformer",
-                 "openfold3.core.model.layers.attention_pair_bias",
-                 "openfold3.core.model.layers.triangular_attention"):
+    for name in (
+        "openfold3.core.model.latent.base_blocks",
+        "openfold3.core.model.latent.pairformer",
+        "openfold3.core.model.layers.attention_pair_bias",
+        "openfold3.core.model.layers.triangular_attention",
+    ):
         monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
     with pytest.raises(ImportError, match="pip install --no-deps openfold3"):
         fb.patch_model(nn.Linear(4, 4), host="openfold3")
@@ -232,22 +267,53 @@ def test_stack_selection_template_and_confidence():
     torch.manual_seed(0)
     model = nn.Module()
     model.template_pair_stack = TemplatePairStack(
-        c_t=C_Z, c_hidden_tri_att=8, c_hidden_tri_mul=8, no_blocks=2, no_heads=2, transition_type="relu",
-        pair_transition_n=2, dropout_rate=0.25, tri_mul_first=False, fuse_projection_weights=False,
-        blocks_per_ckpt=None, ckpt_per_template=False, inf=1e9)
+        c_t=C_Z,
+        c_hidden_tri_att=8,
+        c_hidden_tri_mul=8,
+        no_blocks=2,
+        no_heads=2,
+        transition_type="relu",
+        pair_transition_n=2,
+        dropout_rate=0.25,
+        tri_mul_first=False,
+        fuse_projection_weights=False,
+        blocks_per_ckpt=None,
+        ckpt_per_template=False,
+        inf=1e9,
+    )
     model.pairformer_stack = make_stack(n_blocks=1)
     model.head = PairformerEmbedding(
-        pairformer=dict(c_s=C_S, c_z=C_Z, c_hidden_pair_bias=8, no_heads_pair_bias=4, c_hidden_mul=8,
-                        c_hidden_pair_att=8, no_heads_pair=2, no_blocks=1, transition_type="swiglu",
-                        transition_n=2, pair_dropout=0.25, fuse_projection_weights=False,
-                        blocks_per_ckpt=None, inf=1e9),
-        c_s_input=C_S, c_z=C_Z, min_bin=3.25, max_bin=50.75, no_bin=39, inf=1e8)
+        pairformer=dict(
+            c_s=C_S,
+            c_z=C_Z,
+            c_hidden_pair_bias=8,
+            no_heads_pair_bias=4,
+            c_hidden_mul=8,
+            c_hidden_pair_att=8,
+            no_heads_pair=2,
+            no_blocks=1,
+            transition_type="swiglu",
+            transition_n=2,
+            pair_dropout=0.25,
+            fuse_projection_weights=False,
+            blocks_per_ckpt=None,
+            inf=1e9,
+        ),
+        c_s_input=C_S,
+        c_z=C_Z,
+        min_bin=3.25,
+        max_bin=50.75,
+        no_bin=39,
+        inf=1e8,
+    )
     randomise_(model).eval()
     assert detect_host(model) == "openfold3"
     report = fb.patch_model(model)
     assert [e.path for e in report.entries] == [
-        "pairformer_stack.blocks.0.pair_stack.tri_att_start", "pairformer_stack.blocks.0.pair_stack.tri_att_end",
-        "pairformer_stack.blocks.0.attn_pair_bias"]
+        "pairformer_stack.blocks.0.pair_stack.tri_att_start",
+        "pairformer_stack.blocks.0.pair_stack.tri_att_end",
+        "pairformer_stack.blocks.0.attn_pair_bias",
+    ]
     fb.unpatch_model(model)
     report = fb.patch_model(model, stacks=("confidence",))
     assert [(e.stack, e.block, e.path) for e in report.entries] == [
@@ -267,7 +333,11 @@ def test_stack_selection_template_and_confidence():
         ref = model.template_pair_stack(t.clone(), mask, chunk_size=4)
     report = fb.patch_model(model, stacks=("template",))
     assert [(e.stack, e.block, e.node) for e in report.entries] == [
-        ("template", 0, "starting"), ("template", 0, "ending"), ("template", 1, "starting"), ("template", 1, "ending")]
+        ("template", 0, "starting"),
+        ("template", 0, "ending"),
+        ("template", 1, "starting"),
+        ("template", 1, "ending"),
+    ]
     with torch.no_grad():
         out = model.template_pair_stack(t.clone(), mask, chunk_size=4)
     assert rel_err(out, ref) <= 1e-5
@@ -279,8 +349,12 @@ def test_per_block_modes_and_selection():
     modes = {(e.block, e.path.rsplit(".", 1)[1]): (e.mode, e.rank) for e in report.entries}
     assert modes[(0, "tri_att_end")] == ("lowrank", 3) and modes[(2, "attn_pair_bias")] == ("exact", None)
     assert [e.block for e in report.entries if e.params_added] == [0, 0, 0]
-    fn_params = sum(p.numel() for m in patched_modules(stack).values() if m.flash_bias.factor_network is not None
-                    for p in m.flash_bias.factor_network.parameters())
+    fn_params = sum(
+        p.numel()
+        for m in patched_modules(stack).values()
+        if m.flash_bias.factor_network is not None
+        for p in m.flash_bias.factor_network.parameters()
+    )
     assert report.params_added == fn_params > 0
     assert "lowrank" in str(report) and "blocks.0.pair_stack.tri_att_start" in str(report)
     s, z, single_mask, pair_mask = inputs(n=7, lengths=(5,))
@@ -300,8 +374,10 @@ def test_per_block_modes_and_selection():
     assert not isinstance(stack.blocks[1].pair_stack.tri_att_start, PatchedModule)
     fb.unpatch_model(stack)
     report = fb.patch_model(stack, blocks=[2], kinds=("triangle",))
-    assert [(e.block, e.kind, e.node) for e in report.entries] == [(2, "triangle", "starting"),
-                                                                   (2, "triangle", "ending")]
+    assert [(e.block, e.kind, e.node) for e in report.entries] == [
+        (2, "triangle", "starting"),
+        (2, "triangle", "ending"),
+    ]
     fb.unpatch_model(stack)
 
 

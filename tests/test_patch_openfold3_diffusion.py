@@ -59,10 +59,10 @@ def rand(*shape, seed):
 
 def host_and_ours(seed=1, mode="exact", **kwargs):
     torch.manual_seed(seed)
-    host = randomise_(DiffusionAttentionPairBias(c_q=C_A, c_k=C_A, c_v=C_A, c_s=C_S, c_z=C_Z, c_hidden=HEAD_DIM,
-                                                 no_heads=HEADS), seed).eval()
-    site = Site(path="x", parent=None, attr="x", module=host, kind="diffusion", node=None, stack="diffusion",
-                block=0)
+    host = randomise_(
+        DiffusionAttentionPairBias(c_q=C_A, c_k=C_A, c_v=C_A, c_s=C_S, c_z=C_Z, c_hidden=HEAD_DIM, no_heads=HEADS), seed
+    ).eval()
+    site = Site(path="x", parent=None, attr="x", module=host, kind="diffusion", node=None, stack="diffusion", block=0)
     return host, make_replacement(site, mode=mode, factor_config=None, **kwargs)
 
 
@@ -73,8 +73,9 @@ def test_diffusion_attention_matches_host(z_batch, masked, monkeypatch):
     assert all(p.abs().sum() > 0 for p in host.parameters())  # random, non-zero (no zero-init)
     calls = []
     real = diffusion_attention.flash_bias_attention
-    monkeypatch.setattr(diffusion_attention, "flash_bias_attention",
-                        lambda q, k, v, **kw: calls.append(kw) or real(q, k, v, **kw))
+    monkeypatch.setattr(
+        diffusion_attention, "flash_bias_attention", lambda q, k, v, **kw: calls.append(kw) or real(q, k, v, **kw)
+    )
     batch, samples, n = 1, 3, 13
     a, s = rand(batch, samples, n, C_A, seed=3), rand(batch, samples, n, C_S, seed=4)
     zb = 1 if z_batch == "shared" else samples
@@ -114,8 +115,12 @@ NQ, NK = 32, 128
 
 def atom_host_and_ours(seed=11):
     torch.manual_seed(seed)
-    host = randomise_(CrossAttentionPairBias(c_q=C_A, c_k=C_A, c_v=C_A, c_s=C_S, c_z=C_Z, c_hidden=HEAD_DIM,
-                                             no_heads=HEADS, n_query=NQ, n_key=NK), seed).eval()
+    host = randomise_(
+        CrossAttentionPairBias(
+            c_q=C_A, c_k=C_A, c_v=C_A, c_s=C_S, c_z=C_Z, c_hidden=HEAD_DIM, no_heads=HEADS, n_query=NQ, n_key=NK
+        ),
+        seed,
+    ).eval()
     site = Site(path="x", parent=None, attr="x", module=host, kind="atom", node=None, stack="diffusion", block=0)
     return host, make_replacement(site, mode="lowrank", factor_config=None)  # "atom" runs exact anyway
 
@@ -133,21 +138,25 @@ def atom_inputs(n, n_valid, samples=3, seed=0):
     return a, s, z, mask
 
 
-@pytest.mark.parametrize("n, n_valid", [
-    (83, (83,)),          # fewer atoms than a key window: the windows overhang, invalid slots masked
-    (83, (70, 50)),       # padded atoms, a different number per structure: the windows shift per element
-    (300, (300, 260)),    # several windows; the last ones shifted left to end at the last valid atom
-    (300, (300, 97)),     # whole query blocks of padding
-    (20, (20, 12)),       # a single, partly empty query block
-])
+@pytest.mark.parametrize(
+    "n, n_valid",
+    [
+        (83, (83,)),  # fewer atoms than a key window: the windows overhang, invalid slots masked
+        (83, (70, 50)),  # padded atoms, a different number per structure: the windows shift per element
+        (300, (300, 260)),  # several windows; the last ones shifted left to end at the last valid atom
+        (300, (300, 97)),  # whole query blocks of padding
+        (20, (20, 12)),  # a single, partly empty query block
+    ],
+)
 def test_atom_attention_matches_host(n, n_valid, monkeypatch):
     host, ours = atom_host_and_ours()
     assert all(p.abs().sum() > 0 for p in host.parameters())  # random, non-zero (no zero-init)
     assert ours.mode == "exact" and ours.flash_bias.windows == "shifted"
     calls = []
     real = diffusion_attention.flash_bias_attention
-    monkeypatch.setattr(diffusion_attention, "flash_bias_attention",
-                        lambda q, k, v, **kw: calls.append(kw) or real(q, k, v, **kw))
+    monkeypatch.setattr(
+        diffusion_attention, "flash_bias_attention", lambda q, k, v, **kw: calls.append(kw) or real(q, k, v, **kw)
+    )
     a, s, z, mask = atom_inputs(n, n_valid)
     with torch.no_grad():
         ref = host(a=a, z=z, s=s, mask=mask)
@@ -237,8 +246,11 @@ def run_positions(model, batch, updates=None, inference_mode=False):
     torch.inference_mode (Lightning's predict)."""
     seed_all(0)
     blocks = model.diffusion_module.diffusion_transformer.blocks
-    handles = [b.attention_pair_bias.register_forward_hook(lambda m, args, out: updates.append(out.clone()))
-               for b in blocks] if updates is not None else []
+    handles = (
+        [b.attention_pair_bias.register_forward_hook(lambda m, args, out: updates.append(out.clone())) for b in blocks]
+        if updates is not None
+        else []
+    )
     try:
         with torch.inference_mode() if inference_mode else torch.no_grad():
             _, out = model({k: v.clone() for k, v in batch.items()})
@@ -262,8 +274,10 @@ def test_openfold3_full_model_diffusion_kind(openfold3_model):
     assert not patched_modules(model)
 
     report = fb.patch_model(model, kinds=("diffusion",), stacks=("diffusion",))
-    assert [(e.kind, e.stack, e.block) for e in report.entries] == [("diffusion", "diffusion", 0),
-                                                                   ("diffusion", "diffusion", 1)]
+    assert [(e.kind, e.stack, e.block) for e in report.entries] == [
+        ("diffusion", "diffusion", 0),
+        ("diffusion", "diffusion", 1),
+    ]
     assert report.params_added == 0
     steps = []
     assert rel_err(run_positions(model, batch, steps), ref) < 1e-4
@@ -286,8 +300,13 @@ def test_openfold3_full_model_diffusion_kind(openfold3_model):
     errors = []
     n_token = 10
     for rank in (2, 5, n_token):  # rank N_token: the full SVD
-        fb.patch_model(model, kinds=("diffusion",), stacks=("diffusion",), mode="lowrank",
-                       svd_config=SVDConfig(rel_error=0.0, max_rank=rank))
+        fb.patch_model(
+            model,
+            kinds=("diffusion",),
+            stacks=("diffusion",),
+            mode="lowrank",
+            svd_config=SVDConfig(rel_error=0.0, max_rank=rank),
+        )
         for m in patched_modules(model).values():
             assert m.mode == "lowrank" and m.flash_bias.factor_network is None
         steps = []
@@ -305,8 +324,11 @@ def atom_updates(model):
     for path, m in model.named_modules():
         if path.endswith("atom_transformer"):
             for b in m.blocks:
-                handles.append(b.attention_pair_bias.register_forward_hook(
-                    lambda mod, args, out, path=path: updates.append((path, out.clone()))))
+                handles.append(
+                    b.attention_pair_bias.register_forward_hook(
+                        lambda mod, args, out, path=path: updates.append((path, out.clone()))
+                    )
+                )
     return updates, handles
 
 
@@ -384,10 +406,17 @@ def test_gpu_matches_host(dtype):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     n, c_a, c_s, c_z, heads = 384, 768, 384, 128, 16
-    host = randomise_(DiffusionAttentionPairBias(c_q=c_a, c_k=c_a, c_v=c_a, c_s=c_s, c_z=c_z, c_hidden=c_a // heads,
-                                                 no_heads=heads), 27).cuda().eval()
-    site = Site(path="x", parent=None, attr="x", module=host, kind="diffusion", node=None, stack="diffusion",
-                block=0)
+    host = (
+        randomise_(
+            DiffusionAttentionPairBias(
+                c_q=c_a, c_k=c_a, c_v=c_a, c_s=c_s, c_z=c_z, c_hidden=c_a // heads, no_heads=heads
+            ),
+            27,
+        )
+        .cuda()
+        .eval()
+    )
+    site = Site(path="x", parent=None, attr="x", module=host, kind="diffusion", node=None, stack="diffusion", block=0)
     ours = make_replacement(site, mode="exact", factor_config=None)
     a, s = rand(1, 5, n, c_a, seed=28).cuda(), rand(1, 5, n, c_s, seed=29).cuda()
     z = rand(1, 1, n, n, c_z, seed=30).cuda()

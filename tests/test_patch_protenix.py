@@ -17,8 +17,11 @@ os.environ.setdefault("LAYERNORM_TYPE", "torch")
 try:
     from protenix.model.modules.pairformer import MSAModule, PairformerStack, TemplateEmbedder
 except Exception as e:  # noqa: BLE001 - any import failure means: no usable host here
-    pytest.skip(f"protenix cannot be imported ({type(e).__name__}: {e}); install it with "
-                "pip install --no-deps protenix==2.0.0 -r requirements-hosts.txt", allow_module_level=True)
+    pytest.skip(
+        f"protenix cannot be imported ({type(e).__name__}: {e}); install it with "
+        "pip install --no-deps protenix==2.0.0 -r requirements-hosts.txt",
+        allow_module_level=True,
+    )
 
 from host_models import additive_pair, randomise_, set_exact_factors
 from naive import rel_err
@@ -87,12 +90,18 @@ def test_parameters_are_shared_not_copied():
     fb.patch_model(stack)
     ours_tri, ours_apb = block.tri_att_start.flash_bias, block.attention_pair_bias.flash_bias
     pairs = [
-        (ours_tri.layer_norm.weight, tri.layer_norm.weight), (ours_tri.layer_norm.bias, tri.layer_norm.bias),
-        (ours_tri.linear_b.weight, tri.linear.weight), (ours_tri.linear_q.weight, tri.mha.linear_q.weight),
-        (ours_tri.linear_k.weight, tri.mha.linear_k.weight), (ours_tri.linear_v.weight, tri.mha.linear_v.weight),
-        (ours_tri.linear_g.weight, tri.mha.linear_g.weight), (ours_tri.linear_o.weight, tri.mha.linear_o.weight),
-        (ours_apb.layer_norm_s.weight, apb.layernorm_a.weight), (ours_apb.layer_norm_z.bias, apb.layernorm_z.bias),
-        (ours_apb.linear_z.weight, apb.linear_nobias_z.weight), (ours_apb.linear_q.bias, apb.attention.linear_q.bias),
+        (ours_tri.layer_norm.weight, tri.layer_norm.weight),
+        (ours_tri.layer_norm.bias, tri.layer_norm.bias),
+        (ours_tri.linear_b.weight, tri.linear.weight),
+        (ours_tri.linear_q.weight, tri.mha.linear_q.weight),
+        (ours_tri.linear_k.weight, tri.mha.linear_k.weight),
+        (ours_tri.linear_v.weight, tri.mha.linear_v.weight),
+        (ours_tri.linear_g.weight, tri.mha.linear_g.weight),
+        (ours_tri.linear_o.weight, tri.mha.linear_o.weight),
+        (ours_apb.layer_norm_s.weight, apb.layernorm_a.weight),
+        (ours_apb.layer_norm_z.bias, apb.layernorm_z.bias),
+        (ours_apb.linear_z.weight, apb.linear_nobias_z.weight),
+        (ours_apb.linear_q.bias, apb.attention.linear_q.bias),
         (ours_apb.linear_o.weight, apb.attention.linear_o.weight),
     ]
     for ours, host in pairs:
@@ -154,8 +163,11 @@ def test_errors():
 
 
 def test_missing_host_package(monkeypatch):
-    for name in ("protenix.model.modules.pairformer", "protenix.model.modules.transformer",
-                 "protenix.model.triangular.triangular"):
+    for name in (
+        "protenix.model.modules.pairformer",
+        "protenix.model.modules.transformer",
+        "protenix.model.triangular.triangular",
+    ):
         monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
     with pytest.raises(ImportError, match="pip install --no-deps protenix"):
         fb.patch_model(nn.Linear(4, 4), host="protenix")
@@ -167,8 +179,12 @@ def test_per_block_modes_and_selection():
     modes = {(e.block, e.path.rsplit(".", 1)[1]): (e.mode, e.rank) for e in report.entries}
     assert modes[(0, "tri_att_end")] == ("lowrank", 3) and modes[(2, "attention_pair_bias")] == ("exact", None)
     assert [e.block for e in report.entries if e.params_added] == [0, 0, 0]
-    fn_params = sum(p.numel() for m in patched_modules(stack).values() if m.flash_bias.factor_network is not None
-                    for p in m.flash_bias.factor_network.parameters())
+    fn_params = sum(
+        p.numel()
+        for m in patched_modules(stack).values()
+        if m.flash_bias.factor_network is not None
+        for p in m.flash_bias.factor_network.parameters()
+    )
     assert report.params_added == fn_params > 0
     assert "lowrank" in str(report) and "blocks.0.tri_att_start" in str(report)
     s, z, mask = inputs(n=7, lengths=(5,))
@@ -205,15 +221,16 @@ def test_lowrank_with_an_exactly_low_rank_bias_reproduces_exact_and_host():
     with torch.no_grad():
         ref_tri = hosts["tri_att_start"](z, None)
         ref_apb = hosts["attention_pair_bias"](a=s, s=None, z=z)
-    report = fb.patch_model(stack, mode="lowrank", blocks=[0],
-                            factor_config=fb.FactorConfig(rank=2, depth=0))
+    report = fb.patch_model(stack, mode="lowrank", blocks=[0], factor_config=fb.FactorConfig(rank=2, depth=0))
     assert all(e.rank == 2 for e in report.entries)
     tri, apb = block.tri_att_start, block.attention_pair_bias
     with torch.no_grad():
-        set_exact_factors(tri.flash_bias.factor_network, tri.flash_bias.linear_b.weight,
-                           tri.flash_bias.layer_norm(z[0]))
-        set_exact_factors(apb.flash_bias.factor_network, apb.flash_bias.linear_z.weight,
-                           apb.flash_bias.layer_norm_z(z[0]))
+        set_exact_factors(
+            tri.flash_bias.factor_network, tri.flash_bias.linear_b.weight, tri.flash_bias.layer_norm(z[0])
+        )
+        set_exact_factors(
+            apb.flash_bias.factor_network, apb.flash_bias.linear_z.weight, apb.flash_bias.layer_norm_z(z[0])
+        )
         low_tri, low_apb = tri(z, None), apb(a=s, s=None, z=z)
         tri.mode = apb.mode = "exact"
         exact_tri, exact_apb = tri(z, None), apb(a=s, s=None, z=z)

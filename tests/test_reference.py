@@ -22,15 +22,15 @@ CASES = [
 
 @pytest.mark.parametrize("B,H,Lq,Lk,D,R,fb,bias_shape,mask_shape", CASES)
 def test_reference_matches_naive(B, H, Lq, Lk, D, R, fb, bias_shape, mask_shape):
-    args, kw = make_inputs(B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape,
-                           mask_shape=mask_shape, dtype=torch.float32)
+    args, kw = make_inputs(
+        B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape, mask_shape=mask_shape, dtype=torch.float32
+    )
     out = flash_bias_attention(*args, **kw, backend="reference")
     ref = naive_attention(*args, **kw)
     assert out.dtype == torch.float32 and out.shape == (B, H, Lq, D)
     assert rel_err(out, ref) < 1e-5
     ins = differentiable(args, kw)
-    for name, a, b in zip(["q", "k", "v", *[n for n in kw if n != "key_mask"]],
-                          grads(out, ins), grads(ref, ins)):
+    for name, a, b in zip(["q", "k", "v", *[n for n in kw if n != "key_mask"]], grads(out, ins), grads(ref, ins)):
         assert a.shape == b.shape, name
         assert rel_err(a, b) < 1e-4, name
 
@@ -38,7 +38,9 @@ def test_reference_matches_naive(B, H, Lq, Lk, D, R, fb, bias_shape, mask_shape)
 def test_chunking_and_checkpointing_match_unchunked():
     args, kw = make_inputs(2, 2, 37, 23, 16, 5, bias_shape=(1, 2, 37, 23), mask_shape=(2, 23))
     scale = 0.3
-    small = attention_reference(*args, kw["q_factors"], kw["k_factors"], kw["bias"], kw["key_mask"], scale, chunk_size=8)
+    small = attention_reference(
+        *args, kw["q_factors"], kw["k_factors"], kw["bias"], kw["key_mask"], scale, chunk_size=8
+    )
     full = naive_attention(*args, **kw, scale=scale)
     assert rel_err(small, full) < 1e-5
     ins = differentiable(args, kw)
@@ -47,8 +49,7 @@ def test_chunking_and_checkpointing_match_unchunked():
 
 
 def test_fully_masked_row_is_the_hosts_finite_uniform_average():
-    args, kw = make_inputs(3, 2, 6, 9, 16, 4, bias_shape=(1, 2, 6, 9), mask_shape=(3, 9),
-                           fully_masked_rows=(1,))
+    args, kw = make_inputs(3, 2, 6, 9, 16, 4, bias_shape=(1, 2, 6, 9), mask_shape=(3, 9), fully_masked_rows=(1,))
     out = flash_bias_attention(*args, **kw, backend="reference")
     assert torch.isfinite(out).all()
     v = args[2]
@@ -68,8 +69,7 @@ def test_low_precision_inputs_compute_in_fp32(dtype):
 
 
 def test_gradcheck_tiny_float64():
-    args, kw = make_inputs(2, 2, 3, 4, 3, 2, bias_shape=(1, 2, 3, 4), mask_shape=(2, 4),
-                           dtype=torch.float64)
+    args, kw = make_inputs(2, 2, 3, 4, 3, 2, bias_shape=(1, 2, 3, 4), mask_shape=(2, 4), dtype=torch.float64)
 
     def f(q, k, v, qf, kf, bias):
         return attention_reference(q, k, v, qf, kf, bias, kw["key_mask"], 0.5, chunk_size=2)

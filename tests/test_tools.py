@@ -35,8 +35,11 @@ def test_sdpa_baselines_compute_the_modules_function():
 
 
 def test_attention_benchmark_runs_on_cpu(tmp_path):
-    cfg = bench_config("bench_attention", tmp_path, ["triangle.sizes=[16]", "single.sizes=[24]", "ranks=[4]",
-                                             "warmup_ms=1", "rep_ms=1"])
+    cfg = bench_config(
+        "bench_attention",
+        tmp_path,
+        ["triangle.sizes=[16]", "single.sizes=[24]", "ranks=[4]", "warmup_ms=1", "rep_ms=1"],
+    )
     records = bench_attention.run(cfg)
     by_method = {r.method: r for r in records if r.kind == "triangle"}
     assert by_method["fb_bias"].status == "ok" and by_method["fb_bias"].fwd_bwd_ms > 0
@@ -48,12 +51,19 @@ def test_attention_benchmark_runs_on_cpu(tmp_path):
 
 
 def test_module_benchmark_runs_on_cpu(tmp_path):
-    cfg = bench_config("bench_modules", tmp_path, ["triangle.sizes=[8]", "single.sizes=[8]", "rank=4",
-                                           "factor_width=16", "warmup_ms=1", "rep_ms=1"])
+    cfg = bench_config(
+        "bench_modules",
+        tmp_path,
+        ["triangle.sizes=[8]", "single.sizes=[8]", "rank=4", "factor_width=16", "warmup_ms=1", "rep_ms=1"],
+    )
     records = bench_modules.run(cfg)
     ok = [r for r in records if r.status == "ok"]
-    assert {(r.module, r.variant) for r in ok} >= {("triangle_starting", "exact"), ("triangle_ending", "lowrank"),
-                                                    ("single", "exact"), ("single", "torch_sdpa")}
+    assert {(r.module, r.variant) for r in ok} >= {
+        ("triangle_starting", "exact"),
+        ("triangle_ending", "lowrank"),
+        ("single", "exact"),
+        ("single", "torch_sdpa"),
+    }
     assert all(r.fwd_ms > 0 and r.fwd_bwd_ms > 0 for r in ok)
     assert (tmp_path / "results.md").exists()
 
@@ -61,10 +71,24 @@ def test_module_benchmark_runs_on_cpu(tmp_path):
 def test_block_benchmark_runs_on_cpu(tmp_path):
     """Real host blocks (Protenix, Boltz-2) at their full widths, tiny N: stock and patched run
     and the table compares each variant with the stock block."""
-    cfg = bench_config("bench_blocks", tmp_path, ["hosts=[protenix,boltz]", "sizes.protenix=[6]", "sizes.boltz=[6]",
-                                          "variants=[stock,exact]", "warmup_ms=1", "rep_ms=1"])
+    cfg = bench_config(
+        "bench_blocks",
+        tmp_path,
+        [
+            "hosts=[protenix,boltz]",
+            "sizes.protenix=[6]",
+            "sizes.boltz=[6]",
+            "variants=[stock,exact]",
+            "warmup_ms=1",
+            "rep_ms=1",
+        ],
+    )
     records = bench_blocks.run(cfg)
     assert [(r.host, r.variant, r.status) for r in records] == [
-        ("protenix", "stock", "ok"), ("protenix", "exact", "ok"), ("boltz", "stock", "ok"), ("boltz", "exact", "ok")]
+        ("protenix", "stock", "ok"),
+        ("protenix", "exact", "ok"),
+        ("boltz", "stock", "ok"),
+        ("boltz", "exact", "ok"),
+    ]
     assert all(r.ms > 0 for r in records) and records[1].notes["patched"] == 3  # 2 triangle + 1 single
     assert "| protenix | v1 | 6 | torch | exact |" in (tmp_path / "results.md").read_text()

@@ -7,8 +7,11 @@ from pairformer_fb import flash_bias_attention
 
 
 def qkv(B=2, H=2, L=5, D=8, dtype=torch.float32):
-    return (torch.randn(B, H, L, D, dtype=dtype), torch.randn(B, H, L, D, dtype=dtype),
-            torch.randn(B, H, L, D, dtype=dtype))
+    return (
+        torch.randn(B, H, L, D, dtype=dtype),
+        torch.randn(B, H, L, D, dtype=dtype),
+        torch.randn(B, H, L, D, dtype=dtype),
+    )
 
 
 def f(r=3, b=1, H=2, L=5):
@@ -16,28 +19,40 @@ def f(r=3, b=1, H=2, L=5):
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-@pytest.mark.parametrize("make,match", [
-    (lambda: ((qkv()[0][0],) + qkv()[1:], {}), r"q must be a 4-d tensor"),
-    (lambda: ((qkv()[0], torch.randn(2, 2, 5, 4), qkv()[2]), {}), r"k must be \[B, H, Lk, D\]"),
-    (lambda: ((*qkv()[:2], torch.randn(2, 2, 6, 8)), {}), r"v must be \[B, H, Lk, D\]"),
-    (lambda: (qkv(D=160), {}), r"head dim D = 160 .* exceeds the supported maximum 128"),
-    (lambda: ((torch.ones(2, 2, 5, 8, dtype=torch.int32),) * 3, {}), r"q has dtype torch.int32"),
-    (lambda: ((qkv()[0], qkv()[1].half(), qkv()[2]), {}), r"k has dtype torch.float16, expected q's dtype torch.float32"),
-    (lambda: (qkv(), {"q_factors": f()}), r"q_factors was given without its partner"),
-    (lambda: (qkv(), {"k_factors": f()}), r"k_factors was given without its partner"),
-    (lambda: (qkv(), {"q_factors": f(b=3), "k_factors": f(b=3)}), r"q_factors must be \[B', H, Lq, R\]"),
-    (lambda: (qkv(), {"q_factors": f(r=3), "k_factors": f(r=4)}), r"k_factors must be \[B', H, Lk, R\]"),
-    (lambda: (qkv(), {"q_factors": f(b=1), "k_factors": f(b=2)}), r"must have the same batch dimension"),
-    (lambda: (qkv(), {"q_factors": f(r=0), "k_factors": f(r=0)}), r"rank R = 0"),
-    (lambda: (qkv(), {"q_factors": f().half(), "k_factors": f().half()}), r"q_factors has dtype torch.float16"),
-    (lambda: (qkv(), {"bias": torch.randn(3, 2, 5, 5)}), r"bias has shape \[3, 2, 5, 5\], which does not broadcast"),
-    (lambda: (qkv(), {"bias": torch.randn(1, 1, 2, 5, 5)}), r"bias has shape .* expected at most 4 dims"),
-    (lambda: (qkv(), {"key_mask": torch.ones(2, 5)}), r"key_mask must be a bool tensor"),
-    (lambda: (qkv(), {"key_mask": torch.ones(2, 4, dtype=torch.bool)}), r"key_mask has shape \[2, 4\], which does not broadcast to \[B, Lk\]"),
-    (lambda: ((torch.randn(2, 2, 0, 8), *qkv()[1:]), {}), r"every dimension >= 1"),
-    (lambda: (qkv(), {"gate": torch.randn(1, 2, 5, 8)}), r"gate must be \[B, H, Lq, D\] = \[2, 2, 5, 8\] like q"),
-    (lambda: (qkv(), {"gate": torch.randn(2, 2, 5, 8).half()}), r"gate has dtype torch.float16"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: ((qkv()[0][0],) + qkv()[1:], {}), r"q must be a 4-d tensor"),
+        (lambda: ((qkv()[0], torch.randn(2, 2, 5, 4), qkv()[2]), {}), r"k must be \[B, H, Lk, D\]"),
+        (lambda: ((*qkv()[:2], torch.randn(2, 2, 6, 8)), {}), r"v must be \[B, H, Lk, D\]"),
+        (lambda: (qkv(D=160), {}), r"head dim D = 160 .* exceeds the supported maximum 128"),
+        (lambda: ((torch.ones(2, 2, 5, 8, dtype=torch.int32),) * 3, {}), r"q has dtype torch.int32"),
+        (
+            lambda: ((qkv()[0], qkv()[1].half(), qkv()[2]), {}),
+            r"k has dtype torch.float16, expected q's dtype torch.float32",
+        ),
+        (lambda: (qkv(), {"q_factors": f()}), r"q_factors was given without its partner"),
+        (lambda: (qkv(), {"k_factors": f()}), r"k_factors was given without its partner"),
+        (lambda: (qkv(), {"q_factors": f(b=3), "k_factors": f(b=3)}), r"q_factors must be \[B', H, Lq, R\]"),
+        (lambda: (qkv(), {"q_factors": f(r=3), "k_factors": f(r=4)}), r"k_factors must be \[B', H, Lk, R\]"),
+        (lambda: (qkv(), {"q_factors": f(b=1), "k_factors": f(b=2)}), r"must have the same batch dimension"),
+        (lambda: (qkv(), {"q_factors": f(r=0), "k_factors": f(r=0)}), r"rank R = 0"),
+        (lambda: (qkv(), {"q_factors": f().half(), "k_factors": f().half()}), r"q_factors has dtype torch.float16"),
+        (
+            lambda: (qkv(), {"bias": torch.randn(3, 2, 5, 5)}),
+            r"bias has shape \[3, 2, 5, 5\], which does not broadcast",
+        ),
+        (lambda: (qkv(), {"bias": torch.randn(1, 1, 2, 5, 5)}), r"bias has shape .* expected at most 4 dims"),
+        (lambda: (qkv(), {"key_mask": torch.ones(2, 5)}), r"key_mask must be a bool tensor"),
+        (
+            lambda: (qkv(), {"key_mask": torch.ones(2, 4, dtype=torch.bool)}),
+            r"key_mask has shape \[2, 4\], which does not broadcast to \[B, Lk\]",
+        ),
+        (lambda: ((torch.randn(2, 2, 0, 8), *qkv()[1:]), {}), r"every dimension >= 1"),
+        (lambda: (qkv(), {"gate": torch.randn(1, 2, 5, 8)}), r"gate must be \[B, H, Lq, D\] = \[2, 2, 5, 8\] like q"),
+        (lambda: (qkv(), {"gate": torch.randn(2, 2, 5, 8).half()}), r"gate has dtype torch.float16"),
+    ],
+)
 def test_bad_input_gets_a_clear_error(backend, make, match):
     args, kw = make()
     with pytest.raises((ValueError, TypeError), match=match):

@@ -139,8 +139,9 @@ def _measure(case: Case, method: str, rank: int | None, cfg, dtype, device) -> R
             def fwd_bwd():
                 return torch.autograd.grad(fn(), grad_inputs, do)
 
-            rec.fwd_bwd_ms, rec.peak_memory_bytes = median_ms_and_peak_memory(fwd_bwd, device, cfg.warmup_ms,
-                                                                              cfg.rep_ms)
+            rec.fwd_bwd_ms, rec.peak_memory_bytes = median_ms_and_peak_memory(
+                fwd_bwd, device, cfg.warmup_ms, cfg.rep_ms
+            )
     except Exception as e:  # a baseline failing must not stop the benchmark: record why
         rec.status = failure_status(e)
     finally:
@@ -154,13 +155,15 @@ def run(cfg) -> list[Record]:
         from ..kernel.tiles import load_config_overrides
 
         load_config_overrides(cfg.kernel_configs)
-    device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if (cfg.device == "auto" and torch.cuda.is_available())
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     cases = [Case("triangle", n, n, cfg.triangle.heads, cfg.triangle.head_dim) for n in cfg.triangle.sizes]
     cases += [Case("single", n, 1, cfg.single.heads, cfg.single.head_dim) for n in cfg.single.sizes]
-    jobs = [(c, m, r) for c in cases for m in cfg.methods
-            for r in (cfg.ranks if m == "fb_factors" else [None])]
+    jobs = [(c, m, r) for c in cases for m in cfg.methods for r in (cfg.ranks if m == "fb_factors" else [None])]
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(device) | {"dtype": str(dtype).replace("torch.", "")}
@@ -168,7 +171,9 @@ def run(cfg) -> list[Record]:
     for case, method, rank in tqdm(jobs, desc="attention benchmark", unit="case"):
         records.append(_measure(case, method, rank, cfg, dtype, device))
         # written after every case, so an interrupted run still leaves its results
-        atomic_write(out / "results.json", json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1))
+        atomic_write(
+            out / "results.json", json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1)
+        )
         atomic_write(out / "results.md", markdown_table(records, env))
     return records
 
@@ -178,17 +183,24 @@ def _fmt(x):
 
 
 def markdown_table(records: list[Record], env: dict) -> str:
-    lines = ["# Attention benchmark", "",
-             " · ".join(f"{k}: {v}" for k, v in env.items()), "",
-             "Times in ms (median); ×floor = fwd+bwd over SDPA without bias at the same size.", "",
-             "| kind | N | B×H×D | method | rank | fwd ms | fwd+bwd ms | ×floor fwd | ×floor fwd+bwd | peak GiB | status |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Attention benchmark",
+        "",
+        " · ".join(f"{k}: {v}" for k, v in env.items()),
+        "",
+        "Times in ms (median); ×floor = fwd+bwd over SDPA without bias at the same size.",
+        "",
+        "| kind | N | B×H×D | method | rank | fwd ms | fwd+bwd ms | ×floor fwd | ×floor fwd+bwd | peak GiB | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     floors = {(r.kind, r.n): r for r in records if r.method == "sdpa_floor" and r.status == "ok"}
     for r in records:
         f = floors.get((r.kind, r.n))
         rf = (r.fwd_ms / f.fwd_ms) if (f and r.fwd_ms) else None
         rb = (r.fwd_bwd_ms / f.fwd_bwd_ms) if (f and r.fwd_bwd_ms and f.fwd_bwd_ms) else None
         mem = r.peak_memory_bytes / 2**30 if r.peak_memory_bytes else None
-        lines.append(f"| {r.kind} | {r.n} | {r.batch}×{r.heads}×{r.head_dim} | {r.method} | {r.rank or ''} | "
-                     f"{_fmt(r.fwd_ms)} | {_fmt(r.fwd_bwd_ms)} | {_fmt(rf)} | {_fmt(rb)} | {_fmt(mem)} | {r.status} |")
+        lines.append(
+            f"| {r.kind} | {r.n} | {r.batch}×{r.heads}×{r.head_dim} | {r.method} | {r.rank or ''} | "
+            f"{_fmt(r.fwd_ms)} | {_fmt(r.fwd_bwd_ms)} | {_fmt(rf)} | {_fmt(rb)} | {_fmt(mem)} | {r.status} |"
+        )
     return "\n".join(lines) + "\n"

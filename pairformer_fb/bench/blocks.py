@@ -64,7 +64,7 @@ def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def _masks(n: int, device):
     token = torch.ones(1, n, device=device)
-    token[:, n - max(1, n // 20):] = 0
+    token[:, n - max(1, n // 20) :] = 0
     return token, token[:, :, None] * token[:, None, :]
 
 
@@ -91,28 +91,49 @@ def build_block(host: str, cfg, width: str = "v1"):
     if host == "protenix":
         from protenix.model.modules.pairformer import PairformerBlock
 
-        block = PairformerBlock(n_heads=cfg.single_heads, c_z=c_z, c_s=c_s, c_hidden_pair_att=cfg.tri_head_dim,
-                                no_heads_pair=cfg.tri_heads * (2 if width == "v2" else 1),
-                                hidden_scale_up=width == "v2")
+        block = PairformerBlock(
+            n_heads=cfg.single_heads,
+            c_z=c_z,
+            c_s=c_s,
+            c_hidden_pair_att=cfg.tri_head_dim,
+            no_heads_pair=cfg.tri_heads * (2 if width == "v2" else 1),
+            hidden_scale_up=width == "v2",
+        )
 
         def call(block, s, z, token, pair, kw):
             return block(s, z, pair, **kw)
     elif host == "boltz":
         from boltz.model.layers.pairformer import PairformerLayer
 
-        block = PairformerLayer(c_s, c_z, num_heads=cfg.single_heads, dropout=0.0,
-                                pairwise_head_width=cfg.tri_head_dim, pairwise_num_heads=cfg.tri_heads, v2=True)
+        block = PairformerLayer(
+            c_s,
+            c_z,
+            num_heads=cfg.single_heads,
+            dropout=0.0,
+            pairwise_head_width=cfg.tri_head_dim,
+            pairwise_num_heads=cfg.tri_heads,
+            v2=True,
+        )
 
         def call(block, s, z, token, pair, kw):
             return block(s, z, token, pair, **kw)
     elif host == "openfold3":
         from openfold3.core.model.latent.pairformer import PairFormerBlock
 
-        block = PairFormerBlock(c_s=c_s, c_z=c_z, c_hidden_pair_bias=c_s // cfg.single_heads,
-                                no_heads_pair_bias=cfg.single_heads, c_hidden_mul=128,
-                                c_hidden_pair_att=cfg.tri_head_dim, no_heads_pair=cfg.tri_heads,
-                                transition_type="swiglu", transition_n=4, pair_dropout=0.25,
-                                fuse_projection_weights=False, inf=1e9)
+        block = PairFormerBlock(
+            c_s=c_s,
+            c_z=c_z,
+            c_hidden_pair_bias=c_s // cfg.single_heads,
+            no_heads_pair_bias=cfg.single_heads,
+            c_hidden_mul=128,
+            c_hidden_pair_att=cfg.tri_head_dim,
+            no_heads_pair=cfg.tri_heads,
+            transition_type="swiglu",
+            transition_n=4,
+            pair_dropout=0.25,
+            fuse_projection_weights=False,
+            inf=1e9,
+        )
 
         def call(block, s, z, token, pair, kw):
             return block(s, z, token, pair, **kw)
@@ -137,8 +158,9 @@ def _measure(host, n, variant, kernels, cfg, device, width="v1") -> BlockRecord:
             rec.notes["patched"] = len(report)
         g = torch.Generator().manual_seed(cfg.seed)
         c_z = 256 if width == "v2" else cfg.c_z
-        rep_dtype = REP_DTYPES[cfg.get("rep_dtype", "auto")] or (torch.bfloat16 if device.type == "cuda"
-                                                                   else torch.float32)
+        rep_dtype = REP_DTYPES[cfg.get("rep_dtype", "auto")] or (
+            torch.bfloat16 if device.type == "cuda" else torch.float32
+        )
         s = torch.randn(1, n, cfg.c_s, generator=g).to(device, rep_dtype)
         z = torch.randn(1, n, n, c_z, generator=g).to(device, rep_dtype)
         token, pair = _masks(n, device)
@@ -165,12 +187,17 @@ def _measure(host, n, variant, kernels, cfg, device, width="v1") -> BlockRecord:
 def run(cfg) -> list[BlockRecord]:
     if cfg.get("rep_dtype", "auto") not in REP_DTYPES:
         raise ValueError(f"rep_dtype must be auto, bf16 or fp32, got {cfg.rep_dtype!r}")
-    device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if (cfg.device == "auto" and torch.cuda.is_available())
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = environment(device) | {"dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
-                                 "rep_dtype": cfg.get("rep_dtype", "auto")}
+    env = environment(device) | {
+        "dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "rep_dtype": cfg.get("rep_dtype", "auto"),
+    }
     for pkg in ("protenix", "boltz", "openfold3", "cuequivariance_torch"):
         try:
             import importlib.metadata as md
@@ -194,25 +221,32 @@ def run(cfg) -> list[BlockRecord]:
         if width == "v2":
             rec.notes["width"] = "v2 (c_z 256, 8 triangle heads)"
         records.append(rec)
-        atomic_write(out / "results.json", json.dumps({"environment": env, "records": [asdict(r) for r in records]},
-                                                     indent=1))
+        atomic_write(
+            out / "results.json", json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1)
+        )
         atomic_write(out / "results.md", markdown_table(records, env))
     return records
 
 
 def markdown_table(records: list[BlockRecord], env: dict) -> str:
-    stock = {(r.host, r.n, r.kernels, r.notes.get("width")): r.ms for r in records
-             if r.variant == "stock" and r.ms}
-    lines = ["# Host block benchmark", "", " · ".join(f"{k}: {v}" for k, v in env.items()), "",
-             "One Pairformer block, inference, median ms; speed-up against the stock block with the same "
-             "kernel switches.", "",
-             "| host | width | N | kernels | variant | rank | ms | × stock | peak GiB | status |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    stock = {(r.host, r.n, r.kernels, r.notes.get("width")): r.ms for r in records if r.variant == "stock" and r.ms}
+    lines = [
+        "# Host block benchmark",
+        "",
+        " · ".join(f"{k}: {v}" for k, v in env.items()),
+        "",
+        "One Pairformer block, inference, median ms; speed-up against the stock block with the same kernel switches.",
+        "",
+        "| host | width | N | kernels | variant | rank | ms | × stock | peak GiB | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         base = stock.get((r.host, r.n, r.kernels, r.notes.get("width")))
         speed = f"{base / r.ms:.2f}" if (base and r.ms) else "—"
         mem = f"{r.peak_memory_bytes / 2**30:.2f}" if r.peak_memory_bytes else "—"
         ms = f"{r.ms:.2f}" if r.ms else "—"
-        lines.append(f"| {r.host} | {r.notes.get('width', 'v1')} | {r.n} | {r.kernels} | {r.variant} | "
-                     f"{r.rank or ''} | {ms} | {speed} | {mem} | {r.status} |")
+        lines.append(
+            f"| {r.host} | {r.notes.get('width', 'v1')} | {r.n} | {r.kernels} | {r.variant} | "
+            f"{r.rank or ''} | {ms} | {speed} | {mem} | {r.status} |"
+        )
     return "\n".join(lines) + "\n"

@@ -71,8 +71,7 @@ def _ours(host, module: str, mode: str, cfg):
     from ..hosts.boltz.adapter import make_replacement
     from ..modules.bias_cache import SVDConfig
 
-    site = Site(path=module, parent=None, attr=module, module=host, kind=module, node=None, stack="diffusion",
-                block=0)
+    site = Site(path=module, parent=None, attr=module, module=host, kind=module, node=None, stack="diffusion", block=0)
     svd = SVDConfig(rel_error=cfg.svd.rel_error, max_rank=cfg.svd.max_rank)
     return make_replacement(site, mode=mode, factor_config=None, svd_config=svd)
 
@@ -87,8 +86,9 @@ def _measure(module, n, variant, cfg, dtype, device, host, x, stock_out) -> Diff
             ours = _ours(host, module, mode, cfg)
             return ours, _call(ours, x)
 
-        time_variant(rec, variant, _call(host, x), build_ours, cfg, dtype, device, stock_out,
-                     cache_hits=module == "diffusion")
+        time_variant(
+            rec, variant, _call(host, x), build_ours, cfg, dtype, device, stock_out, cache_hits=module == "diffusion"
+        )
     except Exception as e:  # noqa: BLE001 - keep going: record why this variant failed
         rec.status = failure_status(e)
     finally:

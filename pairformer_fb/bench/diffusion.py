@@ -54,8 +54,9 @@ def _host_module(module: str, cfg, device):
 
     g = torch.Generator().manual_seed(cfg.seed)
     spec = cfg[module]
-    host = AttentionPairBias(has_s=True, n_heads=spec.heads, c_a=spec.c_a, c_s=spec.c_s, c_z=spec.c_z,
-                             cross_attention_mode=module == "atom")
+    host = AttentionPairBias(
+        has_s=True, n_heads=spec.heads, c_a=spec.c_a, c_s=spec.c_s, c_z=spec.c_z, cross_attention_mode=module == "atom"
+    )
     with torch.no_grad():  # hosts zero-init output projections and gates: random weights time the real work
         for name, p in host.named_parameters():
             if p.dim() >= 2:
@@ -86,8 +87,7 @@ def _ours(host, module: str, mode: str, cfg):
     from ..hosts.protenix.adapter import make_replacement
     from ..modules.bias_cache import SVDConfig
 
-    site = Site(path=module, parent=None, attr=module, module=host, kind=module, node=None, stack="diffusion",
-                block=0)
+    site = Site(path=module, parent=None, attr=module, module=host, kind=module, node=None, stack="diffusion", block=0)
     svd = SVDConfig(rel_error=cfg.svd.rel_error, max_rank=cfg.svd.max_rank)
     return make_replacement(site, mode=mode, factor_config=None, svd_config=svd)
 
@@ -101,8 +101,9 @@ def _call(fn_module, module: str, x, cfg, fusion: bool):
     return lambda: fn_module(x["a"], x["s"], x["z"], n_queries=spec.n_queries, n_keys=spec.n_keys)
 
 
-def time_variant(rec: DiffusionRecord, variant: str, stock_fn, build_ours, cfg, dtype, device, stock_out,
-                 *, cache_hits: bool = True) -> None:
+def time_variant(
+    rec: DiffusionRecord, variant: str, stock_fn, build_ours, cfg, dtype, device, stock_out, *, cache_hits: bool = True
+) -> None:
     """Time one variant into ``rec``: ``stock_fn`` (a closure calling the host module) for
     "stock*", else ``build_ours(mode) -> (wrapper, closure)``; "exact_uncached" clears the bias
     cache before every call, "lowrank" records its one-off SVD (first call) and ranks. Also the
@@ -114,6 +115,7 @@ def time_variant(rec: DiffusionRecord, variant: str, stock_fn, build_ours, cfg, 
     else:
         ours, call = build_ours("lowrank" if variant == "lowrank" else "exact")
         if variant == "exact_uncached":
+
             def fn():
                 ours.flash_bias.bias_cache.clear()
                 return call()
@@ -126,9 +128,12 @@ def time_variant(rec: DiffusionRecord, variant: str, stock_fn, build_ours, cfg, 
                 fn()
             _sync(device)
             svd = ours.flash_bias.last_svd
-            rec.notes.update(first_call_ms=round((time.perf_counter() - t0) * 1e3, 3), rank=svd.rank,
-                             svd_rel_error_mean=float(svd.rel_errors.mean()),
-                             svd_rel_error_max=float(svd.rel_errors.max()))
+            rec.notes.update(
+                first_call_ms=round((time.perf_counter() - t0) * 1e3, 3),
+                rank=svd.rank,
+                svd_rel_error_mean=float(svd.rel_errors.mean()),
+                svd_rel_error_max=float(svd.rel_errors.max()),
+            )
     with _autocast(dtype, device):
         out = fn()
         rec.ms = median_ms(fn, device, cfg.warmup_ms, cfg.rep_ms)
@@ -184,8 +189,11 @@ def run_cases(cfg, title: str, env_extra: dict, setup, measure) -> list[Diffusio
     (host, inputs, stock call)``, the stock output, then ``measure(module, n, variant, cfg, dtype,
     device, host, inputs, stock_out)`` per variant; results.json / results.md rewritten after
     every case, a case whose set-up fails recorded as failed for all its variants."""
-    device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if (cfg.device == "auto" and torch.cuda.is_available())
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
@@ -210,8 +218,10 @@ def run_cases(cfg, title: str, env_extra: dict, setup, measure) -> list[Diffusio
             for variant in cfg.variants:
                 records.append(measure(module, n, variant, cfg, dtype, device, host, x, stock_out))
                 bar.update()
-                atomic_write(out / "results.json", json.dumps(
-                    {"environment": env, "records": [asdict(r) for r in records]}, indent=1))
+                atomic_write(
+                    out / "results.json",
+                    json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1),
+                )
                 atomic_write(out / "results.md", markdown_table(records, env))
             del host, x, stock_out
     bar.close()
@@ -220,13 +230,21 @@ def run_cases(cfg, title: str, env_extra: dict, setup, measure) -> list[Diffusio
 
 def markdown_table(records: list[DiffusionRecord], env: dict) -> str:
     fmt = lambda x, p=3: "—" if x is None else f"{x:.{p}f}"
-    lines = ["# Diffusion-module attention benchmark", "", " · ".join(f"{k}: {v}" for k, v in env.items()), "",
-             "One call = one block, one diffusion step, all samples (ms, median). `exact` and `lowrank` "
-             "reuse the bias / factors computed at the first step; rel. err. against the stock output.", "",
-             "| module | N | samples | variant | ms | rel. err. | status | notes |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Diffusion-module attention benchmark",
+        "",
+        " · ".join(f"{k}: {v}" for k, v in env.items()),
+        "",
+        "One call = one block, one diffusion step, all samples (ms, median). `exact` and `lowrank` "
+        "reuse the bias / factors computed at the first step; rel. err. against the stock output.",
+        "",
+        "| module | N | samples | variant | ms | rel. err. | status | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         notes = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.notes.items())
         err = "—" if r.rel_err is None else f"{r.rel_err:.1e}"
-        lines.append(f"| {r.module} | {r.n} | {r.n_sample} | {r.variant} | {fmt(r.ms)} | {err} | {r.status} | {notes} |")
+        lines.append(
+            f"| {r.module} | {r.n} | {r.n_sample} | {r.variant} | {fmt(r.ms)} | {err} | {r.status} | {notes} |"
+        )
     return "\n".join(lines) + "\n"

@@ -41,7 +41,7 @@ from ..kernel.reference import MASK_NEG
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}
 # unit roundoff of the products' inputs: bf16 8 significant bits, fp16 and tf32 11; fp32 24 bits,
 # times 64 for its accumulations (a sqrt(n) u bound for sums of up to 4096 terms)
-UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "fp16": 2.0 ** -11, "tf32": 2.0 ** -11, "fp32": 2.0 ** -24 * 64}
+UNIT_ROUNDOFF = {"bf16": 2.0**-8, "fp16": 2.0**-11, "tf32": 2.0**-11, "fp32": 2.0**-24 * 64}
 FWD_ULPS, BWD_ULPS = 4, 16
 BIAS_PATTERNS = ("B H Lq Lk", "1 H Lq Lk", "1 1 Lq Lk", "B 1 Lq Lk", "1 H 1 Lk", "B H 1 Lk", "1 1 1 Lk")
 
@@ -87,19 +87,35 @@ def named_cases(seed: int = 0) -> list[FuzzCase]:
     tile table was fitted (issue 14): fp32 backward at D >= 96, fp32 backward with factors
     (R = 32, D = 48), fp16 backward at D = 96 with R = 96; each with and without TF32 for fp32.
     Indices are negative so they never collide with drawn cases."""
-    specs = [("fp32", 96, 0, "1 H Lq Lk"), ("tf32", 96, 0, "1 H Lq Lk"), ("fp32", 128, 0, "1 H Lq Lk"),
-             ("fp32", 48, 32, None), ("tf32", 48, 32, None), ("fp16", 96, 96, "1 H Lq Lk"), ("bf16", 128, 128, None)]
-    return [FuzzCase(-1 - i, seed + i, dt, 8, 4, 300, 300, D, R, 1, bias, True, (), False, True)
-            for i, (dt, D, R, bias) in enumerate(specs)]
+    specs = [
+        ("fp32", 96, 0, "1 H Lq Lk"),
+        ("tf32", 96, 0, "1 H Lq Lk"),
+        ("fp32", 128, 0, "1 H Lq Lk"),
+        ("fp32", 48, 32, None),
+        ("tf32", 48, 32, None),
+        ("fp16", 96, 96, "1 H Lq Lk"),
+        ("bf16", 128, 128, None),
+    ]
+    return [
+        FuzzCase(-1 - i, seed + i, dt, 8, 4, 300, 300, D, R, 1, bias, True, (), False, True)
+        for i, (dt, D, R, bias) in enumerate(specs)
+    ]
 
 
 def _log_uniform(rng: random.Random, lo: int, hi: int) -> int:
     return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi + 0.999)) - 0.499)))
 
 
-def draw_cases(n: int, seed: int = 0, *, max_len: int = 600, max_elements: int = 1 << 22,
-               dtypes: tuple[str, ...] = ("bf16", "fp16", "fp32", "tf32"), max_head_dim: int = 128,
-               max_rank: int = 128) -> list[FuzzCase]:
+def draw_cases(
+    n: int,
+    seed: int = 0,
+    *,
+    max_len: int = 600,
+    max_elements: int = 1 << 22,
+    dtypes: tuple[str, ...] = ("bf16", "fp16", "fp32", "tf32"),
+    max_head_dim: int = 128,
+    max_rank: int = 128,
+) -> list[FuzzCase]:
     """``n`` cases from one seed. ``max_elements`` bounds B * H * Lq * Lk (the oracle's logits)."""
     rng = random.Random(seed)
     cases = []
@@ -116,9 +132,25 @@ def draw_cases(n: int, seed: int = 0, *, max_len: int = 600, max_elements: int =
         bias = None if rng.random() < 0.3 else rng.choice(BIAS_PATTERNS)
         mask = rng.random() < 0.5
         full = tuple(sorted(rng.sample(range(B), k=min(B, rng.randint(1, 2))))) if mask and rng.random() < 0.3 else ()
-        cases.append(FuzzCase(i, rng.randrange(2 ** 31), rng.choice(dtypes), B, H, Lq, Lk, D, R,
-                              rng.choice((1, B)) if R else 1, bias, mask, full, rng.random() < 0.3,
-                              rng.random() < 0.6))
+        cases.append(
+            FuzzCase(
+                i,
+                rng.randrange(2**31),
+                rng.choice(dtypes),
+                B,
+                H,
+                Lq,
+                Lk,
+                D,
+                R,
+                rng.choice((1, B)) if R else 1,
+                bias,
+                mask,
+                full,
+                rng.random() < 0.3,
+                rng.random() < 0.6,
+            )
+        )
     return cases
 
 
@@ -131,12 +163,15 @@ def make_case_inputs(case: FuzzCase, device) -> tuple[tuple, dict]:
         t = (torch.randn(*shape, generator=g, dtype=torch.float64) * std).to(dtype).to(device)
         return t.requires_grad_(case.grad)
 
-    args = (rnd(case.B, case.H, case.Lq, case.D), rnd(case.B, case.H, case.Lk, case.D),
-            rnd(case.B, case.H, case.Lk, case.D))
+    args = (
+        rnd(case.B, case.H, case.Lq, case.D),
+        rnd(case.B, case.H, case.Lk, case.D),
+        rnd(case.B, case.H, case.Lk, case.D),
+    )
     kw = {}
     if case.R:
-        kw["q_factors"] = rnd(case.factor_batch, case.H, case.Lq, case.R, std=case.R ** -0.25)
-        kw["k_factors"] = rnd(case.factor_batch, case.H, case.Lk, case.R, std=case.R ** -0.25)
+        kw["q_factors"] = rnd(case.factor_batch, case.H, case.Lq, case.R, std=case.R**-0.25)
+        kw["k_factors"] = rnd(case.factor_batch, case.H, case.Lk, case.R, std=case.R**-0.25)
     if case.bias:
         kw["bias"] = rnd(*case.bias_shape())
     if case.mask:
@@ -149,8 +184,19 @@ def make_case_inputs(case: FuzzCase, device) -> tuple[tuple, dict]:
     return args, kw
 
 
-def float64_oracle(q, k, v, q_factors=None, k_factors=None, bias=None, key_mask=None, gate=None, scale=None,
-                   compute_dtype=torch.float64, mask_dtype=torch.float32):
+def float64_oracle(
+    q,
+    k,
+    v,
+    q_factors=None,
+    k_factors=None,
+    bias=None,
+    key_mask=None,
+    gate=None,
+    scale=None,
+    compute_dtype=torch.float64,
+    mask_dtype=torch.float32,
+):
     """The op's formula, fully materialised in ``compute_dtype`` (float64), with the key mask
     (bool, broadcastable to [B, Lk]) added in ``mask_dtype``: fp32 as the hosts add it, so a fully
     masked row's logits all round to -1e9; ``mask_dtype=compute_dtype`` adds it exactly."""
@@ -243,9 +289,15 @@ def run_case(case: FuzzCase, device, backend: str = "auto") -> dict:
     u = UNIT_ROUNDOFF[case.dtype] * logit_error_scale(case)
     tol = {n: (FWD_ULPS if n == "out" else BWD_ULPS) * u for n in errors}
     failed = sorted(n for n, e in errors.items() if not e <= tol[n])
-    return {**asdict(case), "case": case.describe(), "first_call_s": round(first_call_s, 4),
-            "kernels_compiled": compiled, "errors": errors, "tolerance": tol,
-            "status": "ok" if not failed else "fail: " + ", ".join(failed)}
+    return {
+        **asdict(case),
+        "case": case.describe(),
+        "first_call_s": round(first_call_s, 4),
+        "kernels_compiled": compiled,
+        "errors": errors,
+        "tolerance": tol,
+        "status": "ok" if not failed else "fail: " + ", ".join(failed),
+    }
 
 
 def _worker(cases: list[FuzzCase], device: str, backend: str, path: str, cache_dir: str | None) -> None:
@@ -263,8 +315,16 @@ def _worker(cases: list[FuzzCase], device: str, backend: str, path: str, cache_d
             f.flush()
 
 
-def run_fuzz(cases: list[FuzzCase], device: str = "cuda", *, workers: int = 1, backend: str = "auto",
-             cold_cache: bool = True, timeout_s: float | None = None, progress: bool = True) -> list[dict]:
+def run_fuzz(
+    cases: list[FuzzCase],
+    device: str = "cuda",
+    *,
+    workers: int = 1,
+    backend: str = "auto",
+    cold_cache: bool = True,
+    timeout_s: float | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Run ``cases`` in ``workers`` processes (each with its own cold Triton cache when
     ``cold_cache``), case i in worker i % workers; one record per case, in case order. A case
     whose worker has not answered within ``timeout_s`` is recorded as ``did not return``."""
@@ -274,9 +334,12 @@ def run_fuzz(cases: list[FuzzCase], device: str = "cuda", *, workers: int = 1, b
         paths = [os.path.join(tmp, f"w{w}.jsonl") for w in range(workers)]
         slices = [cases[w::workers] for w in range(workers)]
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(s, device, backend, p,
-                                                   os.path.join(tmp, f"cache{w}") if cold_cache else None))
-                 for w, (s, p) in enumerate(zip(slices, paths))]
+        procs = [
+            ctx.Process(
+                target=_worker, args=(s, device, backend, p, os.path.join(tmp, f"cache{w}") if cold_cache else None)
+            )
+            for w, (s, p) in enumerate(zip(slices, paths))
+        ]
         for p in procs:
             p.start()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -299,8 +362,7 @@ def run_fuzz(cases: list[FuzzCase], device: str = "cuda", *, workers: int = 1, b
                 for line in open(p):
                     rec = json.loads(line)
                     by_index[rec["index"]] = rec
-    return [by_index.get(c.index) or {**asdict(c), "case": c.describe(), "status": "did not return"}
-            for c in cases]
+    return [by_index.get(c.index) or {**asdict(c), "case": c.describe(), "status": "did not return"} for c in cases]
 
 
 def _count_lines(path: str) -> int:
@@ -325,7 +387,8 @@ def summarize(records: list[dict]) -> dict:
         "first_call_s_max": max(firsts) if firsts else None,
         "first_call_s_median": statistics.median(firsts) if firsts else None,
         "first_call_s_median_compiling": statistics.median(
-            [r["first_call_s"] for r in records if r.get("kernels_compiled")] or [0.0]),
+            [r["first_call_s"] for r in records if r.get("kernels_compiled")] or [0.0]
+        ),
     }
 
 
@@ -336,13 +399,23 @@ def write_results(records: list[dict], output_dir: str | Path, environment: dict
     summary = summarize(records)
     doc = {**summary, "environment": environment, "config": config, "records": records}
     atomic_write(out / "results.json", json.dumps(doc, indent=1, default=str))
-    lines = [f"# FlashBias op fuzz: {summary['cases']} cases, {summary['failures']} failures", "",
-             f"{environment.get('device')} · torch {environment.get('torch')} · triton {environment.get('triton')}"
-             f" · {environment.get('date')}", "", f"`{environment.get('command')}`", "",
-             f"First call (compilation included): max {summary['first_call_s_max']:.2f} s, median "
-             f"{summary['first_call_s_median']:.2f} s (median over the calls that compiled: "
-             f"{summary['first_call_s_median_compiling']:.2f} s)" if summary["first_call_s_max"] is not None else "",
-             "", "| dtype | worst forward error (tolerance) | worst gradient error (tolerance) |", "|---|---|---|"]
+    lines = [
+        f"# FlashBias op fuzz: {summary['cases']} cases, {summary['failures']} failures",
+        "",
+        f"{environment.get('device')} · torch {environment.get('torch')} · triton {environment.get('triton')}"
+        f" · {environment.get('date')}",
+        "",
+        f"`{environment.get('command')}`",
+        "",
+        f"First call (compilation included): max {summary['first_call_s_max']:.2f} s, median "
+        f"{summary['first_call_s_median']:.2f} s (median over the calls that compiled: "
+        f"{summary['first_call_s_median_compiling']:.2f} s)"
+        if summary["first_call_s_max"] is not None
+        else "",
+        "",
+        "| dtype | worst forward error (tolerance) | worst gradient error (tolerance) |",
+        "|---|---|---|",
+    ]
     for dt, w in sorted(summary["worst_error"].items()):
         cells = [f"{w[k]:.2e} ({w['tolerance_' + k]:.1e})" if k in w else "—" for k in ("forward", "gradient")]
         lines.append(f"| {dt} | {cells[0]} | {cells[1]} |")
@@ -356,4 +429,13 @@ def write_results(records: list[dict], output_dir: str | Path, environment: dict
     return summary
 
 
-__all__ = ["FuzzCase", "draw_cases", "named_cases", "float64_oracle", "run_case", "run_fuzz", "summarize", "write_results"]
+__all__ = [
+    "FuzzCase",
+    "draw_cases",
+    "named_cases",
+    "float64_oracle",
+    "run_case",
+    "run_fuzz",
+    "summarize",
+    "write_results",
+]

@@ -67,13 +67,14 @@ def _build(module: str, n: int, variant: str, rank: int | None, cfg, dtype, devi
     g = torch.Generator(device="cpu").manual_seed(cfg.seed)
     fc = FactorConfig(rank=rank, width=cfg.factor_width) if variant == "lowrank" else None
     mask = torch.ones(1, n, dtype=torch.bool)
-    mask[:, n - max(1, n // 20):] = False  # padded tokens, as in a batch of mixed lengths
+    mask[:, n - max(1, n // 20) :] = False  # padded tokens, as in a batch of mixed lengths
     if module.startswith("triangle"):
         kw = dict(node="starting") if module == "triangle_starting" else dict(node="ending", ending_bias="transposed")
-        mod = FlashBiasTriangleAttention(cfg.triangle.c_z, cfg.triangle.heads, cfg.triangle.head_dim,
-                                         factor_config=fc, **kw)
+        mod = FlashBiasTriangleAttention(
+            cfg.triangle.c_z, cfg.triangle.heads, cfg.triangle.head_dim, factor_config=fc, **kw
+        )
         inputs = [torch.randn(1, n, n, cfg.triangle.c_z, generator=g)]
-        pair_mask = (mask[:, :, None] & mask[:, None, :])
+        pair_mask = mask[:, :, None] & mask[:, None, :]
         masks = [pair_mask]
     else:
         mod = FlashBiasAttentionPairBias(cfg.single.c_s, cfg.single.c_z, cfg.single.heads, factor_config=fc)
@@ -111,8 +112,9 @@ def _measure(module, n, variant, rank, cfg, dtype, device) -> ModuleRecord:
                 out = fn()
                 return torch.autograd.grad(out, inputs + params, torch.ones_like(out), allow_unused=True)
 
-            rec.fwd_bwd_ms, rec.peak_memory_bytes = median_ms_and_peak_memory(fwd_bwd, device, cfg.warmup_ms,
-                                                                              cfg.rep_ms)
+            rec.fwd_bwd_ms, rec.peak_memory_bytes = median_ms_and_peak_memory(
+                fwd_bwd, device, cfg.warmup_ms, cfg.rep_ms
+            )
     except Exception as e:  # keep going: record why this variant failed
         rec.status = failure_status(e)
     finally:
@@ -138,35 +140,59 @@ def profile(module: str, n: int, variant: str, rank, cfg, dtype, device, path: P
 
 
 def run(cfg) -> list[ModuleRecord]:
-    device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if (cfg.device == "auto" and torch.cuda.is_available())
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(device) | {"dtype": str(dtype).replace("torch.", "")}
-    jobs = [(m, n, v, (cfg.rank if v == "lowrank" else None))
-            for m in cfg.modules for n in (cfg.triangle.sizes if m.startswith("triangle") else cfg.single.sizes)
-            for v in cfg.variants]
+    jobs = [
+        (m, n, v, (cfg.rank if v == "lowrank" else None))
+        for m in cfg.modules
+        for n in (cfg.triangle.sizes if m.startswith("triangle") else cfg.single.sizes)
+        for v in cfg.variants
+    ]
     records = []
     for job in tqdm(jobs, desc="module benchmark", unit="case"):
         records.append(_measure(*job, cfg, dtype, device))
-        atomic_write(out / "results.json", json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1))
+        atomic_write(
+            out / "results.json", json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1)
+        )
         atomic_write(out / "results.md", markdown_table(records, env))
     if cfg.profile and device.type == "cuda":
         for variant in ("exact", "lowrank"):
-            profile("triangle_starting", cfg.profile_n, variant, cfg.rank, cfg, dtype, device,
-                    out / f"profile_triangle_starting_{variant}_{cfg.profile_n}.txt")
+            profile(
+                "triangle_starting",
+                cfg.profile_n,
+                variant,
+                cfg.rank,
+                cfg,
+                dtype,
+                device,
+                out / f"profile_triangle_starting_{variant}_{cfg.profile_n}.txt",
+            )
     return records
 
 
 def markdown_table(records: list[ModuleRecord], env: dict) -> str:
     fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
-    lines = ["# Module benchmark", "", " · ".join(f"{k}: {v}" for k, v in env.items()), "",
-             "Times in ms (median), one batch element, layer norms and projections included.", "",
-             "| module | N | variant | rank | fwd ms | fwd+bwd ms | peak GiB | status |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Module benchmark",
+        "",
+        " · ".join(f"{k}: {v}" for k, v in env.items()),
+        "",
+        "Times in ms (median), one batch element, layer norms and projections included.",
+        "",
+        "| module | N | variant | rank | fwd ms | fwd+bwd ms | peak GiB | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         mem = r.peak_memory_bytes / 2**30 if r.peak_memory_bytes else None
-        lines.append(f"| {r.module} | {r.n} | {r.variant} | {r.rank or ''} | {fmt(r.fwd_ms)} | "
-                     f"{fmt(r.fwd_bwd_ms)} | {fmt(mem)} | {r.status} |")
+        lines.append(
+            f"| {r.module} | {r.n} | {r.variant} | {r.rank or ''} | {fmt(r.fwd_ms)} | "
+            f"{fmt(r.fwd_bwd_ms)} | {fmt(mem)} | {r.status} |"
+        )
     return "\n".join(lines) + "\n"

@@ -60,9 +60,11 @@ from ..patching.patching import DIFFUSION_DTYPES
 from .timing import environment, failure_status
 
 VARIANTS = ("original", "exact", "lowrank", "original_graphs")
-RANDOM_WEIGHTS_NOTE = ("no checkpoint: the model has the real architecture with RANDOM weights "
-                       "(pairformer_fb.hosts.presets.randomise_), so the structures are not meaningful "
-                       "predictions; timings and the agreement between variants are")
+RANDOM_WEIGHTS_NOTE = (
+    "no checkpoint: the model has the real architecture with RANDOM weights "
+    "(pairformer_fb.hosts.presets.randomise_), so the structures are not meaningful "
+    "predictions; timings and the agreement between variants are"
+)
 
 
 @dataclass
@@ -204,24 +206,39 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
         # (stacks, kinds, blocks, modes, rank) its metadata records, with its factor networks
         from ..convert.convert import patch_as_recorded
 
-        report, prefix = patch_as_recorded(model, meta, what=f"checkpoint={cfg.checkpoint}",
-                                           diffusion_dtype=diffusion_dtype)
-        own = {k[len(prefix):]: v for k, v in factors.items() if k.startswith(prefix)}
+        report, prefix = patch_as_recorded(
+            model, meta, what=f"checkpoint={cfg.checkpoint}", diffusion_dtype=diffusion_dtype
+        )
+        own = {k[len(prefix) :]: v for k, v in factors.items() if k.startswith(prefix)}
         _, unexpected = model.load_state_dict(own, strict=False)
         want = {k for k in model.state_dict() if FACTOR_KEY_MARK in k}
         if unexpected or want - set(own):
-            raise ValueError(f"checkpoint={cfg.checkpoint}: its factor networks do not fit the modules its metadata "
-                             f"records ({len(unexpected)} unexpected, {len(want - set(own))} missing)")
+            raise ValueError(
+                f"checkpoint={cfg.checkpoint}: its factor networks do not fit the modules its metadata "
+                f"records ({len(unexpected)} unexpected, {len(want - set(own))} missing)"
+            )
         entries = report.entries
-        return {"patched_modules": len(report), "rank": next((e.rank for e in entries if e.rank), None),
-                "kinds": sorted({e.kind for e in entries}), "stacks": sorted({e.stack for e in entries}),
-                "factors": "from the converted checkpoint", "patched_as": "the checkpoint's metadata records", **dd}
+        return {
+            "patched_modules": len(report),
+            "rank": next((e.rank for e in entries if e.rank), None),
+            "kinds": sorted({e.kind for e in entries}),
+            "stacks": sorted({e.stack for e in entries}),
+            "factors": "from the converted checkpoint",
+            "patched_as": "the checkpoint's metadata records",
+            **dd,
+        }
     seed_all(cfg.seed)  # the untrained factor networks' initialisation
-    report = fb.patch_model(model, mode="lowrank", rank=cfg.rank, stacks=stacks, kinds=kinds,
-                            diffusion_dtype=diffusion_dtype)
-    return {"patched_modules": len(report), "rank": cfg.rank, "kinds": list(kinds), **dd,
-            "factors": "UNTRAINED (random) factor networks: no converted checkpoint given"
-                       + ("; diffusion attention: truncated SVD of its fixed bias" if "diffusion" in kinds else "")}
+    report = fb.patch_model(
+        model, mode="lowrank", rank=cfg.rank, stacks=stacks, kinds=kinds, diffusion_dtype=diffusion_dtype
+    )
+    return {
+        "patched_modules": len(report),
+        "rank": cfg.rank,
+        "kinds": list(kinds),
+        **dd,
+        "factors": "UNTRAINED (random) factor networks: no converted checkpoint given"
+        + ("; diffusion attention: truncated SVD of its fixed bias" if "diffusion" in kinds else ""),
+    }
 
 
 def dtype_context(device: torch.device, dtype: str):
@@ -255,14 +272,17 @@ def validate(cfg) -> tuple[StructureHost, list[Sample], Any, dict]:
     check_writable_dir(cfg.output_dir, "output_dir")
     if cfg.get("diffusion_dtype") not in DIFFUSION_DTYPES:
         raise ValueError(f"diffusion_dtype must be null, bf16 or fp16, got {cfg.diffusion_dtype!r}")
-    samples = read_samples(list(cfg.samples) if not isinstance(cfg.samples, str) else [cfg.samples],
-                           cfg.data_dir or Path(__file__).resolve().parents[2] / "data_samples")
+    samples = read_samples(
+        list(cfg.samples) if not isinstance(cfg.samples, str) else [cfg.samples],
+        cfg.data_dir or Path(__file__).resolve().parents[2] / "data_samples",
+    )
     refs = {}
     if cfg.reference:
         if isinstance(cfg.reference, str):
             if len(samples) != 1:
-                raise ValueError("reference= names one file, but there are several samples: give "
-                                 "reference={sample: path, ...}")
+                raise ValueError(
+                    "reference= names one file, but there are several samples: give reference={sample: path, ...}"
+                )
             refs = {samples[0].name: cfg.reference}
         else:
             refs = dict(cfg.reference)
@@ -293,10 +313,15 @@ def run(cfg) -> dict:
     notes = []
     if ckpt is None:
         notes.append(RANDOM_WEIGHTS_NOTE)
-    result = {"note": " | ".join(notes) or None, "environment": env, "model": model_info,
-              "features": host.features_note,
-              "config": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in _plain(cfg).items()},
-              "phases": list(PHASES), "records": []}
+    result = {
+        "note": " | ".join(notes) or None,
+        "environment": env,
+        "model": model_info,
+        "features": host.features_note,
+        "config": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in _plain(cfg).items()},
+        "phases": list(PHASES),
+        "records": [],
+    }
     records: list[Record] = []
     timer = PhaseTimer(model, device, host).install()
     jobs = [(s, v) for s in samples for v in cfg.variants]
@@ -304,8 +329,11 @@ def run(cfg) -> dict:
     try:
         for sample, variant in bar:
             bar.set_postfix_str(f"{sample.name} {variant}")
-            records.append(_run_one(host, model, timer, sample, variant, features[sample.name], cfg, ckpt,
-                                    device, autocast, out, refs))
+            records.append(
+                _run_one(
+                    host, model, timer, sample, variant, features[sample.name], cfg, ckpt, device, autocast, out, refs
+                )
+            )
             _agreement(records, sample, refs, cfg.tm_method)
             result["records"] = [asdict(r) for r in records]
             write_outputs(out, result)
@@ -397,7 +425,9 @@ def _agreement(records: list[Record], sample: Sample, refs: Mapping, tm_method: 
         if sample.name in refs:
             ref_ca, ref_seq, ref_path = refs[sample.name]
             pi, ri = match_to_reference(seq, ref_seq)
-            r.vs_reference = agreement(ref_ca[ri], ca[pi], "".join(seq[i] for i in pi), tm_method) | {"reference": ref_path}
+            r.vs_reference = agreement(ref_ca[ri], ca[pi], "".join(seq[i] for i in pi), tm_method) | {
+                "reference": ref_path
+            }
 
 
 def _public(rec: dict) -> dict:
@@ -419,19 +449,27 @@ def markdown(result: dict) -> str:
 
     env = result["environment"]
     m = result["model"]
-    lines = ["# Structure benchmark", "",
-             " · ".join(f"{k}: {v}" for k, v in env.items()), "",
-             f"Model: {m['host']} preset `{m['preset']}` ({m['model_name']}, {m['parameters']:,} parameters), "
-             f"weights: {m['weights']}, host kernels of `original`: {m['kernels']['triangle_attention']}.", ""]
+    lines = [
+        "# Structure benchmark",
+        "",
+        " · ".join(f"{k}: {v}" for k, v in env.items()),
+        "",
+        f"Model: {m['host']} preset `{m['preset']}` ({m['model_name']}, {m['parameters']:,} parameters), "
+        f"weights: {m['weights']}, host kernels of `original`: {m['kernels']['triangle_attention']}.",
+        "",
+    ]
     if result.get("features"):
         lines += [f"Features: {result['features']}.", ""]
     if result.get("note"):
         lines += [f"**Note:** {result['note']}.", ""]
-    lines += ["Times in seconds (median of the timed runs, warm-up excluded). Agreement with the unpatched "
-              "(`original`) prediction on Cα atoms: RMSD after superposition (Å), lDDT, TM-score.", "",
-              "| sample | tokens | variant | embed | MSA | trunk | diffusion | confidence | total | tokens/s | "
-              "peak GiB | RMSD | lDDT | TM | status |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "Times in seconds (median of the timed runs, warm-up excluded). Agreement with the unpatched "
+        "(`original`) prediction on Cα atoms: RMSD after superposition (Å), lDDT, TM-score.",
+        "",
+        "| sample | tokens | variant | embed | MSA | trunk | diffusion | confidence | total | tokens/s | "
+        "peak GiB | RMSD | lDDT | TM | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["records"]:
         t = r["times_s"] or {}
         vo = r["vs_original"] or {}
@@ -441,23 +479,41 @@ def markdown(result: dict) -> str:
             f"{f(t.get('msa_module'))} | {f(t.get('pairformer_trunk'))} | {f(t.get('diffusion_sampling'))} | "
             f"{f(t.get('confidence_head'))} | {f(t.get('total'))} | {f(r['tokens_per_s'], '{:.1f}')} | "
             f"{f(mem, '{:.2f}')} | {f(vo.get('rmsd'), '{:.3g}')} | {f(vo.get('lddt'), '{:.4f}')} | "
-            f"{f(vo.get('tm_score'), '{:.4f}')} | {r['status']} |")
+            f"{f(vo.get('tm_score'), '{:.4f}')} | {r['status']} |"
+        )
     if any((r["vs_original"] or {}).get("lddt_note") for r in result["records"]):
-        lines += ["", "lDDT —: no Cα pair of the reference within lDDT's 15 Å inclusion radius (random weights give "
-                  "spread-out structures)."]
+        lines += [
+            "",
+            "lDDT —: no Cα pair of the reference within lDDT's 15 Å inclusion radius (random weights give "
+            "spread-out structures).",
+        ]
     refs = [r for r in result["records"] if r["vs_reference"]]
     if refs:
-        lines += ["", "Against the reference structure (Cα):", "", "| sample | variant | RMSD | lDDT | TM | reference |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Against the reference structure (Cα):",
+            "",
+            "| sample | variant | RMSD | lDDT | TM | reference |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in refs:
             v = r["vs_reference"]
-            lines.append(f"| {r['sample']} | {r['variant']} | {v['rmsd']:.3g} | {v['lddt']:.4f} | "
-                         f"{v['tm_score']:.4f} | {v['reference']} |")
+            lines.append(
+                f"| {r['sample']} | {r['variant']} | {v['rmsd']:.3g} | {v['lddt']:.4f} | "
+                f"{v['tm_score']:.4f} | {v['reference']} |"
+            )
     graphed = [r for r in result["records"] if r["notes"].get("cuda_graphs")]
     if graphed:
-        lines += ["", "CUDA graphs of the diffusion step (captures / replays / failed captures / eager pass-throughs): "
-                  + "; ".join(f"{r['sample']} {r['variant']}: {g['captures']} / {g['replays']} / {g['failed']} / "
-                              f"{g['passthrough']}" for r in graphed for g in [r["notes"]["cuda_graphs"]]) + "."]
+        lines += [
+            "",
+            "CUDA graphs of the diffusion step (captures / replays / failed captures / eager pass-throughs): "
+            + "; ".join(
+                f"{r['sample']} {r['variant']}: {g['captures']} / {g['replays']} / {g['failed']} / {g['passthrough']}"
+                for r in graphed
+                for g in [r["notes"]["cuda_graphs"]]
+            )
+            + ".",
+        ]
     lows = {r["notes"].get("factors") for r in result["records"] if r["variant"] == "lowrank"} - {None}
     if lows:
         lines += ["", "lowrank factors: " + "; ".join(sorted(lows)) + "."]

@@ -36,8 +36,9 @@ class Skipped(Exception):
     """A benchmark case that does not apply here (recorded as skipped, not as an error)."""
 
 
-def median_ms_and_peak_memory(fn: Callable[[], object], device: torch.device, warmup_ms: float,
-                              rep_ms: float) -> tuple[float, int | None]:
+def median_ms_and_peak_memory(
+    fn: Callable[[], object], device: torch.device, warmup_ms: float, rep_ms: float
+) -> tuple[float, int | None]:
     """``median_ms`` of fn and, on CUDA, the peak memory allocated while it ran."""
     if device.type != "cuda":
         return median_ms(fn, device, warmup_ms, rep_ms), None

@@ -21,13 +21,35 @@ from .timing import median_ms
 
 # (block_m, block_n, num_warps, num_stages, rows per program[, ds_sum row splits])
 CANDIDATES = {
-    "fwd": [(64, 64, 4, 3, 1), (64, 64, 4, 3, 2), (64, 128, 4, 3, 1), (64, 128, 4, 3, 2), (128, 64, 8, 3, 1),
-            (64, 32, 4, 3, 2), (128, 64, 4, 3, 1)],
-    "bwd": [(64, 64, 4, 3, 1), (64, 128, 4, 3, 1), (64, 64, 4, 3, 2), (64, 64, 4, 2, 1), (128, 64, 8, 2, 1),
-            (64, 128, 8, 3, 1), (32, 128, 4, 3, 1)],
-    "ds_sum": [(64, 64, 4, 3, 1, 1), (64, 64, 4, 3, 1, 2), (64, 64, 4, 3, 1, 4), (64, 64, 4, 3, 1, 8),
-               (128, 64, 4, 3, 1, 4), (128, 64, 8, 3, 1, 4), (128, 128, 8, 3, 1, 4), (64, 128, 4, 3, 1, 4),
-               (128, 64, 4, 3, 1, 1)],
+    "fwd": [
+        (64, 64, 4, 3, 1),
+        (64, 64, 4, 3, 2),
+        (64, 128, 4, 3, 1),
+        (64, 128, 4, 3, 2),
+        (128, 64, 8, 3, 1),
+        (64, 32, 4, 3, 2),
+        (128, 64, 4, 3, 1),
+    ],
+    "bwd": [
+        (64, 64, 4, 3, 1),
+        (64, 128, 4, 3, 1),
+        (64, 64, 4, 3, 2),
+        (64, 64, 4, 2, 1),
+        (128, 64, 8, 2, 1),
+        (64, 128, 8, 3, 1),
+        (32, 128, 4, 3, 1),
+    ],
+    "ds_sum": [
+        (64, 64, 4, 3, 1, 1),
+        (64, 64, 4, 3, 1, 2),
+        (64, 64, 4, 3, 1, 4),
+        (64, 64, 4, 3, 1, 8),
+        (128, 64, 4, 3, 1, 4),
+        (128, 64, 8, 3, 1, 4),
+        (128, 128, 8, 3, 1, 4),
+        (64, 128, 4, 3, 1, 4),
+        (128, 64, 4, 3, 1, 1),
+    ],
 }
 
 
@@ -51,8 +73,8 @@ def _inputs(p: Problem, device, dtype, seed=0):
     q, k, v = (rnd(p.batch, p.heads, p.n, p.head_dim) for _ in range(3))
     kw = {}
     if p.rank:
-        kw["q_factors"] = rnd(1, p.heads, p.n, p.rank, std=p.rank ** -0.25)
-        kw["k_factors"] = rnd(1, p.heads, p.n, p.rank, std=p.rank ** -0.25)
+        kw["q_factors"] = rnd(1, p.heads, p.n, p.rank, std=p.rank**-0.25)
+        kw["k_factors"] = rnd(1, p.heads, p.n, p.rank, std=p.rank**-0.25)
     if p.dense_bias:
         kw["bias"] = rnd(1, p.heads, p.n, p.n)
     return (q, k, v), kw
@@ -70,8 +92,9 @@ def tune(problems: list[Problem], device, dtype, warmup_ms=10, rep_ms=50) -> tup
         do = torch.randn_like(args[0])
         block_d = tfb._pow2_at_least_16(p.head_dim)
         block_r = tfb._pow2_at_least_16(p.rank) if p.rank else 0
-        keys = {kind: tfb.config_key(kind, block_d, block_r, p.dense_bias, args[0].element_size())
-                for kind in CANDIDATES}
+        keys = {
+            kind: tfb.config_key(kind, block_d, block_r, p.dense_bias, args[0].element_size()) for kind in CANDIDATES
+        }
         for key in keys.values():
             tfb.CONFIG_OVERRIDES.pop(key, None)
 
@@ -110,11 +133,23 @@ def tune(problems: list[Problem], device, dtype, warmup_ms=10, rep_ms=50) -> tup
                 continue
             tfb.CONFIG_OVERRIDES[keys[kind]] = tfb.KernelConfig(*best["config"])
             bm, bn, w, s, rows, *split = best["config"]
-            winners.append({"kind": kind, "block_d": block_d, "block_r": block_r, "has_bias": p.dense_bias,
-                            "elem_bytes": args[0].element_size(),
-                            "block_m": bm, "block_n": bn, "num_warps": w, "num_stages": s, "rows": rows,
-                            "splits": split[0] if split else 1,
-                            "problem": asdict(p), "ms": best["ms"]})
+            winners.append(
+                {
+                    "kind": kind,
+                    "block_d": block_d,
+                    "block_r": block_r,
+                    "has_bias": p.dense_bias,
+                    "elem_bytes": args[0].element_size(),
+                    "block_m": bm,
+                    "block_n": bn,
+                    "num_warps": w,
+                    "num_stages": s,
+                    "rows": rows,
+                    "splits": split[0] if split else 1,
+                    "problem": asdict(p),
+                    "ms": best["ms"],
+                }
+            )
             print(f"{p.name:>24} {kind:>9}: best {best['config']} {best['ms']:.3f} ms", flush=True)
     return winners, log
 

@@ -46,8 +46,10 @@ FACTOR_KEY_MARK = ".factor_network."
 # the attentions directly, OpenFold3's under pair_stack / attn_pair_bias, Boltz-2's are "layers"
 # (``_orig_mod.``: a torch.compile'd module)
 HOST_MARKERS: dict[str, re.Pattern] = {
-    "protenix": re.compile(r"(?:^|\.)pairformer_stack\.blocks\.\d+\."
-                           r"(?:tri_att_start|tri_att_end|attention_pair_bias|tri_mul_out|tri_mul_in)\."),
+    "protenix": re.compile(
+        r"(?:^|\.)pairformer_stack\.blocks\.\d+\."
+        r"(?:tri_att_start|tri_att_end|attention_pair_bias|tri_mul_out|tri_mul_in)\."
+    ),
     "openfold3": re.compile(r"(?:^|\.)pairformer_stack\.blocks\.\d+\.(?:pair_stack|attn_pair_bias)\."),
     "boltz": re.compile(r"(?:^|\.)pairformer_module\.(?:_orig_mod\.)?layers\.\d+\."),
 }
@@ -150,16 +152,20 @@ def _load(path: Path, allow_pickle: bool) -> Any:
         if "weights only" not in str(e).lower():
             raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {e}") from e
         if not allow_pickle:
-            raise CheckpointError(f"{path}: the checkpoint holds pickled objects beyond tensors and "
-                                  f"plain data (or is corrupt), and allow_pickle=False: {e}") from e
+            raise CheckpointError(
+                f"{path}: the checkpoint holds pickled objects beyond tensors and "
+                f"plain data (or is corrupt), and allow_pickle=False: {e}"
+            ) from e
     except Exception as e:  # torch raises RuntimeError / EOFError / IndexError ... on a bad file
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): "
-                              f"{type(e).__name__}: {e}") from e
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint (truncated or corrupt?): {type(e).__name__}: {e}"
+        ) from e
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # as above
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): "
-                              f"{type(e).__name__}: {e}") from e
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint (truncated or corrupt?): {type(e).__name__}: {e}"
+        ) from e
 
 
 def detect_checkpoint_host(keys) -> str | None:
@@ -171,8 +177,9 @@ def detect_checkpoint_host(keys) -> str | None:
     return found[0] if found else None
 
 
-def read_checkpoint(path: str | os.PathLike, host: str = "auto", *, use_ema: bool = False,
-                    allow_pickle: bool = True) -> HostCheckpoint:
+def read_checkpoint(
+    path: str | os.PathLike, host: str = "auto", *, use_ema: bool = False, allow_pickle: bool = True
+) -> HostCheckpoint:
     """Read a host checkpoint (see the module docstring for the formats).
 
     Args:
@@ -209,24 +216,32 @@ def read_checkpoint(path: str | os.PathLike, host: str = "auto", *, use_ema: boo
                 location = loc
                 break
         else:
-            raise CheckpointError(f"{path}: use_ema=True but the checkpoint holds no EMA weights "
-                                  f"(looked for {', '.join('.'.join(loc) for loc in EMA_LOCATIONS)})")
+            raise CheckpointError(
+                f"{path}: use_ema=True but the checkpoint holds no EMA weights "
+                f"(looked for {', '.join('.'.join(loc) for loc in EMA_LOCATIONS)})"
+            )
     elif _is_state_dict(container):
         location = ()
     else:
-        location = next(((k,) for k in STATE_DICT_KEYS
-                         if isinstance(container, Mapping) and _is_state_dict(container.get(k))), None)
+        location = next(
+            ((k,) for k in STATE_DICT_KEYS if isinstance(container, Mapping) and _is_state_dict(container.get(k))), None
+        )
         if location is None:
-            what = (f"top-level keys {sorted(map(str, container))[:20]}" if isinstance(container, Mapping)
-                    else f"a {type(container).__name__}")
-            raise CheckpointError(f"{path}: found no state dict (a mapping of names to tensors) in the "
-                                  f"checkpoint, neither at the top nor under {STATE_DICT_KEYS}: it holds {what}")
+            what = (
+                f"top-level keys {sorted(map(str, container))[:20]}"
+                if isinstance(container, Mapping)
+                else f"a {type(container).__name__}"
+            )
+            raise CheckpointError(
+                f"{path}: found no state dict (a mapping of names to tensors) in the "
+                f"checkpoint, neither at the top nor under {STATE_DICT_KEYS}: it holds {what}"
+            )
     raw = container
     for key in location:
         raw = raw[key]
     keys = [k for k in raw if k != METADATA_KEY]
     prefix = _strip_prefix(keys)
-    state_dict = {k[len(prefix):]: raw[k] for k in keys}
+    state_dict = {k[len(prefix) :]: raw[k] for k in keys}
 
     try:
         detected = detect_checkpoint_host(state_dict)
@@ -238,15 +253,22 @@ def read_checkpoint(path: str | os.PathLike, host: str = "auto", *, use_ema: boo
             f"{path}: the state dict has no Pairformer keys of a known host ({', '.join(sorted(HOSTS))}), "
             f"e.g. 'pairformer_stack.blocks.0.tri_att_start.*' (Protenix), 'pairformer_module.layers.0.*' "
             f"(Boltz-2), 'pairformer_stack.blocks.0.pair_stack.*' (OpenFold3); its keys begin {sample}; "
-            f"pass host= to read it anyway")
+            f"pass host= to read it anyway"
+        )
     if detected is not None and host not in ("auto", detected):
         raise CheckpointError(f"{path}: host={host!r} but the checkpoint's keys are {detected!r}'s")
-    return HostCheckpoint(host=detected or host, state_dict=state_dict, container=container,
-                          location=location, prefix=prefix, path=path)
+    return HostCheckpoint(
+        host=detected or host, state_dict=state_dict, container=container, location=location, prefix=prefix, path=path
+    )
 
 
-def check_output_path(out_path: str | os.PathLike, input_path: str | os.PathLike | None = None, *,
-                      overwrite: bool = True, what: str = "output") -> Path:
+def check_output_path(
+    out_path: str | os.PathLike,
+    input_path: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = True,
+    what: str = "output",
+) -> Path:
     """Raise unless ``out_path`` can be written without touching ``input_path``: ValueError if it
     is the input (after resolving links), FileNotFoundError if its directory does not exist,
     PermissionError if files cannot be created there, IsADirectoryError if it is a directory,
@@ -272,8 +294,9 @@ def check_output_path(out_path: str | os.PathLike, input_path: str | os.PathLike
     return out
 
 
-def write_checkpoint_atomic(container: Any, out_path: str | os.PathLike, *,
-                            input_path: str | os.PathLike | None = None) -> Path:
+def write_checkpoint_atomic(
+    container: Any, out_path: str | os.PathLike, *, input_path: str | os.PathLike | None = None
+) -> Path:
     """``torch.save(container)`` to ``out_path`` atomically (``cli.atomic_write``: readers see the
     old file or the whole new one, a failed write leaves nothing behind; the file gets the mode of
     ``input_path`` when given, else the umask's). Refuses (ValueError, nothing written) an
@@ -292,8 +315,9 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def make_metadata(host: str, report: PatchReport, factor_config, source_path: str | os.PathLike, *,
-                  prefix: str = "") -> dict:
+def make_metadata(
+    host: str, report: PatchReport, factor_config, source_path: str | os.PathLike, *, prefix: str = ""
+) -> dict:
     """What a converted checkpoint records under ``"pairformer_fb"`` (plain data only, so it loads
     with ``weights_only=True``): the host and its installed version, pairformer_fb's version, the
     mode and factor rank (and kind, stack, block index) of every patched module (by its path in
@@ -318,8 +342,10 @@ def make_metadata(host: str, report: PatchReport, factor_config, source_path: st
         "host_version": host_version,
         "pairformer_fb_version": __version__,
         "model_prefix": prefix,
-        "modules": {prefix + e.path: {"mode": e.mode, "rank": e.rank, "kind": e.kind, "stack": e.stack,
-                                      "block": e.block} for e in report.entries},
+        "modules": {
+            prefix + e.path: {"mode": e.mode, "rank": e.rank, "kind": e.kind, "stack": e.stack, "block": e.block}
+            for e in report.entries
+        },
         "factor_config": dataclasses.asdict(factor_config) if factor_config is not None else None,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": {"path": str(source), "sha256": file_sha256(source)},

@@ -79,30 +79,48 @@ class ConversionReport:
         return d
 
     def markdown(self) -> str:
-        lines = [f"# Checkpoint {self.action}: {self.host}", "",
-                 f"- input: `{self.input}`", f"- output: `{self.output}`"]
+        lines = [
+            f"# Checkpoint {self.action}: {self.host}",
+            "",
+            f"- input: `{self.input}`",
+            f"- output: `{self.output}`",
+        ]
         if self.action == "strip":
             lines.append(f"- factor-network keys removed: {self.keys_removed}")
             return "\n".join(lines) + "\n"
         modes = {}
         for m in self.modules.values():
             modes[m["mode"]] = modes.get(m["mode"], 0) + 1
-        lines += [f"- model: `{self.model}` (state-dict prefix `{self.model_prefix}`)",
-                  (f"- patched modules: {len(self.modules)} ({', '.join(f'{v} {k}' for k, v in modes.items())}); "
-                   f"keys added: {self.keys_added}"),
-                  f"- factor config: {self.factor_config}",
-                  f"- samples: {', '.join(self.samples) or '-'}", f"- sample run: {self.sample_run or '-'}",
-                  f"- time: {self.seconds:.1f} s"]
+        lines += [
+            f"- model: `{self.model}` (state-dict prefix `{self.model_prefix}`)",
+            (
+                f"- patched modules: {len(self.modules)} ({', '.join(f'{v} {k}' for k, v in modes.items())}); "
+                f"keys added: {self.keys_added}"
+            ),
+            f"- factor config: {self.factor_config}",
+            f"- samples: {', '.join(self.samples) or '-'}",
+            f"- sample run: {self.sample_run or '-'}",
+            f"- time: {self.seconds:.1f} s",
+        ]
         if self.fits:
-            lines += ["", ("Bias-approximation error per module (relative squared error of phi_q phi_k^T "
-                           "against the dense bias, over the samples): the factor network's random init, after the "
-                           "least-squares fit to the truncated SVD, after Adam (final), the rank-R SVD floor, "
-                           "and the final network's error on held-out samples (the last ones, not fitted to)."), "",
-                      "| module | kind | rank | random init | lstsq | final | SVD floor | held out |",
-                      "|---|---|---:|---:|---:|---:|---:|---:|"]
-            lines += [f"| `{f.path}` | {f.kind} | {f.rank} | {f.init_error:.4f} | {f.lstsq_error:.4f} | "
-                      f"{f.error:.4f} | {f.svd_floor:.4f} | "
-                      f"{'-' if f.heldout_error is None else f'{f.heldout_error:.4f}'} |" for f in self.fits]
+            lines += [
+                "",
+                (
+                    "Bias-approximation error per module (relative squared error of phi_q phi_k^T "
+                    "against the dense bias, over the samples): the factor network's random init, after the "
+                    "least-squares fit to the truncated SVD, after Adam (final), the rank-R SVD floor, "
+                    "and the final network's error on held-out samples (the last ones, not fitted to)."
+                ),
+                "",
+                "| module | kind | rank | random init | lstsq | final | SVD floor | held out |",
+                "|---|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            lines += [
+                f"| `{f.path}` | {f.kind} | {f.rank} | {f.init_error:.4f} | {f.lstsq_error:.4f} | "
+                f"{f.error:.4f} | {f.svd_floor:.4f} | "
+                f"{'-' if f.heldout_error is None else f'{f.heldout_error:.4f}'} |"
+                for f in self.fits
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -115,8 +133,9 @@ def _find_prefix(state_dict: Mapping[str, Any], host: str, model: nn.Module, pre
     return ""
 
 
-def build_model(host: str, preset: str | None, ckpt: HostCheckpoint | None = None, *,
-                overrides: Mapping[str, Any] | None = None) -> tuple[nn.Module, str]:
+def build_model(
+    host: str, preset: str | None, ckpt: HostCheckpoint | None = None, *, overrides: Mapping[str, Any] | None = None
+) -> tuple[nn.Module, str]:
     """The host model of ``preset`` (None: the host's default in ``presets.DEFAULT_PRESETS``) and
     the name of the preset used. Protenix gets the fastest triangle kernels installed for its
     unpatched modules (``hosts.best_protenix_kernels``: its default, cuEquivariance, is not
@@ -143,29 +162,45 @@ def build_model(host: str, preset: str | None, ckpt: HostCheckpoint | None = Non
     raise ValueError(f"unknown host {host!r}")
 
 
-def load_host_state(model: nn.Module, state_dict: Mapping[str, Any], prefix: str = "", *, what: str = "checkpoint",
-                    ignore: Callable[[str], bool] = lambda key: False) -> None:
+def load_host_state(
+    model: nn.Module,
+    state_dict: Mapping[str, Any],
+    prefix: str = "",
+    *,
+    what: str = "checkpoint",
+    ignore: Callable[[str], bool] = lambda key: False,
+) -> None:
     """``model.load_state_dict`` of the keys under ``prefix`` (taken off), strictly, after
     checking names and shapes so that the error names every missing, unexpected or mis-shaped
     key (CheckpointError). ``ignore``: checkpoint keys to leave out."""
-    sub = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix) and not ignore(k)}
+    sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix) and not ignore(k)}
     own = model.state_dict()
     missing = [k for k in own if k not in sub]
     unexpected = [k for k in sub if k not in own]
-    shapes = [f"{prefix}{k}: {tuple(v.shape)} in the {what}, {tuple(own[k].shape)} in the model"
-              for k, v in sub.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{prefix}{k}: {tuple(v.shape)} in the {what}, {tuple(own[k].shape)} in the model"
+        for k, v in sub.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} key(s) of the model missing from the {what} "
-                        f"(e.g. {', '.join(prefix + k for k in missing[:5])})")
+        problems.append(
+            f"{len(missing)} key(s) of the model missing from the {what} "
+            f"(e.g. {', '.join(prefix + k for k in missing[:5])})"
+        )
     if unexpected:
-        problems.append(f"{len(unexpected)} key(s) of the {what} not in the model "
-                        f"(e.g. {', '.join(prefix + k for k in unexpected[:5])})")
+        problems.append(
+            f"{len(unexpected)} key(s) of the {what} not in the model "
+            f"(e.g. {', '.join(prefix + k for k in unexpected[:5])})"
+        )
     if shapes:
         problems.append(f"{len(shapes)} mis-shaped key(s): {'; '.join(shapes[:5])}")
     if problems:
-        raise CheckpointError(f"the {what} does not fit the {type(model).__name__} model: " + "; ".join(problems)
-                              + " (wrong host, model= preset or a damaged checkpoint?)")
+        raise CheckpointError(
+            f"the {what} does not fit the {type(model).__name__} model: "
+            + "; ".join(problems)
+            + " (wrong host, model= preset or a damaged checkpoint?)"
+        )
     model.load_state_dict(sub, strict=True)
 
 
@@ -263,23 +298,34 @@ def convert_checkpoint(
 
     if strip:
         if ckpt.metadata is None and not has_factors:
-            raise CheckpointError(f"{input}: strip=true but the checkpoint is not a converted one (it has neither "
-                                  f"'{METADATA_KEY}' metadata nor '*{FACTOR_KEY_MARK}*' keys)")
+            raise CheckpointError(
+                f"{input}: strip=true but the checkpoint is not a converted one (it has neither "
+                f"'{METADATA_KEY}' metadata nor '*{FACTOR_KEY_MARK}*' keys)"
+            )
         container = strip_checkpoint(ckpt.container)
         write_checkpoint_atomic(container, output, input_path=input)
         removed = sum(FACTOR_KEY_MARK in k for k in ckpt.state_dict)
-        report = ConversionReport(host=ckpt.host, input=str(input), output=str(output), action="strip",
-                                  keys_removed=removed, seconds=time.perf_counter() - start)
+        report = ConversionReport(
+            host=ckpt.host,
+            input=str(input),
+            output=str(output),
+            action="strip",
+            keys_removed=removed,
+            seconds=time.perf_counter() - start,
+        )
         if write_report:
             _write_report(report, output)
         return report
 
     if ckpt.metadata is not None or has_factors:
-        raise CheckpointError(f"{input}: the checkpoint is already converted (it has pairformer_fb metadata or "
-                              "factor-network keys): strip it first (strip=true)")
+        raise CheckpointError(
+            f"{input}: the checkpoint is already converted (it has pairformer_fb metadata or "
+            "factor-network keys): strip it first (strip=true)"
+        )
     factor_config = factor_config_for(rank, factor_config)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
 
     if isinstance(model, nn.Module):
         net, preset = model, type(model).__name__
@@ -290,10 +336,18 @@ def convert_checkpoint(
     net.to(dev).eval()
 
     torch.manual_seed(seed)  # the factor networks' initialisation
-    patch = patch_model(net, host=ckpt.host, mode=mode, factor_config=factor_config, stacks=stacks, kinds=kinds,
-                        blocks=blocks)
-    report = ConversionReport(host=ckpt.host, input=str(input), output=str(output), action="convert",
-                              model=preset, model_prefix=prefix, factor_config=asdict(factor_config))
+    patch = patch_model(
+        net, host=ckpt.host, mode=mode, factor_config=factor_config, stacks=stacks, kinds=kinds, blocks=blocks
+    )
+    report = ConversionReport(
+        host=ckpt.host,
+        input=str(input),
+        output=str(output),
+        action="convert",
+        model=preset,
+        model_prefix=prefix,
+        factor_config=asdict(factor_config),
+    )
     if any(e.rank is not None for e in patch.entries):
         if callable(samples):
             run, report.sample_run = samples, "given callable"
@@ -314,8 +368,15 @@ def convert_checkpoint(
     # the new state dict: the read one, unchanged, plus the factor networks
     meta = make_metadata(ckpt.host, patch, factor_config, input, prefix=prefix)
     meta["model_preset"] = preset
-    meta["fit"] = {f.path: {"error": f.error, "init_error": f.init_error, "svd_floor": f.svd_floor,
-                            "heldout_error": f.heldout_error} for f in report.fits}
+    meta["fit"] = {
+        f.path: {
+            "error": f.error,
+            "init_error": f.init_error,
+            "svd_floor": f.svd_floor,
+            "heldout_error": f.heldout_error,
+        }
+        for f in report.fits
+    }
     factors = {k: v for k, v in net.state_dict().items() if FACTOR_KEY_MARK in k}
     write_converted(ckpt, factors, meta, output, input_path=input, prefix=prefix)
     report.modules = meta["modules"]
@@ -326,8 +387,16 @@ def convert_checkpoint(
     return report
 
 
-def write_converted(ckpt: HostCheckpoint, tensors: Mapping[str, torch.Tensor], metadata: Mapping, output: str | os.PathLike,
-                    *, input_path: str | os.PathLike | None = None, prefix: str = "", replace: bool = False) -> Path:
+def write_converted(
+    ckpt: HostCheckpoint,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping,
+    output: str | os.PathLike,
+    *,
+    input_path: str | os.PathLike | None = None,
+    prefix: str = "",
+    replace: bool = False,
+) -> Path:
     """Write ``ckpt``'s container with ``tensors`` (model keys without ``prefix``: the factor
     networks, and for a fine-tuning that unfroze them, host weights) put into its state dict and
     EMA weights (cast to the checkpoint's dtype, on the CPU) and ``metadata`` under
@@ -336,15 +405,18 @@ def write_converted(ckpt: HostCheckpoint, tensors: Mapping[str, torch.Tensor], m
     checkpoint already has is an error (conversion adds keys); ``replace=True``: the keys must
     exist (fine-tuning replaces them)."""
     dtype = _dtype_of(ckpt.state_dict)
-    tensors = {prefix + k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype)
-               for k, v in tensors.items()}
+    tensors = {
+        prefix + k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype) for k, v in tensors.items()
+    }
     container = ckpt.make_container(ckpt.state_dict, metadata=dict(metadata))
     for sd in _state_dicts_in(container):  # the model weights and the EMA weights
         sd_prefix = _strip_prefix([k for k in sd if k != METADATA_KEY])
         for k, v in tensors.items():
             if (sd_prefix + k in sd) != replace:
-                raise CheckpointError(f"{input_path or ckpt.path}: the checkpoint "
-                                      f"{'already has' if not replace else 'has no'} key {sd_prefix + k}")
+                raise CheckpointError(
+                    f"{input_path or ckpt.path}: the checkpoint "
+                    f"{'already has' if not replace else 'has no'} key {sd_prefix + k}"
+                )
             sd[sd_prefix + k] = v.clone()
     return write_checkpoint_atomic(container, output, input_path=input_path)
 
@@ -356,8 +428,14 @@ def _write_report(report: ConversionReport, output: Path) -> None:
         atomic_write(output.with_name(output.name + suffix), text)
 
 
-def load_converted(path: str | os.PathLike, model: nn.Module, *, use_ema: bool = False, backend: str = "auto",
-                   allow_pickle: bool = True):
+def load_converted(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    use_ema: bool = False,
+    backend: str = "auto",
+    allow_pickle: bool = True,
+):
     """Restore a patched model from a converted checkpoint: patch the (unpatched) host ``model``
     as the checkpoint's metadata records (stacks, kinds, per-block modes, factor config) and load
     its state dict, strictly. ``model`` is the full host model or, for a checkpoint converted on
@@ -374,16 +452,24 @@ def load_converted(path: str | os.PathLike, model: nn.Module, *, use_ema: bool =
     return report
 
 
-def patch_as_recorded(model: nn.Module, meta: Mapping | None, *, what: str = "the checkpoint",
-                      backend: str = "auto", diffusion_dtype: str | None = None):
+def patch_as_recorded(
+    model: nn.Module,
+    meta: Mapping | None,
+    *,
+    what: str = "the checkpoint",
+    backend: str = "auto",
+    diffusion_dtype: str | None = None,
+):
     """Patch the (unpatched) host ``model`` exactly as a converted checkpoint's metadata records
     (its modules' stacks, kinds, per-block modes and the factor config), nothing more: ``(the
     PatchReport, the state-dict prefix of the model's keys)``. ``model`` is the full host model or
     the part the checkpoint was converted on. Raises CheckpointError (the model left unpatched)
     when the metadata is missing or the patched modules differ from the recorded ones."""
     if meta is None:
-        raise CheckpointError(f"{what}: not a converted checkpoint (no '{METADATA_KEY}' metadata); "
-                              "run scripts/convert_checkpoint.py on it first")
+        raise CheckpointError(
+            f"{what}: not a converted checkpoint (no '{METADATA_KEY}' metadata); "
+            "run scripts/convert_checkpoint.py on it first"
+        )
     host, recorded_prefix = meta["host"], meta.get("model_prefix", "")
     if host not in HOSTS:
         raise CheckpointError(f"{what}: the metadata names an unknown host {host!r}")
@@ -401,22 +487,37 @@ def patch_as_recorded(model: nn.Module, meta: Mapping | None, *, what: str = "th
         raise CheckpointError(f"{what}: the metadata records no patched module")
     by_block = {m["block"]: m["mode"] for m in modules.values()}
     config = FactorConfig(**meta["factor_config"]) if meta.get("factor_config") else None
-    report = patch_model(model, host=host, mode=lambda b: by_block.get(b),
-                         stacks=sorted({m["stack"] for m in modules.values()}),
-                         kinds=[k for k in KINDS if k in {m["kind"] for m in modules.values()}],
-                         factor_config=config, backend=backend, diffusion_dtype=diffusion_dtype)
+    report = patch_model(
+        model,
+        host=host,
+        mode=lambda b: by_block.get(b),
+        stacks=sorted({m["stack"] for m in modules.values()}),
+        kinds=[k for k in KINDS if k in {m["kind"] for m in modules.values()}],
+        factor_config=config,
+        backend=backend,
+        diffusion_dtype=diffusion_dtype,
+    )
     try:
         got = {e.path: (e.mode, e.rank) for e in report.entries}
         want = {p: (m["mode"], m["rank"]) for p, m in modules.items()}
         if got != want:
             diff = sorted(set(got.items()) ^ set(want.items()))[:5]
-            raise CheckpointError(f"{what}: the model's patched modules differ from the recorded ones "
-                                  f"(path, (mode, rank)) e.g. {diff}: not the model the checkpoint was converted for")
+            raise CheckpointError(
+                f"{what}: the model's patched modules differ from the recorded ones "
+                f"(path, (mode, rank)) e.g. {diff}: not the model the checkpoint was converted for"
+            )
     except BaseException:
         unpatch_model(model)
         raise
     return report, prefix
 
 
-__all__ = ["ConversionReport", "build_model", "convert_checkpoint", "load_converted", "load_host_state",
-           "patch_as_recorded", "write_converted"]
+__all__ = [
+    "ConversionReport",
+    "build_model",
+    "convert_checkpoint",
+    "load_converted",
+    "load_host_state",
+    "patch_as_recorded",
+    "write_converted",
+]

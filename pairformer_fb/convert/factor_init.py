@@ -76,12 +76,16 @@ class FitResult:
 
 def _flat(t: torch.Tensor | None, keep: int) -> torch.Tensor | None:
     """Merge the leading batch dims so that ``keep`` trailing dims remain."""
-    return None if t is None else t.reshape(-1, *t.shape[t.dim() - keep:])
+    return None if t is None else t.reshape(-1, *t.shape[t.dim() - keep :])
 
 
-def capture_bias_targets(model: nn.Module, run: Callable[[nn.Module], object], *,
-                         paths: list[str] | None = None, device: torch.device | str | None = "cpu"
-                         ) -> dict[str, list[BiasSample]]:
+def capture_bias_targets(
+    model: nn.Module,
+    run: Callable[[nn.Module], object],
+    *,
+    paths: list[str] | None = None,
+    device: torch.device | str | None = "cpu",
+) -> dict[str, list[BiasSample]]:
     """Run ``run(model)`` on a patched model and record what each factor network is fitted to
     (see the module docstring). ``paths``: the patched modules to record (default: every one
     with a factor network). Every patched module runs in "exact" mode meanwhile; the modes are
@@ -107,9 +111,15 @@ def capture_bias_targets(model: nn.Module, run: Callable[[nn.Module], object], *
                     raise TypeError(f"{path}: cannot record the bias of a {type(module).__name__}")
                 fq, fk = module.factor_network.features(pair, pair_mask)
                 to = (lambda t: t if t is None else t.to(device)) if device is not None else (lambda t: t)
-                records[path].append(BiasSample(
-                    to(_flat(fq.float(), 2)), to(_flat(fk.float(), 2)), to(_flat(bias.float(), 3)),
-                    to(_flat(pair_mask, 2))))
+                records[path].append(
+                    BiasSample(
+                        to(_flat(fq.float(), 2)),
+                        to(_flat(fk.float(), 2)),
+                        to(_flat(bias.float(), 3)),
+                        to(_flat(pair_mask, 2)),
+                    )
+                )
+
         return hook
 
     modes = {p: w.mode for p, w in patched_modules(model).items()}
@@ -156,12 +166,16 @@ def _svd_targets(smp: BiasSample, rank: int) -> tuple[torch.Tensor, torch.Tensor
     energy = s.square().sum((-2, -1))
     floor = s[..., r:].square().sum((-2, -1)) / energy.clamp_min(1e-30)
     # [B, H, N, R] -> [B, N, H * R] (the MLP's output layout)
-    return (tq.transpose(1, 2).flatten(-2).float(), tk.transpose(1, 2).flatten(-2).float(),
-            float(floor.mean()))
+    return (tq.transpose(1, 2).flatten(-2).float(), tk.transpose(1, 2).flatten(-2).float(), float(floor.mean()))
 
 
-def _lstsq_output_layer(mlp: nn.Sequential, features: list[torch.Tensor], targets: list[torch.Tensor],
-                        token_masks: list[torch.Tensor], ridge: float) -> None:
+def _lstsq_output_layer(
+    mlp: nn.Sequential,
+    features: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    token_masks: list[torch.Tensor],
+    ridge: float,
+) -> None:
     """Set ``mlp``'s last Linear to the ridge least-squares map from its hidden features to the
     targets, over the valid tokens."""
     hidden_layers, out = mlp[:-1], mlp[-1]
@@ -173,15 +187,26 @@ def _lstsq_output_layer(mlp: nn.Sequential, features: list[torch.Tensor], target
             ys.append(t.double()[m])
         x, y = torch.cat(xs), torch.cat(ys)
         gram = x.T @ x
-        gram += ridge * (gram.diagonal().mean() + 1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        gram += (
+            ridge * (gram.diagonal().mean() + 1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        )
         w = torch.linalg.solve(gram, x.T @ y)  # [hidden + 1, H * R]
         out.weight.copy_(w[:-1].T.to(out.weight.dtype))
         out.bias.copy_(w[-1].to(out.bias.dtype))
 
 
-def fit_factor_network(network: FactorNetwork, samples: list[BiasSample], *, steps: int = 300, lr: float = 1e-3,
-                       ridge: float = 1e-1, ridges: tuple[float, ...] = (1e-4, 1e-2, 1e-1, 1.0),
-                       heldout: list[BiasSample] | None = None, path: str = "", kind: str = "") -> FitResult:
+def fit_factor_network(
+    network: FactorNetwork,
+    samples: list[BiasSample],
+    *,
+    steps: int = 300,
+    lr: float = 1e-3,
+    ridge: float = 1e-1,
+    ridges: tuple[float, ...] = (1e-4, 1e-2, 1e-1, 1.0),
+    heldout: list[BiasSample] | None = None,
+    path: str = "",
+    kind: str = "",
+) -> FitResult:
     """Fit ``network`` in place to the recorded biases (see the module docstring); the samples
     are moved to the network's device. ``heldout``: samples not fitted to; with them, the
     least-squares ridge (relative to the Gram matrix's mean diagonal) is chosen among ``ridges``
@@ -194,8 +219,15 @@ def fit_factor_network(network: FactorNetwork, samples: list[BiasSample], *, ste
     param = next(network.parameters())
 
     def to_device(records):
-        return [BiasSample(*(t.to(param.device) if t is not None else None for t in
-                             (s.query_features, s.key_features, s.bias, s.pair_mask))) for s in records]
+        return [
+            BiasSample(
+                *(
+                    t.to(param.device) if t is not None else None
+                    for t in (s.query_features, s.key_features, s.bias, s.pair_mask)
+                )
+            )
+            for s in records
+        ]
 
     samples = to_device(samples)
     rank = network.config.rank
@@ -204,8 +236,12 @@ def fit_factor_network(network: FactorNetwork, samples: list[BiasSample], *, ste
     targets = [_svd_targets(s, rank) for s in samples]
     floor = sum(t[2] * s.bias.shape[0] for t, s in zip(targets, samples)) / sum(s.bias.shape[0] for s in samples)
     # a token is valid if it has a valid pair (as query for phi_q, as key for phi_k)
-    q_masks = [torch.ones(s.bias.shape[0], s.bias.shape[-1], dtype=torch.bool, device=param.device)
-               if s.pair_mask is None else s.pair_mask.any(-1) for s in samples]
+    q_masks = [
+        torch.ones(s.bias.shape[0], s.bias.shape[-1], dtype=torch.bool, device=param.device)
+        if s.pair_mask is None
+        else s.pair_mask.any(-1)
+        for s in samples
+    ]
     k_masks = [m if s.pair_mask is None else s.pair_mask.any(-2) for m, s in zip(q_masks, samples)]
     heldout = to_device(heldout) if heldout else None
 
@@ -215,12 +251,10 @@ def fit_factor_network(network: FactorNetwork, samples: list[BiasSample], *, ste
 
     before = copy.deepcopy(network.state_dict())
     best_score, best_state, lstsq_error = score(network), before, float("inf")
-    for r in (ridges if heldout else (ridge,)):  # the ridge chosen on the held-out samples
+    for r in ridges if heldout else (ridge,):  # the ridge chosen on the held-out samples
         network.load_state_dict(before)
-        _lstsq_output_layer(network.query_mlp, [s.query_features for s in samples], [t[0] for t in targets],
-                            q_masks, r)
-        _lstsq_output_layer(network.key_mlp, [s.key_features for s in samples], [t[1] for t in targets],
-                            k_masks, r)
+        _lstsq_output_layer(network.query_mlp, [s.query_features for s in samples], [t[0] for t in targets], q_masks, r)
+        _lstsq_output_layer(network.key_mlp, [s.key_features for s in samples], [t[1] for t in targets], k_masks, r)
         current = score(network)
         if current < best_score or lstsq_error == float("inf"):
             with torch.no_grad():
@@ -250,13 +284,30 @@ def fit_factor_network(network: FactorNetwork, samples: list[BiasSample], *, ste
     with torch.no_grad():
         best_error = float(approximation_error(network, samples))
     heldout_error = score(network) if heldout else None
-    return FitResult(path=path, kind=kind, rank=rank, n_samples=sum(s.bias.shape[0] for s in samples),
-                     init_error=init_error, lstsq_error=lstsq_error, error=best_error, svd_floor=floor,
-                     heldout_error=heldout_error, steps=steps, seconds=time.perf_counter() - start)
+    return FitResult(
+        path=path,
+        kind=kind,
+        rank=rank,
+        n_samples=sum(s.bias.shape[0] for s in samples),
+        init_error=init_error,
+        lstsq_error=lstsq_error,
+        error=best_error,
+        svd_floor=floor,
+        heldout_error=heldout_error,
+        steps=steps,
+        seconds=time.perf_counter() - start,
+    )
 
 
-def fit_patched_model(model: nn.Module, run: Callable[[nn.Module], object], *, steps: int = 300, lr: float = 1e-3,
-                      holdout: bool = True, progress: bool = True) -> list[FitResult]:
+def fit_patched_model(
+    model: nn.Module,
+    run: Callable[[nn.Module], object],
+    *,
+    steps: int = 300,
+    lr: float = 1e-3,
+    holdout: bool = True,
+    progress: bool = True,
+) -> list[FitResult]:
     """Capture the biases of every patched module with a factor network (``capture_bias_targets``)
     and fit each (``fit_factor_network``), in model order. With ``holdout`` and at least two
     recorded calls of a module, its last fifth of calls (at least one: with the sample runners,
@@ -267,21 +318,36 @@ def fit_patched_model(model: nn.Module, run: Callable[[nn.Module], object], *, s
     records = capture_bias_targets(model, run)
     uncalled = [p for p, r in records.items() if not r]
     if uncalled:
-        raise ValueError(f"the sample run never called {len(uncalled)} patched module(s) with a factor network "
-                         f"(e.g. {uncalled[0]!r}): their factors cannot be fitted; patch fewer stacks or "
-                         "run the samples through them")
+        raise ValueError(
+            f"the sample run never called {len(uncalled)} patched module(s) with a factor network "
+            f"(e.g. {uncalled[0]!r}): their factors cannot be fitted; patch fewer stacks or "
+            "run the samples through them"
+        )
     wrappers = patched_modules(model)
     results = []
     for path in tqdm(list(records), desc="fitting factor networks", disable=not progress):
         w = wrappers[path]
         recorded = records.pop(path)
         n_held = max(1, len(recorded) // 5) if holdout and len(recorded) >= 2 else 0
-        results.append(fit_factor_network(
-            w.flash_bias.factor_network, recorded[:len(recorded) - n_held], steps=steps, lr=lr,
-            heldout=recorded[len(recorded) - n_held:] or None, path=path,
-            kind=w.site_kind + (f" ({w.site_node})" if w.site_node else "")))
+        results.append(
+            fit_factor_network(
+                w.flash_bias.factor_network,
+                recorded[: len(recorded) - n_held],
+                steps=steps,
+                lr=lr,
+                heldout=recorded[len(recorded) - n_held :] or None,
+                path=path,
+                kind=w.site_kind + (f" ({w.site_node})" if w.site_node else ""),
+            )
+        )
     return results
 
 
-__all__ = ["BiasSample", "FitResult", "approximation_error", "capture_bias_targets", "fit_factor_network",
-           "fit_patched_model"]
+__all__ = [
+    "BiasSample",
+    "FitResult",
+    "approximation_error",
+    "capture_bias_targets",
+    "fit_factor_network",
+    "fit_patched_model",
+]

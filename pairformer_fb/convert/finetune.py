@@ -67,16 +67,44 @@ from .convert import build_model, load_converted, write_converted
 # data
 
 # Protenix feature keys by their token / atom axes (featurize.protenix_features' output)
-TOKEN_KEYS = ("token_index", "residue_index", "asym_id", "entity_id", "sym_id", "restype", "has_frame", "profile",
-              "deletion_mean")
+TOKEN_KEYS = (
+    "token_index",
+    "residue_index",
+    "asym_id",
+    "entity_id",
+    "sym_id",
+    "restype",
+    "has_frame",
+    "profile",
+    "deletion_mean",
+)
 TOKEN_PAIR_KEYS = ("token_bonds",)
 MSA_KEYS = ("msa", "has_deletion", "deletion_value")  # [n_msa, n_token]
-ATOM_KEYS = ("ref_pos", "ref_mask", "ref_element", "ref_charge", "ref_atom_name_chars", "atom_to_tokatom_idx",
-             "is_protein", "is_ligand", "is_dna", "is_rna", "pae_rep_atom_mask", "plddt_m_rep_atom_mask",
-             "distogram_rep_atom_mask", "mol_id", "entity_mol_id", "mol_atom_index")
+ATOM_KEYS = (
+    "ref_pos",
+    "ref_mask",
+    "ref_element",
+    "ref_charge",
+    "ref_atom_name_chars",
+    "atom_to_tokatom_idx",
+    "is_protein",
+    "is_ligand",
+    "is_dna",
+    "is_rna",
+    "pae_rep_atom_mask",
+    "plddt_m_rep_atom_mask",
+    "distogram_rep_atom_mask",
+    "mol_id",
+    "entity_mol_id",
+    "mol_atom_index",
+)
 ATOM_TOKEN_INDEX_KEYS = ("atom_to_token_idx", "ref_space_uid")  # atom -> token index: shifted by the crop
-SCALAR_KEYS = ("prot_pair_num_alignments", "prot_unpair_num_alignments", "rna_pair_num_alignments",
-               "rna_unpair_num_alignments")
+SCALAR_KEYS = (
+    "prot_pair_num_alignments",
+    "prot_unpair_num_alignments",
+    "rna_pair_num_alignments",
+    "rna_unpair_num_alignments",
+)
 
 
 def crop_features(feats: Mapping[str, torch.Tensor], start: int, size: int) -> dict[str, torch.Tensor]:
@@ -150,7 +178,7 @@ def split_samples(specs: Sequence[str], val: Sequence[str] | None, n_val: int, d
     else:
         if n_val < 0 or n_val >= len(samples):
             raise ValueError(f"data.n_val={n_val} must be >= 0 and leave a training sample (of {len(samples)})")
-        train, held = samples[:len(samples) - n_val], samples[len(samples) - n_val:]
+        train, held = samples[: len(samples) - n_val], samples[len(samples) - n_val :]
     if not train:
         raise ValueError("no training sample left after holding out the validation samples")
     return train, held
@@ -198,15 +226,18 @@ class DistillLoss(nn.Module):
     """The training objective as a module (what DDP wraps): ``forward(feats, n_cycle)`` ->
     ``(loss, {"bias_loss", "output_loss", per-block bias losses})``."""
 
-    def __init__(self, model: nn.Module, trained: Sequence[str], *, bias_weight: float = 1.0,
-                 output_weight: float = 0.0):
+    def __init__(
+        self, model: nn.Module, trained: Sequence[str], *, bias_weight: float = 1.0, output_weight: float = 0.0
+    ):
         super().__init__()
         self.model = model
         self.trained = list(trained)
         self.bias_weight, self.output_weight = float(bias_weight), float(output_weight)
         if self.bias_weight < 0 or self.output_weight < 0 or self.bias_weight + self.output_weight == 0:
-            raise ValueError(f"loss weights must be >= 0 and not both 0, got bias_weight={bias_weight}, "
-                             f"output_weight={output_weight}")
+            raise ValueError(
+                f"loss weights must be >= 0 and not both 0, got bias_weight={bias_weight}, "
+                f"output_weight={output_weight}"
+            )
         self.wrappers = {p: w for p, w in patched_modules(model).items() if w.flash_bias.factor_network is not None}
 
     def set_mode(self, mode: str) -> None:
@@ -233,8 +264,11 @@ class DistillLoss(nn.Module):
             output_loss = relative_deviation(s, s_ref.detach()) + relative_deviation(z, z_ref.detach())
             loss = loss + self.output_weight * output_loss
         self.set_mode("lowrank")
-        logs = {"bias_loss": bias_loss.detach(), "output_loss": output_loss.detach(),
-                **{f"bias/{p}": v.detach() for p, v in per_block.items()}}
+        logs = {
+            "bias_loss": bias_loss.detach(),
+            "output_loss": output_loss.detach(),
+            **{f"bias/{p}": v.detach() for p, v in per_block.items()},
+        }
         return loss, logs
 
 
@@ -256,9 +290,13 @@ def validate(objective: DistillLoss, batches: Sequence[tuple[str, dict]], n_cycl
         dev_z.append(float(relative_deviation(z, z_ref)))
     objective.set_mode("lowrank")
     blocks = {p: float(np.mean(v)) for p, v in per_block.items()}
-    return {"blocks": blocks, "mean_block_error": float(np.mean(list(blocks.values()))),
-            "single_deviation": float(np.mean(dev_s)), "pair_deviation": float(np.mean(dev_z)),
-            "samples": [n for n, _ in batches]}
+    return {
+        "blocks": blocks,
+        "mean_block_error": float(np.mean(list(blocks.values()))),
+        "single_deviation": float(np.mean(dev_s)),
+        "pair_deviation": float(np.mean(dev_z)),
+        "samples": [n for n, _ in batches],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,8 +362,14 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     from tqdm.auto import tqdm
 
     cfg = json.loads(json.dumps(cfg))  # a plain copy: it goes into the metadata
-    tr, opt_cfg, sch, data, loss_cfg, patch_cfg = (cfg["trainer"], cfg["optimizer"], cfg["schedule"], cfg["data"],
-                                                   cfg["loss"], cfg["patch"])
+    tr, opt_cfg, sch, data, loss_cfg, patch_cfg = (
+        cfg["trainer"],
+        cfg["optimizer"],
+        cfg["schedule"],
+        cfg["data"],
+        cfg["loss"],
+        cfg["patch"],
+    )
     rank, world, local_rank = _dist_info()
     distributed = world > 1
     use_cuda = cfg.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available()
@@ -352,17 +396,20 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
             check_writable_dir(output.parent, "output_dir")
         check_writable_dir(ckpt_dir, "trainer.checkpoint_dir")
     if int(tr["max_steps"]) < 1 or int(tr["save_every"]) < 0:
-        raise ValueError(f"trainer.max_steps must be >= 1 and trainer.save_every >= 0, got {tr['max_steps']} and "
-                         f"{tr['save_every']}")
-    train_samples, val_samples = split_samples(data["samples"], data.get("val_samples"), int(data["n_val"]),
-                                               data.get("data_dir"))
+        raise ValueError(
+            f"trainer.max_steps must be >= 1 and trainer.save_every >= 0, got {tr['max_steps']} and {tr['save_every']}"
+        )
+    train_samples, val_samples = split_samples(
+        data["samples"], data.get("val_samples"), int(data["n_val"]), data.get("data_dir")
+    )
     if int(data["crop_size"]) < 1:
         raise ValueError(f"data.crop_size must be >= 1, got {data['crop_size']}")
     ckpt = read_checkpoint(checkpoint)
     meta = ckpt.metadata
     if meta is None:
-        raise CheckpointError(f"checkpoint={checkpoint}: not a converted checkpoint; convert it first "
-                              "(scripts/convert_checkpoint.py)")
+        raise CheckpointError(
+            f"checkpoint={checkpoint}: not a converted checkpoint; convert it first (scripts/convert_checkpoint.py)"
+        )
     if ckpt.host != "protenix":
         raise ValueError(f"fine-tuning supports Protenix checkpoints; this one is {ckpt.host!r}")
     preset = cfg["model"].get("preset") or meta.get("model_preset")
@@ -384,35 +431,58 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     rank_cfg = patch_cfg.get("rank")
     for p, w in wrappers.items():
         if rank_cfg is not None and w.flash_bias.factor_network.config.rank != rank_cfg:
-            raise ValueError(f"patch.rank={rank_cfg} but {p} has rank {w.flash_bias.factor_network.config.rank} in "
-                             "the checkpoint: convert at that rank first, or leave patch.rank null")
+            raise ValueError(
+                f"patch.rank={rank_cfg} but {p} has rank {w.flash_bias.factor_network.config.rank} in "
+                "the checkpoint: convert at that rank first, or leave patch.rank null"
+            )
     blocks = patch_cfg.get("blocks")
     trained = [p for p, w in wrappers.items() if blocks is None or w.site_block in set(blocks)]
     if not trained:
-        raise ValueError(f"patch.blocks={blocks} selects none of the lowrank blocks "
-                         f"{sorted({w.site_block for w in wrappers.values()})}")
+        raise ValueError(
+            f"patch.blocks={blocks} selects none of the lowrank blocks "
+            f"{sorted({w.site_block for w in wrappers.values()})}"
+        )
     params = _trainable(model, trained, cfg["train"].get("unfreeze") or [])
 
-    objective = DistillLoss(model, trained, bias_weight=loss_cfg["bias_weight"],
-                            output_weight=loss_cfg["output_weight"])
+    objective = DistillLoss(
+        model, trained, bias_weight=loss_cfg["bias_weight"], output_weight=loss_cfg["output_weight"]
+    )
     wrapped: nn.Module = objective
     if distributed:
         wrapped = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if use_cuda else None,
-            find_unused_parameters=bool(tr.get("find_unused_parameters", False)), broadcast_buffers=False)
+            objective,
+            device_ids=[device.index] if use_cuda else None,
+            find_unused_parameters=bool(tr.get("find_unused_parameters", False)),
+            broadcast_buffers=False,
+        )
 
-    optimizer = torch.optim.AdamW(params.values(), lr=opt_cfg["lr"], betas=tuple(opt_cfg["betas"]),
-                                  eps=opt_cfg["eps"], weight_decay=opt_cfg["weight_decay"])
+    optimizer = torch.optim.AdamW(
+        params.values(),
+        lr=opt_cfg["lr"],
+        betas=tuple(opt_cfg["betas"]),
+        eps=opt_cfg["eps"],
+        weight_decay=opt_cfg["weight_decay"],
+    )
     max_steps = int(tr["max_steps"])
     total = int(sch.get("total_steps") or max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, int(sch["warmup_steps"]), total, float(sch["min_lr_ratio"])))
+        optimizer, lambda s: warmup_cosine(s, int(sch["warmup_steps"]), total, float(sch["min_lr_ratio"]))
+    )
 
     crops = ProteinCrops(train_samples, crop_size=int(data["crop_size"]), seed=seed, msa_dir=data.get("msa_dir"))
-    val = ProteinCrops(val_samples, crop_size=int(data.get("val_crop_size") or data["crop_size"]), seed=seed,
-                       msa_dir=data.get("msa_dir")) if val_samples else None
-    val_batches = [(val.names[k], {n: t.to(device) for n, t in val.fixed(k).items()})
-                   for k in range(len(val))] if val else []
+    val = (
+        ProteinCrops(
+            val_samples,
+            crop_size=int(data.get("val_crop_size") or data["crop_size"]),
+            seed=seed,
+            msa_dir=data.get("msa_dir"),
+        )
+        if val_samples
+        else None
+    )
+    val_batches = (
+        [(val.names[k], {n: t.to(device) for n, t in val.fixed(k).items()}) for k in range(len(val))] if val else []
+    )
 
     bf16 = bool(tr.get("bf16", True)) and use_cuda
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
@@ -438,11 +508,20 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
             rngs = gathered
         if main:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_checkpoint_atomic({
-                "kind": "pairformer_fb.finetune", "step": step, "config": cfg,
-                "params": {n: p.detach().cpu().clone() for n, p in params.items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "history": history, "validations": validations, "rng": rngs}, path)
+            write_checkpoint_atomic(
+                {
+                    "kind": "pairformer_fb.finetune",
+                    "step": step,
+                    "config": cfg,
+                    "params": {n: p.detach().cpu().clone() for n, p in params.items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                    "validations": validations,
+                    "rng": rngs,
+                },
+                path,
+            )
 
     def run_validation(tag: str) -> None:
         if main and val_batches and (not validations or validations[-1]["step"] != step):
@@ -453,8 +532,10 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
-            raise ImportError(f"trainer.tensorboard=true needs the tensorboard package ({e}); "
-                              "pip install tensorboard, or use train_log.csv") from e
+            raise ImportError(
+                f"trainer.tensorboard=true needs the tensorboard package ({e}); "
+                "pip install tensorboard, or use train_log.csv"
+            ) from e
         writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=step + 1 if step else None)
 
     if main:
@@ -484,9 +565,19 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
         if distributed:
             torch.distributed.all_reduce(values)
             values /= world
-        row = {"step": step, "loss": float(values[0]), "bias_loss": float(values[1]), "output_loss": float(values[2]),
-               "lr": lr, "grad_norm": grad_norm, "n_cycle": cycles, "sample": name, "crop_start": crop_start,
-               "n_tokens": int(feats["restype"].shape[0]), "seconds": time.perf_counter() - start}
+        row = {
+            "step": step,
+            "loss": float(values[0]),
+            "bias_loss": float(values[1]),
+            "output_loss": float(values[2]),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "n_cycle": cycles,
+            "sample": name,
+            "crop_start": crop_start,
+            "n_tokens": int(feats["restype"].shape[0]),
+            "seconds": time.perf_counter() - start,
+        }
         history.append(row)
         bar.update(1)
         if main and step % log_every == 0:
@@ -510,27 +601,51 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
             writer.add_scalar("val/single_deviation", v["single_deviation"], v["step"])
         writer.close()
 
-    summary = {"steps": step, "steps_run": steps_run, "seconds": elapsed,
-               "steps_per_second": steps_run / elapsed if elapsed > 0 else None, "world_size": world,
-               "history": history, "validations": validations, "output": str(output), "trained": trained}
+    summary = {
+        "steps": step,
+        "steps_run": steps_run,
+        "seconds": elapsed,
+        "steps_per_second": steps_run / elapsed if elapsed > 0 else None,
+        "world_size": world,
+        "history": history,
+        "validations": validations,
+        "output": str(output),
+        "trained": trained,
+    }
     if main:
         if history:
             _write_csv(out_dir / "train_log.csv", history, list(history[0]))
         if validations:
-            rows = [{"step": v["step"], "tag": v["tag"], "block": b, "error": e,
-                     "single_deviation": v["single_deviation"], "pair_deviation": v["pair_deviation"]}
-                    for v in validations for b, e in v["blocks"].items()]
+            rows = [
+                {
+                    "step": v["step"],
+                    "tag": v["tag"],
+                    "block": b,
+                    "error": e,
+                    "single_deviation": v["single_deviation"],
+                    "pair_deviation": v["pair_deviation"],
+                }
+                for v in validations
+                for b, e in v["blocks"].items()
+            ]
             _write_csv(out_dir / "validation.csv", rows, list(rows[0]))
         new_meta = dict(meta)
         new_meta["finetune"] = {
-            "config": cfg, "source": str(checkpoint), "steps": step, "trained_modules": trained,
+            "config": cfg,
+            "source": str(checkpoint),
+            "steps": step,
+            "trained_modules": trained,
             "trained_parameters": sorted(params),
-            "validation": [{k: v[k] for k in ("step", "tag", "mean_block_error", "single_deviation",
-                                              "pair_deviation", "blocks")} for v in validations],
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "validation": [
+                {k: v[k] for k in ("step", "tag", "mean_block_error", "single_deviation", "pair_deviation", "blocks")}
+                for v in validations
+            ],
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         tensors = {n: p for n, p in model.state_dict().items() if n in params or FACTOR_KEY_MARK in n}
-        write_converted(ckpt, tensors, new_meta, output, input_path=checkpoint, prefix=meta.get("model_prefix", ""),
-                        replace=True)
+        write_converted(
+            ckpt, tensors, new_meta, output, input_path=checkpoint, prefix=meta.get("model_prefix", ""), replace=True
+        )
         _write_report(summary, out_dir)
     if distributed:
         torch.distributed.barrier()
@@ -558,32 +673,58 @@ def read_training_state(path: str | os.PathLike) -> dict:
     except CheckpointError as e:
         raise CheckpointError(f"resume={e}") from None
     if not isinstance(state, Mapping) or state.get("kind") != "pairformer_fb.finetune":
-        raise CheckpointError(f"resume={path}: not a fine-tuning checkpoint (written by scripts/finetune.py "
-                              "under output_dir/checkpoints/)")
+        raise CheckpointError(
+            f"resume={path}: not a fine-tuning checkpoint (written by scripts/finetune.py "
+            "under output_dir/checkpoints/)"
+        )
     return state
 
 
 def _write_report(summary: dict, out_dir: Path) -> None:
     report = {k: v for k, v in summary.items() if k != "history"}
     atomic_write(out_dir / "finetune_report.json", json.dumps(report, indent=2))
-    lines = ["# Factor fine-tuning", "", f"- output: `{summary['output']}`",
-             (f"- steps: {summary['steps']} ({summary['steps_run']} in this run, "
-             f"{summary['steps_per_second'] or 0:.3f} steps/s, {summary['world_size']} process(es))")]
+    lines = [
+        "# Factor fine-tuning",
+        "",
+        f"- output: `{summary['output']}`",
+        (
+            f"- steps: {summary['steps']} ({summary['steps_run']} in this run, "
+            f"{summary['steps_per_second'] or 0:.3f} steps/s, {summary['world_size']} process(es))"
+        ),
+    ]
     if summary["history"]:
         h = summary["history"]
         lines.append(f"- loss: first step {h[0]['loss']:.4f}, last step {h[-1]['loss']:.4f} (train_log.csv)")
     vals = summary["validations"]
     if vals:
         first, last = vals[0], vals[-1]
-        lines += ["", (f"Validation on {', '.join(first['samples'])}: per-block bias-approximation error "
-                  f"(relative squared error of phi_q phi_k^T) at step {first['step']} and step {last['step']}; "
-                  "trunk deviation = relative squared error of the lowrank trunk's s / z against the exact one."), "",
-                  f"| module | step {first['step']} | step {last['step']} |", "|---|---:|---:|"]
+        lines += [
+            "",
+            (
+                f"Validation on {', '.join(first['samples'])}: per-block bias-approximation error "
+                f"(relative squared error of phi_q phi_k^T) at step {first['step']} and step {last['step']}; "
+                "trunk deviation = relative squared error of the lowrank trunk's s / z against the exact one."
+            ),
+            "",
+            f"| module | step {first['step']} | step {last['step']} |",
+            "|---|---:|---:|",
+        ]
         lines += [f"| `{b}` | {first['blocks'][b]:.4f} | {last['blocks'][b]:.4f} |" for b in first["blocks"]]
-        lines += [f"| trunk single s | {first['single_deviation']:.4g} | {last['single_deviation']:.4g} |",
-                  f"| trunk pair z | {first['pair_deviation']:.4g} | {last['pair_deviation']:.4g} |"]
+        lines += [
+            f"| trunk single s | {first['single_deviation']:.4g} | {last['single_deviation']:.4g} |",
+            f"| trunk pair z | {first['pair_deviation']:.4g} | {last['pair_deviation']:.4g} |",
+        ]
     atomic_write(out_dir / "finetune_report.md", "\n".join(lines) + "\n")
 
 
-__all__ = ["DistillLoss", "ProteinCrops", "crop_features", "finetune", "protenix_trunk", "relative_deviation",
-           "split_samples", "validate", "warmup_cosine"]
+__all__ = [
+    "DistillLoss",
+    "ProteinCrops",
+    "crop_features",
+    "finetune",
+    "protenix_trunk",
+    "relative_deviation",
+    "split_samples",
+    "validate",
+    "warmup_cosine",
+]

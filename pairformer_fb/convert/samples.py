@@ -40,8 +40,11 @@ def read_fasta_sequences(paths: Iterable[str | os.PathLike], max_tokens: int | N
     (None: whole)."""
     from ..data.featurize import read_fasta
 
-    return [(f"{Path(path).stem}:{chain.name}", chain.sequence[:max_tokens] if max_tokens else chain.sequence)
-            for path in paths for chain in read_fasta(path).chains]
+    return [
+        (f"{Path(path).stem}:{chain.name}", chain.sequence[:max_tokens] if max_tokens else chain.sequence)
+        for path in paths
+        for chain in read_fasta(path).chains
+    ]
 
 
 def seed_all(seed: int) -> None:
@@ -90,19 +93,27 @@ def openfold3_features(sequence: str, n_msa: int = 4, n_templ: int = 2, seed: in
     msa = torch.randint(0, 20, (n_msa, n_token), generator=g)
     msa[0] = restype
     f = {
-        "residue_index": torch.arange(n_token).int(), "token_index": torch.arange(n_token).int(),
-        "asym_id": torch.ones(n_token).int(), "entity_id": torch.ones(n_token).int(),
-        "sym_id": torch.ones(n_token).int(), "restype": _one_hot(restype, n_types).int(),
-        "is_protein": torch.ones(n_token).int(), "is_dna": torch.zeros(n_token).int(),
-        "is_rna": torch.zeros(n_token).int(), "is_ligand": torch.zeros(n_token).int(),
+        "residue_index": torch.arange(n_token).int(),
+        "token_index": torch.arange(n_token).int(),
+        "asym_id": torch.ones(n_token).int(),
+        "entity_id": torch.ones(n_token).int(),
+        "sym_id": torch.ones(n_token).int(),
+        "restype": _one_hot(restype, n_types).int(),
+        "is_protein": torch.ones(n_token).int(),
+        "is_dna": torch.zeros(n_token).int(),
+        "is_rna": torch.zeros(n_token).int(),
+        "is_ligand": torch.zeros(n_token).int(),
         "is_atomized": torch.zeros(n_token).int(),
-        "ref_pos": torch.randn(n_atom, 3, generator=g), "ref_mask": torch.ones(n_atom).int(),
+        "ref_pos": torch.randn(n_atom, 3, generator=g),
+        "ref_mask": torch.ones(n_atom).int(),
         "ref_element": _one_hot(torch.randint(0, 119, (n_atom,), generator=g), 119).int(),
         "ref_charge": torch.zeros(n_atom),
         "ref_atom_name_chars": _one_hot(torch.randint(0, 64, (n_atom, 4), generator=g), 64).int(),
         "ref_space_uid": atom_to_token.clone(),
-        "msa": _one_hot(msa, 32).int(), "has_deletion": torch.zeros(n_msa, n_token),
-        "deletion_value": torch.zeros(n_msa, n_token), "profile": _one_hot(msa, 32).mean(0),
+        "msa": _one_hot(msa, 32).int(),
+        "has_deletion": torch.zeros(n_msa, n_token),
+        "deletion_value": torch.zeros(n_msa, n_token),
+        "profile": _one_hot(msa, 32).mean(0),
         "deletion_mean": torch.zeros(n_token),
         "template_restype": _one_hot(torch.randint(0, 32, (n_templ, n_token), generator=g), 32).int(),
         "template_pseudo_beta_mask": torch.ones(n_templ, n_token),
@@ -110,10 +121,14 @@ def openfold3_features(sequence: str, n_msa: int = 4, n_templ: int = 2, seed: in
         "template_distogram": _one_hot(torch.randint(0, 39, (n_templ, n_token, n_token), generator=g), 39),
         "template_unit_vector": nn.functional.normalize(torch.randn(n_templ, n_token, n_token, 3, generator=g), dim=-1),
         "token_bonds": torch.zeros(n_token, n_token).int(),
-        "token_mask": torch.ones(n_token), "atom_mask": torch.ones(n_atom),
+        "token_mask": torch.ones(n_token),
+        "atom_mask": torch.ones(n_atom),
         "cyclic_mask": torch.zeros(n_token, dtype=torch.bool),
-        "start_atom_index": start, "num_atoms_per_token": n_atoms.int(), "atom_to_token_index": atom_to_token,
-        "msa_mask": torch.ones(n_msa, n_token), "num_paired_seqs": torch.tensor(1),
+        "start_atom_index": start,
+        "num_atoms_per_token": n_atoms.int(),
+        "atom_to_token_index": atom_to_token,
+        "msa_mask": torch.ones(n_msa, n_token),
+        "num_paired_seqs": torch.tensor(1),
     }
     return {k: v.unsqueeze(0) for k, v in f.items()}
 
@@ -131,8 +146,10 @@ def _run_trunk_stacks(model: nn.Module, host: str, sequences: Sequence[tuple[str
     cls = TRUNK_STACK_CLASSES[host]
     stacks = [(p, m) for p, m in model.named_modules() if type(m).__name__ == cls]
     if not stacks:
-        raise ValueError(f"found no {host} trunk stack ({cls}) in {type(model).__name__} to run the samples "
-                         "through; pass samples= (a callable running the model) instead")
+        raise ValueError(
+            f"found no {host} trunk stack ({cls}) in {type(model).__name__} to run the samples "
+            "through; pass samples= (a callable running the model) instead"
+        )
     device = _model_device(model)
     for path, stack in stacks:
         c_s, c_z = _stack_widths(stack)
@@ -161,13 +178,16 @@ def _stack_widths(stack: nn.Module) -> tuple[int, int]:
     for name in ("c_s", "token_s"):
         c_s = c_s or getattr(stack, name, None)
     if c_s is None or c_z is None:
-        raise ValueError(f"cannot tell the single / pair widths of {type(stack).__name__}: patch its single "
-                         "attention too, or pass samples= (a callable running the model)")
+        raise ValueError(
+            f"cannot tell the single / pair widths of {type(stack).__name__}: patch its single "
+            "attention too, or pass samples= (a callable running the model)"
+        )
     return int(c_s), int(c_z)
 
 
-def run_samples(model: nn.Module, host: str, sequences: Sequence[tuple[str, str]], *, seed: int = 0,
-                progress: bool = True) -> str:
+def run_samples(
+    model: nn.Module, host: str, sequences: Sequence[tuple[str, str]], *, seed: int = 0, progress: bool = True
+) -> str:
     """Run ``model`` (eval, no grad, every RNG seeded) on each sequence with the runner of its
     class (see the module docstring). Returns a line saying what was run."""
     from tqdm.auto import tqdm
@@ -189,5 +209,4 @@ def run_samples(model: nn.Module, host: str, sequences: Sequence[tuple[str, str]
 
 SampleRunner = Callable[[nn.Module], object]
 
-__all__ = ["SampleRunner", "openfold3_features", "protenix_features", "read_fasta_sequences", "run_samples",
-           "seed_all"]
+__all__ = ["SampleRunner", "openfold3_features", "protenix_features", "read_fasta_sequences", "run_samples", "seed_all"]

@@ -108,8 +108,10 @@ def check_sequence(seq: str, where: str) -> str:
     allowed = protein_1to3()
     for i, c in enumerate(seq):
         if c not in allowed:
-            raise InputError(f"{where}: unknown residue letter {c!r} at position {i + 1}; "
-                             f"the benchmark takes the 20 standard amino acids {''.join(sorted(allowed))}")
+            raise InputError(
+                f"{where}: unknown residue letter {c!r} at position {i + 1}; "
+                f"the benchmark takes the 20 standard amino acids {''.join(sorted(allowed))}"
+            )
     return seq
 
 
@@ -126,8 +128,10 @@ def read_fasta(path: str | os.PathLike, name: str | None = None) -> Sample:
         raise InputError(f"{path}: not a readable FASTA file ({type(e).__name__}: {e})") from e
     if not records:
         raise InputError(f"{path}: no FASTA records (expected '>name' lines followed by sequences)")
-    chains = [Chain(_chain_letters(i), r.id, check_sequence(str(r.seq), f"{path} record {r.id!r}"))
-              for i, r in enumerate(records)]
+    chains = [
+        Chain(_chain_letters(i), r.id, check_sequence(str(r.seq), f"{path} record {r.id!r}"))
+        for i, r in enumerate(records)
+    ]
     return Sample(name or path.stem, path, chains)
 
 
@@ -155,8 +159,10 @@ def read_samples(specs: Sequence[str], data_dir: str | os.PathLike = DATA_SAMPLE
             f = data_dir / f"{spec}.fasta"
             if not f.is_file():
                 known = sorted(x.stem for x in data_dir.glob("*.fasta")) if data_dir.is_dir() else []
-                raise InputError(f"sample {spec!r}: no file {str(f)!r} and no FASTA file or folder of that "
-                                 f"name; known samples: {', '.join(known) or '(none)'}")
+                raise InputError(
+                    f"sample {spec!r}: no file {str(f)!r} and no FASTA file or folder of that "
+                    f"name; known samples: {', '.join(known) or '(none)'}"
+                )
             out.append(read_fasta(f, spec))
     names = [s.name for s in out]
     dup = {n for n in names if names.count(n) > 1}
@@ -266,8 +272,9 @@ def _host_constants():
             get_all_elems,
         )
     except Exception as e:  # noqa: BLE001
-        raise ImportError(f"protenix cannot be imported ({type(e).__name__}: {e}); "
-                          "install it with `make install`") from e
+        raise ImportError(
+            f"protenix cannot be imported ({type(e).__name__}: {e}); install it with `make install`"
+        ) from e
     return STD_RESIDUES_WITH_GAP, RES_ATOMS_DICT, get_all_elems(), MSA_PROTEIN_SEQ_TO_ID
 
 
@@ -334,8 +341,9 @@ def _reference_positions(atoms, starts: np.ndarray, seed: int, rotate: bool) -> 
     return ref_pos
 
 
-def _msa(sample: Sample, msa_dir, restype_ids: Mapping[str, int], aa_to_id: Mapping[str, int], gap: int,
-         n_classes: int):
+def _msa(
+    sample: Sample, msa_dir, restype_ids: Mapping[str, int], aa_to_id: Mapping[str, int], gap: int, n_classes: int
+):
     """Per chain (block-diagonal, unpaired), the query alone by default: (msa ids [n_msa, n_tok],
     deletion counts, profile [n_tok, n_classes], deletion mean [n_tok], rows of the deepest chain)."""
     one_to_three = protein_1to3()
@@ -356,16 +364,17 @@ def _msa(sample: Sample, msa_dir, restype_ids: Mapping[str, int], aa_to_id: Mapp
     deletions = np.zeros((n_msa, n_tok), dtype=np.float64)
     col = 0
     for rows, dels in zip(chain_rows, chain_dels):
-        msa[: rows.shape[0], col: col + rows.shape[1]] = rows
-        deletions[: rows.shape[0], col: col + rows.shape[1]] = dels
+        msa[: rows.shape[0], col : col + rows.shape[1]] = rows
+        deletions[: rows.shape[0], col : col + rows.shape[1]] = dels
         col += rows.shape[1]
     profile = np.concatenate(chain_profile, 0)
     deletion_mean = np.concatenate([d.mean(0) for d in chain_dels])
     return msa, deletions, profile, deletion_mean, n_msa
 
 
-def protenix_features(sample: Sample, *, msa_dir: str | os.PathLike | None = None, seed: int = 0,
-                      rotate_ref: bool = True):
+def protenix_features(
+    sample: Sample, *, msa_dir: str | os.PathLike | None = None, seed: int = 0, rotate_ref: bool = True
+):
     """Protenix's inference features of ``sample`` (unbatched, CPU tensors) and the sample's
     atoms (a biotite AtomArray in the features' atom order, for writing the prediction).
 
@@ -389,26 +398,33 @@ def protenix_features(sample: Sample, *, msa_dir: str | os.PathLike | None = Non
     mol_atom_index = np.concatenate([np.arange((atom_chain == c).sum()) for c in range(len(sample.chains))])
 
     msa, deletions, profile, deletion_mean, n_rows_prot = _msa(
-        sample, msa_dir, restypes, msa_aa_to_id, restypes["-"], len(restypes))
+        sample, msa_dir, restypes, msa_aa_to_id, restypes["-"], len(restypes)
+    )
 
     t = torch.tensor
     f = {
         # tokens
-        "token_index": torch.arange(n_tok), "residue_index": t(tk.res), "asym_id": t(tk.chain),
-        "entity_id": t(tk.entity), "sym_id": t(tk.sym),
+        "token_index": torch.arange(n_tok),
+        "residue_index": t(tk.res),
+        "asym_id": t(tk.chain),
+        "entity_id": t(tk.entity),
+        "sym_id": t(tk.sym),
         "restype": torch.nn.functional.one_hot(restype_idx, len(restypes)).float(),
         "token_bonds": torch.zeros(n_tok, n_tok),  # polymer-polymer bonds of standard residues are not token bonds
         "has_frame": torch.ones(n_tok, dtype=torch.long),  # N, CA, C of every standard residue
         # atoms: reference conformers
-        "ref_pos": torch.from_numpy(ref_pos).float(), "ref_mask": torch.ones(n_atom, dtype=torch.long),
+        "ref_pos": torch.from_numpy(ref_pos).float(),
+        "ref_mask": torch.ones(n_atom, dtype=torch.long),
         "ref_element": torch.nn.functional.one_hot(t([elem_index[e] for e in elems]), len(elements)).long(),
         "ref_charge": torch.from_numpy(np.asarray(atoms.charge, dtype=np.int64)),
         "ref_atom_name_chars": atom_name_chars(names).long(),
         "ref_space_uid": torch.from_numpy(atom_to_token.astype(np.int64)),
         "atom_to_token_idx": torch.from_numpy(atom_to_token.astype(np.int64)),
         "atom_to_tokatom_idx": t([res_atoms[r][n] for r, n in zip(atoms.res_name, names)]),
-        "is_protein": torch.ones(n_atom, dtype=torch.long), "is_ligand": torch.zeros(n_atom, dtype=torch.long),
-        "is_dna": torch.zeros(n_atom, dtype=torch.long), "is_rna": torch.zeros(n_atom, dtype=torch.long),
+        "is_protein": torch.ones(n_atom, dtype=torch.long),
+        "is_ligand": torch.zeros(n_atom, dtype=torch.long),
+        "is_dna": torch.zeros(n_atom, dtype=torch.long),
+        "is_rna": torch.zeros(n_atom, dtype=torch.long),
         "pae_rep_atom_mask": torch.from_numpy(ca.astype(np.int64)),
         "plddt_m_rep_atom_mask": torch.from_numpy(ca.astype(np.int64)),
         "distogram_rep_atom_mask": torch.from_numpy((cb | (is_gly & ca)).astype(np.int64)),
@@ -416,12 +432,15 @@ def protenix_features(sample: Sample, *, msa_dir: str | os.PathLike | None = Non
         "entity_mol_id": t([sample.entities.index(sample.chains[c].sequence) for c in atom_chain]),
         "mol_atom_index": torch.from_numpy(mol_atom_index.astype(np.int64)),
         # MSA
-        "msa": torch.from_numpy(msa), "has_deletion": torch.from_numpy(np.clip(deletions, 0, 1)).float(),
+        "msa": torch.from_numpy(msa),
+        "has_deletion": torch.from_numpy(np.clip(deletions, 0, 1)).float(),
         "deletion_value": torch.from_numpy(np.arctan(deletions / 3.0) * 2 / np.pi).float(),
         "profile": torch.from_numpy(profile).float(),
         "deletion_mean": torch.from_numpy(deletion_mean).float(),
-        "prot_pair_num_alignments": t(1), "prot_unpair_num_alignments": t(n_rows_prot),
-        "rna_pair_num_alignments": t(1), "rna_unpair_num_alignments": t(1),
+        "prot_pair_num_alignments": t(1),
+        "prot_unpair_num_alignments": t(n_rows_prot),
+        "rna_pair_num_alignments": t(1),
+        "rna_unpair_num_alignments": t(1),
     }
     return f, atoms
 
@@ -433,13 +452,15 @@ def _openfold3_constants():
             TOKEN_NAME_TO_ATOM_NAMES,
         )
     except Exception as e:  # noqa: BLE001
-        raise ImportError(f"openfold3 cannot be imported ({type(e).__name__}: {e}); "
-                          "install it with `make install`") from e
+        raise ImportError(
+            f"openfold3 cannot be imported ({type(e).__name__}: {e}); install it with `make install`"
+        ) from e
     return list(STANDARD_RESIDUES_WITH_GAP_3), TOKEN_NAME_TO_ATOM_NAMES
 
 
-def openfold3_features(sample: Sample, *, msa_dir: str | os.PathLike | None = None, seed: int = 0,
-                       rotate_ref: bool = True):
+def openfold3_features(
+    sample: Sample, *, msa_dir: str | os.PathLike | None = None, seed: int = 0, rotate_ref: bool = True
+):
     """OpenFold3's inference features of ``sample`` (a batch of one, CPU tensors) and the
     sample's atoms (a biotite AtomArray in the features' atom order), built offline the way
     OpenFold3 0.5.0's featurisers (``core/data/pipelines/featurization/{structure,conformer,
@@ -465,13 +486,16 @@ def openfold3_features(sample: Sample, *, msa_dir: str | os.PathLike | None = No
     for t_i, (a, b) in enumerate(zip(tk.starts, np.r_[tk.starts[1:], n_atom])):
         got = [str(n) for n in atoms.atom_name[a:b]]
         if got != list(atom_names[tk.name[t_i]]):
-            raise InputError(f"{sample.name}: residue {tk.name[t_i]}'s CCD atoms {got} are not OpenFold3's "
-                             f"{list(atom_names[tk.name[t_i]])}")
+            raise InputError(
+                f"{sample.name}: residue {tk.name[t_i]}'s CCD atoms {got} are not OpenFold3's "
+                f"{list(atom_names[tk.name[t_i]])}"
+            )
     ref_pos = _reference_positions(atoms, tk.starts, seed, rotate_ref)
     one_to_three = protein_1to3()
     aa_to_id = {k: rt_index[v] for k, v in one_to_three.items()} | {"X": rt_index["UNK"], "-": rt_index["GAP"]}
-    msa, deletions, profile, deletion_mean, _ = _msa(sample, msa_dir, rt_index, aa_to_id, rt_index["GAP"],
-                                                     len(restypes))
+    msa, deletions, profile, deletion_mean, _ = _msa(
+        sample, msa_dir, rt_index, aa_to_id, rt_index["GAP"], len(restypes)
+    )
     n_msa = msa.shape[0]
     restype_idx = torch.tensor([rt_index[r] for r in tk.name])
     n_per_tok = np.diff(np.r_[tk.starts, n_atom])
@@ -482,13 +506,19 @@ def openfold3_features(sample: Sample, *, msa_dir: str | os.PathLike | None = No
     t = torch.tensor
     n_templ = 1
     f = {
-        "residue_index": t(tk.res, dtype=i32), "token_index": torch.arange(n_tok, dtype=i32),
-        "asym_id": t(tk.chain, dtype=i32) + 1, "entity_id": t(tk.entity, dtype=i32) + 1,
-        "sym_id": t(tk.sym, dtype=i32) + 1, "restype": oh(restype_idx, len(restypes)).to(i32),
-        "is_protein": torch.ones(n_tok, dtype=i32), "is_dna": torch.zeros(n_tok, dtype=i32),
-        "is_rna": torch.zeros(n_tok, dtype=i32), "is_ligand": torch.zeros(n_tok, dtype=i32),
+        "residue_index": t(tk.res, dtype=i32),
+        "token_index": torch.arange(n_tok, dtype=i32),
+        "asym_id": t(tk.chain, dtype=i32) + 1,
+        "entity_id": t(tk.entity, dtype=i32) + 1,
+        "sym_id": t(tk.sym, dtype=i32) + 1,
+        "restype": oh(restype_idx, len(restypes)).to(i32),
+        "is_protein": torch.ones(n_tok, dtype=i32),
+        "is_dna": torch.zeros(n_tok, dtype=i32),
+        "is_rna": torch.zeros(n_tok, dtype=i32),
+        "is_ligand": torch.zeros(n_tok, dtype=i32),
         "is_atomized": torch.zeros(n_tok, dtype=i32),
-        "ref_pos": torch.from_numpy(ref_pos).float(), "ref_mask": torch.ones(n_atom, dtype=i32),
+        "ref_pos": torch.from_numpy(ref_pos).float(),
+        "ref_mask": torch.ones(n_atom, dtype=i32),
         "ref_element": oh(t([z - 1 for z in numbers]), 119).to(i32),
         "ref_charge": torch.from_numpy(np.asarray(atoms.charge, dtype=np.float32)),
         "ref_atom_name_chars": atom_name_chars(names).to(i32),
@@ -496,15 +526,18 @@ def openfold3_features(sample: Sample, *, msa_dir: str | os.PathLike | None = No
         "msa": oh(torch.from_numpy(msa), len(restypes)).to(i32),
         "has_deletion": torch.from_numpy((deletions != 0).astype(np.float32)),
         "deletion_value": torch.from_numpy(np.arctan(deletions / 3.0) * 2 / np.pi).float(),
-        "profile": torch.from_numpy(profile).float(), "deletion_mean": torch.from_numpy(deletion_mean).float(),
-        "msa_mask": torch.ones(n_msa, n_tok), "num_paired_seqs": t(0),
+        "profile": torch.from_numpy(profile).float(),
+        "deletion_mean": torch.from_numpy(deletion_mean).float(),
+        "msa_mask": torch.ones(n_msa, n_tok),
+        "num_paired_seqs": t(0),
         "template_restype": oh(torch.full((n_templ, n_tok), rt_index["GAP"]), len(restypes)).to(i32),
         "template_pseudo_beta_mask": torch.zeros(n_templ, n_tok),
         "template_backbone_frame_mask": torch.zeros(n_templ, n_tok),
         "template_distogram": torch.zeros(n_templ, n_tok, n_tok, 39),
         "template_unit_vector": torch.zeros(n_templ, n_tok, n_tok, 3),
         "token_bonds": torch.zeros(n_tok, n_tok, dtype=i32),
-        "token_mask": torch.ones(n_tok), "atom_mask": torch.ones(n_atom),
+        "token_mask": torch.ones(n_tok),
+        "atom_mask": torch.ones(n_atom),
         "cyclic_mask": torch.zeros(n_tok, dtype=torch.bool),
         "start_atom_index": torch.from_numpy(tk.starts.astype(np.int32)),
         "num_atoms_per_token": torch.from_numpy(n_per_tok.astype(np.int32)),
@@ -592,15 +625,16 @@ def _boltz_msa(sample: Sample, entity: int, path: Path, query: str):
     query_ids = [letters[c] for c in query]
     for k, (a, b) in enumerate(zip(msa.sequences["res_start"], msa.sequences["res_end"])):
         if b - a != len(query):  # e.g. a row wrapped over several lines, which Boltz reads line by line
-            raise InputError(f"{where}: {path}: Boltz reads a row of {b - a} residues, the query has {len(query)} "
-                             "(one line per A3M row)")
+            raise InputError(
+                f"{where}: {path}: Boltz reads a row of {b - a} residues, the query has {len(query)} "
+                "(one line per A3M row)"
+            )
         if k == 0 and msa.residues["res_type"][a:b].tolist() != query_ids:
             raise InputError(f"{where}: {path}: the first row is not the query sequence of the sample")
     return msa
 
 
-def boltz_features(sample: Sample, molecules: Mapping, *, seed: int = 0,
-                   msa_dir: str | os.PathLike | None = None):
+def boltz_features(sample: Sample, molecules: Mapping, *, seed: int = 0, msa_dir: str | os.PathLike | None = None):
     """Boltz-2's inference features of ``sample`` (a batch of one) and the atoms the model
     predicts (a biotite AtomArray in the features' atom order), through Boltz's own pipeline as
     ``boltz predict`` runs it (``parse_boltz_schema`` -> ``Boltz2Tokenizer`` ->
@@ -626,44 +660,70 @@ def boltz_features(sample: Sample, molecules: Mapping, *, seed: int = 0,
     for c in sample.chains:
         groups.setdefault(c.sequence, []).append(c.chain_id)
     paths = [msa_path(sample, entity, msa_dir) for entity in range(len(groups))]
-    schema = {"version": 1, "sequences": [
-        {"protein": {"id": ids, "sequence": seq, "msa": str(p.resolve()) if p is not None else "empty"}}
-        for (seq, ids), p in zip(groups.items(), paths)]}
+    schema = {
+        "version": 1,
+        "sequences": [
+            {"protein": {"id": ids, "sequence": seq, "msa": str(p.resolve()) if p is not None else "empty"}}
+            for (seq, ids), p in zip(groups.items(), paths)
+        ],
+    }
     with contextlib.redirect_stdout(io.StringIO()):  # its single-sequence-mode notice
         target = parse_boltz_schema(sample.name, schema, ccd=dict(molecules), mol_dir=None, boltz_2=True)
     # each entity's A3M parsed once; Input.msa keyed by chain id, as inferencev2.load_input does
-    parsed = {str(p.resolve()): _boltz_msa(sample, entity, p, seq)
-              for entity, (seq, p) in enumerate(zip(groups, paths)) if p is not None}
+    parsed = {
+        str(p.resolve()): _boltz_msa(sample, entity, p, seq)
+        for entity, (seq, p) in enumerate(zip(groups, paths))
+        if p is not None
+    }
     msas = {}
     for c in target.record.chains:
         if c.msa_id != -1:
             msas[c.chain_id] = parsed[str(c.msa_id)]
-    inp = Input(target.structure, msas, record=target.record, residue_constraints=target.residue_constraints,
-                templates=None, extra_mols=target.extra_mols)
+    inp = Input(
+        target.structure,
+        msas,
+        record=target.record,
+        residue_constraints=target.residue_constraints,
+        templates=None,
+        extra_mols=target.extra_mols,
+    )
     tokenized = Boltz2Tokenizer().tokenize(inp)
     # the featuriser rotates each residue's reference conformer with torch's global RNG
     # (center_random_augmentation): seeded here, the caller's RNG state left as it was
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         feats = Boltz2Featurizer().process(
-            tokenized, molecules=dict(molecules), random=np.random.default_rng(seed), training=False,
-            max_atoms=None, max_tokens=None, max_seqs=const.max_msa_seqs, pad_to_max_seqs=False,
-            single_sequence_prop=0.0, compute_frames=True, inference_pocket_constraints=None,
-            inference_contact_constraints=None, compute_constraint_features=True, override_method=None,
-            compute_affinity=False)
+            tokenized,
+            molecules=dict(molecules),
+            random=np.random.default_rng(seed),
+            training=False,
+            max_atoms=None,
+            max_tokens=None,
+            max_seqs=const.max_msa_seqs,
+            pad_to_max_seqs=False,
+            single_sequence_prop=0.0,
+            compute_frames=True,
+            inference_pocket_constraints=None,
+            inference_contact_constraints=None,
+            compute_constraint_features=True,
+            override_method=None,
+            compute_affinity=False,
+        )
 
     # the atoms, from Boltz's structure (chains, residues, atom names in its order)
     s = target.structure
     elements = {}
     one = []
     for ch in s.chains:
-        for r in s.residues[ch["res_idx"]: ch["res_idx"] + ch["res_num"]]:
+        for r in s.residues[ch["res_idx"] : ch["res_idx"] + ch["res_num"]]:
             name = str(r["name"])
             if name not in elements:
                 ccd = residue_atoms(name, c_terminal=True)
                 elements[name] = dict(zip(ccd.atom_name, ccd.element))
-            for a in s.atoms[r["atom_idx"]: r["atom_idx"] + r["atom_num"]]:
-                one.append((str(ch["name"]), int(r["res_idx"]) + 1, name, str(a["name"]), elements[name][str(a["name"])]))
+            for a in s.atoms[r["atom_idx"] : r["atom_idx"] + r["atom_num"]]:
+                one.append(
+                    (str(ch["name"]), int(r["res_idx"]) + 1, name, str(a["name"]), elements[name][str(a["name"])])
+                )
     atoms = struc.AtomArray(len(one))
     atoms.chain_id = np.array([x[0] for x in one])
     atoms.res_id = np.array([x[1] for x in one])

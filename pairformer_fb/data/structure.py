@@ -30,8 +30,7 @@ class StructureError(ValueError):
     """A structure file that cannot be written or read as asked."""
 
 
-def write_structure(path: str | os.PathLike, atoms, coords=None, *, name: str = "prediction",
-                    b_factors=None) -> Path:
+def write_structure(path: str | os.PathLike, atoms, coords=None, *, name: str = "prediction", b_factors=None) -> Path:
     """Write ``atoms`` (a biotite AtomArray: chain_id, res_id, res_name, atom_name, element) with
     ``coords`` ([n_atom, 3], default ``atoms.coord``) as mmCIF (``.cif``) or PDB (``.pdb``).
     ``b_factors``: optional per-atom values (e.g. pLDDT) for the B-factor column."""
@@ -68,8 +67,16 @@ def write_structure(path: str | os.PathLike, atoms, coords=None, *, name: str = 
         atom_name = str(atoms.atom_name[i])
         # PDB's column rule: one-letter elements start in column 14 (" CA "), as biopython writes them
         fullname = f" {atom_name:<3}" if len(atom_name) < 4 and len(str(atoms.element[i])) == 1 else f"{atom_name:<4}"
-        sb.init_atom(atom_name, xyz[i], float(bf[i]), 1.0, " ", fullname, serial_number=i + 1,
-                     element=str(atoms.element[i]).upper())
+        sb.init_atom(
+            atom_name,
+            xyz[i],
+            float(bf[i]),
+            1.0,
+            " ",
+            fullname,
+            serial_number=i + 1,
+            element=str(atoms.element[i]).upper(),
+        )
     io = MMCIFIO() if suffix == ".cif" else PDBIO()
     io.set_structure(sb.get_structure())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,8 +136,9 @@ def match_to_reference(pred_seq: str, ref_seq: str) -> tuple[np.ndarray, np.ndar
     (identities only)."""
     from Bio import Align
 
-    aligner = Align.PairwiseAligner(mode="global", match_score=1, mismatch_score=-1,
-                                    open_gap_score=-2, extend_gap_score=-0.5)
+    aligner = Align.PairwiseAligner(
+        mode="global", match_score=1, mismatch_score=-1, open_gap_score=-2, extend_gap_score=-0.5
+    )
     aln = aligner.align(pred_seq, ref_seq)[0]
     pi, ri = [], []
     for (a0, a1), (b0, b1) in zip(*aln.aligned):
@@ -165,7 +173,9 @@ def _check_pair(ref: np.ndarray, sub: np.ndarray) -> tuple[np.ndarray, np.ndarra
     ref = np.asarray(ref, dtype=np.float64)
     sub = np.asarray(sub, dtype=np.float64)
     if ref.ndim != 2 or ref.shape[1] != 3 or ref.shape != sub.shape:
-        raise ValueError(f"reference and subject must both have shape [n, 3], got {list(ref.shape)} and {list(sub.shape)}")
+        raise ValueError(
+            f"reference and subject must both have shape [n, 3], got {list(ref.shape)} and {list(sub.shape)}"
+        )
     if len(ref) < 3:
         raise ValueError(f"need at least 3 corresponding atoms, got {len(ref)}")
     return ref, sub
@@ -242,8 +252,13 @@ def agreement(ref: np.ndarray, sub: np.ndarray, seq: str | None = None, tm_metho
     lDDT is None (with ``lddt_note``) when the reference has no Cα pair within the 15 Å inclusion
     radius (structures of random weights are often that spread out)."""
     lddt = ca_lddt(ref, sub)
-    out = {"rmsd": ca_rmsd(ref, sub), "lddt": lddt if np.isfinite(lddt) else None,
-           "tm_score": tm_score(ref, sub, seq, tm_method), "n_residues": int(len(ref)), "tm_method": tm_method}
+    out = {
+        "rmsd": ca_rmsd(ref, sub),
+        "lddt": lddt if np.isfinite(lddt) else None,
+        "tm_score": tm_score(ref, sub, seq, tm_method),
+        "n_residues": int(len(ref)),
+        "tm_method": tm_method,
+    }
     if out["lddt"] is None:
         out["lddt_note"] = "no Cα pair of the reference within lDDT's 15 Å inclusion radius"
     return out

@@ -88,7 +88,8 @@ class PatchedModule(nn.Module):
         for name in adopted:
             if hasattr(self, name) or name == "factor_network":
                 raise UnsupportedModuleError(
-                    f"{site.path}: the host module's attribute {name!r} clashes with the wrapper's")
+                    f"{site.path}: the host module's attribute {name!r} clashes with the wrapper's"
+                )
         for name, child in host_module._modules.items():
             self.add_module(name, child)
         for name, param in host_module._parameters.items():
@@ -140,12 +141,14 @@ def _share(dst: nn.Module, name: str, param: nn.Parameter | None, where: str) ->
     own = getattr(dst, name)
     if (own is None) != (param is None):
         raise UnsupportedModuleError(
-            f"{where}: the host's {name} is {'absent' if param is None else 'present'} but ours is not")
+            f"{where}: the host's {name} is {'absent' if param is None else 'present'} but ours is not"
+        )
     if param is None:
         return
     if tuple(own.shape) != tuple(param.shape):
         raise UnsupportedModuleError(
-            f"{where}: {name} shape {tuple(param.shape)} of the host, {tuple(own.shape)} expected")
+            f"{where}: {name} shape {tuple(param.shape)} of the host, {tuple(own.shape)} expected"
+        )
     setattr(dst, name, param)  # the same nn.Parameter object: nothing is copied
 
 
@@ -173,8 +176,16 @@ def share_layer_norm(dst: nn.LayerNorm, src: nn.Module, where: str) -> None:
 MASK_INF = 1e9  # the OpenFold-family triangle attentions' additive mask value, the FlashBias op's too
 
 
-def build_triangle_attention(site: Site, *, node: dict, bias_linear: str, mode: str,
-                             factor_config: FactorConfig | None, backend: str, host_label: str):
+def build_triangle_attention(
+    site: Site,
+    *,
+    node: dict,
+    bias_linear: str,
+    mode: str,
+    factor_config: FactorConfig | None,
+    backend: str,
+    host_label: str,
+):
     """Our triangle attention on the parameters of an OpenFold-family ``TriangleAttention`` (the
     layout Protenix, Boltz-2 and OpenFold3 share: ``layer_norm``, a bias projection named
     ``bias_linear``, ``mha.linear_q/k/v/g/o``, ``inf``, ``c_in``); ``node`` holds the
@@ -188,10 +199,18 @@ def build_triangle_attention(site: Site, *, node: dict, bias_linear: str, mode: 
     for name in (bias_linear, "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
         check_linear(host.get_submodule(name), f"{where}.{name}")
     ours = build_on_meta(
-        FlashBiasTriangleAttention, c_z=host.c_in, n_heads=mha.no_heads, head_dim=mha.c_hidden, **node,
-        q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
-        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
-        out_bias=mha.linear_o.bias is not None, layer_norm_eps=float(host.layer_norm.eps), backend=backend,
+        FlashBiasTriangleAttention,
+        c_z=host.c_in,
+        n_heads=mha.no_heads,
+        head_dim=mha.c_hidden,
+        **node,
+        q_bias=mha.linear_q.bias is not None,
+        k_bias=mha.linear_k.bias is not None,
+        v_bias=mha.linear_v.bias is not None,
+        gate_bias=mha.linear_g.bias is not None,
+        out_bias=mha.linear_o.bias is not None,
+        layer_norm_eps=float(host.layer_norm.eps),
+        backend=backend,
     )
     share_layer_norm(ours.layer_norm, host.layer_norm, f"{where}.layer_norm")
     bias_projection = host.get_submodule(bias_linear)
@@ -231,8 +250,9 @@ def check_linear(linear: nn.Module, where: str) -> None:
         raise UnsupportedModuleError(f"{where}: a linear map with precision={linear.precision} is not supported")
 
 
-def factor_network(config: FactorConfig | None, c_z: int, n_heads: int, like: torch.Tensor,
-                   host: str) -> FactorNetwork | None:
+def factor_network(
+    config: FactorConfig | None, c_z: int, n_heads: int, like: torch.Tensor, host: str
+) -> FactorNetwork | None:
     """The factor network of a lowrank / distill module, on ``like``'s device and dtype (None
     without a config). Host Pairformer blocks pass no single inputs to their attention modules."""
     if config is None:
@@ -240,7 +260,8 @@ def factor_network(config: FactorConfig | None, c_z: int, n_heads: int, like: to
     if config.use_s_inputs:
         raise UnsupportedModuleError(
             f"{host}'s Pairformer blocks pass no s_inputs to their attention modules: use a "
-            "FactorConfig with use_s_inputs=False")
+            "FactorConfig with use_s_inputs=False"
+        )
     return FactorNetwork(c_z, n_heads, config).to(device=like.device, dtype=like.dtype)
 
 
@@ -278,7 +299,14 @@ class HostAdapter(Protocol):
 
     def find_sites(self, model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]: ...
 
-    def make_replacement(self, site: Site, *, mode: str, factor_config: FactorConfig | None,
-                         backend: str = "auto", svd_config: SVDConfig | None = None) -> PatchedModule: ...
+    def make_replacement(
+        self,
+        site: Site,
+        *,
+        mode: str,
+        factor_config: FactorConfig | None,
+        backend: str = "auto",
+        svd_config: SVDConfig | None = None,
+    ) -> PatchedModule: ...
 
     def graph_modules(self, model: nn.Module) -> list[nn.Module]: ...

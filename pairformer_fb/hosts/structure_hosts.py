@@ -43,8 +43,9 @@ def _load_weights(model, ckpt, preset: str, label: str, info: dict) -> None:
     try:
         model.load_state_dict(host_sd, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"checkpoint={ckpt.path} does not fit model={preset} ({label}): "
-                         f"{str(e).splitlines()[0]} ...") from e
+        raise ValueError(
+            f"checkpoint={ckpt.path} does not fit model={preset} ({label}): {str(e).splitlines()[0]} ..."
+        ) from e
     info.update(checkpoint=str(ckpt.path), weights="checkpoint", converted=ckpt.metadata is not None)
 
 
@@ -110,8 +111,10 @@ class ProtenixHost(StructureHost):
     sampling), ``run_confidence_head``."""
 
     name = "protenix"
-    features_note = ("offline Protenix features (data/featurize.py): CCD atoms and ideal reference conformers "
-                     "(biotite), single-sequence MSA unless msa_dir is given, no templates")
+    features_note = (
+        "offline Protenix features (data/featurize.py): CCD atoms and ideal reference conformers "
+        "(biotite), single-sequence MSA unless msa_dir is given, no templates"
+    )
     KERNELS = ("auto", "torch", "cuequivariance", "triattention", "deepspeed")
 
     def check(self, cfg) -> None:
@@ -131,12 +134,21 @@ class ProtenixHost(StructureHost):
         if cfg.kernels == "auto":
             kernels = best_protenix_kernels(device)
         else:
-            kernels = {"triangle_attention": cfg.kernels,
-                       "triangle_multiplicative": cfg.kernels if cfg.kernels in ("torch", "cuequivariance") else "torch"}
+            kernels = {
+                "triangle_attention": cfg.kernels,
+                "triangle_multiplicative": cfg.kernels if cfg.kernels in ("torch", "cuequivariance") else "torch",
+            }
         overrides = {**kernels, **dict(cfg.get("overrides") or {})}
         model, configs = build_protenix(preset, overrides, cpu=cpu)
-        info = {"host": "protenix", "preset": preset, "model_name": configs.model_name, "kernels": kernels,
-                "overrides": dict(overrides), "checkpoint": None, "weights": "random"}
+        info = {
+            "host": "protenix",
+            "preset": preset,
+            "model_name": configs.model_name,
+            "kernels": kernels,
+            "overrides": dict(overrides),
+            "checkpoint": None,
+            "weights": "random",
+        }
         return _finish(model, device, ckpt, cfg, preset, configs.model_name, info)
 
     def predict(self, model, feats):
@@ -144,18 +156,23 @@ class ProtenixHost(StructureHost):
         return pred["coordinate"][0]
 
     def phase_wraps(self, model):
-        return [(model.input_embedder, "forward", "input_embedding", None),
-                (model.msa_module, "forward", "msa_module", None),
-                (model, "get_pairformer_output", "get_pairformer_output", "trunk_end"),
-                (model, "sample_diffusion", "sample_diffusion", "diffusion_end"),
-                (model, "run_confidence_head", "confidence_head", None)]
+        return [
+            (model.input_embedder, "forward", "input_embedding", None),
+            (model.msa_module, "forward", "msa_module", None),
+            (model, "get_pairformer_output", "get_pairformer_output", "trunk_end"),
+            (model, "sample_diffusion", "sample_diffusion", "diffusion_end"),
+            (model, "run_confidence_head", "confidence_head", None),
+        ]
 
     def phases(self, spans, stamps):
         embed, msa = spans.get("input_embedding", 0.0), spans.get("msa_module", 0.0)
-        return {"input_embedding": embed, "msa_module": msa,
-                "pairformer_trunk": spans["get_pairformer_output"] - embed - msa,
-                "diffusion_sampling": stamps["diffusion_end"] - stamps["trunk_end"],  # caches + sampling
-                "confidence_head": spans.get("confidence_head", 0.0)}
+        return {
+            "input_embedding": embed,
+            "msa_module": msa,
+            "pairformer_trunk": spans["get_pairformer_output"] - embed - msa,
+            "diffusion_sampling": stamps["diffusion_end"] - stamps["trunk_end"],  # caches + sampling
+            "confidence_head": spans.get("confidence_head", 0.0),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +186,7 @@ def _set_dotted(config, key: str, value) -> None:
     node = config
     for i, p in enumerate(path):
         if p not in node:
-            raise ValueError(f"overrides: OpenFold3's config has no {'.'.join(path[:i + 1])!r} (in {key!r})")
+            raise ValueError(f"overrides: OpenFold3's config has no {'.'.join(path[: i + 1])!r} (in {key!r})")
         node = node[p]
     if last not in node:
         raise ValueError(f"overrides: OpenFold3's config has no {key!r}")
@@ -185,18 +202,24 @@ class OpenFold3Host(StructureHost):
     their Pairformer, and the distogram head)."""
 
     name = "openfold3"
-    features_note = ("offline OpenFold3 features (featurize.openfold3_features): CCD atoms and ideal reference "
-                     "conformers (biotite; OpenFold3 would use RDKit conformers of its CCD cache), "
-                     "single-sequence MSA unless msa_dir is given, no templates")
+    features_note = (
+        "offline OpenFold3 features (featurize.openfold3_features): CCD atoms and ideal reference "
+        "conformers (biotite; OpenFold3 would use RDKit conformers of its CCD cache), "
+        "single-sequence MSA unless msa_dir is given, no templates"
+    )
     # kernels= -> OpenFold3's settings.memory.eval switches of the original's triangle attention
     KERNELS: ClassVar[dict[str, dict[str, bool]]] = {
-        "torch": {}, "triton": {"use_triton_triangle_kernels": True},
-        "cuequivariance": {"use_cueq_triangle_kernels": True}, "deepspeed": {"use_deepspeed_evo_attention": True}}
+        "torch": {},
+        "triton": {"use_triton_triangle_kernels": True},
+        "cuequivariance": {"use_cueq_triangle_kernels": True},
+        "deepspeed": {"use_deepspeed_evo_attention": True},
+    }
 
     def check(self, cfg) -> None:
         if cfg.kernels != "auto" and cfg.kernels not in self.KERNELS:
-            raise ValueError(f"kernels must be auto or one of {', '.join(self.KERNELS)} for host=openfold3, "
-                             f"got {cfg.kernels!r}")
+            raise ValueError(
+                f"kernels must be auto or one of {', '.join(self.KERNELS)} for host=openfold3, got {cfg.kernels!r}"
+            )
         if cfg.model not in ("auto", "tiny", "default"):
             raise ValueError(f"model must be auto, tiny or default for host=openfold3, got {cfg.model!r}")
         from ..data.featurize import _openfold3_constants
@@ -228,18 +251,30 @@ class OpenFold3Host(StructureHost):
         preset = cfg.model if cfg.model != "auto" else ("tiny" if cpu else "default")
         config = openfold3_config(preset)
         kernels = self._kernels(cfg, device)
-        switches = {"use_triton_triangle_kernels": False, "use_cueq_triangle_kernels": False,
-                    "use_deepspeed_evo_attention": False, "use_lma": False, **self.KERNELS[kernels]}
+        switches = {
+            "use_triton_triangle_kernels": False,
+            "use_cueq_triangle_kernels": False,
+            "use_deepspeed_evo_attention": False,
+            "use_lma": False,
+            **self.KERNELS[kernels],
+        }
         overrides = {f"settings.memory.eval.{k}": v for k, v in switches.items()} | dict(cfg.get("overrides") or {})
         for k, v in overrides.items():
             _set_dotted(config, k, v)
         model = OpenFold3(config)
         label = f"OpenFold3 {version('openfold3')}"
-        info = {"host": "openfold3", "preset": preset, "model_name": label,
-                "kernels": {"triangle_attention": kernels}, "overrides": overrides, "checkpoint": None,
-                "weights": "random", "num_recycles": int(config.architecture.shared.num_recycles),
-                "diffusion_steps": int(config.architecture.shared.diffusion.no_full_rollout_steps),
-                "diffusion_samples": int(config.architecture.shared.diffusion.no_full_rollout_samples)}
+        info = {
+            "host": "openfold3",
+            "preset": preset,
+            "model_name": label,
+            "kernels": {"triangle_attention": kernels},
+            "overrides": overrides,
+            "checkpoint": None,
+            "weights": "random",
+            "num_recycles": int(config.architecture.shared.num_recycles),
+            "diffusion_steps": int(config.architecture.shared.diffusion.no_full_rollout_steps),
+            "diffusion_samples": int(config.architecture.shared.diffusion.no_full_rollout_samples),
+        }
         return _finish(model, device, ckpt, cfg, preset, label, info)
 
     def predict(self, model, feats):
@@ -247,18 +282,24 @@ class OpenFold3Host(StructureHost):
         return out["atom_positions_predicted"][0, 0]  # [batch, sample, atom, 3]
 
     def phase_wraps(self, model):
-        return [(model.input_embedder, "forward", "input_embedding", None),
-                (model.msa_module_embedder, "forward", "msa_module", None),
-                (model.msa_module, "forward", "msa_module", None),
-                (model, "run_trunk", "run_trunk", None),
-                (model.sample_diffusion, "forward", "diffusion_sampling", None),
-                (model.aux_heads, "forward", "confidence_head", None)]
+        return [
+            (model.input_embedder, "forward", "input_embedding", None),
+            (model.msa_module_embedder, "forward", "msa_module", None),
+            (model.msa_module, "forward", "msa_module", None),
+            (model, "run_trunk", "run_trunk", None),
+            (model.sample_diffusion, "forward", "diffusion_sampling", None),
+            (model.aux_heads, "forward", "confidence_head", None),
+        ]
 
     def phases(self, spans, stamps):
         embed, msa = spans.get("input_embedding", 0.0), spans.get("msa_module", 0.0)
-        return {"input_embedding": embed, "msa_module": msa, "pairformer_trunk": spans["run_trunk"] - embed - msa,
-                "diffusion_sampling": spans.get("diffusion_sampling", 0.0),
-                "confidence_head": spans.get("confidence_head", 0.0)}
+        return {
+            "input_embedding": embed,
+            "msa_module": msa,
+            "pairformer_trunk": spans["run_trunk"] - embed - msa,
+            "diffusion_sampling": spans.get("diffusion_sampling", 0.0),
+            "confidence_head": spans.get("confidence_head", 0.0),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,12 +312,18 @@ class OpenFold3Host(StructureHost):
 # numba + llvmlite (featurizer v2), chembl_structure_pipeline and scikit-learn (+ joblib,
 # threadpoolctl) (its schema / mmCIF parsers), click (the schema parser) and cloudpickle.
 # requirements-hosts.txt pins them (--no-deps).
-BOLTZ_MODULES = {"boltz": "boltz==2.2.1", "pytorch_lightning": "pytorch-lightning==2.6.6",
-                 "lightning_utilities": "lightning-utilities==0.15.3", "torchmetrics": "torchmetrics==1.9.0",
-                 "mashumaro": "mashumaro==3.23", "numba": "numba==0.68.0 llvmlite==0.50.0",
-                 "chembl_structure_pipeline": "chembl_structure_pipeline==1.2.4",
-                 "sklearn": "scikit-learn==1.6.1 joblib==1.6.0 threadpoolctl==3.7.0", "click": "click==8.4.0",
-                 "cloudpickle": "cloudpickle==2.1.0"}
+BOLTZ_MODULES = {
+    "boltz": "boltz==2.2.1",
+    "pytorch_lightning": "pytorch-lightning==2.6.6",
+    "lightning_utilities": "lightning-utilities==0.15.3",
+    "torchmetrics": "torchmetrics==1.9.0",
+    "mashumaro": "mashumaro==3.23",
+    "numba": "numba==0.68.0 llvmlite==0.50.0",
+    "chembl_structure_pipeline": "chembl_structure_pipeline==1.2.4",
+    "sklearn": "scikit-learn==1.6.1 joblib==1.6.0 threadpoolctl==3.7.0",
+    "click": "click==8.4.0",
+    "cloudpickle": "cloudpickle==2.1.0",
+}
 
 
 def boltz_cache_dir(cfg=None) -> Path:
@@ -288,8 +335,11 @@ def boltz_cache_dir(cfg=None) -> Path:
 
 def boltz_missing() -> list[str]:
     """The packages full Boltz-2 inference lacks here (:data:`BOLTZ_MODULES`)."""
-    return [f"Python package {mod} (pip install --no-deps {pip})" for mod, pip in BOLTZ_MODULES.items()
-            if importlib.util.find_spec(mod) is None]
+    return [
+        f"Python package {mod} (pip install --no-deps {pip})"
+        for mod, pip in BOLTZ_MODULES.items()
+        if importlib.util.find_spec(mod) is None
+    ]
 
 
 class BoltzHost(StructureHost):
@@ -311,13 +361,17 @@ class BoltzHost(StructureHost):
     def check(self, cfg) -> None:
         missing = boltz_missing()
         if missing:
-            raise HostUnavailable("host=boltz: full Boltz-2 inference cannot run here; missing: " + "; ".join(missing)
-                                  + ". (patch_model's Boltz-2 adapter itself needs none of these.)")
+            raise HostUnavailable(
+                "host=boltz: full Boltz-2 inference cannot run here; missing: "
+                + "; ".join(missing)
+                + ". (patch_model's Boltz-2 adapter itself needs none of these.)"
+            )
         if cfg.model not in ("auto", "tiny", "checkpoint"):
             raise ValueError(f"model must be auto, tiny or checkpoint for host=boltz, got {cfg.model!r}")
         if cfg.model == "checkpoint" and not cfg.checkpoint:
-            raise ValueError("model=checkpoint (host=boltz) builds Boltz-2 from a checkpoint's hyper_parameters: "
-                             "give checkpoint=")
+            raise ValueError(
+                "model=checkpoint (host=boltz) builds Boltz-2 from a checkpoint's hyper_parameters: give checkpoint="
+            )
         if cfg.kernels not in ("auto", "torch"):
             raise ValueError(f"kernels must be auto or torch for host=boltz, got {cfg.kernels!r}")
         self._mols_dir = boltz_cache_dir(cfg) / "mols"
@@ -327,8 +381,10 @@ class BoltzHost(StructureHost):
 
         if not hasattr(self, "_mols"):
             self._mols, source = boltz_molecules(getattr(self, "_mols_dir", None))
-            self.features_note = ("Boltz-2's own features (its parser, tokeniser and featuriser v2; molecules: "
-                                  f"{source}), single-sequence MSA unless msa_dir is given, no templates")
+            self.features_note = (
+                "Boltz-2's own features (its parser, tokeniser and featuriser v2; molecules: "
+                f"{source}), single-sequence MSA unless msa_dir is given, no templates"
+            )
         return boltz_features(sample, self._mols, seed=cfg.seed, msa_dir=cfg.msa_dir)
 
     def build(self, cfg, device, ckpt):
@@ -339,7 +395,9 @@ class BoltzHost(StructureHost):
         if preset == "checkpoint":
             hp = ckpt.container.get("hyper_parameters") if isinstance(ckpt.container, Mapping) else None
             if not hp:
-                raise ValueError(f"checkpoint={ckpt.path} has no hyper_parameters to build Boltz-2 from (model=checkpoint)")
+                raise ValueError(
+                    f"checkpoint={ckpt.path} has no hyper_parameters to build Boltz-2 from (model=checkpoint)"
+                )
         ov = dict(cfg.get("overrides") or {})
         for k in ov:
             if k not in ("recycling_steps", "sampling_steps"):
@@ -347,29 +405,49 @@ class BoltzHost(StructureHost):
         model = build_boltz2(hp)
         self.recycling_steps = int(ov.get("recycling_steps", 1 if preset == "tiny" else 3))
         self.sampling_steps = int(ov.get("sampling_steps", 2 if preset == "tiny" else 200))
-        info = {"host": "boltz", "preset": preset, "model_name": f"Boltz-2 (boltz {version('boltz')})",
-                "kernels": {"triangle_attention": "torch"}, "overrides": ov, "checkpoint": None, "weights": "random",
-                "recycling_steps": self.recycling_steps, "diffusion_steps": self.sampling_steps, "diffusion_samples": 1}
+        info = {
+            "host": "boltz",
+            "preset": preset,
+            "model_name": f"Boltz-2 (boltz {version('boltz')})",
+            "kernels": {"triangle_attention": "torch"},
+            "overrides": ov,
+            "checkpoint": None,
+            "weights": "random",
+            "recycling_steps": self.recycling_steps,
+            "diffusion_steps": self.sampling_steps,
+            "diffusion_samples": 1,
+        }
         return _finish(model, device, ckpt, cfg, preset, "Boltz2", info)
 
     def predict(self, model, feats):
-        out = model(dict(feats), recycling_steps=self.recycling_steps, num_sampling_steps=self.sampling_steps,
-                    diffusion_samples=1, max_parallel_samples=1, run_confidence_sequentially=True)
+        out = model(
+            dict(feats),
+            recycling_steps=self.recycling_steps,
+            num_sampling_steps=self.sampling_steps,
+            diffusion_samples=1,
+            max_parallel_samples=1,
+            run_confidence_sequentially=True,
+        )
         return out["sample_atom_coords"][0][feats["atom_pad_mask"][0].bool()]
 
     def phase_wraps(self, model):
-        return [(model.input_embedder, "forward", "input_embedding", "embed_end"),
-                (model.msa_module, "forward", "msa_module", None),
-                (model.pairformer_module, "forward", "pairformer", "trunk_end"),
-                (model.structure_module, "sample", "sample", "diffusion_end"),
-                (model.confidence_module, "forward", "confidence_head", None)]
+        return [
+            (model.input_embedder, "forward", "input_embedding", "embed_end"),
+            (model.msa_module, "forward", "msa_module", None),
+            (model.pairformer_module, "forward", "pairformer", "trunk_end"),
+            (model.structure_module, "sample", "sample", "diffusion_end"),
+            (model.confidence_module, "forward", "confidence_head", None),
+        ]
 
     def phases(self, spans, stamps):
         msa = spans.get("msa_module", 0.0)
-        return {"input_embedding": spans.get("input_embedding", 0.0), "msa_module": msa,
-                "pairformer_trunk": stamps["trunk_end"] - stamps["embed_end"] - msa,
-                "diffusion_sampling": stamps["diffusion_end"] - stamps["trunk_end"],
-                "confidence_head": spans.get("confidence_head", 0.0)}
+        return {
+            "input_embedding": spans.get("input_embedding", 0.0),
+            "msa_module": msa,
+            "pairformer_trunk": stamps["trunk_end"] - stamps["embed_end"] - msa,
+            "diffusion_sampling": stamps["diffusion_end"] - stamps["trunk_end"],
+            "confidence_head": spans.get("confidence_head", 0.0),
+        }
 
 
 HOSTS: dict[str, type[StructureHost]] = {"protenix": ProtenixHost, "openfold3": OpenFold3Host, "boltz": BoltzHost}

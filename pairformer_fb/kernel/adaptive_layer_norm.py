@@ -24,9 +24,22 @@ from .layer_norm import norm_output_dtype, normalised_rows, triton_norm_applies
 
 
 @triton.jit
-def _adaln_fwd_kernel(X, GS, Y, W, Bias, M, M_GS, C, stride_gs, eps,
-                      HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                      BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+def _adaln_fwd_kernel(
+    X,
+    GS,
+    Y,
+    W,
+    Bias,
+    M,
+    M_GS,
+    C,
+    stride_gs,
+    eps,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.arange(0, BLOCK_C)
     y, _, _ = normalised_rows(X, W, Bias, rows, cols, M, C, eps, HAS_W, HAS_B)
@@ -40,8 +53,9 @@ def _adaln_fwd_kernel(X, GS, Y, W, Bias, M, M_GS, C, stride_gs, eps,
     tl.store(Y + r64[:, None] * C + cols[None, :], y.to(Y.dtype.element_ty), mask=ok)
 
 
-def adaptive_layer_norm(a: torch.Tensor, gate_shift: torch.Tensor, norm: torch.nn.LayerNorm,
-                        *, for_matmul: bool = False) -> torch.Tensor | None:
+def adaptive_layer_norm(
+    a: torch.Tensor, gate_shift: torch.Tensor, norm: torch.nn.LayerNorm, *, for_matmul: bool = False
+) -> torch.Tensor | None:
     """``sigmoid(gate) * norm(a) + shift`` with ``gate, shift = gate_shift.chunk(2, -1)``, in one
     Triton pass; None where it does not apply (not where the layer-norm kernel applies, see
     :func:`~pairformer_fb.kernel.layer_norm.triton_norm_applies`; gradients needed;
@@ -55,8 +69,11 @@ def adaptive_layer_norm(a: torch.Tensor, gate_shift: torch.Tensor, norm: torch.n
     C = a.shape[-1]
     if not (triton_norm_applies(a, norm) and gate_shift.is_cuda):
         return None
-    if torch.is_grad_enabled() and (a.requires_grad or gate_shift.requires_grad
-                                    or any(p is not None and p.requires_grad for p in (norm.weight, norm.bias))):
+    if torch.is_grad_enabled() and (
+        a.requires_grad
+        or gate_shift.requires_grad
+        or any(p is not None and p.requires_grad for p in (norm.weight, norm.bias))
+    ):
         return None
     if gate_shift.shape[-1] != 2 * C or gate_shift.dim() != a.dim():
         return None
@@ -71,8 +88,9 @@ def adaptive_layer_norm(a: torch.Tensor, gate_shift: torch.Tensor, norm: torch.n
     return launch_adaptive_layer_norm(a, gate_shift, m_gs, norm, out_dtype)
 
 
-def launch_adaptive_layer_norm(a: torch.Tensor, gate_shift: torch.Tensor, m_gs: int, norm: torch.nn.LayerNorm,
-                               out_dtype: torch.dtype) -> torch.Tensor:
+def launch_adaptive_layer_norm(
+    a: torch.Tensor, gate_shift: torch.Tensor, m_gs: int, norm: torch.nn.LayerNorm, out_dtype: torch.dtype
+) -> torch.Tensor:
     """The kernel launch behind :func:`adaptive_layer_norm` (no checks): ``gate_shift`` holds
     ``m_gs`` rows of [gate | shift], row r of a reads row r % m_gs."""
     C = a.shape[-1]
@@ -87,9 +105,21 @@ def launch_adaptive_layer_norm(a: torch.Tensor, gate_shift: torch.Tensor, m_gs: 
     block_c = triton.next_power_of_2(C)
     block_rows = max(1, min(16, 4096 // block_c))
     _adaln_fwd_kernel[(triton.cdiv(M, block_rows),)](
-        x, gs, y, norm.weight if norm.weight is not None else x, norm.bias if norm.bias is not None else x,
-        M, m_gs, C, gs.stride(0), norm.eps, HAS_W=norm.weight is not None, HAS_B=norm.bias is not None,
-        BLOCK_ROWS=block_rows, BLOCK_C=block_c, num_warps=4 if block_c <= 1024 else 8,
+        x,
+        gs,
+        y,
+        norm.weight if norm.weight is not None else x,
+        norm.bias if norm.bias is not None else x,
+        M,
+        m_gs,
+        C,
+        gs.stride(0),
+        norm.eps,
+        HAS_W=norm.weight is not None,
+        HAS_B=norm.bias is not None,
+        BLOCK_ROWS=block_rows,
+        BLOCK_C=block_c,
+        num_warps=4 if block_c <= 1024 else 8,
     )
     return y.view(a.shape)
 

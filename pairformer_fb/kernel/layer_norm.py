@@ -35,9 +35,21 @@ def normalised_rows(X, W, Bias, rows, cols, M, C, eps, HAS_W: tl.constexpr, HAS_
 
 
 @triton.jit
-def _layer_norm_fwd_kernel(X, W, Bias, Y, MEAN, RSTD, M, C, eps,
-                           HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                           BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+def _layer_norm_fwd_kernel(
+    X,
+    W,
+    Bias,
+    Y,
+    MEAN,
+    RSTD,
+    M,
+    C,
+    eps,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.arange(0, BLOCK_C)
     y, mean, rstd = normalised_rows(X, W, Bias, rows, cols, M, C, eps, HAS_W, HAS_B)
@@ -62,9 +74,20 @@ class _TritonLayerNorm(torch.autograd.Function):
         block_c = triton.next_power_of_2(C)
         block_rows = max(1, min(64, 4096 // block_c))
         _layer_norm_fwd_kernel[(triton.cdiv(M, block_rows),)](
-            x2, weight if weight is not None else x2, bias if bias is not None else x2, y, mean, rstd,
-            M, C, eps, HAS_W=weight is not None, HAS_B=bias is not None,
-            BLOCK_ROWS=block_rows, BLOCK_C=block_c, num_warps=4,
+            x2,
+            weight if weight is not None else x2,
+            bias if bias is not None else x2,
+            y,
+            mean,
+            rstd,
+            M,
+            C,
+            eps,
+            HAS_W=weight is not None,
+            HAS_B=bias is not None,
+            BLOCK_ROWS=block_rows,
+            BLOCK_C=block_c,
+            num_warps=4,
         )
         ctx.save_for_backward(x2, weight, bias, mean, rstd)
         ctx.x_shape = x.shape
@@ -78,9 +101,18 @@ class _TritonLayerNorm(torch.autograd.Function):
         if any(p is not None and p.dtype != x_dtype for p in (weight, bias)):
             x2 = x2.float()  # mixed dtypes: the backward in fp32 (x's gradient cast back below)
         dx, dw, db = torch.ops.aten.native_layer_norm_backward(
-            dy.reshape(-1, C).to(x2.dtype).contiguous(), x2, [C], mean[:, None], rstd[:, None], weight, bias,
-            [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
-             bias is not None and ctx.needs_input_grad[2]],
+            dy.reshape(-1, C).to(x2.dtype).contiguous(),
+            x2,
+            [C],
+            mean[:, None],
+            rstd[:, None],
+            weight,
+            bias,
+            [
+                ctx.needs_input_grad[0],
+                weight is not None and ctx.needs_input_grad[1],
+                bias is not None and ctx.needs_input_grad[2],
+            ],
         )
         return (dx.to(x_dtype).view(ctx.x_shape) if dx is not None else None), dw, db, None, None
 
@@ -89,8 +121,12 @@ def triton_norm_applies(x: torch.Tensor, norm: torch.nn.LayerNorm) -> bool:
     """Whether the Triton layer-norm kernels take ``norm`` over x: a CUDA x, a norm over the last
     dim only (at most 8192 wide), parameters of x's dtype or fp32 (other mixes follow torch's
     promotion rules, so they stay with torch)."""
-    return (x.is_cuda and len(norm.normalized_shape) == 1 and x.shape[-1] <= 8192
-            and all(p is None or p.dtype in (x.dtype, torch.float32) for p in (norm.weight, norm.bias)))
+    return (
+        x.is_cuda
+        and len(norm.normalized_shape) == 1
+        and x.shape[-1] <= 8192
+        and all(p is None or p.dtype in (x.dtype, torch.float32) for p in (norm.weight, norm.bias))
+    )
 
 
 def norm_output_dtype(dtype: torch.dtype, for_matmul: bool) -> torch.dtype:

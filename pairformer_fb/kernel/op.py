@@ -36,9 +36,7 @@ def _broadcast_to(name: str, t: torch.Tensor, target: tuple[int, ...], labels: s
     t = t.reshape((1,) * (len(target) - t.dim()) + tuple(t.shape)) if t.dim() < len(target) else t
     for size, want in zip(t.shape, target):
         if size not in (1, want):
-            raise ValueError(
-                f"{name} has shape {_shape(t)}, which does not broadcast to {labels} = {list(target)}"
-            )
+            raise ValueError(f"{name} has shape {_shape(t)}, which does not broadcast to {labels} = {list(target)}")
     return t
 
 
@@ -67,7 +65,9 @@ def _full_fp32_too_wide(q: torch.Tensor, q_factors: torch.Tensor | None) -> bool
             f"flash_bias_attention: fp32 inputs with torch.backends.cuda.matmul.allow_tf32 = False and padded head "
             f"dim + rank {width} > {FULL_FP32_MAX_WIDTH} run the torch reference path (the full-precision Triton "
             f"kernels of this width compile for minutes); allow TF32 or use bf16 / fp16 for the fused kernel",
-            RuntimeWarning, stacklevel=3)
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return True
 
 
@@ -173,15 +173,17 @@ def flash_bias_attention(
             raise ValueError(f"key_mask is on {key_mask.device}, expected q's device {q.device}")
         key_mask = _broadcast_to("key_mask", key_mask, (B, Lk), "[B, Lk]")
     if scale is None:
-        scale = D ** -0.5
+        scale = D**-0.5
     scale = float(scale)
 
     if backend == "auto":
         backend = "triton" if q.is_cuda and not _full_fp32_too_wide(q, q_factors) else "reference"
     if backend == "triton":
         if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(f"backend='triton' needs CUDA tensors, but q is on {q.device} (Triton has no CPU "
-                             "driver): use backend='auto' or 'reference' (TRITON_INTERPRET=1: Triton's interpreter)")
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors, but q is on {q.device} (Triton has no CPU "
+                "driver): use backend='auto' or 'reference' (TRITON_INTERPRET=1: Triton's interpreter)"
+            )
         from .triton_launch import attention_triton
 
         return attention_triton(q, k, v, q_factors, k_factors, bias, key_mask, scale, gate)

@@ -95,14 +95,14 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool, elem_b
 CONFIG_OVERRIDES: dict[tuple[str, int, int, bool, int], KernelConfig] = {}
 
 
-def config_key(kind: str, block_d: int, block_r: int, has_bias: bool,
-               elem_bytes: int = 2) -> tuple[str, int, int, bool, int]:
+def config_key(
+    kind: str, block_d: int, block_r: int, has_bias: bool, elem_bytes: int = 2
+) -> tuple[str, int, int, bool, int]:
     return (kind, block_d, block_r, bool(has_bias), int(elem_bytes))
 
 
 def _ops_config_key(kind: str, ops: "_Operands") -> tuple[str, int, int, bool, int]:
-    return config_key(kind, ops.block_d, ops.block_r if ops.has_factors else 0, ops.bias is not None,
-                      ops.elem_bytes)
+    return config_key(kind, ops.block_d, ops.block_r if ops.has_factors else 0, ops.bias is not None, ops.elem_bytes)
 
 
 def _config(kind: str, ops: "_Operands") -> KernelConfig:
@@ -120,8 +120,14 @@ def load_config_overrides(path: str) -> int:
     for e in entries:
         key = config_key(e["kind"], e["block_d"], e["block_r"], e["has_bias"], e.get("elem_bytes", 2))
         CONFIG_OVERRIDES[key] = KernelConfig(
-            e["block_m"], e["block_n"], e["num_warps"], e["num_stages"], e.get("rows", 2), e.get("splits", 1),
-            e.get("fuse_ds", False))
+            e["block_m"],
+            e["block_n"],
+            e["num_warps"],
+            e["num_stages"],
+            e.get("rows", 2),
+            e.get("splits", 1),
+            e.get("fuse_ds", False),
+        )
     return len(entries)
 
 
@@ -158,8 +164,12 @@ def _launch(kind: str, ops: "_Operands", dtype: torch.dtype, launch) -> None:
             if smaller is None:
                 raise
             if key not in _FITTED:  # once per kernel class: each retry is another compile
-                warnings.warn(f"FlashBias {kind} tiles {cfg} need more shared memory than this GPU has; "
-                              f"compiling smaller ones (a slower first call)", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"FlashBias {kind} tiles {cfg} need more shared memory than this GPU has; "
+                    f"compiling smaller ones (a slower first call)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             cfg = _FITTED[key] = smaller
 
 

@@ -58,9 +58,22 @@ def _load_tile(base, offs_r, offs_c, s_r, s_c, n_r, n_c, FULL_R: tl.constexpr, F
 
 
 @triton.jit
-def _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
-                   HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-                   EVEN_M: tl.constexpr, EVEN_N: tl.constexpr):
+def _shared_scores(
+    qf,
+    kf,
+    bias_base,
+    s_bq,
+    s_bk,
+    offs_m,
+    offs_n,
+    Lq,
+    Lk,
+    HAS_FACTORS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr,
+):
     """The score terms every row of a group shares: Qf Kf^T + Bias."""
     if HAS_FACTORS:
         t = tl.dot(qf, tl.trans(kf), input_precision=PRECISION)
@@ -72,9 +85,20 @@ def _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
 
 
 @triton.jit
-def _row_scores(q, k, shared, scale, mask_base, s_ml, offs_n, Lk,
-                HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_N: tl.constexpr,
-                PRECISION: tl.constexpr):
+def _row_scores(
+    q,
+    k,
+    shared,
+    scale,
+    mask_base,
+    s_ml,
+    offs_n,
+    Lk,
+    HAS_SHARED: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """S = scale Q K^T + shared + key-mask term of one row (one FMA per score with a shared
     term); keys past Lk get -inf.
 
@@ -113,9 +137,26 @@ def _softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _fwd_epilogue(o_base, s_ol, s_od, row_max_ptr, row_inv_sum_ptr, acc, m_i, l_i,
-                  offs_m, offs_d, Lq, D, ok, gate_base, s_gl, s_gd, HAS_GATE: tl.constexpr,
-                  EVEN_D: tl.constexpr):
+def _fwd_epilogue(
+    o_base,
+    s_ol,
+    s_od,
+    row_max_ptr,
+    row_inv_sum_ptr,
+    acc,
+    m_i,
+    l_i,
+    offs_m,
+    offs_d,
+    Lq,
+    D,
+    ok,
+    gate_base,
+    s_gl,
+    s_gd,
+    HAS_GATE: tl.constexpr,
+    EVEN_D: tl.constexpr,
+):
     # m and 1/l are kept apart rather than as m + log2(l): with a fully masked row m is about
     # -1.4e9, where fp32 cannot resolve log2(l) and P would be recomputed as 1 instead of 1/Lk.
     m_ok = (offs_m < Lq) & ok
@@ -163,22 +204,76 @@ def _program_rows(pid, n_blocks, B, H, ROWS: tl.constexpr, GRID_ORDER: tl.conste
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, QF, KF, BIAS, MASK, O, ROW_MAX, ROW_INV_SUM, GATE,
-    s_qb, s_qh, s_ql, s_qd,
-    s_kb, s_kh, s_kl, s_kd,
-    s_vb, s_vh, s_vl, s_vd,
-    s_qfb, s_qfh, s_qfl, s_qfr,
-    s_kfb, s_kfh, s_kfl, s_kfr,
-    s_bb, s_bh, s_bq, s_bk,
-    s_mb, s_ml,
-    s_ob, s_oh, s_ol, s_od,
-    s_gb, s_gh, s_gl, s_gd,
-    B, H, Lq, Lk, D, R, n_qblocks, scale,
-    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GATE: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
-    BIAS_FULL_M: tl.constexpr, BIAS_FULL_N: tl.constexpr, GRID_ORDER: tl.constexpr,
-    PRECISION: tl.constexpr, ROWS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+    Q,
+    K,
+    V,
+    QF,
+    KF,
+    BIAS,
+    MASK,
+    O,
+    ROW_MAX,
+    ROW_INV_SUM,
+    GATE,
+    s_qb,
+    s_qh,
+    s_ql,
+    s_qd,
+    s_kb,
+    s_kh,
+    s_kl,
+    s_kd,
+    s_vb,
+    s_vh,
+    s_vl,
+    s_vd,
+    s_qfb,
+    s_qfh,
+    s_qfl,
+    s_qfr,
+    s_kfb,
+    s_kfh,
+    s_kfl,
+    s_kfr,
+    s_bb,
+    s_bh,
+    s_bq,
+    s_bk,
+    s_mb,
+    s_ml,
+    s_ob,
+    s_oh,
+    s_ol,
+    s_od,
+    s_gb,
+    s_gh,
+    s_gl,
+    s_gd,
+    B,
+    H,
+    Lq,
+    Lk,
+    D,
+    R,
+    n_qblocks,
+    scale,
+    HAS_FACTORS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    EVEN_R: tl.constexpr,
+    BIAS_FULL_M: tl.constexpr,
+    BIAS_FULL_N: tl.constexpr,
+    GRID_ORDER: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
     qb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_qblocks, B, H, ROWS, GRID_ORDER)
@@ -215,37 +310,102 @@ def _fwd_kernel(
             kf = 0.0
             if HAS_FACTORS:
                 kf = _load_tile(kf_base, offs_n, offs_r, s_kfl, s_kfr, Lk, R, EVEN_N, EVEN_R)
-            shared = _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
-                                    HAS_FACTORS, HAS_BIAS, PRECISION, BIAS_FULL_M, BIAS_FULL_N)
+            shared = _shared_scores(
+                qf,
+                kf,
+                bias_base,
+                s_bq,
+                s_bk,
+                offs_m,
+                offs_n,
+                Lq,
+                Lk,
+                HAS_FACTORS,
+                HAS_BIAS,
+                PRECISION,
+                BIAS_FULL_M,
+                BIAS_FULL_N,
+            )
         k = _load_tile(k0_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
         v = _load_tile(v0_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
-        s = _row_scores(q0, k, shared, scale, MASK + b0 * s_mb, s_ml, offs_n, Lk,
-                        HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
+        s = _row_scores(
+            q0, k, shared, scale, MASK + b0 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
+        )
         m0, l0, acc0 = _softmax_step(s, v, m0, l0, acc0, PRECISION)
         if ROWS == 2:
             k = _load_tile(k1_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
             v = _load_tile(v1_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
-            s = _row_scores(q1, k, shared, scale, MASK + b1 * s_mb, s_ml, offs_n, Lk,
-                            HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
+            s = _row_scores(
+                q1, k, shared, scale, MASK + b1 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
+            )
             m1, l1, acc1 = _softmax_step(s, v, m1, l1, acc1, PRECISION)
 
     row0 = (b0 * H + h) * Lq
-    _fwd_epilogue(O + b0 * s_ob + h * s_oh, s_ol, s_od, ROW_MAX + row0, ROW_INV_SUM + row0,
-                  acc0, m0, l0, offs_m, offs_d, Lq, D, True, GATE + b0 * s_gb + h * s_gh, s_gl, s_gd, HAS_GATE,
-                  EVEN_D)
+    _fwd_epilogue(
+        O + b0 * s_ob + h * s_oh,
+        s_ol,
+        s_od,
+        ROW_MAX + row0,
+        ROW_INV_SUM + row0,
+        acc0,
+        m0,
+        l0,
+        offs_m,
+        offs_d,
+        Lq,
+        D,
+        True,
+        GATE + b0 * s_gb + h * s_gh,
+        s_gl,
+        s_gd,
+        HAS_GATE,
+        EVEN_D,
+    )
     if ROWS == 2:
         row1 = (b1 * H + h) * Lq
-        _fwd_epilogue(O + b1 * s_ob + h * s_oh, s_ol, s_od, ROW_MAX + row1, ROW_INV_SUM + row1,
-                      acc1, m1, l1, offs_m, offs_d, Lq, D, row1_ok, GATE + b1 * s_gb + h * s_gh, s_gl, s_gd,
-                      HAS_GATE, EVEN_D)
+        _fwd_epilogue(
+            O + b1 * s_ob + h * s_oh,
+            s_ol,
+            s_od,
+            ROW_MAX + row1,
+            ROW_INV_SUM + row1,
+            acc1,
+            m1,
+            l1,
+            offs_m,
+            offs_d,
+            Lq,
+            D,
+            row1_ok,
+            GATE + b1 * s_gb + h * s_gh,
+            s_gl,
+            s_gd,
+            HAS_GATE,
+            EVEN_D,
+        )
 
 
 @triton.jit
 def _bwd_delta_kernel(
-    O, DO, DELTA,
-    s_ob, s_oh, s_ol, s_od, s_dob, s_doh, s_dol, s_dod,
-    H, Lq, D, n_qblocks,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_D: tl.constexpr,
+    O,
+    DO,
+    DELTA,
+    s_ob,
+    s_oh,
+    s_ol,
+    s_od,
+    s_dob,
+    s_doh,
+    s_dol,
+    s_dod,
+    H,
+    Lq,
+    D,
+    n_qblocks,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
     """delta = rowsum(dO * O), per (b, h, query)."""
     pid = tl.program_id(0)
@@ -261,11 +421,42 @@ def _bwd_delta_kernel(
 
 
 @triton.jit
-def _bwd_row_step(q_base, s_ql, s_qd, do_base, s_dol, s_dod, stats_row, ROW_MAX, ROW_INV_SUM, DELTA,
-                  k, v, shared, mask_base, s_ml, dq_base, s_dql, s_dqd, dk, dv,
-                  offs_m, offs_n, offs_d, Lq, Lk, D, scale, row_ok,
-                  HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_N: tl.constexpr,
-                  PRECISION: tl.constexpr, EVEN_M: tl.constexpr, EVEN_D: tl.constexpr):
+def _bwd_row_step(
+    q_base,
+    s_ql,
+    s_qd,
+    do_base,
+    s_dol,
+    s_dod,
+    stats_row,
+    ROW_MAX,
+    ROW_INV_SUM,
+    DELTA,
+    k,
+    v,
+    shared,
+    mask_base,
+    s_ml,
+    dq_base,
+    s_dql,
+    s_dqd,
+    dk,
+    dv,
+    offs_m,
+    offs_n,
+    offs_d,
+    Lq,
+    Lk,
+    D,
+    scale,
+    row_ok,
+    HAS_SHARED: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    EVEN_D: tl.constexpr,
+):
     """One (query block, key block) tile of one row: updates dK, dV, adds dQ atomically and
     returns dS (fp32)."""
     m_ok = offs_m < Lq
@@ -282,37 +473,114 @@ def _bwd_row_step(q_base, s_ql, s_qd, do_base, s_dol, s_dod, stats_row, ROW_MAX,
     ds = p * (dp - delta[:, None])
     ds_lp = ds.to(q.dtype)
     dk += tl.dot(tl.trans(ds_lp), q, input_precision=PRECISION)
-    tl.atomic_add(dq_base + offs_m[:, None] * s_dql + offs_d[None, :] * s_dqd,
-                  tl.dot(ds_lp, k, input_precision=PRECISION) * scale,
-                  mask=(m_ok[:, None] & (offs_d < D)[None, :]) & row_ok, sem="relaxed")
+    tl.atomic_add(
+        dq_base + offs_m[:, None] * s_dql + offs_d[None, :] * s_dqd,
+        tl.dot(ds_lp, k, input_precision=PRECISION) * scale,
+        mask=(m_ok[:, None] & (offs_d < D)[None, :]) & row_ok,
+        sem="relaxed",
+    )
     return dk, dv, ds
 
 
 @triton.jit
 def _bwd_kernel(
-    Q, K, V, QF, KF, BIAS, MASK, DO, ROW_MAX, ROW_INV_SUM, DELTA,
-    DK, DV, DQ_ACC, DKF, DQF_ACC, DS_SUM,
-    s_qb, s_qh, s_ql, s_qd,
-    s_kb, s_kh, s_kl, s_kd,
-    s_vb, s_vh, s_vl, s_vd,
-    s_qfb, s_qfh, s_qfl, s_qfr,
-    s_kfb, s_kfh, s_kfl, s_kfr,
-    s_bb, s_bh, s_bq, s_bk,
-    s_mb, s_ml,
-    s_dob, s_doh, s_dol, s_dod,
-    s_dkb, s_dkh, s_dkl, s_dkd,
-    s_dvb, s_dvh, s_dvl, s_dvd,
-    s_dqb, s_dqh, s_dql, s_dqd,
-    s_dkfb, s_dkfh, s_dkfl, s_dkfr,
-    s_dqfb, s_dqfh, s_dqfl, s_dqfr,
-    s_gh, s_gq, s_gk,
-    B, H, Lq, Lk, D, R, n_kblocks, n_qblocks, scale,
-    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ROW_FACTOR_GRAD: tl.constexpr, FUSE_DS: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
-    BIAS_FULL_M: tl.constexpr, BIAS_FULL_N: tl.constexpr, GRID_ORDER: tl.constexpr,
-    PRECISION: tl.constexpr, ROWS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+    Q,
+    K,
+    V,
+    QF,
+    KF,
+    BIAS,
+    MASK,
+    DO,
+    ROW_MAX,
+    ROW_INV_SUM,
+    DELTA,
+    DK,
+    DV,
+    DQ_ACC,
+    DKF,
+    DQF_ACC,
+    DS_SUM,
+    s_qb,
+    s_qh,
+    s_ql,
+    s_qd,
+    s_kb,
+    s_kh,
+    s_kl,
+    s_kd,
+    s_vb,
+    s_vh,
+    s_vl,
+    s_vd,
+    s_qfb,
+    s_qfh,
+    s_qfl,
+    s_qfr,
+    s_kfb,
+    s_kfh,
+    s_kfl,
+    s_kfr,
+    s_bb,
+    s_bh,
+    s_bq,
+    s_bk,
+    s_mb,
+    s_ml,
+    s_dob,
+    s_doh,
+    s_dol,
+    s_dod,
+    s_dkb,
+    s_dkh,
+    s_dkl,
+    s_dkd,
+    s_dvb,
+    s_dvh,
+    s_dvl,
+    s_dvd,
+    s_dqb,
+    s_dqh,
+    s_dql,
+    s_dqd,
+    s_dkfb,
+    s_dkfh,
+    s_dkfl,
+    s_dkfr,
+    s_dqfb,
+    s_dqfh,
+    s_dqfl,
+    s_dqfr,
+    s_gh,
+    s_gq,
+    s_gk,
+    B,
+    H,
+    Lq,
+    Lk,
+    D,
+    R,
+    n_kblocks,
+    n_qblocks,
+    scale,
+    HAS_FACTORS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    ROW_FACTOR_GRAD: tl.constexpr,
+    FUSE_DS: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    EVEN_R: tl.constexpr,
+    BIAS_FULL_M: tl.constexpr,
+    BIAS_FULL_N: tl.constexpr,
+    GRID_ORDER: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     """One key block of one row group: S, P, dP and dS are computed once per tile; dK, dV (and
     per-row dKf) accumulate in registers, dQ (and per-row dQf) go to fp32 buffers by atomic adds
@@ -353,65 +621,220 @@ def _bwd_kernel(
             qf = 0.0
             if HAS_FACTORS:
                 qf = _load_tile(qf_base, offs_m, offs_r, s_qfl, s_qfr, Lq, R, EVEN_M, EVEN_R)
-            shared = _shared_scores(qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
-                                    HAS_FACTORS, HAS_BIAS, PRECISION, BIAS_FULL_M, BIAS_FULL_N)
+            shared = _shared_scores(
+                qf,
+                kf,
+                bias_base,
+                s_bq,
+                s_bk,
+                offs_m,
+                offs_n,
+                Lq,
+                Lk,
+                HAS_FACTORS,
+                HAS_BIAS,
+                PRECISION,
+                BIAS_FULL_M,
+                BIAS_FULL_N,
+            )
         dk0, dv0, ds0 = _bwd_row_step(
-            Q + b0 * s_qb + h * s_qh, s_ql, s_qd, DO + b0 * s_dob + h * s_doh, s_dol, s_dod,
-            (b0 * H + h) * Lq, ROW_MAX, ROW_INV_SUM, DELTA, k0, v0, shared, MASK + b0 * s_mb, s_ml,
-            DQ_ACC + b0 * s_dqb + h * s_dqh, s_dql, s_dqd, dk0, dv0,
-            offs_m, offs_n, offs_d, Lq, Lk, D, scale, True, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION, EVEN_M, EVEN_D)
+            Q + b0 * s_qb + h * s_qh,
+            s_ql,
+            s_qd,
+            DO + b0 * s_dob + h * s_doh,
+            s_dol,
+            s_dod,
+            (b0 * H + h) * Lq,
+            ROW_MAX,
+            ROW_INV_SUM,
+            DELTA,
+            k0,
+            v0,
+            shared,
+            MASK + b0 * s_mb,
+            s_ml,
+            DQ_ACC + b0 * s_dqb + h * s_dqh,
+            s_dql,
+            s_dqd,
+            dk0,
+            dv0,
+            offs_m,
+            offs_n,
+            offs_d,
+            Lq,
+            Lk,
+            D,
+            scale,
+            True,
+            HAS_SHARED,
+            HAS_MASK,
+            EVEN_N,
+            PRECISION,
+            EVEN_M,
+            EVEN_D,
+        )
         if ROW_FACTOR_GRAD:
             ds_lp = ds0.to(kf.dtype)
             dkf += tl.dot(tl.trans(ds_lp), qf, input_precision=PRECISION)
-            tl.atomic_add(DQF_ACC + b0 * s_dqfb + h * s_dqfh + offs_m[:, None] * s_dqfl + offs_r[None, :] * s_dqfr,
-                          tl.dot(ds_lp, kf, input_precision=PRECISION),
-                          mask=(offs_m < Lq)[:, None] & (offs_r < R)[None, :], sem="relaxed")
+            tl.atomic_add(
+                DQF_ACC + b0 * s_dqfb + h * s_dqfh + offs_m[:, None] * s_dqfl + offs_r[None, :] * s_dqfr,
+                tl.dot(ds_lp, kf, input_precision=PRECISION),
+                mask=(offs_m < Lq)[:, None] & (offs_r < R)[None, :],
+                sem="relaxed",
+            )
         if ROWS == 2:
             dk1, dv1, ds1 = _bwd_row_step(
-                Q + b1 * s_qb + h * s_qh, s_ql, s_qd, DO + b1 * s_dob + h * s_doh, s_dol, s_dod,
-                (b1 * H + h) * Lq, ROW_MAX, ROW_INV_SUM, DELTA, k1, v1, shared, MASK + b1 * s_mb, s_ml,
-                DQ_ACC + b1 * s_dqb + h * s_dqh, s_dql, s_dqd, dk1, dv1,
-                offs_m, offs_n, offs_d, Lq, Lk, D, scale, row1_ok, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION,
-                EVEN_M, EVEN_D)
+                Q + b1 * s_qb + h * s_qh,
+                s_ql,
+                s_qd,
+                DO + b1 * s_dob + h * s_doh,
+                s_dol,
+                s_dod,
+                (b1 * H + h) * Lq,
+                ROW_MAX,
+                ROW_INV_SUM,
+                DELTA,
+                k1,
+                v1,
+                shared,
+                MASK + b1 * s_mb,
+                s_ml,
+                DQ_ACC + b1 * s_dqb + h * s_dqh,
+                s_dql,
+                s_dqd,
+                dk1,
+                dv1,
+                offs_m,
+                offs_n,
+                offs_d,
+                Lq,
+                Lk,
+                D,
+                scale,
+                row1_ok,
+                HAS_SHARED,
+                HAS_MASK,
+                EVEN_N,
+                PRECISION,
+                EVEN_M,
+                EVEN_D,
+            )
             if FUSE_DS:  # a clamped copy of the last row (odd B) adds nothing
                 ds0 += ds1 * row1_ok.to(tl.float32)
         if FUSE_DS:
-            tl.atomic_add(DS_SUM + h * s_gh + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk, ds0,
-                          mask=(offs_m < Lq)[:, None] & (offs_n < Lk)[None, :], sem="relaxed")
+            tl.atomic_add(
+                DS_SUM + h * s_gh + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk,
+                ds0,
+                mask=(offs_m < Lq)[:, None] & (offs_n < Lk)[None, :],
+                sem="relaxed",
+            )
 
     nd_ok = (offs_n < Lk)[:, None] & (offs_d < D)[None, :]
-    tl.store(DK + b0 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
-             (dk0 * scale).to(DK.dtype.element_ty), mask=nd_ok)
-    tl.store(DV + b0 * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
-             dv0.to(DV.dtype.element_ty), mask=nd_ok)
+    tl.store(
+        DK + b0 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
+        (dk0 * scale).to(DK.dtype.element_ty),
+        mask=nd_ok,
+    )
+    tl.store(
+        DV + b0 * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
+        dv0.to(DV.dtype.element_ty),
+        mask=nd_ok,
+    )
     if ROWS == 2:
-        tl.store(DK + b1 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
-                 (dk1 * scale).to(DK.dtype.element_ty), mask=nd_ok & row1_ok)
-        tl.store(DV + b1 * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
-                 dv1.to(DV.dtype.element_ty), mask=nd_ok & row1_ok)
+        tl.store(
+            DK + b1 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
+            (dk1 * scale).to(DK.dtype.element_ty),
+            mask=nd_ok & row1_ok,
+        )
+        tl.store(
+            DV + b1 * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
+            dv1.to(DV.dtype.element_ty),
+            mask=nd_ok & row1_ok,
+        )
     if ROW_FACTOR_GRAD:
-        tl.store(DKF + b0 * s_dkfb + h * s_dkfh + offs_n[:, None] * s_dkfl + offs_r[None, :] * s_dkfr,
-                 dkf.to(DKF.dtype.element_ty), mask=(offs_n < Lk)[:, None] & (offs_r < R)[None, :])
+        tl.store(
+            DKF + b0 * s_dkfb + h * s_dkfh + offs_n[:, None] * s_dkfl + offs_r[None, :] * s_dkfr,
+            dkf.to(DKF.dtype.element_ty),
+            mask=(offs_n < Lk)[:, None] & (offs_r < R)[None, :],
+        )
 
 
 @triton.jit
 def _ds_sum_kernel(
-    Q, K, V, QF, KF, BIAS, MASK, DO, ROW_MAX, ROW_INV_SUM, DELTA, DS_SUM,
-    s_qb, s_qh, s_ql, s_qd,
-    s_kb, s_kh, s_kl, s_kd,
-    s_vb, s_vh, s_vl, s_vd,
-    s_qfb, s_qfh, s_qfl, s_qfr,
-    s_kfb, s_kfh, s_kfl, s_kfr,
-    s_bb, s_bh, s_bq, s_bk,
-    s_mb, s_ml,
-    s_dob, s_doh, s_dol, s_dod,
-    s_gb, s_gh, s_gq, s_gk,
-    B, H, Lq, Lk, D, R, n_qblocks, n_kblocks, GB, GH, scale,
-    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ROW_FACTORS: tl.constexpr, PRECISION: tl.constexpr, SPLITS: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr,
-    BIAS_FULL_M: tl.constexpr, BIAS_FULL_N: tl.constexpr, GRID_ORDER: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+    Q,
+    K,
+    V,
+    QF,
+    KF,
+    BIAS,
+    MASK,
+    DO,
+    ROW_MAX,
+    ROW_INV_SUM,
+    DELTA,
+    DS_SUM,
+    s_qb,
+    s_qh,
+    s_ql,
+    s_qd,
+    s_kb,
+    s_kh,
+    s_kl,
+    s_kd,
+    s_vb,
+    s_vh,
+    s_vl,
+    s_vd,
+    s_qfb,
+    s_qfh,
+    s_qfl,
+    s_qfr,
+    s_kfb,
+    s_kfh,
+    s_kfl,
+    s_kfr,
+    s_bb,
+    s_bh,
+    s_bq,
+    s_bk,
+    s_mb,
+    s_ml,
+    s_dob,
+    s_doh,
+    s_dol,
+    s_dod,
+    s_gb,
+    s_gh,
+    s_gq,
+    s_gk,
+    B,
+    H,
+    Lq,
+    Lk,
+    D,
+    R,
+    n_qblocks,
+    n_kblocks,
+    GB,
+    GH,
+    scale,
+    HAS_FACTORS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    ROW_FACTORS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    SPLITS: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    EVEN_R: tl.constexpr,
+    BIAS_FULL_M: tl.constexpr,
+    BIAS_FULL_N: tl.constexpr,
+    GRID_ORDER: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     """dS summed over the rows (and heads) that share one tile of a broadcast operand, for the
     bias / shared-factor gradients: one program owns one [BLOCK_M, BLOCK_N] tile of the reduced
@@ -457,8 +880,22 @@ def _ds_sum_kernel(
             if TILE_FACTORS:
                 qf = _load_tile(QF + b_lo * s_qfb + h64 * s_qfh, offs_m, offs_r, s_qfl, s_qfr, Lq, R, EVEN_M, EVEN_R)
                 kf = _load_tile(KF + b_lo * s_kfb + h64 * s_kfh, offs_n, offs_r, s_kfl, s_kfr, Lk, R, EVEN_N, EVEN_R)
-            tile_shared = _shared_scores(qf, kf, BIAS + b_lo * s_bb + h64 * s_bh, s_bq, s_bk, offs_m,
-                                         offs_n, Lq, Lk, TILE_FACTORS, HAS_BIAS, PRECISION, EVEN_M, EVEN_N)
+            tile_shared = _shared_scores(
+                qf,
+                kf,
+                BIAS + b_lo * s_bb + h64 * s_bh,
+                s_bq,
+                s_bk,
+                offs_m,
+                offs_n,
+                Lq,
+                Lk,
+                TILE_FACTORS,
+                HAS_BIAS,
+                PRECISION,
+                EVEN_M,
+                EVEN_N,
+            )
         for b in range(b_lo, b_hi):
             b64 = tl.cast(b, tl.int64)
             shared = tile_shared
@@ -474,13 +911,19 @@ def _ds_sum_kernel(
             m_row = tl.load(ROW_MAX + row + offs_m, mask=m_ok, other=float("inf"))
             inv_l = tl.load(ROW_INV_SUM + row + offs_m, mask=m_ok, other=0.0)
             delta = tl.load(DELTA + row + offs_m, mask=m_ok, other=0.0)
-            s = _row_scores(q, k, shared, scale, MASK + b64 * s_mb, s_ml, offs_n, Lk,
-                            HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
+            s = _row_scores(
+                q, k, shared, scale, MASK + b64 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
+            )
             p = tl.math.exp2((s - m_row[:, None]) * _LOG2E) * inv_l[:, None]
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
             acc += p * (dp - delta[:, None])
-    out_ptrs = (DS_SUM + tl.cast(gb, tl.int64) * s_gb + tl.cast(gh, tl.int64) * s_gh
-                + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk)
+    out_ptrs = (
+        DS_SUM
+        + tl.cast(gb, tl.int64) * s_gb
+        + tl.cast(gh, tl.int64) * s_gh
+        + offs_m[:, None] * s_gq
+        + offs_n[None, :] * s_gk
+    )
     out_mask = m_ok[:, None] & (offs_n < Lk)[None, :]
     if SPLITS > 1:
         tl.atomic_add(out_ptrs, acc, mask=out_mask, sem="relaxed")

@@ -56,8 +56,11 @@ def _row_aligned(t: torch.Tensor) -> torch.Tensor:
     reads."""
     align = max(1, 16 // t.element_size())
     n = t.shape[-1]
-    if n == 1 or (t.stride(-1) == 1 and t.data_ptr() % 16 == 0
-                  and all(st % align == 0 for st, size in zip(t.stride()[:-1], t.shape[:-1]) if size > 1)):
+    if n == 1 or (
+        t.stride(-1) == 1
+        and t.data_ptr() % 16 == 0
+        and all(st % align == 0 for st, size in zip(t.stride()[:-1], t.shape[:-1]) if size > 1)
+    ):
         return t
     buf = torch.empty((*t.shape[:-1], -(-n // align) * align), dtype=t.dtype, device=t.device)
     view = buf[..., :n]
@@ -118,8 +121,7 @@ def _additive_key_mask(key_mask: torch.Tensor) -> torch.Tensor:
     benchmarks/session3/run1/tri.txt. The padded fp32 row loads unmasked and vectorised, one
     add per score, and its -inf padding replaces the separate key-bounds select."""
     rows, lk = key_mask.shape
-    buf = torch.full((rows, _tile_extent(lk)), float("-inf"), dtype=torch.float32,
-                     device=key_mask.device)
+    buf = torch.full((rows, _tile_extent(lk)), float("-inf"), dtype=torch.float32, device=key_mask.device)
     buf[:, :lk] = (~key_mask).to(torch.float32) * -MASK_NEG
     return buf
 
@@ -136,8 +138,13 @@ class _Operands:
             q_factors, k_factors = _row_aligned(q_factors), _row_aligned(k_factors)
         # a bias shared by several rows whose tile dims are not block multiples: padded, so its
         # tiles load unmasked (the copy is B times smaller than what the kernels read)
-        self.bias_padded = (bias is not None and bias.shape[0] == 1 and B > 1 and bias.shape[2:] == (Lq, Lk)
-                            and (Lq % BIAS_TILE_PAD != 0 or Lk % BIAS_TILE_PAD != 0))
+        self.bias_padded = (
+            bias is not None
+            and bias.shape[0] == 1
+            and B > 1
+            and bias.shape[2:] == (Lq, Lk)
+            and (Lq % BIAS_TILE_PAD != 0 or Lk % BIAS_TILE_PAD != 0)
+        )
         if self.bias_padded and not _in_padded_storage(bias):
             bias = pad_bias_to_tiles(bias)
         elif bias is not None and bias.shape[0] == 1:
@@ -174,15 +181,21 @@ class _Operands:
     def flags(self, cfg: KernelConfig):
         """Constexpr flags of a launch with tiles ``cfg``: features present, and which dims
         divide into whole blocks (their loads go unmasked)."""
-        return dict(HAS_FACTORS=self.has_factors, HAS_BIAS=self.bias is not None,
-                    HAS_MASK=0 if self.mask is None else (1 if self.mask.shape[1] % cfg.block_n == 0 else 2),
-                    PRECISION=self.precision,
-                    BLOCK_D=self.block_d, BLOCK_R=self.block_r,
-                    EVEN_M=self.Lq % cfg.block_m == 0, EVEN_N=self.Lk % cfg.block_n == 0,
-                    EVEN_D=self.D == self.block_d, EVEN_R=self.R == self.block_r,
-                    BIAS_FULL_M=self.Lq % cfg.block_m == 0 or (self.bias_padded and BIAS_TILE_PAD % cfg.block_m == 0),
-                    BIAS_FULL_N=self.Lk % cfg.block_n == 0 or (self.bias_padded and BIAS_TILE_PAD % cfg.block_n == 0),
-                    GRID_ORDER=_grid_order(self, _rows_per_program(self, cfg)))
+        return dict(
+            HAS_FACTORS=self.has_factors,
+            HAS_BIAS=self.bias is not None,
+            HAS_MASK=0 if self.mask is None else (1 if self.mask.shape[1] % cfg.block_n == 0 else 2),
+            PRECISION=self.precision,
+            BLOCK_D=self.block_d,
+            BLOCK_R=self.block_r,
+            EVEN_M=self.Lq % cfg.block_m == 0,
+            EVEN_N=self.Lk % cfg.block_n == 0,
+            EVEN_D=self.D == self.block_d,
+            EVEN_R=self.R == self.block_r,
+            BIAS_FULL_M=self.Lq % cfg.block_m == 0 or (self.bias_padded and BIAS_TILE_PAD % cfg.block_m == 0),
+            BIAS_FULL_N=self.Lk % cfg.block_n == 0 or (self.bias_padded and BIAS_TILE_PAD % cfg.block_n == 0),
+            GRID_ORDER=_grid_order(self, _rows_per_program(self, cfg)),
+        )
 
 
 def _forward(q, k, v, ops: _Operands, gate: torch.Tensor | None = None):
@@ -197,11 +210,38 @@ def _forward(q, k, v, ops: _Operands, gate: torch.Tensor | None = None):
         rows = _rows_per_program(ops, cfg)
         n_qblocks = triton.cdiv(Lq, cfg.block_m)
         _fwd_kernel[(n_qblocks * H * triton.cdiv(B, rows),)](
-            q, k, v, qf, kf, bias, mask, o, row_stats[0], row_stats[1], _or(gate, q),
-            *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *o.stride(), *_strides4(gate),
-            B, H, Lq, Lk, D, ops.R, n_qblocks, ops.scale,
-            **ops.flags(cfg), HAS_GATE=gate is not None, ROWS=rows, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            q,
+            k,
+            v,
+            qf,
+            kf,
+            bias,
+            mask,
+            o,
+            row_stats[0],
+            row_stats[1],
+            _or(gate, q),
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *ops.stride_args(),
+            *o.stride(),
+            *_strides4(gate),
+            B,
+            H,
+            Lq,
+            Lk,
+            D,
+            ops.R,
+            n_qblocks,
+            ops.scale,
+            **ops.flags(cfg),
+            HAS_GATE=gate is not None,
+            ROWS=rows,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )
 
     _launch("fwd", ops, q.dtype, launch)
@@ -216,8 +256,9 @@ def _reduced_ds_buffer(ops: _Operands, bias_grad: bool, shared_factor_grad: bool
     keep_h = H > 1 and ((bias_grad and bias_h == H) or shared_factor_grad)
     # rows padded to 16 bytes (see _row_aligned): the kernel stores (or adds) whole tiles into it
     lk_padded = -(-ops.Lk // 4) * 4
-    return torch.empty((B if keep_b else 1, H if keep_h else 1, ops.Lq, lk_padded), device=device,
-                       dtype=torch.float32)[..., :ops.Lk]
+    return torch.empty((B if keep_b else 1, H if keep_h else 1, ops.Lq, lk_padded), device=device, dtype=torch.float32)[
+        ..., : ops.Lk
+    ]
 
 
 def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]):
@@ -233,8 +274,19 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     dm = 16 if INTERPRET else 64
     n_dblocks = triton.cdiv(Lq, dm)
     _bwd_delta_kernel[(n_dblocks * B * H,)](
-        o, do, delta, *o.stride(), *do.stride(), H, Lq, D, n_dblocks,
-        BLOCK_M=dm, BLOCK_D=ops.block_d, EVEN_M=Lq % dm == 0, EVEN_D=D == ops.block_d,
+        o,
+        do,
+        delta,
+        *o.stride(),
+        *do.stride(),
+        H,
+        Lq,
+        D,
+        n_dblocks,
+        BLOCK_M=dm,
+        BLOCK_D=ops.block_d,
+        EVEN_M=Lq % dm == 0,
+        EVEN_D=D == ops.block_d,
     )
 
     dk = _new_like_layout(k)
@@ -258,14 +310,52 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
         gh_stride = g.stride(1) if (fused_ds and g.shape[1] > 1) else 0
         n_kblocks = triton.cdiv(Lk, cfg.block_n)
         _bwd_kernel[(n_kblocks * H * triton.cdiv(B, rows),)](
-            q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta,
-            dk, dv, dq_acc, _or(dkf, dk), _or(dqf_acc, dq_acc), g if fused_ds else dq_acc,
-            *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(),
-            *dk.stride(), *dv.stride(), *dq_acc.stride(), *_strides4(dkf), *_strides4(dqf_acc),
-            gh_stride, *(g.stride()[2:] if fused_ds else (0, 0)),
-            B, H, Lq, Lk, D, ops.R, n_kblocks, triton.cdiv(Lq, cfg.block_m), ops.scale,
-            **ops.flags(cfg), ROW_FACTOR_GRAD=row_factor_grad, FUSE_DS=fused_ds, ROWS=rows,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            q,
+            k,
+            v,
+            qf,
+            kf,
+            bias,
+            mask,
+            do,
+            row_stats[0],
+            row_stats[1],
+            delta,
+            dk,
+            dv,
+            dq_acc,
+            _or(dkf, dk),
+            _or(dqf_acc, dq_acc),
+            g if fused_ds else dq_acc,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *ops.stride_args(),
+            *do.stride(),
+            *dk.stride(),
+            *dv.stride(),
+            *dq_acc.stride(),
+            *_strides4(dkf),
+            *_strides4(dqf_acc),
+            gh_stride,
+            *(g.stride()[2:] if fused_ds else (0, 0)),
+            B,
+            H,
+            Lq,
+            Lk,
+            D,
+            ops.R,
+            n_kblocks,
+            triton.cdiv(Lq, cfg.block_m),
+            ops.scale,
+            **ops.flags(cfg),
+            ROW_FACTOR_GRAD=row_factor_grad,
+            FUSE_DS=fused_ds,
+            ROWS=rows,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )
 
     _launch("bwd", ops, q.dtype, launch_bwd)
@@ -280,11 +370,42 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
                 g.zero_()  # partial sums are added atomically
             n_qblocks, n_kblocks = triton.cdiv(Lq, rcfg.block_m), triton.cdiv(Lk, rcfg.block_n)
             _ds_sum_kernel[(n_qblocks * n_kblocks * GB * GH * splits,)](
-                q, k, v, qf, kf, bias, mask, do, row_stats[0], row_stats[1], delta, g,
-                *q.stride(), *k.stride(), *v.stride(), *ops.stride_args(), *do.stride(), *g.stride(),
-                B, H, Lq, Lk, D, ops.R, n_qblocks, n_kblocks, GB, GH, ops.scale,
-                **ops.flags(rcfg), ROW_FACTORS=ops.has_factors and not shared_factors, SPLITS=splits,
-                BLOCK_M=rcfg.block_m, BLOCK_N=rcfg.block_n, num_warps=rcfg.num_warps, num_stages=rcfg.num_stages,
+                q,
+                k,
+                v,
+                qf,
+                kf,
+                bias,
+                mask,
+                do,
+                row_stats[0],
+                row_stats[1],
+                delta,
+                g,
+                *q.stride(),
+                *k.stride(),
+                *v.stride(),
+                *ops.stride_args(),
+                *do.stride(),
+                *g.stride(),
+                B,
+                H,
+                Lq,
+                Lk,
+                D,
+                ops.R,
+                n_qblocks,
+                n_kblocks,
+                GB,
+                GH,
+                ops.scale,
+                **ops.flags(rcfg),
+                ROW_FACTORS=ops.has_factors and not shared_factors,
+                SPLITS=splits,
+                BLOCK_M=rcfg.block_m,
+                BLOCK_N=rcfg.block_n,
+                num_warps=rcfg.num_warps,
+                num_stages=rcfg.num_stages,
             )
 
         _launch("ds_sum", ops, q.dtype, launch_ds_sum)
@@ -319,13 +440,21 @@ class _FlashBiasFunction(torch.autograd.Function):
         q, k, v, o, row_stats = ctx.saved_tensors
         dq, dk, dv, dqf, dkf, dbias = _backward(q, k, v, o, row_stats, do, ctx.ops, ctx.needs_input_grad)
         needs = ctx.needs_input_grad
-        return (dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None,
-                dqf if needs[3] else None, dkf if needs[4] else None,
-                dbias if needs[5] else None, None, None)
+        return (
+            dq if needs[0] else None,
+            dk if needs[1] else None,
+            dv if needs[2] else None,
+            dqf if needs[3] else None,
+            dkf if needs[4] else None,
+            dbias if needs[5] else None,
+            None,
+            None,
+        )
 
 
-def attention_triton(q, k, v, q_factors, k_factors, bias, key_mask, scale: float,
-                     gate: torch.Tensor | None = None) -> torch.Tensor:
+def attention_triton(
+    q, k, v, q_factors, k_factors, bias, key_mask, scale: float, gate: torch.Tensor | None = None
+) -> torch.Tensor:
     """Triton path. Inputs are validated by ``flash_bias_attention``.
 
     With ``gate`` and no gradient to compute (inference), sigmoid(gate) is applied in the
@@ -334,8 +463,11 @@ def attention_triton(q, k, v, q_factors, k_factors, bias, key_mask, scale: float
     # fp32: not fused. A [64, 64] fp32 gate tile per row in the epilogue made the diffusion
     # transformer's op (D = 48, 5 samples, N = 1170) take 2.7-48 ms instead of ~0.5 (register
     # spills; H200, benchmarks/session3/run3/dsweep.txt)
-    if gate is not None and q.dtype != torch.float32 and not (
-            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands)):
+    if (
+        gate is not None
+        and q.dtype != torch.float32
+        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands))
+    ):
         o, _ = _forward(q, k, v, _Operands(q, k, v, q_factors, k_factors, bias, key_mask, scale), gate)
         return o
     o = _FlashBiasFunction.apply(q, k, v, q_factors, k_factors, bias, key_mask, scale)

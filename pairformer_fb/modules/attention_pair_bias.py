@@ -83,8 +83,7 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
         self.mode = mode
 
     def extra_repr(self) -> str:
-        return (f"c_s={self.c_s}, c_z={self.c_z}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
-                f"mode={self.mode!r}")
+        return f"c_s={self.c_s}, c_z={self.c_z}, n_heads={self.n_heads}, head_dim={self.head_dim}, mode={self.mode!r}"
 
     def forward(
         self,
@@ -128,10 +127,15 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
         if mode == "lowrank":
             q_factors, k_factors = (phi.reshape(-1, *phi.shape[-3:]) for phi in (phi_q, phi_k))
         o = flash_bias_attention(
-            q, k, v, q_factors=q_factors, k_factors=k_factors,
+            q,
+            k,
+            v,
+            q_factors=q_factors,
+            k_factors=k_factors,
             bias=bias.reshape(-1, self.n_heads, n, n) if mode != "lowrank" else None,
             key_mask=token_mask.reshape(-1, n) if token_mask is not None else None,
-            gate=gate, backend=self.backend,
+            gate=gate,
+            backend=self.backend,
         )
         # gated o comes in the gate's layout ([B, N, H, D] in memory): the flatten is a view
         update = self.linear_o(o.transpose(1, 2).flatten(-2)).view(*batch_shape, n, self.c_s)

@@ -134,8 +134,9 @@ class BiasScope:
             # biases cached under it then (not at the next call), e.g. after a prediction
             for f in self._finalizers:  # the previous generation's are moot now
                 f.detach()
-            self._finalizers = [weakref.finalize(x, self._expire, self.generation)
-                                for x in leaves if isinstance(x, torch.Tensor)]
+            self._finalizers = [
+                weakref.finalize(x, self._expire, self.generation) for x in leaves if isinstance(x, torch.Tensor)
+            ]
         self._key = key if self._depth == 0 else self._key
         self._depth += 1
 
@@ -275,8 +276,9 @@ class SVDConfig:
         if not (self.rel_error >= 0 and math.isfinite(self.rel_error)):
             raise ValueError(f"SVDConfig.rel_error must be a finite number >= 0, got {self.rel_error}")
         if self.min_rank < 1 or (self.max_rank is not None and self.max_rank < self.min_rank):
-            raise ValueError(f"SVDConfig needs 1 <= min_rank <= max_rank, got min_rank={self.min_rank}, "
-                             f"max_rank={self.max_rank}")
+            raise ValueError(
+                f"SVDConfig needs 1 <= min_rank <= max_rank, got min_rank={self.min_rank}, max_rank={self.max_rank}"
+            )
         if self.oversample < 0 or self.n_iter < 0:
             raise ValueError(f"SVDConfig needs oversample >= 0 and n_iter >= 0, got {self.oversample}, {self.n_iter}")
 
@@ -332,7 +334,7 @@ def _svd_factors(bias: torch.Tensor, config: SVDConfig) -> SVDFactors:
     # residual energy after r = 1..k components, summed from the tail (no cancellation)
     after = energy.flip(-1).cumsum(-1).flip(-1)  # after[i] = sum_{j >= i} s_j^2
     residual = torch.cat([after[..., 1:], torch.zeros_like(after[..., :1])], -1) + beyond[..., None]
-    ok = residual <= (config.rel_error ** 2) * total[..., None]
+    ok = residual <= (config.rel_error**2) * total[..., None]
     first_ok = torch.where(ok.any(-1), ok.to(torch.int64).argmax(-1) + 1, torch.full_like(total, k, dtype=torch.int64))
     ranks = first_ok.clamp(min=min(config.min_rank, k), max=k)
     R = int(ranks.max())

@@ -39,8 +39,11 @@ def concat_linear_params(linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, to
     cast = None
     if linears[0].weight.is_cuda and torch.is_autocast_enabled("cuda"):
         cast = torch.get_autocast_dtype("cuda")
-    key = (cast, tuple((id(p), p._version, p.dtype, p.device, tuple(p.shape)) for p in params),
-           tuple(linear.bias is None for linear in linears))
+    key = (
+        cast,
+        tuple((id(p), p._version, p.dtype, p.device, tuple(p.shape)) for p in params),
+        tuple(linear.bias is None for linear in linears),
+    )
     cached = getattr(linears[0], "_pfb_concat_cache", None)
     if cached is not None and cached[0] == key:
         return cached[1], cached[2]
@@ -57,10 +60,9 @@ def _concat_linear_params(linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, t
     weight = torch.cat([linear.weight for linear in linears])
     if all(linear.bias is None for linear in linears):
         return weight, None
-    bias = torch.cat([
-        linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
-        for linear in linears
-    ])
+    bias = torch.cat(
+        [linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features) for linear in linears]
+    )
     return weight, bias
 
 

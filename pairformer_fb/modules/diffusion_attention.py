@@ -91,8 +91,11 @@ def local_key_valid(n: int, n_queries: int, n_keys: int, device=None) -> torch.T
     """bool [n_trunks, n_keys]: whether key slot c of window t is a real atom (position
     t * n_queries - pad_left + c in [0, n))."""
     n_trunks, pad_left, _ = trunk_geometry(n, n_queries, n_keys)
-    pos = (torch.arange(n_trunks, device=device)[:, None] * n_queries - pad_left
-           + torch.arange(n_keys, device=device)[None, :])
+    pos = (
+        torch.arange(n_trunks, device=device)[:, None] * n_queries
+        - pad_left
+        + torch.arange(n_keys, device=device)[None, :]
+    )
     return (pos >= 0) & (pos < n)
 
 
@@ -236,16 +239,20 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         self.mode = mode
 
     def extra_repr(self) -> str:
-        return (f"c_a={self.c_a}, c_s={self.c_s}, c_z={self.c_z}, n_heads={self.n_heads}, "
-                f"head_dim={self.head_dim}, cross_attention={self.cross_attention}, "
-                f"kv_from_input={self.kv_from_input}, windows={self.windows!r}, mode={self.mode!r}")
+        return (
+            f"c_a={self.c_a}, c_s={self.c_s}, c_z={self.c_z}, n_heads={self.n_heads}, "
+            f"head_dim={self.head_dim}, cross_attention={self.cross_attention}, "
+            f"kv_from_input={self.kv_from_input}, windows={self.windows!r}, mode={self.mode!r}"
+        )
 
     def _check_mode(self, mode: str) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         if mode == "distill" and self.factor_network is None:
-            raise ValueError("mode 'distill' needs a factor network: construct FlashBiasDiffusionAttention "
-                             "with factor_config=FactorConfig(...)")
+            raise ValueError(
+                "mode 'distill' needs a factor network: construct FlashBiasDiffusionAttention "
+                "with factor_config=FactorConfig(...)"
+            )
         if mode == "lowrank" and self.factor_network is None and getattr(self, "svd_config", None) is None:
             raise ValueError("mode 'lowrank' needs a factor network (factor_config=...) or svd_config=SVDConfig(...)")
 
@@ -280,13 +287,25 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
             the update [*, N, c_a] in a's dtype; in "distill" mode (update, bias approximation
             loss).
         """
-        if (self.compute_dtype is not None and a.dtype != self.compute_dtype and a.is_floating_point()
-                and not torch.is_autocast_enabled(a.device.type)):
+        if (
+            self.compute_dtype is not None
+            and a.dtype != self.compute_dtype
+            and a.is_floating_point()
+            and not torch.is_autocast_enabled(a.device.type)
+        ):
             # an fp32 host step (Protenix's diffusion skips AMP): matmuls and the op in
             # compute_dtype under autocast, the update returned in a's dtype
             with torch.autocast(a.device.type, dtype=self.compute_dtype):
-                res = self.forward(a, s, z, n_queries=n_queries, n_keys=n_keys, efficient_fusion=efficient_fusion,
-                                   key_mask=key_mask, atom_mask=atom_mask)
+                res = self.forward(
+                    a,
+                    s,
+                    z,
+                    n_queries=n_queries,
+                    n_keys=n_keys,
+                    efficient_fusion=efficient_fusion,
+                    key_mask=key_mask,
+                    atom_mask=atom_mask,
+                )
             if isinstance(res, tuple):
                 return res[0].to(a.dtype), res[1]
             return res.to(a.dtype)
@@ -343,9 +362,16 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
     def _pair_terms(self, z, dtype, key: tuple, build, extra: tuple = ()):
         """The cached terms built from z (and the ``extra`` tensors, e.g. an atom mask), or
         ``build()`` fresh."""
-        signature = (key, tuple(z.shape), z.dtype, z.device, dtype, self.svd_config,
-                     param_versions(self._bias_params()),
-                     tuple((tuple(t.shape), t.dtype, t.device) for t in extra))
+        signature = (
+            key,
+            tuple(z.shape),
+            z.dtype,
+            z.device,
+            dtype,
+            self.svd_config,
+            param_versions(self._bias_params()),
+            tuple((tuple(t.shape), t.dtype, t.device) for t in extra),
+        )
         payload = self.bias_cache.lookup(self.scope, (z, *extra), signature)
         if payload is not None:
             self.bias_cache.hits += 1
@@ -410,8 +436,9 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
             bias = _batch_to(terms["bias"], batch_shape, 3)
         if key_mask is not None:  # [*, N] -> bool [B, N]
             key_mask = (key_mask != 0).expand(*batch_shape, n).reshape(B, n)
-        o = flash_bias_attention(qh, kh, vh, q_factors=phi_q, k_factors=phi_k, bias=bias, key_mask=key_mask,
-                                 gate=gh, backend=self.backend)
+        o = flash_bias_attention(
+            qh, kh, vh, q_factors=phi_q, k_factors=phi_k, bias=bias, key_mask=key_mask, gate=gh, backend=self.backend
+        )
         o = o.transpose(1, 2).reshape(*batch_shape, n, H, D)  # o has the gate's memory order: a view
         loss = None
         if mode == "distill":
@@ -460,6 +487,7 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
                 t = t.reshape(B * n, H, D).index_select(0, flat_index)  # [B * T * nk, H, D]
                 return t.reshape(B, T, n_keys, H, D).permute(0, 1, 3, 2, 4).reshape(B, T * H, n_keys, D)
         else:
+
             def windows(t):
                 t = F.pad(t.reshape(B, n, H, D), (0, 0, 0, 0, pad_left, pad_right))
                 # unfold: [B, T, H, D, nk] (overlapping windows), then one copy into the op's layout
@@ -491,20 +519,31 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         else:
             tail, layout = (n, n, self.c_z), "[*, N, N, c_z]"
         zb = tuple(z.shape[: z.dim() - len(tail)])
-        if tuple(z.shape[z.dim() - len(tail):]) != tail or len(zb) != batch_nd or any(
-                d not in (1, b) for d, b in zip(zb, a.shape[:-2])):
-            raise ValueError(f"z must be {layout} = {shape_str((*zb[:batch_nd], *tail))} with batch dims "
-                             f"broadcastable to a's {shape_str(a.shape[:-2])}, got {shape_str(z.shape)}")
+        if (
+            tuple(z.shape[z.dim() - len(tail) :]) != tail
+            or len(zb) != batch_nd
+            or any(d not in (1, b) for d, b in zip(zb, a.shape[:-2]))
+        ):
+            raise ValueError(
+                f"z must be {layout} = {shape_str((*zb[:batch_nd], *tail))} with batch dims "
+                f"broadcastable to a's {shape_str(a.shape[:-2])}, got {shape_str(z.shape)}"
+            )
 
 
 def _check_mask(name: str, mask, a: torch.Tensor) -> None:
     """A [*, N] mask with N from a and batch dims broadcastable to a's, else a ValueError naming it."""
-    if isinstance(mask, torch.Tensor) and mask.dim() >= 1 and mask.shape[-1] == a.shape[-2] \
-            and _broadcasts_to(mask.shape[:-1], a.shape[:-2]):
+    if (
+        isinstance(mask, torch.Tensor)
+        and mask.dim() >= 1
+        and mask.shape[-1] == a.shape[-2]
+        and _broadcasts_to(mask.shape[:-1], a.shape[:-2])
+    ):
         return
     got = shape_str(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-    raise ValueError(f"{name} must be [*, N] with N = {a.shape[-2]} and batch dims broadcastable to a's "
-                     f"{shape_str(a.shape[:-2])}, got {got}")
+    raise ValueError(
+        f"{name} must be [*, N] with N = {a.shape[-2]} and batch dims broadcastable to a's "
+        f"{shape_str(a.shape[:-2])}, got {got}"
+    )
 
 
 def _broadcasts_to(shape, target) -> bool:
@@ -519,7 +558,7 @@ def _batch_to(t: torch.Tensor, batch_shape, n_tail: int) -> torch.Tensor:
     """t [*', ...tail] with *' broadcastable to batch_shape -> [1 or B, ...tail]: batch 1 (read
     with stride 0 by the op) when *' is all ones, a view when *' equals batch_shape, otherwise
     an expanded copy."""
-    zb, tail = t.shape[: t.dim() - n_tail], t.shape[t.dim() - n_tail:]
+    zb, tail = t.shape[: t.dim() - n_tail], t.shape[t.dim() - n_tail :]
     if math.prod(zb) == 1:
         return t.reshape(1, *tail)
     if tuple(zb) != tuple(batch_shape):

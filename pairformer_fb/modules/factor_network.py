@@ -172,14 +172,14 @@ class FactorNetwork(nn.Module):
                     "this factor network uses s_inputs (FactorConfig.use_s_inputs=True): pass "
                     f"s_inputs [*, N, {self.config.c_s_inputs}]"
                 )
-            check_shape("s_inputs", s_inputs, (*pair.shape[:-2], self.config.c_s_inputs),
-                        "[*, N, c_s_inputs]")
+            check_shape("s_inputs", s_inputs, (*pair.shape[:-2], self.config.c_s_inputs), "[*, N, c_s_inputs]")
             query_features = torch.cat([query_features, s_inputs.to(query_features.dtype)], dim=-1)
             key_features = torch.cat([key_features, s_inputs.to(key_features.dtype)], dim=-1)
         return query_features, key_features
 
-    def factors_from_features(self, query_features: torch.Tensor,
-                              key_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def factors_from_features(
+        self, query_features: torch.Tensor, key_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(phi_q, phi_k) [*, H, N, R] from the MLP inputs that ``features`` returns."""
         return self._split_heads(self.query_mlp(query_features)), self._split_heads(self.key_mlp(key_features))
 
@@ -212,5 +212,6 @@ def bias_approximation_loss(
         squared_error = squared_error * weights
         squared_target = squared_target * weights
     per_element = squared_error.sum((-3, -2, -1)) / squared_target.sum((-3, -2, -1)).clamp_min(
-        torch.finfo(torch.float32).tiny)
+        torch.finfo(torch.float32).tiny
+    )
     return per_element.mean()

@@ -88,16 +88,22 @@ class FlashBiasPrecomputedBiasAttention(FlashBiasModule):
         self.mode = mode
 
     def extra_repr(self) -> str:
-        return (f"c_q={self.c_q}, c_k={self.c_k}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
-                f"cache_bias={self.cache_bias}, mode={self.mode!r}")
+        return (
+            f"c_q={self.c_q}, c_k={self.c_k}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
+            f"cache_bias={self.cache_bias}, mode={self.mode!r}"
+        )
 
     def _check_mode(self, mode: str) -> None:
         if mode not in PRECOMPUTED_MODES:
-            raise ValueError(f"mode must be one of {', '.join(map(repr, PRECOMPUTED_MODES))} for an attention "
-                             f"with a precomputed bias (no pair representation for a factor network), got {mode!r}")
+            raise ValueError(
+                f"mode must be one of {', '.join(map(repr, PRECOMPUTED_MODES))} for an attention "
+                f"with a precomputed bias (no pair representation for a factor network), got {mode!r}"
+            )
         if mode == "lowrank" and (getattr(self, "svd_config", None) is None or not getattr(self, "cache_bias", True)):
-            raise ValueError("mode 'lowrank' needs svd_config=SVDConfig(...) and cache_bias=True (SVD factors "
-                             "are worth computing only for a bias reused across calls)")
+            raise ValueError(
+                "mode 'lowrank' needs svd_config=SVDConfig(...) and cache_bias=True (SVD factors "
+                "are worth computing only for a bias reused across calls)"
+            )
 
     # -----------------------------------------------------------------------------------------
     def forward(
@@ -135,10 +141,21 @@ class FlashBiasPrecomputedBiasAttention(FlashBiasModule):
             outs = []
             for b in range(bias.shape[0]):  # one op call per bias: its samples read it with stride 0
                 rows = slice(b * multiplicity, (b + 1) * multiplicity)
-                kw = ({"q_factors": terms[0][b:b + 1], "k_factors": terms[1][b:b + 1]} if mode == "lowrank"
-                      else {"bias": terms[b:b + 1]})
-                outs.append(flash_bias_attention(qh[rows], kh[rows], vh[rows], key_mask=None if mask is None
-                                                 else mask[rows], backend=self.backend, **kw))
+                kw = (
+                    {"q_factors": terms[0][b : b + 1], "k_factors": terms[1][b : b + 1]}
+                    if mode == "lowrank"
+                    else {"bias": terms[b : b + 1]}
+                )
+                outs.append(
+                    flash_bias_attention(
+                        qh[rows],
+                        kh[rows],
+                        vh[rows],
+                        key_mask=None if mask is None else mask[rows],
+                        backend=self.backend,
+                        **kw,
+                    )
+                )
             o = outs[0] if len(outs) == 1 else torch.cat(outs)
             o = o.transpose(1, 2).to(v.dtype)
         return self.linear_o(g * o.reshape(Bm, Lq, H * D))
@@ -154,7 +171,8 @@ class FlashBiasPrecomputedBiasAttention(FlashBiasModule):
                 # cached: read by every later step and sample as it is
                 return prepare_reused_bias(dense) if self.cache_bias and not dense.requires_grad else dense
             trusted = self.bias_cache.trust_inference_tensors or (
-                self.scope is not None and self.scope.trust_inference_tensors)
+                self.scope is not None and self.scope.trust_inference_tensors
+            )
             if bias.is_inference() and not trusted and not self._warned_inference:
                 self._warned_inference = True
                 warnings.warn(
@@ -164,7 +182,9 @@ class FlashBiasPrecomputedBiasAttention(FlashBiasModule):
                     "(Lightning: Trainer(inference_mode=False)), or patch with "
                     "patch_model(..., trust_inference_tensors=True) (see pairformer_fb.modules.bias_cache), "
                     "to compute it once per trunk pass",
-                    RuntimeWarning, stacklevel=4)
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
             svd = svd_factors(dense, self.svd_config)
             self.last_svd = svd
             return svd.phi_q.contiguous(), svd.phi_k.contiguous()
@@ -174,8 +194,15 @@ class FlashBiasPrecomputedBiasAttention(FlashBiasModule):
         # the host hands each layer a fresh view (a slice of all layers' biases): key the cache
         # on the tensor it views, and the view's geometry in the signature
         root = bias._base if bias._base is not None else bias
-        signature = (mode, tuple(bias.shape), bias.stride(), bias.storage_offset(), bias.dtype, bias.device,
-                     self.svd_config if mode == "lowrank" else None)
+        signature = (
+            mode,
+            tuple(bias.shape),
+            bias.stride(),
+            bias.storage_offset(),
+            bias.dtype,
+            bias.device,
+            self.svd_config if mode == "lowrank" else None,
+        )
         payload = self.bias_cache.lookup(self.scope, root, signature)
         if payload is not None:
             self.bias_cache.hits += 1
@@ -202,9 +229,12 @@ class FlashBiasPrecomputedBiasAttention(FlashBiasModule):
         B = Bm // multiplicity
         expected = (B, Lq, Lk, self.n_heads)
         if tuple(bias.shape) != expected:
-            raise ValueError(f"bias must be [B, Lq, Lk, H] = {shape_str(expected)} (B = s's batch / multiplicity), "
-                             f"got {shape_str(bias.shape)}")
+            raise ValueError(
+                f"bias must be [B, Lq, Lk, H] = {shape_str(expected)} (B = s's batch / multiplicity), "
+                f"got {shape_str(bias.shape)}"
+            )
         if key_mask is not None and (key_mask.dtype != torch.bool or tuple(key_mask.shape) != (Bm, Lk)):
-            raise ValueError(f"key_mask must be a bool tensor [B*m, Lk] = [{Bm}, {Lk}], got "
-                             f"{key_mask.dtype} {shape_str(key_mask.shape)}")
-
+            raise ValueError(
+                f"key_mask must be a bool tensor [B*m, Lk] = [{Bm}, {Lk}], got "
+                f"{key_mask.dtype} {shape_str(key_mask.shape)}"
+            )

@@ -130,8 +130,10 @@ class FlashBiasTriangleAttention(FlashBiasModule):
 
     def extra_repr(self) -> str:
         ending = f", ending_bias={self.ending_bias!r}" if self.node == "ending" else ""
-        return (f"c_z={self.c_z}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
-                f"node={self.node!r}{ending}, mode={self.mode!r}")
+        return (
+            f"c_z={self.c_z}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
+            f"node={self.node!r}{ending}, mode={self.mode!r}"
+        )
 
     @property
     def _bias_from_transposed_pair(self) -> bool:
@@ -237,8 +239,15 @@ class FlashBiasTriangleAttention(FlashBiasModule):
             factors = tuple(phi.reshape(-1, *phi.shape[-3:]) for phi in factors)
         rows_per_call = n
         if chunk_size is not None:
-            row_bytes = n * weight.shape[0] * (torch.get_autocast_dtype(pair.device.type).itemsize
-                                               if torch.is_autocast_enabled(pair.device.type) else pair.element_size())
+            row_bytes = (
+                n
+                * weight.shape[0]
+                * (
+                    torch.get_autocast_dtype(pair.device.type).itemsize
+                    if torch.is_autocast_enabled(pair.device.type)
+                    else pair.element_size()
+                )
+            )
             rows_per_call = min(n, max(chunk_size, self.chunk_budget_bytes // row_bytes))
 
         outs = []
@@ -247,12 +256,15 @@ class FlashBiasTriangleAttention(FlashBiasModule):
             for start in range(0, n, rows_per_call):
                 rows = min(rows_per_call, n - start)
                 proj = F.linear(pairs[b].narrow(row_dim, start, rows), weight, proj_bias)
-                chunks.append(self._attend_rows(
-                    proj, row_dim,
-                    key_mask=row_masks[b].narrow(0, start, rows) if row_masks is not None else None,
-                    bias=biases[b][None] if biases is not None else None,
-                    factors=(factors[0][b][None], factors[1][b][None]) if factors is not None else None,
-                ))
+                chunks.append(
+                    self._attend_rows(
+                        proj,
+                        row_dim,
+                        key_mask=row_masks[b].narrow(0, start, rows) if row_masks is not None else None,
+                        bias=biases[b][None] if biases is not None else None,
+                        factors=(factors[0][b][None], factors[1][b][None]) if factors is not None else None,
+                    )
+                )
             outs.append(chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=row_dim))
         out = outs[0] if len(outs) == 1 else torch.stack(outs)
         return out.view(*batch_shape, n, n, self.c_z)
@@ -269,8 +281,17 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         q_factors, k_factors = factors if factors is not None else (None, None)
         # the op gates (in its epilogue at inference) and writes o in the gate's memory layout,
         # which is z's orientation: the transposes and the flatten below are views
-        o = flash_bias_attention(q, k, v, q_factors=q_factors, k_factors=k_factors, bias=bias,
-                                 key_mask=key_mask, gate=gate, backend=self.backend)
+        o = flash_bias_attention(
+            q,
+            k,
+            v,
+            q_factors=q_factors,
+            k_factors=k_factors,
+            bias=bias,
+            key_mask=key_mask,
+            gate=gate,
+            backend=self.backend,
+        )
         o = o.transpose(1, 2)  # [rows, L, H, D]
         if row_dim == 1:
             o = o.transpose(0, 1)  # back to z's orientation

@@ -145,8 +145,14 @@ def _layout(t: torch.Tensor) -> tuple:
 def _state(t: torch.Tensor) -> tuple:
     """What must be unchanged for a fixed leaf: version (None for inference-mode tensors, which
     have none), data pointer, storage offset, layout."""
-    return (None if t.is_inference() else t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(),
-            t.dtype)
+    return (
+        None if t.is_inference() else t._version,
+        t.data_ptr(),
+        t.storage_offset(),
+        tuple(t.shape),
+        t.stride(),
+        t.dtype,
+    )
 
 
 class _Print:
@@ -163,9 +169,16 @@ class _Print:
 def _context(module: nn.Module | None) -> tuple:
     cuda_autocast = torch.is_autocast_enabled("cuda") if _autocast_takes_device() else torch.is_autocast_enabled()
     dtype = _autocast_dtype() if cuda_autocast else None
-    return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(), cuda_autocast, dtype,
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-            torch.get_float32_matmul_precision(), module.training if module is not None else None)
+    return (
+        torch.is_grad_enabled(),
+        torch.is_inference_mode_enabled(),
+        cuda_autocast,
+        dtype,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+        module.training if module is not None else None,
+    )
 
 
 @functools.lru_cache(None)
@@ -219,8 +232,11 @@ class CudaGraphBackend:
         self.capture_error_mode = capture_error_mode
 
     def supports(self, tensors: list[torch.Tensor]) -> bool:
-        return (torch.cuda.is_available() and any(t.is_cuda for t in tensors)
-                and not torch.cuda.is_current_stream_capturing())
+        return (
+            torch.cuda.is_available()
+            and any(t.is_cuda for t in tensors)
+            and not torch.cuda.is_current_stream_capturing()
+        )
 
     def can_vary(self, t: torch.Tensor) -> bool:
         """A varying argument must be on the device (a CPU tensor's value is baked in)."""
@@ -314,8 +330,16 @@ class GraphedCall:
     replay runs eagerly from then on. ``stats``: counts of eager calls, captures, replays,
     invalidations, failures."""
 
-    def __init__(self, fn: Callable, module: nn.Module | None = None, *, backend=None, max_graphs: int = 2,
-                 max_relearns: int = 3, name: str | None = None):
+    def __init__(
+        self,
+        fn: Callable,
+        module: nn.Module | None = None,
+        *,
+        backend=None,
+        max_graphs: int = 2,
+        max_relearns: int = 3,
+        name: str | None = None,
+    ):
         functools.update_wrapper(self, fn)  # inspect.signature follows __wrapped__
         self.fn = fn
         self._module = weakref.ref(module) if module is not None else None
@@ -365,8 +389,12 @@ class GraphedCall:
         spec: list = []
         _flatten((args, kwargs), tensors, objects, spec)
         module = self.module
-        if not tensors or not self.backend.supports(tensors) or (module is not None and module.training) \
-                or (torch.is_grad_enabled() and self._needs_grad(tensors, module)):
+        if (
+            not tensors
+            or not self.backend.supports(tensors)
+            or (module is not None and module.training)
+            or (torch.is_grad_enabled() and self._needs_grad(tensors, module))
+        ):
             self.stats["passthrough"] += 1
             return self.fn(*args, **kwargs)
         key = (tuple(spec), tuple(_layout(t) for t in tensors), _context(module))
@@ -390,8 +418,11 @@ class GraphedCall:
             self._drop(entry)
             if entry.relearns >= self.max_relearns:
                 entry.failed = True
-                self._warn("relearn", f"the graph of a call was invalidated {entry.relearns} times before any "
-                                      "replay (its fixed inputs change every call): running it eagerly")
+                self._warn(
+                    "relearn",
+                    f"the graph of a call was invalidated {entry.relearns} times before any "
+                    "replay (its fixed inputs change every call): running it eagerly",
+                )
                 self.stats["passthrough"] += 1
                 return self.fn(*args, **kwargs)
         if entry.last is None:  # call 1: eager, learn
@@ -429,8 +460,9 @@ class GraphedCall:
         except Exception as e:  # noqa: BLE001 - any capture failure: eager for this key
             entry.failed = True
             self.stats["failed"] += 1
-            self._warn("capture", f"CUDA graph capture failed ({type(e).__name__}: {e}); running this call "
-                                  "eagerly from now on")
+            self._warn(
+                "capture", f"CUDA graph capture failed ({type(e).__name__}: {e}); running this call eagerly from now on"
+            )
             return self.fn(*args, **kwargs)
         self.stats["captures"] += 1
         entry.graph, entry.out, entry.static_in, entry.replayed = graph, out, static, False
@@ -511,8 +543,7 @@ class _capture_autocast:
 
     def __enter__(self):
         enabled = torch.is_autocast_enabled("cuda") if _autocast_takes_device() else torch.is_autocast_enabled()
-        self._ctx = torch.autocast("cuda", dtype=_autocast_dtype(), cache_enabled=False) \
-            if enabled else None
+        self._ctx = torch.autocast("cuda", dtype=_autocast_dtype(), cache_enabled=False) if enabled else None
         if self._ctx is not None:
             self._ctx.__enter__()
         return self

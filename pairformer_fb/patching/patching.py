@@ -67,12 +67,23 @@ class PatchReport:
         return len(self.entries)
 
     def __str__(self) -> str:
-        lines = [f"patch_model: host {self.host}, {len(self.entries)} module(s) replaced, "
-                 f"{self.params_added:,} parameter(s) added, {self.params_shared:,} shared"]
+        lines = [
+            f"patch_model: host {self.host}, {len(self.entries)} module(s) replaced, "
+            f"{self.params_added:,} parameter(s) added, {self.params_shared:,} shared"
+        ]
         if self.entries:
             rows = [("path", "kind", "stack", "block", "mode", "rank", "added")] + [
-                (e.path, e.kind + (f" ({e.node})" if e.node else ""), e.stack, str(e.block), e.mode,
-                 "-" if e.rank is None else str(e.rank), f"{e.params_added:,}") for e in self.entries]
+                (
+                    e.path,
+                    e.kind + (f" ({e.node})" if e.node else ""),
+                    e.stack,
+                    str(e.block),
+                    e.mode,
+                    "-" if e.rank is None else str(e.rank),
+                    f"{e.params_added:,}",
+                )
+                for e in self.entries
+            ]
             widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
             lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         return "\n".join(lines)
@@ -100,11 +111,13 @@ def _mode_rule(mode: ModeSpec) -> Callable[[int], str | None]:
                 listed[b] = m
         return lambda block: listed.get(block, rest)
     if callable(mode):
+
         def rule(block: int) -> str | None:
             m = mode(block)
             if m is not None:
                 _check_mode(m, f"mode({block})")
             return m
+
         return rule
     raise TypeError(f"mode must be a str, a mapping mode -> block indices or a callable, got {type(mode).__name__}")
 
@@ -122,6 +135,7 @@ def _check_mode(m, what: str = "mode") -> None:
 
 # patch_model's diffusion_dtype -> the diffusion modules' compute dtype
 DIFFUSION_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 def patch_model(
     model: nn.Module,
@@ -195,7 +209,8 @@ def patch_model(
     if patched:
         raise AlreadyPatchedError(
             f"the model is already patched ({len(patched)} module(s), e.g. {patched[0]!r}): "
-            "call pairformer_fb.unpatch_model(model) first")
+            "call pairformer_fb.unpatch_model(model) first"
+        )
     host = detect_host(model) if host == "auto" else host
     adapter = get_adapter(host)
 
@@ -219,7 +234,8 @@ def patch_model(
     if not sites:
         raise UnsupportedModelError(
             f"found no {'/'.join(kinds)} attention module of host {host!r} to patch in the stacks "
-            f"{stacks} of {type(model).__name__}")
+            f"{stacks} of {type(model).__name__}"
+        )
     # build every replacement first, so that an unsupported module leaves the model untouched
     plan = []
     for site in sites:
@@ -235,10 +251,15 @@ def patch_model(
             cfg = factor_config if block_mode != "exact" else None
             extra = {}
         wrapper = adapter.make_replacement(site, mode=block_mode, factor_config=cfg, backend=backend, **extra)
-        if diffusion_dtype is not None and site.kind in DIFFUSION_KINDS and not hasattr(wrapper.flash_bias,
-                                                                                     "compute_dtype"):
-            raise ValueError(f"diffusion_dtype={diffusion_dtype!r}: {site.path} ({type(wrapper.flash_bias).__name__}, "
-                             f"host {host!r}) has no compute dtype option; leave diffusion_dtype=None")
+        if (
+            diffusion_dtype is not None
+            and site.kind in DIFFUSION_KINDS
+            and not hasattr(wrapper.flash_bias, "compute_dtype")
+        ):
+            raise ValueError(
+                f"diffusion_dtype={diffusion_dtype!r}: {site.path} ({type(wrapper.flash_bias).__name__}, "
+                f"host {host!r}) has no compute dtype option; leave diffusion_dtype=None"
+            )
         plan.append((site, wrapper))
     if not plan:
         found = sorted({site.block for site in sites})
@@ -246,7 +267,8 @@ def patch_model(
             f"patch_model selected no module: mode={_describe_mode(mode)}"
             + (f", blocks={sorted(selected)}" if selected is not None else "")
             + f" matches none of the {len(sites)} {'/'.join(kinds)} module(s) found in the stacks {stacks} "
-            f"of {type(model).__name__}, whose block indices are {found[0]}..{found[-1]}")
+            f"of {type(model).__name__}, whose block indices are {found[0]}..{found[-1]}"
+        )
 
     reset_graphs(model)  # a CUDA graph of a module inside would replay the old kernels
     report = PatchReport(host=host)
@@ -264,9 +286,18 @@ def patch_model(
             if id(p) not in shared:
                 shared.add(id(p))
                 report.params_shared += p.numel()
-        report.entries.append(PatchedEntry(
-            path=site.path, kind=site.kind, node=site.node, stack=site.stack, block=site.block,
-            mode=wrapper.mode, rank=fn.config.rank if fn is not None else None, params_added=added))
+        report.entries.append(
+            PatchedEntry(
+                path=site.path,
+                kind=site.kind,
+                node=site.node,
+                stack=site.stack,
+                block=site.block,
+                mode=wrapper.mode,
+                rank=fn.config.rank if fn is not None else None,
+                params_added=added,
+            )
+        )
     return report
 
 

@@ -128,9 +128,14 @@ DEFAULT_STACKS: tuple[str, ...] = ("pairformer", "diffusion")
 # the smallest single-attention inf for which masked keys get weight 0 in fp32 (Boltz's default)
 _MIN_SINGLE_INF = 1e6
 # ancestor class name -> stack name (by name, so that no further boltz module is imported)
-_STACK_OF_ANCESTOR = {"ConfidenceModule": "confidence", "TemplateModule": "template",
-                      "TemplateV2Module": "template", "MSAModule": "msa", "MSALayer": "msa",
-                      "AffinityModule": "affinity"}
+_STACK_OF_ANCESTOR = {
+    "ConfidenceModule": "confidence",
+    "TemplateModule": "template",
+    "TemplateV2Module": "template",
+    "MSAModule": "msa",
+    "MSALayer": "msa",
+    "AffinityModule": "affinity",
+}
 
 
 def _host_classes():
@@ -141,8 +146,7 @@ def _host_classes():
         from boltz.model.layers.pairformer import PairformerLayer, PairformerNoSeqLayer
         from boltz.model.layers.triangular_attention.attention import TriangleAttention
     except ImportError as e:
-        raise ImportError(f"host 'boltz' needs the boltz package, which failed to import ({e}): "
-                          f"{INSTALL_HINT}") from e
+        raise ImportError(f"host 'boltz' needs the boltz package, which failed to import ({e}): {INSTALL_HINT}") from e
     return (PairformerLayer, PairformerNoSeqLayer), TriangleAttention, AttentionPairBias
 
 
@@ -172,8 +176,18 @@ def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str])
             if not isinstance(module, expected):
                 continue  # e.g. already replaced (patch_model checks that first), absent or v1
             node = None if kind == "single" else ("starting" if module.starting else "ending")
-            sites.append(Site(path=f"{path}.{attr}" if path else attr, parent=block, attr=attr,
-                              module=module, kind=kind, node=node, stack=stack, block=index))
+            sites.append(
+                Site(
+                    path=f"{path}.{attr}" if path else attr,
+                    parent=block,
+                    attr=attr,
+                    module=module,
+                    kind=kind,
+                    node=node,
+                    stack=stack,
+                    block=index,
+                )
+            )
     return sites
 
 
@@ -216,8 +230,15 @@ class BoltzAttentionPairBias(PatchedModule):
 def _triangle(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:
     # the ending module transposes z itself: its bias comes from the transposed z
     node = {"node": "starting"} if site.module.starting else {"node": "ending", "ending_bias": "transposed"}
-    ours = build_triangle_attention(site, node=node, bias_linear="linear", mode=mode,
-                                    factor_config=factor_config, backend=backend, host_label="Boltz")
+    ours = build_triangle_attention(
+        site,
+        node=node,
+        bias_linear="linear",
+        mode=mode,
+        factor_config=factor_config,
+        backend=backend,
+        host_label="Boltz",
+    )
     return BoltzTriangleAttention(site.module, ours, site)
 
 
@@ -228,16 +249,26 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
     if float(host.inf) < _MIN_SINGLE_INF:
         raise UnsupportedModuleError(
             f"{where}: inf={host.inf:g} < {_MIN_SINGLE_INF:g} (masked keys would keep a weight; the "
-            "FlashBias op masks with 1e9)")
+            "FlashBias op masks with 1e9)"
+        )
     norm_z, linear_z = host.proj_z[0], host.proj_z[1]
     if not isinstance(norm_z, nn.LayerNorm) or not isinstance(linear_z, nn.Linear):
         raise UnsupportedModuleError(f"{where}: proj_z is not (LayerNorm, Linear, Rearrange)")
     c_s, c_z = host.c_s, linear_z.in_features
     ours = build_on_meta(
-        FlashBiasAttentionPairBias, c_s=c_s, c_z=c_z, n_heads=host.num_heads, head_dim=host.head_dim,
-        layer_norm_s=False, q_bias=host.proj_q.bias is not None, k_bias=host.proj_k.bias is not None,
-        v_bias=host.proj_v.bias is not None, gate_bias=host.proj_g.bias is not None,
-        out_bias=host.proj_o.bias is not None, layer_norm_eps=float(norm_z.eps), backend=backend,
+        FlashBiasAttentionPairBias,
+        c_s=c_s,
+        c_z=c_z,
+        n_heads=host.num_heads,
+        head_dim=host.head_dim,
+        layer_norm_s=False,
+        q_bias=host.proj_q.bias is not None,
+        k_bias=host.proj_k.bias is not None,
+        v_bias=host.proj_v.bias is not None,
+        gate_bias=host.proj_g.bias is not None,
+        out_bias=host.proj_o.bias is not None,
+        layer_norm_eps=float(norm_z.eps),
+        backend=backend,
     )
     if norm_z.bias is None:
         ours.layer_norm_z.bias = None
@@ -293,8 +324,19 @@ def _diffusion_sites(model: nn.Module, stacks, kinds, AttentionPairBias) -> list
             if not isinstance(module, AttentionPairBias) or module.compute_pair_bias:
                 continue  # already replaced (patch_model checks that first), absent or not given a bias
             prefix = f"{path}.layers.{index}" if path else f"layers.{index}"
-            sites.append(Site(path=f"{prefix}.pair_bias_attn", parent=layer, attr="pair_bias_attn",
-                              module=module, kind=kind, node=None, stack=stack, block=index, context=context))
+            sites.append(
+                Site(
+                    path=f"{prefix}.pair_bias_attn",
+                    parent=layer,
+                    attr="pair_bias_attn",
+                    module=module,
+                    kind=kind,
+                    node=None,
+                    stack=stack,
+                    block=index,
+                    context=context,
+                )
+            )
     return sites
 
 
@@ -327,18 +369,21 @@ class BoltzDiffusionAttention(ScopedPatchedModule):
         return self.flash_bias(s, k_in, z, key_mask, multiplicity)
 
 
-def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backend: str,
-               svd_config: SVDConfig | None) -> PatchedModule:
+def _diffusion(
+    site: Site, mode: str, factor_config: FactorConfig | None, backend: str, svd_config: SVDConfig | None
+) -> PatchedModule:
     host, where = site.module, site.path
     if float(host.inf) < _MIN_SINGLE_INF:
         raise UnsupportedModuleError(
             f"{where}: inf={host.inf:g} < {_MIN_SINGLE_INF:g} (masked keys would keep a weight; the "
-            "FlashBias op masks with 1e9)")
+            "FlashBias op masks with 1e9)"
+        )
     if mode == "distill" or factor_config is not None:
         raise UnsupportedModuleError(
             f"{where}: Boltz-2 hands its diffusion attentions a precomputed bias, with no pair "
             "representation to feed a factor network: use mode 'exact', or 'lowrank' with SVD factors "
-            "(no factor_config)")
+            "(no factor_config)"
+        )
     atom = site.kind == "atom"
     if atom:
         # the atom transformer repeats its bias over the samples and windows itself (a fresh
@@ -347,11 +392,18 @@ def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backen
     for name in ("proj_q", "proj_k", "proj_v", "proj_g", "proj_o"):
         check_linear(getattr(host, name), f"{where}.{name}")
     ours = build_on_meta(
-        FlashBiasPrecomputedBiasAttention, c_q=host.c_s, n_heads=host.num_heads, head_dim=host.head_dim,
-        q_bias=host.proj_q.bias is not None, k_bias=host.proj_k.bias is not None,
-        v_bias=host.proj_v.bias is not None, gate_bias=host.proj_g.bias is not None,
-        out_bias=host.proj_o.bias is not None, cache_bias=not atom,
-        svd_config=(svd_config or SVDConfig()) if mode == "lowrank" else None, backend=backend,
+        FlashBiasPrecomputedBiasAttention,
+        c_q=host.c_s,
+        n_heads=host.num_heads,
+        head_dim=host.head_dim,
+        q_bias=host.proj_q.bias is not None,
+        k_bias=host.proj_k.bias is not None,
+        v_bias=host.proj_v.bias is not None,
+        gate_bias=host.proj_g.bias is not None,
+        out_bias=host.proj_o.bias is not None,
+        cache_bias=not atom,
+        svd_config=(svd_config or SVDConfig()) if mode == "lowrank" else None,
+        backend=backend,
     )
     for name in ("q", "k", "v", "g", "o"):
         share_linear(getattr(ours, f"linear_{name}"), getattr(host, f"proj_{name}"), f"{where}.proj_{name}")
@@ -360,8 +412,14 @@ def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backen
     return BoltzDiffusionAttention(host, ours, site)
 
 
-def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | None,
-                     backend: str = "auto", svd_config: SVDConfig | None = None) -> PatchedModule:
+def make_replacement(
+    site: Site,
+    *,
+    mode: str,
+    factor_config: FactorConfig | None,
+    backend: str = "auto",
+    svd_config: SVDConfig | None = None,
+) -> PatchedModule:
     """The wrapper that replaces ``site.module``, sharing its parameters. ``svd_config``: the
     SVD factors of the lowrank "diffusion" sites."""
     if site.kind in DIFFUSION_KINDS:

@@ -183,8 +183,12 @@ DEFAULT_STACKS: tuple[str, ...] = ("pairformer", "diffusion")
 # ancestor class name -> stack name (by name, so that no further openfold3 module is imported)
 _STACK_OF_ANCESTOR = {
     "PairformerEmbedding": "confidence",
-    "TemplateEmbedderAllAtom": "template", "TemplatePairStack": "template",
-    "MSAModuleStack": "msa", "MSAModuleBlock": "msa", "EvoformerStack": "msa", "EvoformerBlock": "msa",
+    "TemplateEmbedderAllAtom": "template",
+    "TemplatePairStack": "template",
+    "MSAModuleStack": "msa",
+    "MSAModuleBlock": "msa",
+    "EvoformerStack": "msa",
+    "EvoformerBlock": "msa",
 }
 # PairBlock attribute -> (node in the block, the transpose_bias that PairBlock passes)
 _TRIANGLES = (("tri_att_start", "starting", False), ("tri_att_end", "ending", True))
@@ -199,8 +203,9 @@ def _host_classes():
         from openfold3.core.model.layers.attention_pair_bias import AttentionPairBias
         from openfold3.core.model.layers.triangular_attention import TriangleAttention
     except ImportError as e:
-        raise ImportError(f"host 'openfold3' needs the openfold3 package, which failed to import ({e}): "
-                          f"{INSTALL_HINT}") from e
+        raise ImportError(
+            f"host 'openfold3' needs the openfold3 package, which failed to import ({e}): {INSTALL_HINT}"
+        ) from e
     return PairBlock, PairFormerBlock, TriangleAttention, AttentionPairBias
 
 
@@ -221,8 +226,18 @@ def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str])
         for attr, node, _ in _TRIANGLES:
             module = getattr(pair_block, attr, None)
             if isinstance(module, TriangleAttention):  # else e.g. already replaced
-                sites.append(Site(path=f"{path}.{attr}" if path else attr, parent=pair_block, attr=attr,
-                                  module=module, kind="triangle", node=node, stack=stack, block=index))
+                sites.append(
+                    Site(
+                        path=f"{path}.{attr}" if path else attr,
+                        parent=pair_block,
+                        attr=attr,
+                        module=module,
+                        kind="triangle",
+                        node=node,
+                        stack=stack,
+                        block=index,
+                    )
+                )
 
     for path, block in model.named_modules():
         if isinstance(block, PairFormerBlock):
@@ -234,9 +249,18 @@ def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str])
                 triangles(pair_block, f"{path}.pair_stack" if path else "pair_stack", stack, index)
             module = getattr(block, "attn_pair_bias", None)
             if "single" in kinds and isinstance(module, AttentionPairBias):
-                sites.append(Site(path=f"{path}.attn_pair_bias" if path else "attn_pair_bias", parent=block,
-                                  attr="attn_pair_bias", module=module, kind="single", node=None,
-                                  stack=stack, block=index))
+                sites.append(
+                    Site(
+                        path=f"{path}.attn_pair_bias" if path else "attn_pair_bias",
+                        parent=block,
+                        attr="attn_pair_bias",
+                        module=module,
+                        kind="single",
+                        node=None,
+                        stack=stack,
+                        block=index,
+                    )
+                )
         elif isinstance(block, PairBlock) and id(block) not in done:
             stack, index = stack_and_index(model, path, _STACK_OF_ANCESTOR)
             if stack in stacks:
@@ -273,9 +297,17 @@ class OpenFold3TriangleAttention(PatchedModule):
         if bool(transpose_bias) != self.transpose_bias:
             # not the call its block makes: the host's own code, on the same parameters
             self.last_distill_loss = None
-            return self.host_module(x, mask, transpose_bias, chunk_size, use_deepspeed_evo_attention,
-                                    use_cueq_triangle_kernels, use_triton_triangle_kernels, use_lma,
-                                    inplace_safe)
+            return self.host_module(
+                x,
+                mask,
+                transpose_bias,
+                chunk_size,
+                use_deepspeed_evo_attention,
+                use_cueq_triangle_kernels,
+                use_triton_triangle_kernels,
+                use_lma,
+                inplace_safe,
+            )
         # kernel switches: the same function (see the module docstring); mask None: no masking
         mask = _full_mask(mask, x.shape[:-1])
         if self.transpose_io:
@@ -312,10 +344,18 @@ def _triangle(site: Site, mode: str, factor_config: FactorConfig | None, backend
         node = {"node": "ending", "ending_bias": "transposed"}
     else:
         node = {"node": "ending", "ending_bias": "untransposed"}
-    ours = build_triangle_attention(site, node=node, bias_linear="linear_z", mode=mode,
-                                    factor_config=factor_config, backend=backend, host_label="OpenFold3")
-    return OpenFold3TriangleAttention(site.module, ours, site, transpose_bias=transpose_bias,
-                                      transpose_io=starting and transpose_bias)
+    ours = build_triangle_attention(
+        site,
+        node=node,
+        bias_linear="linear_z",
+        mode=mode,
+        factor_config=factor_config,
+        backend=backend,
+        host_label="OpenFold3",
+    )
+    return OpenFold3TriangleAttention(
+        site.module, ours, site, transpose_bias=transpose_bias, transpose_io=starting and transpose_bias
+    )
 
 
 def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:
@@ -328,18 +368,29 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
     for name in ("linear_z", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"):
         check_linear(host.get_submodule(name), f"{where}.{name}")
     if not (mha.c_q == mha.c_k == mha.c_v):
-        raise UnsupportedModuleError(f"{where}: c_q, c_k, c_v = {mha.c_q}, {mha.c_k}, {mha.c_v} (self-attention "
-                                     "on one width expected)")
+        raise UnsupportedModuleError(
+            f"{where}: c_q, c_k, c_v = {mha.c_q}, {mha.c_k}, {mha.c_v} (self-attention on one width expected)"
+        )
     c_s, c_z = mha.c_q, host.linear_z.in_features
     eps_s, eps_z = float(host.layer_norm_a.eps), float(host.layer_norm_z.eps)
     if eps_s != eps_z:
         raise UnsupportedModuleError(
-            f"{where}: different epsilons of layer_norm_a ({eps_s}) and layer_norm_z ({eps_z})")
+            f"{where}: different epsilons of layer_norm_a ({eps_s}) and layer_norm_z ({eps_z})"
+        )
     ours = build_on_meta(
-        FlashBiasAttentionPairBias, c_s=c_s, c_z=c_z, n_heads=mha.no_heads, head_dim=mha.c_hidden,
-        layer_norm_s=True, q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
-        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
-        out_bias=mha.linear_o.bias is not None, layer_norm_eps=eps_s, backend=backend,
+        FlashBiasAttentionPairBias,
+        c_s=c_s,
+        c_z=c_z,
+        n_heads=mha.no_heads,
+        head_dim=mha.c_hidden,
+        layer_norm_s=True,
+        q_bias=mha.linear_q.bias is not None,
+        k_bias=mha.linear_k.bias is not None,
+        v_bias=mha.linear_v.bias is not None,
+        gate_bias=mha.linear_g.bias is not None,
+        out_bias=mha.linear_o.bias is not None,
+        layer_norm_eps=eps_s,
+        backend=backend,
     )
     share_layer_norm(ours.layer_norm_s, host.layer_norm_a, f"{where}.layer_norm_a")
     share_layer_norm(ours.layer_norm_z, host.layer_norm_z, f"{where}.layer_norm_z")
@@ -382,9 +433,19 @@ def _diffusion_sites(model: nn.Module, stacks, kinds) -> list[Site]:
         if kind not in kinds or stack not in stacks:
             continue
         _, index = stack_and_index(model, path, {})
-        sites.append(Site(path=f"{path}.attention_pair_bias" if path else "attention_pair_bias", parent=block,
-                          attr="attention_pair_bias", module=module, kind=kind, node=None,
-                          stack=stack, block=index, context=context))
+        sites.append(
+            Site(
+                path=f"{path}.attention_pair_bias" if path else "attention_pair_bias",
+                parent=block,
+                attr="attention_pair_bias",
+                module=module,
+                kind=kind,
+                node=None,
+                stack=stack,
+                block=index,
+                context=context,
+            )
+        )
     return sites
 
 
@@ -404,8 +465,7 @@ class OpenFold3DiffusionAttentionPairBias(ScopedPatchedModule):
     signature."""
 
     def __init__(self, host_module, flash_bias, site: Site):
-        super().__init__(host_module, flash_bias, site,
-                         _scope_of(site.context) if site.context is not None else None)
+        super().__init__(host_module, flash_bias, site, _scope_of(site.context) if site.context is not None else None)
 
     def forward(
         self,
@@ -423,8 +483,9 @@ class OpenFold3DiffusionAttentionPairBias(ScopedPatchedModule):
         return self._finish(self.flash_bias(a, s, z, key_mask=mask))
 
 
-def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backend: str,
-               svd_config: SVDConfig | None) -> PatchedModule:
+def _diffusion(
+    site: Site, mode: str, factor_config: FactorConfig | None, backend: str, svd_config: SVDConfig | None
+) -> PatchedModule:
     host, where = site.module, site.path
     mha = host.mha
     if mha.linear_g is None:
@@ -432,20 +493,38 @@ def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backen
     if float(host.inf) != MASK_INF:
         raise UnsupportedModuleError(f"{where}: inf={host.inf:g} (the FlashBias op masks with 1e9)")
     if not (mha.c_q == mha.c_k == mha.c_v):
-        raise UnsupportedModuleError(f"{where}: c_q, c_k, c_v = {mha.c_q}, {mha.c_k}, {mha.c_v} (self-attention "
-                                     "on one width expected)")
-    names = ["linear_z", "linear_ada_out", "layer_norm_a.linear_g", "layer_norm_a.linear_s", "mha.linear_q",
-             "mha.linear_k", "mha.linear_v", "mha.linear_g", "mha.linear_o"]
+        raise UnsupportedModuleError(
+            f"{where}: c_q, c_k, c_v = {mha.c_q}, {mha.c_k}, {mha.c_v} (self-attention on one width expected)"
+        )
+    names = [
+        "linear_z",
+        "linear_ada_out",
+        "layer_norm_a.linear_g",
+        "layer_norm_a.linear_s",
+        "mha.linear_q",
+        "mha.linear_k",
+        "mha.linear_v",
+        "mha.linear_g",
+        "mha.linear_o",
+    ]
     for name in names:
         check_linear(host.get_submodule(name), f"{where}.{name}")
     adaln = host.layer_norm_a
     ours = build_on_meta(
-        FlashBiasDiffusionAttention, c_a=mha.c_q, c_s=host.linear_ada_out.in_features, c_z=host.linear_z.in_features,
-        n_heads=mha.no_heads, head_dim=mha.c_hidden, pair_layer_norm=False,
-        q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
-        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
+        FlashBiasDiffusionAttention,
+        c_a=mha.c_q,
+        c_s=host.linear_ada_out.in_features,
+        c_z=host.linear_z.in_features,
+        n_heads=mha.no_heads,
+        head_dim=mha.c_hidden,
+        pair_layer_norm=False,
+        q_bias=mha.linear_q.bias is not None,
+        k_bias=mha.linear_k.bias is not None,
+        v_bias=mha.linear_v.bias is not None,
+        gate_bias=mha.linear_g.bias is not None,
         out_bias=mha.linear_o.bias is not None,
-        svd_config=svd_config if mode == "lowrank" and factor_config is None else None, backend=backend,
+        svd_config=svd_config if mode == "lowrank" and factor_config is None else None,
+        backend=backend,
     )
     share_layer_norm(ours.adaln_a.layer_norm_a, adaln.layer_norm_a, f"{where}.layer_norm_a.layer_norm_a")
     share_layer_norm(ours.adaln_a.layer_norm_s, adaln.layer_norm_s, f"{where}.layer_norm_a.layer_norm_s")
@@ -455,8 +534,9 @@ def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backen
     share_linear(ours.linear_a_last, host.linear_ada_out, f"{where}.linear_ada_out")
     for name in ("q", "k", "v", "g", "o"):
         share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
-    ours.factor_network = factor_network(factor_config, host.linear_z.in_features, mha.no_heads,
-                                         host.linear_z.weight, "OpenFold3")
+    ours.factor_network = factor_network(
+        factor_config, host.linear_z.in_features, mha.no_heads, host.linear_z.weight, "OpenFold3"
+    )
     check_no_meta(ours, where)
     ours.mode = mode
     return OpenFold3DiffusionAttentionPairBias(host, ours, site)
@@ -467,8 +547,7 @@ class OpenFold3CrossAttentionPairBias(ScopedPatchedModule):
     local attention); same forward signature."""
 
     def __init__(self, host_module, flash_bias, site: Site):
-        super().__init__(host_module, flash_bias, site,
-                         _scope_of(site.context) if site.context is not None else None)
+        super().__init__(host_module, flash_bias, site, _scope_of(site.context) if site.context is not None else None)
         self.n_query, self.n_key = int(host_module.n_query), int(host_module.n_key)
 
     def forward(
@@ -495,18 +574,34 @@ def _atom(site: Site, backend: str) -> PatchedModule:
     n_query, n_key = host.n_query, host.n_key
     if not n_query or not n_key or n_query % 2 or n_key % 2 or n_key < n_query:
         raise UnsupportedModuleError(f"{where}: n_query={n_query}, n_key={n_key} (even n_key >= n_query expected)")
-    names = ["linear_z", "linear_ada_out", "mha.linear_q", "mha.linear_k", "mha.linear_v", "mha.linear_g",
-             "mha.linear_o"] + [f"{norm}.{lin}" for norm in ("layer_norm_a_q", "layer_norm_a_k")
-                                for lin in ("linear_g", "linear_s")]
+    names = [
+        "linear_z",
+        "linear_ada_out",
+        "mha.linear_q",
+        "mha.linear_k",
+        "mha.linear_v",
+        "mha.linear_g",
+        "mha.linear_o",
+    ] + [f"{norm}.{lin}" for norm in ("layer_norm_a_q", "layer_norm_a_k") for lin in ("linear_g", "linear_s")]
     for name in names:
         check_linear(host.get_submodule(name), f"{where}.{name}")
     ours = build_on_meta(
-        FlashBiasDiffusionAttention, c_a=mha.c_q, c_s=host.linear_ada_out.in_features, c_z=host.linear_z.in_features,
-        n_heads=mha.no_heads, head_dim=mha.c_hidden, pair_layer_norm=False, cross_attention=True,
-        kv_from_input=True, windows="shifted",
-        q_bias=mha.linear_q.bias is not None, k_bias=mha.linear_k.bias is not None,
-        v_bias=mha.linear_v.bias is not None, gate_bias=mha.linear_g.bias is not None,
-        out_bias=mha.linear_o.bias is not None, backend=backend,
+        FlashBiasDiffusionAttention,
+        c_a=mha.c_q,
+        c_s=host.linear_ada_out.in_features,
+        c_z=host.linear_z.in_features,
+        n_heads=mha.no_heads,
+        head_dim=mha.c_hidden,
+        pair_layer_norm=False,
+        cross_attention=True,
+        kv_from_input=True,
+        windows="shifted",
+        q_bias=mha.linear_q.bias is not None,
+        k_bias=mha.linear_k.bias is not None,
+        v_bias=mha.linear_v.bias is not None,
+        gate_bias=mha.linear_g.bias is not None,
+        out_bias=mha.linear_o.bias is not None,
+        backend=backend,
     )
     for dst, name in ((ours.adaln_a, "layer_norm_a_q"), (ours.adaln_kv, "layer_norm_a_k")):
         src = getattr(host, name)
@@ -523,8 +618,14 @@ def _atom(site: Site, backend: str) -> PatchedModule:
     return OpenFold3CrossAttentionPairBias(host, ours, site)
 
 
-def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | None,
-                     backend: str = "auto", svd_config: SVDConfig | None = None) -> PatchedModule:
+def make_replacement(
+    site: Site,
+    *,
+    mode: str,
+    factor_config: FactorConfig | None,
+    backend: str = "auto",
+    svd_config: SVDConfig | None = None,
+) -> PatchedModule:
     """The wrapper that replaces ``site.module``, sharing its parameters. ``svd_config``: the
     SVD factors of the lowrank "diffusion" sites given no ``factor_config``; "atom" sites always
     run exact."""
@@ -541,6 +642,5 @@ def graph_modules(model: nn.Module) -> list[nn.Module]:
     every ``DiffusionModule`` (called per step with new ``xl_noisy`` / ``t``). Not yet checked on
     a GPU."""
     from openfold3.core.model.structure.diffusion_module import DiffusionModule
-
 
     return outermost(model, lambda m: isinstance(m, DiffusionModule))

@@ -114,8 +114,12 @@ DEFAULT_STACKS: tuple[str, ...] = ("pairformer", "diffusion")
 # the host's triangle_attention choices (asserted in protenix.model.triangular.layers.Attention)
 TRIANGLE_KERNELS = ("torch", "deepspeed", "triattention", "cuequivariance")
 # ancestor class name -> stack name (by name, so that no further protenix module is imported)
-_STACK_OF_ANCESTOR = {"ConfidenceHead": "confidence", "TemplateEmbedder": "template",
-                      "MSAModule": "msa", "MSABlock": "msa"}
+_STACK_OF_ANCESTOR = {
+    "ConfidenceHead": "confidence",
+    "TemplateEmbedder": "template",
+    "MSAModule": "msa",
+    "MSABlock": "msa",
+}
 
 
 def _host_classes():
@@ -125,11 +129,14 @@ def _host_classes():
         from protenix.model.modules.transformer import AttentionPairBias
         from protenix.model.triangular.triangular import TriangleAttention
     except ImportError as e:
-        raise ImportError(f"host 'protenix' needs the protenix package, which failed to import ({e}): "
-                          f"{INSTALL_HINT}") from e
+        raise ImportError(
+            f"host 'protenix' needs the protenix package, which failed to import ({e}): {INSTALL_HINT}"
+        ) from e
     except OSError as e:  # its fused layer norm's CUDA build, attempted at import
-        raise ImportError(f"importing protenix failed ({e}); on a machine without CUDA set "
-                          f"LAYERNORM_TYPE=torch before importing it. {INSTALL_HINT}") from e
+        raise ImportError(
+            f"importing protenix failed ({e}); on a machine without CUDA set "
+            f"LAYERNORM_TYPE=torch before importing it. {INSTALL_HINT}"
+        ) from e
     return PairformerBlock, TriangleAttention, AttentionPairBias
 
 
@@ -157,8 +164,18 @@ def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str])
             expected = TriangleAttention if kind == "triangle" else AttentionPairBias
             if not isinstance(module, expected):
                 continue  # e.g. already replaced (patch_model checks that first) or absent
-            sites.append(Site(path=f"{path}.{attr}" if path else attr, parent=block, attr=attr,
-                              module=module, kind=kind, node=node, stack=stack, block=index))
+            sites.append(
+                Site(
+                    path=f"{path}.{attr}" if path else attr,
+                    parent=block,
+                    attr=attr,
+                    module=module,
+                    kind=kind,
+                    node=node,
+                    stack=stack,
+                    block=index,
+                )
+            )
     return sites
 
 
@@ -195,8 +212,7 @@ class ProtenixAttentionPairBias(PatchedModule):
     ) -> torch.Tensor:
         if (n_queries and n_keys) or enable_efficient_fusion:
             # paths the Pairformer never takes: the host's own code, on the same parameters
-            return self.host_module(a, s, z, n_queries, n_keys, inplace_safe, chunk_size,
-                                    enable_efficient_fusion)
+            return self.host_module(a, s, z, n_queries, n_keys, inplace_safe, chunk_size, enable_efficient_fusion)
         # has_s=False: the host ignores s; the Pairformer's single attention has no mask
         return self._finish(self.flash_bias(a, z, None))
 
@@ -204,8 +220,15 @@ class ProtenixAttentionPairBias(PatchedModule):
 def _triangle(site: Site, mode: str, factor_config: FactorConfig | None, backend: str) -> PatchedModule:
     # Protenix's blocks transpose z around tri_att_end themselves: both map to "starting"
     node = {"node": "starting"} if site.module.starting else {"node": "ending", "ending_bias": "transposed"}
-    ours = build_triangle_attention(site, node=node, bias_linear="linear", mode=mode,
-                                    factor_config=factor_config, backend=backend, host_label="Protenix")
+    ours = build_triangle_attention(
+        site,
+        node=node,
+        bias_linear="linear",
+        mode=mode,
+        factor_config=factor_config,
+        backend=backend,
+        host_label="Protenix",
+    )
     return ProtenixTriangleAttention(site.module, ours, site)
 
 
@@ -216,18 +239,33 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
         raise UnsupportedModuleError(f"{where}: AttentionPairBias with has_s or cross_attention_mode is not supported")
     if att.linear_g is None:
         raise UnsupportedModuleError(f"{where}: single attention without gating is not supported")
-    for name in ("linear_nobias_z", "attention.linear_q", "attention.linear_k", "attention.linear_v",
-                 "attention.linear_g", "attention.linear_o"):
+    for name in (
+        "linear_nobias_z",
+        "attention.linear_q",
+        "attention.linear_k",
+        "attention.linear_v",
+        "attention.linear_g",
+        "attention.linear_o",
+    ):
         check_linear(host.get_submodule(name), f"{where}.{name}")
     c_s, c_z = att.c_q, host.linear_nobias_z.in_features
     eps_s, eps_z = float(host.layernorm_a.eps), float(host.layernorm_z.eps)
     if eps_s != eps_z:
         raise UnsupportedModuleError(f"{where}: different epsilons of layernorm_a ({eps_s}) and layernorm_z ({eps_z})")
     ours = build_on_meta(
-        FlashBiasAttentionPairBias, c_s=c_s, c_z=c_z, n_heads=att.num_heads, head_dim=att.c_hidden,
-        layer_norm_s=True, q_bias=att.linear_q.bias is not None, k_bias=att.linear_k.bias is not None,
-        v_bias=att.linear_v.bias is not None, gate_bias=att.linear_g.bias is not None,
-        out_bias=att.linear_o.bias is not None, layer_norm_eps=eps_s, backend=backend,
+        FlashBiasAttentionPairBias,
+        c_s=c_s,
+        c_z=c_z,
+        n_heads=att.num_heads,
+        head_dim=att.c_hidden,
+        layer_norm_s=True,
+        q_bias=att.linear_q.bias is not None,
+        k_bias=att.linear_k.bias is not None,
+        v_bias=att.linear_v.bias is not None,
+        gate_bias=att.linear_g.bias is not None,
+        out_bias=att.linear_o.bias is not None,
+        layer_norm_eps=eps_s,
+        backend=backend,
     )
     share_layer_norm(ours.layer_norm_s, host.layernorm_a, f"{where}.layernorm_a")
     share_layer_norm(ours.layer_norm_z, host.layernorm_z, f"{where}.layernorm_z")
@@ -240,8 +278,9 @@ def _share_attention(ours, host, att, where: str, factor_config, c_z: int, mode:
     """The part every Protenix AttentionPairBias mapping shares: the attention's q / k / v / g / o
     projections, the factor network (initialised from the bias projection), the mode."""
     for name in ("q", "k", "v", "g", "o"):
-        share_linear(getattr(ours, f"linear_{name}"), getattr(att, f"linear_{name}"),
-                     f"{where}.attention.linear_{name}")
+        share_linear(
+            getattr(ours, f"linear_{name}"), getattr(att, f"linear_{name}"), f"{where}.attention.linear_{name}"
+        )
     ours.factor_network = factor_network(factor_config, c_z, att.num_heads, host.linear_nobias_z.weight, "Protenix")
     check_no_meta(ours, where)
     ours.mode = mode
@@ -271,8 +310,19 @@ def _diffusion_sites(model: nn.Module, stacks, kinds, AttentionPairBias) -> list
             if not isinstance(module, AttentionPairBias):
                 continue  # already replaced (patch_model checks that first) or absent
             prefix = f"{path}.blocks.{index}" if path else f"blocks.{index}"
-            sites.append(Site(path=f"{prefix}.attention_pair_bias", parent=block, attr="attention_pair_bias",
-                              module=module, kind=kind, node=None, stack=stack, block=index, context=context))
+            sites.append(
+                Site(
+                    path=f"{prefix}.attention_pair_bias",
+                    parent=block,
+                    attr="attention_pair_bias",
+                    module=module,
+                    kind=kind,
+                    node=None,
+                    stack=stack,
+                    block=index,
+                    context=context,
+                )
+            )
     return sites
 
 
@@ -292,8 +342,7 @@ class ProtenixDiffusionAttentionPairBias(ScopedPatchedModule):
     atom transformers' blocks); same forward signature."""
 
     def __init__(self, host_module, flash_bias, site: Site):
-        super().__init__(host_module, flash_bias, site,
-                         _scope_of(site.context) if site.context is not None else None)
+        super().__init__(host_module, flash_bias, site, _scope_of(site.context) if site.context is not None else None)
 
     def forward(
         self,
@@ -310,13 +359,21 @@ class ProtenixDiffusionAttentionPairBias(ScopedPatchedModule):
         # attention memory (ours holds only the 32 x 128 tiles); the local path ignores
         # enable_efficient_fusion, as the host's does
         local = bool(n_queries and n_keys)
-        return self._finish(self.flash_bias(a, s, z, n_queries=n_queries if local else None,
-                                            n_keys=n_keys if local else None,
-                                            efficient_fusion=enable_efficient_fusion and not local))
+        return self._finish(
+            self.flash_bias(
+                a,
+                s,
+                z,
+                n_queries=n_queries if local else None,
+                n_keys=n_keys if local else None,
+                efficient_fusion=enable_efficient_fusion and not local,
+            )
+        )
 
 
-def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backend: str,
-               svd_config: SVDConfig | None) -> PatchedModule:
+def _diffusion(
+    site: Site, mode: str, factor_config: FactorConfig | None, backend: str, svd_config: SVDConfig | None
+) -> PatchedModule:
     host, where = site.module, site.path
     att = host.attention
     if not host.has_s:
@@ -325,8 +382,17 @@ def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backen
         raise UnsupportedModuleError(f"{where}: attention without gating is not supported")
     if site.kind == "atom":
         mode, factor_config = "exact", None  # local tiles: a dense bias read once, nothing to factor
-    names = ["linear_nobias_z", "linear_a_last", "attention.linear_q", "attention.linear_k", "attention.linear_v",
-             "attention.linear_g", "attention.linear_o", "layernorm_a.linear_s", "layernorm_a.linear_nobias_s"]
+    names = [
+        "linear_nobias_z",
+        "linear_a_last",
+        "attention.linear_q",
+        "attention.linear_k",
+        "attention.linear_v",
+        "attention.linear_g",
+        "attention.linear_o",
+        "layernorm_a.linear_s",
+        "layernorm_a.linear_nobias_s",
+    ]
     if host.cross_attention_mode:
         names += ["layernorm_kv.linear_s", "layernorm_kv.linear_nobias_s"]
     for name in names:
@@ -334,18 +400,28 @@ def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backen
     c_a, c_z = att.c_q, host.linear_nobias_z.in_features
     c_s = host.linear_a_last.in_features
     ours = build_on_meta(
-        FlashBiasDiffusionAttention, c_a=c_a, c_s=c_s, c_z=c_z, n_heads=att.num_heads, head_dim=att.c_hidden,
-        cross_attention=bool(host.cross_attention_mode), q_bias=att.linear_q.bias is not None,
-        k_bias=att.linear_k.bias is not None, v_bias=att.linear_v.bias is not None,
-        gate_bias=att.linear_g.bias is not None, out_bias=att.linear_o.bias is not None,
-        svd_config=svd_config if mode == "lowrank" and factor_config is None else None, backend=backend,
+        FlashBiasDiffusionAttention,
+        c_a=c_a,
+        c_s=c_s,
+        c_z=c_z,
+        n_heads=att.num_heads,
+        head_dim=att.c_hidden,
+        cross_attention=bool(host.cross_attention_mode),
+        q_bias=att.linear_q.bias is not None,
+        k_bias=att.linear_k.bias is not None,
+        v_bias=att.linear_v.bias is not None,
+        gate_bias=att.linear_g.bias is not None,
+        out_bias=att.linear_o.bias is not None,
+        svd_config=svd_config if mode == "lowrank" and factor_config is None else None,
+        backend=backend,
     )
     adalns = [("adaln_a", "layernorm_a")] + ([("adaln_kv", "layernorm_kv")] if host.cross_attention_mode else [])
     for ours_name, host_name in adalns:
         dst, src = getattr(ours, ours_name), getattr(host, host_name)
         for norm in ("layernorm_a", "layernorm_s"):
-            share_layer_norm(getattr(dst, norm.replace("layernorm", "layer_norm")), getattr(src, norm),
-                             f"{where}.{host_name}.{norm}")
+            share_layer_norm(
+                getattr(dst, norm.replace("layernorm", "layer_norm")), getattr(src, norm), f"{where}.{host_name}.{norm}"
+            )
         share_linear(dst.linear_s, src.linear_s, f"{where}.{host_name}.linear_s")
         share_linear(dst.linear_nobias_s, src.linear_nobias_s, f"{where}.{host_name}.linear_nobias_s")
     share_layer_norm(ours.layer_norm_z, host.layernorm_z, f"{where}.layernorm_z")
@@ -355,8 +431,14 @@ def _diffusion(site: Site, mode: str, factor_config: FactorConfig | None, backen
     return ProtenixDiffusionAttentionPairBias(host, ours, site)
 
 
-def make_replacement(site: Site, *, mode: str, factor_config: FactorConfig | None,
-                     backend: str = "auto", svd_config: SVDConfig | None = None) -> PatchedModule:
+def make_replacement(
+    site: Site,
+    *,
+    mode: str,
+    factor_config: FactorConfig | None,
+    backend: str = "auto",
+    svd_config: SVDConfig | None = None,
+) -> PatchedModule:
     """The wrapper that replaces ``site.module``, sharing its parameters. ``svd_config``: the
     SVD factors of the lowrank "diffusion" sites given no ``factor_config``."""
     if site.kind in DIFFUSION_KINDS:
@@ -373,5 +455,3 @@ def graph_modules(model: nn.Module) -> list[nn.Module]:
     from protenix.model.modules.diffusion import DiffusionModule
 
     return outermost(model, lambda m: isinstance(m, DiffusionModule))
-
-
