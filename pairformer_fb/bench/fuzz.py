@@ -242,9 +242,9 @@ def _error(a: torch.Tensor, b: torch.Tensor, scale: float) -> float:
 
 
 def _compiled_kernels() -> int:
-    from ..kernel import triton_kernels as tfb
+    from ..kernel import triton_launch as launch
 
-    kernels = (tfb._fwd_kernel, tfb._bwd_delta_kernel, tfb._bwd_kernel, tfb._ds_sum_kernel)
+    kernels = (launch._fwd_kernel, launch._bwd_delta_kernel, launch._bwd_kernel, launch._ds_sum_kernel)
     return sum(len(c[0]) for k in kernels for c in getattr(k, "device_caches", {}).values())
 
 

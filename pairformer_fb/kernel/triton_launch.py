@@ -14,7 +14,8 @@ import triton
 
 from .reference import MASK_NEG
 from .tiles import INTERPRET, KernelConfig, _grid_order, _launch, _pow2_at_least_16, _rows_per_program
-from .triton_kernels import _bwd_delta_kernel, _bwd_kernel, _ds_sum_kernel, _fwd_kernel
+from .triton_backward import _bwd_delta_kernel, _bwd_kernel, _ds_sum_kernel
+from .triton_kernels import _fwd_kernel
 
 
 def _precision(dtype: torch.dtype) -> str:
