@@ -1,0 +1,130 @@
+"""Fine-tuning data: random contiguous token crops of offline-featurised Protenix samples
+(``ProteinCrops``), the feature keys a crop cuts and how (``crop_features``), and the
+train / held-out split of the samples (``split_samples``). Used by ``convert.finetune``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+# Protenix feature keys by their token / atom axes (featurize.protenix_features' output)
+TOKEN_KEYS = (
+    "token_index",
+    "residue_index",
+    "asym_id",
+    "entity_id",
+    "sym_id",
+    "restype",
+    "has_frame",
+    "profile",
+    "deletion_mean",
+)
+TOKEN_PAIR_KEYS = ("token_bonds",)
+MSA_KEYS = ("msa", "has_deletion", "deletion_value")  # [n_msa, n_token]
+ATOM_KEYS = (
+    "ref_pos",
+    "ref_mask",
+    "ref_element",
+    "ref_charge",
+    "ref_atom_name_chars",
+    "atom_to_tokatom_idx",
+    "is_protein",
+    "is_ligand",
+    "is_dna",
+    "is_rna",
+    "pae_rep_atom_mask",
+    "plddt_m_rep_atom_mask",
+    "distogram_rep_atom_mask",
+    "mol_id",
+    "entity_mol_id",
+    "mol_atom_index",
+)
+ATOM_TOKEN_INDEX_KEYS = ("atom_to_token_idx", "ref_space_uid")  # atom -> token index: shifted by the crop
+SCALAR_KEYS = (
+    "prot_pair_num_alignments",
+    "prot_unpair_num_alignments",
+    "rna_pair_num_alignments",
+    "rna_unpair_num_alignments",
+)
+
+
+def crop_features(feats: Mapping[str, torch.Tensor], start: int, size: int) -> dict[str, torch.Tensor]:
+    """The features of the contiguous tokens ``start .. start + size`` (and their atoms) of an
+    unbatched Protenix feature dict; ``token_index`` renumbered from 0, ``residue_index`` kept.
+    Raises ValueError for a key it does not know (so that no feature is left uncropped)."""
+    n_tok = feats["restype"].shape[0]
+    stop = min(start + size, n_tok)
+    if not 0 <= start < stop:
+        raise ValueError(f"crop start={start} size={size} outside the {n_tok} tokens")
+    known = set(TOKEN_KEYS + TOKEN_PAIR_KEYS + MSA_KEYS + ATOM_KEYS + ATOM_TOKEN_INDEX_KEYS + SCALAR_KEYS)
+    unknown = sorted(set(feats) - known)
+    if unknown:
+        raise ValueError(f"crop_features: unknown feature key(s) {unknown}")
+    if start == 0 and stop == n_tok:
+        return dict(feats)
+    tok = feats["atom_to_token_idx"]
+    atoms = (tok >= start) & (tok < stop)
+    out = {k: feats[k][start:stop] for k in TOKEN_KEYS}
+    out["token_index"] = torch.arange(stop - start)
+    out.update({k: feats[k][start:stop, start:stop] for k in TOKEN_PAIR_KEYS})
+    out.update({k: feats[k][:, start:stop] for k in MSA_KEYS})
+    out.update({k: feats[k][atoms] for k in ATOM_KEYS})
+    out.update({k: feats[k][atoms] - start for k in ATOM_TOKEN_INDEX_KEYS})
+    out.update({k: feats[k] for k in SCALAR_KEYS})
+    return out
+
+
+class ProteinCrops:
+    """The featurised samples and the seeded choice of (sample, crop) for a step and rank."""
+
+    def __init__(self, samples, *, crop_size: int, seed: int, msa_dir=None):
+        from ..data.featurize import protenix_features
+
+        if crop_size < 1:
+            raise ValueError(f"data.crop_size must be >= 1, got {crop_size}")
+        self.names = [s.name for s in samples]
+        self.features = [protenix_features(s, msa_dir=msa_dir, seed=seed)[0] for s in samples]
+        self.crop_size, self.seed = crop_size, seed
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def pick(self, step: int, rank: int = 0, world: int = 1) -> tuple[str, int, dict]:
+        """(sample name, crop start, cropped features) of ``step`` on ``rank``: the samples in a
+        seeded random order per epoch, the crop start uniform; a function of (seed, step, rank)."""
+        n = len(self.features)
+        index = step * world + rank
+        epoch, i = divmod(index, n)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        k = int(torch.randperm(n, generator=g)[i])
+        n_tok = self.features[k]["restype"].shape[0]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * index + 1)
+        start = int(torch.randint(0, max(1, n_tok - self.crop_size + 1), (1,), generator=g))
+        return self.names[k], start, crop_features(self.features[k], start, self.crop_size)
+
+    def fixed(self, k: int) -> dict:
+        """Sample ``k``'s first ``crop_size`` tokens (validation)."""
+        return crop_features(self.features[k], 0, self.crop_size)
+
+
+def split_samples(specs: Sequence[str], val: Sequence[str] | None, n_val: int, data_dir=None):
+    """(train, validation) samples: ``val`` names / files (held out), or else the last ``n_val``."""
+    from ..data.featurize import DATA_SAMPLES, read_samples
+
+    samples = read_samples(list(specs), data_dir or DATA_SAMPLES)
+    if val:
+        held = read_samples(list(val), data_dir or DATA_SAMPLES)
+        names = {s.name for s in held}
+        train = [s for s in samples if s.name not in names]
+    else:
+        if n_val < 0 or n_val >= len(samples):
+            raise ValueError(f"data.n_val={n_val} must be >= 0 and leave a training sample (of {len(samples)})")
+        train, held = samples[: len(samples) - n_val], samples[len(samples) - n_val :]
+    if not train:
+        raise ValueError("no training sample left after holding out the validation samples")
+    return train, held
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
