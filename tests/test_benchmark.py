@@ -1,4 +1,4 @@
-"""The structure benchmark (data/featurize.py, data/structure.py, bench/structure.py,
+"""The structure benchmark (data/featurize.py, hosts/<host>/featurize.py, data/structure.py, bench/structure.py,
 scripts/benchmark.py) on a CPU:
 
 * featurisation of the samples against Protenix's expectations: one token per residue with
@@ -51,9 +51,9 @@ from pairformer_fb.data.featurize import (
     InputError,
     build_atoms,
     protein_1to3,
-    protenix_features,
     read_samples,
 )
+from pairformer_fb.hosts.protenix.featurize import protenix_features
 
 needs_protenix = pytest.mark.skipif(PROTENIX_SKIP is not None, reason=PROTENIX_SKIP or "")
 pytestmark = [
@@ -638,7 +638,7 @@ def test_openfold3_features_1crn(crn):
         TOKEN_NAME_TO_ATOM_NAMES,
     )
 
-    from pairformer_fb.data.featurize import openfold3_features
+    from pairformer_fb.hosts.openfold3.featurize import openfold3_features
 
     f, atoms = openfold3_features(crn, seed=3)
     assert all(v.shape[0] == 1 for v in f.values())
@@ -727,7 +727,7 @@ def test_openfold3_benchmark_writes_the_models_prediction(tmp_path, crn):
     """checkpoint= an OpenFold3 checkpoint: the benchmark's written structure is the prediction
     of that model, run by hand on the same features and seed (atoms in the features' order)."""
     from pairformer_fb.bench import structure as benchmark
-    from pairformer_fb.data.featurize import openfold3_features
+    from pairformer_fb.hosts.openfold3.featurize import openfold3_features
     from pairformer_fb.hosts.presets import build_openfold3, randomise_
 
     model = randomise_(build_openfold3("tiny"), seed=11).eval()
@@ -793,7 +793,7 @@ def test_boltz_features_and_molecules(crn):
     from boltz.data import const
     from rdkit import Chem
 
-    from pairformer_fb.data.featurize import (
+    from pairformer_fb.hosts.boltz.featurize import (
         boltz_features,
         boltz_molecules,
         ccd_rdkit_mol,
@@ -826,7 +826,7 @@ def test_boltz_features_msa_dir(tmp_path, crn):
     A3M whose first row is not the query is refused, naming the file and the entity."""
     from boltz.data import const
 
-    from pairformer_fb.data.featurize import (
+    from pairformer_fb.hosts.boltz.featurize import (
         _boltz_msa,
         boltz_features,
         boltz_molecules,
@@ -873,7 +873,7 @@ def test_boltz_benchmark_end_to_end_and_checkpoint(tmp_path):
     not); then checkpoint= a Lightning checkpoint with hyper_parameters: the written structure
     is that model's prediction, run by hand on the same features and seed."""
     from pairformer_fb.bench import structure as benchmark
-    from pairformer_fb.data.featurize import boltz_features, boltz_molecules
+    from pairformer_fb.hosts.boltz.featurize import boltz_features, boltz_molecules
     from pairformer_fb.hosts.presets import BOLTZ2_TINY, build_boltz2, randomise_
 
     out = tmp_path / "out"

@@ -5,7 +5,7 @@ structures. See configs/benchmark.yaml and scripts/benchmark.py. The host-specif
 (featurisation, model, forward, phases) are the host's :class:`hosts.StructureHost`; this module
 is the same for every host.
 
-For each sample: featurise (data/featurize.py), then for each variant
+For each sample: featurise (data/featurize.py, hosts/<host>/featurize.py), then for each variant
 * ``original`` — the unpatched host with its best available kernels (on CUDA: cuEquivariance
   when installed, else the host's own accelerated or torch path);
 * ``exact`` — ``patch_model(mode="exact")``: the same function, FlashBias kernels;

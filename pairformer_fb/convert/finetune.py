@@ -15,7 +15,7 @@ Host: Protenix (its trunk: ``Protenix.get_pairformer_output``, recycling as the 
 ``N_cycle`` drawn from ``RandomState(step)`` in 1..N_cycle, gradients in the last cycle only).
 
 Data: FASTA files / folders / sample names (``featurize.read_samples``), featurised offline once
-(``featurize.protenix_features``), a random contiguous crop of ``crop_size`` tokens per step.
+(``hosts.protenix.featurize.protenix_features``), a random contiguous crop of ``crop_size`` tokens per step.
 The sample and crop of step t on rank r are a function of (seed, t, r) only, so a resumed run
 sees the same data as an uninterrupted one; training checkpoints also hold the optimizer,
 scheduler, step and every RNG state (``resume=PATH``).
@@ -66,7 +66,7 @@ from .convert import build_model, load_converted, write_converted
 # ---------------------------------------------------------------------------------------------
 # data
 
-# Protenix feature keys by their token / atom axes (featurize.protenix_features' output)
+# Protenix feature keys by their token / atom axes (hosts.protenix.featurize.protenix_features' output)
 TOKEN_KEYS = (
     "token_index",
     "residue_index",
@@ -137,7 +137,7 @@ class ProteinCrops:
     """The featurised samples and the seeded choice of (sample, crop) for a step and rank."""
 
     def __init__(self, samples, *, crop_size: int, seed: int, msa_dir=None):
-        from ..data.featurize import protenix_features
+        from ..hosts.protenix.featurize import protenix_features
 
         if crop_size < 1:
             raise ValueError(f"data.crop_size must be >= 1, got {crop_size}")

@@ -105,14 +105,14 @@ def best_protenix_kernels(device: torch.device) -> dict[str, str]:
 
 class ProtenixHost(StructureHost):
     """Protenix 2.0.0: ``model(features, None, None, mode="inference")`` on the offline features
-    of data/featurize.py. Phases: ``input_embedder``, ``msa_module``, ``get_pairformer_output``
+    of hosts/protenix/featurize.py. Phases: ``input_embedder``, ``msa_module``, ``get_pairformer_output``
     (recycling: template embedder + trunk Pairformer, input embedding and MSA module subtracted),
     diffusion = from the end of the trunk to the end of ``sample_diffusion`` (its caches and the
     sampling), ``run_confidence_head``."""
 
     name = "protenix"
     features_note = (
-        "offline Protenix features (data/featurize.py): CCD atoms and ideal reference conformers "
+        "offline Protenix features (hosts/protenix/featurize.py): CCD atoms and ideal reference conformers "
         "(biotite), single-sequence MSA unless msa_dir is given, no templates"
     )
     KERNELS = ("auto", "torch", "cuequivariance", "triattention", "deepspeed")
@@ -122,7 +122,7 @@ class ProtenixHost(StructureHost):
             raise ValueError(f"kernels must be one of {', '.join(self.KERNELS)} for host=protenix, got {cfg.kernels!r}")
 
     def featurise(self, sample, cfg):
-        from ..data.featurize import protenix_features
+        from .protenix.featurize import protenix_features
 
         return protenix_features(sample, msa_dir=cfg.msa_dir, seed=cfg.seed)
 
@@ -196,14 +196,14 @@ def _set_dotted(config, key: str, value) -> None:
 class OpenFold3Host(StructureHost):
     """OpenFold3 0.5.0: ``model(batch)`` (``OpenFold3.forward`` in eval mode: ``run_trunk`` with
     ``num_recycles`` recycles, the full diffusion rollout ``sample_diffusion``, the auxiliary heads)
-    on the offline features of ``featurize.openfold3_features``. Phases: ``input_embedder``,
+    on the offline features of ``hosts/openfold3/featurize.openfold3_features``. Phases: ``input_embedder``,
     ``msa_module_embedder`` + ``msa_module``, the rest of ``run_trunk`` (template embedder + trunk
     Pairformer over the recycles), ``sample_diffusion``, ``aux_heads`` (the confidence heads with
     their Pairformer, and the distogram head)."""
 
     name = "openfold3"
     features_note = (
-        "offline OpenFold3 features (featurize.openfold3_features): CCD atoms and ideal reference "
+        "offline OpenFold3 features (hosts/openfold3/featurize.py): CCD atoms and ideal reference "
         "conformers (biotite; OpenFold3 would use RDKit conformers of its CCD cache), "
         "single-sequence MSA unless msa_dir is given, no templates"
     )
@@ -222,12 +222,12 @@ class OpenFold3Host(StructureHost):
             )
         if cfg.model not in ("auto", "tiny", "default"):
             raise ValueError(f"model must be auto, tiny or default for host=openfold3, got {cfg.model!r}")
-        from ..data.featurize import _openfold3_constants
+        from .openfold3.featurize import openfold3_constants
 
-        _openfold3_constants()  # importable
+        openfold3_constants()  # importable
 
     def featurise(self, sample, cfg):
-        from ..data.featurize import openfold3_features
+        from .openfold3.featurize import openfold3_features
 
         return openfold3_features(sample, msa_dir=cfg.msa_dir, seed=cfg.seed)
 
@@ -345,9 +345,9 @@ def boltz_missing() -> list[str]:
 class BoltzHost(StructureHost):
     """Boltz-2 (boltz 2.2.1): ``Boltz2.forward(feats, recycling_steps, num_sampling_steps,
     diffusion_samples=1)`` as ``boltz predict`` runs it, on the features of Boltz's own parser,
-    tokeniser and featuriser (``featurize.boltz_features``). Its CCD molecule data ``mols/``
+    tokeniser and featuriser (``hosts/boltz/featurize.boltz_features``). Its CCD molecule data ``mols/``
     (normally downloaded into the cache folder) are used when present; otherwise the canonical
-    residues are made from biotite's CCD (``featurize.ccd_rdkit_mol``), which the report says.
+    residues are made from biotite's CCD (``hosts/boltz/featurize.ccd_rdkit_mol``), which the report says.
     MSA: single-sequence unless ``msa_dir=`` holds an entity's A3M, which Boltz's own
     ``parse_a3m`` reads (unpaired, as ``boltz predict`` with a custom A3M).
     Presets: ``tiny`` (:data:`presets.BOLTZ2_TINY`) or, with ``checkpoint=`` a Boltz-2 Lightning
@@ -377,7 +377,7 @@ class BoltzHost(StructureHost):
         self._mols_dir = boltz_cache_dir(cfg) / "mols"
 
     def featurise(self, sample, cfg):
-        from ..data.featurize import boltz_features, boltz_molecules
+        from .boltz.featurize import boltz_features, boltz_molecules
 
         if not hasattr(self, "_mols"):
             self._mols, source = boltz_molecules(getattr(self, "_mols_dir", None))
