@@ -184,7 +184,8 @@ def test_features_complex_ids_and_a3m(tmp_path):
 
 @needs_protenix
 def test_tiny_protenix_runs_on_1crn_features(crn_features):
-    from pairformer_fb.hosts.presets import build_protenix, randomise_
+    from pairformer_fb.hosts.presets import randomise_
+    from pairformer_fb.hosts.protenix.presets import build_protenix
 
     f, atoms = crn_features
     model, _ = build_protenix("tiny", cpu=True)
@@ -507,7 +508,8 @@ def test_benchmark_loads_host_and_converted_checkpoints(tmp_path, crn):
     import pairformer_fb as fb
     from pairformer_fb.bench import structure as benchmark
     from pairformer_fb.convert.checkpoint import make_metadata
-    from pairformer_fb.hosts.presets import build_protenix, randomise_
+    from pairformer_fb.hosts.presets import randomise_
+    from pairformer_fb.hosts.protenix.presets import build_protenix
     from pairformer_fb.modules import FactorConfig
 
     model, _ = build_protenix("tiny", cpu=True)
@@ -728,7 +730,8 @@ def test_openfold3_benchmark_writes_the_models_prediction(tmp_path, crn):
     of that model, run by hand on the same features and seed (atoms in the features' order)."""
     from pairformer_fb.bench import structure as benchmark
     from pairformer_fb.hosts.openfold3.featurize import openfold3_features
-    from pairformer_fb.hosts.presets import build_openfold3, randomise_
+    from pairformer_fb.hosts.openfold3.presets import build_openfold3
+    from pairformer_fb.hosts.presets import randomise_
 
     model = randomise_(build_openfold3("tiny"), seed=11).eval()
     path = tmp_path / "of3.ckpt"
@@ -874,7 +877,8 @@ def test_boltz_benchmark_end_to_end_and_checkpoint(tmp_path):
     is that model's prediction, run by hand on the same features and seed."""
     from pairformer_fb.bench import structure as benchmark
     from pairformer_fb.hosts.boltz.featurize import boltz_features, boltz_molecules
-    from pairformer_fb.hosts.presets import BOLTZ2_TINY, build_boltz2, randomise_
+    from pairformer_fb.hosts.boltz.presets import BOLTZ2_TINY, build_boltz2
+    from pairformer_fb.hosts.presets import randomise_
 
     out = tmp_path / "out"
     cmd = [

@@ -5,7 +5,7 @@ what ``host=`` names. A :class:`StructureHost` knows how to
   set is a clear error, not a failure half-way);
 * ``featurise`` a sample (features + the biotite AtomArray of the atoms the model predicts, in
   the features' order, for writing the structure);
-* ``build`` the model (a preset of hosts/presets.py; a host checkpoint's weights, else random);
+* ``build`` the model (a preset of hosts/<host>/presets.py; a host checkpoint's weights, else random);
 * ``predict``: one inference forward, returning the coordinates of the first sample [n_atom, 3];
 * ``phase_wraps`` / ``phases``: which host methods :class:`benchmark.PhaseTimer` wraps and how
   the wrapped spans make the benchmark's phases (:data:`PHASES`).
@@ -127,7 +127,7 @@ class ProtenixHost(StructureHost):
         return protenix_features(sample, msa_dir=cfg.msa_dir, seed=cfg.seed)
 
     def build(self, cfg, device, ckpt):
-        from .presets import build_protenix
+        from .protenix.presets import build_protenix
 
         cpu = device.type == "cpu"
         preset = cfg.model if cfg.model != "auto" else ("tiny" if cpu else "base")
@@ -245,7 +245,7 @@ class OpenFold3Host(StructureHost):
     def build(self, cfg, device, ckpt):
         from openfold3.projects.of3_all_atom.model import OpenFold3
 
-        from .presets import openfold3_config
+        from .openfold3.presets import openfold3_config
 
         cpu = device.type == "cpu"
         preset = cfg.model if cfg.model != "auto" else ("tiny" if cpu else "default")
@@ -350,7 +350,7 @@ class BoltzHost(StructureHost):
     residues are made from biotite's CCD (``hosts/boltz/featurize.ccd_rdkit_mol``), which the report says.
     MSA: single-sequence unless ``msa_dir=`` holds an entity's A3M, which Boltz's own
     ``parse_a3m`` reads (unpaired, as ``boltz predict`` with a custom A3M).
-    Presets: ``tiny`` (:data:`presets.BOLTZ2_TINY`) or, with ``checkpoint=`` a Boltz-2 Lightning
+    Presets: ``tiny`` (:data:`hosts.boltz.presets.BOLTZ2_TINY`) or, with ``checkpoint=`` a Boltz-2 Lightning
     checkpoint, its ``hyper_parameters``. Phases: ``input_embedder``, ``msa_module``, the trunk
     up to the last ``pairformer_module`` call (recycling), from there to the end of
     ``structure_module.sample`` (distogram head, diffusion conditioning, sampling),
@@ -388,7 +388,7 @@ class BoltzHost(StructureHost):
         return boltz_features(sample, self._mols, seed=cfg.seed, msa_dir=cfg.msa_dir)
 
     def build(self, cfg, device, ckpt):
-        from .presets import BOLTZ2_TINY, build_boltz2
+        from .boltz.presets import BOLTZ2_TINY, build_boltz2
 
         preset = cfg.model if cfg.model != "auto" else ("checkpoint" if ckpt is not None else "tiny")
         hp = BOLTZ2_TINY
