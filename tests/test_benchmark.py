@@ -366,7 +366,7 @@ def test_bad_benchmark_inputs_fail_before_model_work(tmp_path, monkeypatch):
     def no_model(*a, **k):
         raise AssertionError("a model was built or a sample featurised before the inputs were checked")
 
-    for cls in hosts.HOSTS.values():
+    for cls in map(hosts.host_class, hosts.HOSTS):
         monkeypatch.setattr(cls, "build", no_model)
         monkeypatch.setattr(cls, "featurise", no_model)
     (tmp_path / "bad.fasta").write_text(">x\nMKTJ\n")
@@ -413,12 +413,13 @@ def test_boltz_host_says_what_is_missing_before_model_work(tmp_path, monkeypatch
 
     from pairformer_fb.bench import structure as benchmark
     from pairformer_fb.hosts import structure_hosts as hosts
+    from pairformer_fb.hosts.boltz import structure as boltz_structure
 
     def no_model(*a, **k):
         raise AssertionError("model work before the host check")
 
-    monkeypatch.setattr(hosts.BoltzHost, "build", no_model)
-    monkeypatch.setattr(hosts.BoltzHost, "featurise", no_model)
+    monkeypatch.setattr(boltz_structure.BoltzHost, "build", no_model)
+    monkeypatch.setattr(boltz_structure.BoltzHost, "featurise", no_model)
     real_find_spec = importlib.util.find_spec
     absent = {"pytorch_lightning", "numba"}
     monkeypatch.setattr(
@@ -431,7 +432,7 @@ def test_boltz_host_says_what_is_missing_before_model_work(tmp_path, monkeypatch
     assert "numba (pip install --no-deps numba==0.68.0 llvmlite==0.50.0)" in msg
     assert "torchmetrics" not in msg or real_find_spec("torchmetrics") is None
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
-    assert hosts.boltz_missing() == []
+    assert boltz_structure.boltz_missing() == []
     with pytest.raises(ValueError, match="model must be auto, tiny or checkpoint for host=boltz"):
         benchmark.run(bench_cfg(tmp_path, host="boltz", model="base"))
     with pytest.raises(ValueError, match="model=checkpoint .* give checkpoint="):
@@ -779,7 +780,7 @@ def test_openfold3_benchmark_writes_the_models_prediction(tmp_path, crn):
 # host=boltz
 
 try:
-    from pairformer_fb.hosts.structure_hosts import boltz_missing
+    from pairformer_fb.hosts.boltz.structure import boltz_missing
 
     BOLTZ_SKIP = "; ".join(boltz_missing()) or None
 except Exception as e:  # noqa: BLE001

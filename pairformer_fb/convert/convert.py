@@ -138,12 +138,12 @@ def build_model(
 ) -> tuple[nn.Module, str]:
     """The host model of ``preset`` (None: the host's default in ``presets.DEFAULT_PRESETS``) and
     the name of the preset used. Protenix gets the fastest triangle kernels installed for its
-    unpatched modules (``hosts.best_protenix_kernels``: its default, cuEquivariance, is not
+    unpatched modules (``hosts.protenix.structure.best_protenix_kernels``: its default, cuEquivariance, is not
     always installed), and ``overrides`` (more Protenix settings) last."""
     preset = preset or DEFAULT_PRESETS[host]
     if host == "protenix":
         from ..hosts.protenix.presets import build_protenix
-        from ..hosts.structure_hosts import best_protenix_kernels
+        from ..hosts.protenix.structure import best_protenix_kernels
 
         cuda = torch.cuda.is_available()
         settings = {**best_protenix_kernels(torch.device("cuda" if cuda else "cpu")), **dict(overrides or {})}
