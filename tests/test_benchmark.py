@@ -1,4 +1,4 @@
-"""The structure benchmark (data/featurize.py, data/structure.py, bench/structure.py,
+"""The structure benchmark (data/featurize.py, hosts/<host>/featurize.py, data/structure.py, bench/structure.py,
 scripts/benchmark.py) on a CPU:
 
 * featurisation of the samples against Protenix's expectations: one token per residue with
@@ -51,9 +51,9 @@ from pairformer_fb.data.featurize import (
     InputError,
     build_atoms,
     protein_1to3,
-    protenix_features,
     read_samples,
 )
+from pairformer_fb.hosts.protenix.featurize import protenix_features
 
 needs_protenix = pytest.mark.skipif(PROTENIX_SKIP is not None, reason=PROTENIX_SKIP or "")
 pytestmark = [
@@ -184,7 +184,8 @@ def test_features_complex_ids_and_a3m(tmp_path):
 
 @needs_protenix
 def test_tiny_protenix_runs_on_1crn_features(crn_features):
-    from pairformer_fb.hosts.presets import build_protenix, randomise_
+    from pairformer_fb.hosts.presets import randomise_
+    from pairformer_fb.hosts.protenix.presets import build_protenix
 
     f, atoms = crn_features
     model, _ = build_protenix("tiny", cpu=True)
@@ -365,7 +366,7 @@ def test_bad_benchmark_inputs_fail_before_model_work(tmp_path, monkeypatch):
     def no_model(*a, **k):
         raise AssertionError("a model was built or a sample featurised before the inputs were checked")
 
-    for cls in hosts.HOSTS.values():
+    for cls in map(hosts.host_class, hosts.HOSTS):
         monkeypatch.setattr(cls, "build", no_model)
         monkeypatch.setattr(cls, "featurise", no_model)
     (tmp_path / "bad.fasta").write_text(">x\nMKTJ\n")
@@ -412,12 +413,13 @@ def test_boltz_host_says_what_is_missing_before_model_work(tmp_path, monkeypatch
 
     from pairformer_fb.bench import structure as benchmark
     from pairformer_fb.hosts import structure_hosts as hosts
+    from pairformer_fb.hosts.boltz import structure as boltz_structure
 
     def no_model(*a, **k):
         raise AssertionError("model work before the host check")
 
-    monkeypatch.setattr(hosts.BoltzHost, "build", no_model)
-    monkeypatch.setattr(hosts.BoltzHost, "featurise", no_model)
+    monkeypatch.setattr(boltz_structure.BoltzHost, "build", no_model)
+    monkeypatch.setattr(boltz_structure.BoltzHost, "featurise", no_model)
     real_find_spec = importlib.util.find_spec
     absent = {"pytorch_lightning", "numba"}
     monkeypatch.setattr(
@@ -430,7 +432,7 @@ def test_boltz_host_says_what_is_missing_before_model_work(tmp_path, monkeypatch
     assert "numba (pip install --no-deps numba==0.68.0 llvmlite==0.50.0)" in msg
     assert "torchmetrics" not in msg or real_find_spec("torchmetrics") is None
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
-    assert hosts.boltz_missing() == []
+    assert boltz_structure.boltz_missing() == []
     with pytest.raises(ValueError, match="model must be auto, tiny or checkpoint for host=boltz"):
         benchmark.run(bench_cfg(tmp_path, host="boltz", model="base"))
     with pytest.raises(ValueError, match="model=checkpoint .* give checkpoint="):
@@ -507,7 +509,8 @@ def test_benchmark_loads_host_and_converted_checkpoints(tmp_path, crn):
     import pairformer_fb as fb
     from pairformer_fb.bench import structure as benchmark
     from pairformer_fb.convert.checkpoint import make_metadata
-    from pairformer_fb.hosts.presets import build_protenix, randomise_
+    from pairformer_fb.hosts.presets import randomise_
+    from pairformer_fb.hosts.protenix.presets import build_protenix
     from pairformer_fb.modules import FactorConfig
 
     model, _ = build_protenix("tiny", cpu=True)
@@ -638,7 +641,7 @@ def test_openfold3_features_1crn(crn):
         TOKEN_NAME_TO_ATOM_NAMES,
     )
 
-    from pairformer_fb.data.featurize import openfold3_features
+    from pairformer_fb.hosts.openfold3.featurize import openfold3_features
 
     f, atoms = openfold3_features(crn, seed=3)
     assert all(v.shape[0] == 1 for v in f.values())
@@ -727,8 +730,9 @@ def test_openfold3_benchmark_writes_the_models_prediction(tmp_path, crn):
     """checkpoint= an OpenFold3 checkpoint: the benchmark's written structure is the prediction
     of that model, run by hand on the same features and seed (atoms in the features' order)."""
     from pairformer_fb.bench import structure as benchmark
-    from pairformer_fb.data.featurize import openfold3_features
-    from pairformer_fb.hosts.presets import build_openfold3, randomise_
+    from pairformer_fb.hosts.openfold3.featurize import openfold3_features
+    from pairformer_fb.hosts.openfold3.presets import build_openfold3
+    from pairformer_fb.hosts.presets import randomise_
 
     model = randomise_(build_openfold3("tiny"), seed=11).eval()
     path = tmp_path / "of3.ckpt"
@@ -776,7 +780,7 @@ def test_openfold3_benchmark_writes_the_models_prediction(tmp_path, crn):
 # host=boltz
 
 try:
-    from pairformer_fb.hosts.structure_hosts import boltz_missing
+    from pairformer_fb.hosts.boltz.structure import boltz_missing
 
     BOLTZ_SKIP = "; ".join(boltz_missing()) or None
 except Exception as e:  # noqa: BLE001
@@ -793,7 +797,7 @@ def test_boltz_features_and_molecules(crn):
     from boltz.data import const
     from rdkit import Chem
 
-    from pairformer_fb.data.featurize import (
+    from pairformer_fb.hosts.boltz.featurize import (
         boltz_features,
         boltz_molecules,
         ccd_rdkit_mol,
@@ -826,7 +830,7 @@ def test_boltz_features_msa_dir(tmp_path, crn):
     A3M whose first row is not the query is refused, naming the file and the entity."""
     from boltz.data import const
 
-    from pairformer_fb.data.featurize import (
+    from pairformer_fb.hosts.boltz.featurize import (
         _boltz_msa,
         boltz_features,
         boltz_molecules,
@@ -873,8 +877,9 @@ def test_boltz_benchmark_end_to_end_and_checkpoint(tmp_path):
     not); then checkpoint= a Lightning checkpoint with hyper_parameters: the written structure
     is that model's prediction, run by hand on the same features and seed."""
     from pairformer_fb.bench import structure as benchmark
-    from pairformer_fb.data.featurize import boltz_features, boltz_molecules
-    from pairformer_fb.hosts.presets import BOLTZ2_TINY, build_boltz2, randomise_
+    from pairformer_fb.hosts.boltz.featurize import boltz_features, boltz_molecules
+    from pairformer_fb.hosts.boltz.presets import BOLTZ2_TINY, build_boltz2
+    from pairformer_fb.hosts.presets import randomise_
 
     out = tmp_path / "out"
     cmd = [

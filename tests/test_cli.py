@@ -47,7 +47,8 @@ def tiny(tmp_path_factory):
     """A tiny Protenix checkpoint (mode 0644) and its conversion by the script at its defaults
     (the fit shortened)."""
     need_protenix()
-    from pairformer_fb.hosts.presets import build_protenix, randomise_
+    from pairformer_fb.hosts.presets import randomise_
+    from pairformer_fb.hosts.protenix.presets import build_protenix
 
     d = tmp_path_factory.mktemp("seams")
     model, _ = build_protenix("tiny")
@@ -245,7 +246,7 @@ def test_plus_keys_under_free_form_mappings_are_allowed():
 def test_patch_model_selecting_nothing_is_an_error():
     need_protenix()
     import pairformer_fb as fb
-    from pairformer_fb.hosts.presets import build_protenix
+    from pairformer_fb.hosts.protenix.presets import build_protenix
 
     model, _ = build_protenix("tiny")
     with pytest.raises(ValueError, match=r"selected no module: mode=\{'lowrank': \[5\]\}.*block indices are 0..1"):

@@ -120,7 +120,7 @@ def test_bias_target_is_what_distill_compares_against(node, ending_bias):
 
 
 def protenix_model(seed=0):
-    from pairformer_fb.hosts.presets import build_protenix
+    from pairformer_fb.hosts.protenix.presets import build_protenix
 
     torch.manual_seed(seed)
     return randomise_(build_protenix("tiny")[0], seed=seed).eval()
@@ -262,7 +262,7 @@ BOLTZ_HPARAMS = {
 
 
 def boltz_model(seed=0):
-    from pairformer_fb.hosts.presets import build_boltz_trunk
+    from pairformer_fb.hosts.boltz.presets import build_boltz_trunk
 
     torch.manual_seed(seed)
     model = nn.Module()
@@ -331,7 +331,7 @@ def test_boltz_lightning_checkpoint(tmp_path):
 
 
 def openfold3_model(seed=0):
-    from pairformer_fb.hosts.presets import build_openfold3
+    from pairformer_fb.hosts.openfold3.presets import build_openfold3
 
     torch.manual_seed(seed)
     return randomise_(build_openfold3("tiny"), seed=seed).eval()

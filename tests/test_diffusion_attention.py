@@ -313,7 +313,7 @@ def protenix_model():
     from protenix.model.protenix import Protenix
     from test_patch_full_models import protenix_features
 
-    from pairformer_fb.hosts.presets import protenix_configs
+    from pairformer_fb.hosts.protenix.presets import protenix_configs
 
     configs = protenix_configs("tiny", {"sample_diffusion.N_sample": 2, "sample_diffusion.N_step": 3}, cpu=True)
     torch.manual_seed(0)

@@ -92,7 +92,8 @@ def short_fasta(tmp_path, name="short", seq="MKTAYIAKQRQISFVK"):
 
 def test_crop_features_keeps_tokens_and_their_atoms():
     need("protenix")
-    from pairformer_fb.data.featurize import protenix_features, read_samples
+    from pairformer_fb.data.featurize import read_samples
+    from pairformer_fb.hosts.protenix.featurize import protenix_features
 
     sample = read_samples(["7wux_a2b2"])[0]
     feats, atoms = protenix_features(sample, seed=0)

@@ -34,7 +34,7 @@ os.environ.setdefault("LAYERNORM_TYPE", "torch")
 try:
     from protenix.model.protenix import Protenix
 
-    from pairformer_fb.hosts.presets import protenix_configs
+    from pairformer_fb.hosts.protenix.presets import protenix_configs
 
     PROTENIX_SKIP = None
 except Exception as e:  # noqa: BLE001 - any import failure means: no usable host here
@@ -47,7 +47,7 @@ try:
     from openfold3.projects.of3_all_atom.model import OpenFold3
 
     from pairformer_fb.convert.samples import openfold3_features
-    from pairformer_fb.hosts.presets import openfold3_config
+    from pairformer_fb.hosts.openfold3.presets import openfold3_config
 
     OPENFOLD3_SKIP = None
 except Exception as e:  # noqa: BLE001
@@ -120,7 +120,7 @@ def check_exact_then_lowrank(model: nn.Module, run, stacks, expected_stacks) -> 
 
 
 def of3_tiny_config():
-    """OpenFold3's ``tiny`` preset (``pairformer_fb.hosts.presets.openfold3_config``)."""
+    """OpenFold3's ``tiny`` preset (``pairformer_fb.hosts.openfold3.presets.openfold3_config``)."""
     return openfold3_config("tiny")
 
 

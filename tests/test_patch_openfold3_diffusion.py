@@ -28,7 +28,7 @@ try:
     from openfold3.core.model.layers.attention_pair_bias import CrossAttentionPairBias, DiffusionAttentionPairBias
 
     from pairformer_fb.convert.samples import openfold3_features
-    from pairformer_fb.hosts.presets import openfold3_config
+    from pairformer_fb.hosts.openfold3.presets import openfold3_config
 except Exception as e:  # noqa: BLE001
     pytest.skip(f"openfold3 cannot be imported ({type(e).__name__}: {e})", allow_module_level=True)
 

@@ -1,11 +1,11 @@
 """Structure benchmark (the project's main job): full structure inference of a host model
-(``host=``: protenix, openfold3, boltz; see hosts/structure_hosts.py) on sample proteins,
+(``host=``: protenix, openfold3, boltz; see hosts/structure_hosts.py, hosts/<host>/structure.py) on sample proteins,
 unpatched and patched with FlashBias, timed per phase, with the agreement of the predicted
 structures. See configs/benchmark.yaml and scripts/benchmark.py. The host-specific parts
 (featurisation, model, forward, phases) are the host's :class:`hosts.StructureHost`; this module
 is the same for every host.
 
-For each sample: featurise (data/featurize.py), then for each variant
+For each sample: featurise (data/featurize.py, hosts/<host>/featurize.py), then for each variant
 * ``original`` — the unpatched host with its best available kernels (on CUDA: cuEquivariance
   when installed, else the host's own accelerated or torch path);
 * ``exact`` — ``patch_model(mode="exact")``: the same function, FlashBias kernels;
@@ -24,7 +24,7 @@ before every forward (the diffusion noise is the same in every variant, so ``ori
 (CUDA-synchronised): input embedding, MSA module, Pairformer trunk (recycling, template
 embedder and the trunk's Pairformer; input embedding and MSA module excluded), diffusion
 sampling, confidence head, and ``other`` (the rest of the forward: distogram head, summary);
-which host methods make which phase is the host's (hosts/structure_hosts.py).
+which host methods make which phase is the host's (hosts/<host>/structure.py).
 Then the structure of the first timed run is written (mmCIF) and compared with the original's
 and, if given, a reference structure (data/structure.py).
 """

@@ -138,27 +138,30 @@ def build_model(
 ) -> tuple[nn.Module, str]:
     """The host model of ``preset`` (None: the host's default in ``presets.DEFAULT_PRESETS``) and
     the name of the preset used. Protenix gets the fastest triangle kernels installed for its
-    unpatched modules (``hosts.best_protenix_kernels``: its default, cuEquivariance, is not
+    unpatched modules (``hosts.protenix.structure.best_protenix_kernels``: its default, cuEquivariance, is not
     always installed), and ``overrides`` (more Protenix settings) last."""
-    from ..hosts import presets
-
     preset = preset or DEFAULT_PRESETS[host]
     if host == "protenix":
-        from ..hosts.structure_hosts import best_protenix_kernels
+        from ..hosts.protenix.presets import build_protenix
+        from ..hosts.protenix.structure import best_protenix_kernels
 
         cuda = torch.cuda.is_available()
         settings = {**best_protenix_kernels(torch.device("cuda" if cuda else "cpu")), **dict(overrides or {})}
-        return presets.build_protenix(preset, settings, cpu=not cuda)[0], preset
+        return build_protenix(preset, settings, cpu=not cuda)[0], preset
     if overrides:
         raise ValueError(f"overrides are Protenix settings; host {host!r} takes none")
     if host == "openfold3":
-        return presets.build_openfold3(preset), preset
+        from ..hosts.openfold3.presets import build_openfold3
+
+        return build_openfold3(preset), preset
     if host == "boltz":
-        if preset not in presets.BOLTZ_PRESETS:
-            raise PresetError(f"unknown Boltz-2 preset model={preset!r}; known: {', '.join(presets.BOLTZ_PRESETS)}")
+        from ..hosts.boltz.presets import BOLTZ_PRESETS, build_boltz_trunk
+
+        if preset not in BOLTZ_PRESETS:
+            raise PresetError(f"unknown Boltz-2 preset model={preset!r}; known: {', '.join(BOLTZ_PRESETS)}")
         container = ckpt.container if ckpt is not None else None
         hparams = container.get("hyper_parameters") if isinstance(container, Mapping) else None
-        return presets.build_boltz_trunk(hparams), preset
+        return build_boltz_trunk(hparams), preset
     raise ValueError(f"unknown host {host!r}")
 
 

@@ -15,7 +15,7 @@ Host: Protenix (its trunk: ``Protenix.get_pairformer_output``, recycling as the 
 ``N_cycle`` drawn from ``RandomState(step)`` in 1..N_cycle, gradients in the last cycle only).
 
 Data: FASTA files / folders / sample names (``featurize.read_samples``), featurised offline once
-(``featurize.protenix_features``), a random contiguous crop of ``crop_size`` tokens per step.
+(``hosts.protenix.featurize.protenix_features``), a random contiguous crop of ``crop_size`` tokens per step.
 The sample and crop of step t on rank r are a function of (seed, t, r) only, so a resumed run
 sees the same data as an uninterrupted one; training checkpoints also hold the optimizer,
 scheduler, step and every RNG state (``resume=PATH``).

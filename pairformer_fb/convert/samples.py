@@ -1,7 +1,7 @@
 """Sample proteins for fitting factor networks: read the sequences of FASTA files and run a host
 model on them, so that its patched modules see the pair representations the model produces.
 
-Protenix gets its real inference features, offline (``data/featurize.py``, the structure
+Protenix gets its real inference features, offline (``hosts/protenix/featurize.py``, the structure
 benchmark's featuriser: tokens, CCD atoms and reference conformers, single-sequence MSA).
 OpenFold3's data pipeline needs the CCD, MSA and template databases, which are not here, so its
 features are *synthetic around the real sequence*: residue types and per-residue atom counts
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.featurize import protenix_features as featurize_protenix
+from ..hosts.protenix.featurize import protenix_features as featurize_protenix
 
 # the trunk-stack class of each host (by name, so that nothing is imported here)
 TRUNK_STACK_CLASSES = {"protenix": "PairformerStack", "boltz": "PairformerModule", "openfold3": "PairFormerStack"}
@@ -59,7 +59,7 @@ def _one_hot(idx: torch.Tensor, k: int) -> torch.Tensor:
 
 def protenix_features(sequence: str, seed: int = 0, name: str = "sample") -> dict:
     """Protenix's real inference features (unbatched) of one protein chain, from
-    ``featurize.protenix_features`` (``seed``: the reference conformers' random rotations)."""
+    ``hosts.protenix.featurize.protenix_features`` (``seed``: the reference conformers' random rotations)."""
     from ..data.featurize import Chain, Sample, check_sequence
 
     sample = Sample(name, Path(name), [Chain("A", name, check_sequence(sequence, name))])
@@ -199,7 +199,7 @@ def run_samples(
         if host == "protenix" and name == "Protenix":
             for i, (_, seq) in enumerate(tqdm(sequences, desc="samples", disable=not progress)):
                 model(_to(protenix_features(seq, seed=seed + i), device), None, None, mode="inference")
-            return "full Protenix model, inference on the sample sequences' features (data/featurize.py)"
+            return "full Protenix model, inference on the sample sequences' features (hosts/protenix/featurize.py)"
         if host == "openfold3" and name == "OpenFold3":
             for i, (_, seq) in enumerate(tqdm(sequences, desc="samples", disable=not progress)):
                 model(_to(openfold3_features(seq, seed=seed + i), device))

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-# Protenix feature keys by their token / atom axes (featurize.protenix_features' output)
+# Protenix feature keys by their token / atom axes (hosts.protenix.featurize.protenix_features' output)
 TOKEN_KEYS = (
     "token_index",
     "residue_index",
@@ -79,7 +79,7 @@ class ProteinCrops:
     """The featurised samples and the seeded choice of (sample, crop) for a step and rank."""
 
     def __init__(self, samples, *, crop_size: int, seed: int, msa_dir=None):
-        from ..data.featurize import protenix_features
+        from ..hosts.protenix.featurize import protenix_features
 
         if crop_size < 1:
             raise ValueError(f"data.crop_size must be >= 1, got {crop_size}")

@@ -2,11 +2,15 @@
 (``adapter.py``) mapping that host's triangle attention, pair-biased single attention and
 diffusion attentions onto our modules (``pairformer_fb.patching`` drives them). The contract an
 adapter fulfils is ``base.HostAdapter`` (a Protocol that mypy checks every adapter against,
-``hosts/_contract.py``); shared pieces are in ``base.py`` and ``call_scope.py``, the structure
-benchmark's host parts in ``structure_hosts.py``, the model presets in ``presets.py``.
+``hosts/_contract.py``). Everything else of a host lives in its package too: its featurisation
+(``featurize.py``), its model presets and builders (``presets.py``) and its structure benchmark
+host (``structure.py``). Shared pieces: ``base.py`` and ``call_scope.py`` (the wrappers), the
+structure benchmark's base class and registry (``structure_hosts.py``), the presets' shared
+parts (``presets.py``), the featurisation's (``pairformer_fb/data/featurize.py``).
 
 Adding a host means adding its package ``hosts/<name>/`` (``__init__.py`` and ``adapter.py``
-satisfying ``HostAdapter``), one line to ``HOSTS`` and one to ``_contract.ADAPTERS``.
+satisfying ``HostAdapter``), one line to ``HOSTS`` and one to ``_contract.ADAPTERS`` (and, for
+the structure benchmark, its ``structure.py`` and one line to ``structure_hosts.HOSTS``).
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""The boltz host: its adapter (``adapter.py``)."""
+"""The boltz host: its adapter (``adapter.py``), featurisation (``featurize.py``), presets
+(``presets.py``) and structure benchmark host (``structure.py``)."""

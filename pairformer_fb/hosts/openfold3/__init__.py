@@ -1,1 +1,2 @@
-"""The openfold3 host: its adapter (``adapter.py``)."""
+"""The openfold3 host: its adapter (``adapter.py``), featurisation (``featurize.py``), presets
+(``presets.py``) and structure benchmark host (``structure.py``)."""
