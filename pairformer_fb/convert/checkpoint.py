@@ -36,11 +36,11 @@ from typing import Any
 import torch
 
 from ..hosts import HOSTS
+from ..modules.factor_network import FACTOR_KEY_MARK
 from ..patching.patching import PatchReport
 
 METADATA_KEY = "pairformer_fb"
 METADATA_FORMAT = 1
-FACTOR_KEY_MARK = ".factor_network."
 
 # keys that only a host's trunk Pairformer has (after the container prefix): Protenix's blocks hold
 # the attentions directly, OpenFold3's under pair_stack / attn_pair_bias, Boltz-2's are "layers"

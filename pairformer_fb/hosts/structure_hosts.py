@@ -35,7 +35,7 @@ class HostUnavailable(RuntimeError):
 def load_weights(model, ckpt, preset: str, label: str, info: dict) -> None:
     """Load a host checkpoint's weights (its factor networks, if any, are the lowrank
     variant's: left out here) into ``model``, strictly; record it in ``info``."""
-    from ..convert.checkpoint import FACTOR_KEY_MARK
+    from ..modules.factor_network import FACTOR_KEY_MARK
 
     host_sd = {k: v for k, v in ckpt.state_dict.items() if FACTOR_KEY_MARK not in k}
     try:

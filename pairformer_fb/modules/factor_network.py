@@ -78,6 +78,9 @@ class FactorConfig:
 
 
 DEFAULT_RANK = FactorConfig.rank
+# the modules hold their factor networks as ``factor_network``: in a state dict, the factor keys
+# are the ones containing this (what conversion adds and stripping removes)
+FACTOR_KEY_MARK = ".factor_network."
 
 
 def factor_config_for(rank: int | None, factor_config: FactorConfig | None) -> FactorConfig:
