@@ -30,12 +30,9 @@ import pairformer_fb as fb
 from pairformer_fb.convert.checkpoint import CheckpointError, file_sha256
 from pairformer_fb.convert.convert import convert_checkpoint, load_converted
 from pairformer_fb.convert.factor_init import approximation_error, capture_bias_targets
-from pairformer_fb.convert.samples import (
-    openfold3_features,
-    protenix_features,
-    read_fasta_sequences,
-    seed_all,
-)
+from pairformer_fb.convert.samples import read_fasta_sequences, seed_all
+from pairformer_fb.hosts.openfold3.featurize import synthetic_features
+from pairformer_fb.hosts.protenix.featurize import sequence_features
 from pairformer_fb.modules import (
     FactorConfig,
     FlashBiasAttentionPairBias,
@@ -128,7 +125,7 @@ def protenix_model(seed=0):
 
 def protenix_run(model, n=10):
     """Trunk (s, z) and the coordinates of one seeded inference run."""
-    feats = protenix_features("MKTAYIAKQRQISFVKSHFS"[:n], seed=3)
+    feats = sequence_features("MKTAYIAKQRQISFVKSHFS"[:n], seed=3)
     trunk = {}
     h = model.pairformer_stack.register_forward_hook(lambda mod, a, out: trunk.update(s=out[0], z=out[1]))
     seed_all(0)
@@ -338,7 +335,7 @@ def openfold3_model(seed=0):
 
 
 def openfold3_run(model):
-    batch = openfold3_features("MKTAYIAKQR", seed=1)
+    batch = synthetic_features("MKTAYIAKQR", seed=1)
     seed_all(0)
     with torch.no_grad():
         _, out = model({k: v.clone() for k, v in batch.items()})

@@ -16,7 +16,9 @@ def test_adapter_fulfils_the_contract(host):
     adapter = get_adapter(host)
     assert isinstance(adapter, HostAdapter), f"{host}: missing members of HostAdapter"
     assert adapter.HOST == host and set(adapter.DEFAULT_STACKS) <= set(adapter.STACKS)
-    for name in ("find_sites", "make_replacement", "graph_modules"):
+    functions = [n for n, v in vars(HostAdapter).items() if inspect.isfunction(v) and not n.startswith("_")]
+    assert {"find_sites", "make_replacement", "run_trunk_stack", "sample_runner"} <= set(functions)
+    for name in functions:
         want = [p.name for p in inspect.signature(getattr(HostAdapter, name)).parameters.values()][1:]
         got = [p.name for p in inspect.signature(getattr(adapter, name)).parameters.values()]
         assert got == want, f"{host}.{name}{got} differs from the contract's {want}"

@@ -46,7 +46,7 @@ except Exception as e:  # noqa: BLE001 - any import failure means: no usable hos
 try:
     from openfold3.projects.of3_all_atom.model import OpenFold3
 
-    from pairformer_fb.convert.samples import openfold3_features
+    from pairformer_fb.hosts.openfold3.featurize import synthetic_features
     from pairformer_fb.hosts.openfold3.presets import openfold3_config
 
     OPENFOLD3_SKIP = None
@@ -60,7 +60,7 @@ from host_models import randomise_
 from naive import rel_err
 
 import pairformer_fb as fb
-from pairformer_fb.convert import samples
+from pairformer_fb.hosts.protenix.featurize import sequence_features
 from pairformer_fb.patching.patching import patched_modules
 
 EXACT_RTOL = 1e-4
@@ -125,8 +125,8 @@ def of3_tiny_config():
 
 
 def of3_features(n_token=10, seed=0):
-    """A batch of one protein chain (``pairformer_fb.convert.samples.openfold3_features``)."""
-    return openfold3_features("MKTAYIAKQRQISFVKSHFSRQ"[:n_token], seed=seed)
+    """A batch of one protein chain (``pairformer_fb.hosts.openfold3.featurize.synthetic_features``)."""
+    return synthetic_features("MKTAYIAKQRQISFVKSHFSRQ"[:n_token], seed=seed)
 
 
 @pytest.mark.skipif(OPENFOLD3_SKIP is not None, reason=OPENFOLD3_SKIP or "")
@@ -159,9 +159,9 @@ def protenix_tiny_configs():
 
 
 def protenix_features(n_token=10, seed=0):
-    """Unbatched features of one protein chain (``pairformer_fb.convert.samples.protenix_features``:
+    """Unbatched features of one protein chain (``pairformer_fb.hosts.protenix.featurize.sequence_features``:
     real tokens and CCD atoms)."""
-    return samples.protenix_features("MKTAYIAKQRQISFVKSHFSRQ"[:n_token], seed=seed)
+    return sequence_features("MKTAYIAKQRQISFVKSHFSRQ"[:n_token], seed=seed)
 
 
 @pytest.mark.skipif(PROTENIX_SKIP is not None, reason=PROTENIX_SKIP or "")

@@ -1,4 +1,6 @@
-"""patch_model / unpatch_model on real OpenFold3 modules (CPU, fp32).
+"""patch_model / unpatch_model on real OpenFold3 modules (CPU, fp32): what only openfold3 has. What every
+host does alike (exact == host, unpatch, errors, selections, lowrank, bf16, state dicts) is
+parametrised over the hosts in ``test_patch_hosts.py``; the stacks are ``host_stacks.OPENFOLD3``.
 
 The host modules are built from the installed ``openfold3`` package (0.5.0, installed with
 ``pip install --no-deps`` plus gemmi, ml-collections, absl-py, biotite); the file is skipped
@@ -6,104 +8,35 @@ without it. OpenFold3 zero-initialises its output projections and gates, so ever
 re-randomised.
 """
 
-import sys
-
 import pytest
 import torch
+from host_stacks import OPENFOLD3
 from torch import nn
 
-try:
-    from openfold3.core.model.latent.base_blocks import PairBlock
-    from openfold3.core.model.latent.pairformer import PairFormerStack
-    from openfold3.core.model.layers.triangular_attention import TriangleAttention
-except Exception as e:  # noqa: BLE001 - any import failure means: no usable host here
-    pytest.skip(
-        f"openfold3 cannot be imported ({type(e).__name__}: {e}); install it with "
-        "pip install --no-deps openfold3==0.5.0 gemmi ml-collections absl-py biotite",
-        allow_module_level=True,
-    )
+if OPENFOLD3.skip:
+    pytest.skip(OPENFOLD3.skip, allow_module_level=True)
 
 from host_models import randomise_
 from naive import rel_err
+from openfold3.core.model.latent.base_blocks import PairBlock
+from openfold3.core.model.layers.triangular_attention import TriangleAttention
 
 import pairformer_fb as fb
-from pairformer_fb.hosts import PatchedModule, UnsupportedModelError, UnsupportedModuleError, detect_host
-from pairformer_fb.patching.patching import AlreadyPatchedError, patched_modules
+from pairformer_fb.hosts import UnsupportedModuleError, detect_host
+from pairformer_fb.patching.patching import patched_modules
 
-C_Z, C_S = 16, 32
+C_Z, C_S = OPENFOLD3.widths["c_z"], OPENFOLD3.widths["c_s"]
 
 # the host's attention enters torch.amp.autocast("cuda") unconditionally, which warns on CPU
 pytestmark = pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")
 
 
-def make_stack(n_blocks=3, inf=1e9, **kwargs) -> PairFormerStack:
-    torch.manual_seed(0)
-    stack = PairFormerStack(
-        c_s=C_S,
-        c_z=C_Z,
-        c_hidden_pair_bias=8,
-        no_heads_pair_bias=4,
-        c_hidden_mul=16,
-        c_hidden_pair_att=8,
-        no_heads_pair=2,
-        no_blocks=n_blocks,
-        transition_type="swiglu",
-        transition_n=2,
-        pair_dropout=0.25,
-        fuse_projection_weights=False,
-        blocks_per_ckpt=None,
-        inf=inf,
-        **kwargs,
-    )
-    return randomise_(stack).eval()
+make_stack, inputs = OPENFOLD3.make_stack, OPENFOLD3.inputs
 
 
-def inputs(n=13, lengths=None, seed=1):
-    """s, z, the token mask and the pair mask for a batch of len(lengths) (float 0/1 masks as
-    OpenFold3 has them; lengths=None: one element, no padding)."""
-    g = torch.Generator().manual_seed(seed)
-    batch = 1 if lengths is None else len(lengths)
-    s = torch.randn(batch, n, C_S, generator=g)
-    z = torch.randn(batch, n, n, C_Z, generator=g)
-    token = torch.ones(batch, n)
-    for b, length in enumerate(lengths or []):
-        token[b, length:] = 0
-    return s, z, token, token[:, :, None] * token[:, None, :]
-
-
-def run(stack, s, z, single_mask, pair_mask, **kwargs):
-    with torch.no_grad():
-        return stack(s.clone(), z.clone(), single_mask, pair_mask, **kwargs)
-
-
-@pytest.mark.parametrize("lengths", [None, (13, 9)], ids=["no-padding", "padding"])
-@pytest.mark.parametrize("kwargs", [{}, {"chunk_size": 4, "inplace_safe": True}], ids=["plain", "chunked-inplace"])
-def test_exact_patch_reproduces_host_and_unpatch_is_bit_identical(lengths, kwargs):
-    stack = make_stack()
-    s, z, single_mask, pair_mask = inputs(lengths=lengths)
-    ref_s, ref_z = run(stack, s, z, single_mask, pair_mask, **kwargs)
-    params_before = {id(p) for p in stack.parameters()}
-
-    report = fb.patch_model(stack)
-    assert report.host == "openfold3" and len(report) == 9 and report.params_added == 0
-    assert [(e.block, e.path.rsplit(".", 1)[1], e.node) for e in report.entries[:3]] == [
-        (0, "tri_att_start", "starting"),
-        (0, "tri_att_end", "ending"),
-        (0, "attn_pair_bias", None),
-    ]
-    assert all(e.mode == "exact" and e.rank is None and e.stack == "pairformer" for e in report.entries)
-    # no parameter added, none copied: the patched model holds exactly the host's objects
-    assert {id(p) for p in stack.parameters()} == params_before
-    out_s, out_z = run(stack, s, z, single_mask, pair_mask, **kwargs)
-    assert rel_err(out_s, ref_s) <= 1e-5 and rel_err(out_z, ref_z) <= 1e-5
-    # the host's kernel switches compute the same function: ignored, not refused
-    out2_s, _ = run(stack, s, z, single_mask, pair_mask, use_deepspeed_evo_attention=True, **kwargs)
-    assert torch.equal(out2_s, out_s)
-
-    restored = fb.unpatch_model(stack)
-    assert len(restored) == 9 and not patched_modules(stack)
-    back_s, back_z = run(stack, s, z, single_mask, pair_mask, **kwargs)
-    assert torch.equal(back_s, ref_s) and torch.equal(back_z, ref_z)
+def run(stack, *inputs, **kwargs):
+    """``(s, z)`` of one forward on the inputs as ``inputs`` returns them (``host_stacks.OPENFOLD3.run``)."""
+    return OPENFOLD3.run(stack, inputs, **kwargs)
 
 
 def test_ending_node_takes_the_bias_from_the_untransposed_pair():
@@ -223,39 +156,16 @@ def test_single_attention_alone_broadcast_mask_and_no_mask():
         assert rel_err(out, ref) <= 1e-5
 
 
-def test_errors():
-    stack = make_stack(n_blocks=1)
-    fb.patch_model(stack)
-    with pytest.raises(AlreadyPatchedError, match="already patched"):
-        fb.patch_model(stack)
-    fb.unpatch_model(stack)
-    with pytest.raises(ValueError, match="no patched module"):
-        fb.unpatch_model(stack)
-    with pytest.raises(UnsupportedModelError, match="found no"):
-        fb.patch_model(nn.Sequential(nn.Linear(4, 4)), host="openfold3")
-    with pytest.raises(ValueError, match="stacks"):
-        fb.patch_model(stack, stacks=("trunk",))
-    with pytest.raises(ValueError, match="s_inputs"):
-        fb.patch_model(stack, mode="lowrank", factor_config=fb.FactorConfig(rank=4, use_s_inputs=True, c_s_inputs=8))
-    assert not patched_modules(stack)  # a failed patch leaves the model untouched
+def test_host_specific_errors():
+    """(The errors every host shares: test_patch_hosts.py.) OpenFold3 modules with an inf that
+    would not mask to weight 0, or a bias projection in another precision, are refused."""
     with pytest.raises(UnsupportedModuleError, match="inf=100000 [(]"):
         fb.patch_model(make_stack(n_blocks=1, inf=1e5))
+    stack = make_stack(n_blocks=1)
     stack.blocks[0].pair_stack.tri_att_end.linear_z.precision = torch.float32
     with pytest.raises(UnsupportedModuleError, match="precision"):
         fb.patch_model(stack)
-    assert not patched_modules(stack)
-
-
-def test_missing_host_package(monkeypatch):
-    for name in (
-        "openfold3.core.model.latent.base_blocks",
-        "openfold3.core.model.latent.pairformer",
-        "openfold3.core.model.layers.attention_pair_bias",
-        "openfold3.core.model.layers.triangular_attention",
-    ):
-        monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
-    with pytest.raises(ImportError, match="pip install --no-deps openfold3"):
-        fb.patch_model(nn.Linear(4, 4), host="openfold3")
+    assert not patched_modules(stack)  # a failed patch leaves the model untouched
 
 
 def test_stack_selection_template_and_confidence():
@@ -341,53 +251,3 @@ def test_stack_selection_template_and_confidence():
     with torch.no_grad():
         out = model.template_pair_stack(t.clone(), mask, chunk_size=4)
     assert rel_err(out, ref) <= 1e-5
-
-
-def test_per_block_modes_and_selection():
-    stack = make_stack()
-    report = fb.patch_model(stack, mode={"lowrank": [0], "exact": ...}, rank=3)
-    modes = {(e.block, e.path.rsplit(".", 1)[1]): (e.mode, e.rank) for e in report.entries}
-    assert modes[(0, "tri_att_end")] == ("lowrank", 3) and modes[(2, "attn_pair_bias")] == ("exact", None)
-    assert [e.block for e in report.entries if e.params_added] == [0, 0, 0]
-    fn_params = sum(
-        p.numel()
-        for m in patched_modules(stack).values()
-        if m.flash_bias.factor_network is not None
-        for p in m.flash_bias.factor_network.parameters()
-    )
-    assert report.params_added == fn_params > 0
-    assert "lowrank" in str(report) and "blocks.0.pair_stack.tri_att_start" in str(report)
-    s, z, single_mask, pair_mask = inputs(n=7, lengths=(5,))
-    out_s, out_z = run(stack, s, z, single_mask, pair_mask)
-    assert torch.isfinite(out_s).all() and torch.isfinite(out_z).all()
-    # distill mode: the host's callers get the update; the loss is kept on the wrapper
-    wrapper = stack.blocks[0].pair_stack.tri_att_end
-    wrapper.mode = "distill"
-    run(stack, s, z, single_mask, pair_mask)
-    assert wrapper.last_distill_loss is not None and wrapper.last_distill_loss.item() > 0
-    fb.unpatch_model(stack)
-
-    # a callable rule (None: leave the block alone), blocks= and kinds= selections
-    report = fb.patch_model(stack, mode=lambda b: None if b == 1 else "exact")
-    assert sorted({e.block for e in report.entries}) == [0, 2]
-    assert isinstance(stack.blocks[0].pair_stack.tri_att_start, PatchedModule)
-    assert not isinstance(stack.blocks[1].pair_stack.tri_att_start, PatchedModule)
-    fb.unpatch_model(stack)
-    report = fb.patch_model(stack, blocks=[2], kinds=("triangle",))
-    assert [(e.block, e.kind, e.node) for e in report.entries] == [
-        (2, "triangle", "starting"),
-        (2, "triangle", "ending"),
-    ]
-    fb.unpatch_model(stack)
-
-
-def test_bf16_autocast_close_to_host():
-    stack = make_stack(n_blocks=1)
-    s, z, single_mask, pair_mask = inputs(n=9, lengths=(7,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        ref = run(stack, s, z, single_mask, pair_mask)
-        fb.patch_model(stack)
-        out = run(stack, s, z, single_mask, pair_mask)
-    for o, r in zip(out, ref):
-        assert o.dtype == r.dtype
-        assert rel_err(o.float(), r.float()) <= 3e-2

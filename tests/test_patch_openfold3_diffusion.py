@@ -27,7 +27,7 @@ import torch
 try:
     from openfold3.core.model.layers.attention_pair_bias import CrossAttentionPairBias, DiffusionAttentionPairBias
 
-    from pairformer_fb.convert.samples import openfold3_features
+    from pairformer_fb.hosts.openfold3.featurize import synthetic_features
     from pairformer_fb.hosts.openfold3.presets import openfold3_config
 except Exception as e:  # noqa: BLE001
     pytest.skip(f"openfold3 cannot be imported ({type(e).__name__}: {e})", allow_module_level=True)
@@ -235,7 +235,7 @@ def openfold3_model():
     torch.manual_seed(0)
     model = randomise_(OpenFold3(config)).eval()
     seq = "MKTAYIAKQRQISFVKSHFSRQ"
-    return model, openfold3_features(seq[:10], seed=0), openfold3_features(seq[2:12], seed=1)
+    return model, synthetic_features(seq[:10], seed=0), synthetic_features(seq[2:12], seed=1)
 
 
 def run_positions(model, batch, updates=None, inference_mode=False):

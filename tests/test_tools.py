@@ -69,15 +69,17 @@ def test_module_benchmark_runs_on_cpu(tmp_path):
 
 
 def test_block_benchmark_runs_on_cpu(tmp_path):
-    """Real host blocks (Protenix, Boltz-2) at their full widths, tiny N: stock and patched run
-    and the table compares each variant with the stock block."""
+    """Real host blocks (Protenix, Boltz-2, OpenFold3; ``hosts/<host>/presets.build_block``) at
+    their full widths, tiny N: stock and patched run and the table compares each variant with the
+    stock block."""
     cfg = bench_config(
         "bench_blocks",
         tmp_path,
         [
-            "hosts=[protenix,boltz]",
+            "hosts=[protenix,boltz,openfold3]",
             "sizes.protenix=[6]",
             "sizes.boltz=[6]",
+            "sizes.openfold3=[6]",
             "variants=[stock,exact]",
             "warmup_ms=1",
             "rep_ms=1",
@@ -89,6 +91,10 @@ def test_block_benchmark_runs_on_cpu(tmp_path):
         ("protenix", "exact", "ok"),
         ("boltz", "stock", "ok"),
         ("boltz", "exact", "ok"),
+        ("openfold3", "stock", "ok"),
+        ("openfold3", "exact", "ok"),
     ]
-    assert all(r.ms > 0 for r in records) and records[1].notes["patched"] == 3  # 2 triangle + 1 single
+    assert all(r.ms > 0 for r in records) and all(
+        r.notes["patched"] == 3 for r in records[1::2]
+    )  # 2 triangle + 1 single
     assert "| protenix | v1 | 6 | torch | exact |" in (tmp_path / "results.md").read_text()

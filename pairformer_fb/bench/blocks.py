@@ -10,8 +10,9 @@ pair representations (``rep_dtype: auto``), as inside a Protenix prediction, who
 z in bf16 after its first cuEquivariance triangle multiplication (benchmarks/session4/call1).
 5 % of the tokens are padding.
 
-Kernel switches, per host (``kernels=`` in the config): ``default`` is what the host uses at
-inference — Protenix's ``triangle_attention="cuequivariance"`` / ``triangle_multiplicative=
+Each host's block builder and kernel switches are in its ``hosts/<host>/presets.py``
+(``build_block``, ``BLOCK_KERNELS``). Kernel switches, per host (``kernels=`` in the config):
+``default`` is what the host uses at inference — Protenix's ``triangle_attention="cuequivariance"`` / ``triangle_multiplicative=
 "cuequivariance"``, Boltz-2's ``use_kernels=True`` (cuEquivariance), OpenFold3's
 ``use_triton_triangle_kernels=True``; where that kernel package is not installed, the case is
 recorded as not installed and the next available switch (Protenix: its own ``triattention``
@@ -30,6 +31,8 @@ import torch
 from tqdm import tqdm
 
 from ..cli import atomic_write
+from ..hosts import host_module
+from ..hosts.presets import randomise_
 from .timing import environment, failure_status, median_ms
 
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # Protenix's fused layer norm needs nvcc at import
@@ -48,98 +51,17 @@ class BlockRecord:
     notes: dict = field(default_factory=dict)
 
 
-def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if p.dim() >= 2:
-                p.copy_(r * 0.7 / p.shape[-1] ** 0.5)
-            elif name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * r)
-            else:
-                p.copy_(0.1 * r)
-    return module
-
-
 def _masks(n: int, device):
     token = torch.ones(1, n, device=device)
     token[:, n - max(1, n // 20) :] = 0
     return token, token[:, :, None] * token[:, None, :]
 
 
-# host -> kernel switch name -> keyword arguments of the block's forward
-KERNELS = {
-    "protenix": {
-        "cuequivariance": dict(triangle_attention="cuequivariance", triangle_multiplicative="cuequivariance"),
-        "triattention": dict(triangle_attention="triattention", triangle_multiplicative="torch"),
-        "torch": dict(triangle_attention="torch", triangle_multiplicative="torch"),
-    },
-    "boltz": {"use_kernels": dict(use_kernels=True), "torch": dict(use_kernels=False)},
-    "openfold3": {
-        "triton": dict(use_triton_triangle_kernels=True),
-        "cueq": dict(use_cueq_triangle_kernels=True),
-        "torch": dict(),
-    },
-}
-DEFAULT_KERNELS = {"protenix": "cuequivariance", "boltz": "use_kernels", "openfold3": "triton"}
-
-
 def build_block(host: str, cfg, width: str = "v1"):
-    """(block, call(s, z) -> (s, z)) for one real-size host block on cfg's device."""
-    c_s, c_z = cfg.c_s, (256 if width == "v2" else cfg.c_z)
-    if host == "protenix":
-        from protenix.model.modules.pairformer import PairformerBlock
-
-        block = PairformerBlock(
-            n_heads=cfg.single_heads,
-            c_z=c_z,
-            c_s=c_s,
-            c_hidden_pair_att=cfg.tri_head_dim,
-            no_heads_pair=cfg.tri_heads * (2 if width == "v2" else 1),
-            hidden_scale_up=width == "v2",
-        )
-
-        def call(block, s, z, token, pair, kw):
-            return block(s, z, pair, **kw)
-    elif host == "boltz":
-        from boltz.model.layers.pairformer import PairformerLayer
-
-        block = PairformerLayer(
-            c_s,
-            c_z,
-            num_heads=cfg.single_heads,
-            dropout=0.0,
-            pairwise_head_width=cfg.tri_head_dim,
-            pairwise_num_heads=cfg.tri_heads,
-            v2=True,
-        )
-
-        def call(block, s, z, token, pair, kw):
-            return block(s, z, token, pair, **kw)
-    elif host == "openfold3":
-        from openfold3.core.model.latent.pairformer import PairFormerBlock
-
-        block = PairFormerBlock(
-            c_s=c_s,
-            c_z=c_z,
-            c_hidden_pair_bias=c_s // cfg.single_heads,
-            no_heads_pair_bias=cfg.single_heads,
-            c_hidden_mul=128,
-            c_hidden_pair_att=cfg.tri_head_dim,
-            no_heads_pair=cfg.tri_heads,
-            transition_type="swiglu",
-            transition_n=4,
-            pair_dropout=0.25,
-            fuse_projection_weights=False,
-            inf=1e9,
-        )
-
-        def call(block, s, z, token, pair, kw):
-            return block(s, z, token, pair, **kw)
-    else:
-        raise ValueError(f"unknown host {host!r}; known: protenix, boltz, openfold3")
-    return _randomise(block, cfg.seed).eval(), call
+    """(block, call(block, s, z, token_mask, pair_mask, kernel_kwargs)) for one real-size block of
+    ``host`` (``hosts/<host>/presets.build_block``), with random non-zero weights, in eval mode."""
+    block, call = host_module(host, "presets").build_block(cfg, width)
+    return randomise_(block, cfg.seed, spread=0.1).eval(), call
 
 
 # the s / z dtype fed to the block (None: bf16 on CUDA, as in a prediction's trunk; fp32 on CPU)
@@ -164,7 +86,10 @@ def _measure(host, n, variant, kernels, cfg, device, width="v1") -> BlockRecord:
         s = torch.randn(1, n, cfg.c_s, generator=g).to(device, rep_dtype)
         z = torch.randn(1, n, n, c_z, generator=g).to(device, rep_dtype)
         token, pair = _masks(n, device)
-        kw = {**KERNELS[host][kernels], **dict(cfg.get("forward_kwargs", {}).get(host) or {})}
+        kw = {
+            **host_module(host, "presets").BLOCK_KERNELS[kernels],
+            **dict(cfg.get("forward_kwargs", {}).get(host) or {}),
+        }
 
         def fn():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

@@ -27,7 +27,6 @@ import hashlib
 import importlib.metadata
 import os
 import pickle
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,32 +34,19 @@ from typing import Any
 
 import torch
 
-from ..hosts import HOSTS
+from ..hosts import HOSTS, get_adapter
 from ..modules.factor_network import FACTOR_KEY_MARK
 from ..patching.patching import PatchReport
 
 METADATA_KEY = "pairformer_fb"
 METADATA_FORMAT = 1
 
-# keys that only a host's trunk Pairformer has (after the container prefix): Protenix's blocks hold
-# the attentions directly, OpenFold3's under pair_stack / attn_pair_bias, Boltz-2's are "layers"
-# (``_orig_mod.``: a torch.compile'd module)
-HOST_MARKERS: dict[str, re.Pattern] = {
-    "protenix": re.compile(
-        r"(?:^|\.)pairformer_stack\.blocks\.\d+\."
-        r"(?:tri_att_start|tri_att_end|attention_pair_bias|tri_mul_out|tri_mul_in)\."
-    ),
-    "openfold3": re.compile(r"(?:^|\.)pairformer_stack\.blocks\.\d+\.(?:pair_stack|attn_pair_bias)\."),
-    "boltz": re.compile(r"(?:^|\.)pairformer_module\.(?:_orig_mod\.)?layers\.\d+\."),
-}
 # where a container keeps its state dict, in the order looked at (() : the container is one)
 STATE_DICT_KEYS = ("model", "state_dict", "module")
 # the hosts' EMA weights: Boltz-2's EMA callback, OpenFold3's Lightning module
 EMA_LOCATIONS = (("ema", "ema_weights"), ("ema", "params"))
 # key prefixes a container adds to the model's keys (DDP, Lightning, DeepSpeed)
 CONTAINER_PREFIXES = ("module.", "_forward_module.", "model.")
-# the distribution of each host's package
-DISTRIBUTIONS = {"protenix": "protenix", "boltz": "boltz", "openfold3": "openfold3"}
 
 
 class CheckpointError(ValueError):
@@ -169,9 +155,10 @@ def _load(path: Path, allow_pickle: bool) -> Any:
 
 
 def detect_checkpoint_host(keys) -> str | None:
-    """The host whose Pairformer key names occur in ``keys`` (None: none). Raises CheckpointError
-    if the keys of several hosts occur."""
-    found = [h for h, pattern in HOST_MARKERS.items() if any(pattern.search(k) for k in keys)]
+    """The host whose Pairformer key names occur in ``keys`` (None: none), by each host adapter's
+    ``CHECKPOINT_KEYS``. Raises CheckpointError if the keys of several hosts occur."""
+    keys = list(keys)
+    found = [h for h in HOSTS if any(get_adapter(h).CHECKPOINT_KEYS.search(k) for k in keys)]
     if len(found) > 1:
         raise CheckpointError(f"the state dict has the Pairformer keys of several hosts ({', '.join(found)})")
     return found[0] if found else None
@@ -330,7 +317,7 @@ def make_metadata(
     if report.host != host:
         raise ValueError(f"the PatchReport is of host {report.host!r}, not {host!r}")
     try:
-        host_version = importlib.metadata.version(DISTRIBUTIONS[host])
+        host_version = importlib.metadata.version(get_adapter(host).DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         host_version = None
     if factor_config is not None and not dataclasses.is_dataclass(factor_config):

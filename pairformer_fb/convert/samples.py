@@ -1,20 +1,19 @@
 """Sample proteins for fitting factor networks: read the sequences of FASTA files and run a host
 model on them, so that its patched modules see the pair representations the model produces.
 
-Protenix gets its real inference features, offline (``hosts/protenix/featurize.py``, the structure
-benchmark's featuriser: tokens, CCD atoms and reference conformers, single-sequence MSA).
-OpenFold3's data pipeline needs the CCD, MSA and template databases, which are not here, so its
-features are *synthetic around the real sequence*: residue types and per-residue atom counts
-from the sequence, the rest random but seeded. FASTA files are read by ``featurize.read_fasta``
-(biopython, the residue letters checked).
+How a host's model is run is the host's (its adapter, ``hosts/<host>/adapter.py``):
 
-Runners (``run_samples``):
-
-* a full ``Protenix`` model: ``model(features, None, None, mode="inference")`` per sequence;
-* a full ``OpenFold3`` model: ``model(batch)`` per sequence;
+* ``sample_runner``: a full model of the host, run on one sequence's features -- Protenix on its
+  real inference features, offline (``hosts/protenix/featurize.py``); OpenFold3 on *synthetic
+  features around the real sequence* (its data pipeline needs the CCD, MSA and template
+  databases, which are not here: residue types and per-residue atom counts from the sequence,
+  the rest random but seeded; ``hosts/openfold3/featurize.synthetic_features``);
 * anything else (Boltz-2, a bare trunk, a stand-in holding one): every trunk Pairformer stack of
-  the host found in the model is run on Gaussian single / pair inputs with the sequences'
-  lengths (the first block sees random inputs, later blocks the stack's own outputs).
+  the host (``TRUNK_STACK_CLASS``) found in the model is run (``run_trunk_stack``) on Gaussian
+  single / pair inputs with the sequences' lengths (the first block sees random inputs, later
+  blocks the stack's own outputs).
+
+FASTA files are read by ``data.featurize.read_fasta`` (biopython, the residue letters checked).
 """
 
 from __future__ import annotations
@@ -28,10 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..hosts.protenix.featurize import protenix_features as featurize_protenix
-
-# the trunk-stack class of each host (by name, so that nothing is imported here)
-TRUNK_STACK_CLASSES = {"protenix": "PairformerStack", "boltz": "PairformerModule", "openfold3": "PairFormerStack"}
+from ..hosts import get_adapter
 
 
 def read_fasta_sequences(paths: Iterable[str | os.PathLike], max_tokens: int | None = None) -> list[tuple[str, str]]:
@@ -53,97 +49,14 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
 
 
-def _one_hot(idx: torch.Tensor, k: int) -> torch.Tensor:
-    return nn.functional.one_hot(idx, k).float()
-
-
-def protenix_features(sequence: str, seed: int = 0, name: str = "sample") -> dict:
-    """Protenix's real inference features (unbatched) of one protein chain, from
-    ``hosts.protenix.featurize.protenix_features`` (``seed``: the reference conformers' random rotations)."""
-    from ..data.featurize import Chain, Sample, check_sequence
-
-    sample = Sample(name, Path(name), [Chain("A", name, check_sequence(sequence, name))])
-    features, _ = featurize_protenix(sample, seed=seed)
-    return features
-
-
-def openfold3_features(sequence: str, n_msa: int = 4, n_templ: int = 2, seed: int = 0) -> dict:
-    """A batch (of one) of OpenFold3 features of one protein chain: residue types and the real
-    per-residue atom counts from the sequence, the rest as ``openfold3.tests.utils.data_utils.
-    random_of3_features`` makes them (seeded, no ground truth)."""
-    from Bio.Data.IUPACData import protein_letters_1to3
-    from openfold3.core.data.resources.residues import (
-        STANDARD_PROTEIN_RESIDUES_3,
-        STANDARD_RESIDUES_WITH_GAP_3,
-    )
-    from openfold3.core.data.resources.token_atom_constants import (
-        TOKEN_NAME_TO_ATOM_NAMES,
-    )
-
-    g = torch.Generator().manual_seed(seed)
-    names = [protein_letters_1to3.get(a, "Gly").upper() for a in sequence]
-    names = [n if n in STANDARD_PROTEIN_RESIDUES_3 else "GLY" for n in names]
-    n_token = len(names)
-    restype = torch.tensor([STANDARD_RESIDUES_WITH_GAP_3.index(n) for n in names])
-    n_atoms = torch.tensor([len(TOKEN_NAME_TO_ATOM_NAMES[n]) for n in names])
-    n_atom = int(n_atoms.sum())
-    atom_to_token = torch.repeat_interleave(torch.arange(n_token), n_atoms).int()
-    start = torch.cat([torch.zeros(1, dtype=torch.long), n_atoms.cumsum(0)[:-1]]).int()
-    n_types = len(STANDARD_RESIDUES_WITH_GAP_3)
-    msa = torch.randint(0, 20, (n_msa, n_token), generator=g)
-    msa[0] = restype
-    f = {
-        "residue_index": torch.arange(n_token).int(),
-        "token_index": torch.arange(n_token).int(),
-        "asym_id": torch.ones(n_token).int(),
-        "entity_id": torch.ones(n_token).int(),
-        "sym_id": torch.ones(n_token).int(),
-        "restype": _one_hot(restype, n_types).int(),
-        "is_protein": torch.ones(n_token).int(),
-        "is_dna": torch.zeros(n_token).int(),
-        "is_rna": torch.zeros(n_token).int(),
-        "is_ligand": torch.zeros(n_token).int(),
-        "is_atomized": torch.zeros(n_token).int(),
-        "ref_pos": torch.randn(n_atom, 3, generator=g),
-        "ref_mask": torch.ones(n_atom).int(),
-        "ref_element": _one_hot(torch.randint(0, 119, (n_atom,), generator=g), 119).int(),
-        "ref_charge": torch.zeros(n_atom),
-        "ref_atom_name_chars": _one_hot(torch.randint(0, 64, (n_atom, 4), generator=g), 64).int(),
-        "ref_space_uid": atom_to_token.clone(),
-        "msa": _one_hot(msa, 32).int(),
-        "has_deletion": torch.zeros(n_msa, n_token),
-        "deletion_value": torch.zeros(n_msa, n_token),
-        "profile": _one_hot(msa, 32).mean(0),
-        "deletion_mean": torch.zeros(n_token),
-        "template_restype": _one_hot(torch.randint(0, 32, (n_templ, n_token), generator=g), 32).int(),
-        "template_pseudo_beta_mask": torch.ones(n_templ, n_token),
-        "template_backbone_frame_mask": torch.ones(n_templ, n_token),
-        "template_distogram": _one_hot(torch.randint(0, 39, (n_templ, n_token, n_token), generator=g), 39),
-        "template_unit_vector": nn.functional.normalize(torch.randn(n_templ, n_token, n_token, 3, generator=g), dim=-1),
-        "token_bonds": torch.zeros(n_token, n_token).int(),
-        "token_mask": torch.ones(n_token),
-        "atom_mask": torch.ones(n_atom),
-        "cyclic_mask": torch.zeros(n_token, dtype=torch.bool),
-        "start_atom_index": start,
-        "num_atoms_per_token": n_atoms.int(),
-        "atom_to_token_index": atom_to_token,
-        "msa_mask": torch.ones(n_msa, n_token),
-        "num_paired_seqs": torch.tensor(1),
-    }
-    return {k: v.unsqueeze(0) for k, v in f.items()}
-
-
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
 def _run_trunk_stacks(model: nn.Module, host: str, sequences: Sequence[tuple[str, str]], seed: int) -> str:
     """The fallback runner (see the module docstring). Returns what it ran."""
-    cls = TRUNK_STACK_CLASSES[host]
+    adapter = get_adapter(host)
+    cls = adapter.TRUNK_STACK_CLASS
     stacks = [(p, m) for p, m in model.named_modules() if type(m).__name__ == cls]
     if not stacks:
         raise ValueError(
@@ -159,10 +72,7 @@ def _run_trunk_stacks(model: nn.Module, host: str, sequences: Sequence[tuple[str
             s = torch.randn(1, n, c_s, generator=g).to(device)
             z = torch.randn(1, n, n, c_z, generator=g).to(device)
             mask, pair_mask = torch.ones(1, n, device=device), torch.ones(1, n, n, device=device)
-            if host == "protenix":  # unbatched (s, z, pair_mask)
-                stack(s[0], z[0], pair_mask[0])
-            else:  # Boltz-2 (s, z, mask, pair_mask), OpenFold3 (s, z, single_mask, pair_mask)
-                stack(s, z, mask, pair_mask)
+            adapter.run_trunk_stack(stack, s, z, mask, pair_mask)
     return f"{host} trunk stack(s) {[p or '<model>' for p, _ in stacks]} on Gaussian (s, z)"
 
 
@@ -192,21 +102,17 @@ def run_samples(
     class (see the module docstring). Returns a line saying what was run."""
     from tqdm.auto import tqdm
 
-    name = type(model).__name__
-    device = _model_device(model)
+    runner = get_adapter(host).sample_runner(model)
     with torch.no_grad():
         seed_all(seed)
-        if host == "protenix" and name == "Protenix":
-            for i, (_, seq) in enumerate(tqdm(sequences, desc="samples", disable=not progress)):
-                model(_to(protenix_features(seq, seed=seed + i), device), None, None, mode="inference")
-            return "full Protenix model, inference on the sample sequences' features (hosts/protenix/featurize.py)"
-        if host == "openfold3" and name == "OpenFold3":
-            for i, (_, seq) in enumerate(tqdm(sequences, desc="samples", disable=not progress)):
-                model(_to(openfold3_features(seq, seed=seed + i), device))
-            return "full OpenFold3 model on synthetic features of the sample sequences"
-        return _run_trunk_stacks(model, host, sequences, seed)
+        if runner is None:
+            return _run_trunk_stacks(model, host, sequences, seed)
+        run, what = runner
+        for i, (_, seq) in enumerate(tqdm(sequences, desc="samples", disable=not progress)):
+            run(seq, seed + i)
+        return what
 
 
 SampleRunner = Callable[[nn.Module], object]
 
-__all__ = ["SampleRunner", "openfold3_features", "protenix_features", "read_fasta_sequences", "run_samples", "seed_all"]
+__all__ = ["SampleRunner", "read_fasta_sequences", "run_samples", "seed_all"]

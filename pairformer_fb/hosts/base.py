@@ -289,13 +289,26 @@ class HostAdapter(Protocol):
     * ``STACKS``: the names of the host's Pairformer-like stacks; ``DEFAULT_STACKS``;
     * ``find_sites``: the modules to replace, in model order;
     * ``make_replacement``: the wrapper, built on the host module's own parameter objects;
-    * ``graph_modules``: the modules whose per-step calls ``graph_diffusion`` captures."""
+    * ``graph_modules``: the modules whose per-step calls ``graph_diffusion`` captures.
+
+    What the tools need to know of the host's model and checkpoints (so that nothing outside
+    ``hosts/<host>/`` names a host's classes or keys):
+
+    * ``DISTRIBUTION``: the host's distribution in the package registry;
+    * ``CHECKPOINT_KEYS``: a pattern that only the state-dict keys of this host's trunk match
+      (``convert.checkpoint`` tells a checkpoint's host by it);
+    * ``TRUNK_STACK_CLASS`` and ``run_trunk_stack``: the trunk stack's class name and its calling
+      convention (``convert.samples`` runs bare stacks on sample lengths);
+    * ``sample_runner``: how to run the host's full model on one sequence, if it can be."""
 
     HOST: str
     PACKAGE: str
     INSTALL_HINT: str
     STACKS: tuple[str, ...]
     DEFAULT_STACKS: tuple[str, ...]
+    DISTRIBUTION: str
+    CHECKPOINT_KEYS: re.Pattern[str]
+    TRUNK_STACK_CLASS: str
 
     def find_sites(self, model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]: ...
 
@@ -310,3 +323,9 @@ class HostAdapter(Protocol):
     ) -> PatchedModule: ...
 
     def graph_modules(self, model: nn.Module) -> list[nn.Module]: ...
+
+    def run_trunk_stack(
+        self, stack: nn.Module, s: torch.Tensor, z: torch.Tensor, mask: torch.Tensor, pair_mask: torch.Tensor
+    ) -> None: ...
+
+    def sample_runner(self, model: nn.Module) -> tuple[Callable[[str, int], object], str] | None: ...

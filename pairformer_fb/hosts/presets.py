@@ -20,12 +20,13 @@ class PresetError(ValueError):
 DEFAULT_PRESETS = {"protenix": "base", "openfold3": "default", "boltz": "trunk"}
 
 
-def randomise_(module: nn.Module, seed: int = 0) -> nn.Module:
+def randomise_(module: nn.Module, seed: int = 0, spread: float = 0.2) -> nn.Module:
     """Random, non-zero weights of a moderate scale (layer-norm scales around 1), in place.
 
     The hosts zero-initialise their output projections and gates, so a freshly built model's
     attention updates are exactly zero: every variant would agree trivially. Tests and the
-    benchmark without a checkpoint use these weights instead."""
+    benchmark without a checkpoint use these weights instead. ``spread``: the standard deviation
+    of the layer-norm scales around 1 and of the biases around 0."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
@@ -33,7 +34,7 @@ def randomise_(module: nn.Module, seed: int = 0) -> nn.Module:
             if p.dim() >= 2:
                 p.copy_((r * 0.7 / p.shape[-1] ** 0.5).to(p.dtype))
             elif name.endswith("weight"):  # layer-norm scales
-                p.copy_((1.0 + 0.2 * r).to(p.dtype))
+                p.copy_((1.0 + spread * r).to(p.dtype))
             else:
-                p.copy_((0.2 * r).to(p.dtype))
+                p.copy_((spread * r).to(p.dtype))
     return module

@@ -87,7 +87,8 @@ by the Pairformer) runs the original host module.
 
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -124,6 +125,11 @@ INSTALL_HINT = (
 STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence", "affinity", "diffusion", "input")
 # "diffusion" holds only kinds "diffusion" / "atom", so the default kinds patch the trunk alone
 DEFAULT_STACKS: tuple[str, ...] = ("pairformer", "diffusion")
+DISTRIBUTION = "boltz"  # its distribution in the package registry (converted checkpoints record its version)
+# state-dict keys that only this host's trunk Pairformer has, after a container's prefix (how
+# convert/checkpoint.py tells a checkpoint's host): Boltz-2's blocks are "layers" (``_orig_mod.``: a torch.compile'd module)
+CHECKPOINT_KEYS: re.Pattern[str] = re.compile(r"(?:^|\.)pairformer_module\.(?:_orig_mod\.)?layers\.\d+\.")
+TRUNK_STACK_CLASS = "PairformerModule"  # the class name of its trunk Pairformer stack
 
 # the smallest single-attention inf for which masked keys get weight 0 in fp32 (Boltz's default)
 _MIN_SINGLE_INF = 1e6
@@ -433,3 +439,17 @@ def graph_modules(model: nn.Module) -> list[nn.Module]:
     the v2 ``DiffusionModule`` (the score model ``AtomDiffusion.preconditioned_network_forward``
     calls with new ``r_noisy`` / ``times`` per step). Not yet checked on a GPU."""
     return outermost(model, _is_diffusion_module)
+
+
+def run_trunk_stack(
+    stack: nn.Module, s: torch.Tensor, z: torch.Tensor, mask: torch.Tensor, pair_mask: torch.Tensor
+) -> None:
+    """One call of a trunk stack (``TRUNK_STACK_CLASS``) on batch-of-one inputs: s [1, n, c_s],
+    z [1, n, n, c_z], mask [1, n], pair_mask [1, n, n]. Boltz-2's take (s, z, mask, pair_mask)."""
+    stack(s, z, mask, pair_mask)
+
+
+def sample_runner(model: nn.Module) -> tuple[Callable[[str, int], object], str] | None:
+    """None: Boltz-2's samples run through its trunk stacks (``run_trunk_stack``); its full model
+    needs the Boltz data pipeline's features, which are not made from a bare sequence here."""
+    return None

@@ -126,3 +126,30 @@ def build_boltz2(hyper_parameters: Mapping[str, Any] | None = None):
     hp.pop("validators", None)
     hp.update(validate_structure=False, steering_args=hp.get("steering_args") or dict(BOLTZ2_STEERING))
     return Boltz2(**hp)
+
+
+# the block benchmark's kernel switches (bench/blocks.py): name -> keyword arguments of the layer's forward
+BLOCK_KERNELS: dict[str, dict[str, Any]] = {"use_kernels": dict(use_kernels=True), "torch": dict(use_kernels=False)}
+
+
+def build_block(cfg, width: str = "v1"):
+    """One real-size Boltz-2 ``PairformerLayer`` (v2) for the block benchmark (bench/blocks.py)
+    and its call ``call(block, s, z, token_mask, pair_mask, kernel_kwargs)``: widths from
+    ``cfg`` (c_s, c_z, single_heads, tri_heads, tri_head_dim); ``width`` is Protenix's only.
+    Weights as built (the caller randomises them)."""
+    from boltz.model.layers.pairformer import PairformerLayer
+
+    block = PairformerLayer(
+        cfg.c_s,
+        cfg.c_z,
+        num_heads=cfg.single_heads,
+        dropout=0.0,
+        pairwise_head_width=cfg.tri_head_dim,
+        pairwise_num_heads=cfg.tri_heads,
+        v2=True,
+    )
+
+    def call(block, s, z, token, pair, kw):
+        return block(s, z, token, pair, **kw)
+
+    return block, call

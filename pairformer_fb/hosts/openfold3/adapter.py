@@ -141,7 +141,8 @@ model's import chain; no environment variable is needed on CPU.
 
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -179,6 +180,11 @@ INSTALL_HINT = (
 STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence", "diffusion", "input")
 # "diffusion" / "input" hold only kinds "diffusion" / "atom", so the default kinds patch the trunk alone
 DEFAULT_STACKS: tuple[str, ...] = ("pairformer", "diffusion")
+DISTRIBUTION = "openfold3"  # its distribution in the package registry (converted checkpoints record its version)
+# state-dict keys that only this host's trunk Pairformer has, after a container's prefix (how
+# convert/checkpoint.py tells a checkpoint's host): OpenFold3's blocks hold them under pair_stack / attn_pair_bias
+CHECKPOINT_KEYS: re.Pattern[str] = re.compile(r"(?:^|\.)pairformer_stack\.blocks\.\d+\.(?:pair_stack|attn_pair_bias)\.")
+TRUNK_STACK_CLASS = "PairFormerStack"  # the class name of its trunk Pairformer stack
 
 # ancestor class name -> stack name (by name, so that no further openfold3 module is imported)
 _STACK_OF_ANCESTOR = {
@@ -644,3 +650,26 @@ def graph_modules(model: nn.Module) -> list[nn.Module]:
     from openfold3.core.model.structure.diffusion_module import DiffusionModule
 
     return outermost(model, lambda m: isinstance(m, DiffusionModule))
+
+
+def run_trunk_stack(
+    stack: nn.Module, s: torch.Tensor, z: torch.Tensor, mask: torch.Tensor, pair_mask: torch.Tensor
+) -> None:
+    """One call of a trunk stack (``TRUNK_STACK_CLASS``) on batch-of-one inputs: s [1, n, c_s],
+    z [1, n, n, c_z], mask [1, n], pair_mask [1, n, n]. OpenFold3's take (s, z, single_mask, pair_mask)."""
+    stack(s, z, mask, pair_mask)
+
+
+def sample_runner(model: nn.Module) -> tuple[Callable[[str, int], object], str] | None:
+    """``(run(sequence, seed), what it runs)`` when ``model`` is a full ``OpenFold3`` model: its
+    forward on synthetic features around the sequence (``featurize.synthetic_features``); else None."""
+    if type(model).__name__ != "OpenFold3":
+        return None
+    from .featurize import synthetic_features
+
+    device = next(model.parameters()).device
+
+    def run(sequence: str, seed: int) -> object:
+        return model({k: v.to(device) for k, v in synthetic_features(sequence, seed=seed).items()})
+
+    return run, "full OpenFold3 model on synthetic features of the sample sequences"

@@ -1,4 +1,5 @@
-"""OpenFold3's offline featurisation (``openfold3_features``); the shared parts (samples,
+"""OpenFold3's offline featurisation (``openfold3_features``) and the synthetic features around a bare
+sequence that the conversion's samples use (``synthetic_features``); the shared parts (samples,
 atoms, tokens, MSA) are in ``pairformer_fb.data.featurize``."""
 
 from __future__ import annotations
@@ -125,3 +126,75 @@ def _atomic_number(element: str) -> int:
     from rdkit.Chem import GetPeriodicTable  # OpenFold3's own element table
 
     return int(GetPeriodicTable().GetAtomicNumber(element.capitalize()))
+
+
+def synthetic_features(sequence: str, n_msa: int = 4, n_templ: int = 2, seed: int = 0) -> dict:
+    """A batch (of one) of OpenFold3 features of one protein chain: residue types and the real
+    per-residue atom counts from the sequence, the rest as ``openfold3.tests.utils.data_utils.
+    random_of3_features`` makes them (seeded, no ground truth)."""
+    from Bio.Data.IUPACData import protein_letters_1to3
+    from openfold3.core.data.resources.residues import (
+        STANDARD_PROTEIN_RESIDUES_3,
+        STANDARD_RESIDUES_WITH_GAP_3,
+    )
+    from openfold3.core.data.resources.token_atom_constants import (
+        TOKEN_NAME_TO_ATOM_NAMES,
+    )
+
+    g = torch.Generator().manual_seed(seed)
+    names = [protein_letters_1to3.get(a, "Gly").upper() for a in sequence]
+    names = [n if n in STANDARD_PROTEIN_RESIDUES_3 else "GLY" for n in names]
+    n_token = len(names)
+    restype = torch.tensor([STANDARD_RESIDUES_WITH_GAP_3.index(n) for n in names])
+    n_atoms = torch.tensor([len(TOKEN_NAME_TO_ATOM_NAMES[n]) for n in names])
+    n_atom = int(n_atoms.sum())
+    atom_to_token = torch.repeat_interleave(torch.arange(n_token), n_atoms).int()
+    start = torch.cat([torch.zeros(1, dtype=torch.long), n_atoms.cumsum(0)[:-1]]).int()
+    n_types = len(STANDARD_RESIDUES_WITH_GAP_3)
+    msa = torch.randint(0, 20, (n_msa, n_token), generator=g)
+    msa[0] = restype
+    f = {
+        "residue_index": torch.arange(n_token).int(),
+        "token_index": torch.arange(n_token).int(),
+        "asym_id": torch.ones(n_token).int(),
+        "entity_id": torch.ones(n_token).int(),
+        "sym_id": torch.ones(n_token).int(),
+        "restype": _one_hot(restype, n_types).int(),
+        "is_protein": torch.ones(n_token).int(),
+        "is_dna": torch.zeros(n_token).int(),
+        "is_rna": torch.zeros(n_token).int(),
+        "is_ligand": torch.zeros(n_token).int(),
+        "is_atomized": torch.zeros(n_token).int(),
+        "ref_pos": torch.randn(n_atom, 3, generator=g),
+        "ref_mask": torch.ones(n_atom).int(),
+        "ref_element": _one_hot(torch.randint(0, 119, (n_atom,), generator=g), 119).int(),
+        "ref_charge": torch.zeros(n_atom),
+        "ref_atom_name_chars": _one_hot(torch.randint(0, 64, (n_atom, 4), generator=g), 64).int(),
+        "ref_space_uid": atom_to_token.clone(),
+        "msa": _one_hot(msa, 32).int(),
+        "has_deletion": torch.zeros(n_msa, n_token),
+        "deletion_value": torch.zeros(n_msa, n_token),
+        "profile": _one_hot(msa, 32).mean(0),
+        "deletion_mean": torch.zeros(n_token),
+        "template_restype": _one_hot(torch.randint(0, 32, (n_templ, n_token), generator=g), 32).int(),
+        "template_pseudo_beta_mask": torch.ones(n_templ, n_token),
+        "template_backbone_frame_mask": torch.ones(n_templ, n_token),
+        "template_distogram": _one_hot(torch.randint(0, 39, (n_templ, n_token, n_token), generator=g), 39),
+        "template_unit_vector": torch.nn.functional.normalize(
+            torch.randn(n_templ, n_token, n_token, 3, generator=g), dim=-1
+        ),
+        "token_bonds": torch.zeros(n_token, n_token).int(),
+        "token_mask": torch.ones(n_token),
+        "atom_mask": torch.ones(n_atom),
+        "cyclic_mask": torch.zeros(n_token, dtype=torch.bool),
+        "start_atom_index": start,
+        "num_atoms_per_token": n_atoms.int(),
+        "atom_to_token_index": atom_to_token,
+        "msa_mask": torch.ones(n_msa, n_token),
+        "num_paired_seqs": torch.tensor(1),
+    }
+    return {k: v.unsqueeze(0) for k, v in f.items()}
+
+
+def _one_hot(idx: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(idx, k).float()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from ..presets import PresetError
 
@@ -64,3 +65,39 @@ def build_openfold3(model: str = "tiny"):
     from openfold3.projects.of3_all_atom.model import OpenFold3
 
     return OpenFold3(config)
+
+
+# the block benchmark's kernel switches (bench/blocks.py): name -> keyword arguments of the block's forward
+BLOCK_KERNELS: dict[str, dict[str, Any]] = {
+    "triton": dict(use_triton_triangle_kernels=True),
+    "cueq": dict(use_cueq_triangle_kernels=True),
+    "torch": dict(),
+}
+
+
+def build_block(cfg, width: str = "v1"):
+    """One real-size ``PairFormerBlock`` for the block benchmark (bench/blocks.py) and its call
+    ``call(block, s, z, token_mask, pair_mask, kernel_kwargs)``: widths from ``cfg`` (c_s, c_z,
+    single_heads, tri_heads, tri_head_dim), OpenFold3's defaults otherwise; ``width`` is
+    Protenix's only. Weights as built (the caller randomises them)."""
+    from openfold3.core.model.latent.pairformer import PairFormerBlock
+
+    block = PairFormerBlock(
+        c_s=cfg.c_s,
+        c_z=cfg.c_z,
+        c_hidden_pair_bias=cfg.c_s // cfg.single_heads,
+        no_heads_pair_bias=cfg.single_heads,
+        c_hidden_mul=128,
+        c_hidden_pair_att=cfg.tri_head_dim,
+        no_heads_pair=cfg.tri_heads,
+        transition_type="swiglu",
+        transition_n=4,
+        pair_dropout=0.25,
+        fuse_projection_weights=False,
+        inf=1e9,
+    )
+
+    def call(block, s, z, token, pair, kw):
+        return block(s, z, token, pair, **kw)
+
+    return block, call

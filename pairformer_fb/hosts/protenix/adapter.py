@@ -73,7 +73,8 @@ Importing protenix on a machine without CUDA needs ``LAYERNORM_TYPE=torch`` in t
 
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -110,6 +111,14 @@ INSTALL_HINT = (
 STACKS: tuple[str, ...] = ("pairformer", "msa", "template", "confidence", "diffusion", "input")
 # "diffusion" holds only kinds "diffusion" / "atom", so the default kinds patch the trunk alone
 DEFAULT_STACKS: tuple[str, ...] = ("pairformer", "diffusion")
+DISTRIBUTION = "protenix"  # its distribution in the package registry (converted checkpoints record its version)
+# state-dict keys that only this host's trunk Pairformer has, after a container's prefix (how
+# convert/checkpoint.py tells a checkpoint's host): Protenix's blocks hold the attentions directly
+CHECKPOINT_KEYS: re.Pattern[str] = re.compile(
+    r"(?:^|\.)pairformer_stack\.blocks\.\d+\."
+    r"(?:tri_att_start|tri_att_end|attention_pair_bias|tri_mul_out|tri_mul_in)\."
+)
+TRUNK_STACK_CLASS = "PairformerStack"  # the class name of its trunk Pairformer stack
 
 # the host's triangle_attention choices (asserted in protenix.model.triangular.layers.Attention)
 TRIANGLE_KERNELS = ("torch", "deepspeed", "triattention", "cuequivariance")
@@ -455,3 +464,27 @@ def graph_modules(model: nn.Module) -> list[nn.Module]:
     from protenix.model.modules.diffusion import DiffusionModule
 
     return outermost(model, lambda m: isinstance(m, DiffusionModule))
+
+
+def run_trunk_stack(
+    stack: nn.Module, s: torch.Tensor, z: torch.Tensor, mask: torch.Tensor, pair_mask: torch.Tensor
+) -> None:
+    """One call of a trunk stack (``TRUNK_STACK_CLASS``) on batch-of-one inputs: s [1, n, c_s],
+    z [1, n, n, c_z], mask [1, n], pair_mask [1, n, n]. Protenix's stacks take unbatched (s, z, pair_mask)."""
+    stack(s[0], z[0], pair_mask[0])
+
+
+def sample_runner(model: nn.Module) -> tuple[Callable[[str, int], object], str] | None:
+    """``(run(sequence, seed), what it runs)`` when ``model`` is a full ``Protenix`` model: its
+    inference on the sequence's real features (``featurize.sequence_features``); else None."""
+    if type(model).__name__ != "Protenix":
+        return None
+    from .featurize import sequence_features
+
+    device = next(model.parameters()).device
+
+    def run(sequence: str, seed: int) -> object:
+        features = {k: v.to(device) for k, v in sequence_features(sequence, seed=seed).items()}
+        return model(features, None, None, mode="inference")
+
+    return run, "full Protenix model, inference on the sample sequences' features (hosts/protenix/featurize.py)"

@@ -34,6 +34,7 @@ The host's constants are read from the installed protenix package, not copied. T
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -128,3 +129,14 @@ def protenix_features(
         "rna_unpair_num_alignments": t(1),
     }
     return f, atoms
+
+
+def sequence_features(sequence: str, seed: int = 0, name: str = "sample") -> dict:
+    """Protenix's inference features (unbatched) of one protein chain ``sequence`` (checked by
+    ``data.featurize.check_sequence``): ``protenix_features`` of a one-chain sample (``seed``:
+    the reference conformers' random rotations). The conversion's sample runner uses it."""
+    from ...data.featurize import Chain, check_sequence
+
+    sample = Sample(name, Path(name), [Chain("A", name, check_sequence(sequence, name))])
+    features, _ = protenix_features(sample, seed=seed)
+    return features

@@ -124,3 +124,33 @@ def build_protenix(model: str = "tiny", overrides: Mapping[str, Any] | None = No
     with contextlib.redirect_stdout(io.StringIO()):  # its constructor prints its schedulers' settings
         model = Protenix(configs)
     return model, configs
+
+
+# the block benchmark's kernel switches (bench/blocks.py): name -> keyword arguments of the block's forward
+BLOCK_KERNELS: dict[str, dict[str, Any]] = {
+    "cuequivariance": dict(triangle_attention="cuequivariance", triangle_multiplicative="cuequivariance"),
+    "triattention": dict(triangle_attention="triattention", triangle_multiplicative="torch"),
+    "torch": dict(triangle_attention="torch", triangle_multiplicative="torch"),
+}
+
+
+def build_block(cfg, width: str = "v1"):
+    """One real-size ``PairformerBlock`` for the block benchmark (bench/blocks.py) and its call
+    ``call(block, s, z, token_mask, pair_mask, kernel_kwargs)``: widths from ``cfg`` (c_s, c_z,
+    single_heads, tri_heads, tri_head_dim); ``width="v2"``: Protenix v2's (c_z 256, twice the
+    triangle heads, ``hidden_scale_up``). Weights as built (the caller randomises them)."""
+    from protenix.model.modules.pairformer import PairformerBlock
+
+    block = PairformerBlock(
+        n_heads=cfg.single_heads,
+        c_z=256 if width == "v2" else cfg.c_z,
+        c_s=cfg.c_s,
+        c_hidden_pair_att=cfg.tri_head_dim,
+        no_heads_pair=cfg.tri_heads * (2 if width == "v2" else 1),
+        hidden_scale_up=width == "v2",
+    )
+
+    def call(block, s, z, token, pair, kw):
+        return block(s, z, pair, **kw)
+
+    return block, call
