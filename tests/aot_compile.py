@@ -5,7 +5,9 @@ first call would, and print one JSON line per kernel compiled: shared memory, re
     python tests/aot_compile.py '{"B": 4, "H": 2, "Lq": 100, "Lk": 100, "D": 128, "dtype": "bf16"}'
 
 Keys: B, H, Lq, Lk, D, R (0), factor_batch (1), bias_shape (null), mask (false), dtype
-(bf16 | fp16 | fp32 | tf32), grad (true). A launch whose kernel needs more shared memory than an
+(bf16 | fp16 | fp32 | tf32), grad (true), sass (false: true adds the sha256 of the kernel's SASS
+without its source-line comments, which tells whether two versions of the code compile to the
+same machine code). A launch whose kernel needs more shared memory than an
 H100 / H200 block may have raises OutOfResources as the device would, so the op's shrink-and-
 retry path runs here too (each retry is one more line)."""
 
@@ -44,15 +46,32 @@ class _Sm90Driver:
         return torch.device("cpu")
 
 
-def _resources(kernel) -> dict:
+def _cuobjdump(kernel, flag: str) -> str:
+    """cuobjdump's ``flag`` output for the kernel's cubin."""
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(kernel.asm["cubin"])
     try:
-        out = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        return subprocess.run([CUOBJDUMP, flag, f.name], capture_output=True, text=True).stdout
     finally:
         os.unlink(f.name)
-    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+
+
+def _resources(kernel) -> dict:
+    m = re.search(r"REG:(\d+) STACK:(\d+)", _cuobjdump(kernel, "--dump-resource-usage"))
     return {"registers": int(m.group(1)), "stack_bytes": int(m.group(2))} if m else {}
+
+
+def _sass_sha256(kernel) -> str:
+    """sha256 of the cubin's SASS, source-line comments ("//##" file / line info) and blank lines
+    dropped, so that code moved between files or lines hashes the same."""
+    import hashlib
+
+    out = _cuobjdump(kernel, "-sass")
+    lines = [ln.split("//")[0].strip() for ln in out.splitlines() if not ln.lstrip().startswith("//##")]
+    return hashlib.sha256("\n".join(ln for ln in lines if ln).encode()).hexdigest()
+
+
+SASS = False  # set by main from the spec
 
 
 def _compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
@@ -69,6 +88,7 @@ def _compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
                 **{k: kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "ROWS") if k in kwargs},
                 "num_warps": kernel.metadata.num_warps,
                 "num_stages": kernel.metadata.num_stages,
+                **({"sass_sha256": _sass_sha256(kernel)} if SASS else {}),
             }
         ),
         flush=True,
@@ -82,9 +102,16 @@ _run = JITFunction.run
 
 
 def main(spec: dict) -> None:
+    global SASS
+    SASS = bool(spec.get("sass", False))
     driver.set_active(_Sm90Driver())
     JITFunction.run = _compile_instead_of_launch
-    from pairformer_fb.kernel import triton_launch as tfb
+    try:
+        from pairformer_fb.kernel import triton_launch as tfb
+    except ModuleNotFoundError as e:  # the code before the kernel module was split (for comparisons)
+        if e.name != "pairformer_fb.kernel.triton_launch":
+            raise
+        from pairformer_fb.kernel import triton_flash_bias as tfb  # type: ignore[no-redef]
 
     dtype = spec.get("dtype", "bf16")
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"

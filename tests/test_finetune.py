@@ -25,8 +25,9 @@ from test_convert import CONFIG, need, protenix_model, save_protenix
 from pairformer_fb.convert.checkpoint import FACTOR_KEY_MARK
 from pairformer_fb.convert.convert import convert_checkpoint, load_converted
 from pairformer_fb.convert.factor_init import approximation_error, capture_bias_targets
-from pairformer_fb.convert.finetune import DistillLoss, finetune, protenix_trunk, warmup_cosine
-from pairformer_fb.convert.training_data import ProteinCrops, crop_features, split_samples
+from pairformer_fb.convert.finetune import DistillLoss, finetune, warmup_cosine
+from pairformer_fb.convert.training_data import ProteinCrops, split_samples
+from pairformer_fb.hosts.protenix.training import crop_features, protenix_trunk
 from pairformer_fb.patching.patching import patched_modules
 
 pytestmark = [

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hosts import DEFAULT_KINDS, HOSTS, KINDS
-from ..hosts.presets import DEFAULT_PRESETS, PresetError
+from ..hosts import DEFAULT_KINDS, HOSTS, KINDS, host_module
+from ..hosts.presets import DEFAULT_PRESETS
 from ..modules.factor_network import FactorConfig, factor_config_for
 from ..patching.patching import patch_model, unpatch_model
 from .checkpoint import (
@@ -124,45 +124,17 @@ class ConversionReport:
         return "\n".join(lines) + "\n"
 
 
-def _find_prefix(state_dict: Mapping[str, Any], host: str, model: nn.Module, preset: str | None) -> str:
-    """The prefix of ``model``'s keys in the checkpoint's state dict: "" for a full host model,
-    the trunk's path for Boltz-2's ``trunk`` preset."""
-    if host == "boltz" and preset == "trunk":
-        compiled = any(k.startswith("pairformer_module._orig_mod.") for k in state_dict)
-        return "pairformer_module._orig_mod." if compiled else "pairformer_module."
-    return ""
-
-
 def build_model(
     host: str, preset: str | None, ckpt: HostCheckpoint | None = None, *, overrides: Mapping[str, Any] | None = None
 ) -> tuple[nn.Module, str]:
     """The host model of ``preset`` (None: the host's default in ``presets.DEFAULT_PRESETS``) and
-    the name of the preset used. Protenix gets the fastest triangle kernels installed for its
-    unpatched modules (``hosts.protenix.structure.best_protenix_kernels``: its default, cuEquivariance, is not
-    always installed), and ``overrides`` (more Protenix settings) last."""
+    the name of the preset used: ``hosts/<host>/presets.build_model`` (Protenix: with the fastest
+    triangle kernels installed, and ``overrides``, more Protenix settings, last; Boltz-2: the
+    trunk of the checkpoint's ``hyper_parameters``)."""
     preset = preset or DEFAULT_PRESETS[host]
-    if host == "protenix":
-        from ..hosts.protenix.presets import build_protenix
-        from ..hosts.protenix.structure import best_protenix_kernels
-
-        cuda = torch.cuda.is_available()
-        settings = {**best_protenix_kernels(torch.device("cuda" if cuda else "cpu")), **dict(overrides or {})}
-        return build_protenix(preset, settings, cpu=not cuda)[0], preset
-    if overrides:
-        raise ValueError(f"overrides are Protenix settings; host {host!r} takes none")
-    if host == "openfold3":
-        from ..hosts.openfold3.presets import build_openfold3
-
-        return build_openfold3(preset), preset
-    if host == "boltz":
-        from ..hosts.boltz.presets import BOLTZ_PRESETS, build_boltz_trunk
-
-        if preset not in BOLTZ_PRESETS:
-            raise PresetError(f"unknown Boltz-2 preset model={preset!r}; known: {', '.join(BOLTZ_PRESETS)}")
-        container = ckpt.container if ckpt is not None else None
-        hparams = container.get("hyper_parameters") if isinstance(container, Mapping) else None
-        return build_boltz_trunk(hparams), preset
-    raise ValueError(f"unknown host {host!r}")
+    container = ckpt.container if ckpt is not None else None
+    hparams = container.get("hyper_parameters") if isinstance(container, Mapping) else None
+    return host_module(host, "presets").build_model(preset, hyper_parameters=hparams, overrides=overrides), preset
 
 
 def load_host_state(
@@ -334,7 +306,11 @@ def convert_checkpoint(
         net, preset = model, type(model).__name__
     else:
         net, preset = build_model(ckpt.host, model, ckpt)
-    prefix = model_prefix if model_prefix is not None else _find_prefix(ckpt.state_dict, ckpt.host, net, preset)
+    prefix = (
+        model_prefix
+        if model_prefix is not None
+        else host_module(ckpt.host, "presets").model_key_prefix(ckpt.state_dict, preset)
+    )
     load_host_state(net, ckpt.state_dict, prefix)
     net.to(dev).eval()
 

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from ..cli import atomic_write, check_writable_dir
+from ..hosts.protenix.training import protenix_trunk
 from ..patching.patching import patched_modules
 from .checkpoint import (
     FACTOR_KEY_MARK,
@@ -62,35 +63,7 @@ from .checkpoint import (
     write_checkpoint_atomic,
 )
 from .convert import build_model, load_converted, write_converted
-from .training_data import ProteinCrops, crop_features, split_samples
-
-
-def protenix_trunk(model: nn.Module, feats: Mapping[str, torch.Tensor], n_cycle: int, *, grad: bool):
-    """``(s_inputs, s, z)`` of the Protenix trunk (``get_pairformer_output``) on unbatched
-    features, with ``n_cycle`` recycles; ``grad``: autograd in the last cycle (as Protenix trains),
-    while every submodule stays in eval mode (no dropout)."""
-    from protenix.model.protenix import update_input_feature_dict
-
-    if getattr(model, "train_confidence_only", False):
-        raise ValueError("the Protenix model has train_confidence_only set: its trunk would not train")
-    feats = model.relative_position_encoding.generate_relp(dict(feats))
-    feats = update_input_feature_dict(feats)
-    was = model.training
-    model.training = grad  # the root's flag only: get_pairformer_output enables grad in the last cycle
-    # The host's activation checkpointing (blocks_per_ckpt) is off for the pass: its recompute in
-    # backward would rerun the patched modules in the mode they have then ("lowrank" after
-    # DistillLoss's "distill" pass), not the one of the forward. Only the factor networks (and
-    # any unfrozen weights) need activations, so the memory it saved is small here.
-    ckpt = {m: m.blocks_per_ckpt for m in model.modules() if getattr(m, "blocks_per_ckpt", None) is not None}
-    try:
-        for m in ckpt:
-            m.blocks_per_ckpt = None
-        with torch.set_grad_enabled(grad):
-            return model.get_pairformer_output(feats, N_cycle=n_cycle, inplace_safe=False, chunk_size=None)
-    finally:
-        model.training = was
-        for m, v in ckpt.items():
-            m.blocks_per_ckpt = v
+from .training_data import ProteinCrops, split_samples
 
 
 def relative_deviation(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -596,12 +569,8 @@ def _write_report(summary: dict, out_dir: Path) -> None:
 
 __all__ = [
     "DistillLoss",
-    "ProteinCrops",
-    "crop_features",
     "finetune",
-    "protenix_trunk",
     "relative_deviation",
-    "split_samples",
     "validate",
     "warmup_cosine",
 ]

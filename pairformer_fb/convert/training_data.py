@@ -1,78 +1,15 @@
 """Fine-tuning data: random contiguous token crops of offline-featurised Protenix samples
-(``ProteinCrops``), the feature keys a crop cuts and how (``crop_features``), and the
-train / held-out split of the samples (``split_samples``). Used by ``convert.finetune``."""
+(``ProteinCrops``; the crop itself, which knows Protenix's feature keys, is
+``hosts.protenix.training.crop_features``), and the train / held-out split of the samples
+(``split_samples``). Used by ``convert.finetune``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
-# Protenix feature keys by their token / atom axes (hosts.protenix.featurize.protenix_features' output)
-TOKEN_KEYS = (
-    "token_index",
-    "residue_index",
-    "asym_id",
-    "entity_id",
-    "sym_id",
-    "restype",
-    "has_frame",
-    "profile",
-    "deletion_mean",
-)
-TOKEN_PAIR_KEYS = ("token_bonds",)
-MSA_KEYS = ("msa", "has_deletion", "deletion_value")  # [n_msa, n_token]
-ATOM_KEYS = (
-    "ref_pos",
-    "ref_mask",
-    "ref_element",
-    "ref_charge",
-    "ref_atom_name_chars",
-    "atom_to_tokatom_idx",
-    "is_protein",
-    "is_ligand",
-    "is_dna",
-    "is_rna",
-    "pae_rep_atom_mask",
-    "plddt_m_rep_atom_mask",
-    "distogram_rep_atom_mask",
-    "mol_id",
-    "entity_mol_id",
-    "mol_atom_index",
-)
-ATOM_TOKEN_INDEX_KEYS = ("atom_to_token_idx", "ref_space_uid")  # atom -> token index: shifted by the crop
-SCALAR_KEYS = (
-    "prot_pair_num_alignments",
-    "prot_unpair_num_alignments",
-    "rna_pair_num_alignments",
-    "rna_unpair_num_alignments",
-)
-
-
-def crop_features(feats: Mapping[str, torch.Tensor], start: int, size: int) -> dict[str, torch.Tensor]:
-    """The features of the contiguous tokens ``start .. start + size`` (and their atoms) of an
-    unbatched Protenix feature dict; ``token_index`` renumbered from 0, ``residue_index`` kept.
-    Raises ValueError for a key it does not know (so that no feature is left uncropped)."""
-    n_tok = feats["restype"].shape[0]
-    stop = min(start + size, n_tok)
-    if not 0 <= start < stop:
-        raise ValueError(f"crop start={start} size={size} outside the {n_tok} tokens")
-    known = set(TOKEN_KEYS + TOKEN_PAIR_KEYS + MSA_KEYS + ATOM_KEYS + ATOM_TOKEN_INDEX_KEYS + SCALAR_KEYS)
-    unknown = sorted(set(feats) - known)
-    if unknown:
-        raise ValueError(f"crop_features: unknown feature key(s) {unknown}")
-    if start == 0 and stop == n_tok:
-        return dict(feats)
-    tok = feats["atom_to_token_idx"]
-    atoms = (tok >= start) & (tok < stop)
-    out = {k: feats[k][start:stop] for k in TOKEN_KEYS}
-    out["token_index"] = torch.arange(stop - start)
-    out.update({k: feats[k][start:stop, start:stop] for k in TOKEN_PAIR_KEYS})
-    out.update({k: feats[k][:, start:stop] for k in MSA_KEYS})
-    out.update({k: feats[k][atoms] for k in ATOM_KEYS})
-    out.update({k: feats[k][atoms] - start for k in ATOM_TOKEN_INDEX_KEYS})
-    out.update({k: feats[k] for k in SCALAR_KEYS})
-    return out
+from ..hosts.protenix.training import crop_features
 
 
 class ProteinCrops:

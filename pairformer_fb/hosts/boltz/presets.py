@@ -153,3 +153,25 @@ def build_block(cfg, width: str = "v1"):
         return block(s, z, token, pair, **kw)
 
     return block, call
+
+
+def build_model(
+    preset: str, *, hyper_parameters: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+):
+    """The model that conversion builds (``convert.build_model``): preset ``trunk``, the trunk
+    Pairformer of the checkpoint's ``hyper_parameters`` (``build_boltz_trunk``). ``overrides``
+    are Protenix's alone."""
+    if overrides:
+        raise ValueError("overrides are Protenix settings; host 'boltz' takes none")
+    if preset not in BOLTZ_PRESETS:
+        raise PresetError(f"unknown Boltz-2 preset model={preset!r}; known: {', '.join(BOLTZ_PRESETS)}")
+    return build_boltz_trunk(hyper_parameters)
+
+
+def model_key_prefix(state_dict: Mapping[str, Any], preset: str) -> str:
+    """The prefix of ``build_model(preset)``'s keys in a checkpoint's state dict: the trunk's path
+    for preset ``trunk`` (``_orig_mod.``: a torch.compile'd trunk)."""
+    if preset == "trunk":
+        compiled = any(k.startswith("pairformer_module._orig_mod.") for k in state_dict)
+        return "pairformer_module._orig_mod." if compiled else "pairformer_module."
+    return ""

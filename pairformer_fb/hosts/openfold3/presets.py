@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 from ..presets import PresetError
@@ -101,3 +102,18 @@ def build_block(cfg, width: str = "v1"):
         return block(s, z, token, pair, **kw)
 
     return block, call
+
+
+def build_model(
+    preset: str, *, hyper_parameters: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+):
+    """The model that conversion builds (``convert.build_model``): ``build_openfold3(preset)``.
+    ``overrides`` are Protenix's alone; ``hyper_parameters``: unused."""
+    if overrides:
+        raise ValueError("overrides are Protenix settings; host 'openfold3' takes none")
+    return build_openfold3(preset)
+
+
+def model_key_prefix(state_dict: Mapping[str, Any], preset: str) -> str:
+    """The prefix of ``build_model(preset)``'s keys in a checkpoint's state dict: "" (the full model)."""
+    return ""

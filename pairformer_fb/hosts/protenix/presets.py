@@ -154,3 +154,24 @@ def build_block(cfg, width: str = "v1"):
         return block(s, z, pair, **kw)
 
     return block, call
+
+
+def build_model(
+    preset: str, *, hyper_parameters: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+):
+    """The model that conversion and fine-tuning build (``convert.build_model``): ``build_protenix``
+    of ``preset`` with the fastest triangle kernels installed for its unpatched modules
+    (``structure.best_protenix_kernels``: Protenix's default, cuEquivariance, is not always
+    installed) and ``overrides`` (more Protenix settings) last. ``hyper_parameters``: unused."""
+    import torch
+
+    from .structure import best_protenix_kernels
+
+    cuda = torch.cuda.is_available()
+    settings = {**best_protenix_kernels(torch.device("cuda" if cuda else "cpu")), **dict(overrides or {})}
+    return build_protenix(preset, settings, cpu=not cuda)[0]
+
+
+def model_key_prefix(state_dict: Mapping[str, Any], preset: str) -> str:
+    """The prefix of ``build_model(preset)``'s keys in a checkpoint's state dict: "" (the full model)."""
+    return ""
