@@ -208,3 +208,50 @@ def test_bad_values_are_found_before_any_model_work(tmp_path, override, needle):
         ladder.validate(config(tmp_path, override))
     assert needle in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_openfold3_rungs_run_the_schedule_set(tmp_path, monkeypatch):
+    """Another host: OpenFold3's cycles (num_recycles + 1), steps and samples as the model runs
+    them (trunk passes, diffusion-module calls and the samples each gets), exact agreeing."""
+    pytest.importorskip("openfold3")
+    from pairformer_fb.hosts.openfold3.structure import OpenFold3Host
+
+    calls, real = [], OpenFold3Host.predict
+
+    def predict(self, model, feats):
+        seen = {"cycles": 0, "steps": []}
+
+        def step(m, args, kw):
+            seen["steps"].append((kw.get("xl_noisy") if "xl_noisy" in kw else args[1]).shape[-3])
+
+        hooks = [
+            model.pairformer_stack.register_forward_hook(lambda *_: seen.__setitem__("cycles", seen["cycles"] + 1)),
+            model.diffusion_module.register_forward_pre_hook(step, with_kwargs=True),
+        ]
+        try:
+            return real(self, model, feats)
+        finally:
+            for h in hooks:
+                h.remove()
+            calls.append(seen)
+
+    monkeypatch.setattr(OpenFold3Host, "predict", predict)
+    result = ladder.run(config(tmp_path, "host=openfold3", "tokens=[16]", "cycles=3", "steps=2", "samples=2"))
+    for r, seen in zip(result["records"], calls, strict=True):
+        assert r["status"] == "ok" and (r["cycles"], r["steps"], r["samples"]) == (3, 2, 2)
+        assert seen == {"cycles": 3, "steps": [2, 2]}
+    assert result["records"][1]["rmsd_vs_original"] < 1e-3
+    assert result["model"]["preset_schedule"] == {"cycles": 2, "steps": 2, "samples": 1}  # the tiny preset's
+
+
+def test_time_budget_skips_runs_that_would_overrun():
+    cfg = bench_config("bench_ladder", "x", ["time_budget_s=100"])
+    done = ladder.Record("protenix", "exact", 1000, 1, seconds={"total": 10.0}, cycles=1, steps=20, samples=5)
+    nxt = ladder.Record("protenix", "exact", 2000, 1, cycles=1, steps=20, samples=5)
+    assert ladder._over_budget(cfg, [done], nxt, 10.0) is None  # 10 + 10 x 2^3 = 90 s <= 100
+    assert "estimated at 80 s" in ladder._over_budget(cfg, [done], nxt, 30.0)  # would end at 110 s
+    other = ladder.Record("protenix", "original", 2000, 1, cycles=1, steps=20, samples=5)
+    assert ladder._over_budget(cfg, [done], other, 30.0) is None  # no finished rung of its variant to scale
+    assert "spent" in ladder._over_budget(cfg, [done], other, 100.0)
+    cfg.time_budget_s = None
+    assert ladder._over_budget(cfg, [done], nxt, 1e9) is None
