@@ -111,10 +111,22 @@ def test_ladder_on_cpu(tmp_path, spy_predict):
     assert "1 / 1 / 5 *" in md and "Reduced schedule" in md and "not measured on a CPU" in md
     png = (out / "ladder.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    with pytest.raises(FileExistsError, match="overwrite=true"):
+    with pytest.raises(FileExistsError, match="overwrite=true to replace it, resume=true"):
         ladder.validate(cfg)
     cfg.overwrite = True
-    ladder.validate(cfg)
+    assert ladder.validate(cfg)[-1] is None  # overwrite: nothing resumed
+
+    # resume=true: the runs the results hold stay, the missing rung runs and joins them
+    with pytest.raises(ValueError, match=r"other settings \(samples: 5 -> 3\)"):
+        ladder.validate(config(tmp_path, "resume=true", "samples=3", "bias_cache_gib=0"))
+    more = ladder.run(config(tmp_path, "tokens=[40,16]", "steps=2", "resume=true", "bias_cache_gib=0"))
+    assert [c["tokens"] for c in spy_predict[4:]] == [16, 16]
+    assert [(r["tokens"], r["variant"]) for r in more["records"]] == [
+        (n, v) for n in (16, 24, 40) for v in ("original", "exact")
+    ]
+    assert more["records"][2:] == recs and more["earlier_calls"] == [saved["environment"]]
+    assert more["records"][1]["rmsd_vs_original"] < 1e-3 and more["records"][0]["date"] != recs[0]["date"]
+    assert "Runs of 2 calls" in (out / "results.md").read_text()
 
 
 def test_oom_is_recorded_and_the_ladder_goes_on(tmp_path, spy_predict, monkeypatch):

@@ -189,6 +189,7 @@ class Record:
     reduced: bool = False
     featurise_s: float | None = None
     rmsd_vs_original: float | None = None
+    date: str | None = None  # of the call that ran it (resume=true gathers several calls)
     notes: dict = field(default_factory=dict)
 
 
@@ -200,10 +201,59 @@ def _positive_int(value, what: str, allow_null: bool = False):
     return value
 
 
+# what the records of one results.json must share for resume=true to add to them
+RESUME_KEYS = (
+    "host",
+    "model",
+    "checkpoint",
+    "sources",
+    "samples",
+    "kinds",
+    "stacks",
+    "kernels",
+    "rank",
+    "dtype",
+    "diffusion_dtype",
+    "bias_cache_gib",
+    "cuda_graphs",
+    "overrides",
+    "seed",
+)
+
+
+def _previous(cfg, out: Path) -> dict | None:
+    """The results already in ``output_dir`` that this run adds to (``resume=true``), None when
+    there are none; an error when there are and neither resume nor overwrite is given, or they
+    were made with other settings."""
+    path = out / "results.json"
+    if not path.exists() or (cfg.overwrite and not cfg.get("resume")):
+        return None
+    if not cfg.get("resume"):
+        raise FileExistsError(
+            f"output_dir={cfg.output_dir} already holds a results.json: give overwrite=true to replace it, "
+            "resume=true to add the rungs it lacks, or another output_dir"
+        )
+    try:
+        previous = json.loads(path.read_text())
+        old = previous["config"]
+        records = [Record(**r) for r in previous["records"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"resume=true: {path} is not a ladder's results.json ({type(e).__name__}: {e})") from None
+    now = _plain(cfg)
+    differ = [f"{k}: {old.get(k)!r} -> {now.get(k)!r}" for k in RESUME_KEYS if old.get(k) != now.get(k)]
+    if differ:
+        raise ValueError(
+            f"resume=true: output_dir={cfg.output_dir} holds results of other settings ({'; '.join(differ)}); "
+            "give those settings, another output_dir or overwrite=true"
+        )
+    previous["records"] = records
+    return previous
+
+
 def validate(cfg):
     """Everything checked before any model work: host, rungs, variants, schedule, memory bound,
-    sources, output folder, checkpoint. Returns (host, sorted token counts, source samples,
-    checkpoint)."""
+    sources, output folder (and the results resumed), checkpoint. Returns (host, sorted token
+    counts, source samples, checkpoint, previous results or None)."""
     host = get_host(cfg.host)
     if cfg.host not in SCHEDULES:
         raise ValueError(f"host={cfg.host}: the ladder knows the schedules of {', '.join(SCHEDULES)}")
@@ -237,16 +287,11 @@ def validate(cfg):
     budget = cfg.get("time_budget_s")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise ValueError(f"time_budget_s must be a number of seconds > 0 or null, got {budget!r}")
-    out = check_writable_dir(cfg.output_dir, "output_dir")
-    if (out / "results.json").exists() and not cfg.overwrite:
-        raise FileExistsError(
-            f"output_dir={cfg.output_dir} already holds a results.json: give overwrite=true to replace it, "
-            "or another output_dir"
-        )
+    previous = _previous(cfg, check_writable_dir(cfg.output_dir, "output_dir"))
     specs = [cfg.sources] if isinstance(cfg.sources, str) else list(cfg.sources)
     sources = read_samples(specs, cfg.data_dir or DATA_SAMPLES)
     ckpt = read_host_checkpoint(cfg.checkpoint, cfg.host)
-    return host, sorted(tokens), sources, ckpt
+    return host, sorted(tokens), sources, ckpt, previous
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +313,8 @@ def host_config(cfg):
 
 
 def run(cfg) -> dict:
-    host, tokens, sources, ckpt = validate(cfg)
+    start = time.perf_counter()  # time_budget_s counts from here: model build and featurisation included
+    host, tokens, sources, ckpt, previous = validate(cfg)
     device = resolve_device(cfg.device)
     plain = _plain(cfg)
     hcfg = host_config(cfg)
@@ -294,38 +340,46 @@ def run(cfg) -> dict:
         "phases": list(PHASES),
         "records": [],
     }
-    records: list[Record] = []
+    # resume=true: the runs the results already hold with a final status (ok / oom) stay; the
+    # others (errors, skipped) run again if asked for
+    records = [r for r in (previous or {}).get("records", []) if r.status in ("ok", "oom")]
+    if previous:
+        result["earlier_calls"] = previous.get("earlier_calls", []) + [previous["environment"]]
+    done = {(r.tokens, r.variant) for r in records}
+    jobs = {n: [v for v in cfg.variants if (n, v) not in done] for n in tokens}
     timer = PhaseTimer(model, device, host).install()
-    start = time.perf_counter()
-    bar = tqdm(total=len(tokens) * len(cfg.variants), desc="ladder", unit="run")
+    bar = tqdm(total=sum(map(len, jobs.values())), desc="ladder", unit="run")
     try:
-        for n in tokens:
+        for n, variants in ((n, v) for n, v in jobs.items() if v):
             sample = long_sample(sources, n)
             t0 = time.perf_counter()
             feats, atoms = host.featurise(sample, hcfg)
             featurise_s = time.perf_counter() - t0
             values, reduced = rung_schedule(cfg, n, preset)
             used = SCHEDULES[cfg.host](host, model, values)
-            original_ca = None
-            for variant in cfg.variants:
+            cas = {}  # variant -> the first sample's C-alpha coordinates
+            for variant in variants:
                 bar.set_postfix_str(f"{n} tokens, {variant}")
                 rec = Record(cfg.host, variant, n, atoms.array_length(), reduced=reduced, featurise_s=featurise_s)
                 rec.cycles, rec.steps, rec.samples = used["cycles"], used["steps"], used["samples"]
+                rec.date = env["date"]
                 skip = _over_budget(cfg, records, rec, time.perf_counter() - start)
                 if skip:
                     rec.status = skip
                 else:
-                    ca = _run_one(host, model, timer, feats, atoms, rec, hcfg, ckpt, device, autocast)
-                    if variant == "original":
-                        original_ca = ca
-                    elif ca is not None and original_ca is not None:
-                        rec.rmsd_vs_original = ca_rmsd(original_ca, ca)
+                    cas[variant] = _run_one(host, model, timer, feats, atoms, rec, hcfg, ckpt, device, autocast)
                 records.append(rec)
+                for r in records:  # against the original of the same rung and call
+                    if r.tokens == n and r.date == rec.date and cas.get(r.variant) is not None:
+                        if r.variant != "original" and cas.get("original") is not None:
+                            r.rmsd_vs_original = ca_rmsd(cas["original"], cas[r.variant])
+                records.sort(key=lambda r: (r.tokens, VARIANTS.index(r.variant)))
                 result["records"] = [asdict(r) for r in records]
                 write_outputs(out, result)
                 bar.update()
             del feats
             _free(device)
+        result["records"] = [asdict(r) for r in records]
     finally:
         bar.close()
         timer.remove()
@@ -476,6 +530,12 @@ def markdown(result: dict) -> str:
     ]
     if result.get("note"):
         lines += [f"**Note:** {result['note']}.", ""]
+    if result.get("earlier_calls"):
+        lines += [
+            f"Runs of {len(result['earlier_calls']) + 1} calls (resume=true; the environment above is the "
+            "last one's, results.json's earlier_calls the others'); each record's date says which.",
+            "",
+        ]
     lines += [
         "Seconds of one timed forward (warm-up excluded) per phase; peak GiB: torch.cuda.max_memory_allocated "
         "(for `oom`: the peak before it ran out). cycles / steps / samples: trunk passes, diffusion steps, "
