@@ -606,8 +606,14 @@ def test_dense_bias_in_row_chunks_equals_the_whole(z_batch, monkeypatch):
     assert diffusion_attention.pair_rows_per_chunk(z) == 1  # at least one row
 
 
-def test_bias_cache_gib_values():
+def test_bias_cache_gib_values(monkeypatch):
     assert BiasCacheBudget("auto").limit_bytes(torch.device("cpu")) == math.inf  # auto: no bound on a CPU
+    # auto on CUDA: half of free + what the allocator holds unused + what the caches hold + the new payload
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * GIB, 141 * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * GIB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 27 * GIB)
+    assert BiasCacheBudget("auto").limit_bytes(torch.device("cuda"), pending=GIB) == 0.5 * (10 + 3 + 1) * GIB
+    assert BiasCacheBudget(2).limit_bytes(torch.device("cuda")) == 2 * GIB
     assert BiasCacheBudget(None).limit_bytes(torch.device("cpu")) == math.inf
     assert BiasCacheBudget(0.5).limit_bytes(torch.device("cpu")) == GIB / 2
     for bad in (-1, "lots", True, float("nan")):

@@ -14,8 +14,8 @@ host's best kernels), ``exact`` and ``lowrank`` (``patch_variant``, plus ``bias_
 the phases timed by wrapping the host's methods (``PhaseTimer``), every forward seeded alike.
 Per rung the cycles (trunk passes), diffusion steps and samples are set on the model
 (:data:`SCHEDULES`): ``cycles`` / ``steps`` / ``samples`` of the config, or the preset's where
-null; rungs of at least ``long_rungs.from_tokens`` tokens take ``long_rungs.cycles`` /
-``steps`` instead, so that a long rung fits a device call (the records and the table say so).
+null; rungs of at least ``long_rungs.from_tokens`` tokens take at most ``long_rungs.cycles``
+/ ``steps``, so that a long rung fits a device call (the records and the table say so).
 Each (rung, variant) runs ``warmup`` untimed forwards and one timed forward.
 
 Per record: ``status`` (``ok``; ``oom`` when the device ran out of memory -- the outputs are
@@ -29,7 +29,10 @@ patched variants the bias-cache budget's statistics (``notes.bias_cache``). Outp
 rewritten after every run): ``results.json`` (``{"environment", "model", "config",
 "records": [...]}``), ``results.md``, ``ladder.png`` (peak GiB and seconds against tokens,
 stock against patched). An ``output_dir`` that already holds ``results.json`` is an error
-unless ``overwrite=true``.
+unless ``overwrite=true`` (replace it) or ``resume=true`` (same settings: its ok / oom runs stay,
+the runs it lacks are added; one ladder over several device calls). ``time_budget_s``: runs that
+would end past it (the previous rung of the variant scaled by the cube of the token ratio) are
+``skipped``.
 
 Where the O(N^2) memory is (N tokens, c_z = 128; what the next device session should measure):
 
@@ -46,11 +49,15 @@ Where the O(N^2) memory is (N tokens, c_z = 128; what the next device session sh
   one chunk. The budget's payloads live until the prediction's trunk tensors are freed, i.e.
   also during the confidence head: ``notes.bias_cache.peak_held_gib`` says how much.
   ``lowrank`` holds SVD factors [H, N, R] instead (its transient dense bias per block).
-* The triangle attentions' projections: q, k, v, gate [N, N, H, D] and the bias [H, N, N] per
-  call, transient; our modules cut the rows per op call by a 2 GiB projection budget
-  (modules/triangle_attention.py), the host obeys its ``chunk_size`` (Protenix: 256 rows at
-  2,048 tokens, 128 beyond 2,560; ``infer_setting.chunk_size_thresholds``). The triangle
-  multiplications (not patched) hold [N, N, c] projections in the host's own chunks.
+* The triangle attentions (ours, per call, transient): the normalised z [N, N, c_z] and the
+  dense bias [H, N, N] whole, the fused q / k / v / gate projection [rows, N, 4 H D] per chunk of
+  rows (as many rows as fit 2 GiB, at least the host's ``chunk_size``; all N rows when it
+  passes None -- Protenix up to 1,024 tokens; then 512, 256, 128 and beyond 2,560 tokens 32
+  rows, ``infer_setting.chunk_size_thresholds``, which also chunk its own modules), and the
+  update [N, N, c_z]
+  (modules/triangle_attention.py ``chunk_budget_bytes``). The pair-biased single attention
+  holds its [H, N, N] bias per call. The triangle multiplications (not patched) hold their
+  [N, N, c] projections in the host's own chunks.
 * The stock attentions' logits: without FlashBias, the host's triangle attention (torch path)
   materialises [rows, H, N, N] logits per chunk, and its diffusion attention the [samples, H,
   N, N] logits of every block call (Protenix chunks the samples by
