@@ -19,6 +19,11 @@
   "atom" reproduce the coordinates, reuse the bias across steps, and stay exact on a second
   input (no stale bias); unpatch is bit-identical; lowrank (SVD) approaches exact as the rank
   grows.
+* the caches' memory bound (``BiasCacheBudget``, ``patch_model(bias_cache_gib=...)``): modules
+  sharing a budget keep biases only within it (the first ones), the others recompute at every
+  step with outputs bit-identical to unbounded caches and equal to the host's; the bias
+  computed in row chunks equals the unchunked one; on the full tiny Protenix every bound (0, a
+  part of what the caches would hold, none, auto) gives the same coordinates bit for bit.
 """
 
 import math
@@ -40,7 +45,7 @@ import pairformer_fb as fb
 from pairformer_fb.hosts.base import Site
 from pairformer_fb.hosts.protenix.adapter import make_replacement
 from pairformer_fb.modules import diffusion_attention
-from pairformer_fb.modules.bias_cache import BiasScope, SVDConfig, svd_factors
+from pairformer_fb.modules.bias_cache import GIB, BiasCacheBudget, BiasScope, SVDConfig, svd_factors
 from pairformer_fb.patching.patching import patched_modules
 
 pytestmark = [
@@ -515,3 +520,129 @@ def test_svd_factors_under_bf16_autocast():
     outside = svd_factors(bias, config)
     assert inside.phi_q.dtype == torch.bfloat16 and torch.equal(inside.ranks, outside.ranks)
     assert torch.equal(inside.phi_q, outside.phi_q) and torch.equal(inside.phi_k, outside.phi_k)
+
+
+# ---------------------------------------------------------------------------------------------
+# the bias caches' memory bound
+
+
+def blocks_in_a_scope(k, seed):
+    """k (host, ours) diffusion attentions sharing one BiasScope, as the blocks of one diffusion
+    transformer."""
+    scope, pairs = BiasScope(), [host_and_ours("diffusion", seed=seed + i) for i in range(k)]
+    for _, ours in pairs:
+        ours.flash_bias.scope = scope
+    return scope, pairs
+
+
+def run_steps(scope, pairs, trunk, a, s, steps, watch=None):
+    """``steps`` diffusion steps: each enters the scope with the trunk output and calls every
+    block on a new z made from it; returns every block's output of every step (and checks the
+    host's). ``watch(caches)`` after every call."""
+    outs = []
+    for _ in range(steps):
+        scope.enter([trunk])
+        try:
+            z = trunk[None] * 2.0  # a new tensor every step, as the host's conditioning makes
+            with torch.no_grad():
+                for host, ours in pairs:
+                    out = ours(a, s, z)
+                    assert rel_err(out, host(a, s, z)) < RTOL
+                    outs.append(out)
+                    if watch is not None:
+                        watch([o.flash_bias.bias_cache for _, o in pairs])
+        finally:
+            scope.exit()
+    return outs
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "row-chunks"])
+def test_bias_cache_budget_bounds_what_is_kept_and_stays_exact(chunked, monkeypatch):
+    n, steps, k = 11, 3, 3
+    a, s, trunk = rand(2, n, C_A, seed=41), rand(2, n, C_S, seed=42), rand(n, n, C_Z, seed=43)
+    if chunked:  # 3 query rows of the normalised pair rep per chunk: 4 chunks of 11 rows
+        monkeypatch.setattr(diffusion_attention, "PAIR_CHUNK_BYTES", 3 * n * C_Z * 4)
+    scope, pairs = blocks_in_a_scope(k, seed=44)
+    free = run_steps(scope, pairs, trunk, a, s, steps)  # unbounded caches
+    caches = [ours.flash_bias.bias_cache for _, ours in pairs]
+    one = caches[0].nbytes
+    assert one >= HEADS * n * n * 4 and [c.misses for c in caches] == [1] * k
+    for c in caches:
+        c.clear()
+        c.hits = c.misses = 0
+    budget = BiasCacheBudget(limit_gib=1.5 * one / GIB)  # room for one block's bias
+    for c in caches:
+        c.budget = budget
+    scope.invalidate()
+    held = []
+    bounded = run_steps(scope, pairs, trunk, a, s, steps, watch=lambda cs: held.append(sum(c.nbytes for c in cs)))
+    assert all(torch.equal(x, y) for x, y in zip(bounded, free))  # recomputed = cached, bit for bit
+    assert max(held) <= budget.limit_bytes(torch.device("cpu")) and max(held) == one
+    assert caches[0].payload is not None and caches[0].hits == steps - 1  # the first block keeps its bias
+    assert all(c.payload is None and c.misses == steps and c.refused == steps for c in caches[1:])
+    assert budget.stats() == {
+        "limit_gib": 1.5 * one / GIB,
+        "held_gib": one / GIB,
+        "peak_held_gib": one / GIB,
+        "admitted": 1,
+        "refused": (k - 1) * steps,
+    }
+
+
+@pytest.mark.parametrize("z_batch", [1, 3], ids=["shared", "per-sample"])
+def test_dense_bias_in_row_chunks_equals_the_whole(z_batch, monkeypatch):
+    _, ours = host_and_ours("diffusion", seed=50)
+    n = 13
+    z = rand(z_batch, n, n, C_Z, seed=51)
+    with torch.no_grad():
+        whole = ours.flash_bias._dense_bias(z, False)
+        monkeypatch.setattr(diffusion_attention, "PAIR_CHUNK_BYTES", 4 * z_batch * n * C_Z * 4)
+        assert diffusion_attention.pair_rows_per_chunk(z) == 4
+        chunked = ours.flash_bias._dense_bias(z, False)
+        again = ours.flash_bias._dense_bias(z, False)
+    assert chunked.shape == whole.shape == (z_batch, HEADS, n, n) and chunked.is_contiguous()
+    assert rel_err(chunked, whole) < 1e-6 and torch.equal(again, chunked)
+    monkeypatch.setattr(diffusion_attention, "PAIR_CHUNK_BYTES", 1)
+    assert diffusion_attention.pair_rows_per_chunk(z) == 1  # at least one row
+
+
+def test_bias_cache_gib_values(monkeypatch):
+    assert BiasCacheBudget("auto").limit_bytes(torch.device("cpu")) == math.inf  # auto: no bound on a CPU
+    # auto on CUDA: half of free + what the allocator holds unused + what the caches hold + the new payload
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * GIB, 141 * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * GIB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 27 * GIB)
+    assert BiasCacheBudget("auto").limit_bytes(torch.device("cuda"), pending=GIB) == 0.5 * (10 + 3 + 1) * GIB
+    assert BiasCacheBudget(2).limit_bytes(torch.device("cuda")) == 2 * GIB
+    assert BiasCacheBudget(None).limit_bytes(torch.device("cpu")) == math.inf
+    assert BiasCacheBudget(0.5).limit_bytes(torch.device("cpu")) == GIB / 2
+    for bad in (-1, "lots", True, float("nan")):
+        with pytest.raises(ValueError, match="bias_cache_gib must be 'auto', null"):
+            BiasCacheBudget(bad)
+
+
+def test_patch_model_bias_cache_gib_keeps_the_coordinates(protenix_model):
+    """Any bound gives the coordinates of the unbounded caches bit for bit; 0 keeps nothing, a
+    bound below what the caches would hold keeps a part; a bad value is an error naming it."""
+    model, feats, _ = protenix_model
+    kinds, stacks = ("diffusion", "atom"), ("diffusion", "input")
+    with pytest.raises(ValueError, match="bias_cache_gib"):
+        fb.patch_model(model, kinds=kinds, stacks=stacks, bias_cache_gib=-0.5)
+    assert not patched_modules(model)
+    runs = {}
+    for limit in (None, 0, "part", "auto"):
+        gib = limit if limit != "part" else 0.6 * runs[None][1]["peak_held_gib"]
+        report = fb.patch_model(model, kinds=kinds, stacks=stacks, bias_cache_gib=gib)
+        try:
+            runs[limit] = run_coordinates(model, feats), report.bias_cache.stats()
+        finally:
+            fb.unpatch_model(model)
+    ref, free = runs[None]
+    assert free["refused"] == 0 and free["admitted"] > 1 and free["peak_held_gib"] > 0
+    for limit in (0, "part", "auto"):
+        coords, stats = runs[limit]
+        assert torch.equal(coords, ref), limit
+        assert stats["peak_held_gib"] <= (stats["limit_gib"] if limit != "auto" else math.inf), limit
+    assert runs[0][1]["admitted"] == 0 and runs[0][1]["refused"] > 0
+    assert 0 < runs["part"][1]["admitted"] and runs["part"][1]["refused"] > 0
+    assert runs["auto"][1] == free | {"limit_gib": "auto"}  # no bound on a CPU

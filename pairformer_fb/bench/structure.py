@@ -195,8 +195,16 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
     kinds = tuple(cfg.get("kinds") or ("triangle", "single"))
     diffusion_dtype = cfg.get("diffusion_dtype")
     dd = {"diffusion_dtype": diffusion_dtype} if diffusion_dtype else {}
+    bias_cache_gib = cfg.get("bias_cache_gib", "auto")  # the diffusion attentions' cache bound
     if variant == "exact":
-        report = fb.patch_model(model, mode="exact", stacks=stacks, kinds=kinds, diffusion_dtype=diffusion_dtype)
+        report = fb.patch_model(
+            model,
+            mode="exact",
+            stacks=stacks,
+            kinds=kinds,
+            diffusion_dtype=diffusion_dtype,
+            bias_cache_gib=bias_cache_gib,
+        )
         return {"patched_modules": len(report), "kinds": list(kinds), **dd}
     # lowrank: the converted checkpoint's factor networks if it has them, else untrained ones
     factors = {k: v for k, v in (ckpt.state_dict.items() if ckpt is not None else ()) if FACTOR_KEY_MARK in k}
@@ -229,7 +237,13 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
         }
     seed_all(cfg.seed)  # the untrained factor networks' initialisation
     report = fb.patch_model(
-        model, mode="lowrank", rank=cfg.rank, stacks=stacks, kinds=kinds, diffusion_dtype=diffusion_dtype
+        model,
+        mode="lowrank",
+        rank=cfg.rank,
+        stacks=stacks,
+        kinds=kinds,
+        diffusion_dtype=diffusion_dtype,
+        bias_cache_gib=bias_cache_gib,
     )
     return {
         "patched_modules": len(report),

@@ -40,6 +40,20 @@ prediction (the hosts' samplers do not: they build new tensors). A new object (a
 a new batch) is still recomputed, and normal tensors (e.g. parameters) keep their version
 counters, also inside inference mode.
 
+Memory bound (:class:`BiasCacheBudget`). A cached dense bias is H x N x N per module: the
+diffusion transformer's 24 blocks x 16 heads at 5,120 tokens hold ~40 GB in fp32 (20 GB in
+bf16) for the whole sampling, beside the trunk's pair representation. The caches that share a
+budget (``patch_model`` gives every diffusion attention it patches one, ``bias_cache_gib``) keep
+a payload only while the payloads held by all of them together stay within its limit; a payload
+beyond it is not kept (``BiasCacheEntry.refused`` counts them), so that module recomputes its
+bias at every call, with the same code on the same inputs: the result is bit-identical to the
+cached one, only slower. Payloads are admitted first come, first served (in a diffusion step:
+the first blocks keep theirs). Limits: a number of GiB (0: nothing is kept), None (no bound) or
+``"auto"``: on CUDA :data:`AUTO_FRACTION` of the memory the caches could use at the moment of
+admission (the device's free memory, plus what PyTorch's allocator holds unused, plus what the
+caches hold and the new payload), no bound on other devices. Nothing is admitted while a CUDA
+stream is capturing a graph (the graph then recomputes that bias in every replay).
+
 :func:`svd_factors` turns a fixed dense bias into FlashBias factors without any training: a
 truncated SVD per head, with the rank chosen per head by a relative-error budget.
 """
@@ -182,20 +196,116 @@ def _as_tensors(z) -> tuple:
     return (z,) if isinstance(z, torch.Tensor) else tuple(z)
 
 
+GIB = 2**30
+# bias_cache_gib="auto" on CUDA: the share of the memory the caches could use that they may hold
+AUTO_FRACTION = 0.5
+
+
+def _payload_bytes(payload) -> int:
+    """Bytes of the storages the payload's tensors hold (each storage once; a bias padded to
+    whole kernel tiles counts its padding)."""
+    seen, total = set(), 0
+    for t in _flat(payload):
+        if isinstance(t, torch.Tensor):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+    return total
+
+
+def check_bias_cache_gib(value, what: str = "bias_cache_gib"):
+    """``value`` if it is a valid limit ("auto", None or a finite number >= 0), else a ValueError
+    naming ``what``."""
+    ok = value is None or value == "auto"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        ok = math.isfinite(value) and value >= 0
+    if not ok:
+        raise ValueError(
+            f"{what} must be 'auto', null (no bound) or a number of GiB >= 0 (0: never keep a bias), got {value!r}"
+        )
+    return value
+
+
+class BiasCacheBudget:
+    """A bound on the bytes that the bias caches sharing it hold together (see the module
+    docstring). ``limit_gib``: "auto", None (no bound) or GiB >= 0. Counts: ``admitted`` /
+    ``refused`` payloads, ``peak_bytes`` (the most held at once)."""
+
+    def __init__(self, limit_gib: float | str | None = "auto", fraction: float = AUTO_FRACTION):
+        self.limit_gib = check_bias_cache_gib(limit_gib)
+        self.fraction = fraction
+        self._entries: weakref.WeakSet[BiasCacheEntry] = weakref.WeakSet()
+        self.admitted = 0
+        self.refused = 0
+        self.peak_bytes = 0
+
+    def held_bytes(self, exclude: BiasCacheEntry | None = None) -> int:
+        """What the caches of this budget hold now (but ``exclude``'s)."""
+        return sum(e.nbytes for e in list(self._entries) if e is not exclude)
+
+    def limit_bytes(self, device: torch.device, pending: int = 0) -> float:
+        """The bound now, on ``device``; ``pending``: the bytes of a payload already allocated
+        and waiting for admission (freed if refused, so part of what the caches could use)."""
+        if self.limit_gib is None:
+            return math.inf
+        if self.limit_gib != "auto":
+            return float(self.limit_gib) * GIB
+        if device.type != "cuda":
+            return math.inf
+        free, _ = torch.cuda.mem_get_info(device)
+        spare = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return self.fraction * (free + spare + self.held_bytes() + pending)
+
+    def admit(self, entry: BiasCacheEntry, payload) -> bool:
+        """Whether ``entry`` may keep ``payload`` (replacing its own): the others' payloads plus
+        this one within the limit, and no CUDA stream capturing."""
+        nbytes = _payload_bytes(payload)
+        held = self.held_bytes(exclude=entry)
+        device = next((t.device for t in _flat(payload) if isinstance(t, torch.Tensor)), torch.device("cpu"))
+        capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        if capturing or held + nbytes > self.limit_bytes(device, nbytes):
+            self.refused += 1
+            return False
+        self._entries.add(entry)
+        self.admitted += 1
+        self.peak_bytes = max(self.peak_bytes, held + nbytes)
+        return True
+
+    def stats(self) -> dict:
+        """What a report records: the limit, what is held now and at most, the counts."""
+        return {
+            "limit_gib": self.limit_gib,
+            "held_gib": self.held_bytes() / GIB,
+            "peak_held_gib": self.peak_bytes / GIB,
+            "admitted": self.admitted,
+            "refused": self.refused,
+        }
+
+
 class BiasCacheEntry:
     """One module's cached bias (or factors): valid for a scope token or the fingerprints of
     the tensors it was computed from (z, or a tuple such as (z, atom_mask)), plus a signature
     of everything else the payload depends on. ``trust_inference_tensors``: whether, outside a
-    scope, inference tensors can match by identity (default False; see the module docstring)."""
+    scope, inference tensors can match by identity (default False; see the module docstring).
+    ``budget``: the :class:`BiasCacheBudget` it shares with other modules' caches (None: no
+    bound); a payload it refuses is not kept (``refused`` counts them)."""
 
-    def __init__(self, trust_inference_tensors: bool = False):
+    def __init__(self, trust_inference_tensors: bool = False, budget: BiasCacheBudget | None = None):
         self.trust_inference_tensors = trust_inference_tensors
+        self.budget = budget
         self._token = None
         self._fingerprint: tuple[TensorFingerprint, ...] | None = None
         self._signature = None
         self.payload = None
         self.hits = 0
         self.misses = 0
+        self.refused = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the payload (0 when empty)."""
+        return 0 if self.payload is None else _payload_bytes(self.payload)
 
     def clear(self) -> None:
         self._token = self._fingerprint = self._signature = self.payload = None
@@ -214,10 +324,15 @@ class BiasCacheEntry:
         return self.payload if ok else None
 
     def store(self, scope: BiasScope | None, z, signature: tuple, payload) -> None:
-        """Keep ``payload`` unless any of its tensors needs gradients (then nothing is kept)."""
+        """Keep ``payload`` unless any of its tensors needs gradients or the budget refuses it
+        (then nothing is kept: the next call recomputes it)."""
         tensors = [t for t in _flat(payload) if isinstance(t, torch.Tensor)]
         if any(t.requires_grad for t in tensors):
             self.clear()
+            return
+        if self.budget is not None and not self.budget.admit(self, payload):
+            self.clear()
+            self.refused += 1
             return
         token = scope.token() if scope is not None else None
         if token is not None:

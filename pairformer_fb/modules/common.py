@@ -67,15 +67,15 @@ def _concat_linear_params(linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, t
 
 
 def head_major_pair_bias(pair: torch.Tensor, linear_bias: nn.Linear) -> torch.Tensor:
-    """b[*, h, j, k] = linear_bias(pair[*, j, k, :])_h, returned contiguous [*, H, N, N].
+    """b[*, h, j, k] = linear_bias(pair[*, j, k, :])_h, returned contiguous [*, H, N, N]
+    (pair [*, N_j, N_k, c] -> [*, H, N_j, N_k]: also a block of rows of the pair rep).
 
     Computed as W @ pair^T over the flattened pairs, so the result is already head-major: no
     permute of an [*, N, N, H] output and keys contiguous, as the attention kernel reads them.
     ``linear_bias`` has no bias term (in every host the pair-bias projection has none).
     """
-    n = pair.shape[-2]
     out = torch.matmul(linear_bias.weight, pair.flatten(-3, -2).transpose(-1, -2))
-    return out.unflatten(-1, (n, n))
+    return out.unflatten(-1, tuple(pair.shape[-3:-1]))
 
 
 class FlashBiasModule(nn.Module):

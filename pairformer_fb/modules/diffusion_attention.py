@@ -47,6 +47,17 @@ LOCAL_MASK_INF = 1e10
 # the additive mask of OpenFold3's "shifted" windows: inf * (mask_q * mask_k - 1), inf = 1e9
 SHIFTED_MASK_INF = 1e9
 WINDOWS = ("centred", "shifted")
+# the most bytes of normalised pair rep (fp32 or z's dtype) one chunk of a dense bias's
+# computation makes (FlashBiasDiffusionAttention._dense_bias); a module attribute for tests
+PAIR_CHUNK_BYTES = 1 << 30
+
+
+def pair_rows_per_chunk(z: torch.Tensor) -> int:
+    """Query rows of z [*', N_q, N_k, c] per chunk of the dense bias's computation: at most
+    :data:`PAIR_CHUNK_BYTES` of the normalised rows (4 bytes per element at least: the layer
+    norm may compute in fp32), at least one row."""
+    per_row = math.prod(z.shape[:-3]) * z.shape[-2] * z.shape[-1] * max(z.element_size(), 4)
+    return max(1, PAIR_CHUNK_BYTES // max(per_row, 1))
 
 
 class AdaptiveLayerNorm(nn.Module):
@@ -382,13 +393,29 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         return payload
 
     def _dense_bias(self, z, efficient_fusion):
-        """[*', H, N, N] in the compute dtype of the host's projection."""
+        """[*', H, N, N] in the compute dtype of the host's projection. Without
+        efficient_fusion the normalised z (an [*', rows, N, c_z] intermediate in z's dtype, or
+        fp32) is made for :data:`PAIR_CHUNK_BYTES` worth of query rows at a time: at 5,120
+        tokens and c_z = 128 the whole of it would be 13 GB in fp32 beside the bias. The rows
+        per chunk depend only on the shapes, so a recomputed bias is bit-identical to a cached
+        one (bias_cache's memory bound)."""
         if efficient_fusion:
             norm_weight = getattr(self.layer_norm_z, "weight", None)
             w = self.linear_z.weight * norm_weight[None, :] if norm_weight is not None else self.linear_z.weight
             n = z.shape[-1]
             return torch.matmul(w, z.flatten(-2)).unflatten(-1, (n, n))
-        return head_major_pair_bias(self._norm_z(z), self.linear_z)
+        rows = pair_rows_per_chunk(z)
+        n = z.shape[-2]
+        if rows >= z.shape[-3]:
+            return head_major_pair_bias(self._norm_z(z), self.linear_z)
+        out = None
+        for i in range(0, z.shape[-3], rows):
+            part = head_major_pair_bias(self._norm_z(z[..., i : i + rows, :, :]), self.linear_z)  # [*', H, r, N]
+            if out is None:
+                out = part.new_empty(*part.shape[:-2], z.shape[-3], n)
+            out[..., i : i + rows, :] = part
+            del part
+        return out
 
     def _norm_z(self, z):
         return z if self.layer_norm_z is None else layer_norm(z, self.layer_norm_z)

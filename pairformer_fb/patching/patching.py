@@ -20,7 +20,7 @@ from ..hosts import (
     get_adapter,
 )
 from ..hosts.call_scope import ScopedPatchedModule
-from ..modules.bias_cache import SVDConfig
+from ..modules.bias_cache import BiasCacheBudget, BiasCacheEntry, SVDConfig, check_bias_cache_gib
 from ..modules.common import MODES
 from ..modules.factor_network import FactorConfig, factor_config_for
 from .cuda_graphs import reset_graphs
@@ -53,11 +53,14 @@ class PatchedEntry:
 @dataclass
 class PatchReport:
     """What ``patch_model`` did. ``params_shared``: elements of the host parameters our modules
-    use in place (not copied); ``params_added``: elements of the factor networks added."""
+    use in place (not copied); ``params_added``: elements of the factor networks added;
+    ``bias_cache``: the memory bound shared by the bias caches of the modules patched (None
+    when none has a cache; its ``stats()`` say what they held and refused)."""
 
     host: str
     entries: list[PatchedEntry] = field(default_factory=list)
     params_shared: int = 0
+    bias_cache: BiasCacheBudget | None = None
 
     @property
     def params_added(self) -> int:
@@ -151,6 +154,7 @@ def patch_model(
     backend: str = "auto",
     trust_inference_tensors: bool = False,
     diffusion_dtype: str | None = None,
+    bias_cache_gib: float | str | None = "auto",
 ) -> PatchReport:
     """Replace, in place, the triangle attentions and pair-biased single attentions of a host
     model with FlashBias modules that use the original nn.Parameter objects.
@@ -196,6 +200,14 @@ def patch_model(
             (Protenix: fp32 with TF32) compute in that dtype under autocast and return the
             update in the host's dtype (``FlashBiasDiffusionAttention.compute_dtype``). Faster,
             not bit-faithful: the structure benchmark reports the agreement.
+        bias_cache_gib: the most memory the bias caches of the patched diffusion attentions
+            (kinds "diffusion" and "atom"; Boltz-2's precomputed-bias attentions) hold
+            together, shared by them (``PatchReport.bias_cache``, a
+            ``modules.bias_cache.BiasCacheBudget``): a number of GiB (0: no bias is kept),
+            None (no bound) or "auto" (the default: on CUDA half of the memory the caches could
+            use when a bias is admitted, no bound on a CPU). A module whose bias does not fit
+            recomputes it at every call (exact mode: bit-identical to the cached bias) instead
+            of keeping it for the whole sampling.
 
     Returns:
         a PatchReport listing every replaced module. Raises AlreadyPatchedError on a model
@@ -229,6 +241,7 @@ def patch_model(
     selected = None if blocks is None else set(blocks)
     if diffusion_dtype not in DIFFUSION_DTYPES:
         raise ValueError(f"diffusion_dtype must be None, 'bf16' or 'fp16', got {diffusion_dtype!r}")
+    budget = BiasCacheBudget(check_bias_cache_gib(bias_cache_gib))
 
     sites = adapter.find_sites(model, stacks=stacks, kinds=tuple(kinds))
     if not sites:
@@ -279,6 +292,10 @@ def patch_model(
             wrapper.trust_inference_tensors = bool(trust_inference_tensors)
         if site.kind in DIFFUSION_KINDS and hasattr(wrapper.flash_bias, "compute_dtype"):
             wrapper.flash_bias.compute_dtype = DIFFUSION_DTYPES[diffusion_dtype]
+        cache = getattr(wrapper.flash_bias, "bias_cache", None)
+        if isinstance(cache, BiasCacheEntry):
+            cache.budget = budget
+            report.bias_cache = budget
         wrapper.on_patch()
         fn = wrapper.flash_bias.factor_network
         added = sum(p.numel() for p in fn.parameters()) if fn is not None else 0

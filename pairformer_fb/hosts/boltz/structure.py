@@ -63,6 +63,7 @@ class BoltzHost(StructureHost):
     ``confidence_module``."""
 
     name = "boltz"
+    diffusion_samples = 1  # Boltz2.forward's diffusion_samples (all in parallel); the ladder sets 5
 
     def check(self, cfg) -> None:
         missing = boltz_missing()
@@ -121,7 +122,7 @@ class BoltzHost(StructureHost):
             "weights": "random",
             "recycling_steps": self.recycling_steps,
             "diffusion_steps": self.sampling_steps,
-            "diffusion_samples": 1,
+            "diffusion_samples": self.diffusion_samples,
         }
         return finish_build(model, device, ckpt, cfg, preset, "Boltz2", info)
 
@@ -130,8 +131,8 @@ class BoltzHost(StructureHost):
             dict(feats),
             recycling_steps=self.recycling_steps,
             num_sampling_steps=self.sampling_steps,
-            diffusion_samples=1,
-            max_parallel_samples=1,
+            diffusion_samples=self.diffusion_samples,
+            max_parallel_samples=self.diffusion_samples,
             run_confidence_sequentially=True,
         )
         return out["sample_atom_coords"][0][feats["atom_pad_mask"][0].bool()]

@@ -1,0 +1,626 @@
+"""The ladder (issue 18): a host's full inference (``host=``: protenix, openfold3, boltz) at a
+ladder of token counts, stock and patched, to find where each one stops fitting in memory and
+what it costs on the way. See configs/bench_ladder.yaml and scripts/bench_ladder.py.
+
+Inputs. Each rung's input is a real sample of exactly ``tokens`` residues made by
+:func:`long_sample`: the chains of ``sources`` (sample names of data_samples/, FASTA files or
+folders), in order and cycled, the last chain cut short to hit the count (copies of a chain form
+one entity, a cut chain its own). It is featurised by the host as the structure benchmark
+featurises its samples (hosts/<host>/featurize.py; single-sequence mode, no templates).
+
+Runs. The structure benchmark's machinery (bench/structure.py): the host's model is built once
+(``model=``, random weights unless ``checkpoint=``), the variants ``original`` (unpatched, the
+host's best kernels), ``exact`` and ``lowrank`` (``patch_variant``, plus ``bias_cache_gib``),
+the phases timed by wrapping the host's methods (``PhaseTimer``), every forward seeded alike.
+Per rung the cycles (trunk passes), diffusion steps and samples are set on the model
+(:data:`SCHEDULES`): ``cycles`` / ``steps`` / ``samples`` of the config, or the preset's where
+null; rungs of at least ``long_rungs.from_tokens`` tokens take at most ``long_rungs.cycles``
+/ ``steps``, so that a long rung fits a device call (the records and the table say so).
+Each (rung, variant) runs ``warmup`` untimed forwards and one timed forward.
+
+Per record: ``status`` (``ok``; ``oom`` when the device ran out of memory -- the outputs are
+dropped, the memory collected and freed, the peak statistics reset, and the ladder goes on;
+``error: <type>: <message>``; ``skipped: ...`` beyond ``time_budget_s``), ``peak_gib``
+(``torch.cuda.max_memory_allocated`` over the forwards, also the peak reached before an OOM;
+null on a CPU, which the environment says), ``seconds`` per phase and in total,
+``cycles`` / ``steps`` / ``samples`` used and whether they were ``reduced``, the Cα RMSD of
+the first sample to the original's (``rmsd_vs_original``: exact should be ~0), and for the
+patched variants the bias-cache budget's statistics (``notes.bias_cache``). Outputs (atomic,
+rewritten after every run): ``results.json`` (``{"environment", "model", "config",
+"records": [...]}``), ``results.md``, ``ladder.png`` (peak GiB and seconds against tokens,
+stock against patched). An ``output_dir`` that already holds ``results.json`` is an error
+unless ``overwrite=true`` (replace it) or ``resume=true`` (same settings: its ok / oom runs stay,
+the runs it lacks are added; one ladder over several device calls). ``time_budget_s``: runs that
+would end past it (the previous rung of the variant scaled by the cube of the token ratio) are
+``skipped``.
+
+Where the O(N^2) memory is (N tokens, c_z = 128; what the next device session should measure):
+
+* The pair representation z [N, N, c_z]: the trunk's (bf16 under autocast: 6.7 GB at 5,120
+  tokens), its recycling copy, Protenix's ``pair_z`` of the diffusion conditioning (fp32,
+  13.4 GB at 5,120), the confidence head's pair rep and its distance embeddings. Held by the
+  host for the whole prediction; patching does not change it.
+* The diffusion attention's bias, 16 heads x N^2 per block: cached for all 24 blocks it is
+  ~40 GB fp32 at 5,120 tokens (Protenix runs its diffusion in fp32; 20 GB with
+  ``diffusion_dtype=bf16``). Bounded by ``bias_cache_gib`` (modules/bias_cache.py
+  ``BiasCacheBudget``: beyond it a block recomputes its bias every call, bit-identically) and
+  computed in row chunks of at most ``PAIR_CHUNK_BYTES`` of normalised z
+  (modules/diffusion_attention.py), so one block's recompute holds its [H, N, N] bias plus
+  one chunk. The budget's payloads live until the prediction's trunk tensors are freed, i.e.
+  also during the confidence head: ``notes.bias_cache.peak_held_gib`` says how much.
+  ``lowrank`` holds SVD factors [H, N, R] instead (its transient dense bias per block).
+* The triangle attentions (ours, per call, transient): the normalised z [N, N, c_z] and the
+  dense bias [H, N, N] whole, the fused q / k / v / gate projection [rows, N, 4 H D] per chunk of
+  rows (as many rows as fit 2 GiB, at least the host's ``chunk_size``; all N rows when it
+  passes None -- Protenix up to 1,024 tokens; then 512, 256, 128 and beyond 2,560 tokens 32
+  rows, ``infer_setting.chunk_size_thresholds``, which also chunk its own modules), and the
+  update [N, N, c_z]
+  (modules/triangle_attention.py ``chunk_budget_bytes``). The pair-biased single attention
+  holds its [H, N, N] bias per call. The triangle multiplications (not patched) hold their
+  [N, N, c] projections in the host's own chunks.
+* The stock attentions' logits: without FlashBias, the host's triangle attention (torch path)
+  materialises [rows, H, N, N] logits per chunk, and its diffusion attention the [samples, H,
+  N, N] logits of every block call (Protenix chunks the samples by
+  ``sample_diffusion_chunk_size``).
+* Boltz-2 hands every diffusion layer a slice of one [N, N, H x layers] bias the host computes
+  per trunk pass (its own O(N^2 H L)); our cache would add a head-major fp32 copy per layer,
+  within the same budget.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..cli import atomic_write, check_writable_dir, one_line
+from ..data.featurize import DATA_SAMPLES, Chain, InputError, Sample, _chain_letters, read_samples
+from ..data.structure import ca_coords, ca_rmsd
+from ..hosts.structure_hosts import PHASES, get_host
+from ..modules.bias_cache import GIB, check_bias_cache_gib
+from ..patching.patching import DIFFUSION_DTYPES, patched_modules
+from .structure import (
+    RANDOM_WEIGHTS_NOTE,
+    PhaseTimer,
+    build_model,
+    dtype_context,
+    patch_variant,
+    read_host_checkpoint,
+    resolve_device,
+    seed_all,
+)
+from .timing import environment, failure_status
+
+VARIANTS = ("original", "exact", "lowrank")
+LABELS = {"original": "stock (original)", "exact": "patched exact", "lowrank": "patched lowrank"}
+
+
+# ---------------------------------------------------------------------------------------------
+# long inputs
+
+
+def long_sample(sources: Sequence[Sample], n_tokens: int, name: str | None = None) -> Sample:
+    """A sample of exactly ``n_tokens`` residues: the chains of ``sources`` in order, cycled,
+    the last one cut to its first residues. Chains get ids A, B, ..., Z, AA, ...; identical
+    sequences form one entity (:class:`Sample`), so repeated chains are copies of an entity."""
+    if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be a positive integer, got {n_tokens!r}")
+    pool = [c for s in sources for c in s.chains]
+    if not pool:
+        raise InputError("sources hold no chains to repeat")
+    chains: list[Chain] = []
+    left, i = n_tokens, 0
+    while left > 0:
+        src = pool[i % len(pool)]
+        seq = src.sequence[:left]
+        chains.append(Chain(_chain_letters(len(chains)), f"{src.name}_{i // len(pool) + 1}", seq))
+        left -= len(seq)
+        i += 1
+    return Sample(name or f"ladder_{n_tokens}", Path(sources[0].path), chains)
+
+
+# ---------------------------------------------------------------------------------------------
+# cycles / steps / samples of a built host model, per host
+
+
+def _protenix(host, model, values=None) -> dict:
+    sd = model.configs.sample_diffusion
+    if values:
+        model.N_cycle = values["cycles"]  # read by Protenix.forward in inference mode
+        sd.N_step, sd.N_sample = values["steps"], values["samples"]
+    return {"cycles": int(model.N_cycle), "steps": int(sd.N_step), "samples": int(sd.N_sample)}
+
+
+def _openfold3(host, model, values=None) -> dict:
+    shared = model.shared  # config.architecture.shared, read at every forward
+    if values:
+        shared.num_recycles = values["cycles"] - 1
+        shared.diffusion.no_full_rollout_steps = values["steps"]
+        shared.diffusion.no_full_rollout_samples = values["samples"]
+    d = shared.diffusion
+    return {
+        "cycles": int(shared.num_recycles) + 1,
+        "steps": int(d.no_full_rollout_steps),
+        "samples": int(d.no_full_rollout_samples),
+    }
+
+
+def _boltz(host, model, values=None) -> dict:
+    if values:  # BoltzHost.predict passes these to Boltz2.forward
+        host.recycling_steps = values["cycles"] - 1
+        host.sampling_steps, host.diffusion_samples = values["steps"], values["samples"]
+    return {"cycles": host.recycling_steps + 1, "steps": host.sampling_steps, "samples": host.diffusion_samples}
+
+
+# host -> f(structure host, model, values=None): reads (and with values sets) the cycles (trunk
+# passes, recycling included), diffusion steps and samples a prediction runs
+SCHEDULES = {"protenix": _protenix, "openfold3": _openfold3, "boltz": _boltz}
+SCHEDULE_KEYS = ("cycles", "steps", "samples")
+
+
+def rung_schedule(cfg, n_tokens: int, preset: Mapping[str, int]) -> tuple[dict, bool]:
+    """(cycles, steps, samples) of the rung: the config's, the preset's where null; a long rung
+    (``long_rungs.from_tokens`` or more) takes at most ``long_rungs.cycles`` / ``steps``. And
+    whether that reduced them."""
+    base = {k: cfg.get(k) if cfg.get(k) is not None else preset[k] for k in SCHEDULE_KEYS}
+    long = cfg.get("long_rungs") or {}
+    values = dict(base)
+    if long.get("from_tokens") is not None and n_tokens >= long["from_tokens"]:
+        values.update({k: min(base[k], long[k]) for k in ("cycles", "steps") if long.get(k) is not None})
+    return values, values != base
+
+
+# ---------------------------------------------------------------------------------------------
+# records
+
+
+@dataclass
+class Record:
+    host: str
+    variant: str
+    tokens: int
+    n_atoms: int
+    status: str = "ok"
+    peak_gib: float | None = None
+    seconds: dict[str, float] | None = None
+    cycles: int = 0
+    steps: int = 0
+    samples: int = 0
+    reduced: bool = False
+    featurise_s: float | None = None
+    rmsd_vs_original: float | None = None
+    date: str | None = None  # of the call that ran it (resume=true gathers several calls)
+    notes: dict = field(default_factory=dict)
+
+
+def _positive_int(value, what: str, allow_null: bool = False):
+    if value is None and allow_null:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{what} must be a positive integer{' or null' if allow_null else ''}, got {value!r}")
+    return value
+
+
+# what the records of one results.json must share for resume=true to add to them
+RESUME_KEYS = (
+    "host",
+    "model",
+    "checkpoint",
+    "sources",
+    "samples",
+    "kinds",
+    "stacks",
+    "kernels",
+    "rank",
+    "dtype",
+    "diffusion_dtype",
+    "bias_cache_gib",
+    "cuda_graphs",
+    "overrides",
+    "seed",
+)
+
+
+def _previous(cfg, out: Path) -> dict | None:
+    """The results already in ``output_dir`` that this run adds to (``resume=true``), None when
+    there are none; an error when there are and neither resume nor overwrite is given, or they
+    were made with other settings."""
+    path = out / "results.json"
+    if not path.exists() or (cfg.overwrite and not cfg.get("resume")):
+        return None
+    if not cfg.get("resume"):
+        raise FileExistsError(
+            f"output_dir={cfg.output_dir} already holds a results.json: give overwrite=true to replace it, "
+            "resume=true to add the rungs it lacks, or another output_dir"
+        )
+    try:
+        previous = json.loads(path.read_text())
+        old = previous["config"]
+        records = [Record(**r) for r in previous["records"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"resume=true: {path} is not a ladder's results.json ({type(e).__name__}: {e})") from None
+    now = _plain(cfg)
+    differ = [f"{k}: {old.get(k)!r} -> {now.get(k)!r}" for k in RESUME_KEYS if old.get(k) != now.get(k)]
+    if differ:
+        raise ValueError(
+            f"resume=true: output_dir={cfg.output_dir} holds results of other settings ({'; '.join(differ)}); "
+            "give those settings, another output_dir or overwrite=true"
+        )
+    previous["records"] = records
+    return previous
+
+
+def validate(cfg):
+    """Everything checked before any model work: host, rungs, variants, schedule, memory bound,
+    sources, output folder (and the results resumed), checkpoint. Returns (host, sorted token
+    counts, source samples, checkpoint, previous results or None)."""
+    host = get_host(cfg.host)
+    if cfg.host not in SCHEDULES:
+        raise ValueError(f"host={cfg.host}: the ladder knows the schedules of {', '.join(SCHEDULES)}")
+    host.check(cfg)
+    tokens = list(cfg.tokens) if not isinstance(cfg.tokens, (int, str)) else [cfg.tokens]
+    if not tokens:
+        raise ValueError("tokens is empty: give the rungs, e.g. tokens=[1024,2048]")
+    for t in tokens:
+        _positive_int(t, f"tokens: every rung (a token count) ({list(tokens)})")
+    if len(set(tokens)) != len(tokens):
+        raise ValueError(f"tokens names a rung twice: {list(tokens)}")
+    variants = list(cfg.variants)
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants or len(set(variants)) != len(variants):
+        raise ValueError(f"variants must be distinct names from {list(VARIANTS)}, got {variants}")
+    for k in SCHEDULE_KEYS:
+        _positive_int(cfg.get(k), k, allow_null=True)
+    long = cfg.get("long_rungs") or {}
+    unknown = set(long) - {"from_tokens", "cycles", "steps"}
+    if unknown:
+        raise ValueError(f"long_rungs takes from_tokens, cycles and steps, got {sorted(unknown)}")
+    for k in ("from_tokens", "cycles", "steps"):
+        _positive_int(long.get(k), f"long_rungs.{k}", allow_null=True)
+    if cfg.warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {cfg.warmup}")
+    if not isinstance(cfg.rank, int) or isinstance(cfg.rank, bool) or cfg.rank < 1:
+        raise ValueError(f"rank must be an integer >= 1 (the untrained factor networks' rank), got {cfg.rank!r}")
+    if cfg.get("diffusion_dtype") not in DIFFUSION_DTYPES:
+        raise ValueError(f"diffusion_dtype must be null, bf16 or fp16, got {cfg.diffusion_dtype!r}")
+    check_bias_cache_gib(cfg.bias_cache_gib)
+    budget = cfg.get("time_budget_s")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+        raise ValueError(f"time_budget_s must be a number of seconds > 0 or null, got {budget!r}")
+    previous = _previous(cfg, check_writable_dir(cfg.output_dir, "output_dir"))
+    specs = [cfg.sources] if isinstance(cfg.sources, str) else list(cfg.sources)
+    sources = read_samples(specs, cfg.data_dir or DATA_SAMPLES)
+    ckpt = read_host_checkpoint(cfg.checkpoint, cfg.host)
+    return host, sorted(tokens), sources, ckpt, previous
+
+
+# ---------------------------------------------------------------------------------------------
+# the ladder
+
+
+def _plain(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+
+
+def host_config(cfg):
+    """The config the structure benchmark's host code and ``patch_variant`` read: the ladder's,
+    with ``msa_dir`` null (single-sequence mode: no MSAs for the made-up samples)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({**_plain(cfg), "msa_dir": None})
+
+
+def run(cfg) -> dict:
+    start = time.perf_counter()  # time_budget_s counts from here: model build and featurisation included
+    host, tokens, sources, ckpt, previous = validate(cfg)
+    device = resolve_device(cfg.device)
+    plain = _plain(cfg)
+    hcfg = host_config(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model, model_info = build_model(hcfg, device, ckpt, host)
+    autocast, dtype = dtype_context(device, cfg.dtype)
+    preset = SCHEDULES[cfg.host](host, model)
+    env = environment(device) | {
+        "dtype": dtype,
+        "peak_memory": "torch.cuda.max_memory_allocated"
+        if device.type == "cuda"
+        else "not measured on a CPU (peak_gib is null)",
+    }
+    result = {
+        "note": RANDOM_WEIGHTS_NOTE if ckpt is None else None,
+        "environment": env,
+        "model": model_info | {"preset_schedule": preset},
+        "features": host.features_note,
+        "sources": [{"name": s.name, "tokens": s.n_tokens, "chains": len(s.chains)} for s in sources],
+        "config": plain,
+        "phases": list(PHASES),
+        "records": [],
+    }
+    # resume=true: the runs the results already hold with a final status (ok / oom) stay; the
+    # others (errors, skipped) run again if asked for
+    records = [r for r in (previous or {}).get("records", []) if r.status in ("ok", "oom")]
+    if previous:
+        result["earlier_calls"] = previous.get("earlier_calls", []) + [previous["environment"]]
+    done = {(r.tokens, r.variant) for r in records}
+    jobs = {n: [v for v in cfg.variants if (n, v) not in done] for n in tokens}
+    timer = PhaseTimer(model, device, host).install()
+    bar = tqdm(total=sum(map(len, jobs.values())), desc="ladder", unit="run")
+    try:
+        for n, variants in ((n, v) for n, v in jobs.items() if v):
+            sample = long_sample(sources, n)
+            t0 = time.perf_counter()
+            feats, atoms = host.featurise(sample, hcfg)
+            featurise_s = time.perf_counter() - t0
+            values, reduced = rung_schedule(cfg, n, preset)
+            used = SCHEDULES[cfg.host](host, model, values)
+            cas = {}  # variant -> the first sample's C-alpha coordinates
+            for variant in variants:
+                bar.set_postfix_str(f"{n} tokens, {variant}")
+                rec = Record(cfg.host, variant, n, atoms.array_length(), reduced=reduced, featurise_s=featurise_s)
+                rec.cycles, rec.steps, rec.samples = used["cycles"], used["steps"], used["samples"]
+                rec.date = env["date"]
+                skip = _over_budget(cfg, records, rec, time.perf_counter() - start)
+                if skip:
+                    rec.status = skip
+                else:
+                    cas[variant] = _run_one(host, model, timer, feats, atoms, rec, hcfg, ckpt, device, autocast)
+                records.append(rec)
+                for r in records:  # against the original of the same rung and call
+                    if r.tokens == n and r.date == rec.date and cas.get(r.variant) is not None:
+                        if r.variant != "original" and cas.get("original") is not None:
+                            r.rmsd_vs_original = ca_rmsd(cas["original"], cas[r.variant])
+                records.sort(key=lambda r: (r.tokens, VARIANTS.index(r.variant)))
+                result["records"] = [asdict(r) for r in records]
+                write_outputs(out, result)
+                bar.update()
+            del feats
+            _free(device)
+        result["records"] = [asdict(r) for r in records]
+    finally:
+        bar.close()
+        timer.remove()
+    result["plot"] = plot(records, out / "ladder.png")
+    write_outputs(out, result)
+    return result
+
+
+def _over_budget(cfg, records: list[Record], rec: Record, elapsed: float) -> str | None:
+    """The skip status of a run that would overrun ``time_budget_s``: when the budget is spent,
+    or when the last finished rung of the variant, with the same schedule, scaled by the cube of
+    the token ratio (the trunk's cost) would end past it."""
+    budget = cfg.get("time_budget_s")
+    if budget is None:
+        return None
+    if elapsed >= budget:
+        return f"skipped: time budget of {budget} s spent ({elapsed:.0f} s)"
+    prev = [
+        r
+        for r in records
+        if r.variant == rec.variant
+        and r.seconds
+        and (r.cycles, r.steps, r.samples) == (rec.cycles, rec.steps, rec.samples)
+    ]
+    if prev:
+        p = prev[-1]
+        guess = p.seconds["total"] * (rec.tokens / p.tokens) ** 3 * (1 + cfg.warmup)
+        if elapsed + guess > budget:
+            return (
+                f"skipped: time budget of {budget} s: {elapsed:.0f} s spent, this run estimated at {guess:.0f} s "
+                f"(the {p.tokens}-token rung's {p.seconds['total']:.0f} s x (tokens ratio)^3)"
+            )
+    return None
+
+
+def _free(device: torch.device) -> None:
+    """Collect what a run left and give the cached device memory back; reset the peak."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def is_oom(e: BaseException) -> bool:
+    """The device (torch.OutOfMemoryError) or the host's allocator ran out of memory."""
+    return isinstance(e, torch.OutOfMemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(e)
+
+
+def _run_one(host, model, timer, feats, atoms, rec: Record, cfg, ckpt, device, autocast) -> np.ndarray | None:
+    """One (rung, variant): patch, warm up, one timed forward; fills ``rec``; returns the first
+    sample's Cα coordinates (None unless ok). Never raises unless ``raise_errors``."""
+    import pairformer_fb as fb
+
+    feats_dev = {k: v.to(device) for k, v in feats.items()}
+    graphs, xyz, ca, failure = None, None, None, None
+    _free(device)
+    try:
+        rec.notes.update(patch_variant(model, rec.variant, cfg, ckpt))
+        if cfg.get("cuda_graphs") and rec.variant != "original":
+            graphs = fb.graph_diffusion(model)
+
+        def forward():
+            timer.spans.clear()  # the warm-ups' too: what finished says where a failure happened
+            timer.stamps.clear()
+            seed_all(cfg.seed)
+            with torch.no_grad(), autocast:
+                return host.predict(model, feats_dev)
+
+        for _ in range(cfg.warmup):
+            forward()
+        xyz, rec.seconds = timer.run(forward)
+        coords = xyz.float().cpu().numpy()
+        if not np.isfinite(coords).all():
+            rec.status = "error: non-finite coordinates"
+        else:
+            ca = ca_coords(atoms, coords)
+    except Exception as e:  # noqa: BLE001 - one failing run never stops the ladder
+        rec.status = "oom" if is_oom(e) else failure_status(e)
+        if rec.status == "oom":
+            rec.notes["oom"] = one_line(e)[:300]
+            rec.notes["oom_during"] = _unfinished(host, model, timer)
+        failure = e if cfg.get("raise_errors") and rec.status != "oom" else None
+    finally:
+        if device.type == "cuda":
+            rec.peak_gib = torch.cuda.max_memory_allocated(device) / GIB  # an OOM's too: the peak before it
+        if graphs is not None:
+            rec.notes["cuda_graphs"] = graphs.stats
+            graphs.remove()
+        budget = _bias_budget(model)
+        if budget is not None:
+            rec.notes["bias_cache"] = budget.stats()
+        if patched_modules(model):
+            fb.unpatch_model(model)
+        xyz = feats_dev = graphs = None  # the run's tensors (the closure's too), before collecting
+        _free(device)
+    if failure is not None:
+        raise failure
+    return ca
+
+
+def _unfinished(host, model, timer) -> str | None:
+    """The first of the host's timed methods (``phase_wraps`` order) that had not finished when
+    a forward failed: where it ran out of memory (roughly: code between two timed methods counts
+    to the later one)."""
+    for _, _, key, _ in host.phase_wraps(model):
+        if key not in timer.spans:
+            return key
+    return None
+
+
+def _bias_budget(model):
+    """The bias-cache budget the patched modules of ``model`` share (None if none)."""
+    for m in patched_modules(model).values():
+        cache = getattr(m.flash_bias, "bias_cache", None)
+        if getattr(cache, "budget", None) is not None:
+            return cache.budget
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs
+
+
+def write_outputs(out: Path, result: dict) -> None:
+    atomic_write(out / "results.json", json.dumps(result, indent=1, allow_nan=False))
+    atomic_write(out / "results.md", markdown(result))
+
+
+def markdown(result: dict) -> str:
+    def f(x, fmt="{:.2f}"):
+        return "—" if x is None else fmt.format(x)
+
+    env, m = result["environment"], result["model"]
+    cfg = result["config"]
+    lines = [
+        "# Ladder: full inference against token count",
+        "",
+        " · ".join(f"{k}: {v}" for k, v in env.items()),
+        "",
+        f"Model: {m['host']} preset `{m['preset']}` ({m['model_name']}, {m['parameters']:,} parameters), "
+        f"weights: {m['weights']}, host kernels of `original`: {m['kernels']['triangle_attention']}. "
+        f"Inputs: the chains of {', '.join(s['name'] for s in result['sources'])} repeated to each token count. "
+        f"Patched: kinds {cfg.get('kinds')}, bias cache bound `bias_cache_gib={cfg.get('bias_cache_gib')}`"
+        + (f", diffusion_dtype={cfg['diffusion_dtype']}" if cfg.get("diffusion_dtype") else "")
+        + ".",
+        "",
+    ]
+    if result.get("note"):
+        lines += [f"**Note:** {result['note']}.", ""]
+    if result.get("earlier_calls"):
+        lines += [
+            f"Runs of {len(result['earlier_calls']) + 1} calls (resume=true; the environment above is the "
+            "last one's, results.json's earlier_calls the others'); each record's date says which.",
+            "",
+        ]
+    lines += [
+        "Seconds of one timed forward (warm-up excluded) per phase; peak GiB: torch.cuda.max_memory_allocated "
+        "(for `oom`: the peak before it ran out). cycles / steps / samples: trunk passes, diffusion steps, "
+        "diffusion samples; * = fewer than the shorter rungs (long_rungs).",
+        "",
+        "| tokens | atoms | variant | status | peak GiB | trunk | diffusion | confidence | total | "
+        "cycles / steps / samples | RMSD to original Å | bias cache GiB held / refused |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for r in result["records"]:
+        t = r["seconds"] or {}
+        bc = r["notes"].get("bias_cache")
+        cache = f"{bc['peak_held_gib']:.3g} / {bc['refused']}" if bc else "—"
+        lines.append(
+            f"| {r['tokens']} | {r['n_atoms']} | {r['variant']} | {r['status']} | {f(r['peak_gib'])} | "
+            f"{f(t.get('pairformer_trunk'))} | {f(t.get('diffusion_sampling'))} | {f(t.get('confidence_head'))} | "
+            f"{f(t.get('total'))} | {r['cycles']} / {r['steps']} / {r['samples']}{' *' if r['reduced'] else ''} | "
+            f"{f(r['rmsd_vs_original'], '{:.3g}')} | {cache} |"
+        )
+    if any(r["reduced"] for r in result["records"]):
+        long = cfg.get("long_rungs") or {}
+        lines += [
+            "",
+            f"\\* Reduced schedule: rungs of {long.get('from_tokens')} tokens or more ran "
+            f"{long.get('cycles') or 'the same'} cycle(s) and {long.get('steps') or 'the same number of'} "
+            "diffusion steps (long_rungs), to fit a device call; their times are not comparable with the "
+            "shorter rungs', only between variants of the same rung.",
+        ]
+    if env.get("peak_memory", "").startswith("not measured"):
+        lines += ["", "Peak memory is not measured on a CPU."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: Sequence[Record], path: Path) -> str | None:
+    """Peak GiB and total seconds against tokens, one line per variant (stock vs patched); an
+    OOM rung is an x at its peak before the failure; hollow markers: reduced schedule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not records:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True, constrained_layout=True)
+    for variant in dict.fromkeys(r.variant for r in records):
+        mine = [r for r in records if r.variant == variant]
+        for ax, value in ((axes[0], lambda r: r.peak_gib), (axes[1], lambda r: (r.seconds or {}).get("total"))):
+            ok = [(r.tokens, value(r), r.reduced) for r in mine if r.status == "ok" and value(r) is not None]
+            (line,) = ax.plot([p[0] for p in ok], [p[1] for p in ok], "-", label=LABELS[variant])
+            for x, y, reduced in ok:
+                ax.plot([x], [y], "o", color=line.get_color(), mfc="none" if reduced else line.get_color())
+            oom = [(r.tokens, r.peak_gib) for r in mine if r.status == "oom"]
+            if oom and ax is axes[0]:
+                ax.plot([p[0] for p in oom], [p[1] or 0 for p in oom], "x", ms=10, color=line.get_color())
+    axes[0].set_ylabel("peak GPU memory (GiB)")
+    axes[0].set_title("peak memory (x: out of memory)")
+    if all(r.peak_gib is None for r in records):
+        axes[0].text(0.5, 0.5, "not measured on a CPU", ha="center", va="center", transform=axes[0].transAxes)
+    axes[1].set_ylabel("seconds per prediction")
+    axes[1].set_title("total time (hollow: reduced cycles / steps)")
+    for ax in axes:
+        ax.set_xlabel("tokens")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
+
+__all__ = [
+    "SCHEDULES",
+    "VARIANTS",
+    "Record",
+    "host_config",
+    "is_oom",
+    "long_sample",
+    "markdown",
+    "rung_schedule",
+    "run",
+    "validate",
+]

@@ -1,0 +1,269 @@
+"""The ladder (scripts/bench_ladder.py, pairformer_fb/bench/ladder.py) on a CPU: tiny Protenix,
+two small rungs.
+
+* end to end: records (host, variant, tokens, status, peak_gib null on a CPU, seconds per phase
+  summing to the total), the cycles / steps / samples each rung really ran (counted on the
+  model: trunk passes, diffusion-module calls and their samples) with a reduced long rung, the
+  exact variant's coordinates against the original's (and the recorded RMSD against one
+  computed here from them), the bias-cache bound recorded, results.md and the PNG;
+* an out-of-memory rung (the prediction raising torch.OutOfMemoryError) is recorded as ``oom``
+  and the ladder goes on, the model unpatched and the later runs still exact;
+* the long-sample builder: exactly the token count, the chains of the sources cycled, real
+  featurisation of the result;
+* the command line: bad values are one line, exit status 2, nothing written; an output_dir
+  holding results is refused without overwrite=true.
+"""
+
+import json
+import os
+import random
+
+import pytest
+import torch
+
+os.environ.setdefault("LAYERNORM_TYPE", "torch")
+pytest.importorskip("protenix")
+
+from bench_configs import bench_config
+from test_cli import assert_one_line_error
+from test_cli import run as run_script
+
+from pairformer_fb.bench import ladder
+from pairformer_fb.data.featurize import read_samples
+from pairformer_fb.data.structure import ca_coords, ca_rmsd
+from pairformer_fb.hosts.protenix.structure import ProtenixHost
+from pairformer_fb.hosts.structure_hosts import PHASES
+from pairformer_fb.patching.patching import patched_modules
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def config(tmp_path, *overrides):
+    return bench_config("bench_ladder", tmp_path / "out", ["model=tiny", "device=cpu", *overrides])
+
+
+@pytest.fixture
+def spy_predict(monkeypatch):
+    """Records, per prediction: tokens, whether the model was patched, the coordinates, the
+    trunk passes and the diffusion module's calls with their sample counts."""
+    calls = []
+    real = ProtenixHost.predict
+
+    def predict(self, model, feats):
+        seen = {"cycles": 0, "steps": []}
+        hooks = [
+            model.pairformer_stack.register_forward_hook(lambda *_: seen.__setitem__("cycles", seen["cycles"] + 1)),
+            model.diffusion_module.register_forward_pre_hook(
+                lambda m, args, kw: seen["steps"].append(kw["x_noisy"].shape[-3]), with_kwargs=True
+            ),
+        ]
+        try:
+            xyz = real(self, model, feats)
+        finally:
+            for h in hooks:
+                h.remove()
+        calls.append(
+            {"tokens": feats["restype"].shape[0], "patched": bool(patched_modules(model)), "xyz": xyz.clone(), **seen}
+        )
+        return xyz
+
+    monkeypatch.setattr(ProtenixHost, "predict", predict)
+    return calls
+
+
+def test_ladder_on_cpu(tmp_path, spy_predict):
+    cfg = config(
+        tmp_path, "tokens=[40,24]", "steps=2", "long_rungs.from_tokens=40", "long_rungs.steps=1", "bias_cache_gib=0"
+    )
+    result = ladder.run(cfg)
+    out = tmp_path / "out"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["records"] == result["records"] and set(saved) >= {"environment", "records", "model", "config"}
+    assert "not measured" in saved["environment"]["peak_memory"] and saved["config"]["bias_cache_gib"] == 0
+    recs = saved["records"]
+    assert [(r["host"], r["tokens"], r["variant"]) for r in recs] == [
+        ("protenix", n, v) for n in (24, 40) for v in ("original", "exact")
+    ]
+    assert [c["tokens"] for c in spy_predict] == [24, 24, 40, 40]
+    assert [c["patched"] for c in spy_predict] == [False, True] * 2
+    for r, call in zip(recs, spy_predict):
+        assert r["status"] == "ok" and r["peak_gib"] is None and r["featurise_s"] > 0
+        assert list(r["seconds"]) == [*PHASES, "total"] and all(v >= 0 for v in r["seconds"].values())
+        assert sum(r["seconds"][p] for p in PHASES) == pytest.approx(r["seconds"]["total"], rel=1e-6)
+        # what the model really ran: trunk passes, diffusion steps (one module call each), samples
+        steps = 1 if r["tokens"] == 40 else 2
+        assert (r["cycles"], r["steps"], r["samples"], r["reduced"]) == (1, steps, 5, r["tokens"] == 40)
+        assert call["cycles"] == 1 and call["steps"] == [5] * steps
+        assert r["n_atoms"] == call["xyz"].shape[0]
+    # exact against the original, on the coordinates themselves and through the recorded RMSD
+    hcfg = ladder.host_config(cfg)
+    atoms = {n: ProtenixHost().featurise(ladder.long_sample(read_samples(["7wux_a2b2"]), n), hcfg)[1] for n in (24, 40)}
+    for orig, exact, r in ((spy_predict[0], spy_predict[1], recs[1]), (spy_predict[2], spy_predict[3], recs[3])):
+        x, y = orig["xyz"].double(), exact["xyz"].double()
+        assert (x - y).norm() / x.norm() < 1e-5
+        ca = [ca_coords(atoms[r["tokens"]], t.numpy()) for t in (x, y)]
+        assert r["rmsd_vs_original"] == pytest.approx(ca_rmsd(*ca), rel=1e-6, abs=1e-9)
+        # the bound 0: no bias kept, every one recomputed (and the coordinates still exact)
+        assert r["notes"]["bias_cache"]["limit_gib"] == 0 and r["notes"]["bias_cache"]["admitted"] == 0
+        assert r["notes"]["bias_cache"]["refused"] > 0
+    md = (out / "results.md").read_text()
+    assert md.count("| protenix") == 0 and md.count("| 24 |") == 2 and md.count("| 40 |") == 2
+    assert "1 / 1 / 5 *" in md and "Reduced schedule" in md and "not measured on a CPU" in md
+    png = (out / "ladder.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    with pytest.raises(FileExistsError, match="overwrite=true to replace it, resume=true"):
+        ladder.validate(cfg)
+    cfg.overwrite = True
+    assert ladder.validate(cfg)[-1] is None  # overwrite: nothing resumed
+
+    # resume=true: the runs the results hold stay, the missing rung runs and joins them
+    with pytest.raises(ValueError, match=r"other settings \(samples: 5 -> 3\)"):
+        ladder.validate(config(tmp_path, "resume=true", "samples=3", "bias_cache_gib=0"))
+    more = ladder.run(config(tmp_path, "tokens=[40,16]", "steps=2", "resume=true", "bias_cache_gib=0"))
+    assert [c["tokens"] for c in spy_predict[4:]] == [16, 16]
+    assert [(r["tokens"], r["variant"]) for r in more["records"]] == [
+        (n, v) for n in (16, 24, 40) for v in ("original", "exact")
+    ]
+    assert more["records"][2:] == recs and more["earlier_calls"] == [saved["environment"]]
+    assert more["records"][1]["rmsd_vs_original"] < 1e-3 and more["records"][0]["date"] != recs[0]["date"]
+    assert "Runs of 2 calls" in (out / "results.md").read_text()
+
+
+def test_oom_is_recorded_and_the_ladder_goes_on(tmp_path, spy_predict, monkeypatch):
+    spied = ProtenixHost.predict
+
+    def predict(self, model, feats):
+        """The patched 16-token prediction runs out of memory in its first diffusion step."""
+        if feats["restype"].shape[0] != 16 or not patched_modules(model):
+            return spied(self, model, feats)
+
+        def oom(*_):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+        hook = model.diffusion_module.register_forward_pre_hook(oom)
+        try:
+            return spied(self, model, feats)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(ProtenixHost, "predict", predict)
+    result = ladder.run(config(tmp_path, "tokens=[16,24]", "steps=1", "samples=2", "warmup=1"))
+    status = [(r["tokens"], r["variant"], r["status"]) for r in result["records"]]
+    assert status == [(16, "original", "ok"), (16, "exact", "oom"), (24, "original", "ok"), (24, "exact", "ok")]
+    oom = result["records"][1]
+    assert "Tried to allocate 20.00 GiB" in oom["notes"]["oom"] and oom["seconds"] is None
+    assert oom["notes"]["oom_during"] == "sample_diffusion"  # after the trunk
+    # patched again after the OOM (its bias scope left cleanly), still exact
+    assert result["records"][3]["rmsd_vs_original"] < 1e-3 and result["records"][3]["notes"]["bias_cache"]["admitted"]
+    assert [(c["tokens"], c["patched"]) for c in spy_predict] == [(16, False)] * 2 + [(24, False)] * 2 + [
+        (24, True)
+    ] * 2
+    assert "| 16 | " in (tmp_path / "out" / "results.md").read_text()
+    assert ladder.is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
+    assert not ladder.is_oom(RuntimeError("shape mismatch"))
+
+
+def test_long_sample_hits_the_token_count():
+    rng = random.Random(18)
+    for names in (["7wux_a2b2"], ["1crn", "1ubq"]):
+        sources = read_samples(names)
+        whole = "".join(c.sequence for s in sources for c in s.chains)
+        for n in [1, len(whole), *rng.sample(range(2, 5 * len(whole)), 4)]:
+            sample = ladder.long_sample(sources, n)
+            seqs = [c.sequence for c in sample.chains]
+            assert sample.n_tokens == n and "".join(seqs) == (whole * (n // len(whole) + 1))[:n]
+            assert [c.chain_id for c in sample.chains][:3] == ["A", "B", "C"][: len(seqs)]
+            assert len({c.chain_id for c in sample.chains}) == len(seqs)
+            assert sample.entities == list(dict.fromkeys(seqs))
+    sample = ladder.long_sample(read_samples(["1crn"]), 100)  # 46 + 46 + 8: chains AA.. beyond Z are not needed here
+    feats, atoms = ProtenixHost().featurise(sample, ladder.host_config(bench_config("bench_ladder", "x", [])))
+    assert feats["restype"].shape[0] == 100 and feats["asym_id"].tolist() == [0] * 46 + [1] * 46 + [2] * 8
+    assert feats["entity_id"].tolist() == [0] * 92 + [1] * 8
+    with pytest.raises(ValueError, match="n_tokens must be a positive integer"):
+        ladder.long_sample(read_samples(["1crn"]), 0)
+
+
+def test_schedule_of_a_long_rung():
+    cfg = bench_config("bench_ladder", "x", ["cycles=4", "long_rungs.from_tokens=1000", "long_rungs.steps=500"])
+    preset = {"cycles": 10, "steps": 200, "samples": 5}
+    assert ladder.rung_schedule(cfg, 999, preset) == ({"cycles": 4, "steps": 200, "samples": 5}, False)
+    # long rungs take at most long_rungs' cycles / steps: never more than the others
+    assert ladder.rung_schedule(cfg, 1000, preset) == ({"cycles": 1, "steps": 200, "samples": 5}, True)
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "results.json").write_text("{}")
+    for args, needle in (
+        (["tokens=[1024,0]", "output_dir=out"], "tokens: every rung (a token count) ([1024, 0])"),
+        (["output_dir=full"], "already holds a results.json: give overwrite=true"),
+    ):
+        assert_one_line_error(run_script("bench_ladder", *args, cwd=tmp_path), needle)
+    assert (tmp_path / "full" / "results.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("variants=[stock]", "variants must be distinct names from ['original', 'exact', 'lowrank']"),
+        ("tokens=[64,64]", "tokens names a rung twice"),
+        ("long_rungs.cycles=0", "long_rungs.cycles must be a positive integer or null"),
+        ("steps=2.5", "steps must be a positive integer or null"),
+        ("bias_cache_gib=-1", "bias_cache_gib must be 'auto', null (no bound) or a number of GiB >= 0"),
+        ("time_budget_s=0", "time_budget_s must be a number of seconds > 0"),
+        ("sources=[nosuch]", "sample 'nosuch'"),
+    ],
+)
+def test_bad_values_are_found_before_any_model_work(tmp_path, override, needle):
+    with pytest.raises(ValueError) as e:
+        ladder.validate(config(tmp_path, override))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_openfold3_rungs_run_the_schedule_set(tmp_path, monkeypatch):
+    """Another host: OpenFold3's cycles (num_recycles + 1), steps and samples as the model runs
+    them (trunk passes, diffusion-module calls and the samples each gets), exact agreeing."""
+    pytest.importorskip("openfold3")
+    from pairformer_fb.hosts.openfold3.structure import OpenFold3Host
+
+    calls, real = [], OpenFold3Host.predict
+
+    def predict(self, model, feats):
+        seen = {"cycles": 0, "steps": []}
+
+        def step(m, args, kw):
+            seen["steps"].append((kw.get("xl_noisy") if "xl_noisy" in kw else args[1]).shape[-3])
+
+        hooks = [
+            model.pairformer_stack.register_forward_hook(lambda *_: seen.__setitem__("cycles", seen["cycles"] + 1)),
+            model.diffusion_module.register_forward_pre_hook(step, with_kwargs=True),
+        ]
+        try:
+            return real(self, model, feats)
+        finally:
+            for h in hooks:
+                h.remove()
+            calls.append(seen)
+
+    monkeypatch.setattr(OpenFold3Host, "predict", predict)
+    result = ladder.run(config(tmp_path, "host=openfold3", "tokens=[16]", "cycles=3", "steps=2", "samples=2"))
+    for r, seen in zip(result["records"], calls, strict=True):
+        assert r["status"] == "ok" and (r["cycles"], r["steps"], r["samples"]) == (3, 2, 2)
+        assert seen == {"cycles": 3, "steps": [2, 2]}
+    assert result["records"][1]["rmsd_vs_original"] < 1e-3
+    assert result["model"]["preset_schedule"] == {"cycles": 2, "steps": 2, "samples": 1}  # the tiny preset's
+
+
+def test_time_budget_skips_runs_that_would_overrun():
+    cfg = bench_config("bench_ladder", "x", ["time_budget_s=100"])
+    done = ladder.Record("protenix", "exact", 1000, 1, seconds={"total": 10.0}, cycles=1, steps=20, samples=5)
+    nxt = ladder.Record("protenix", "exact", 2000, 1, cycles=1, steps=20, samples=5)
+    assert ladder._over_budget(cfg, [done], nxt, 10.0) is None  # 10 + 10 x 2^3 = 90 s <= 100
+    assert "estimated at 80 s" in ladder._over_budget(cfg, [done], nxt, 30.0)  # would end at 110 s
+    other = ladder.Record("protenix", "original", 2000, 1, cycles=1, steps=20, samples=5)
+    assert ladder._over_budget(cfg, [done], other, 30.0) is None  # no finished rung of its variant to scale
+    assert "spent" in ladder._over_budget(cfg, [done], other, 100.0)
+    cfg.time_budget_s = None
+    assert ladder._over_budget(cfg, [done], nxt, 1e9) is None
