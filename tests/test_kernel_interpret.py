@@ -412,3 +412,45 @@ def test_ds_sum_keeps_bounds_masks_by_default_and_where_tiles_outgrow_the_paddin
         for a, b in zip(grads(out, ins), expected):
             assert rel_err(a, b) < 1e-4
         assert [(c["FUSE_DS"], c["DS_FULL"]) for c in spy.calls] == [(True, False)]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # several key and query blocks (16-wide tiles), lengths they do not divide
+        dict(B=5, H=2, Lq=37, Lk=41, D=16, R=0, fb=1, bias=(1, 2, 37, 41), mask=(5, 41), fuse=True, pad=True),
+        dict(B=3, H=2, Lq=35, Lk=33, D=24, R=5, fb=1, bias=(1, 2, 35, 33), mask=None, fuse=False, pad=False),
+        dict(B=2, H=2, Lq=33, Lk=47, D=16, R=4, fb=2, bias=None, mask=(2, 47), fuse=True, pad=False),  # row factors
+    ],
+)
+def test_staggered_query_block_loop_matches_the_reference(case, monkeypatch):
+    """tiles.DQ_STAGGER (opt-in): each key block of a row group starts its query-block loop
+    at another block. Only the order of the sums changes: the gradients match the reference."""
+    from pairformer_fb.kernel import tiles, triton_launch
+
+    monkeypatch.setattr(tiles, "DQ_STAGGER", True)
+    monkeypatch.setattr(tiles, "DS_TILE_PAD", case["pad"])
+    spy = _LaunchSpy(triton_launch._bwd_kernel)
+    monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
+    args, kw = make_inputs(
+        case["B"], case["H"], case["Lq"], case["Lk"], case["D"], case["R"], factor_batch=case["fb"],
+        bias_shape=case["bias"], mask_shape=case["mask"], device=DEVICE,
+    )  # fmt: skip
+    block_d = tiles._pow2_at_least_16(case["D"])
+    block_r = tiles._pow2_at_least_16(case["R"]) if case["R"] else 0
+    elem = args[0].element_size()
+    has_bias = case["bias"] is not None
+    cfg = tiles.default_config("bwd", block_d, block_r, has_bias, elem)
+    monkeypatch.setitem(
+        tiles.CONFIG_OVERRIDES,
+        tiles.config_key("bwd", block_d, block_r, has_bias, elem),
+        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 2, fuse_ds=case["fuse"]),
+    )
+    out = flash_bias_attention(*args, **kw, backend="triton")
+    ref = flash_bias_attention(*args, **kw, backend="reference")
+    ins = differentiable(args, kw)
+    names = ["q", "k", "v"] + [n for n in kw if n != "key_mask"]
+    for name, a, b in zip(names, grads(out, ins), grads(ref, ins)):
+        assert torch.isfinite(a).all() and rel_err(a, b) < 1e-4, name
+    assert spy.calls and all(c["STAGGER_KB"] for c in spy.calls)
+    assert all(c["DS_FULL"] == (case["pad"] and c["FUSE_DS"]) for c in spy.calls)

@@ -181,6 +181,12 @@ def _launch(kind: str, ops: "_Operands", dtype: torch.dtype, launch) -> None:
 # the CPU, benchmarks/session6/bwd_analysis.md); padded, every length gets the four-wide ones.
 # PFB_DS_TILE_PAD=1 (or setting this attribute) turns it on; read at each backward call.
 DS_TILE_PAD = os.environ.get("PFB_DS_TILE_PAD", "0") == "1"
+# Opt-in, not yet timed (issue 17): the backward programs of one row group (all key blocks and
+# heads, side by side in the heads-fastest grid) start their query-block loop at different
+# blocks, so the key blocks of a head no longer add into the same dQ tile at the same time
+# (by default only row groups are staggered). Only the order of the dQ / dS sums changes.
+# PFB_DQ_STAGGER=1 (or setting this attribute) turns it on; read at each backward call.
+DQ_STAGGER = os.environ.get("PFB_DQ_STAGGER", "0") == "1"
 
 
 # program order of the forward / backward grids (see _program_rows). Heads fastest measured

@@ -195,6 +195,7 @@ def _bwd_kernel(
     ROW_FACTOR_GRAD: tl.constexpr,
     FUSE_DS: tl.constexpr,
     DS_FULL: tl.constexpr,
+    STAGGER_KB: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
     EVEN_D: tl.constexpr,
@@ -241,8 +242,12 @@ def _bwd_kernel(
         dk1 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv1 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
-    # row groups start at different query blocks: fewer collisions of their dQ atomic adds
-    qb_first = (b0 // ROWS) % n_qblocks
+    # row groups start at different query blocks: fewer collisions of their dQ atomic adds;
+    # STAGGER_KB (tiles.DQ_STAGGER): the key blocks of a row group and head too
+    if STAGGER_KB:
+        qb_first = (b0 // ROWS + kb) % n_qblocks
+    else:
+        qb_first = (b0 // ROWS) % n_qblocks
     for i in range(0, n_qblocks):
         offs_m = ((qb_first + i) % n_qblocks) * BLOCK_M + offs_m0
         shared = 0.0

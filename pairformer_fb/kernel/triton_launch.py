@@ -363,6 +363,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
             ROW_FACTOR_GRAD=row_factor_grad,
             FUSE_DS=fused_ds,
             DS_FULL=ds_full,
+            STAGGER_KB=tiles.DQ_STAGGER,
             ROWS=rows,
             BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n,
