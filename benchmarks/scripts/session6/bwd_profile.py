@@ -1,4 +1,5 @@
-"""Session 6 (issue 17) device measurements of the backward, in one call (bwd_profile.sh):
+"""Session 6 (issue 17) device measurements of the backward, in one call (bwd_profile.sh).
+Stages, in the order they run (--stages):
 
 1. profile: at N = 1024 and 1170 (triangle shape: N rows x H = 4 x N x D = 32, bf16), per case
    the fwd and fwd+bwd medians (triton.testing.do_bench, as scripts/bench_attention.py) and the
@@ -7,18 +8,21 @@
    R = 32; the bias / factor cases again with the opt-in switches (+pad: tiles.DS_TILE_PAD,
    the tile-padded dS sum; +stagger: tiles.DQ_STAGGER, the staggered query-block loop; both).
    The differences split the backward: the kernel itself, the bias read, the dS row sum.
-2. sweep: at every N of --sizes, dense bias and factors, each candidate backward config
-   (BWD_CANDIDATES, through tiles.CONFIG_OVERRIDES) with the switches off and both on:
-   fwd+bwd median, and its gradients against the default config's (rel. error).
-   Also the floor and our default forward at each N (the issue's fwd / fwd+bwd targets).
-3. others (run before the sweep): the single attention (B = 1, 16 heads x 24) and the
-   diffusion transformer's (5 samples, 16 heads x 48, bias shared by the samples): floor,
-   default, both switches; fwd, fwd+bwd (do_bench: host time included) and the summed kernel
-   time per fwd+bwd (profiler), which tells how much of do_bench's time is the host's.
-4. flex: FlexAttention with the bias at N = 1024 / 1170 (compiles per shape: last).
+2. others: the single attention (B = 1, 16 heads x 24) and the diffusion transformer's (5
+   samples, 16 heads x 48, bias shared by the samples): floor, default, both switches; fwd,
+   fwd+bwd (do_bench: host time included) and the summed kernel time per fwd+bwd (profiler),
+   which tells how much of do_bench's time is the host's.
+3. diffusion_sweep: the diffusion shape's backward configs (DIFFUSION_CANDIDATES: one row per
+   program, 8 warps, narrower tiles; the default spills 1144 B at N = 1170) x switches off / on.
+4. sweep: at every triangle N of --sizes, dense bias and factors, each candidate backward
+   config (BWD_CANDIDATES, through tiles.CONFIG_OVERRIDES) x switches off / both on: fwd+bwd
+   median, its gradients against the default config's (rel. error), the tiles each kernel
+   was launched with; also the floor and our default forward at each N (the fwd target).
+5. flex: FlexAttention with the bias at N = 1024 / 1170 (compiles per shape: last).
 
 Everything goes to OUT/bwd_profile.json (rewritten after every record); a short table is
-printed last. A time budget (--budget-s) skips what would not fit, recorded as skipped.
+printed last (OUT/summary.txt). A time budget (--budget-s) skips what would not fit, recorded
+as skipped.
 
     python benchmarks/scripts/session6/bwd_profile.py --out $OUT            # device
     python benchmarks/scripts/session6/bwd_profile.py --out /tmp/x --dry-run  # CPU check, interpreter
@@ -61,6 +65,17 @@ COMPILE_ONLY_CANDIDATES: dict[str, dict] = {
     "m64n64w4s4r2": dict(block_m=64, block_n=64, num_warps=4, num_stages=4, rows=2, fuse_ds=True),
     "m64n64w8s2r2": dict(block_m=64, block_n=64, num_warps=8, num_stages=2, rows=2, fuse_ds=True),
 }
+# the diffusion transformer's backward (5 samples, 16 heads x 48, bias shared by the samples):
+# the default (two rows per program, 4 warps) has 1144 B of spill stack at N = 1170 in the sm_90
+# cubin; one row per program 184 B (0 with the padded dS sum), 8 warps or narrower tiles none
+DIFFUSION_CANDIDATES: dict[str, dict] = {
+    "default": {},
+    "m64n64w4s3r1": dict(block_m=64, block_n=64, num_warps=4, num_stages=3, rows=1, fuse_ds=True),
+    "m64n64w8s3r1": dict(block_m=64, block_n=64, num_warps=8, num_stages=3, rows=1, fuse_ds=True),
+    "m64n32w4s3r1": dict(block_m=64, block_n=32, num_warps=4, num_stages=3, rows=1, fuse_ds=True),
+    "m32n64w4s3r1": dict(block_m=32, block_n=64, num_warps=4, num_stages=3, rows=1, fuse_ds=True),
+}
+DIFFUSION_SIZES = [1170, 384, 768]
 TRIANGLE_SIZES = [1024, 1170, 256, 384, 512, 768, 1000, 1536, 2048]  # the issue's N, most informative first
 
 
@@ -84,7 +99,7 @@ def _parse():
     p.add_argument("--out", default=os.environ.get("OUT", "bench_out/session6"))
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, fp32, tiny sizes")
     p.add_argument("--budget-s", type=float, default=430.0, help="stop starting new measurements after this")
-    p.add_argument("--stages", default="profile,sweep,others,flex")
+    p.add_argument("--stages", default="profile,others,diffusion_sweep,sweep,flex")
     p.add_argument("--sizes", default=None, help="comma-separated triangle N of the sweep")
     p.add_argument("--candidates", default=None, help="comma-separated names from BWD_CANDIDATES")
     return p.parse_args()
@@ -350,17 +365,20 @@ def _set_candidate(cand: dict, block_d: int, block_r: int, has_bias: bool, elem_
         )
 
 
-def stage_sweep(sizes, names, cfg, rec: Recorder, budget: Budget):
+def stage_sweep(
+    sizes, names, cfg, rec: Recorder, budget: Budget, kind="triangle", candidates=None, variants=("bias", "factors")
+):
     device = cfg["device"]
+    candidates = candidates or BWD_CANDIDATES
     for n in sizes:
         if budget.left() < 40:
-            rec.add("sweep", {"n": n, "status": "skipped: budget"})
+            rec.add("sweep", {"kind": kind, "n": n, "status": "skipped: budget"})
             continue
         t = make_inputs(cfg["rows"] or n, cfg["H"], n, cfg["D"], cfg["R"], cfg["dtype"], device, seed=n)
-        base = {"n": n, "batch": cfg["rows"] or n, "heads": cfg["H"], "head_dim": cfg["D"]}
+        base = {"kind": kind, "n": n, "batch": cfg["rows"] or n, "heads": cfg["H"], "head_dim": cfg["D"]}
         for name in ("sdpa_floor",):
             rec.add("sweep", {**base, "variant": "floor", **measure_case(name, t, device, 0, False, 10, 40)})
-        for variant in ("bias", "factors"):
+        for variant in variants:
             mname = "fb_bias" if variant == "bias" else "fb_factors"
             block_d = pow2_at_least_16(cfg["D"])
             block_r = pow2_at_least_16(cfg["R"]) if variant == "factors" else 0
@@ -368,7 +386,7 @@ def stage_sweep(sizes, names, cfg, rec: Recorder, budget: Budget):
             fn, ins = method(mname, t)
             ref = None
             for cname in names:
-                cand = BWD_CANDIDATES[cname]
+                cand = candidates[cname]
                 for on in ([], ["pad", "stagger"]):
                     r = {**base, "variant": variant, "candidate": cname, "switches": "+".join(on)}
                     if budget.left() < 25:
@@ -452,19 +470,20 @@ def summary(data: dict) -> str:
         lines.append(f"N={r['n']} {r['method']}: {r['fwd_ms']:.3f} / {r['fwd_bwd_ms']:.3f}{ratio} | {top}")
     lines.append("== sweep: best fwd+bwd per N and operand (x floor), default and default+switches")
     sweep = [r for r in data["sweep"] if r.get("status") == "ok"]
-    floor = {r["n"]: r["fwd_bwd_ms"] for r in sweep if r.get("variant") == "floor"}
-    for n in sorted({r["n"] for r in sweep}):
+    floor = {(r["kind"], r["n"]): r["fwd_bwd_ms"] for r in sweep if r.get("variant") == "floor"}
+    for kind, n in sorted({(r["kind"], r["n"]) for r in sweep}):
         for variant in ("bias", "factors"):
-            rs = [r for r in sweep if r["n"] == n and r.get("variant") == variant]
-            if not rs or n not in floor:
+            rs = [r for r in sweep if (r["kind"], r["n"]) == (kind, n) and r.get("variant") == variant]
+            if not rs or (kind, n) not in floor:
                 continue
+            fl = floor[(kind, n)]
             best = min(rs, key=lambda r: r["fwd_bwd_ms"])
             dflt = {r["switches"]: r["fwd_bwd_ms"] for r in rs if r["candidate"] == "default"}
             off, on = dflt.get("", float("nan")), dflt.get("pad+stagger", float("nan"))
             lines.append(
-                f"N={n} {variant}: floor {floor[n]:.3f} default {off:.3f} ({off / floor[n]:.2f}x) "
-                f"+pad+stagger {on:.3f} ({on / floor[n]:.2f}x) best {best['candidate']} "
-                f"[{best['switches']}] {best['fwd_bwd_ms']:.3f} ({best['fwd_bwd_ms'] / floor[n]:.2f}x)"
+                f"{kind} N={n} {variant}: floor {fl:.3f} default {off:.3f} ({off / fl:.2f}x) "
+                f"+pad+stagger {on:.3f} ({on / fl:.2f}x) best {best['candidate']} "
+                f"[{best['switches']}] {best['fwd_bwd_ms']:.3f} ({best['fwd_bwd_ms'] / fl:.2f}x)"
             )
     bad = [r for r in data["sweep"] if r.get("status") not in ("ok", None) and "skipped" not in r.get("status", "")]
     lines.append(f"sweep cases not ok: {len(bad)}")
@@ -489,6 +508,7 @@ def main(args) -> None:
         profile_sizes, sweep_sizes, flex_sizes = [20], [20, 37], [20]
         names = ["default", "m64n64w4s3r1", "m64n64w4s3r2+ds_sum"]
         shapes = {"single": (1, 2, 24, [21]), "diffusion": (2, 2, 48, [19])}
+        diff_shape, diff_sizes = (2, 2, 48), [19]
     else:
         assert torch.cuda.is_available(), "the device run needs CUDA (or --dry-run)"
         device, dtype = torch.device("cuda"), torch.bfloat16
@@ -496,6 +516,7 @@ def main(args) -> None:
         profile_sizes, sweep_sizes, flex_sizes = [1024, 1170], TRIANGLE_SIZES, [1024, 1170]
         names = list(BWD_CANDIDATES)
         shapes = OTHER_SHAPES
+        diff_shape, diff_sizes = (5, 16, 48), DIFFUSION_SIZES
     if args.sizes:
         sweep_sizes = [int(x) for x in args.sizes.split(",")]
     if args.candidates:
@@ -523,6 +544,12 @@ def main(args) -> None:
     if "others" in stages:
         stage_others(cfg, rec, budget, shapes)
         print(f"others done {time.perf_counter() - t0:.0f}s", flush=True)
+    if "diffusion_sweep" in stages:
+        dcfg = {**cfg, "rows": diff_shape[0], "H": diff_shape[1], "D": diff_shape[2]}
+        stage_sweep(
+            diff_sizes, list(DIFFUSION_CANDIDATES), dcfg, rec, budget, "diffusion", DIFFUSION_CANDIDATES, ("bias",)
+        )
+        print(f"diffusion sweep done {time.perf_counter() - t0:.0f}s", flush=True)
     if "sweep" in stages:
         stage_sweep(sweep_sizes, names, cfg, rec, budget)
         print(f"sweep done {time.perf_counter() - t0:.0f}s", flush=True)

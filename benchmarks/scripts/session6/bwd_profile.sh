@@ -7,12 +7,13 @@
 #      +pad (tiles.DS_TILE_PAD) / +stagger (tiles.DQ_STAGGER) / both;
 #   2. others: single attention (16 x 24) and the diffusion transformer's (5 samples, 16 x 48),
 #      floor / default / both switches, with the summed kernel time (host-bound or not);
-#   3. sweep, N in {1024, 1170, 256, 384, 512, 768, 1000, 1536, 2048}: 8 backward tile configs
+#   3. the diffusion shape's backward configs (1, 2 rows per program; 4, 8 warps) x switches;
+#   4. sweep, N in {1024, 1170, 256, 384, 512, 768, 1000, 1536, 2048}: 8 backward tile configs
 #      x switches off / both on, dense bias and factors, gradients checked against the default;
-#   4. FlexAttention + bias at 1024 / 1170 if time is left.
-# Expected: ~6-7 min (estimate: 60 s profile, 40 s others, ~150 s sweep incl. ~70 compiles,
-# up to 2 x 60 s FlexAttention compiles); the python part stops starting new measurements at
-# --budget-s and records what it skipped. Needs no host packages (.whl only if carried).
+#   5. FlexAttention + bias at 1024 / 1170 if time is left.
+# Expected: ~6-7 min (estimate: 60 s profile, 40 s others, 30 s diffusion configs, ~150 s
+# sweep incl. ~70 kernel compiles, up to 2 x 60 s FlexAttention compiles); the python part
+# stops starting new measurements at --budget-s and records what it skipped. Needs no host packages (.whl only if carried).
 # CPU check without a device: python benchmarks/scripts/session6/bwd_profile.py --out /tmp/x --dry-run
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
