@@ -322,3 +322,135 @@ def test_a_few_samples_sharing_a_bias_run_side_by_side():
     if tiles._FORCED_GRID_ORDER is None:
         assert order(5, 1) == 2  # diffusion samples sharing the bias
         assert order(64, 1) != 2 and order(5, 5) != 2  # triangle rows; a bias per row
+
+
+class _LaunchSpy:
+    """Stands in for a Triton kernel in triton_launch: records each launch's keyword arguments
+    and runs the kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls = kernel, []
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.calls.append(kwargs)
+            return launch(*args, **kwargs)
+
+        return run
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # B, H, Lq, Lk, D, R, bias_shape, mask_shape, rows; no length a multiple of the 16-wide tiles
+        dict(B=7, H=2, Lq=20, Lk=18, D=16, R=0, bias=(1, 2, 20, 18), mask=(7, 18), rows=2),  # odd B: clamped row
+        dict(B=4, H=2, Lq=21, Lk=19, D=24, R=4, bias=(1, 2, 21, 19), mask=None, rows=2),  # shared factors + bias
+        dict(B=3, H=2, Lq=18, Lk=23, D=16, R=6, bias=None, mask=(3, 23), rows=1),  # shared factors only
+        dict(B=3, H=2, Lq=20, Lk=18, D=16, R=0, bias=(1, 1, 20, 18), mask=(3, 18), rows=2),  # summed over heads too
+        dict(B=1, H=3, Lq=19, Lk=21, D=16, R=0, bias=(1, 3, 19, 21), mask=(1, 21), rows=1),  # one row (single attn)
+        dict(B=3, H=1, Lq=17, Lk=130, D=16, R=0, bias=(1, 1, 17, 130), mask=(3, 130), rows=2),  # keys past 128
+    ],
+)
+def test_tile_padded_ds_sum_matches_the_reference(case, monkeypatch):
+    """tiles.DS_TILE_PAD (opt-in): the fused backward adds the row-shared dS unmasked into
+    storage padded to whole tiles. Fresh random inputs, lengths that the tiles do not divide,
+    key masks: every gradient matches the reference, and the launch took the unmasked path."""
+    from pairformer_fb.kernel import tiles, triton_launch
+
+    monkeypatch.setattr(tiles, "DS_TILE_PAD", True)
+    spy = _LaunchSpy(triton_launch._bwd_kernel)
+    monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
+    args, kw = make_inputs(
+        case["B"], case["H"], case["Lq"], case["Lk"], case["D"], case["R"],
+        bias_shape=case["bias"], mask_shape=case["mask"], device=DEVICE,
+    )  # fmt: skip
+    block_d = tiles._pow2_at_least_16(case["D"])
+    block_r = tiles._pow2_at_least_16(case["R"]) if case["R"] else 0
+    elem = args[0].element_size()
+    cfg = tiles.default_config("bwd", block_d, block_r, case["bias"] is not None, elem)
+    monkeypatch.setitem(
+        tiles.CONFIG_OVERRIDES,
+        tiles.config_key("bwd", block_d, block_r, case["bias"] is not None, elem),
+        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, case["rows"], fuse_ds=True),
+    )
+    out = flash_bias_attention(*args, **kw, backend="triton")
+    ref = flash_bias_attention(*args, **kw, backend="reference")
+    assert rel_err(out, ref) < 1e-5
+    ins = differentiable(args, kw)
+    names = ["q", "k", "v"] + [n for n in kw if n != "key_mask"]
+    for name, a, b in zip(names, grads(out, ins), grads(ref, ins)):
+        assert torch.isfinite(a).all() and rel_err(a, b) < 1e-4, name
+    assert spy.calls and all(c["FUSE_DS"] and c["DS_FULL"] for c in spy.calls)
+
+
+def test_ds_sum_keeps_bounds_masks_by_default_and_where_tiles_outgrow_the_padding(monkeypatch):
+    """Off by default (masked adds into the unpadded buffer); on, with padding narrower than the
+    tiles (BIAS_TILE_PAD 8, tiles of 16), the launch keeps the masked adds: same gradients."""
+    from pairformer_fb.kernel import tiles, triton_launch
+
+    spy = _LaunchSpy(triton_launch._bwd_kernel)
+    monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
+    args, kw = make_inputs(3, 2, 20, 18, 16, bias_shape=(1, 2, 20, 18), mask_shape=(3, 18), device=DEVICE)
+    block_d = tiles._pow2_at_least_16(16)
+    elem = args[0].element_size()
+    cfg = tiles.default_config("bwd", block_d, 0, True, elem)
+    monkeypatch.setitem(
+        tiles.CONFIG_OVERRIDES,
+        tiles.config_key("bwd", block_d, 0, True, elem),
+        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 2, fuse_ds=True),
+    )
+    ref = flash_bias_attention(*args, **kw, backend="reference")
+    ins = differentiable(args, kw)
+    expected = grads(ref, ins)
+    for pad_on, tile_pad in ((False, 128), (True, 8)):
+        monkeypatch.setattr(tiles, "DS_TILE_PAD", pad_on)
+        monkeypatch.setattr(triton_launch, "BIAS_TILE_PAD", tile_pad)
+        spy.calls.clear()
+        out = flash_bias_attention(*args, **kw, backend="triton")
+        for a, b in zip(grads(out, ins), expected):
+            assert rel_err(a, b) < 1e-4
+        assert [(c["FUSE_DS"], c["DS_FULL"]) for c in spy.calls] == [(True, False)]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # several key and query blocks (16-wide tiles), lengths they do not divide
+        dict(B=5, H=2, Lq=37, Lk=41, D=16, R=0, fb=1, bias=(1, 2, 37, 41), mask=(5, 41), fuse=True, pad=True),
+        dict(B=3, H=2, Lq=35, Lk=33, D=24, R=5, fb=1, bias=(1, 2, 35, 33), mask=None, fuse=False, pad=False),
+        dict(B=2, H=2, Lq=33, Lk=47, D=16, R=4, fb=2, bias=None, mask=(2, 47), fuse=True, pad=False),  # row factors
+    ],
+)
+def test_staggered_query_block_loop_matches_the_reference(case, monkeypatch):
+    """tiles.DQ_STAGGER (opt-in): each key block of a row group starts its query-block loop
+    at another block. Only the order of the sums changes: the gradients match the reference."""
+    from pairformer_fb.kernel import tiles, triton_launch
+
+    monkeypatch.setattr(tiles, "DQ_STAGGER", True)
+    monkeypatch.setattr(tiles, "DS_TILE_PAD", case["pad"])
+    spy = _LaunchSpy(triton_launch._bwd_kernel)
+    monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
+    args, kw = make_inputs(
+        case["B"], case["H"], case["Lq"], case["Lk"], case["D"], case["R"], factor_batch=case["fb"],
+        bias_shape=case["bias"], mask_shape=case["mask"], device=DEVICE,
+    )  # fmt: skip
+    block_d = tiles._pow2_at_least_16(case["D"])
+    block_r = tiles._pow2_at_least_16(case["R"]) if case["R"] else 0
+    elem = args[0].element_size()
+    has_bias = case["bias"] is not None
+    cfg = tiles.default_config("bwd", block_d, block_r, has_bias, elem)
+    monkeypatch.setitem(
+        tiles.CONFIG_OVERRIDES,
+        tiles.config_key("bwd", block_d, block_r, has_bias, elem),
+        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 2, fuse_ds=case["fuse"]),
+    )
+    out = flash_bias_attention(*args, **kw, backend="triton")
+    ref = flash_bias_attention(*args, **kw, backend="reference")
+    ins = differentiable(args, kw)
+    names = ["q", "k", "v"] + [n for n in kw if n != "key_mask"]
+    for name, a, b in zip(names, grads(out, ins), grads(ref, ins)):
+        assert torch.isfinite(a).all() and rel_err(a, b) < 1e-4, name
+    assert spy.calls and all(c["STAGGER_KB"] for c in spy.calls)
+    assert all(c["DS_FULL"] == (case["pad"] and c["FUSE_DS"]) for c in spy.calls)

@@ -173,6 +173,22 @@ def _launch(kind: str, ops: "_Operands", dtype: torch.dtype, launch) -> None:
             cfg = _FITTED[key] = smaller
 
 
+# Opt-in, not yet timed on a device (issue 17): the fused backward (fuse_ds) adds the row-shared
+# dS into fp32 storage padded to whole BIAS_TILE_PAD tiles (triton_launch._reduced_ds_buffer)
+# and its atomic adds go unmasked. Where Lk is not a multiple of 16 (N = 1170) the bounds-masked
+# adds into rows of ceil(Lk / 4) * 4 floats compile to 32 scalar REDG.E.ADD.F32 per thread and
+# 64 x 64 tile, against 8 four-wide REDG.E.ADD.F32x4 at N = 1024 (cubins compiled for sm_90 on
+# the CPU, benchmarks/session6/bwd_analysis.md); padded, every length gets the four-wide ones.
+# PFB_DS_TILE_PAD=1 (or setting this attribute) turns it on; read at each backward call.
+DS_TILE_PAD = os.environ.get("PFB_DS_TILE_PAD", "0") == "1"
+# Opt-in, not yet timed (issue 17): the backward programs of one row group (all key blocks and
+# heads, side by side in the heads-fastest grid) start their query-block loop at different
+# blocks, so the key blocks of a head no longer add into the same dQ tile at the same time
+# (by default only row groups are staggered). Only the order of the dQ / dS sums changes.
+# PFB_DQ_STAGGER=1 (or setting this attribute) turns it on; read at each backward call.
+DQ_STAGGER = os.environ.get("PFB_DQ_STAGGER", "0") == "1"
+
+
 # program order of the forward / backward grids (see _program_rows). Heads fastest measured
 # 4.38 / 4.47 ms for the starting / ending triangle module at N = 1024 against 4.42 / 4.52 (H200,
 # same run; the contiguous standalone op 2.68 against 2.64: both within ~1.5 % noise).

@@ -194,6 +194,8 @@ def _bwd_kernel(
     HAS_MASK: tl.constexpr,
     ROW_FACTOR_GRAD: tl.constexpr,
     FUSE_DS: tl.constexpr,
+    DS_FULL: tl.constexpr,
+    STAGGER_KB: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
     EVEN_D: tl.constexpr,
@@ -213,7 +215,9 @@ def _bwd_kernel(
     (FlashAttention-2's scheme for dQ). ROW_FACTOR_GRAD implies ROWS == 1. FUSE_DS (rows share
     the bias / factors): the program's dS, summed over its rows, is added atomically into the
     zeroed fp32 buffer DS_SUM [1, GH, Lq, Lk] (s_gh = 0 when the heads are summed too) instead
-    of a separate _ds_sum_kernel pass."""
+    of a separate _ds_sum_kernel pass. DS_FULL: DS_SUM's storage is padded to whole tiles
+    (tiles.DS_TILE_PAD), so those adds go unmasked; the padding gets dS = 0 (P = 0 past Lq / Lk)
+    and is never read."""
     HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
     kb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_kblocks, B, H, ROWS, GRID_ORDER)
     offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -238,8 +242,12 @@ def _bwd_kernel(
         dk1 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv1 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
-    # row groups start at different query blocks: fewer collisions of their dQ atomic adds
-    qb_first = (b0 // ROWS) % n_qblocks
+    # row groups start at different query blocks: fewer collisions of their dQ atomic adds;
+    # STAGGER_KB (tiles.DQ_STAGGER): the key blocks of a row group and head too
+    if STAGGER_KB:
+        qb_first = (b0 // ROWS + kb) % n_qblocks
+    else:
+        qb_first = (b0 // ROWS) % n_qblocks
     for i in range(0, n_qblocks):
         offs_m = ((qb_first + i) % n_qblocks) * BLOCK_M + offs_m0
         shared = 0.0
@@ -348,12 +356,11 @@ def _bwd_kernel(
             if FUSE_DS:  # a clamped copy of the last row (odd B) adds nothing
                 ds0 += ds1 * row1_ok.to(tl.float32)
         if FUSE_DS:
-            tl.atomic_add(
-                DS_SUM + h * s_gh + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk,
-                ds0,
-                mask=(offs_m < Lq)[:, None] & (offs_n < Lk)[None, :],
-                sem="relaxed",
-            )
+            ds_ptrs = DS_SUM + h * s_gh + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk
+            if DS_FULL:
+                tl.atomic_add(ds_ptrs, ds0, sem="relaxed")
+            else:
+                tl.atomic_add(ds_ptrs, ds0, mask=(offs_m < Lq)[:, None] & (offs_n < Lk)[None, :], sem="relaxed")
 
     nd_ok = (offs_n < Lk)[:, None] & (offs_d < D)[None, :]
     tl.store(

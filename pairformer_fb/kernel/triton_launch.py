@@ -12,6 +12,7 @@ import weakref
 import torch
 import triton
 
+from . import tiles
 from .reference import MASK_NEG
 from .tiles import INTERPRET, KernelConfig, _grid_order, _launch, _pow2_at_least_16, _rows_per_program
 from .triton_backward import _bwd_delta_kernel, _bwd_kernel, _ds_sum_kernel
@@ -249,17 +250,23 @@ def _forward(q, k, v, ops: _Operands, gate: torch.Tensor | None = None):
     return o, row_stats
 
 
-def _reduced_ds_buffer(ops: _Operands, bias_grad: bool, shared_factor_grad: bool, device):
-    """fp32 buffer for dS summed over the broadcast dims that the needed gradients share."""
+def _reduced_ds_buffer(ops: _Operands, bias_grad: bool, shared_factor_grad: bool, device, tile_padded: bool = False):
+    """fp32 buffer for dS summed over the broadcast dims that the needed gradients share.
+
+    tile_padded (tiles.DS_TILE_PAD): storage [.., Lq', Lk'] padded to whole BIAS_TILE_PAD tiles
+    (returned as a view of the first Lq x Lk), so the fused backward adds whole tiles into it
+    without a bounds mask, through 16-byte aligned rows at any length."""
     B, H = ops.B, ops.H
     bias_b, bias_h = (ops.bias_shape[0], ops.bias_shape[1]) if bias_grad else (1, 1)
     keep_b = bias_grad and bias_b == B and B > 1
     keep_h = H > 1 and ((bias_grad and bias_h == H) or shared_factor_grad)
+    lead = (B if keep_b else 1, H if keep_h else 1)
+    if tile_padded:
+        buf = torch.empty((*lead, _tile_extent(ops.Lq), _tile_extent(ops.Lk)), device=device, dtype=torch.float32)
+        return buf[..., : ops.Lq, : ops.Lk]
     # rows padded to 16 bytes (see _row_aligned): the kernel stores (or adds) whole tiles into it
     lk_padded = -(-ops.Lk // 4) * 4
-    return torch.empty((B if keep_b else 1, H if keep_h else 1, ops.Lq, lk_padded), device=device, dtype=torch.float32)[
-        ..., : ops.Lk
-    ]
+    return torch.empty((*lead, ops.Lq, lk_padded), device=device, dtype=torch.float32)[..., : ops.Lk]
 
 
 def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]):
@@ -299,15 +306,18 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
 
     # dS summed over the rows sharing the bias / factors: by the bwd kernel's atomics (fuse_ds)
     # or by the separate _ds_sum_kernel
-    g = _reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device) if sum_ds else None
+    ds_tile_padded = sum_ds and tiles.DS_TILE_PAD
+    g = _reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device, ds_tile_padded) if sum_ds else None
     fused_ds = False
 
     def launch_bwd(cfg):
         nonlocal fused_ds
         rows = 1 if row_factor_grad else _rows_per_program(ops, cfg)
         fused_ds = bool(cfg.fuse_ds and sum_ds and g.shape[0] == 1 and not row_factor_grad)
+        # whole tiles of the padded dS storage: its adds need no bounds mask
+        ds_full = fused_ds and ds_tile_padded and BIAS_TILE_PAD % cfg.block_m == 0 and BIAS_TILE_PAD % cfg.block_n == 0
         if fused_ds:
-            g.zero_()
+            (g._base if ds_tile_padded else g).zero_()
         gh_stride = g.stride(1) if (fused_ds and g.shape[1] > 1) else 0
         n_kblocks = triton.cdiv(Lk, cfg.block_n)
         _bwd_kernel[(n_kblocks * H * triton.cdiv(B, rows),)](
@@ -352,6 +362,8 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
             **ops.flags(cfg),
             ROW_FACTOR_GRAD=row_factor_grad,
             FUSE_DS=fused_ds,
+            DS_FULL=ds_full,
+            STAGGER_KB=tiles.DQ_STAGGER,
             ROWS=rows,
             BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n,
