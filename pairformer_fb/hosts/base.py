@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
@@ -38,7 +38,8 @@ class Site:
     Attributes:
         path: its qualified name in the patched model ("" parts joined by ".").
         parent, attr: the module that holds it and the attribute name it is held under.
-        module: the host module itself.
+        module: the host module itself (typed ``Any``: its submodules and attributes are the
+            host's, reached by the host's names, which the tests check on the real host modules).
         kind: "triangle" (triangle attention), "single" (pair-biased single attention),
             "diffusion" (the diffusion transformer's conditioned attention) or "atom" (the
             atom transformer's local attention).
@@ -54,7 +55,7 @@ class Site:
     path: str
     parent: nn.Module
     attr: str
-    module: nn.Module
+    module: Any
     kind: str
     node: str | None
     stack: str
@@ -130,7 +131,10 @@ class PatchedModule(nn.Module):
         return f"host={type(self.host_module).__name__}, path={self.site_path!r}"
 
 
-def build_on_meta(cls, **kwargs) -> FlashBiasModule:
+_Module = TypeVar("_Module", bound=FlashBiasModule)
+
+
+def build_on_meta(cls: type[_Module], **kwargs) -> _Module:
     """Our module with its parameters on the meta device (nothing allocated): the caller then
     assigns the host's parameter objects in their place (``share_linear`` / ``share_layer_norm``)."""
     with torch.device("meta"):
