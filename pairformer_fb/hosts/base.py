@@ -141,7 +141,8 @@ def build_on_meta(cls: type[_Module], **kwargs) -> _Module:
         return cls(**kwargs)
 
 
-def _share(dst: nn.Module, name: str, param: nn.Parameter | None, where: str) -> None:
+def _share(dst: nn.Module, name: str, param: torch.Tensor | None, where: str) -> None:
+    # param: a host's nn.Parameter (torch's stubs type nn.Linear.weight a Tensor)
     own = getattr(dst, name)
     if (own is None) != (param is None):
         raise UnsupportedModuleError(
@@ -162,7 +163,7 @@ def share_linear(dst: nn.Linear, src: nn.Linear, where: str) -> None:
     _share(dst, "bias", src.bias, where)
 
 
-def share_layer_norm(dst: nn.LayerNorm, src: nn.Module, where: str) -> None:
+def share_layer_norm(dst: nn.LayerNorm, src: Any, where: str) -> None:  # src: a host module (its eps)
     """Make ``dst`` use the host layer norm's weight / bias objects and its epsilon (the host
     class may be any layer norm over the last dim with ``eps`` and optional ``weight`` / ``bias``:
     a host norm without scale or offset leaves ours without it too)."""
