@@ -37,7 +37,9 @@ class Site:
 
     Attributes:
         path: its qualified name in the patched model ("" parts joined by ".").
-        parent, attr: the module that holds it and the attribute name it is held under.
+        parent, attr: the module that holds it and the attribute name it is held under (parent
+            None: a host module built alone, e.g. by a test or benchmark, that only
+            ``make_replacement`` sees).
         module: the host module itself (typed ``Any``: its submodules and attributes are the
             host's, reached by the host's names, which the tests check on the real host modules).
         kind: "triangle" (triangle attention), "single" (pair-biased single attention),
@@ -53,7 +55,7 @@ class Site:
     """
 
     path: str
-    parent: nn.Module
+    parent: nn.Module | None
     attr: str
     module: Any
     kind: str
