@@ -13,8 +13,8 @@ install:
 	@# host models (Protenix ...) without their pins, which would replace torch: see the file
 	@$(PYTHON) -m pip install -q --no-deps -r requirements-hosts.txt
 
-# ruff (lint, import order, format) on the package, tests and scripts; mypy on the host-adapter contract
-# (pyproject.toml's [tool.ruff] / [tool.mypy])
+# ruff (lint, import order, format) on the package, tests and scripts; mypy on the package, the host
+# adapters' contract included, kernel/ still excluded (pyproject.toml's [tool.ruff] / [tool.mypy])
 lint: install
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .

@@ -35,7 +35,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXIT_USAGE = 2
@@ -148,9 +148,12 @@ def _config_file(config_dir: Path, name: str) -> Path:
 
 def _groups(config_dir: Path, name: str) -> dict[str, str]:
     """The config groups the primary config selects in its defaults list: {group: default option}."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
-    raw = OmegaConf.load(_config_file(config_dir, name))
+    path = _config_file(config_dir, name)
+    raw = OmegaConf.load(path)
+    if not isinstance(raw, DictConfig):
+        raise ValueError(f"{path}: a config must be a mapping, this file holds a list")
     out = {}
     for item in raw.get("defaults", []) or []:
         if isinstance(item, str) or not hasattr(item, "items"):
@@ -203,8 +206,15 @@ def compose_config(config_name: str, overrides: Sequence[str], *, config_dir: Pa
     groups = _groups(config_dir, config_name)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-        group_choices = [o.input_line for o in parsed if o.key_or_group in groups]
-        base = OmegaConf.to_container(compose(config_name=config_name, overrides=group_choices), resolve=False)
+        group_choices: list[str] = []
+        for o in parsed:
+            if o.key_or_group in groups:
+                assert o.input_line is not None  # parse_overrides records the line of each override
+                group_choices.append(o.input_line)
+        # compose gives a DictConfig, whose container is a dict
+        base = cast(
+            dict, OmegaConf.to_container(compose(config_name=config_name, overrides=group_choices), resolve=False)
+        )
         for o in parsed:
             key = o.key_or_group
             if key in groups or key.startswith("hydra.") or key == "hydra" or o.is_delete():

@@ -196,7 +196,7 @@ def markdown_table(records: list[Record], env: dict) -> str:
     floors = {(r.kind, r.n): r for r in records if r.method == "sdpa_floor" and r.status == "ok"}
     for r in records:
         f = floors.get((r.kind, r.n))
-        rf = (r.fwd_ms / f.fwd_ms) if (f and r.fwd_ms) else None
+        rf = (r.fwd_ms / f.fwd_ms) if (f and r.fwd_ms and f.fwd_ms) else None
         rb = (r.fwd_bwd_ms / f.fwd_bwd_ms) if (f and r.fwd_bwd_ms and f.fwd_bwd_ms) else None
         mem = r.peak_memory_bytes / 2**30 if r.peak_memory_bytes else None
         lines.append(

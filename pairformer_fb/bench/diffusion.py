@@ -140,6 +140,7 @@ def time_variant(
     if stock_out is not None and ours is not None:
         rec.rel_err = float((out.double() - stock_out.double()).norm() / stock_out.double().norm())
     if variant == "exact" and cache_hits:
+        assert ours is not None  # built for every variant but "stock*"
         rec.notes["cache_hits"] = ours.flash_bias.bias_cache.hits
 
 

@@ -32,11 +32,15 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..cli import atomic_write
 from ..kernel.reference import MASK_NEG
+
+if TYPE_CHECKING:
+    from ..kernel.op import Backend
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}
 # unit roundoff of the products' inputs: bf16 8 significant bits, fp16 and tf32 11; fp32 24 bits,
@@ -173,7 +177,9 @@ def make_case_inputs(case: FuzzCase, device) -> tuple[tuple, dict]:
         kw["q_factors"] = rnd(case.factor_batch, case.H, case.Lq, case.R, std=case.R**-0.25)
         kw["k_factors"] = rnd(case.factor_batch, case.H, case.Lk, case.R, std=case.R**-0.25)
     if case.bias:
-        kw["bias"] = rnd(*case.bias_shape())
+        bias_shape = case.bias_shape()
+        assert bias_shape is not None  # case.bias is set
+        kw["bias"] = rnd(*bias_shape)
     if case.mask:
         keep = torch.rand(case.B, case.Lk, generator=g) > 0.3
         keep[:, 0] = True
@@ -253,7 +259,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_case(case: FuzzCase, device, backend: str = "auto") -> dict:
+def run_case(case: FuzzCase, device, backend: Backend = "auto") -> dict:
     """One case: the op's first call (forward, and backward when the case takes gradients)
     timed with whatever it compiles, then every output compared with the oracle."""
     from ..kernel import flash_bias_attention
@@ -276,8 +282,9 @@ def run_case(case: FuzzCase, device, backend: str = "auto") -> dict:
         compiled = _compiled_kernels() - compiled
 
         ref_in = [t.detach().double().requires_grad_(case.grad) for t in inputs]
-        ref_kw = dict(zip(names[3:], ref_in[3:]))
-        ref = float64_oracle(*ref_in[:3], **ref_kw, key_mask=kw.get("key_mask"))
+        ref_kw: dict[str, torch.Tensor | None] = dict(zip(names[3:], ref_in[3:]))
+        ref_kw["key_mask"] = kw.get("key_mask")  # (names has no key_mask)
+        ref = float64_oracle(*ref_in[:3], **ref_kw)
         scale = math.sqrt(case.D * case.B * case.H * case.Lq)
         errors = {"out": _error(out, ref, 1.0)}
         if case.grad:
@@ -300,7 +307,7 @@ def run_case(case: FuzzCase, device, backend: str = "auto") -> dict:
     }
 
 
-def _worker(cases: list[FuzzCase], device: str, backend: str, path: str, cache_dir: str | None) -> None:
+def _worker(cases: list[FuzzCase], device: str, backend: Backend, path: str, cache_dir: str | None) -> None:
     if cache_dir:  # a cold kernel cache: every first call pays its compilation, as on a fresh machine
         os.environ["TRITON_CACHE_DIR"] = cache_dir
     if torch.device(device).type == "cuda" and torch.device(device).index is not None:
@@ -320,7 +327,7 @@ def run_fuzz(
     device: str = "cuda",
     *,
     workers: int = 1,
-    backend: str = "auto",
+    backend: Backend = "auto",
     cold_cache: bool = True,
     timeout_s: float | None = None,
     progress: bool = True,
@@ -357,9 +364,9 @@ def run_fuzz(
         bar.update(sum(_count_lines(p) for p in paths) - done)
         bar.close()
         by_index = {}
-        for p in paths:
-            if os.path.exists(p):
-                for line in open(p):
+        for path in paths:
+            if os.path.exists(path):
+                for line in open(path):
                     rec = json.loads(line)
                     by_index[rec["index"]] = rec
     return [by_index.get(c.index) or {**asdict(c), "case": c.describe(), "status": "did not return"} for c in cases]

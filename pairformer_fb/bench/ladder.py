@@ -75,6 +75,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -308,7 +309,8 @@ def validate(cfg):
 def _plain(cfg) -> dict:
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    # a DictConfig's container is a dict (the stub's return type covers every config's)
+    return cast(dict, OmegaConf.to_container(cfg, resolve=True)) if not isinstance(cfg, dict) else dict(cfg)
 
 
 def host_config(cfg):
@@ -377,9 +379,10 @@ def run(cfg) -> dict:
                     cas[variant] = _run_one(host, model, timer, feats, atoms, rec, hcfg, ckpt, device, autocast)
                 records.append(rec)
                 for r in records:  # against the original of the same rung and call
-                    if r.tokens == n and r.date == rec.date and cas.get(r.variant) is not None:
-                        if r.variant != "original" and cas.get("original") is not None:
-                            r.rmsd_vs_original = ca_rmsd(cas["original"], cas[r.variant])
+                    ca_variant, ca_original = cas.get(r.variant), cas.get("original")
+                    if r.tokens == n and r.date == rec.date and ca_variant is not None:
+                        if r.variant != "original" and ca_original is not None:
+                            r.rmsd_vs_original = ca_rmsd(ca_original, ca_variant)
                 records.sort(key=lambda r: (r.tokens, VARIANTS.index(r.variant)))
                 result["records"] = [asdict(r) for r in records]
                 write_outputs(out, result)
@@ -413,6 +416,7 @@ def _over_budget(cfg, records: list[Record], rec: Record, elapsed: float) -> str
     ]
     if prev:
         p = prev[-1]
+        assert p.seconds is not None  # prev keeps the runs with seconds
         guess = p.seconds["total"] * (rec.tokens / p.tokens) ** 3 * (1 + cfg.warmup)
         if elapsed + guess > budget:
             return (
@@ -441,7 +445,8 @@ def _run_one(host, model, timer, feats, atoms, rec: Record, cfg, ckpt, device, a
     sample's Cα coordinates (None unless ok). Never raises unless ``raise_errors``."""
     import pairformer_fb as fb
 
-    feats_dev = {k: v.to(device) for k, v in feats.items()}
+    # None once the run is over (finally drops it, the closure's reference with it)
+    feats_dev: dict[str, torch.Tensor] | None = {k: v.to(device) for k, v in feats.items()}
     graphs, xyz, ca, failure = None, None, None, None
     _free(device)
     try:

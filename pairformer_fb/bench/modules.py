@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,7 @@ def sdpa_triangle_starting(mod: FlashBiasTriangleAttention, z, mask):
 
 
 def sdpa_single(mod: FlashBiasAttentionPairBias, s, z, mask):
+    assert mod.layer_norm_s is not None  # _build makes it with layer_norm_s=True (the default)
     a = mod.layer_norm_s(s[0])
     x = mod.layer_norm_z(z[0])
     n, H, D = a.shape[0], mod.n_heads, mod.head_dim
@@ -65,11 +67,18 @@ def sdpa_single(mod: FlashBiasAttentionPairBias, s, z, mask):
 
 def _build(module: str, n: int, variant: str, rank: int | None, cfg, dtype, device):
     g = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    fc = FactorConfig(rank=rank, width=cfg.factor_width) if variant == "lowrank" else None
+    fc = None
+    if variant == "lowrank":
+        if rank is None:
+            raise ValueError("variant 'lowrank' needs a rank: set rank in the benchmark config")
+        fc = FactorConfig(rank=rank, width=cfg.factor_width)
     mask = torch.ones(1, n, dtype=torch.bool)
     mask[:, n - max(1, n // 20) :] = False  # padded tokens, as in a batch of mixed lengths
+    mod: FlashBiasTriangleAttention | FlashBiasAttentionPairBias
     if module.startswith("triangle"):
-        kw = dict(node="starting") if module == "triangle_starting" else dict(node="ending", ending_bias="transposed")
+        kw: dict[str, Any] = (
+            dict(node="starting") if module == "triangle_starting" else dict(node="ending", ending_bias="transposed")
+        )
         mod = FlashBiasTriangleAttention(
             cfg.triangle.c_z, cfg.triangle.heads, cfg.triangle.head_dim, factor_config=fc, **kw
         )
@@ -90,8 +99,10 @@ def _build(module: str, n: int, variant: str, rank: int | None, cfg, dtype, devi
     masks = [m.to(device) for m in masks]
     if variant == "torch_sdpa":
         if module == "triangle_starting":
+            assert isinstance(mod, FlashBiasTriangleAttention)  # built above for "triangle_*"
             return (lambda: sdpa_triangle_starting(mod, *inputs, *masks)), mod, inputs
         if module == "single":
+            assert isinstance(mod, FlashBiasAttentionPairBias)  # built above for "single"
             return (lambda: sdpa_single(mod, *inputs, *masks)), mod, inputs
         raise Skipped("the torch baseline is written for the starting node and the single module")
     return (lambda: mod(*inputs, *masks)), mod, inputs
@@ -156,8 +167,8 @@ def run(cfg) -> list[ModuleRecord]:
         for v in cfg.variants
     ]
     records = []
-    for job in tqdm(jobs, desc="module benchmark", unit="case"):
-        records.append(_measure(*job, cfg, dtype, device))
+    for module, n, variant, rank in tqdm(jobs, desc="module benchmark", unit="case"):
+        records.append(_measure(module, n, variant, rank, cfg, dtype, device))
         atomic_write(
             out / "results.json", json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1)
         )

@@ -39,7 +39,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -290,20 +290,21 @@ def validate(cfg) -> tuple[StructureHost, list[Sample], Any, dict]:
         list(cfg.samples) if not isinstance(cfg.samples, str) else [cfg.samples],
         cfg.data_dir or Path(__file__).resolve().parents[2] / "data_samples",
     )
-    refs = {}
+    refs: dict[str, tuple[np.ndarray, str, str]] = {}  # sample -> (CA coords, sequence, path)
     if cfg.reference:
+        paths: dict[str, Any]  # sample -> reference file
         if isinstance(cfg.reference, str):
             if len(samples) != 1:
                 raise ValueError(
                     "reference= names one file, but there are several samples: give reference={sample: path, ...}"
                 )
-            refs = {samples[0].name: cfg.reference}
+            paths = {samples[0].name: cfg.reference}
         else:
-            refs = dict(cfg.reference)
-            unknown = set(refs) - {s.name for s in samples}
+            paths = dict(cfg.reference)
+            unknown = set(paths) - {s.name for s in samples}
             if unknown:
                 raise ValueError(f"reference= names samples that are not run: {sorted(unknown)}")
-        refs = {k: read_ca(v) + (str(v),) for k, v in refs.items()}  # read (and checked) now
+        refs = {k: read_ca(v) + (str(v),) for k, v in paths.items()}  # read (and checked) now
     if cfg.tm_method not in TM_METHODS:
         raise ValueError(f"tm_method must be one of {TM_METHODS}, got {cfg.tm_method!r}")
     if cfg.msa_dir and not Path(cfg.msa_dir).is_dir():
@@ -363,7 +364,8 @@ def _plain(cfg) -> dict:
     try:
         from omegaconf import OmegaConf
 
-        return OmegaConf.to_container(cfg, resolve=True)
+        # a DictConfig's container is a dict (the stub's return type covers every config's)
+        return cast(dict, OmegaConf.to_container(cfg, resolve=True))
     except Exception:  # noqa: BLE001 - a plain mapping
         return dict(cfg)
 
@@ -402,6 +404,7 @@ def _run_one(host, model, timer, sample, variant, feats_atoms, cfg, ckpt, device
         if graphs is not None:
             rec.notes["cuda_graphs"] = graphs.stats
         rec.tokens_per_s = sample.n_tokens / rec.times_s["total"]
+        assert coords is not None  # set by the first of cfg.repeats >= 1 runs (validate)
         if not np.isfinite(coords).all():
             rec.status = "error: non-finite coordinates"
             return rec
@@ -547,7 +550,7 @@ def plot(records: list[Record], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, key, title in ((axes[0], "total", "total inference"), (axes[1], "pairformer_trunk", "Pairformer trunk")):
         for variant in dict.fromkeys(r.variant for r in ok):
-            pts = sorted((r.n_tokens, r.times_s[key]) for r in ok if r.variant == variant)
+            pts = sorted((r.n_tokens, r.times_s[key]) for r in ok if r.variant == variant and r.times_s)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=variant)
         ax.set_xlabel("tokens")
         ax.set_ylabel("seconds (median)")

@@ -23,7 +23,7 @@ def median_ms(fn: Callable[[], object], device: torch.device, warmup_ms: float =
 
         return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
     fn()  # warm-up: first-call costs (allocation, dispatch caches) stay out of the numbers
-    times = []
+    times: list[float] = []
     deadline = time.perf_counter() + rep_ms / 1e3
     while len(times) < 3 or time.perf_counter() < deadline:
         t0 = time.perf_counter()
@@ -62,7 +62,7 @@ def failure_status(e: Exception) -> str:
 
 def environment(device: torch.device) -> dict:
     """What a recorded result needs to be reproducible: device, versions, date, command."""
-    env = {
+    env: dict[str, str | None] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "python": platform.python_version(),

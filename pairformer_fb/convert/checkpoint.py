@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ..hosts import HOSTS, get_adapter
-from ..modules.factor_network import FACTOR_KEY_MARK
+from ..modules.factor_network import FACTOR_KEY_MARK, FactorConfig
 from ..patching.patching import PatchReport
 
 METADATA_KEY = "pairformer_fb"
@@ -194,6 +194,7 @@ def read_checkpoint(
         raise CheckpointError(f"{path}: empty file")
     container = _load(path, allow_pickle)
 
+    location: tuple[str, ...] | None  # the keys leading to the state dict in the container
     if use_ema:
         for loc in EMA_LOCATIONS:
             obj = container
@@ -303,7 +304,12 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def make_metadata(
-    host: str, report: PatchReport, factor_config, source_path: str | os.PathLike, *, prefix: str = ""
+    host: str,
+    report: PatchReport,
+    factor_config: FactorConfig | None,
+    source_path: str | os.PathLike,
+    *,
+    prefix: str = "",
 ) -> dict:
     """What a converted checkpoint records under ``"pairformer_fb"`` (plain data only, so it loads
     with ``weights_only=True``): the host and its installed version, pairformer_fb's version, the

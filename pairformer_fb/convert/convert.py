@@ -88,7 +88,7 @@ class ConversionReport:
         if self.action == "strip":
             lines.append(f"- factor-network keys removed: {self.keys_removed}")
             return "\n".join(lines) + "\n"
-        modes = {}
+        modes: dict[str, int] = {}  # mode -> how many modules
         for m in self.modules.values():
             modes[m["mode"]] = modes.get(m["mode"], 0) + 1
         lines += [
@@ -204,7 +204,7 @@ def _dtype_of(state_dict: Mapping[str, Any]) -> torch.dtype:
     for v in state_dict.values():
         if torch.is_tensor(v) and v.is_floating_point():
             counts[v.dtype] = counts.get(v.dtype, 0) + 1
-    return max(counts, key=counts.get) if counts else torch.float32
+    return max(counts, key=counts.__getitem__) if counts else torch.float32
 
 
 def convert_checkpoint(

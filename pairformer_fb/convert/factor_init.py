@@ -139,12 +139,16 @@ def capture_bias_targets(
 def approximation_error(network: FactorNetwork, samples: list[BiasSample]) -> torch.Tensor:
     """``bias_approximation_loss`` of the network over the samples, each batch element counting
     equally (a scalar tensor, differentiable)."""
-    total, count = 0.0, 0
+    total: torch.Tensor | None = None
+    count = 0
     for smp in samples:
         phi_q, phi_k = network.factors_from_features(smp.query_features, smp.key_features)
         n = smp.bias.shape[0]
-        total = total + bias_approximation_loss(phi_q, phi_k, smp.bias, smp.pair_mask) * n
+        term = bias_approximation_loss(phi_q, phi_k, smp.bias, smp.pair_mask) * n
+        total = term if total is None else total + term
         count += n
+    if total is None:
+        raise ValueError("approximation_error: samples is empty (no recorded bias)")
     return total / count
 
 
@@ -179,6 +183,7 @@ def _lstsq_output_layer(
     """Set ``mlp``'s last Linear to the ridge least-squares map from its hidden features to the
     targets, over the valid tokens."""
     hidden_layers, out = mlp[:-1], mlp[-1]
+    assert isinstance(out, nn.Linear)  # _tanh_mlp ends with the output Linear
     xs, ys = [], []
     with torch.no_grad():
         for f, t, m in zip(features, targets, token_masks):
@@ -327,11 +332,13 @@ def fit_patched_model(
     results = []
     for path in tqdm(list(records), desc="fitting factor networks", disable=not progress):
         w = wrappers[path]
+        network = w.flash_bias.factor_network
+        assert network is not None  # capture_bias_targets records only the modules with one
         recorded = records.pop(path)
         n_held = max(1, len(recorded) // 5) if holdout and len(recorded) >= 2 else 0
         results.append(
             fit_factor_network(
-                w.flash_bias.factor_network,
+                network,
                 recorded[: len(recorded) - n_held],
                 steps=steps,
                 lr=lr,

@@ -133,6 +133,10 @@ def validate(objective: DistillLoss, batches: Sequence[tuple[str, dict]], n_cycl
             objective.set_mode("distill")
             _, s_ref, z_ref = protenix_trunk(objective.model, feats, n_cycle, grad=False)
             for p, w in objective.wrappers.items():
+                if w.last_distill_loss is None:
+                    raise ValueError(
+                        f"the trunk never called the patched module {p!r}: its factors cannot be validated"
+                    )
                 per_block[p].append(float(w.last_distill_loss))
             objective.set_mode("lowrank")
             _, s, z = protenix_trunk(objective.model, feats, n_cycle, grad=False)
@@ -268,6 +272,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
 
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
+    model: Any  # a Protenix model (its attributes, e.g. N_cycle, are Protenix's)
     model, preset = build_model(ckpt.host, preset, ckpt, overrides=cfg["model"].get("overrides"))
     load_converted(checkpoint, model)
     model.to(device).eval()
@@ -280,9 +285,11 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
         raise ValueError(f"{checkpoint}: no patched module has a factor network (converted with mode=exact?)")
     rank_cfg = patch_cfg.get("rank")
     for p, w in wrappers.items():
-        if rank_cfg is not None and w.flash_bias.factor_network.config.rank != rank_cfg:
+        network = w.flash_bias.factor_network
+        assert network is not None  # wrappers: the patched modules with a factor network
+        if rank_cfg is not None and network.config.rank != rank_cfg:
             raise ValueError(
-                f"patch.rank={rank_cfg} but {p} has rank {w.flash_bias.factor_network.config.rank} in "
+                f"patch.rank={rank_cfg} but {p} has rank {network.config.rank} in "
                 "the checkpoint: convert at that rank first, or leave patch.rank null"
             )
     blocks = patch_cfg.get("blocks")
@@ -343,8 +350,8 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
         if missing:
             raise CheckpointError(f"resume={cfg['resume']}: no saved value for {sorted(missing)[:3]}")
         with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(state["params"][n])
+            for n, param in params.items():
+                param.copy_(state["params"][n])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, history, validations = state["step"], state["history"], state["validations"]
@@ -353,7 +360,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     def save_state(path: Path) -> None:
         rngs = [rng_states()]
         if distributed:
-            gathered = [None] * world
+            gathered: list[Any] = [None] * world  # all_gather_object fills it
             torch.distributed.all_gather_object(gathered, rngs[0])
             rngs = gathered
         if main:
@@ -510,7 +517,7 @@ def _output_of(cfg: Mapping[str, Any]) -> Path | None:
         return None
 
 
-def read_training_state(path: str | os.PathLike) -> dict:
+def read_training_state(path: str | os.PathLike) -> Mapping[str, Any]:
     """A training checkpoint (``checkpoints/step_N.pt``) for ``resume=``; FileNotFoundError /
     CheckpointError (truncated, corrupt, not a fine-tuning checkpoint) before any model work."""
     from .checkpoint import _load

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..hosts import get_adapter
+from ..modules import FlashBiasAttentionPairBias, FlashBiasTriangleAttention
 
 
 def read_fasta_sequences(paths: Iterable[str | os.PathLike], max_tokens: int | None = None) -> list[tuple[str, str]]:
@@ -83,6 +84,8 @@ def _stack_widths(stack: nn.Module) -> tuple[int, int]:
     c_s = c_z = None
     for m in patched_modules(stack).values():
         fb = m.flash_bias
+        # a trunk stack holds triangle and single attentions only (the diffusion kinds are not in it)
+        assert isinstance(fb, (FlashBiasTriangleAttention, FlashBiasAttentionPairBias))
         c_z = fb.c_z
         c_s = getattr(fb, "c_s", c_s)
     for name in ("c_s", "token_s"):

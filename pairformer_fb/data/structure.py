@@ -92,6 +92,7 @@ def read_structure(path: str | os.PathLike):
     if not path.is_file():
         raise StructureError(f"structure file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
+    parser: MMCIFParser | PDBParser
     if suffix in (".cif", ".mmcif"):
         parser = MMCIFParser(QUIET=True)
     elif suffix in (".pdb", ".ent"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
@@ -37,8 +37,11 @@ class Site:
 
     Attributes:
         path: its qualified name in the patched model ("" parts joined by ".").
-        parent, attr: the module that holds it and the attribute name it is held under.
-        module: the host module itself.
+        parent, attr: the module that holds it and the attribute name it is held under (parent
+            None: a host module built alone, e.g. by a test or benchmark, that only
+            ``make_replacement`` sees).
+        module: the host module itself (typed ``Any``: its submodules and attributes are the
+            host's, reached by the host's names, which the tests check on the real host modules).
         kind: "triangle" (triangle attention), "single" (pair-biased single attention),
             "diffusion" (the diffusion transformer's conditioned attention) or "atom" (the
             atom transformer's local attention).
@@ -52,9 +55,9 @@ class Site:
     """
 
     path: str
-    parent: nn.Module
+    parent: nn.Module | None
     attr: str
-    module: nn.Module
+    module: Any
     kind: str
     node: str | None
     stack: str
@@ -130,14 +133,18 @@ class PatchedModule(nn.Module):
         return f"host={type(self.host_module).__name__}, path={self.site_path!r}"
 
 
-def build_on_meta(cls, **kwargs) -> FlashBiasModule:
+_Module = TypeVar("_Module", bound=FlashBiasModule)
+
+
+def build_on_meta(cls: type[_Module], **kwargs) -> _Module:
     """Our module with its parameters on the meta device (nothing allocated): the caller then
     assigns the host's parameter objects in their place (``share_linear`` / ``share_layer_norm``)."""
     with torch.device("meta"):
         return cls(**kwargs)
 
 
-def _share(dst: nn.Module, name: str, param: nn.Parameter | None, where: str) -> None:
+def _share(dst: nn.Module, name: str, param: torch.Tensor | None, where: str) -> None:
+    # param: a host's nn.Parameter (torch's stubs type nn.Linear.weight a Tensor)
     own = getattr(dst, name)
     if (own is None) != (param is None):
         raise UnsupportedModuleError(
@@ -158,7 +165,7 @@ def share_linear(dst: nn.Linear, src: nn.Linear, where: str) -> None:
     _share(dst, "bias", src.bias, where)
 
 
-def share_layer_norm(dst: nn.LayerNorm, src: nn.Module, where: str) -> None:
+def share_layer_norm(dst: nn.LayerNorm, src: Any, where: str) -> None:  # src: a host module (its eps)
     """Make ``dst`` use the host layer norm's weight / bias objects and its epsilon (the host
     class may be any layer norm over the last dim with ``eps`` and optional ``weight`` / ``bias``:
     a host norm without scale or offset leaves ours without it too)."""

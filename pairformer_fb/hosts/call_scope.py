@@ -9,11 +9,19 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, cast
 
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..modules.bias_cache import BiasScope
 from .base import PatchedModule, Site
+
+if TYPE_CHECKING:
+    from ..modules import FlashBiasDiffusionAttention, FlashBiasPrecomputedBiasAttention
+
+    # our modules that cache their bias within a scope (``bias_cache``, ``scope``)
+    ScopedFlashBias = FlashBiasDiffusionAttention | FlashBiasPrecomputedBiasAttention
 
 
 class CallScope:
@@ -25,7 +33,7 @@ class CallScope:
         self._varying = frozenset(varying)
         self._params = list(params)
         self._users = 0
-        self._handles = []
+        self._handles: list[RemovableHandle] = []
         self._signature = inspect.signature(module.forward)
 
     def _enter(self, module, args, kwargs):
@@ -46,6 +54,8 @@ class CallScope:
         """Install the hooks (counted: one per wrapper that uses the scope)."""
         if self._users == 0:
             module = self._module()
+            # alive: attach is called by on_patch, with the module in the model being patched
+            assert module is not None
             self._handles = [
                 module.register_forward_pre_hook(self._enter, with_kwargs=True),
                 module.register_forward_hook(self._exit, with_kwargs=True, always_call=True),
@@ -83,10 +93,14 @@ class ScopedPatchedModule(PatchedModule):
     scope and the module's cache let inference tensors match by identity, so that the bias is
     reused under ``torch.inference_mode`` too (see ``modules.bias_cache``)."""
 
-    def __init__(self, host_module, flash_bias, site: Site, call_scope: CallScope | None):
+    def __init__(self, host_module, flash_bias: ScopedFlashBias, site: Site, call_scope: CallScope | None):
         super().__init__(host_module, flash_bias, site)
         self._scope = (call_scope,) if call_scope is not None else None  # a tuple: not a submodule
         self.trust_inference_tensors = False
+
+    @property
+    def flash_bias(self) -> ScopedFlashBias:
+        return cast("ScopedFlashBias", self._flash_bias[0])  # the one __init__ took
 
     def on_patch(self) -> None:
         trust = bool(self.trust_inference_tensors)

@@ -113,10 +113,13 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
         token_mask = mask.to(torch.bool) if mask is not None else None
         pair_mask = token_mask[..., :, None] & token_mask[..., None, :] if token_mask is not None else None
 
-        bias = phi_q = phi_k = None
+        bias: torch.Tensor | None = None
+        phi_q: torch.Tensor | None = None
+        phi_k: torch.Tensor | None = None
         if mode in ("exact", "distill"):
             bias = head_major_pair_bias(pair, self.linear_z)  # [*, H, N, N]
         if mode in ("lowrank", "distill"):
+            assert self.factor_network is not None  # _check_mode: these modes need one
             phi_q, phi_k = self.factor_network(pair, pair_mask, s_inputs)
 
         weight, proj_bias = concat_linear_params([self.linear_q, self.linear_k, self.linear_v, self.linear_g])
@@ -125,6 +128,7 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
         q, k, v, gate = (t.transpose(1, 2) for t in (q, k, v, gate))  # [B, H, N, D] views
         q_factors = k_factors = None
         if mode == "lowrank":
+            assert phi_q is not None and phi_k is not None  # computed above in "lowrank" mode
             q_factors, k_factors = (phi.reshape(-1, *phi.shape[-3:]) for phi in (phi_q, phi_k))
         o = flash_bias_attention(
             q,
@@ -132,7 +136,7 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
             v,
             q_factors=q_factors,
             k_factors=k_factors,
-            bias=bias.reshape(-1, self.n_heads, n, n) if mode != "lowrank" else None,
+            bias=bias.reshape(-1, self.n_heads, n, n) if bias is not None else None,  # None in "lowrank" only
             key_mask=token_mask.reshape(-1, n) if token_mask is not None else None,
             gate=gate,
             backend=self.backend,
@@ -140,6 +144,7 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
         # gated o comes in the gate's layout ([B, N, H, D] in memory): the flatten is a view
         update = self.linear_o(o.transpose(1, 2).flatten(-2)).view(*batch_shape, n, self.c_s)
         if mode == "distill":
+            assert phi_q is not None and phi_k is not None and bias is not None  # all computed in "distill"
             return update, bias_approximation_loss(phi_q, phi_k, bias, pair_mask)
         return update
 

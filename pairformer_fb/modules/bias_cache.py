@@ -294,9 +294,9 @@ class BiasCacheEntry:
     def __init__(self, trust_inference_tensors: bool = False, budget: BiasCacheBudget | None = None):
         self.trust_inference_tensors = trust_inference_tensors
         self.budget = budget
-        self._token = None
+        self._token: tuple | None = None
         self._fingerprint: tuple[TensorFingerprint, ...] | None = None
-        self._signature = None
+        self._signature: tuple | None = None
         self.payload = None
         self.hits = 0
         self.misses = 0
@@ -335,7 +335,7 @@ class BiasCacheEntry:
             self.refused += 1
             return
         token = scope.token() if scope is not None else None
-        if token is not None:
+        if scope is not None and token is not None:  # (a token comes from a scope only)
             scope.register(self)
         self._token = token
         trust = self.trust_inference_tensors

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence, get_args
+from typing import TYPE_CHECKING, Literal, Sequence, cast, get_args
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .factor_network import FactorNetwork
 
 Mode = Literal["exact", "lowrank", "distill"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -92,9 +95,9 @@ class FlashBiasModule(nn.Module):
     and ``mode``.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
-        self.factor_network: nn.Module | None = None
+        self.factor_network: FactorNetwork | None = None
         self._mode: Mode = "exact"
 
     @property
@@ -102,9 +105,9 @@ class FlashBiasModule(nn.Module):
         return self._mode
 
     @mode.setter
-    def mode(self, value: Mode) -> None:
+    def mode(self, value: str) -> None:  # any str: validated here (a ValueError names the known modes)
         self._check_mode(value)
-        self._mode = value
+        self._mode = cast(Mode, value)  # one of MODES: _check_mode raised otherwise
 
     def _check_mode(self, mode: str) -> None:
         """Raise unless ``mode`` is a known mode this module can run (checked again in forward,

@@ -279,7 +279,7 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         efficient_fusion: bool = False,
         key_mask: torch.Tensor | None = None,
         atom_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
             a: [*, N, c_a] activations. s: [*, N, c_s] conditioning (broadcastable batch dims).
@@ -296,7 +296,7 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
 
         Returns:
             the update [*, N, c_a] in a's dtype; in "distill" mode (update, bias approximation
-            loss).
+            loss), the loss None with local attention (which runs exact: no factors to fit).
         """
         if (
             self.compute_dtype is not None
@@ -538,6 +538,7 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         if (n_queries is None) != (n_keys is None) or (n_queries is not None and bool(n_queries) != bool(n_keys)):
             raise ValueError(f"n_queries and n_keys must be given together, got {n_queries}, {n_keys}")
         batch_nd = a.dim() - 2
+        tail: tuple[int, ...]
         if local:
             T = math.ceil(n / n_queries)
             tail, layout = (T, n_queries, n_keys, self.c_z), "[*, n_trunks, n_queries, n_keys, c_z]"

@@ -136,7 +136,10 @@ class FactorNetwork(nn.Module):
         self.c_z = c_z
         self.n_heads = n_heads
         self.config = config
-        c_in = c_z + (config.c_s_inputs if config.use_s_inputs else 0)
+        c_in = c_z
+        if config.use_s_inputs:
+            assert config.c_s_inputs is not None  # FactorConfig.__post_init__: use_s_inputs needs it
+            c_in += config.c_s_inputs
         self.query_mlp = _tanh_mlp(c_in, n_heads * config.rank, config)
         self.key_mlp = _tanh_mlp(c_in, n_heads * config.rank, config)
 
@@ -175,6 +178,7 @@ class FactorNetwork(nn.Module):
                     "this factor network uses s_inputs (FactorConfig.use_s_inputs=True): pass "
                     f"s_inputs [*, N, {self.config.c_s_inputs}]"
                 )
+            assert self.config.c_s_inputs is not None  # FactorConfig.__post_init__: use_s_inputs needs it
             check_shape("s_inputs", s_inputs, (*pair.shape[:-2], self.config.c_s_inputs), "[*, N, c_s_inputs]")
             query_features = torch.cat([query_features, s_inputs.to(query_features.dtype)], dim=-1)
             key_features = torch.cat([key_features, s_inputs.to(key_features.dtype)], dim=-1)

@@ -167,16 +167,20 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         pair_mask = mask.to(torch.bool) if mask is not None else None
         source, source_mask = self._bias_orientation(pair, pair_mask)
 
-        bias = phi_q = phi_k = None
+        bias: torch.Tensor | None = None
+        phi_q: torch.Tensor | None = None
+        phi_k: torch.Tensor | None = None
         if mode in ("exact", "distill"):
             bias = self._dense_bias(pair)
         if mode in ("lowrank", "distill"):
+            assert self.factor_network is not None  # _check_mode: these modes need one
             phi_q, phi_k = self.factor_network(source, source_mask, s_inputs)
 
         if mode == "lowrank":
             return self._attend(pair, pair_mask, None, (phi_q, phi_k), chunk_size)
         update = self._attend(pair, pair_mask, bias, None, chunk_size)
         if mode == "distill":
+            assert phi_q is not None and phi_k is not None and bias is not None  # all computed in "distill"
             return update, bias_approximation_loss(phi_q, phi_k, bias, source_mask)
         return update
 

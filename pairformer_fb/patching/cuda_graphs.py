@@ -308,9 +308,9 @@ class EagerReplayBackend:
 class _Entry:
     """One key's state: the last eager call's fingerprints (learning), or a graph."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.last: list[_Print] | None = None
-        self.graph = None
+        self.graph: Any = None  # the backend's graph (a torch.cuda.CUDAGraph on CUDA)
         self.static_in: dict[int, torch.Tensor] = {}  # leaf index -> static buffer (varying)
         self.fixed: list[tuple[int, _Print]] = []
         self.objects: list[Any] = []  # weakrefs or the objects themselves (not weakref-able)
@@ -381,7 +381,7 @@ class GraphedCall:
 
     # -- the call
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self.enabled:
             return self.fn(*args, **kwargs)
         tensors: list[torch.Tensor] = []
@@ -439,6 +439,7 @@ class GraphedCall:
         return module is not None and any(p.requires_grad for p in module.parameters())
 
     def _capture(self, entry: _Entry, tensors, objects, module, args, kwargs):
+        assert entry.last is not None  # __call__ captures once the first call has learned
         varying = [i for i, (p, t) in enumerate(zip(entry.last, tensors)) if not p.matches(t)]
         entry.last = None
         if any(not self.backend.can_vary(tensors[i]) for i in varying):
@@ -481,8 +482,8 @@ class GraphedCall:
                 return False
         if len(objects) != len(entry.objects) or any(_deref(r) is not o for r, o in zip(entry.objects, objects)):
             return False
-        for p, v in entry.params:
-            if p._version != v:
+        for param, version in entry.params:
+            if param._version != version:
                 return False
         if module is not None and entry.params and not _same_params(module, entry.params):
             return False
@@ -530,7 +531,7 @@ def _bias_caches(module: nn.Module) -> list:
     """The FlashBias bias caches inside ``module`` holding a payload (the graph reads it)."""
     from ..modules.bias_cache import BiasCacheEntry
 
-    out = []
+    out: list[BiasCacheEntry] = []
     for m in module.modules():
         c = getattr(m, "bias_cache", None)
         if isinstance(c, BiasCacheEntry) and c.payload is not None:

@@ -20,6 +20,7 @@ from ..hosts import (
     get_adapter,
 )
 from ..hosts.call_scope import ScopedPatchedModule
+from ..modules import FlashBiasDiffusionAttention
 from ..modules.bias_cache import BiasCacheBudget, BiasCacheEntry, SVDConfig, check_bias_cache_gib
 from ..modules.common import MODES
 from ..modules.factor_network import FactorConfig, factor_config_for
@@ -267,7 +268,7 @@ def patch_model(
         if (
             diffusion_dtype is not None
             and site.kind in DIFFUSION_KINDS
-            and not hasattr(wrapper.flash_bias, "compute_dtype")
+            and not isinstance(wrapper.flash_bias, FlashBiasDiffusionAttention)  # the one with compute_dtype
         ):
             raise ValueError(
                 f"diffusion_dtype={diffusion_dtype!r}: {site.path} ({type(wrapper.flash_bias).__name__}, "
@@ -290,7 +291,7 @@ def patch_model(
         setattr(site.parent, site.attr, wrapper)
         if isinstance(wrapper, ScopedPatchedModule):
             wrapper.trust_inference_tensors = bool(trust_inference_tensors)
-        if site.kind in DIFFUSION_KINDS and hasattr(wrapper.flash_bias, "compute_dtype"):
+        if site.kind in DIFFUSION_KINDS and isinstance(wrapper.flash_bias, FlashBiasDiffusionAttention):
             wrapper.flash_bias.compute_dtype = DIFFUSION_DTYPES[diffusion_dtype]
         cache = getattr(wrapper.flash_bias, "bias_cache", None)
         if isinstance(cache, BiasCacheEntry):

@@ -359,8 +359,8 @@ class BoltzDiffusionAttention(ScopedPatchedModule):
     the layer's precomputed bias [B, Lq, Lk, H], mask the float key mask [B*m, Lk]."""
 
     def __init__(self, host_module, flash_bias, site: Site):
-        use_scope = site.context is not None and flash_bias.cache_bias
-        super().__init__(host_module, flash_bias, site, scope_of(site.context, _VARYING) if use_scope else None)
+        scope = scope_of(site.context, _VARYING) if site.context is not None and flash_bias.cache_bias else None
+        super().__init__(host_module, flash_bias, site, scope)
 
     def forward(
         self,

@@ -14,11 +14,11 @@ from ..presets import PresetError
 BOLTZ_PRESETS = ("trunk",)
 
 
-def build_boltz_trunk(hyper_parameters: Mapping[str, Any]):
+def build_boltz_trunk(hyper_parameters: Mapping[str, Any] | None):
     """Boltz-2's trunk Pairformer (``boltz.model.layers.pairformer.PairformerModule``) as
     ``Boltz2.__init__`` builds it from a checkpoint's ``hyper_parameters`` (``token_s``,
-    ``token_z``, ``pairformer_args``). The full ``Boltz2`` Lightning module needs
-    pytorch_lightning; the trunk alone does not."""
+    ``token_z``, ``pairformer_args``; None, a checkpoint without them: a PresetError). The full
+    ``Boltz2`` Lightning module needs pytorch_lightning; the trunk alone does not."""
     try:
         from boltz.model.layers.pairformer import PairformerModule
     except Exception as e:  # noqa: BLE001

@@ -398,6 +398,7 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
         layer_norm_eps=eps_s,
         backend=backend,
     )
+    assert ours.layer_norm_s is not None  # built with layer_norm_s=True
     share_layer_norm(ours.layer_norm_s, host.layer_norm_a, f"{where}.layer_norm_a")
     share_layer_norm(ours.layer_norm_z, host.layer_norm_z, f"{where}.layer_norm_z")
     share_linear(ours.linear_z, host.linear_z, f"{where}.linear_z")
@@ -609,6 +610,7 @@ def _atom(site: Site, backend: str) -> PatchedModule:
         out_bias=mha.linear_o.bias is not None,
         backend=backend,
     )
+    assert ours.adaln_kv is not None  # built with cross_attention=True
     for dst, name in ((ours.adaln_a, "layer_norm_a_q"), (ours.adaln_kv, "layer_norm_a_k")):
         src = getattr(host, name)
         share_layer_norm(dst.layer_norm_a, src.layer_norm_a, f"{where}.{name}.layer_norm_a")

@@ -163,7 +163,7 @@ def find_sites(model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str])
         stack, index = stack_and_index(model, path, _STACK_OF_ANCESTOR)
         if stack not in stacks:
             continue
-        children = []
+        children: list[tuple[str, str, str | None]] = []  # (attribute, kind, node)
         if "triangle" in kinds:
             children += [("tri_att_start", "triangle", "starting"), ("tri_att_end", "triangle", "ending")]
         if "single" in kinds and getattr(block, "c_s", 0) > 0:
@@ -276,6 +276,7 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
         layer_norm_eps=eps_s,
         backend=backend,
     )
+    assert ours.layer_norm_s is not None  # built with layer_norm_s=True
     share_layer_norm(ours.layer_norm_s, host.layernorm_a, f"{where}.layernorm_a")
     share_layer_norm(ours.layer_norm_z, host.layernorm_z, f"{where}.layernorm_z")
     share_linear(ours.linear_z, host.linear_nobias_z, f"{where}.linear_nobias_z")
@@ -433,6 +434,7 @@ def _diffusion(
             )
         share_linear(dst.linear_s, src.linear_s, f"{where}.{host_name}.linear_s")
         share_linear(dst.linear_nobias_s, src.linear_nobias_s, f"{where}.{host_name}.linear_nobias_s")
+    assert ours.layer_norm_z is not None  # built with pair_layer_norm (default True)
     share_layer_norm(ours.layer_norm_z, host.layernorm_z, f"{where}.layernorm_z")
     share_linear(ours.linear_z, host.linear_nobias_z, f"{where}.linear_nobias_z")
     share_linear(ours.linear_a_last, host.linear_a_last, f"{where}.linear_a_last")

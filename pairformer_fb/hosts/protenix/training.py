@@ -5,9 +5,9 @@ their token / atom axes) and the trunk's forward with gradients (``protenix_trun
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
-from torch import nn
 
 # Protenix feature keys by their token / atom axes (featurize.protenix_features' output)
 TOKEN_KEYS = (
@@ -76,7 +76,8 @@ def crop_features(feats: Mapping[str, torch.Tensor], start: int, size: int) -> d
     return out
 
 
-def protenix_trunk(model: nn.Module, feats: Mapping[str, torch.Tensor], n_cycle: int, *, grad: bool):
+# model: a Protenix model, typed Any (its submodules and attributes are Protenix's)
+def protenix_trunk(model: Any, feats: Mapping[str, torch.Tensor], n_cycle: int, *, grad: bool):
     """``(s_inputs, s, z)`` of the Protenix trunk (``get_pairformer_output``) on unbatched
     features, with ``n_cycle`` recycles; ``grad``: autograd in the last cycle (as Protenix trains),
     while every submodule stays in eval mode (no dropout)."""
