@@ -14,7 +14,7 @@ install:
 	@$(PYTHON) -m pip install -q --no-deps -r requirements-hosts.txt
 
 # ruff (lint, import order, format) on the package, tests and scripts; mypy on the package, the host
-# adapters' contract included, kernel/ still excluded (pyproject.toml's [tool.ruff] / [tool.mypy])
+# adapters' contract included (pyproject.toml's [tool.ruff] / [tool.mypy])
 lint: install
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .

@@ -135,6 +135,7 @@ def flash_bias_attention(
         given = "q_factors" if q_factors is not None else "k_factors"
         raise ValueError(f"{given} was given without its partner: pass q_factors and k_factors together")
     if q_factors is not None:
+        assert k_factors is not None  # given together: checked just above
         _check_tensor("q_factors", q_factors, 4)
         _check_tensor("k_factors", k_factors, 4)
         R = q_factors.shape[3]

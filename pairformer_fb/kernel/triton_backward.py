@@ -244,10 +244,9 @@ def _bwd_kernel(
 
     # row groups start at different query blocks: fewer collisions of their dQ atomic adds;
     # STAGGER_KB (tiles.DQ_STAGGER): the key blocks of a row group and head too
+    qb_first = (b0 // ROWS) % n_qblocks
     if STAGGER_KB:
         qb_first = (b0 // ROWS + kb) % n_qblocks
-    else:
-        qb_first = (b0 // ROWS) % n_qblocks
     for i in range(0, n_qblocks):
         offs_m = ((qb_first + i) % n_qblocks) * BLOCK_M + offs_m0
         shared = 0.0
@@ -308,7 +307,7 @@ def _bwd_kernel(
             EVEN_D,
         )
         if ROW_FACTOR_GRAD:
-            ds_lp = ds0.to(kf.dtype)
+            ds_lp = ds0.to(kf.dtype)  # type: ignore[attr-defined]  # a tl tensor (mypy reads shared = 0.0)
             dkf += tl.dot(tl.trans(ds_lp), qf, input_precision=PRECISION)
             tl.atomic_add(
                 DQF_ACC + b0 * s_dqfb + h * s_dqfh + offs_m[:, None] * s_dqfl + offs_r[None, :] * s_dqfr,
@@ -356,11 +355,15 @@ def _bwd_kernel(
             if FUSE_DS:  # a clamped copy of the last row (odd B) adds nothing
                 ds0 += ds1 * row1_ok.to(tl.float32)
         if FUSE_DS:
-            ds_ptrs = DS_SUM + h * s_gh + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk
             if DS_FULL:
-                tl.atomic_add(ds_ptrs, ds0, sem="relaxed")
+                tl.atomic_add(DS_SUM + h * s_gh + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk, ds0, sem="relaxed")
             else:
-                tl.atomic_add(ds_ptrs, ds0, mask=(offs_m < Lq)[:, None] & (offs_n < Lk)[None, :], sem="relaxed")
+                tl.atomic_add(
+                    DS_SUM + h * s_gh + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk,
+                    ds0,
+                    mask=(offs_m < Lq)[:, None] & (offs_n < Lk)[None, :],
+                    sem="relaxed",
+                )
 
     nd_ok = (offs_n < Lk)[:, None] & (offs_d < D)[None, :]
     tl.store(

@@ -27,7 +27,10 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
-    return tuple(t.stride()) if t is not None else (0, 0, 0, 0)
+    if t is None:
+        return (0, 0, 0, 0)
+    s0, s1, s2, s3 = t.stride()
+    return s0, s1, s2, s3
 
 
 def _new_like_layout(t: torch.Tensor, dtype: torch.dtype | None = None, zero: bool = False) -> torch.Tensor:
@@ -38,7 +41,8 @@ def _new_like_layout(t: torch.Tensor, dtype: torch.dtype | None = None, zero: bo
     non-dense views)."""
     new = torch.zeros if zero else torch.empty
     # outermost first; ties (size-1 or broadcast dims) keep their logical order
-    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+    strides = t.stride()
+    order = sorted(range(t.dim()), key=lambda d: (-strides[d], d))
     buf = new([t.shape[d] for d in order], device=t.device, dtype=dtype or t.dtype)
     return buf.permute([order.index(d) for d in range(t.dim())])
 
@@ -375,6 +379,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     dq = dq_acc.to(q.dtype)
     dqf = dqf_acc.to(q.dtype) if dqf_acc is not None else None
     if sum_ds and not fused_ds:
+        assert g is not None  # allocated whenever sum_ds
         GB, GH = g.shape[0], g.shape[1]
 
         def launch_ds_sum(rcfg):
@@ -425,6 +430,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
 
     dbias = None
     if bias_grad:
+        assert g is not None  # sum_ds holds whenever the bias needs a gradient
         dbias = g
         if ops.bias_shape[1] == 1 and dbias.shape[1] != 1:
             dbias = dbias.sum(1, keepdim=True)
@@ -433,6 +439,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
                 dbias = dbias.sum(dim, keepdim=True)
         dbias = dbias.to(ops.bias_dtype)
     if shared_factor_grad:
+        assert g is not None  # sum_ds holds whenever shared factors need gradients
         g_h = g.sum(0) if g.shape[0] != 1 else g[0]  # [H, Lq, Lk]
         dqf = torch.matmul(g_h, ops.kf[0].float()).unsqueeze(0).to(q.dtype)
         dkf = torch.matmul(g_h.transpose(-1, -2), ops.qf[0].float()).unsqueeze(0).to(q.dtype)
