@@ -106,12 +106,13 @@ def main(spec: dict) -> None:
     SASS = bool(spec.get("sass", False))
     driver.set_active(_Sm90Driver())
     JITFunction.run = _compile_instead_of_launch
+    import importlib
     import importlib.util
 
     if importlib.util.find_spec("pairformer_fb.kernel.triton_launch") is not None:
         from pairformer_fb.kernel import triton_launch as tfb
-    else:  # the code before the kernel module was split (for comparisons)
-        from pairformer_fb.kernel import triton_flash_bias as tfb  # type: ignore[no-redef]
+    else:  # the code before the kernel module was split (an old checkout, for comparisons)
+        tfb = importlib.import_module("pairformer_fb.kernel.triton_flash_bias")
 
     dtype = spec.get("dtype", "bf16")
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"

@@ -1,5 +1,6 @@
 """The package's layers import only the layers below them (README, Layout): a module never
-imports from a layer above its own, lazily or not."""
+imports from a layer above its own, lazily or not; and every import of the package resolves,
+the lazy ones that only a GPU run or a host model reaches included."""
 
 import re
 from pathlib import Path
@@ -39,3 +40,52 @@ def test_layers_import_only_downward():
 def test_the_leaves_import_no_layer():
     for name in LEAVES:
         assert not (_imports(ROOT / f"{name}.py") & set(ORDER)), name
+
+
+def _every_import(path: Path, package_root: Path):
+    """(line, module, names) of every import of pairformer_fb in ``path``, lazy ones inside
+    functions included, relative imports resolved against the file's package."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    try:
+        pkg = list(path.relative_to(package_root.parent).parts[:-1])  # e.g. [pairformer_fb, hosts]
+    except ValueError:
+        pkg = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg[: len(pkg) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if module.split(".")[0] == "pairformer_fb":
+                yield node.lineno, module, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "pairformer_fb":
+                    yield node.lineno, a.name, []
+
+
+def test_every_import_of_the_package_resolves():
+    """Every ``from pairformer_fb... import name`` in the package, scripts and tests resolves,
+    also the lazy imports inside functions that only a GPU run or a host model reaches (a moved
+    module would otherwise break them unnoticed on a CPU)."""
+    import importlib
+    import importlib.util
+
+    repo = ROOT.parent
+    files = [*ROOT.rglob("*.py"), *(repo / "scripts").glob("*.py"), *(repo / "tests").glob("*.py")]
+    files += (repo / "benchmarks" / "scripts" / "session6").glob("*.py")  # the next device calls' scripts
+    bad = []
+    for path in files:
+        for line, module, names in _every_import(path, ROOT):
+            where = f"{path.relative_to(repo)}:{line}"
+            if importlib.util.find_spec(module) is None:
+                bad.append(f"{where}: no module {module}")
+                continue
+            mod = importlib.import_module(module)
+            for name in names:
+                if name != "*" and not hasattr(mod, name) and importlib.util.find_spec(f"{module}.{name}") is None:
+                    bad.append(f"{where}: {module} has no {name}")
+    assert not bad, "\n".join(bad)
