@@ -13,7 +13,7 @@ Runs. The structure benchmark's machinery (bench/structure.py): the host's model
 host's best kernels), ``exact`` and ``lowrank`` (``patch_variant``, plus ``bias_cache_gib``),
 the phases timed by wrapping the host's methods (``PhaseTimer``), every forward seeded alike.
 Per rung the cycles (trunk passes), diffusion steps and samples are set on the model
-(:data:`SCHEDULES`): ``cycles`` / ``steps`` / ``samples`` of the config, or the preset's where
+(the host's ``StructureHost.schedule``): ``cycles`` / ``steps`` / ``samples`` of the config, or the preset's where
 null; rungs of at least ``long_rungs.from_tokens`` tokens take at most ``long_rungs.cycles``
 / ``steps``, so that a long rung fits a device call (the records and the table say so).
 Each (rung, variant) runs ``warmup`` untimed forwards and one timed forward.
@@ -82,7 +82,7 @@ import torch
 from tqdm import tqdm
 
 from ..cli import atomic_write, check_writable_dir, one_line
-from ..data.featurize import DATA_SAMPLES, Chain, InputError, Sample, _chain_letters, read_samples
+from ..data.featurize import DATA_SAMPLES, Chain, InputError, Sample, chain_letters, read_samples
 from ..data.structure import ca_coords, ca_rmsd
 from ..hosts.structure_hosts import PHASES, get_host
 from ..modules.bias_cache import GIB, check_bias_cache_gib
@@ -121,48 +121,15 @@ def long_sample(sources: Sequence[Sample], n_tokens: int, name: str | None = Non
     while left > 0:
         src = pool[i % len(pool)]
         seq = src.sequence[:left]
-        chains.append(Chain(_chain_letters(len(chains)), f"{src.name}_{i // len(pool) + 1}", seq))
+        chains.append(Chain(chain_letters(len(chains)), f"{src.name}_{i // len(pool) + 1}", seq))
         left -= len(seq)
         i += 1
     return Sample(name or f"ladder_{n_tokens}", Path(sources[0].path), chains)
 
 
 # ---------------------------------------------------------------------------------------------
-# cycles / steps / samples of a built host model, per host
+# cycles / steps / samples: each host's StructureHost.schedule (hosts/<host>/structure.py)
 
-
-def _protenix(host, model, values=None) -> dict:
-    sd = model.configs.sample_diffusion
-    if values:
-        model.N_cycle = values["cycles"]  # read by Protenix.forward in inference mode
-        sd.N_step, sd.N_sample = values["steps"], values["samples"]
-    return {"cycles": int(model.N_cycle), "steps": int(sd.N_step), "samples": int(sd.N_sample)}
-
-
-def _openfold3(host, model, values=None) -> dict:
-    shared = model.shared  # config.architecture.shared, read at every forward
-    if values:
-        shared.num_recycles = values["cycles"] - 1
-        shared.diffusion.no_full_rollout_steps = values["steps"]
-        shared.diffusion.no_full_rollout_samples = values["samples"]
-    d = shared.diffusion
-    return {
-        "cycles": int(shared.num_recycles) + 1,
-        "steps": int(d.no_full_rollout_steps),
-        "samples": int(d.no_full_rollout_samples),
-    }
-
-
-def _boltz(host, model, values=None) -> dict:
-    if values:  # BoltzHost.predict passes these to Boltz2.forward
-        host.recycling_steps = values["cycles"] - 1
-        host.sampling_steps, host.diffusion_samples = values["steps"], values["samples"]
-    return {"cycles": host.recycling_steps + 1, "steps": host.sampling_steps, "samples": host.diffusion_samples}
-
-
-# host -> f(structure host, model, values=None): reads (and with values sets) the cycles (trunk
-# passes, recycling included), diffusion steps and samples a prediction runs
-SCHEDULES = {"protenix": _protenix, "openfold3": _openfold3, "boltz": _boltz}
 SCHEDULE_KEYS = ("cycles", "steps", "samples")
 
 
@@ -263,8 +230,6 @@ def validate(cfg):
     sources, output folder (and the results resumed), checkpoint. Returns (host, sorted token
     counts, source samples, checkpoint, previous results or None)."""
     host = get_host(cfg.host)
-    if cfg.host not in SCHEDULES:
-        raise ValueError(f"host={cfg.host}: the ladder knows the schedules of {', '.join(SCHEDULES)}")
     host.check(cfg)
     tokens = list(cfg.tokens) if not isinstance(cfg.tokens, (int, str)) else [cfg.tokens]
     if not tokens:
@@ -332,7 +297,7 @@ def run(cfg) -> dict:
 
     model, model_info = build_model(hcfg, device, ckpt, host)
     autocast, dtype = dtype_context(device, cfg.dtype)
-    preset = SCHEDULES[cfg.host](host, model)
+    preset = host.schedule(model)
     env = environment(device) | {
         "dtype": dtype,
         "peak_memory": "torch.cuda.max_memory_allocated"
@@ -365,7 +330,7 @@ def run(cfg) -> dict:
             feats, atoms = host.featurise(sample, hcfg)
             featurise_s = time.perf_counter() - t0
             values, reduced = rung_schedule(cfg, n, preset)
-            used = SCHEDULES[cfg.host](host, model, values)
+            used = host.schedule(model, values)
             cas = {}  # variant -> the first sample's C-alpha coordinates
             for variant in variants:
                 bar.set_postfix_str(f"{n} tokens, {variant}")
@@ -618,7 +583,6 @@ def plot(records: Sequence[Record], path: Path) -> str | None:
 
 
 __all__ = [
-    "SCHEDULES",
     "VARIANTS",
     "Record",
     "host_config",

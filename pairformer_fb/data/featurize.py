@@ -65,7 +65,7 @@ class Sample:
         return sum(len(c.sequence) for c in self.chains)
 
 
-def _chain_letters(i: int) -> str:
+def chain_letters(i: int) -> str:
     """0 -> A, 25 -> Z, 26 -> AA (the chain ids Protenix gives)."""
     s = ""
     i += 1
@@ -104,7 +104,7 @@ def read_fasta(path: str | os.PathLike, name: str | None = None) -> Sample:
     if not records:
         raise InputError(f"{path}: no FASTA records (expected '>name' lines followed by sequences)")
     chains = [
-        Chain(_chain_letters(i), r.id, check_sequence(str(r.seq), f"{path} record {r.id!r}"))
+        Chain(chain_letters(i), r.id, check_sequence(str(r.seq), f"{path} record {r.id!r}"))
         for i, r in enumerate(records)
     ]
     return Sample(name or path.stem, path, chains)

@@ -85,6 +85,12 @@ class StructureHost:
         """The phases of :data:`PHASES` but ``other`` from the wrapped methods' spans and stamps."""
         raise NotImplementedError
 
+    def schedule(self, model, values: Mapping[str, int] | None = None) -> dict[str, int]:
+        """``{"cycles", "steps", "samples"}`` a prediction of ``model`` runs: trunk passes
+        (recycling included), diffusion steps, diffusion samples; with ``values``, set them
+        first (the ladder, bench/ladder.py, runs long rungs with fewer)."""
+        raise NotImplementedError
+
 
 # ---------------------------------------------------------------------------------------------
 # the registry: host name -> "module:class" of its StructureHost, in the host's package

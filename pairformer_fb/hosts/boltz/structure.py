@@ -155,3 +155,9 @@ class BoltzHost(StructureHost):
             "diffusion_sampling": stamps["diffusion_end"] - stamps["trunk_end"],
             "confidence_head": spans.get("confidence_head", 0.0),
         }
+
+    def schedule(self, model, values=None):
+        if values:  # predict passes these to Boltz2.forward
+            self.recycling_steps = values["cycles"] - 1
+            self.sampling_steps, self.diffusion_samples = values["steps"], values["samples"]
+        return {"cycles": self.recycling_steps + 1, "steps": self.sampling_steps, "samples": self.diffusion_samples}

@@ -131,3 +131,16 @@ class OpenFold3Host(StructureHost):
             "diffusion_sampling": spans.get("diffusion_sampling", 0.0),
             "confidence_head": spans.get("confidence_head", 0.0),
         }
+
+    def schedule(self, model, values=None):
+        shared = model.shared  # config.architecture.shared, read at every forward
+        if values:
+            shared.num_recycles = values["cycles"] - 1
+            shared.diffusion.no_full_rollout_steps = values["steps"]
+            shared.diffusion.no_full_rollout_samples = values["samples"]
+        d = shared.diffusion
+        return {
+            "cycles": int(shared.num_recycles) + 1,
+            "steps": int(d.no_full_rollout_steps),
+            "samples": int(d.no_full_rollout_samples),
+        }

@@ -91,3 +91,10 @@ class ProtenixHost(StructureHost):
             "diffusion_sampling": stamps["diffusion_end"] - stamps["trunk_end"],  # caches + sampling
             "confidence_head": spans.get("confidence_head", 0.0),
         }
+
+    def schedule(self, model, values=None):
+        sd = model.configs.sample_diffusion
+        if values:
+            model.N_cycle = values["cycles"]  # read by Protenix.forward in inference mode
+            sd.N_step, sd.N_sample = values["steps"], values["samples"]
+        return {"cycles": int(model.N_cycle), "steps": int(sd.N_step), "samples": int(sd.N_sample)}
