@@ -586,6 +586,7 @@ def test_bias_cache_budget_bounds_what_is_kept_and_stays_exact(chunked, monkeypa
         "peak_held_gib": one / GIB,
         "admitted": 1,
         "refused": (k - 1) * steps,
+        "releases": 0,
     }
 
 
@@ -646,3 +647,31 @@ def test_patch_model_bias_cache_gib_keeps_the_coordinates(protenix_model):
     assert runs[0][1]["admitted"] == 0 and runs[0][1]["refused"] > 0
     assert 0 < runs["part"][1]["admitted"] and runs["part"][1]["refused"] > 0
     assert runs["auto"][1] == free | {"limit_gib": "auto"}  # no bound on a CPU
+
+
+def test_cached_biases_are_released_when_the_confidence_head_starts(protenix_model):
+    """patch_model drops the diffusion attentions' cached biases when the host's confidence head
+    (the adapter's AFTER_SAMPLING_CLASSES) starts: the head runs with none held, the prediction's
+    coordinates are those of caches kept to the end, and unpatch_model removes the hooks."""
+    model, feats, _ = protenix_model
+    kinds, stacks = ("diffusion", "atom"), ("diffusion", "input")
+    heads = [m for m in model.modules() if type(m).__name__ == "ConfidenceHead"]
+    assert heads, "the tiny Protenix has a confidence head"
+    report = fb.patch_model(model, kinds=kinds, stacks=stacks, bias_cache_gib=None)
+    budget = report.bias_cache
+    seen = []
+    probe = heads[0].register_forward_pre_hook(lambda m, a: seen.append(budget.held_bytes()))  # after ours
+    try:
+        released = run_coordinates(model, feats)
+        stats = budget.stats()
+        budget.remove_release_hooks()
+        kept = run_coordinates(model, feats)
+        kept_stats = budget.stats()
+    finally:
+        probe.remove()
+        fb.unpatch_model(model)
+    assert torch.equal(released, kept)
+    assert stats["releases"] == 1 and stats["peak_held_gib"] > 0 and stats["held_gib"] == 0
+    assert seen[0] == 0 and seen[1] > 0  # released before the head; kept once the hooks are gone
+    assert kept_stats["releases"] == 1 and kept_stats["held_gib"] > 0
+    assert not heads[0]._forward_pre_hooks

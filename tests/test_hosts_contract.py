@@ -30,3 +30,21 @@ def test_contract_module_lists_every_host():
     text = (Path(hosts.__file__).parent / "_contract.py").read_text()  # not imported: it loads every host
     for host in HOSTS:
         assert f'"{host}": {host}' in text, f"{host} missing from hosts/_contract.py ADAPTERS"
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_after_sampling_classes_are_modules_of_the_full_model(host):
+    """The classes at which patch_model releases the cached diffusion biases (the confidence
+    heads) exist in the host's full model (its tiny preset)."""
+    pytest.importorskip(host)
+    from pairformer_fb.hosts import host_module
+
+    presets = host_module(host, "presets")
+    model = {
+        "protenix": lambda: presets.build_protenix("tiny")[0],
+        "openfold3": lambda: presets.build_openfold3("tiny"),
+        "boltz": lambda: presets.build_boltz2(),
+    }[host]()
+    names = {type(m).__name__ for m in model.modules()}
+    adapter = get_adapter(host)
+    assert set(adapter.AFTER_SAMPLING_CLASSES) <= names, (adapter.AFTER_SAMPLING_CLASSES, host)

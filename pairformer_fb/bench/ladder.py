@@ -46,8 +46,9 @@ Where the O(N^2) memory is (N tokens, c_z = 128; what the next device session sh
   ``BiasCacheBudget``: beyond it a block recomputes its bias every call, bit-identically) and
   computed in row chunks of at most ``PAIR_CHUNK_BYTES`` of normalised z
   (modules/diffusion_attention.py), so one block's recompute holds its [H, N, N] bias plus
-  one chunk. The budget's payloads live until the prediction's trunk tensors are freed, i.e.
-  also during the confidence head: ``notes.bias_cache.peak_held_gib`` says how much.
+  one chunk. The budget's payloads are dropped when the host's confidence head starts (the
+  adapter's ``AFTER_SAMPLING_CLASSES``), so the head has that memory back;
+  ``notes.bias_cache.peak_held_gib`` says how much they held at most.
   ``lowrank`` holds SVD factors [H, N, R] instead (its transient dense bias per block).
 * The triangle attentions (ours, per call, transient): the normalised z [N, N, c_z] and the
   dense bias [H, N, N] whole, the fused q / k / v / gate projection [rows, N, 4 H D] per chunk of

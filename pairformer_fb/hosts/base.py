@@ -306,7 +306,10 @@ class HostAdapter(Protocol):
       (``convert.checkpoint`` tells a checkpoint's host by it);
     * ``TRUNK_STACK_CLASS`` and ``run_trunk_stack``: the trunk stack's class name and its calling
       convention (``convert.samples`` runs bare stacks on sample lengths);
-    * ``sample_runner``: how to run the host's full model on one sequence, if it can be."""
+    * ``sample_runner``: how to run the host's full model on one sequence, if it can be;
+    * ``AFTER_SAMPLING_CLASSES``: the classes of the modules a prediction runs only after its
+      diffusion sampling (the confidence heads): ``patch_model`` releases the diffusion
+      attentions' cached biases when one starts, so that it has that memory back."""
 
     HOST: str
     PACKAGE: str
@@ -316,6 +319,7 @@ class HostAdapter(Protocol):
     DISTRIBUTION: str
     CHECKPOINT_KEYS: re.Pattern[str]
     TRUNK_STACK_CLASS: str
+    AFTER_SAMPLING_CLASSES: tuple[str, ...]
 
     def find_sites(self, model: nn.Module, *, stacks: Sequence[str], kinds: Sequence[str]) -> list[Site]: ...
 

@@ -239,6 +239,24 @@ class BiasCacheBudget:
         self.admitted = 0
         self.refused = 0
         self.peak_bytes = 0
+        self.releases = 0
+        # forward pre-hooks that call release() (patching.patch_model installs them on the host
+        # modules that run after a prediction's diffusion sampling; unpatch_model removes them)
+        self.release_hooks: list = []
+
+    def release(self) -> None:
+        """Drop every payload held under this budget: their modules recompute on their next
+        call (bit-identically). For the end of a prediction's diffusion sampling, so that what
+        runs next (the confidence head) has that memory back."""
+        for entry in list(self._entries):
+            entry.clear()
+        self._entries = weakref.WeakSet()
+        self.releases += 1
+
+    def remove_release_hooks(self) -> None:
+        for handle in self.release_hooks:
+            handle.remove()
+        self.release_hooks = []
 
     def held_bytes(self, exclude: BiasCacheEntry | None = None) -> int:
         """What the caches of this budget hold now (but ``exclude``'s)."""
@@ -280,6 +298,7 @@ class BiasCacheBudget:
             "peak_held_gib": self.peak_bytes / GIB,
             "admitted": self.admitted,
             "refused": self.refused,
+            "releases": self.releases,
         }
 
 

@@ -208,7 +208,9 @@ def patch_model(
             None (no bound) or "auto" (the default: on CUDA half of the memory the caches could
             use when a bias is admitted, no bound on a CPU). A module whose bias does not fit
             recomputes it at every call (exact mode: bit-identical to the cached bias) instead
-            of keeping it for the whole sampling.
+            of keeping it for the whole sampling. Whatever the bound, the cached biases are
+            dropped when a module of the adapter's ``AFTER_SAMPLING_CLASSES`` starts (the
+            host's confidence head: a prediction's sampling is over), so that it has that memory.
 
     Returns:
         a PatchReport listing every replaced module. Raises AlreadyPatchedError on a model
@@ -316,6 +318,14 @@ def patch_model(
                 params_added=added,
             )
         )
+    if report.bias_cache is not None:
+        # a prediction's diffusion sampling is over when its confidence head starts: the cached
+        # biases (recomputable, up to the budget's limit) are dropped so that the head has that memory
+        budget.release_hooks = [
+            m.register_forward_pre_hook(lambda module, args, budget=budget: budget.release())
+            for m in model.modules()
+            if type(m).__name__ in adapter.AFTER_SAMPLING_CLASSES
+        ]
     return report
 
 
@@ -329,6 +339,9 @@ def unpatch_model(model: nn.Module) -> list[str]:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, m.host_module)
+        cache = getattr(m.flash_bias, "bias_cache", None)
+        if isinstance(cache, BiasCacheEntry) and cache.budget is not None:
+            cache.budget.remove_release_hooks()  # the budget's hooks on the host's confidence heads
         m.on_unpatch()
         restored.append(name)
     if not restored:

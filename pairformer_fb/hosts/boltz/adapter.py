@@ -130,6 +130,9 @@ DISTRIBUTION = "boltz"  # its distribution in the package registry (converted ch
 # convert/checkpoint.py tells a checkpoint's host): Boltz-2's blocks are "layers" (``_orig_mod.``: a torch.compile'd module)
 CHECKPOINT_KEYS: re.Pattern[str] = re.compile(r"(?:^|\.)pairformer_module\.(?:_orig_mod\.)?layers\.\d+\.")
 TRUNK_STACK_CLASS = "PairformerModule"  # the class name of its trunk Pairformer stack
+# the classes of the host modules a prediction runs only after its diffusion sampling (Boltz-2's confidence module):
+# entering one releases the diffusion attentions' cached biases (patch_model)
+AFTER_SAMPLING_CLASSES: tuple[str, ...] = ("ConfidenceModule",)
 
 # the smallest single-attention inf for which masked keys get weight 0 in fp32 (Boltz's default)
 _MIN_SINGLE_INF = 1e6

@@ -185,6 +185,9 @@ DISTRIBUTION = "openfold3"  # its distribution in the package registry (converte
 # convert/checkpoint.py tells a checkpoint's host): OpenFold3's blocks hold them under pair_stack / attn_pair_bias
 CHECKPOINT_KEYS: re.Pattern[str] = re.compile(r"(?:^|\.)pairformer_stack\.blocks\.\d+\.(?:pair_stack|attn_pair_bias)\.")
 TRUNK_STACK_CLASS = "PairFormerStack"  # the class name of its trunk Pairformer stack
+# the classes of the host modules a prediction runs only after its diffusion sampling (OpenFold3's auxiliary (confidence) heads, after ``_rollout``'s sampling):
+# entering one releases the diffusion attentions' cached biases (patch_model)
+AFTER_SAMPLING_CLASSES: tuple[str, ...] = ("AuxiliaryHeadsAllAtom",)
 
 # ancestor class name -> stack name (by name, so that no further openfold3 module is imported)
 _STACK_OF_ANCESTOR = {

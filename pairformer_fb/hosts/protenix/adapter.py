@@ -119,6 +119,9 @@ CHECKPOINT_KEYS: re.Pattern[str] = re.compile(
     r"(?:tri_att_start|tri_att_end|attention_pair_bias|tri_mul_out|tri_mul_in)\."
 )
 TRUNK_STACK_CLASS = "PairformerStack"  # the class name of its trunk Pairformer stack
+# the classes of the host modules a prediction runs only after its diffusion sampling (Protenix's confidence head (``Protenix.run_confidence_head``)):
+# entering one releases the diffusion attentions' cached biases (patch_model)
+AFTER_SAMPLING_CLASSES: tuple[str, ...] = ("ConfidenceHead",)
 
 # the host's triangle_attention choices (asserted in protenix.model.triangular.layers.Attention)
 TRIANGLE_KERNELS = ("torch", "deepspeed", "triattention", "cuequivariance")
