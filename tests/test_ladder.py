@@ -1,5 +1,5 @@
 """The ladder (scripts/bench_ladder.py, pairformer_fb/bench/ladder.py) on a CPU: tiny Protenix,
-two small rungs.
+two small rungs (and one rung of tiny OpenFold3 and Boltz-2: the schedules they really run).
 
 * end to end: records (host, variant, tokens, status, peak_gib null on a CPU, seconds per phase
   summing to the total), the cycles / steps / samples each rung really ran (counted on the
@@ -267,3 +267,37 @@ def test_time_budget_skips_runs_that_would_overrun():
     assert "spent" in ladder._over_budget(cfg, [done], other, 100.0)
     cfg.time_budget_s = None
     assert ladder._over_budget(cfg, [done], nxt, 1e9) is None
+
+
+def test_boltz_rungs_run_the_schedule_set(tmp_path, monkeypatch):
+    """Boltz-2: its cycles (recycling_steps + 1) and steps as the model runs them (trunk passes,
+    score-model calls), exact agreeing, the cached biases released at the confidence module."""
+    pytest.importorskip("boltz")
+    from pairformer_fb.hosts.boltz.structure import BoltzHost
+
+    calls, real = [], BoltzHost.predict
+
+    def predict(self, model, feats):
+        seen = {"cycles": 0, "steps": 0}
+        hooks = [
+            model.pairformer_module.register_forward_hook(lambda *_: seen.__setitem__("cycles", seen["cycles"] + 1)),
+            model.structure_module.score_model.register_forward_hook(
+                lambda *_: seen.__setitem__("steps", seen["steps"] + 1)
+            ),
+        ]
+        try:
+            return real(self, model, feats)
+        finally:
+            for h in hooks:
+                h.remove()
+            calls.append(seen)
+
+    monkeypatch.setattr(BoltzHost, "predict", predict)
+    result = ladder.run(config(tmp_path, "host=boltz", "tokens=[16]", "cycles=3", "steps=2", "samples=2"))
+    for r, seen in zip(result["records"], calls, strict=True):
+        assert r["status"] == "ok" and (r["cycles"], r["steps"], r["samples"]) == (3, 2, 2)
+        assert seen == {"cycles": 3, "steps": 2}
+    exact = result["records"][1]
+    assert exact["variant"] == "exact" and exact["rmsd_vs_original"] < 1e-3
+    cache = exact["notes"]["bias_cache"]
+    assert cache["releases"] >= 1 and cache["held_gib"] == 0 and cache["peak_held_gib"] > 0

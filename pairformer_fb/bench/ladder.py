@@ -520,7 +520,7 @@ def markdown(result: dict) -> str:
         "diffusion samples; * = fewer than the shorter rungs (long_rungs).",
         "",
         "| tokens | atoms | variant | status | peak GiB | trunk | diffusion | confidence | total | "
-        "cycles / steps / samples | RMSD to original Å | bias cache GiB held / refused |",
+        "cycles / steps / samples | RMSD to original Å | bias cache GiB peak held / refused |",
         "|---:|---:|---|---|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in result["records"]:
