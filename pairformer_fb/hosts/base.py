@@ -159,6 +159,24 @@ def _share(dst: nn.Module, name: str, param: torch.Tensor | None, where: str) ->
     setattr(dst, name, param)  # the same nn.Parameter object: nothing is copied
 
 
+# our modules' bias switches of their q / k / v / gate / out projections, by the host projection's letter
+_PROJECTION_BIAS_FLAGS = {"q": "q_bias", "k": "k_bias", "v": "v_bias", "g": "gate_bias", "o": "out_bias"}
+
+
+def projection_biases(host: Any, path: str) -> dict[str, bool]:
+    """The ``q_bias`` .. ``out_bias`` arguments of our module: whether each of the host module's
+    q / k / v / g / o projections has a bias. ``path``: their path in ``host`` with ``{}`` for
+    the letter, e.g. ``"mha.linear_{}"``, ``"attention.linear_{}"``, ``"proj_{}"``."""
+    return {flag: host.get_submodule(path.format(p)).bias is not None for p, flag in _PROJECTION_BIAS_FLAGS.items()}
+
+
+def share_projections(ours: nn.Module, host: Any, path: str, where: str) -> None:
+    """Make our ``linear_q`` .. ``linear_o`` use the parameter objects of the host's q / k / v /
+    g / o projections (``path`` as in :func:`projection_biases`; ``where``: the host module's path)."""
+    for p in _PROJECTION_BIAS_FLAGS:
+        share_linear(getattr(ours, f"linear_{p}"), host.get_submodule(path.format(p)), f"{where}.{path.format(p)}")
+
+
 def share_linear(dst: nn.Linear, src: nn.Linear, where: str) -> None:
     """Make ``dst`` use ``src``'s weight and bias parameter objects."""
     _share(dst, "weight", src.weight, where)
@@ -211,19 +229,14 @@ def build_triangle_attention(
         n_heads=mha.no_heads,
         head_dim=mha.c_hidden,
         **node,
-        q_bias=mha.linear_q.bias is not None,
-        k_bias=mha.linear_k.bias is not None,
-        v_bias=mha.linear_v.bias is not None,
-        gate_bias=mha.linear_g.bias is not None,
-        out_bias=mha.linear_o.bias is not None,
+        **projection_biases(host, "mha.linear_{}"),
         layer_norm_eps=float(host.layer_norm.eps),
         backend=backend,
     )
     share_layer_norm(ours.layer_norm, host.layer_norm, f"{where}.layer_norm")
     bias_projection = host.get_submodule(bias_linear)
     share_linear(ours.linear_b, bias_projection, f"{where}.{bias_linear}")
-    for name in ("q", "k", "v", "g", "o"):
-        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
+    share_projections(ours, host, "mha.linear_{}", where)
     ours.factor_network = factor_network(factor_config, host.c_in, mha.no_heads, bias_projection.weight, host_label)
     check_no_meta(ours, where)
     ours.mode = mode

@@ -110,8 +110,10 @@ from ..base import (
     check_no_meta,
     factor_network,
     outermost,
+    projection_biases,
     share_layer_norm,
     share_linear,
+    share_projections,
     stack_and_index,
 )
 from ..call_scope import ScopedPatchedModule, scope_of
@@ -271,11 +273,7 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
         n_heads=host.num_heads,
         head_dim=host.head_dim,
         layer_norm_s=False,
-        q_bias=host.proj_q.bias is not None,
-        k_bias=host.proj_k.bias is not None,
-        v_bias=host.proj_v.bias is not None,
-        gate_bias=host.proj_g.bias is not None,
-        out_bias=host.proj_o.bias is not None,
+        **projection_biases(host, "proj_{}"),
         layer_norm_eps=float(norm_z.eps),
         backend=backend,
     )
@@ -283,8 +281,7 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
         ours.layer_norm_z.bias = None
     share_layer_norm(ours.layer_norm_z, norm_z, f"{where}.proj_z.0")
     share_linear(ours.linear_z, linear_z, f"{where}.proj_z.1")
-    for name in ("q", "k", "v", "g", "o"):
-        share_linear(getattr(ours, f"linear_{name}"), getattr(host, f"proj_{name}"), f"{where}.proj_{name}")
+    share_projections(ours, host, "proj_{}", where)
     ours.factor_network = factor_network(factor_config, c_z, host.num_heads, linear_z.weight, "Boltz")
     check_no_meta(ours, where)
     ours.mode = mode
@@ -405,17 +402,12 @@ def _diffusion(
         c_q=host.c_s,
         n_heads=host.num_heads,
         head_dim=host.head_dim,
-        q_bias=host.proj_q.bias is not None,
-        k_bias=host.proj_k.bias is not None,
-        v_bias=host.proj_v.bias is not None,
-        gate_bias=host.proj_g.bias is not None,
-        out_bias=host.proj_o.bias is not None,
+        **projection_biases(host, "proj_{}"),
         cache_bias=not atom,
         svd_config=(svd_config or SVDConfig()) if mode == "lowrank" else None,
         backend=backend,
     )
-    for name in ("q", "k", "v", "g", "o"):
-        share_linear(getattr(ours, f"linear_{name}"), getattr(host, f"proj_{name}"), f"{where}.proj_{name}")
+    share_projections(ours, host, "proj_{}", where)
     check_no_meta(ours, where)
     ours.mode = mode
     return BoltzDiffusionAttention(host, ours, site)

@@ -165,8 +165,10 @@ from ..base import (
     check_no_meta,
     factor_network,
     outermost,
+    projection_biases,
     share_layer_norm,
     share_linear,
+    share_projections,
     stack_and_index,
 )
 from ..call_scope import CallScope, ScopedPatchedModule, scope_of
@@ -393,11 +395,7 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
         n_heads=mha.no_heads,
         head_dim=mha.c_hidden,
         layer_norm_s=True,
-        q_bias=mha.linear_q.bias is not None,
-        k_bias=mha.linear_k.bias is not None,
-        v_bias=mha.linear_v.bias is not None,
-        gate_bias=mha.linear_g.bias is not None,
-        out_bias=mha.linear_o.bias is not None,
+        **projection_biases(host, "mha.linear_{}"),
         layer_norm_eps=eps_s,
         backend=backend,
     )
@@ -405,8 +403,7 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
     share_layer_norm(ours.layer_norm_s, host.layer_norm_a, f"{where}.layer_norm_a")
     share_layer_norm(ours.layer_norm_z, host.layer_norm_z, f"{where}.layer_norm_z")
     share_linear(ours.linear_z, host.linear_z, f"{where}.linear_z")
-    for name in ("q", "k", "v", "g", "o"):
-        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
+    share_projections(ours, host, "mha.linear_{}", where)
     ours.factor_network = factor_network(factor_config, c_z, mha.no_heads, host.linear_z.weight, "OpenFold3")
     check_no_meta(ours, where)
     ours.mode = mode
@@ -528,11 +525,7 @@ def _diffusion(
         n_heads=mha.no_heads,
         head_dim=mha.c_hidden,
         pair_layer_norm=False,
-        q_bias=mha.linear_q.bias is not None,
-        k_bias=mha.linear_k.bias is not None,
-        v_bias=mha.linear_v.bias is not None,
-        gate_bias=mha.linear_g.bias is not None,
-        out_bias=mha.linear_o.bias is not None,
+        **projection_biases(host, "mha.linear_{}"),
         svd_config=svd_config if mode == "lowrank" and factor_config is None else None,
         backend=backend,
     )
@@ -542,8 +535,7 @@ def _diffusion(
     share_linear(ours.adaln_a.linear_nobias_s, adaln.linear_s, f"{where}.layer_norm_a.linear_s")
     share_linear(ours.linear_z, host.linear_z, f"{where}.linear_z")
     share_linear(ours.linear_a_last, host.linear_ada_out, f"{where}.linear_ada_out")
-    for name in ("q", "k", "v", "g", "o"):
-        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
+    share_projections(ours, host, "mha.linear_{}", where)
     ours.factor_network = factor_network(
         factor_config, host.linear_z.in_features, mha.no_heads, host.linear_z.weight, "OpenFold3"
     )
@@ -606,11 +598,7 @@ def _atom(site: Site, backend: str) -> PatchedModule:
         cross_attention=True,
         kv_from_input=True,
         windows="shifted",
-        q_bias=mha.linear_q.bias is not None,
-        k_bias=mha.linear_k.bias is not None,
-        v_bias=mha.linear_v.bias is not None,
-        gate_bias=mha.linear_g.bias is not None,
-        out_bias=mha.linear_o.bias is not None,
+        **projection_biases(host, "mha.linear_{}"),
         backend=backend,
     )
     assert ours.adaln_kv is not None  # built with cross_attention=True
@@ -622,8 +610,7 @@ def _atom(site: Site, backend: str) -> PatchedModule:
         share_linear(dst.linear_nobias_s, src.linear_s, f"{where}.{name}.linear_s")
     share_linear(ours.linear_z, host.linear_z, f"{where}.linear_z")
     share_linear(ours.linear_a_last, host.linear_ada_out, f"{where}.linear_ada_out")
-    for name in ("q", "k", "v", "g", "o"):
-        share_linear(getattr(ours, f"linear_{name}"), getattr(mha, f"linear_{name}"), f"{where}.mha.linear_{name}")
+    share_projections(ours, host, "mha.linear_{}", where)
     check_no_meta(ours, where)
     ours.mode = "exact"  # local tiles: a dense bias read once, nothing to factor
     return OpenFold3CrossAttentionPairBias(host, ours, site)

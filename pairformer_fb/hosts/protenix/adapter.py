@@ -96,8 +96,10 @@ from ..base import (
     check_no_meta,
     factor_network,
     outermost,
+    projection_biases,
     share_layer_norm,
     share_linear,
+    share_projections,
     stack_and_index,
 )
 from ..call_scope import CallScope, ScopedPatchedModule, scope_of
@@ -271,11 +273,7 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
         n_heads=att.num_heads,
         head_dim=att.c_hidden,
         layer_norm_s=True,
-        q_bias=att.linear_q.bias is not None,
-        k_bias=att.linear_k.bias is not None,
-        v_bias=att.linear_v.bias is not None,
-        gate_bias=att.linear_g.bias is not None,
-        out_bias=att.linear_o.bias is not None,
+        **projection_biases(host, "attention.linear_{}"),
         layer_norm_eps=eps_s,
         backend=backend,
     )
@@ -290,10 +288,7 @@ def _single(site: Site, mode: str, factor_config: FactorConfig | None, backend: 
 def _share_attention(ours, host, att, where: str, factor_config, c_z: int, mode: str) -> None:
     """The part every Protenix AttentionPairBias mapping shares: the attention's q / k / v / g / o
     projections, the factor network (initialised from the bias projection), the mode."""
-    for name in ("q", "k", "v", "g", "o"):
-        share_linear(
-            getattr(ours, f"linear_{name}"), getattr(att, f"linear_{name}"), f"{where}.attention.linear_{name}"
-        )
+    share_projections(ours, host, "attention.linear_{}", where)
     ours.factor_network = factor_network(factor_config, c_z, att.num_heads, host.linear_nobias_z.weight, "Protenix")
     check_no_meta(ours, where)
     ours.mode = mode
@@ -420,11 +415,7 @@ def _diffusion(
         n_heads=att.num_heads,
         head_dim=att.c_hidden,
         cross_attention=bool(host.cross_attention_mode),
-        q_bias=att.linear_q.bias is not None,
-        k_bias=att.linear_k.bias is not None,
-        v_bias=att.linear_v.bias is not None,
-        gate_bias=att.linear_g.bias is not None,
-        out_bias=att.linear_o.bias is not None,
+        **projection_biases(host, "attention.linear_{}"),
         svd_config=svd_config if mode == "lowrank" and factor_config is None else None,
         backend=backend,
     )
