@@ -18,6 +18,7 @@ from torch import nn
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # protenix without CUDA: no fused layer norm build
 
 from host_models import randomise_
+from host_stacks import BOLTZ, OPENFOLD3, PROTENIX
 
 import pairformer_fb as fb
 from pairformer_fb.convert.checkpoint import (
@@ -42,44 +43,12 @@ class TrainArgs:
     lr: float = 1e-3
 
 
-def _protenix_stack():
-    from protenix.model.modules.pairformer import PairformerStack
-
-    return PairformerStack(n_blocks=2, n_heads=4, c_z=32, c_s=64)
-
-
-def _boltz_stack():
-    from boltz.model.layers.pairformer import PairformerModule
-
-    return PairformerModule(32, 16, 2, num_heads=4, dropout=0.0, pairwise_head_width=8, pairwise_num_heads=2, v2=True)
-
-
-def _openfold3_stack():
-    from openfold3.core.model.latent.pairformer import PairFormerStack
-
-    return PairFormerStack(
-        c_s=32,
-        c_z=16,
-        c_hidden_pair_bias=8,
-        no_heads_pair_bias=4,
-        c_hidden_mul=16,
-        c_hidden_pair_att=8,
-        no_heads_pair=2,
-        no_blocks=2,
-        transition_type="swiglu",
-        transition_n=2,
-        pair_dropout=0.25,
-        fuse_projection_weights=False,
-        blocks_per_ckpt=None,
-        inf=1e9,
-    )
-
-
 # host -> (stack builder, the stack's attribute in the full host model)
+# (the stacks of host_stacks.py, the hosts' small trunk stacks, with 2 blocks)
 HOST_STACKS = {
-    "protenix": (_protenix_stack, "pairformer_stack"),
-    "boltz": (_boltz_stack, "pairformer_module"),
-    "openfold3": (_openfold3_stack, "pairformer_stack"),
+    "protenix": (PROTENIX.make_stack, "pairformer_stack"),
+    "boltz": (BOLTZ.make_stack, "pairformer_module"),
+    "openfold3": (OPENFOLD3.make_stack, "pairformer_stack"),
 }
 
 
@@ -88,7 +57,7 @@ def make_model(host):
     attribute name plus another head, so the state dict has the full model's key names."""
     builder, attr = HOST_STACKS[host]
     try:
-        stack = builder()
+        stack = builder(n_blocks=2)
     except ImportError as e:
         pytest.skip(f"{host} cannot be imported: {e}")
     torch.manual_seed(0)
