@@ -42,33 +42,49 @@ def config(tmp_path, *overrides):
     return bench_config("bench_ladder", tmp_path / "out", ["model=tiny", "device=cpu", *overrides])
 
 
-@pytest.fixture
-def spy_predict(monkeypatch):
-    """Records, per prediction: tokens, whether the model was patched, the coordinates, the
-    trunk passes and the diffusion module's calls with their sample counts."""
-    calls = []
-    real = ProtenixHost.predict
+def spy_predictions(monkeypatch, host_cls, trunk: str, diffusion: str, samples, extra=None) -> list[dict]:
+    """Wraps ``host_cls.predict`` to record, per prediction, the passes of the model's trunk
+    stack (``trunk``: its path in the model), the calls of its diffusion network (``diffusion``)
+    with the samples each gets (``samples(args, kwargs)``), and ``extra(model, feats, out)``."""
+    calls: list[dict] = []
+    real = host_cls.predict
 
     def predict(self, model, feats):
         seen = {"cycles": 0, "steps": []}
         hooks = [
-            model.pairformer_stack.register_forward_hook(lambda *_: seen.__setitem__("cycles", seen["cycles"] + 1)),
-            model.diffusion_module.register_forward_pre_hook(
-                lambda m, args, kw: seen["steps"].append(kw["x_noisy"].shape[-3]), with_kwargs=True
+            model.get_submodule(trunk).register_forward_hook(lambda *_: seen.__setitem__("cycles", seen["cycles"] + 1)),
+            model.get_submodule(diffusion).register_forward_pre_hook(
+                lambda m, args, kw: seen["steps"].append(samples(args, kw)), with_kwargs=True
             ),
         ]
         try:
-            xyz = real(self, model, feats)
+            out = real(self, model, feats)
         finally:
             for h in hooks:
                 h.remove()
-        calls.append(
-            {"tokens": feats["restype"].shape[0], "patched": bool(patched_modules(model)), "xyz": xyz.clone(), **seen}
-        )
-        return xyz
+        calls.append({**(extra(model, feats, out) if extra else {}), **seen})
+        return out
 
-    monkeypatch.setattr(ProtenixHost, "predict", predict)
+    monkeypatch.setattr(host_cls, "predict", predict)
     return calls
+
+
+@pytest.fixture
+def spy_predict(monkeypatch):
+    """Records, per prediction: tokens, whether the model was patched, the coordinates, the
+    trunk passes and the diffusion module's calls with their sample counts."""
+    return spy_predictions(
+        monkeypatch,
+        ProtenixHost,
+        "pairformer_stack",
+        "diffusion_module",
+        lambda args, kw: kw["x_noisy"].shape[-3],
+        lambda model, feats, xyz: {
+            "tokens": feats["restype"].shape[0],
+            "patched": bool(patched_modules(model)),
+            "xyz": xyz.clone(),
+        },
+    )
 
 
 def test_ladder_on_cpu(tmp_path, spy_predict):
@@ -228,26 +244,13 @@ def test_openfold3_rungs_run_the_schedule_set(tmp_path, monkeypatch):
     pytest.importorskip("openfold3")
     from pairformer_fb.hosts.openfold3.structure import OpenFold3Host
 
-    calls, real = [], OpenFold3Host.predict
-
-    def predict(self, model, feats):
-        seen = {"cycles": 0, "steps": []}
-
-        def step(m, args, kw):
-            seen["steps"].append((kw.get("xl_noisy") if "xl_noisy" in kw else args[1]).shape[-3])
-
-        hooks = [
-            model.pairformer_stack.register_forward_hook(lambda *_: seen.__setitem__("cycles", seen["cycles"] + 1)),
-            model.diffusion_module.register_forward_pre_hook(step, with_kwargs=True),
-        ]
-        try:
-            return real(self, model, feats)
-        finally:
-            for h in hooks:
-                h.remove()
-            calls.append(seen)
-
-    monkeypatch.setattr(OpenFold3Host, "predict", predict)
+    calls = spy_predictions(
+        monkeypatch,
+        OpenFold3Host,
+        "pairformer_stack",
+        "diffusion_module",
+        lambda args, kw: (kw.get("xl_noisy") if "xl_noisy" in kw else args[1]).shape[-3],
+    )
     result = ladder.run(config(tmp_path, "host=openfold3", "tokens=[16]", "cycles=3", "steps=2", "samples=2"))
     for r, seen in zip(result["records"], calls, strict=True):
         assert r["status"] == "ok" and (r["cycles"], r["steps"], r["samples"]) == (3, 2, 2)
@@ -270,33 +273,22 @@ def test_time_budget_skips_runs_that_would_overrun():
 
 
 def test_boltz_rungs_run_the_schedule_set(tmp_path, monkeypatch):
-    """Boltz-2: its cycles (recycling_steps + 1) and steps as the model runs them (trunk passes,
-    score-model calls), exact agreeing, the cached biases released at the confidence module."""
+    """Boltz-2: its cycles (recycling_steps + 1), steps and samples as the model runs them (trunk
+    passes, score-model calls and the samples each gets), exact agreeing, the cached biases released at the confidence module."""
     pytest.importorskip("boltz")
     from pairformer_fb.hosts.boltz.structure import BoltzHost
 
-    calls, real = [], BoltzHost.predict
-
-    def predict(self, model, feats):
-        seen = {"cycles": 0, "steps": 0}
-        hooks = [
-            model.pairformer_module.register_forward_hook(lambda *_: seen.__setitem__("cycles", seen["cycles"] + 1)),
-            model.structure_module.score_model.register_forward_hook(
-                lambda *_: seen.__setitem__("steps", seen["steps"] + 1)
-            ),
-        ]
-        try:
-            return real(self, model, feats)
-        finally:
-            for h in hooks:
-                h.remove()
-            calls.append(seen)
-
-    monkeypatch.setattr(BoltzHost, "predict", predict)
+    calls = spy_predictions(
+        monkeypatch,
+        BoltzHost,
+        "pairformer_module",
+        "structure_module.score_model",
+        lambda args, kw: kw["r_noisy"].shape[0],  # [batch x samples, atoms, 3], batch 1
+    )
     result = ladder.run(config(tmp_path, "host=boltz", "tokens=[16]", "cycles=3", "steps=2", "samples=2"))
     for r, seen in zip(result["records"], calls, strict=True):
         assert r["status"] == "ok" and (r["cycles"], r["steps"], r["samples"]) == (3, 2, 2)
-        assert seen == {"cycles": 3, "steps": 2}
+        assert seen == {"cycles": 3, "steps": [2, 2]}
     exact = result["records"][1]
     assert exact["variant"] == "exact" and exact["rmsd_vs_original"] < 1e-3
     cache = exact["notes"]["bias_cache"]
