@@ -34,7 +34,8 @@ class HostStack:
     * ``run(stack, inputs, **kwargs)``: ``(s, z)`` of one forward, no grad, inputs cloned;
     * ``blocks(stack)``: its blocks; ``triangle(block, node)`` / ``single(block)``: the modules
       patched in a block; ``path``: the report path of block 0's starting triangle attention;
-    * ``nodes``: the report's node of the block's two triangle attentions;
+    * ``nodes``: the report's node of the block's two triangle attentions; ``tri_bias_linear``:
+      the triangle attention's bias projection (its path in the host module);
     * ``chunked``: forward arguments of the host's chunked (low-memory) path;
     * ``other_kernels``: a host kernel switch that computes the same function (ignored when patched);
     * ``package_modules`` / ``install_hint``: what ``patch_model`` imports, and the hint it gives
@@ -50,6 +51,7 @@ class HostStack:
     single: Callable[[nn.Module], nn.Module]
     path: str
     nodes: tuple[str, str]
+    tri_bias_linear: str
     chunked: dict[str, Any]
     other_kernels: dict[str, Any]
     package_modules: tuple[str, ...]
@@ -116,6 +118,7 @@ PROTENIX = HostStack(
     single=lambda block: block.attention_pair_bias,
     path="blocks.0.tri_att_start",
     nodes=("starting", "ending"),
+    tri_bias_linear="linear",
     chunked={"chunk_size": 4, "inplace_safe": True},
     other_kernels={"triangle_attention": "deepspeed"},
     package_modules=(
@@ -180,6 +183,7 @@ BOLTZ = HostStack(
     single=lambda layer: layer.attention,
     path="layers.0.tri_att_start",
     nodes=("starting", "ending"),
+    tri_bias_linear="linear",
     chunked={"chunk_size": 4},
     # use_kernels would also switch the triangle multiplications to cuEquivariance: not on a CPU
     other_kernels={"use_cuequiv_attn": True},
@@ -244,6 +248,7 @@ OPENFOLD3 = HostStack(
     single=lambda block: block.attn_pair_bias,
     path="blocks.0.pair_stack.tri_att_start",
     nodes=("starting", "ending"),
+    tri_bias_linear="linear_z",
     chunked={"chunk_size": 4, "inplace_safe": True},
     other_kernels={"use_deepspeed_evo_attention": True},
     package_modules=(

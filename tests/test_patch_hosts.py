@@ -60,6 +60,23 @@ def test_exact_patch_reproduces_host_and_unpatch_is_bit_identical(hs, lengths, c
     assert torch.equal(back_s, ref_s) and torch.equal(back_z, ref_z)
 
 
+def test_triangle_attentions_share_the_hosts_parameter_objects(hs):
+    """Both triangle attentions of a block run on the host's own parameter objects (layer norm,
+    bias projection, q / k / v / g / o); what else each host shares is in its own file."""
+    stack = hs.make_stack(n_blocks=1)
+    hosts = {node: hs.triangle(hs.blocks(stack)[0], node) for node in ("starting", "ending")}
+    fb.patch_model(stack)
+    for node, tri in hosts.items():
+        ours = hs.triangle(hs.blocks(stack)[0], node).flash_bias
+        pairs = [
+            (ours.layer_norm.weight, tri.layer_norm.weight),
+            (ours.layer_norm.bias, tri.layer_norm.bias),
+            (ours.linear_b.weight, tri.get_submodule(hs.tri_bias_linear).weight),
+        ] + [(getattr(ours, f"linear_{p}").weight, getattr(tri.mha, f"linear_{p}").weight) for p in "qkvgo"]
+        for mine, theirs in pairs:
+            assert mine is theirs and mine.data_ptr() == theirs.data_ptr(), node
+
+
 def test_errors(hs):
     stack = hs.make_stack(n_blocks=1)
     fb.patch_model(stack)
