@@ -104,6 +104,7 @@ def test_ladder_on_cpu(tmp_path, spy_predict):
     assert [c["patched"] for c in spy_predict] == [False, True] * 2
     for r, call in zip(recs, spy_predict):
         assert r["status"] == "ok" and r["peak_gib"] is None and r["featurise_s"] > 0
+        assert 0 < r["host_start_gib"] < r["peak_host_gib"] < 20  # Linux: the process's resident memory
         assert list(r["seconds"]) == [*PHASES, "total"] and all(v >= 0 for v in r["seconds"].values())
         assert sum(r["seconds"][p] for p in PHASES) == pytest.approx(r["seconds"]["total"], rel=1e-6)
         # what the model really ran: trunk passes, diffusion steps (one module call each), samples
@@ -124,7 +125,8 @@ def test_ladder_on_cpu(tmp_path, spy_predict):
         assert r["notes"]["bias_cache"]["refused"] > 0
     md = (out / "results.md").read_text()
     assert md.count("| protenix") == 0 and md.count("| 24 |") == 2 and md.count("| 40 |") == 2
-    assert "1 / 1 / 5 *" in md and "Reduced schedule" in md and "not measured on a CPU" in md
+    assert "1 / 1 / 5 *" in md and "Reduced schedule" in md and "not measured on a CPU" in md and "host GiB" in md
+    assert "VmHWM" in saved["environment"]["peak_host_memory"] and saved["environment"]["host_memory_available_gib"] > 0
     png = (out / "ladder.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     with pytest.raises(FileExistsError, match="overwrite=true to replace it, resume=true"):
@@ -228,6 +230,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         ("steps=2.5", "steps must be a positive integer or null"),
         ("bias_cache_gib=-1", "bias_cache_gib must be 'auto', null (no bound) or a number of GiB >= 0"),
         ("time_budget_s=0", "time_budget_s must be a number of seconds > 0"),
+        ("host_memory_check=maybe", "host_memory_check must be true or false"),
         ("sources=[nosuch]", "sample 'nosuch'"),
     ],
 )
@@ -270,6 +273,34 @@ def test_time_budget_skips_runs_that_would_overrun():
     assert "spent" in ladder._over_budget(cfg, [done], other, 100.0)
     cfg.time_budget_s = None
     assert ladder._over_budget(cfg, [done], nxt, 1e9) is None
+
+
+def test_host_memory_check_skips_runs_that_would_not_fit(monkeypatch):
+    """A run whose host memory, scaled from the last finished rung of its variant by the square
+    of the token ratio, exceeds what is available is skipped with the reason; fitting runs, runs
+    with nothing to scale from, and host_memory_check=false are not."""
+    gib = 2**30
+    cfg = bench_config("bench_ladder", "x", [])
+    assert cfg.host_memory_check is True  # the default
+    done = ladder.Record("protenix", "exact", 1000, 1, peak_host_gib=7.0, host_start_gib=5.0)  # grew 2 GiB
+    nxt = ladder.Record("protenix", "exact", 2000, 1)  # 2 x 2^2 = 8 GiB
+    monkeypatch.setattr(ladder, "host_available_bytes", lambda: 7 * gib)
+    reason = ladder._over_host_memory(cfg, [done], nxt)
+    assert (
+        reason.startswith("skipped: host memory: this run would take ~8 GiB more") and "7 GiB are available" in reason
+    )
+    monkeypatch.setattr(ladder, "host_available_bytes", lambda: 9 * gib)
+    assert ladder._over_host_memory(cfg, [done], nxt) is None
+    monkeypatch.setattr(ladder, "host_available_bytes", lambda: 1 * gib)
+    other = ladder.Record("protenix", "original", 2000, 1)
+    assert ladder._over_host_memory(cfg, [done], other) is None  # no finished rung of its variant
+    failed = ladder.Record("protenix", "exact", 1500, 1, status="oom", peak_host_gib=50.0, host_start_gib=5.0)
+    assert "the 1000-token rung's 2.0 GiB" in ladder._over_host_memory(cfg, [done, failed], nxt)  # ok runs only
+    monkeypatch.setattr(ladder, "host_available_bytes", lambda: None)  # not Linux: no estimate
+    assert ladder._over_host_memory(cfg, [done], nxt) is None
+    monkeypatch.setattr(ladder, "host_available_bytes", lambda: 1 * gib)
+    cfg.host_memory_check = False
+    assert ladder._over_host_memory(cfg, [done], nxt) is None
 
 
 def test_boltz_rungs_run_the_schedule_set(tmp_path, monkeypatch):

@@ -2,7 +2,9 @@
 scripts' default (CPU) configurations run end to end and write readable results."""
 
 import json
+import sys
 
+import pytest
 import torch
 from bench_configs import bench_config
 from naive import rel_err
@@ -98,3 +100,38 @@ def test_block_benchmark_runs_on_cpu(tmp_path):
         r.notes["patched"] == 3 for r in records[1::2]
     )  # 2 triangle + 1 single
     assert "| protenix | v1 | 6 | torch | exact |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM / clear_refs are Linux's")
+def test_host_peak_memory_follows_an_allocation_and_resets():
+    from pairformer_fb.bench.timing import host_peak_bytes, host_peak_reset, host_resident_bytes
+
+    mib = 2**20
+    assert host_peak_reset()
+    start = host_resident_bytes()
+    big = torch.ones(256 * mib // 4)  # 256 MiB, every page written
+    peak = host_peak_bytes()
+    del big
+    assert peak >= start + 200 * mib
+    assert host_peak_reset() and host_peak_bytes() < peak - 200 * mib  # freed, and the peak restarted
+
+
+def test_host_available_memory_reads_meminfo_and_the_container_limit(tmp_path, monkeypatch):
+    from pairformer_fb.bench import timing
+
+    gib = 2**30
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal:  {8 * gib // 1024} kB\nMemAvailable:  {4 * gib // 1024} kB\n")
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    monkeypatch.setattr(timing, "_MEMINFO", str(meminfo))
+    monkeypatch.setattr(timing, "_CGROUP_FILES", ((str(limit), str(usage)),))
+    assert timing.host_available_bytes() == 4 * gib  # no cgroup files: the system's
+    limit.write_text("max\n")
+    usage.write_text(f"{gib}\n")
+    assert timing.host_available_bytes() == 4 * gib  # an unlimited container
+    limit.write_text(f"{3 * gib}\n")
+    assert timing.host_available_bytes() == 2 * gib  # the container's 3 GiB, 1 GiB of it used
+    meminfo.unlink()
+    assert timing.host_available_bytes() == 2 * gib
+    limit.unlink()
+    assert timing.host_available_bytes() is None

@@ -22,7 +22,9 @@ Per record: ``status`` (``ok``; ``oom`` when the device ran out of memory -- the
 dropped, the memory collected and freed, the peak statistics reset, and the ladder goes on;
 ``error: <type>: <message>``; ``skipped: ...`` beyond ``time_budget_s``), ``peak_gib``
 (``torch.cuda.max_memory_allocated`` over the forwards, also the peak reached before an OOM;
-null on a CPU, which the environment says), ``seconds`` per phase and in total,
+null on a CPU, which the environment says), ``peak_host_gib`` (the process's peak resident host
+memory during the run, Linux's VmHWM reset before it; ``host_start_gib``: resident at its
+start), ``seconds`` per phase and in total,
 ``cycles`` / ``steps`` / ``samples`` used and whether they were ``reduced``, the Cα RMSD of
 the first sample to the original's (``rmsd_vs_original``: exact should be ~0), and for the
 patched variants the bias-cache budget's statistics (``notes.bias_cache``). Outputs (atomic,
@@ -32,7 +34,10 @@ stock against patched). An ``output_dir`` that already holds ``results.json`` is
 unless ``overwrite=true`` (replace it) or ``resume=true`` (same settings: its ok / oom runs stay,
 the runs it lacks are added; one ladder over several device calls). ``time_budget_s``: runs that
 would end past it (the previous rung of the variant scaled by the cube of the token ratio) are
-``skipped``.
+``skipped``; so are runs whose host memory would not fit (``host_memory_check``, on by default:
+the previous rung's growth in host memory scaled by the square of the token ratio, against what
+the system has available), because a process past the host's memory is ended by the kernel,
+not given an error, and the ladder with it.
 
 Where the O(N^2) memory is (N tokens, c_z = 128; what the next device session should measure):
 
@@ -63,6 +68,11 @@ Where the O(N^2) memory is (N tokens, c_z = 128; what the next device session sh
   materialises [rows, H, N, N] logits per chunk, and its diffusion attention the [samples, H,
   N, N] logits of every block call (Protenix chunks the samples by
   ``sample_diffusion_chunk_size``).
+* Host memory: Protenix moves each sample's pae and pde logits ([N, N, 64] fp32) to host memory
+  beyond 2,000 tokens and stacks them, which holds 3 x samples of them at once (135 GiB at
+  6,144 tokens and 5 samples); the patched variants run its confidence head one sample per
+  call (``patch_model``'s ``confidence_per_sample``, hosts/protenix/confidence.py: 2 x samples
+  + 2, 108 GiB). ``peak_host_gib`` records it.
 * Boltz-2 hands every diffusion layer a slice of one [N, N, H x layers] bias the host computes
   per trunk pass (its own O(N^2 H L)); our cache would add a head-major fp32 copy per layer,
   within the same budget.
@@ -98,7 +108,14 @@ from .structure import (
     resolve_device,
     seed_all,
 )
-from .timing import environment, failure_status
+from .timing import (
+    environment,
+    failure_status,
+    host_available_bytes,
+    host_peak_bytes,
+    host_peak_reset,
+    host_resident_bytes,
+)
 
 VARIANTS = ("original", "exact", "lowrank")
 LABELS = {"original": "stock (original)", "exact": "patched exact", "lowrank": "patched lowrank"}
@@ -158,6 +175,8 @@ class Record:
     n_atoms: int
     status: str = "ok"
     peak_gib: float | None = None
+    peak_host_gib: float | None = None  # the process's peak resident host memory (Linux VmHWM)
+    host_start_gib: float | None = None  # its resident host memory when the run started
     seconds: dict[str, float] | None = None
     cycles: int = 0
     steps: int = 0
@@ -261,6 +280,8 @@ def validate(cfg):
     budget = cfg.get("time_budget_s")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise ValueError(f"time_budget_s must be a number of seconds > 0 or null, got {budget!r}")
+    if not isinstance(cfg.get("host_memory_check", True), bool):
+        raise ValueError(f"host_memory_check must be true or false, got {cfg.host_memory_check!r}")
     previous = _previous(cfg, check_writable_dir(cfg.output_dir, "output_dir"))
     specs = [cfg.sources] if isinstance(cfg.sources, str) else list(cfg.sources)
     sources = read_samples(specs, cfg.data_dir or DATA_SAMPLES)
@@ -299,11 +320,16 @@ def run(cfg) -> dict:
     model, model_info = build_model(hcfg, device, ckpt, host)
     autocast, dtype = dtype_context(device, cfg.dtype)
     preset = host.schedule(model)
+    available = host_available_bytes()  # at the start, the model built
     env = environment(device) | {
         "dtype": dtype,
         "peak_memory": "torch.cuda.max_memory_allocated"
         if device.type == "cuda"
         else "not measured on a CPU (peak_gib is null)",
+        "peak_host_memory": "the process's peak resident memory (Linux VmHWM, reset before each run)"
+        if host_peak_reset()
+        else "not measured (peak_host_gib is null where the peak cannot be reset: not Linux)",
+        "host_memory_available_gib": None if available is None else round(available / GIB, 1),
     }
     result = {
         "note": RANDOM_WEIGHTS_NOTE if ckpt is None else None,
@@ -338,7 +364,9 @@ def run(cfg) -> dict:
                 rec = Record(cfg.host, variant, n, atoms.array_length(), reduced=reduced, featurise_s=featurise_s)
                 rec.cycles, rec.steps, rec.samples = used["cycles"], used["steps"], used["samples"]
                 rec.date = env["date"]
-                skip = _over_budget(cfg, records, rec, time.perf_counter() - start)
+                skip = _over_budget(cfg, records, rec, time.perf_counter() - start) or _over_host_memory(
+                    cfg, records, rec
+                )
                 if skip:
                     rec.status = skip
                 else:
@@ -392,6 +420,42 @@ def _over_budget(cfg, records: list[Record], rec: Record, elapsed: float) -> str
     return None
 
 
+def _over_host_memory(cfg, records: list[Record], rec: Record) -> str | None:
+    """The skip status of a run whose host memory would not fit (``host_memory_check``): the last
+    finished rung of the variant used ``peak_host_gib - host_start_gib`` more host memory than it
+    started with; scaled by the square of the token ratio (what grows fastest in host memory:
+    e.g. Protenix's pae / pde logits, which it moves to host memory beyond 2,000 tokens) it exceeds
+    what the system has available now. A run past the host's memory is not an exception but the
+    end of the process (the kernel's OOM killer), which would end the ladder. An estimate: it
+    does not see a jump in what lives in host memory between the rungs (Protenix below and
+    above 2,000 tokens), and stays quiet where the memory cannot be read (not Linux)."""
+    if not cfg.get("host_memory_check", True):
+        return None
+    prev = [
+        r
+        for r in records
+        if r.variant == rec.variant
+        and r.status == "ok"
+        and r.tokens < rec.tokens
+        and r.peak_host_gib is not None
+        and r.host_start_gib is not None
+    ]
+    available = host_available_bytes()
+    if not prev or available is None:
+        return None
+    p = prev[-1]
+    assert p.peak_host_gib is not None and p.host_start_gib is not None  # prev keeps those
+    grew = max(p.peak_host_gib - p.host_start_gib, 0.0)
+    need = grew * (rec.tokens / p.tokens) ** 2
+    if need > available / GIB:
+        return (
+            f"skipped: host memory: this run would take ~{need:.0f} GiB more (the {p.tokens}-token rung's "
+            f"{grew:.1f} GiB x (tokens ratio)^2), {available / GIB:.0f} GiB are available; past that the system "
+            "ends the process instead of raising an out-of-memory error (host_memory_check=false runs it anyway)"
+        )
+    return None
+
+
 def _free(device: torch.device) -> None:
     """Collect what a run left and give the cached device memory back; reset the peak."""
     gc.collect()
@@ -415,6 +479,9 @@ def _run_one(host, model, timer, feats, atoms, rec: Record, cfg, ckpt, device, a
     feats_dev: dict[str, torch.Tensor] | None = {k: v.to(device) for k, v in feats.items()}
     graphs, xyz, ca, failure = None, None, None, None
     _free(device)
+    resident = host_resident_bytes()
+    rec.host_start_gib = None if resident is None else resident / GIB
+    host_peak_reset()
     try:
         rec.notes.update(patch_variant(model, rec.variant, cfg, ckpt))
         if cfg.get("cuda_graphs") and rec.variant != "original":
@@ -444,6 +511,8 @@ def _run_one(host, model, timer, feats, atoms, rec: Record, cfg, ckpt, device, a
     finally:
         if device.type == "cuda":
             rec.peak_gib = torch.cuda.max_memory_allocated(device) / GIB  # an OOM's too: the peak before it
+        host_peak = host_peak_bytes()  # since the reset above (since the start where it cannot be reset)
+        rec.peak_host_gib = None if host_peak is None else host_peak / GIB
         if graphs is not None:
             rec.notes["cuda_graphs"] = graphs.stats
             graphs.remove()
@@ -516,12 +585,14 @@ def markdown(result: dict) -> str:
         ]
     lines += [
         "Seconds of one timed forward (warm-up excluded) per phase; peak GiB: torch.cuda.max_memory_allocated "
-        "(for `oom`: the peak before it ran out). cycles / steps / samples: trunk passes, diffusion steps, "
+        "(for `oom`: the peak before it ran out); host GiB: the process's peak resident host memory during the "
+        "run (VmHWM; all of the process's, the libraries and the model's host copy included). "
+        "cycles / steps / samples: trunk passes, diffusion steps, "
         "diffusion samples; * = fewer than the shorter rungs (long_rungs).",
         "",
-        "| tokens | atoms | variant | status | peak GiB | trunk | diffusion | confidence | total | "
+        "| tokens | atoms | variant | status | peak GiB | host GiB | trunk | diffusion | confidence | total | "
         "cycles / steps / samples | RMSD to original Å | bias cache GiB peak held / refused |",
-        "|---:|---:|---|---|---:|---:|---:|---:|---:|---|---:|---|",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in result["records"]:
         t = r["seconds"] or {}
@@ -529,6 +600,7 @@ def markdown(result: dict) -> str:
         cache = f"{bc['peak_held_gib']:.3g} / {bc['refused']}" if bc else "—"
         lines.append(
             f"| {r['tokens']} | {r['n_atoms']} | {r['variant']} | {r['status']} | {f(r['peak_gib'])} | "
+            f"{f(r.get('peak_host_gib'))} | "
             f"{f(t.get('pairformer_trunk'))} | {f(t.get('diffusion_sampling'))} | {f(t.get('confidence_head'))} | "
             f"{f(t.get('total'))} | {r['cycles']} / {r['steps']} / {r['samples']}{' *' if r['reduced'] else ''} | "
             f"{f(r['rmsd_vs_original'], '{:.3g}')} | {cache} |"
@@ -568,10 +640,15 @@ def plot(records: Sequence[Record], path: Path) -> str | None:
             oom = [(r.tokens, r.peak_gib) for r in mine if r.status == "oom"]
             if oom and ax is axes[0]:
                 ax.plot([p[0] for p in oom], [p[1] or 0 for p in oom], "x", ms=10, color=line.get_color())
-    axes[0].set_ylabel("peak GPU memory (GiB)")
-    axes[0].set_title("peak memory (x: out of memory)")
+        host = [(r.tokens, r.peak_host_gib) for r in mine if r.status == "ok" and r.peak_host_gib is not None]
+        if host:
+            axes[0].plot([p[0] for p in host], [p[1] for p in host], "--", color=line.get_color(), alpha=0.7)
+    axes[0].set_ylabel("peak memory (GiB)")
+    axes[0].set_title("peak GPU memory (x: out of memory); dashed: host")
     if all(r.peak_gib is None for r in records):
-        axes[0].text(0.5, 0.5, "not measured on a CPU", ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].text(
+            0.5, 0.9, "GPU memory: not measured on a CPU", ha="center", va="center", transform=axes[0].transAxes
+        )
     axes[1].set_ylabel("seconds per prediction")
     axes[1].set_title("total time (hollow: reduced cycles / steps)")
     for ax in axes:

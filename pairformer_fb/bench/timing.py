@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import re
 import statistics
 import sys
 import time
@@ -30,6 +31,68 @@ def median_ms(fn: Callable[[], object], device: torch.device, warmup_ms: float =
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+# Linux: the process's peak resident memory (VmHWM) and how to restart it from the current
+# (proc(5): writing "5" to clear_refs resets the peak)
+_STATUS, _CLEAR_REFS, _MEMINFO = "/proc/self/status", "/proc/self/clear_refs", "/proc/meminfo"
+
+
+def host_peak_reset() -> bool:
+    """Restart the process's peak resident host memory from its current value; False where the
+    system does not allow it (not Linux), and then :func:`host_peak_bytes` is None."""
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def host_peak_bytes() -> int | None:
+    """The process's peak resident host memory since the last :func:`host_peak_reset` (since the
+    start without one): Linux's VmHWM; None elsewhere."""
+    return _status_bytes("VmHWM")
+
+
+# a container's memory limit and use: cgroup v2, then v1 (an unlimited one reads ~2^63)
+_CGROUP_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
+def host_resident_bytes() -> int | None:
+    """The process's resident host memory now (Linux's VmRSS); None elsewhere."""
+    return _status_bytes("VmRSS")
+
+
+def host_available_bytes() -> int | None:
+    """The host memory this process could still get without swapping: Linux's ``MemAvailable``
+    (/proc/meminfo), or less where the process's container (cgroup) has a memory limit; None
+    where neither can be read (not Linux)."""
+    free = [v for v in (_status_bytes("MemAvailable", _MEMINFO),) if v is not None]
+    for limit_file, usage_file in _CGROUP_FILES:
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:
+            free.append(max(int(limit) - usage, 0))
+        break
+    return min(free) if free else None
+
+
+def _status_bytes(key: str, path: str = _STATUS) -> int | None:
+    try:
+        with open(path) as f:
+            m = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) * 1024 if m else None
 
 
 class Skipped(Exception):

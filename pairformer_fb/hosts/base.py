@@ -322,7 +322,11 @@ class HostAdapter(Protocol):
     * ``sample_runner``: how to run the host's full model on one sequence, if it can be;
     * ``AFTER_SAMPLING_CLASSES``: the classes of the modules a prediction runs only after its
       diffusion sampling (the confidence heads): ``patch_model`` releases the diffusion
-      attentions' cached biases when one starts, so that it has that memory back."""
+      attentions' cached biases when one starts, so that it has that memory back;
+    * ``per_sample_forward``: for a host module that takes every diffusion sample at once and
+      holds per-sample outputs of O(N^2) (a confidence head), a forward running it one sample per
+      call with bit-identical outputs and less peak memory (``patch_model``'s
+      ``confidence_per_sample``); None for every other module."""
 
     HOST: str
     PACKAGE: str
@@ -353,3 +357,5 @@ class HostAdapter(Protocol):
     ) -> None: ...
 
     def sample_runner(self, model: nn.Module) -> tuple[Callable[[str, int], object], str] | None: ...
+
+    def per_sample_forward(self, module: nn.Module) -> Callable[..., Any] | None: ...

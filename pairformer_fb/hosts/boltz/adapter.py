@@ -448,3 +448,9 @@ def sample_runner(model: nn.Module) -> tuple[Callable[[str, int], object], str] 
     """None: Boltz-2's samples run through its trunk stacks (``run_trunk_stack``); its full model
     needs the Boltz data pipeline's features, which are not made from a bare sequence here."""
     return None
+
+
+def per_sample_forward(module: nn.Module) -> Callable[..., object] | None:
+    """None: Boltz-2's confidence module runs its samples one at a time itself
+    (its predict step calls ``ConfidenceModule`` with ``run_sequentially=True``)."""
+    return None

@@ -665,3 +665,8 @@ def sample_runner(model: nn.Module) -> tuple[Callable[[str, int], object], str] 
         return model({k: v.to(device) for k, v in synthetic_features(sequence, seed=seed).items()})
 
     return run, "full OpenFold3 model on synthetic features of the sample sequences"
+
+
+def per_sample_forward(module: nn.Module) -> Callable[..., object] | None:
+    """None: no OpenFold3 module is run one sample per call (its confidence heads are the host's)."""
+    return None

@@ -103,6 +103,7 @@ from ..base import (
     stack_and_index,
 )
 from ..call_scope import CallScope, ScopedPatchedModule, scope_of
+from . import confidence
 
 HOST = "protenix"
 PACKAGE = "protenix"
@@ -484,3 +485,9 @@ def sample_runner(model: nn.Module) -> tuple[Callable[[str, int], object], str] 
         return model(features, None, None, mode="inference")
 
     return run, "full Protenix model, inference on the sample sequences' features (hosts/protenix/featurize.py)"
+
+
+def per_sample_forward(module: nn.Module) -> Callable[..., object] | None:
+    """For the ``ConfidenceHead``, its forward one diffusion sample per call (hosts/protenix/
+    confidence.py: the same outputs, its pae / pde logits never held twice); None otherwise."""
+    return confidence.per_sample_forward(module)
