@@ -44,7 +44,11 @@ Where the O(N^2) memory is (N tokens, c_z = 128; what the next device session sh
 * The pair representation z [N, N, c_z]: the trunk's (bf16 under autocast: 6.7 GB at 5,120
   tokens), its recycling copy, Protenix's ``pair_z`` of the diffusion conditioning (fp32,
   13.4 GB at 5,120), the confidence head's pair rep and its distance embeddings. Held by the
-  host for the whole prediction; patching does not change it.
+  host for the whole prediction; patching does not change it. Protenix's relative-position
+  features ``relp`` [N, N, 139] fp32 (14.6 GB at 5,120) too. Making ``pair_z``, the host
+  concatenates z with the relative-position embedding ([N, N, 2 c_z] fp32) and normalises
+  it: 90 GiB of transients at 6,144 tokens at once; the patched variants make it in rows
+  (``lean_memory``, hosts/protenix/lean.py), one 1 GiB chunk's transients.
 * The diffusion attention's bias, 16 heads x N^2 per block: cached for all 24 blocks it is
   ~40 GB fp32 at 5,120 tokens (Protenix runs its diffusion in fp32; 20 GB with
   ``diffusion_dtype=bf16``). Bounded by ``bias_cache_gib`` (modules/bias_cache.py
@@ -71,8 +75,8 @@ Where the O(N^2) memory is (N tokens, c_z = 128; what the next device session sh
 * Host memory: Protenix moves each sample's pae and pde logits ([N, N, 64] fp32) to host memory
   beyond 2,000 tokens and stacks them, which holds 3 x samples of them at once (135 GiB at
   6,144 tokens and 5 samples); the patched variants run its confidence head one sample per
-  call (``patch_model``'s ``confidence_per_sample``, hosts/protenix/confidence.py: 2 x samples
-  + 2, 108 GiB). ``peak_host_gib`` records it.
+  call (``patch_model``'s ``lean_memory``, hosts/protenix/lean.py: 2 x samples + 2, 108 GiB).
+  ``peak_host_gib`` records it.
 * Boltz-2 hands every diffusion layer a slice of one [N, N, H x layers] bias the host computes
   per trunk pass (its own O(N^2 H L)); our cache would add a head-major fp32 copy per layer,
   within the same budget.

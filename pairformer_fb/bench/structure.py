@@ -205,7 +205,7 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
             diffusion_dtype=diffusion_dtype,
             bias_cache_gib=bias_cache_gib,
         )
-        return {"patched_modules": len(report), "kinds": list(kinds), **_per_sample(report), **dd}
+        return {"patched_modules": len(report), "kinds": list(kinds), **_lean(report), **dd}
     # lowrank: the converted checkpoint's factor networks if it has them, else untrained ones
     factors = {k: v for k, v in (ckpt.state_dict.items() if ckpt is not None else ()) if FACTOR_KEY_MARK in k}
     meta = ckpt.metadata if ckpt is not None else None
@@ -233,7 +233,7 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
             "stacks": sorted({e.stack for e in entries}),
             "factors": "from the converted checkpoint",
             "patched_as": "the checkpoint's metadata records",
-            **_per_sample(report),
+            **_lean(report),
             **dd,
         }
     seed_all(cfg.seed)  # the untrained factor networks' initialisation
@@ -250,17 +250,17 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
         "patched_modules": len(report),
         "rank": cfg.rank,
         "kinds": list(kinds),
-        **_per_sample(report),
+        **_lean(report),
         **dd,
         "factors": "UNTRAINED (random) factor networks: no converted checkpoint given"
         + ("; diffusion attention: truncated SVD of its fixed bias" if "diffusion" in kinds else ""),
     }
 
 
-def _per_sample(report) -> dict:
-    """The host modules the patch runs one diffusion sample per call (patch_model's
-    ``confidence_per_sample``), for the records; nothing when there are none."""
-    return {"one_sample_per_call": report.per_sample} if report.per_sample else {}
+def _lean(report) -> dict:
+    """The host methods the patch replaced by lean ones (patch_model's ``lean_memory``), for the
+    records; nothing when there are none."""
+    return {"lean_host_methods": report.lean} if report.lean else {}
 
 
 def dtype_context(device: torch.device, dtype: str):

@@ -323,10 +323,9 @@ class HostAdapter(Protocol):
     * ``AFTER_SAMPLING_CLASSES``: the classes of the modules a prediction runs only after its
       diffusion sampling (the confidence heads): ``patch_model`` releases the diffusion
       attentions' cached biases when one starts, so that it has that memory back;
-    * ``per_sample_forward``: for a host module that takes every diffusion sample at once and
-      holds per-sample outputs of O(N^2) (a confidence head), a forward running it one sample per
-      call with bit-identical outputs and less peak memory (``patch_model``'s
-      ``confidence_per_sample``); None for every other module."""
+    * ``lean_methods``: the methods of a host module that ``patch_model`` replaces on the
+      instance (``lean_memory``) by ones computing the same outputs with less peak memory (e.g.
+      Protenix's confidence head one diffusion sample per call), by name; empty for most."""
 
     HOST: str
     PACKAGE: str
@@ -358,4 +357,4 @@ class HostAdapter(Protocol):
 
     def sample_runner(self, model: nn.Module) -> tuple[Callable[[str, int], object], str] | None: ...
 
-    def per_sample_forward(self, module: nn.Module) -> Callable[..., Any] | None: ...
+    def lean_methods(self, module: nn.Module) -> dict[str, Callable[..., Any]]: ...

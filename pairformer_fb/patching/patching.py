@@ -31,8 +31,9 @@ from .cuda_graphs import reset_graphs
 ModeSpec = Union[str, Mapping[str, Union[Iterable[int], EllipsisType]], Callable[[int], Union[str, None]]]
 
 
-# set on a host module whose forward patch_model replaced by its adapter's per_sample_forward
-PER_SAMPLE_MARK = "_pairformer_fb_per_sample"
+# set on a host module some of whose methods patch_model replaced by its adapter's lean_methods:
+# their names (the instance attributes unpatch_model removes)
+LEAN_MARK = "_pairformer_fb_lean_methods"
 
 
 class AlreadyPatchedError(RuntimeError):
@@ -60,14 +61,14 @@ class PatchReport:
     """What ``patch_model`` did. ``params_shared``: elements of the host parameters our modules
     use in place (not copied); ``params_added``: elements of the factor networks added;
     ``bias_cache``: the memory bound shared by the bias caches of the modules patched (None
-    when none has a cache; its ``stats()`` say what they held and refused); ``per_sample``: the
-    paths of the host modules set to run one diffusion sample per call (``confidence_per_sample``)."""
+    when none has a cache; its ``stats()`` say what they held and refused); ``lean``: the host
+    methods replaced by lean ones (``lean_memory``), as "module path.method"."""
 
     host: str
     entries: list[PatchedEntry] = field(default_factory=list)
     params_shared: int = 0
     bias_cache: BiasCacheBudget | None = None
-    per_sample: list[str] = field(default_factory=list)
+    lean: list[str] = field(default_factory=list)
 
     @property
     def params_added(self) -> int:
@@ -80,7 +81,7 @@ class PatchReport:
         lines = [
             f"patch_model: host {self.host}, {len(self.entries)} module(s) replaced, "
             f"{self.params_added:,} parameter(s) added, {self.params_shared:,} shared"
-            + (f"; one sample per call: {', '.join(self.per_sample)}" if self.per_sample else "")
+            + (f"; lean host methods: {', '.join(self.lean)}" if self.lean else "")
         ]
         if self.entries:
             rows = [("path", "kind", "stack", "block", "mode", "rank", "added")] + [
@@ -163,7 +164,7 @@ def patch_model(
     trust_inference_tensors: bool = False,
     diffusion_dtype: str | None = None,
     bias_cache_gib: float | str | None = "auto",
-    confidence_per_sample: bool = True,
+    lean_memory: bool = True,
 ) -> PatchReport:
     """Replace, in place, the triangle attentions and pair-biased single attentions of a host
     model with FlashBias modules that use the original nn.Parameter objects.
@@ -219,13 +220,13 @@ def patch_model(
             of keeping it for the whole sampling. Whatever the bound, the cached biases are
             dropped when a module of the adapter's ``AFTER_SAMPLING_CLASSES`` starts (the
             host's confidence head: a prediction's sampling is over), so that it has that memory.
-        confidence_per_sample: run the host modules that take every diffusion sample at once
-            and hold O(N^2) outputs per sample (the adapter's ``per_sample_forward``: Protenix's
-            confidence head) one sample per call, their outputs copied into one tensor each
-            (default True). Bit-identical outputs, less peak memory: Protenix's pae / pde
-            logits (held in host memory beyond 2,000 tokens) peak at 2 x samples + 2 per-sample
-            blocks instead of 3 x samples (hosts/protenix/confidence.py). The class's forward is
-            untouched; ``unpatch_model`` removes the per-sample one.
+        lean_memory: replace the host methods the adapter's ``lean_methods`` names by ones
+            computing the same outputs in parts, with less peak memory (default True; Protenix,
+            hosts/protenix/lean.py: the confidence head one diffusion sample per call, so that
+            its pae / pde logits, in host memory beyond 2,000 tokens, peak at 2 x samples + 2
+            per-sample blocks instead of 3 x samples; the diffusion's pair conditioning in rows
+            of the pair representation). Replaced on the instances (the host's classes are
+            untouched; ``unpatch_model`` removes them); ``PatchReport.lean`` lists them.
 
     Returns:
         a PatchReport listing every replaced module. Raises AlreadyPatchedError on a model
@@ -260,8 +261,8 @@ def patch_model(
     if diffusion_dtype not in DIFFUSION_DTYPES:
         raise ValueError(f"diffusion_dtype must be None, 'bf16' or 'fp16', got {diffusion_dtype!r}")
     budget = BiasCacheBudget(check_bias_cache_gib(bias_cache_gib))
-    if not isinstance(confidence_per_sample, bool):
-        raise ValueError(f"confidence_per_sample must be True or False, got {confidence_per_sample!r}")
+    if not isinstance(lean_memory, bool):
+        raise ValueError(f"lean_memory must be True or False, got {lean_memory!r}")
 
     sites = adapter.find_sites(model, stacks=stacks, kinds=tuple(kinds))
     if not sites:
@@ -343,14 +344,15 @@ def patch_model(
             for m in model.modules()
             if type(m).__name__ in adapter.AFTER_SAMPLING_CLASSES
         ]
-    if confidence_per_sample:
+    if lean_memory:
         for name, m in model.named_modules():
-            forward = adapter.per_sample_forward(m)
-            if forward is not None:
-                # an instance attribute: the host's class keeps its forward, a deep copy rebinds it
-                m.forward = forward
-                setattr(m, PER_SAMPLE_MARK, True)
-                report.per_sample.append(name)
+            methods = adapter.lean_methods(m)
+            for method, replacement in methods.items():
+                # an instance attribute: the host's class keeps its method, a deep copy rebinds it
+                setattr(m, method, replacement)
+                report.lean.append(f"{name}.{method}" if name else method)
+            if methods:
+                setattr(m, LEAN_MARK, tuple(methods))
     return report
 
 
@@ -359,9 +361,10 @@ def unpatch_model(model: nn.Module) -> list[str]:
     factor networks are dropped). Returns the restored paths; raises ValueError if there are none."""
     restored = []
     for m in model.modules():
-        if getattr(m, PER_SAMPLE_MARK, False):  # patch_model's confidence_per_sample
-            del m.forward
-            delattr(m, PER_SAMPLE_MARK)
+        for method in getattr(m, LEAN_MARK, ()):  # patch_model's lean_memory
+            delattr(m, method)
+        if hasattr(m, LEAN_MARK):
+            delattr(m, LEAN_MARK)
     for name, m in list(model.named_modules()):
         if not isinstance(m, PatchedModule):
             continue

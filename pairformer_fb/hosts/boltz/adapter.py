@@ -450,7 +450,7 @@ def sample_runner(model: nn.Module) -> tuple[Callable[[str, int], object], str] 
     return None
 
 
-def per_sample_forward(module: nn.Module) -> Callable[..., object] | None:
-    """None: Boltz-2's confidence module runs its samples one at a time itself
-    (its predict step calls ``ConfidenceModule`` with ``run_sequentially=True``)."""
-    return None
+def lean_methods(module: nn.Module) -> dict[str, Callable[..., object]]:
+    """None replaced: Boltz-2's confidence module already runs its samples one at a time (its
+    predict step calls ``ConfidenceModule`` with ``run_sequentially=True``)."""
+    return {}

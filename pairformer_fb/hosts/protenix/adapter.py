@@ -103,7 +103,7 @@ from ..base import (
     stack_and_index,
 )
 from ..call_scope import CallScope, ScopedPatchedModule, scope_of
-from . import confidence
+from . import lean
 
 HOST = "protenix"
 PACKAGE = "protenix"
@@ -487,7 +487,8 @@ def sample_runner(model: nn.Module) -> tuple[Callable[[str, int], object], str] 
     return run, "full Protenix model, inference on the sample sequences' features (hosts/protenix/featurize.py)"
 
 
-def per_sample_forward(module: nn.Module) -> Callable[..., object] | None:
-    """For the ``ConfidenceHead``, its forward one diffusion sample per call (hosts/protenix/
-    confidence.py: the same outputs, its pae / pde logits never held twice); None otherwise."""
-    return confidence.per_sample_forward(module)
+def lean_methods(module: nn.Module) -> dict[str, Callable[..., object]]:
+    """hosts/protenix/lean.py: the ``ConfidenceHead``'s forward one diffusion sample per call (its
+    pae / pde logits never held twice) and the ``DiffusionConditioning``'s ``prepare_cache`` in
+    rows of the pair representation; the same outputs."""
+    return lean.lean_methods(module)

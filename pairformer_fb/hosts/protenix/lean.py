@@ -1,0 +1,110 @@
+"""Protenix's memory-hungry host methods, run with less peak memory for the same outputs
+(``patch_model(..., lean_memory=True)``, the default; the adapter's ``lean_methods``). Each
+replacement calls the host's own method on parts of its input and copies the parts' outputs into
+one tensor per output, allocated at the first part (the host's shape, dtype and device). Every
+part is computed by the host's code on the same values, so the outputs are the host's: the tests
+compare them bit for bit on the CPU (tests/test_protenix_lean.py; on CUDA the GPU test there).
+Where a method takes less than one part, the host's runs unchanged.
+
+* ``ConfidenceHead.forward``, one diffusion sample per call. The host loops over the samples
+  itself, appends each sample's pae / pde logits ``[N_token, N_token, 64]`` (fp32) to a list and
+  stacks the lists at the end; beyond 2,000 tokens it first moves them to host memory. Stacking
+  copies: while the pde list is stacked, the stacked pae, the pde list and the stacked pde are
+  alive at once -- 3 x samples x N^2 x 64 x 4 bytes, 135 GiB of host memory at 6,144 tokens and
+  5 samples, more than the 128 GiB of the device machine, whatever the GPU holds. One sample per
+  call holds at most 2 x samples + 2 of those blocks (108 GiB). The head's small preamble
+  (``z_init``, the single's layer norm) then runs once per sample instead of once. In training
+  mode (autograd would sum the per-sample gradients in another order) the host's loop runs.
+* ``DiffusionConditioning.prepare_cache`` (the diffusion's pair conditioning, once per
+  prediction, fp32), in rows of the pair representation: the host concatenates z with the
+  relative-position embedding, ``[N, N, 2 c_z]``, layer-normalises that and projects it, so that
+  the concatenation, its normalisation and the projection are alive at once -- 90 GiB at 6,144
+  tokens besides what the prediction already holds. Every step of it works on each
+  (i, j) pair alone, so rows of at most :data:`~pairformer_fb.modules.diffusion_attention.
+  PAIR_CHUNK_BYTES` of concatenation (1 GiB) at a time give the same pair conditioning with one
+  chunk's transients. Its matrix products then run on fewer pairs at a time; their results are
+  the same as long as a chunk is not tiny (on the CPU, chunks of under ~40 pairs take another
+  blocking and differ by ~1e-7). Here a chunk is at least one row of N > 1,024 pairs: the
+  method is split only where the whole would pass 1 GiB.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import types
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ...modules import diffusion_attention
+
+# the confidence head's outputs (plddt, pae, pde, resolved) and where each holds the sample:
+# [..., N_sample, N_atom, bins], [..., N_sample, N_token, N_token, bins]
+SAMPLE_DIMS = (-3, -4, -4, -3)
+
+
+def lean_methods(module: nn.Module) -> dict[str, Callable[..., Any]]:
+    """The lean replacements of ``module``'s methods, by method name (bound to ``module``, so
+    that a deep copy of the model rebinds them to the copy); empty for other modules."""
+    name = type(module).__name__
+    if name == "ConfidenceHead":
+        return {"forward": types.MethodType(_confidence_forward_per_sample, module)}
+    if name == "DiffusionConditioning" and hasattr(type(module), "prepare_cache"):
+        return {"prepare_cache": types.MethodType(_prepare_cache_in_rows, module)}
+    return {}
+
+
+def _confidence_forward_per_sample(self: nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+    host_forward = type(self).forward
+    bound = inspect.signature(host_forward).bind(self, *args, **kwargs)
+    coords = bound.arguments.get("x_pred_coords")  # [..., N_sample, N_atom, 3]
+    if self.training or not isinstance(coords, torch.Tensor) or coords.dim() < 3 or coords.shape[-3] <= 1:
+        return host_forward(self, *args, **kwargs)
+    n_sample = coords.shape[-3]
+    outs: list[torch.Tensor] = []
+    for i in range(n_sample):
+        bound.arguments["x_pred_coords"] = coords[..., i : i + 1, :, :]
+        res = host_forward(*bound.args, **bound.kwargs)
+        if len(res) != len(SAMPLE_DIMS):
+            raise RuntimeError(
+                f"Protenix's ConfidenceHead returned {len(res)} outputs, expected {len(SAMPLE_DIMS)} "
+                "(plddt, pae, pde, resolved): pass lean_memory=False to patch_model"
+            )
+        if not outs:
+            for r, d in zip(res, SAMPLE_DIMS):
+                shape = list(r.shape)
+                shape[d] = n_sample
+                outs.append(r.new_empty(shape))
+        for o, r, d in zip(outs, res, SAMPLE_DIMS):
+            o.narrow(d, i, 1).copy_(r)
+        del res
+    return tuple(outs)
+
+
+def _prepare_cache_in_rows(
+    self: nn.Module, relp_feature: torch.Tensor, z_trunk: torch.Tensor, *args: Any, **kwargs: Any
+) -> torch.Tensor:
+    host_prepare = getattr(type(self), "prepare_cache")
+    n_rows = z_trunk.shape[-3] if z_trunk.dim() >= 3 else 0
+    # one row's concatenation [N, c_z + c_relpe] in fp32 (the host's precision here)
+    per_row = math.prod(z_trunk.shape[:-3]) * z_trunk.shape[-2] * 2 * z_trunk.shape[-1] * 4 if n_rows else 0
+    rows = max(1, diffusion_attention.PAIR_CHUNK_BYTES // max(per_row, 1))
+    if rows >= n_rows or relp_feature.shape[:-1] != z_trunk.shape[:-1]:
+        return host_prepare(self, relp_feature, z_trunk, *args, **kwargs)
+    out: torch.Tensor | None = None
+    for start in range(0, n_rows, rows):
+        part = host_prepare(
+            self,
+            relp_feature[..., start : start + rows, :, :],
+            z_trunk[..., start : start + rows, :, :],
+            *args,
+            **kwargs,
+        )
+        if out is None:
+            out = part.new_empty((*part.shape[:-3], n_rows, *part.shape[-2:]))
+        out[..., start : start + part.shape[-3], :, :] = part
+        del part
+    assert out is not None  # n_rows > rows >= 1: at least one part
+    return out
