@@ -48,7 +48,12 @@ Where the O(N^2) memory is (N tokens, c_z = 128; what the next device session sh
   features ``relp`` [N, N, 139] fp32 (14.6 GB at 5,120) too. Making ``pair_z``, the host
   concatenates z with the relative-position embedding ([N, N, 2 c_z] fp32) and normalises
   it: 90 GiB of transients at 6,144 tokens at once; the patched variants make it in rows
-  (``lean_memory``, hosts/protenix/lean.py), one 1 GiB chunk's transients.
+  (``lean_memory``, hosts/protenix/lean.py), one 1 GiB chunk's transients. The host keeps
+  ``pair_z`` and ``relp`` alive until the prediction ends, through the confidence head, which
+  runs in fp32 (its pair rep, the distance embedding, and for pde the sum z + z^T and its
+  normalisation: several [N, N, c_z] fp32 tensors at once per sample). By the code, at 6,144
+  tokens the diffusion's start and the confidence head are where the patched prediction's GPU
+  memory peaks (an estimate; the ladder's ``oom_during`` says where it ran out).
 * The diffusion attention's bias, 16 heads x N^2 per block: cached for all 24 blocks it is
   ~40 GB fp32 at 5,120 tokens (Protenix runs its diffusion in fp32; 20 GB with
   ``diffusion_dtype=bf16``). Bounded by ``bias_cache_gib`` (modules/bias_cache.py

@@ -28,6 +28,14 @@
 # baseline cuequivariance, cuequivariance-torch, cuequivariance-ops-torch-cu12 (see benchmarks/README.md:
 # how session 3 / 4 carried them). LAYERNORM_TYPE=torch by default (Protenix's fused CUDA layer
 # norm is compiled at import, ~1-2 min of nvcc): give LAYERNORM_TYPE=fast_layernorm to build it.
+#
+# Session 7 (no device either): the patched variants also run Protenix's lean host methods
+# (patch_model lean_memory, default: the confidence head one sample per call -- its pae / pde
+# logits, in host memory beyond 2,000 tokens, would need 135 GiB of the machine's 128 GiB at
+# 6,144 tokens with the host's loop, 108 GiB this way -- and the diffusion's pair conditioning in
+# rows). Records now carry peak_host_gib; host_memory_check (default on) skips a run whose host
+# memory, scaled from the previous rung, would not fit, instead of the kernel killing the ladder:
+# expect stock at 6,144 to be "skipped: host memory" if its 5,120 rung is in the results.
 PART=${1:-1}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 LAYERNORM_TYPE=${LAYERNORM_TYPE:-torch}
@@ -49,4 +57,4 @@ timeout $((585 - SECONDS)) python3 scripts/bench_ladder.py model=base "tokens=$T
   time_budget_s=$((540 - SECONDS)) resume=true output_dir=benchmarks/ladder_h200 > $OUT/ladder_part$PART.log 2>&1
 echo "ladder part $PART rc=$? ${SECONDS}s"
 mkdir -p $OUT/ladder_h200 && cp benchmarks/ladder_h200/results.* benchmarks/ladder_h200/ladder.png $OUT/ladder_h200/ 2>/dev/null
-grep "^|" benchmarks/ladder_h200/results.md; tail -c 1500 $OUT/ladder_part$PART.log | grep -v "^ladder:"
+free -g | head -2; grep "^|" benchmarks/ladder_h200/results.md; tail -c 1500 $OUT/ladder_part$PART.log | grep -v "^ladder:"
