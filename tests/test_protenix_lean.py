@@ -121,6 +121,37 @@ def test_lean_methods_are_bit_identical(model_and_features, monkeypatch):
     assert samples == [SAMPLES] and rows == [TOKENS]
 
 
+def test_inference_gives_back_relp_at_the_confidence_head(model_and_features):
+    """In inference the lean head replaces the features' relp (made by the host in the caller's
+    dict, unused once the sampling is over) by a meta tensor of its shape: no memory, and any
+    later use fails loudly; the outputs are those of the patch without lean methods, which keeps
+    it, as does the host alone. With autograd on, the lean head keeps it too."""
+    model, feats = model_and_features
+
+    def run(grad=False, **patch):
+        fb.patch_model(model, **patch)
+        try:
+            seed_all(0)
+            mine = {k: v.clone() for k, v in feats.items()}  # Protenix consumes the dict it is given
+            with torch.set_grad_enabled(grad):
+                pred, _, _ = model(mine, None, None, mode="inference")
+        finally:
+            fb.unpatch_model(model)
+        return mine, pred
+
+    kept, ref = run(lean_memory=False)
+    relp = kept["relp"]
+    assert relp.device.type == "cpu" and relp.dim() == 3 and relp.shape[:2] == (TOKENS, TOKENS)
+    mine, got = run()
+    assert mine["relp"].device.type == "meta" and mine["relp"].shape == relp.shape
+    assert mine["relp"].dtype == relp.dtype
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        mine["relp"].cpu()
+    assert_same_prediction(got, ref)
+    with_grad, _ = run(grad=True)
+    assert with_grad["relp"].device.type == "cpu"
+
+
 def test_bad_values_name_the_argument(model_and_features):
     model, _ = model_and_features
     for bad in ("yes", 1, None):

@@ -49,7 +49,8 @@ Where the O(N^2) memory is (N tokens, c_z = 128; what the next device session sh
   concatenates z with the relative-position embedding ([N, N, 2 c_z] fp32) and normalises
   it: 90 GiB of transients at 6,144 tokens at once; the patched variants make it in rows
   (``lean_memory``, hosts/protenix/lean.py), one 1 GiB chunk's transients. The host keeps
-  ``pair_z`` and ``relp`` alive until the prediction ends, through the confidence head, which
+  ``pair_z`` alive until the prediction ends (``relp`` too, unless lean: given back when the
+  confidence head starts), through the confidence head, which
   runs in fp32 (its pair rep, the distance embedding, and for pde the sum z + z^T and its
   normalisation: several [N, N, c_z] fp32 tensors at once per sample). By the code, at 6,144
   tokens the diffusion's start and the confidence head are where the patched prediction's GPU

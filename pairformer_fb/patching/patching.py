@@ -224,8 +224,9 @@ def patch_model(
             computing the same outputs in parts, with less peak memory (default True; Protenix,
             hosts/protenix/lean.py: the confidence head one diffusion sample per call, so that
             its pae / pde logits, in host memory beyond 2,000 tokens, peak at 2 x samples + 2
-            per-sample blocks instead of 3 x samples; the diffusion's pair conditioning in rows
-            of the pair representation). Replaced on the instances (the host's classes are
+            per-sample blocks instead of 3 x samples, and in inference it gives back the
+            features' ``relp``, unused after the sampling; the diffusion's pair conditioning in
+            rows of the pair representation). Replaced on the instances (the host's classes are
             untouched; ``unpatch_model`` removes them); ``PatchReport.lean`` lists them.
 
     Returns:

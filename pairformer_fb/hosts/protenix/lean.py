@@ -15,6 +15,12 @@ Where a method takes less than one part, the host's runs unchanged.
   call holds at most 2 x samples + 2 of those blocks (108 GiB). The head's small preamble
   (``z_init``, the single's layer norm) then runs once per sample instead of once. In training
   mode (autograd would sum the per-sample gradients in another order) the host's loop runs.
+  In inference (no autograd) the head also gives back the relative-position features
+  (``input_feature_dict["relp"]``, [N, N, 139] fp32: 19.5 GiB at 6,144 tokens), which nothing
+  reads once the sampling is over: the entry becomes a meta tensor of the same shape and dtype,
+  the way Protenix itself drops the MSA and template features from that dict after the trunk
+  (a features dict serves one prediction). Any later use of it fails loudly (a meta tensor has
+  no data).
 * ``DiffusionConditioning.prepare_cache`` (the diffusion's pair conditioning, once per
   prediction, fp32), in rows of the pair representation: the host concatenates z with the
   relative-position embedding, ``[N, N, 2 c_z]``, layer-normalises that and projects it, so that
@@ -59,6 +65,8 @@ def lean_methods(module: nn.Module) -> dict[str, Callable[..., Any]]:
 def _confidence_forward_per_sample(self: nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
     host_forward = type(self).forward
     bound = inspect.signature(host_forward).bind(self, *args, **kwargs)
+    if not self.training and not torch.is_grad_enabled():
+        _drop_relp(bound.arguments.get("input_feature_dict"))
     coords = bound.arguments.get("x_pred_coords")  # [..., N_sample, N_atom, 3]
     if self.training or not isinstance(coords, torch.Tensor) or coords.dim() < 3 or coords.shape[-3] <= 1:
         return host_forward(self, *args, **kwargs)
@@ -81,6 +89,13 @@ def _confidence_forward_per_sample(self: nn.Module, *args: Any, **kwargs: Any) -
             o.narrow(d, i, 1).copy_(r)
         del res
     return tuple(outs)
+
+
+def _drop_relp(features: Any) -> None:
+    """The features' ``relp`` replaced by a meta tensor of its shape and dtype (no memory)."""
+    relp = features.get("relp") if isinstance(features, dict) else None
+    if isinstance(relp, torch.Tensor) and relp.device.type != "meta":
+        features["relp"] = torch.empty(relp.shape, dtype=relp.dtype, device="meta")
 
 
 def _prepare_cache_in_rows(
