@@ -105,6 +105,9 @@ def test_ladder_on_cpu(tmp_path, spy_predict):
     for r, call in zip(recs, spy_predict):
         assert r["status"] == "ok" and r["peak_gib"] is None and r["featurise_s"] > 0
         assert 0 < r["host_start_gib"] < r["peak_host_gib"] < 20  # Linux: the process's resident memory
+        during = r["notes"]["peak_host_gib_during"]  # where it peaked: every timed method of the host
+        assert {"get_pairformer_output", "sample_diffusion", "confidence_head", "after confidence_head"} <= set(during)
+        assert max(during.values()) == pytest.approx(r["peak_host_gib"], abs=1e-3)
         assert list(r["seconds"]) == [*PHASES, "total"] and all(v >= 0 for v in r["seconds"].values())
         assert sum(r["seconds"][p] for p in PHASES) == pytest.approx(r["seconds"]["total"], rel=1e-6)
         # what the model really ran: trunk passes, diffusion steps (one module call each), samples
@@ -273,6 +276,72 @@ def test_time_budget_skips_runs_that_would_overrun():
     assert "spent" in ladder._over_budget(cfg, [done], other, 100.0)
     cfg.time_budget_s = None
     assert ladder._over_budget(cfg, [done], nxt, 1e9) is None
+
+
+class FakeMeter:
+    """Memory in use and its peak since the last reset, moved by hand."""
+
+    def __init__(self):
+        self.now = self.top = 0
+
+    def alloc(self, n):
+        self.now += n
+        self.top = max(self.top, self.now)
+
+    def reset(self):
+        self.top = self.now
+
+    def read(self):
+        return self.top
+
+
+def test_phase_timer_says_in_which_method_memory_peaked():
+    """PhaseTimer(memory=True): a segment's peak counts for the innermost timed method running
+    then (not for the one calling it), outside them for "after" the last one; a method that
+    raises (an OOM) still gets the peak it reached; peak() is the overall highest."""
+    from types import SimpleNamespace
+
+    from pairformer_fb.bench.structure import PhaseTimer
+
+    meter = FakeMeter()
+
+    class Toy:
+        def outer(self, fail=False):
+            meter.alloc(5)
+            try:
+                self.inner(fail)
+            finally:
+                meter.alloc(-5)
+            meter.alloc(1), meter.alloc(-1)
+
+        def inner(self, fail):
+            meter.alloc(10)
+            meter.alloc(-10)
+            if fail:
+                meter.alloc(30)
+                meter.alloc(-30)
+                raise torch.OutOfMemoryError("toy")
+
+    toy = Toy()
+    host = SimpleNamespace(
+        phase_wraps=lambda model: [(toy, "outer", "outer", None), (toy, "inner", "inner", None)],
+        phases=lambda spans, stamps: {},
+    )
+    timer = PhaseTimer(None, torch.device("cpu"), host).install()
+    timer.meters = {"fake": (meter.reset, meter.read)}
+    try:
+        timer.reset_memory()
+        timer.run(lambda: (toy.outer(), meter.alloc(7), meter.alloc(-7)))
+        assert timer.peaks["fake"] == {"before the first phase": 0, "outer": 5, "inner": 15, "after outer": 7}
+        assert timer.peak("fake") == 15
+        timer.reset_memory()
+        with pytest.raises(torch.OutOfMemoryError):
+            timer.run(lambda: toy.outer(fail=True))
+        assert timer.peaks["fake"]["inner"] == 35 and timer.peaks["fake"]["outer"] == 5
+        assert timer.peaks["fake"]["after outer"] == 0 and timer.peak("fake") == 35
+    finally:
+        timer.remove()
+    assert "outer" not in vars(toy)
 
 
 def test_host_memory_check_skips_runs_that_would_not_fit(monkeypatch):

@@ -24,7 +24,9 @@ dropped, the memory collected and freed, the peak statistics reset, and the ladd
 (``torch.cuda.max_memory_allocated`` over the forwards, also the peak reached before an OOM;
 null on a CPU, which the environment says), ``peak_host_gib`` (the process's peak resident host
 memory during the run, Linux's VmHWM reset before it; ``host_start_gib``: resident at its
-start), ``seconds`` per phase and in total,
+start), where each of them peaked (``notes.peak_gib_during`` / ``peak_host_gib_during``: the
+peak in each timed host method, outside the timed methods it calls, and ``"after <method>"``
+between them; ``PhaseTimer(memory=True)``; the table's "peaks in"), ``seconds`` per phase and in total,
 ``cycles`` / ``steps`` / ``samples`` used and whether they were ``reduced``, the Cα RMSD of
 the first sample to the original's (``rmsd_vs_original``: exact should be ~0), and for the
 patched variants the bias-cache budget's statistics (``notes.bias_cache``). Outputs (atomic,
@@ -122,7 +124,6 @@ from .timing import (
     environment,
     failure_status,
     host_available_bytes,
-    host_peak_bytes,
     host_peak_reset,
     host_resident_bytes,
 )
@@ -358,7 +359,7 @@ def run(cfg) -> dict:
         result["earlier_calls"] = previous.get("earlier_calls", []) + [previous["environment"]]
     done = {(r.tokens, r.variant) for r in records}
     jobs = {n: [v for v in cfg.variants if (n, v) not in done] for n in tokens}
-    timer = PhaseTimer(model, device, host).install()
+    timer = PhaseTimer(model, device, host, memory=True).install()
     bar = tqdm(total=sum(map(len, jobs.values())), desc="ladder", unit="run")
     try:
         for n, variants in ((n, v) for n, v in jobs.items() if v):
@@ -491,21 +492,19 @@ def _run_one(host, model, timer, feats, atoms, rec: Record, cfg, ckpt, device, a
     _free(device)
     resident = host_resident_bytes()
     rec.host_start_gib = None if resident is None else resident / GIB
-    host_peak_reset()
+    timer.reset_memory()  # the peaks of the warm-ups and the timed forward count together
     try:
         rec.notes.update(patch_variant(model, rec.variant, cfg, ckpt))
         if cfg.get("cuda_graphs") and rec.variant != "original":
             graphs = fb.graph_diffusion(model)
 
         def forward():
-            timer.spans.clear()  # the warm-ups' too: what finished says where a failure happened
-            timer.stamps.clear()
             seed_all(cfg.seed)
             with torch.no_grad(), autocast:
                 return host.predict(model, feats_dev)
 
-        for _ in range(cfg.warmup):
-            forward()
+        for _ in range(cfg.warmup):  # timer.run: what finished says where a failure happened
+            timer.run(forward)
         xyz, rec.seconds = timer.run(forward)
         coords = xyz.float().cpu().numpy()
         if not np.isfinite(coords).all():
@@ -519,10 +518,12 @@ def _run_one(host, model, timer, feats, atoms, rec: Record, cfg, ckpt, device, a
             rec.notes["oom_during"] = _unfinished(host, model, timer)
         failure = e if cfg.get("raise_errors") and rec.status != "oom" else None
     finally:
-        if device.type == "cuda":
-            rec.peak_gib = torch.cuda.max_memory_allocated(device) / GIB  # an OOM's too: the peak before it
-        host_peak = host_peak_bytes()  # since the reset above (since the start where it cannot be reset)
-        rec.peak_host_gib = None if host_peak is None else host_peak / GIB
+        # an OOM's too: the peak before it, and in which method
+        for meter, attr in (("gpu", "peak_gib"), ("host", "peak_host_gib")):
+            peak = timer.peak(meter)
+            setattr(rec, attr, None if peak is None else peak / GIB)
+            if timer.peaks.get(meter):
+                rec.notes[f"{attr}_during"] = {k: round(v / GIB, 3) for k, v in timer.peaks[meter].items()}
         if graphs is not None:
             rec.notes["cuda_graphs"] = graphs.stats
             graphs.remove()
@@ -596,13 +597,16 @@ def markdown(result: dict) -> str:
     lines += [
         "Seconds of one timed forward (warm-up excluded) per phase; peak GiB: torch.cuda.max_memory_allocated "
         "(for `oom`: the peak before it ran out); host GiB: the process's peak resident host memory during the "
-        "run (VmHWM; all of the process's, the libraries and the model's host copy included). "
+        "run (VmHWM; all of the process's, the libraries and the model's host copy included); peaks in: the "
+        'timed host method during which each peaked (outside the timed methods it calls; "after X": between X '
+        "and the next timed method; flat: several within 1 %), the peaks per method in results.json's notes "
+        "(peak_gib_during, peak_host_gib_during). "
         "cycles / steps / samples: trunk passes, diffusion steps, "
         "diffusion samples; * = fewer than the shorter rungs (long_rungs).",
         "",
-        "| tokens | atoms | variant | status | peak GiB | host GiB | trunk | diffusion | confidence | total | "
-        "cycles / steps / samples | RMSD to original Å | bias cache GiB peak held / refused |",
-        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
+        "| tokens | atoms | variant | status | peak GiB | host GiB | peaks in (GPU / host) | trunk | diffusion | "
+        "confidence | total | cycles / steps / samples | RMSD to original Å | bias cache GiB peak held / refused |",
+        "|---:|---:|---|---|---:|---:|---|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in result["records"]:
         t = r["seconds"] or {}
@@ -610,7 +614,7 @@ def markdown(result: dict) -> str:
         cache = f"{bc['peak_held_gib']:.3g} / {bc['refused']}" if bc else "—"
         lines.append(
             f"| {r['tokens']} | {r['n_atoms']} | {r['variant']} | {r['status']} | {f(r['peak_gib'])} | "
-            f"{f(r.get('peak_host_gib'))} | "
+            f"{f(r.get('peak_host_gib'))} | {_peaks_in(r['notes'])} | "
             f"{f(t.get('pairformer_trunk'))} | {f(t.get('diffusion_sampling'))} | {f(t.get('confidence_head'))} | "
             f"{f(t.get('total'))} | {r['cycles']} / {r['steps']} / {r['samples']}{' *' if r['reduced'] else ''} | "
             f"{f(r['rmsd_vs_original'], '{:.3g}')} | {cache} |"
@@ -627,6 +631,23 @@ def markdown(result: dict) -> str:
     if env.get("peak_memory", "").startswith("not measured"):
         lines += ["", "Peak memory is not measured on a CPU."]
     return "\n".join(lines) + "\n"
+
+
+def _peaks_in(notes: dict) -> str:
+    """Where a run's GPU and host memory peaked: the timed host method (or "after" one) with the
+    highest peak (``PhaseTimer(memory=True)``); "flat" when several lie within 1 % of it (small
+    runs, where the process's own memory is all there is)."""
+    where = []
+    for key in ("peak_gib_during", "peak_host_gib_during"):
+        peaks = notes.get(key) or {}
+        top = max(peaks.values(), default=0)
+        if not top:
+            where.append("—")
+        elif sum(v >= 0.99 * top for v in peaks.values()) > 1:
+            where.append("flat")
+        else:
+            where.append(max(peaks, key=peaks.__getitem__))
+    return " / ".join(where)
 
 
 def plot(records: Sequence[Record], path: Path) -> str | None:

@@ -39,7 +39,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -98,15 +98,65 @@ def seed_all(seed: int) -> None:
 class PhaseTimer:
     """Wall time of a host's inference phases, by wrapping the model's methods that the host
     names (``StructureHost.phase_wraps``: instance attributes shadowing the class's; ``remove``
-    restores them). On CUDA every time stamp is taken after ``torch.cuda.synchronize()``."""
+    restores them). On CUDA every time stamp is taken after ``torch.cuda.synchronize()``.
 
-    def __init__(self, model, device: torch.device, host: StructureHost):
+    With ``memory=True`` it also says where the memory peaks: the peak meters (GPU memory
+    allocated on CUDA, the process's resident host memory where Linux lets its peak be reset)
+    are read and restarted whenever a wrapped method starts or ends, and each such segment's
+    peak counts for the innermost wrapped method running then (``peaks[meter][method]``: the
+    highest while it ran, outside the wrapped methods it calls; Protenix's trunk is
+    ``get_pairformer_output`` without its input embedding and MSA module, as its time) or,
+    outside them all, for ``"after <the last method that ended>"`` (e.g. Protenix's diffusion
+    conditioning, between the trunk and the sampling).
+    ``peak(meter)`` is the run's overall peak. Restarting the meters is why this is opt-in: a
+    caller reading ``torch.cuda.max_memory_allocated`` itself would see the last segment's."""
+
+    def __init__(self, model, device: torch.device, host: StructureHost, memory: bool = False):
         self.model = model
         self.host = host
         self.cuda = device.type == "cuda"
+        self.device = device
         self.spans: dict[str, float] = {}
         self.stamps: dict[str, float] = {}
         self._installed: list[tuple[Any, str]] = []
+        self.meters = _peak_meters(device) if memory else {}
+        self.peaks: dict[str, dict[str, int]] = {}
+        self._running: list[str] = []
+        self._last_done: str | None = None
+
+    def reset_memory(self) -> None:
+        """Forget the peaks (the start of a series of forwards whose peaks count together)."""
+        self.peaks = {name: {} for name in self.meters}
+        self.begin()
+
+    def begin(self) -> None:
+        """The start of a forward: no spans, stamps or running methods yet; the meters restart
+        (what happened between forwards is not counted)."""
+        self.spans.clear()
+        self.stamps.clear()
+        self._running, self._last_done = [], None
+        for reset, _ in self.meters.values():
+            reset()
+
+    def segment(self) -> None:
+        """Close the current memory segment: its peaks count for the innermost method running
+        (or for "after" the last one that ended); the meters restart."""
+        if not self.meters:
+            return
+        if self._running:
+            label = self._running[-1]
+        else:
+            label = f"after {self._last_done}" if self._last_done else "before the first phase"
+        for name, (reset, read) in self.meters.items():
+            value = read()
+            if value is not None:
+                self.peaks[name][label] = max(self.peaks[name].get(label, 0), value)
+            reset()
+
+    def peak(self, meter: str) -> int | None:
+        """The highest of ``meter`` over the run (None if it was not read)."""
+        values = self.peaks.get(meter, {}).values()
+        return max(values) if values else None
 
     def now(self) -> float:
         if self.cuda:
@@ -117,9 +167,16 @@ class PhaseTimer:
         inner = getattr(owner, attr)
 
         def wrapped(*args, **kwargs):
-            t0 = self.now()
-            out = inner(*args, **kwargs)
-            t1 = self.now()
+            self.segment()
+            self._running.append(key)
+            try:
+                t0 = self.now()
+                out = inner(*args, **kwargs)
+                t1 = self.now()
+            finally:  # an out-of-memory error too: the peak it reached counts for this method
+                self.segment()
+                self._running.remove(key)
+                self._last_done = key
             self.spans[key] = self.spans.get(key, 0.0) + (t1 - t0)
             if stamp_end:
                 self.stamps[stamp_end] = t1
@@ -140,15 +197,33 @@ class PhaseTimer:
 
     def run(self, fn):
         """Run ``fn`` (one model forward) and return (its output, {phase: seconds, total})."""
-        self.spans.clear()
-        self.stamps.clear()
+        self.begin()
         t0 = self.now()
-        out = fn()
+        try:
+            out = fn()
+        finally:
+            self.segment()  # after the last wrapped method (memory=True)
         total = self.now() - t0
         times = dict(self.host.phases(self.spans, self.stamps))
         times["other"] = max(total - sum(times.values()), 0.0)
         times["total"] = total
         return out, times
+
+
+def _peak_meters(device: torch.device) -> dict[str, tuple[Callable[[], object], Callable[[], int | None]]]:
+    """(reset, read) of each peak-memory meter that can be restarted here: "gpu" (CUDA memory
+    allocated) on CUDA, "host" (the process's resident memory) where Linux allows it."""
+    from .timing import host_peak_bytes, host_peak_reset
+
+    meters: dict[str, tuple[Callable[[], object], Callable[[], int | None]]] = {}
+    if device.type == "cuda":
+        meters["gpu"] = (
+            lambda: torch.cuda.reset_peak_memory_stats(device),
+            lambda: int(torch.cuda.max_memory_allocated(device)),
+        )
+    if host_peak_reset():
+        meters["host"] = (host_peak_reset, host_peak_bytes)
+    return meters
 
 
 # ---------------------------------------------------------------------------------------------
