@@ -174,6 +174,9 @@ def test_oom_is_recorded_and_the_ladder_goes_on(tmp_path, spy_predict, monkeypat
     oom = result["records"][1]
     assert "Tried to allocate 20.00 GiB" in oom["notes"]["oom"] and oom["seconds"] is None
     assert oom["notes"]["oom_during"] == "sample_diffusion"  # after the trunk
+    # the peaks of the methods that ran, the failing one's too (its segment closed on the error)
+    assert {"get_pairformer_output", "sample_diffusion"} <= set(oom["notes"]["peak_host_gib_during"])
+    assert "confidence_head" not in oom["notes"]["peak_host_gib_during"] and oom["peak_host_gib"] > 0
     # patched again after the OOM (its bias scope left cleanly), still exact
     assert result["records"][3]["rmsd_vs_original"] < 1e-3 and result["records"][3]["notes"]["bias_cache"]["admitted"]
     assert [(c["tokens"], c["patched"]) for c in spy_predict] == [(16, False)] * 2 + [(24, False)] * 2 + [
