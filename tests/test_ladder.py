@@ -108,6 +108,8 @@ def test_ladder_on_cpu(tmp_path, spy_predict):
         during = r["notes"]["peak_host_gib_during"]  # where it peaked: every timed method of the host
         assert {"get_pairformer_output", "sample_diffusion", "confidence_head", "after confidence_head"} <= set(during)
         assert max(during.values()) == pytest.approx(r["peak_host_gib"], abs=1e-3)
+        lean = ["diffusion_module.diffusion_conditioning.prepare_cache", "confidence_head.forward"]
+        assert r["notes"].get("lean_host_methods") == (lean if r["variant"] == "exact" else None)
         assert list(r["seconds"]) == [*PHASES, "total"] and all(v >= 0 for v in r["seconds"].values())
         assert sum(r["seconds"][p] for p in PHASES) == pytest.approx(r["seconds"]["total"], rel=1e-6)
         # what the model really ran: trunk passes, diffusion steps (one module call each), samples
@@ -187,6 +189,15 @@ def test_oom_is_recorded_and_the_ladder_goes_on(tmp_path, spy_predict, monkeypat
     assert not ladder.is_oom(RuntimeError("shape mismatch"))
 
 
+def test_lean_memory_false_patches_without_the_lean_methods(tmp_path, spy_predict):
+    result = ladder.run(
+        config(tmp_path, "tokens=[16]", "variants=[exact]", "steps=1", "samples=2", "lean_memory=false")
+    )
+    (rec,) = result["records"]
+    assert rec["status"] == "ok" and rec["notes"]["patched_modules"] > 0 and "lean_host_methods" not in rec["notes"]
+    assert result["config"]["lean_memory"] is False
+
+
 def test_long_sample_hits_the_token_count():
     rng = random.Random(18)
     for names in (["7wux_a2b2"], ["1crn", "1ubq"]):
@@ -237,6 +248,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         ("bias_cache_gib=-1", "bias_cache_gib must be 'auto', null (no bound) or a number of GiB >= 0"),
         ("time_budget_s=0", "time_budget_s must be a number of seconds > 0"),
         ("host_memory_check=maybe", "host_memory_check must be true or false"),
+        ("lean_memory=1", "lean_memory must be true or false"),
         ("sources=[nosuch]", "sample 'nosuch'"),
     ],
 )

@@ -221,6 +221,7 @@ RESUME_KEYS = (
     "dtype",
     "diffusion_dtype",
     "bias_cache_gib",
+    "lean_memory",
     "cuda_graphs",
     "overrides",
     "seed",
@@ -291,6 +292,8 @@ def validate(cfg):
     budget = cfg.get("time_budget_s")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise ValueError(f"time_budget_s must be a number of seconds > 0 or null, got {budget!r}")
+    if not isinstance(cfg.get("lean_memory", True), bool):
+        raise ValueError(f"lean_memory must be true or false, got {cfg.lean_memory!r}")
     if not isinstance(cfg.get("host_memory_check", True), bool):
         raise ValueError(f"host_memory_check must be true or false, got {cfg.host_memory_check!r}")
     previous = _previous(cfg, check_writable_dir(cfg.output_dir, "output_dir"))

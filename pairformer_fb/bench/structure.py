@@ -270,15 +270,13 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
     kinds = tuple(cfg.get("kinds") or ("triangle", "single"))
     diffusion_dtype = cfg.get("diffusion_dtype")
     dd = {"diffusion_dtype": diffusion_dtype} if diffusion_dtype else {}
-    bias_cache_gib = cfg.get("bias_cache_gib", "auto")  # the diffusion attentions' cache bound
+    memory = {  # the diffusion attentions' cache bound, the host's lean methods
+        "bias_cache_gib": cfg.get("bias_cache_gib", "auto"),
+        "lean_memory": cfg.get("lean_memory", True),
+    }
     if variant == "exact":
         report = fb.patch_model(
-            model,
-            mode="exact",
-            stacks=stacks,
-            kinds=kinds,
-            diffusion_dtype=diffusion_dtype,
-            bias_cache_gib=bias_cache_gib,
+            model, mode="exact", stacks=stacks, kinds=kinds, diffusion_dtype=diffusion_dtype, **memory
         )
         return {"patched_modules": len(report), "kinds": list(kinds), **_lean(report), **dd}
     # lowrank: the converted checkpoint's factor networks if it has them, else untrained ones
@@ -290,7 +288,7 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
         from ..convert.convert import patch_as_recorded
 
         report, prefix = patch_as_recorded(
-            model, meta, what=f"checkpoint={cfg.checkpoint}", diffusion_dtype=diffusion_dtype
+            model, meta, what=f"checkpoint={cfg.checkpoint}", diffusion_dtype=diffusion_dtype, **memory
         )
         own = {k[len(prefix) :]: v for k, v in factors.items() if k.startswith(prefix)}
         _, unexpected = model.load_state_dict(own, strict=False)
@@ -319,7 +317,7 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
         stacks=stacks,
         kinds=kinds,
         diffusion_dtype=diffusion_dtype,
-        bias_cache_gib=bias_cache_gib,
+        **memory,
     )
     return {
         "patched_modules": len(report),

@@ -438,10 +438,13 @@ def patch_as_recorded(
     what: str = "the checkpoint",
     backend: str = "auto",
     diffusion_dtype: str | None = None,
+    bias_cache_gib: float | str | None = "auto",
+    lean_memory: bool = True,
 ):
     """Patch the (unpatched) host ``model`` exactly as a converted checkpoint's metadata records
     (its modules' stacks, kinds, per-block modes and the factor config), nothing more: ``(the
-    PatchReport, the state-dict prefix of the model's keys)``. ``model`` is the full host model or
+    PatchReport, the state-dict prefix of the model's keys)``; ``backend``, ``diffusion_dtype``,
+    ``bias_cache_gib`` and ``lean_memory`` go to ``patch_model`` as they are. ``model`` is the full host model or
     the part the checkpoint was converted on. Raises CheckpointError (the model left unpatched)
     when the metadata is missing or the patched modules differ from the recorded ones."""
     if meta is None:
@@ -475,6 +478,8 @@ def patch_as_recorded(
         factor_config=config,
         backend=backend,
         diffusion_dtype=diffusion_dtype,
+        bias_cache_gib=bias_cache_gib,
+        lean_memory=lean_memory,
     )
     try:
         got = {e.path: (e.mode, e.rank) for e in report.entries}
