@@ -5,7 +5,7 @@
 # Triton triangle attention) against patched exact, 5 diffusion samples; per rung: ok / oom /
 # error, peak GPU memory, seconds per phase. Not run yet (written in a session without a GPU).
 #
-#   bash benchmarks/scripts/session6/ladder_call.sh PART      (PART = 1 ... 5; default 1)
+#   bash benchmarks/scripts/session6/ladder_call.sh PART      (PART = 1 ... 6; default 1)
 #
 # One 10-minute call cannot hold the whole ladder: a trunk cycle costs ~N^3 (at 1,170 tokens 2.26 s
 # stock, 1.39 s exact per cycle in session 4, i.e. ~320 s exact per cycle at 7,168), so the ladder
@@ -38,7 +38,9 @@
 # expect stock at 6,144 to be "skipped: host memory" if its 5,120 rung is in the results. PART 5
 # runs stock at 6,144 anyway (host_memory_check=false): it may run out of GPU memory first (a
 # measured oom), or the kernel may end the process at the confidence head (the log says Killed;
-# the earlier records are safe, results are written after every run).
+# the earlier records are safe, results are written after every run). PART 6 (optional): patched
+# exact at 5,120 without the lean host methods (lean_memory=false), into its own folder
+# (benchmarks/ladder_h200/lean_off), to measure what they save on the GPU and the host.
 PART=${1:-1}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 LAYERNORM_TYPE=${LAYERNORM_TYPE:-torch}
@@ -53,12 +55,13 @@ case $PART in
   3) TOKENS="[6144]"; VARIANTS="[exact,original]" ;;
   4) TOKENS="[7168]"; VARIANTS="[exact]" ;;
   5) TOKENS="[6144]"; VARIANTS="[original]"; EXTRA="host_memory_check=false" ;;
-  *) echo "PART must be 1, 2, 3, 4 or 5"; exit 2 ;;
+  6) TOKENS="[5120]"; VARIANTS="[exact]"; EXTRA="lean_memory=false"; DIR=benchmarks/ladder_h200/lean_off ;;
+  *) echo "PART must be 1 ... 6"; exit 2 ;;
 esac
 SECONDS=0
 timeout $((585 - SECONDS)) python3 scripts/bench_ladder.py model=base "tokens=$TOKENS" "variants=$VARIANTS" \
   cycles=4 long_rungs.from_tokens=2048 long_rungs.cycles=1 long_rungs.steps=20 samples=5 \
-  time_budget_s=$((540 - SECONDS)) resume=true output_dir=benchmarks/ladder_h200 ${EXTRA:-} > $OUT/ladder_part$PART.log 2>&1
+  time_budget_s=$((540 - SECONDS)) resume=true output_dir=${DIR:-benchmarks/ladder_h200} ${EXTRA:-} > $OUT/ladder_part$PART.log 2>&1
 echo "ladder part $PART rc=$? ${SECONDS}s"
-mkdir -p $OUT/ladder_h200 && cp benchmarks/ladder_h200/results.* benchmarks/ladder_h200/ladder.png $OUT/ladder_h200/ 2>/dev/null
-free -g | head -2; grep "^|" benchmarks/ladder_h200/results.md; tail -c 1500 $OUT/ladder_part$PART.log | grep -v "^ladder:"
+D=${DIR:-benchmarks/ladder_h200}; O=$OUT/${D#benchmarks/}; mkdir -p $O && cp $D/results.* $D/ladder.png $O/ 2>/dev/null
+free -g | head -2; grep "^|" $D/results.md; tail -c 1500 $OUT/ladder_part$PART.log | grep -v "^ladder:"
