@@ -500,6 +500,36 @@ def test_triangle_chunk_size_is_a_lower_bound_within_the_budget(monkeypatch, bud
     assert rel_err(out, expected) < 1e-5
 
 
+@pytest.mark.parametrize("convention", list(CONVENTIONS))
+def test_triangle_chunks_without_autograd_go_into_one_output(convention, monkeypatch):
+    """Without autograd the row chunks are written into one output instead of concatenated, in
+    their places (both nodes, batch dims): the algorithm's values, those of the concatenation
+    (autograd on; the op's inference path rounds differently, ~1e-7), and no pair-sized
+    torch.cat is made."""
+    import pairformer_fb.modules.triangle_attention as tri
+
+    module = triangle(convention, seed=3)
+    module.chunk_budget_bytes = 0  # chunk_size exactly: 3 chunks of 3, 3 and 1 rows
+    z, mask = randn(2, 7, 7, TRI["c_z"], seed=6), pair_mask("random", (2,), 7)
+    with_grad = module(z, mask, chunk_size=3)
+    assert with_grad.requires_grad
+    cats = []
+    real_cat = torch.cat
+
+    def cat(*args, **kwargs):
+        out = real_cat(*args, **kwargs)
+        cats.append(out.numel())
+        return out
+
+    monkeypatch.setattr(tri.torch, "cat", cat)
+    with torch.no_grad():
+        into_one = module(z, mask, chunk_size=3)
+    assert z[0].numel() not in cats  # (the fused q / k / v / g weights are concatenated, not the update)
+    assert into_one.is_contiguous() and into_one.dtype == with_grad.dtype
+    assert rel_err(into_one, with_grad.detach()) < 1e-6
+    assert rel_err(into_one, reference_triangle(module, z, mask, convention)) < 1e-5
+
+
 @pytest.mark.parametrize("budget", [-1, 2.5, True])
 def test_triangle_rejects_a_bad_chunk_budget(budget):
     with pytest.raises(ValueError, match="chunk_budget_bytes must be an int >= 0"):

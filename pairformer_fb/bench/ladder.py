@@ -73,7 +73,8 @@ Where the O(N^2) memory is (N tokens, c_z = 128; what the next device session sh
   passes None -- Protenix up to 1,024 tokens; then 512, 256, 128 and beyond 2,560 tokens 32
   rows, ``infer_setting.chunk_size_thresholds``, which also chunk its own modules), and the
   update [N, N, c_z]
-  (modules/triangle_attention.py ``chunk_budget_bytes``). The pair-biased single attention
+  (modules/triangle_attention.py ``chunk_budget_bytes``); without autograd the chunks are
+  written into that one update, not concatenated. The pair-biased single attention
   holds its [H, N, N] bias per call. The triangle multiplications (not patched) hold their
   [N, N, c] projections in the host's own chunks.
 * The stock attentions' logits: without FlashBias, the host's triangle attention (torch path)

@@ -254,23 +254,35 @@ class FlashBiasTriangleAttention(FlashBiasModule):
             )
             rows_per_call = min(n, max(chunk_size, self.chunk_budget_bytes // row_bytes))
 
+        # without autograd the chunks go straight into one output (allocated at the first chunk:
+        # its dtype), instead of a list that torch.cat copies: one update [N, N, c_z] alive, not two
+        into_one = not torch.is_grad_enabled() and rows_per_call < n
         outs = []
+        out: torch.Tensor | None = None
         for b in range(pairs.shape[0]):
             chunks = []
             for start in range(0, n, rows_per_call):
                 rows = min(rows_per_call, n - start)
                 proj = F.linear(pairs[b].narrow(row_dim, start, rows), weight, proj_bias)
-                chunks.append(
-                    self._attend_rows(
-                        proj,
-                        row_dim,
-                        key_mask=row_masks[b].narrow(0, start, rows) if row_masks is not None else None,
-                        bias=biases[b][None] if biases is not None else None,
-                        factors=(factors[0][b][None], factors[1][b][None]) if factors is not None else None,
-                    )
+                chunk = self._attend_rows(
+                    proj,
+                    row_dim,
+                    key_mask=row_masks[b].narrow(0, start, rows) if row_masks is not None else None,
+                    bias=biases[b][None] if biases is not None else None,
+                    factors=(factors[0][b][None], factors[1][b][None]) if factors is not None else None,
                 )
-            outs.append(chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=row_dim))
-        out = outs[0] if len(outs) == 1 else torch.stack(outs)
+                if into_one:
+                    if out is None:
+                        out = chunk.new_empty((pairs.shape[0], n, n, self.c_z))
+                    out[b].narrow(row_dim, start, rows).copy_(chunk)
+                else:
+                    chunks.append(chunk)
+                del proj, chunk
+            if not into_one:
+                outs.append(chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=row_dim))
+        if not into_one:
+            out = outs[0] if len(outs) == 1 else torch.stack(outs)
+        assert out is not None  # at least one batch element and one chunk
         return out.view(*batch_shape, n, n, self.c_z)
 
     def _attend_rows(self, proj, row_dim, *, key_mask, bias, factors) -> torch.Tensor:
