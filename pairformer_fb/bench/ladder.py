@@ -116,6 +116,7 @@ from .structure import (
     PhaseTimer,
     build_model,
     dtype_context,
+    model_summary,
     patch_variant,
     read_host_checkpoint,
     resolve_device,
@@ -125,7 +126,6 @@ from .timing import (
     environment,
     failure_status,
     host_available_bytes,
-    host_peak_reset,
     host_resident_bytes,
 )
 
@@ -336,13 +336,14 @@ def run(cfg) -> dict:
     autocast, dtype = dtype_context(device, cfg.dtype)
     preset = host.schedule(model)
     available = host_available_bytes()  # at the start, the model built
+    timer = PhaseTimer(model, device, host, memory=True)  # its meters: what this machine can measure
     env = environment(device) | {
         "dtype": dtype,
         "peak_memory": "torch.cuda.max_memory_allocated"
         if device.type == "cuda"
         else "not measured on a CPU (peak_gib is null)",
         "peak_host_memory": "the process's peak resident memory (Linux VmHWM, reset before each run)"
-        if host_peak_reset()
+        if "host" in timer.meters
         else "not measured (peak_host_gib is null where the peak cannot be reset: not Linux)",
         "host_memory_available_gib": None if available is None else round(available / GIB, 1),
     }
@@ -363,7 +364,7 @@ def run(cfg) -> dict:
         result["earlier_calls"] = previous.get("earlier_calls", []) + [previous["environment"]]
     done = {(r.tokens, r.variant) for r in records}
     jobs = {n: [v for v in cfg.variants if (n, v) not in done] for n in tokens}
-    timer = PhaseTimer(model, device, host, memory=True).install()
+    timer.install()
     bar = tqdm(total=sum(map(len, jobs.values())), desc="ladder", unit="run")
     try:
         for n, variants in ((n, v) for n, v in jobs.items() if v):
@@ -472,12 +473,12 @@ def _over_host_memory(cfg, records: list[Record], rec: Record) -> str | None:
 
 
 def _free(device: torch.device) -> None:
-    """Collect what a run left and give the cached device memory back; reset the peak."""
+    """Collect what a run left and give the cached device memory back (the peaks are the
+    PhaseTimer's: ``reset_memory`` restarts them at a run's start)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def is_oom(e: BaseException) -> bool:
@@ -582,8 +583,7 @@ def markdown(result: dict) -> str:
         "",
         " · ".join(f"{k}: {v}" for k, v in env.items()),
         "",
-        f"Model: {m['host']} preset `{m['preset']}` ({m['model_name']}, {m['parameters']:,} parameters), "
-        f"weights: {m['weights']}, host kernels of `original`: {m['kernels']['triangle_attention']}. "
+        f"{model_summary(m)} "
         f"Inputs: the chains of {', '.join(s['name'] for s in result['sources'])} repeated to each token count. "
         f"Patched: kinds {cfg.get('kinds')}, bias cache bound `bias_cache_gib={cfg.get('bias_cache_gib')}`"
         + (f", diffusion_dtype={cfg['diffusion_dtype']}" if cfg.get("diffusion_dtype") else "")

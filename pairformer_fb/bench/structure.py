@@ -115,7 +115,6 @@ class PhaseTimer:
         self.model = model
         self.host = host
         self.cuda = device.type == "cuda"
-        self.device = device
         self.spans: dict[str, float] = {}
         self.stamps: dict[str, float] = {}
         self._installed: list[tuple[Any, str]] = []
@@ -541,6 +540,15 @@ def write_outputs(out: Path, result: dict) -> None:
     atomic_write(out / "results.md", markdown(public))
 
 
+def model_summary(m: dict) -> str:
+    """The reports' line on the model (a result's ``model``): host, preset, size, weights, the
+    original's triangle kernels."""
+    return (
+        f"Model: {m['host']} preset `{m['preset']}` ({m['model_name']}, {m['parameters']:,} parameters), "
+        f"weights: {m['weights']}, host kernels of `original`: {m['kernels']['triangle_attention']}."
+    )
+
+
 def markdown(result: dict) -> str:
     def f(x, fmt="{:.3f}"):
         return "—" if x is None else fmt.format(x)
@@ -552,8 +560,7 @@ def markdown(result: dict) -> str:
         "",
         " · ".join(f"{k}: {v}" for k, v in env.items()),
         "",
-        f"Model: {m['host']} preset `{m['preset']}` ({m['model_name']}, {m['parameters']:,} parameters), "
-        f"weights: {m['weights']}, host kernels of `original`: {m['kernels']['triangle_attention']}.",
+        model_summary(m),
         "",
     ]
     if result.get("features"):

@@ -37,7 +37,6 @@ Where a method takes less than one part, the host's runs unchanged.
 from __future__ import annotations
 
 import inspect
-import math
 import types
 from typing import Any, Callable
 
@@ -102,11 +101,13 @@ def _prepare_cache_in_rows(
     self: nn.Module, relp_feature: torch.Tensor, z_trunk: torch.Tensor, *args: Any, **kwargs: Any
 ) -> torch.Tensor:
     host_prepare = getattr(type(self), "prepare_cache")
-    n_rows = z_trunk.shape[-3] if z_trunk.dim() >= 3 else 0
-    # one row's concatenation [N, c_z + c_relpe] in fp32 (the host's precision here)
-    per_row = math.prod(z_trunk.shape[:-3]) * z_trunk.shape[-2] * 2 * z_trunk.shape[-1] * 4 if n_rows else 0
-    rows = max(1, diffusion_attention.PAIR_CHUNK_BYTES // max(per_row, 1))
-    if rows >= n_rows or relp_feature.shape[:-1] != z_trunk.shape[:-1]:
+    if z_trunk.dim() < 3 or relp_feature.shape[:-1] != z_trunk.shape[:-1]:
+        return host_prepare(self, relp_feature, z_trunk, *args, **kwargs)
+    n_rows = z_trunk.shape[-3]
+    # the rows of PAIR_CHUNK_BYTES of the concatenation [N, 2 c_z] (fp32, the host's precision
+    # here): half the rows of that much z (which pair_rows_per_chunk counts at >= 4 bytes)
+    rows = max(1, diffusion_attention.pair_rows_per_chunk(z_trunk) // 2)
+    if rows >= n_rows:
         return host_prepare(self, relp_feature, z_trunk, *args, **kwargs)
     out: torch.Tensor | None = None
     for start in range(0, n_rows, rows):
