@@ -75,6 +75,12 @@ def _masks(n: int, lengths, batch: int) -> torch.Tensor:
     return token
 
 
+def tri_att(holder: nn.Module, node: str) -> nn.Module:
+    """The triangle attention of ``node`` in a block that holds them as ``tri_att_start`` /
+    ``tri_att_end`` (every host's naming)."""
+    return getattr(holder, f"tri_att_{'start' if node == 'starting' else 'end'}")
+
+
 def _s_z(n, c_s, c_z, lengths, seed):
     g = torch.Generator().manual_seed(seed)
     batch = 1 if lengths is None else len(lengths)
@@ -114,7 +120,7 @@ PROTENIX = HostStack(
     inputs=protenix_inputs,
     run=protenix_run,
     blocks=lambda stack: list(stack.blocks),
-    triangle=lambda block, node: getattr(block, f"tri_att_{'start' if node == 'starting' else 'end'}"),
+    triangle=tri_att,
     single=lambda block: block.attention_pair_bias,
     path="blocks.0.tri_att_start",
     nodes=("starting", "ending"),
@@ -179,7 +185,7 @@ BOLTZ = HostStack(
     inputs=boltz_inputs,
     run=boltz_run,
     blocks=lambda stack: list(stack.layers),
-    triangle=lambda layer, node: getattr(layer, f"tri_att_{'start' if node == 'starting' else 'end'}"),
+    triangle=tri_att,
     single=lambda layer: layer.attention,
     path="layers.0.tri_att_start",
     nodes=("starting", "ending"),
@@ -244,7 +250,7 @@ OPENFOLD3 = HostStack(
     inputs=openfold3_inputs,
     run=openfold3_run,
     blocks=lambda stack: list(stack.blocks),
-    triangle=lambda block, node: getattr(block.pair_stack, f"tri_att_{'start' if node == 'starting' else 'end'}"),
+    triangle=lambda block, node: tri_att(block.pair_stack, node),
     single=lambda block: block.attn_pair_bias,
     path="blocks.0.pair_stack.tri_att_start",
     nodes=("starting", "ending"),
