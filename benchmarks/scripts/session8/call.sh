@@ -1,0 +1,35 @@
+#!/bin/bash
+# Session 8, device calls (H200): issue 18's Protenix ladder, in parts that add to one results
+# folder (resume=true), and issue 15's GPU tests in the time a part leaves.
+#
+#   bash benchmarks/scripts/session8/call.sh TOKENS VARIANTS LADDER_S [EXTRA...]
+#     e.g.  bash benchmarks/scripts/session8/call.sh "[6144]" "[exact]" 470
+#
+# The ladder runs first (at most LADDER_S seconds), then every test marked gpu with the time left
+# (pytest-xdist, 8 workers: the tests are correctness checks, not timings) unless SKIP_TESTS=1.
+# Settings as session 6's ladder_call.sh: base model (random weights), 5 samples, 4 cycles /
+# 200 steps below 2,048 tokens, 1 cycle / 20 steps from 2,048 on.
+# Packages: .devsite/site.tar.xz (carry [".devsite"]): the host wheels the device image lacks,
+# unpacked (protenix 2.0.0, rdkit, optree, ml_collections, biotite 1.6.0 with its CCD cut to the
+# standard residues, biotraj, biopython, tmtools, hydra-core, omegaconf, antlr4, cuequivariance
+# 0.13.0 + torch + ops-cu12, platformdirs), see benchmarks/README.md. A warm machine keeps them,
+# and the results so far (/tmp/ladder_keep), between calls.
+TOKENS=$1; VARIANTS=$2; LADDER_S=${3:-470}; shift 3
+[ -d /tmp/site ] || tar -xJf .devsite/site.tar.xz -C /tmp || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 LAYERNORM_TYPE=${LAYERNORM_TYPE:-torch}
+D=${DIR:-benchmarks/ladder_h200}; K=/tmp/ladder_keep/${D#benchmarks/}
+mkdir -p "$D" "$K"
+[ -f "$K/results.json" ] && cp "$K"/results.* "$D"/
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; free -g | sed -n 2p
+python3 -c "import torch, triton, protenix, biotite, Bio, hydra, cuequivariance_torch; print(torch.__version__, triton.__version__)" || exit 1
+timeout "$LADDER_S" python3 scripts/bench_ladder.py model=base "tokens=$TOKENS" "variants=$VARIANTS" \
+  cycles=4 long_rungs.from_tokens=2048 long_rungs.cycles=1 long_rungs.steps=20 samples=5 \
+  time_budget_s=$((LADDER_S - 20)) resume=true output_dir="$D" "$@" > "$OUT/ladder.log" 2>&1
+echo "ladder rc=$? ${SECONDS}s"
+cp "$D"/results.* "$D"/ladder.png "$K"/ 2>/dev/null; O=$OUT/${D#benchmarks/}; mkdir -p "$O"; cp "$K"/* "$O"/
+grep "^|" "$D/results.md"; tail -c 1200 "$OUT/ladder.log" | tr '\r' '\n' | grep -v "^ladder:" | tail -8
+LEFT=$((585 - SECONDS))
+if [ -z "$SKIP_TESTS" ] && [ $LEFT -gt 40 ]; then
+  timeout $LEFT python3 -m pytest -q -m gpu tests -n 8 -p no:cacheprovider > "$OUT/gpu_tests.txt" 2>&1
+  echo "gpu tests rc=$? ${SECONDS}s"; tail -4 "$OUT/gpu_tests.txt"
+fi
