@@ -200,8 +200,10 @@ def test_outputs_assembled_in_sample_order_and_training_runs_the_host_loop(model
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_pair_conditioning_in_rows_equals_the_whole(model_and_features, monkeypatch, device):
     """The pair conditioning made in row chunks (uneven: the last one shorter) equals the host's
-    made at once, bit for bit, at a width and length where each chunk holds enough pairs for
-    the matrix products to block alike (see hosts/protenix/lean.py)."""
+    made at once: bit for bit on the CPU, at a width and length where each chunk holds enough
+    pairs for the matrix products to block alike; on CUDA, where cuBLAS picks its kernels by shape,
+    the chunks' error against the same computation in fp64 is no larger than the host's own
+    (see hosts/protenix/lean.py)."""
     from pairformer_fb.hosts.protenix.lean import lean_methods
 
     conditioning = copy.deepcopy(model_and_features[0].diffusion_module.diffusion_conditioning).to(device)
@@ -213,6 +215,13 @@ def test_pair_conditioning_in_rows_equals_the_whole(model_and_features, monkeypa
     with torch.no_grad():
         whole = conditioning.prepare_cache(relp, z, False)
         assert torch.equal(lean(relp, z, False), whole)  # under 1 GiB: the host's, at once
+        exact = copy.deepcopy(conditioning).double().prepare_cache(relp.double(), z.double(), False)
+        host_error = (whole.double() - exact).abs().max().item()
         for rows in (1, 7, 40):
             monkeypatch.setattr(diffusion_attention, "PAIR_CHUNK_BYTES", rows * n * 2 * c_z * 4)
-            assert torch.equal(lean(relp, z, False), whole), rows
+            chunked = lean(relp, z, False)
+            if device == "cpu":
+                assert torch.equal(chunked, whole), rows
+            else:
+                error = (chunked.double() - exact).abs().max().item()
+                assert error <= 2 * host_error, (rows, error, host_error)

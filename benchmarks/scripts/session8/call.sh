@@ -6,7 +6,8 @@
 #     e.g.  bash benchmarks/scripts/session8/call.sh "[6144]" "[exact]" 470
 #
 # The ladder runs first (at most LADDER_S seconds), then every test marked gpu with the time left
-# (pytest-xdist, 8 workers: the tests are correctness checks, not timings) unless SKIP_TESTS=1.
+# (pytest-xdist, 8 workers: the tests are correctness checks, not timings) unless SKIP_TESTS=1;
+# TESTS="..." names other pytest arguments.
 # Settings as session 6's ladder_call.sh: base model (random weights), 5 samples, 4 cycles /
 # 200 steps below 2,048 tokens, 1 cycle / 20 steps from 2,048 on.
 # Packages: .devsite/site.tar.xz (carry [".devsite"]): the host wheels the device image lacks,
@@ -15,7 +16,8 @@
 # 0.13.0 + torch + ops-cu12, platformdirs), see benchmarks/README.md. A warm machine keeps them,
 # and the results so far (/tmp/ladder_keep), between calls.
 TOKENS=$1; VARIANTS=$2; LADDER_S=${3:-470}; shift 3
-[ -d /tmp/site ] || tar -xJf .devsite/site.tar.xz -C /tmp || exit 1
+STAMP=$(stat -c %s .devsite/site.tar.xz)
+[ "$(cat /tmp/site/.stamp 2>/dev/null)" = "$STAMP" ] || { rm -rf /tmp/site; tar -xJf .devsite/site.tar.xz -C /tmp && echo "$STAMP" > /tmp/site/.stamp; } || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 LAYERNORM_TYPE=${LAYERNORM_TYPE:-torch}
 D=${DIR:-benchmarks/ladder_h200}; K=/tmp/ladder_keep/${D#benchmarks/}
 mkdir -p "$D" "$K"
@@ -30,6 +32,6 @@ cp "$D"/results.* "$D"/ladder.png "$K"/ 2>/dev/null; O=$OUT/${D#benchmarks/}; mk
 grep "^|" "$D/results.md"; tail -c 1200 "$OUT/ladder.log" | tr '\r' '\n' | grep -v "^ladder:" | tail -8
 LEFT=$((585 - SECONDS))
 if [ -z "$SKIP_TESTS" ] && [ $LEFT -gt 40 ]; then
-  timeout $LEFT python3 -m pytest -q -m gpu tests -n 8 -p no:cacheprovider > "$OUT/gpu_tests.txt" 2>&1
+  timeout $LEFT python3 -m pytest -q ${TESTS:--m gpu tests} -n 8 -p no:cacheprovider > "$OUT/gpu_tests.txt" 2>&1
   echo "gpu tests rc=$? ${SECONDS}s"; tail -4 "$OUT/gpu_tests.txt"
 fi
