@@ -26,7 +26,12 @@ from pairformer_fb.patching.patching import LEAN_MARK, patched_modules
 
 SAMPLES, TOKENS = 3, 10
 OUTPUTS = ("plddt", "pae", "pde", "resolved")
-LEAN = ["diffusion_module.diffusion_conditioning.prepare_cache", "confidence_head.forward"]
+LEAN = [
+    "relative_position_encoding.generate_relp",
+    "diffusion_module.diffusion_conditioning.prepare_cache",
+    "diffusion_module.diffusion_conditioning.relpe.generate_relp",  # Protenix's, unused there
+    "confidence_head.forward",
+]
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +230,40 @@ def test_pair_conditioning_in_rows_equals_the_whole(model_and_features, monkeypa
             else:
                 error = (chunked.double() - exact).abs().max().item()
                 assert error <= 2 * host_error, (rows, error, host_error)
+
+
+def test_relative_position_features_without_int64_one_hots(model_and_features):
+    """The lean ``generate_relp`` gives the host's fp32 ``relp`` bit for bit on several chains,
+    entities and copies, and makes no int64 tensor of the pairs' size times the classes (the
+    host's one-hots and their concatenation, ~78 GiB at 6,144 tokens)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pairformer_fb.hosts.protenix.lean import lean_methods
+
+    encoding = model_and_features[0].relative_position_encoding
+    n = 60
+    g = torch.Generator().manual_seed(1)
+    asym = torch.sort(torch.randint(0, 4, (n,), generator=g)).values
+    feats = {
+        "asym_id": asym,
+        "entity_id": asym // 2,
+        "sym_id": asym % 2,
+        "residue_index": torch.randint(0, 80, (n,), generator=g),
+        "token_index": torch.arange(n),
+    }
+    host = type(encoding).generate_relp(encoding, dict(feats))["relp"]
+
+    class Largest(TorchDispatchMode):
+        int64_elements = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.dtype == torch.int64:
+                    self.int64_elements = max(self.int64_elements, t.numel())
+            return out
+
+    with Largest() as spy:
+        lean = lean_methods(encoding)["generate_relp"](dict(feats))["relp"]
+    assert lean.dtype == host.dtype == torch.float32 and torch.equal(lean, host)
+    assert host.shape[-1] > 100 and spy.int64_elements <= n * n, spy.int64_elements

@@ -36,6 +36,14 @@ Where a method takes less than one part, the host's runs unchanged.
   rounding, ~2e-4): the GPU test checks that the chunks' error against an fp64 computation is no
   larger than the host's own. Here a chunk is at least one row of N > 1,024 pairs: the
   method is split only where the whole would pass 1 GiB.
+* ``RelativePositionEncoding.generate_relp`` (the relative-position features ``relp``, once per
+  prediction, before the trunk): the host one-hot encodes the relative residue, token and chain
+  codes as int64 ``[N, N, 66 | 66 | 6]``, concatenates them with the same-entity flag as int64
+  ``[N, N, 139]`` and converts that to fp32 -- about 98 GiB alive at once at 6,144 tokens (seen on
+  an H200 in 2026-12: 100.8 GiB peak before the trunk, the prediction's largest), for a 19.5 GiB
+  result. The host's method runs as it is inside a torch function mode that makes its one-hots
+  uint8 and, where every part of a concatenation is a 0 / 1 integer tensor, concatenates them
+  as uint8: the same 0 / 1 values, so the same fp32 ``relp``, with about 30 GiB alive at 6,144.
 """
 
 from __future__ import annotations
@@ -45,7 +53,9 @@ import types
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ...modules import diffusion_attention
 
@@ -62,6 +72,8 @@ def lean_methods(module: nn.Module) -> dict[str, Callable[..., Any]]:
         return {"forward": types.MethodType(_confidence_forward_per_sample, module)}
     if name == "DiffusionConditioning" and hasattr(type(module), "prepare_cache"):
         return {"prepare_cache": types.MethodType(_prepare_cache_in_rows, module)}
+    if name == "RelativePositionEncoding" and hasattr(type(module), "generate_relp"):
+        return {"generate_relp": types.MethodType(_generate_relp_narrow, module)}
     return {}
 
 
@@ -128,3 +140,56 @@ def _prepare_cache_in_rows(
         del part
     assert out is not None  # n_rows > rows >= 1: at least one part
     return out
+
+
+def _generate_relp_narrow(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    with _NarrowOneHots():
+        return getattr(type(self), "generate_relp")(self, *args, **kwargs)
+
+
+class _NarrowOneHots(TorchFunctionMode):
+    """One-hot encodings as uint8 instead of int64, and concatenations of 0 / 1 integer tensors
+    as uint8: the same values in an eighth of the bytes. Anything else runs as it is."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        if func is F.one_hot:
+            return _one_hot_uint8(*args, **kwargs)
+        if func is torch.cat:
+            narrow = _as_uint8_flags(args[0] if args else kwargs.get("tensors"))
+            if narrow is not None:
+                rest = {k: v for k, v in kwargs.items() if k != "tensors"}
+                return torch.cat(narrow, *args[1:], **rest)
+        return func(*args, **kwargs)
+
+
+def _one_hot_uint8(codes: torch.Tensor, num_classes: int = -1) -> torch.Tensor:
+    """``F.one_hot`` as uint8, made without its int64 ``[..., num_classes]`` result; codes that
+    ``F.one_hot`` would refuse go to it (its error)."""
+    if (
+        num_classes < 1
+        or codes.dtype != torch.int64
+        or codes.numel() == 0
+        or codes.min().item() < 0
+        or codes.max().item() >= num_classes
+    ):
+        return F.one_hot(codes, num_classes).to(torch.uint8)
+    out = torch.zeros((*codes.shape, num_classes), dtype=torch.uint8, device=codes.device)
+    return out.scatter_(-1, codes.unsqueeze(-1), 1)
+
+
+def _as_uint8_flags(tensors: Any) -> list[torch.Tensor] | None:
+    """``tensors`` as uint8 when every one is an integer or bool tensor holding only 0 and 1 and
+    one is uint8 already (a one-hot made here); else None."""
+    if not isinstance(tensors, (list, tuple)) or not tensors:
+        return None
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return None
+    if not any(t.dtype == torch.uint8 for t in tensors):
+        return None
+    if any(t.is_floating_point() or t.is_complex() for t in tensors):
+        return None
+    for t in tensors:
+        if t.dtype not in (torch.uint8, torch.bool) and t.numel() and (t.min().item() < 0 or t.max().item() > 1):
+            return None
+    return [t.to(torch.uint8) for t in tensors]
