@@ -226,7 +226,8 @@ def patch_model(
             its pae / pde logits, in host memory beyond 2,000 tokens, peak at 2 x samples + 2
             per-sample blocks instead of 3 x samples, and in inference it gives back the
             features' ``relp``, unused after the sampling; the diffusion's pair conditioning in
-            rows of the pair representation). Replaced on the instances (the host's classes are
+            rows of the pair representation; the relative-position features built with uint8
+            instead of int64 one-hots). Replaced on the instances (the host's classes are
             untouched; ``unpatch_model`` removes them); ``PatchReport.lean`` lists them.
 
     Returns:

@@ -489,6 +489,7 @@ def sample_runner(model: nn.Module) -> tuple[Callable[[str, int], object], str] 
 
 def lean_methods(module: nn.Module) -> dict[str, Callable[..., object]]:
     """hosts/protenix/lean.py: the ``ConfidenceHead``'s forward one diffusion sample per call (its
-    pae / pde logits never held twice) and the ``DiffusionConditioning``'s ``prepare_cache`` in
-    rows of the pair representation; the same outputs."""
+    pae / pde logits never held twice), the ``DiffusionConditioning``'s ``prepare_cache`` in
+    rows of the pair representation and the ``RelativePositionEncoding``'s ``generate_relp``
+    with uint8 instead of int64 one-hots; the same outputs."""
     return lean.lean_methods(module)
