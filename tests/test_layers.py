@@ -1,6 +1,7 @@
 """The package's layers import only the layers below them (README, Layout): a module never
 imports from a layer above its own, lazily or not; and every import of the package resolves,
-the lazy ones that only a GPU run or a host model reaches included."""
+the lazy ones that only a GPU run or a host model reaches included; no module is longer than
+700 lines."""
 
 import re
 from pathlib import Path
@@ -89,3 +90,11 @@ def test_every_import_of_the_package_resolves():
                 if name != "*" and not hasattr(mod, name) and importlib.util.find_spec(f"{module}.{name}") is None:
                     bad.append(f"{where}: {module} has no {name}")
     assert not bad, "\n".join(bad)
+
+
+MAX_MODULE_LINES = 700  # issue 15: a module a newcomer can read; split a longer one by concern
+
+
+def test_no_module_is_longer_than_the_limit():
+    lengths = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in ROOT.rglob("*.py")}
+    assert lengths and not {p: n for p, n in lengths.items() if n > MAX_MODULE_LINES}

@@ -41,54 +41,28 @@ the previous rung's growth in host memory scaled by the square of the token rati
 the system has available), because a process past the host's memory is ended by the kernel,
 not given an error, and the ladder with it.
 
-Where the O(N^2) memory is (N tokens, c_z = 128; what the next device session should measure):
-
-* The pair representation z [N, N, c_z]: the trunk's (bf16 under autocast: 6.7 GB at 5,120
-  tokens), its recycling copy, Protenix's ``pair_z`` of the diffusion conditioning (fp32,
-  13.4 GB at 5,120), the confidence head's pair rep and its distance embeddings. Held by the
-  host for the whole prediction; patching does not change it. Protenix's relative-position
-  features ``relp`` [N, N, 139] fp32 (14.6 GB at 5,120) too. Making ``pair_z``, the host
-  concatenates z with the relative-position embedding ([N, N, 2 c_z] fp32) and normalises
-  it: 90 GiB of transients at 6,144 tokens at once; the patched variants make it in rows
-  (``lean_memory``, hosts/protenix/lean.py), one 1 GiB chunk's transients. The host keeps
-  ``pair_z`` alive until the prediction ends (``relp`` too, unless lean: given back when the
-  confidence head starts), through the confidence head, which
-  runs in fp32 (its pair rep, the distance embedding, and for pde the sum z + z^T and its
-  normalisation: several [N, N, c_z] fp32 tensors at once per sample). By the code, at 6,144
-  tokens the diffusion's start and the confidence head are where the patched prediction's GPU
-  memory peaks (an estimate; the ladder's ``oom_during`` says where it ran out).
-* The diffusion attention's bias, 16 heads x N^2 per block: cached for all 24 blocks it is
-  ~40 GB fp32 at 5,120 tokens (Protenix runs its diffusion in fp32; 20 GB with
-  ``diffusion_dtype=bf16``). Bounded by ``bias_cache_gib`` (modules/bias_cache.py
-  ``BiasCacheBudget``: beyond it a block recomputes its bias every call, bit-identically) and
-  computed in row chunks of at most ``PAIR_CHUNK_BYTES`` of normalised z
-  (modules/diffusion_attention.py), so one block's recompute holds its [H, N, N] bias plus
-  one chunk. The budget's payloads are dropped when the host's confidence head starts (the
-  adapter's ``AFTER_SAMPLING_CLASSES``), so the head has that memory back;
-  ``notes.bias_cache.peak_held_gib`` says how much they held at most.
-  ``lowrank`` holds SVD factors [H, N, R] instead (its transient dense bias per block).
-* The triangle attentions (ours, per call, transient): the normalised z [N, N, c_z] and the
-  dense bias [H, N, N] whole, the fused q / k / v / gate projection [rows, N, 4 H D] per chunk of
-  rows (as many rows as fit 2 GiB, at least the host's ``chunk_size``; all N rows when it
-  passes None -- Protenix up to 1,024 tokens; then 512, 256, 128 and beyond 2,560 tokens 32
-  rows, ``infer_setting.chunk_size_thresholds``, which also chunk its own modules), and the
-  update [N, N, c_z]
-  (modules/triangle_attention.py ``chunk_budget_bytes``); without autograd the chunks are
-  written into that one update, not concatenated. The pair-biased single attention
-  holds its [H, N, N] bias per call. The triangle multiplications (not patched) hold their
-  [N, N, c] projections in the host's own chunks.
-* The stock attentions' logits: without FlashBias, the host's triangle attention (torch path)
-  materialises [rows, H, N, N] logits per chunk, and its diffusion attention the [samples, H,
-  N, N] logits of every block call (Protenix chunks the samples by
-  ``sample_diffusion_chunk_size``).
-* Host memory: Protenix moves each sample's pae and pde logits ([N, N, 64] fp32) to host memory
-  beyond 2,000 tokens and stacks them, which holds 3 x samples of them at once (135 GiB at
-  6,144 tokens and 5 samples); the patched variants run its confidence head one sample per
-  call (``patch_model``'s ``lean_memory``, hosts/protenix/lean.py: 2 x samples + 2, 108 GiB).
-  ``peak_host_gib`` records it.
+Where the O(N^2) memory is (N tokens, c_z = 128). Measured on one H200 for Protenix's patched
+exact variant (benchmarks/ladder_h200/, 6,144 tokens, 5 samples): 129.5 GiB of GPU memory at
+the peak, reached alike in the MSA module, the diffusion sampling and the confidence head, and
+120.7 GiB in the trunk; 111.7 GiB of host memory in the confidence head.
+* The pair representation z [N, N, c_z] (bf16 in the trunk, fp32 in the host's ``pair_z`` and
+  its fp32 confidence head) and the relative-position features ``relp`` [N, N, 139] fp32, held
+  by the host for the prediction; ``lean_memory`` (hosts/protenix/lean.py) builds ``relp`` with
+  uint8 one-hots (100.85 -> 38.28 GiB before the trunk at 6,144), makes ``pair_z`` in rows and
+  gives ``relp`` back when the confidence head starts.
+* The diffusion attention's bias, 16 heads x N^2 per block, cached within ``bias_cache_gib``
+  (``auto``: half the free memory; 25.3 GiB held at 6,144, 260 refusals; beyond it a block
+  recomputes its bias bit-identically, in row chunks of ``PAIR_CHUNK_BYTES``);
+  dropped when the confidence head starts; ``lowrank`` holds SVD factors [H, N, R].
+* Our triangle attentions per call: the normalised z and the dense bias [H, N, N] whole, the
+  q / k / v / gate projection per chunk of rows (2 GiB, ``chunk_budget_bytes``), one update
+  [N, N, c_z]. The triangle multiplications are the host's (cuEquivariance when installed).
+* Host memory: Protenix keeps every sample's pae / pde logits ([N, N, 64] fp32) in host memory
+  beyond 2,000 tokens; one sample per confidence-head call holds 2 x samples + 2 of them
+  (measured: 12 blocks of 9 GiB at 6,144), the host's loop 3 x samples. The outputs alone are
+  122.5 GiB at 7,168 tokens: past a 128 GiB machine whatever the GPU does.
 * Boltz-2 hands every diffusion layer a slice of one [N, N, H x layers] bias the host computes
-  per trunk pass (its own O(N^2 H L)); our cache would add a head-major fp32 copy per layer,
-  within the same budget.
+  per trunk pass; our cache would add a head-major fp32 copy per layer, within the same budget.
 """
 
 from __future__ import annotations
