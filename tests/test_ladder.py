@@ -248,7 +248,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         ("steps=2.5", "steps must be a positive integer or null"),
         ("bias_cache_gib=-1", "bias_cache_gib must be 'auto', null (no bound) or a number of GiB >= 0"),
         ("time_budget_s=0", "time_budget_s must be a number of seconds > 0"),
-        ("host_memory_check=maybe", "host_memory_check must be true or false"),
+        ("host_memory_check=maybe", "host_memory_check must be true, false or isolate"),
         ("lean_memory=1", "lean_memory must be true or false"),
         ("sources=[nosuch]", "sample 'nosuch'"),
     ],
@@ -386,6 +386,50 @@ def test_host_memory_check_skips_runs_that_would_not_fit(monkeypatch):
     monkeypatch.setattr(ladder, "host_available_bytes", lambda: 1 * gib)
     cfg.host_memory_check = False
     assert ladder._over_host_memory(cfg, [done], nxt) is None
+
+
+def test_isolate_runs_a_flagged_run_in_a_child_process(tmp_path, monkeypatch):
+    """host_memory_check=isolate: the run the check flags runs in a child process (the real
+    ladder on the same settings), and its record is the child's (ok, timed, measured), with the
+    reason noted; runs the check lets through stay in the ladder's process."""
+    from pairformer_fb.bench import ladder_isolated
+
+    cfg = config(tmp_path, "tokens=[24,40]", "variants=[exact]", "steps=1", "host_memory_check=isolate")
+    monkeypatch.setattr(ladder, "host_available_bytes", lambda: 1)  # nothing fits after the first rung
+    commands = []
+    real = ladder_isolated.child_command
+    monkeypatch.setattr(ladder_isolated, "child_command", lambda p: commands.append(p) or real(p))
+    recs = {r["tokens"]: r for r in ladder.run(cfg)["records"]}
+    assert len(commands) == 1 and "isolated" not in recs[24]["notes"]
+    child = recs[40]
+    assert child["status"] == "ok" and child["seconds"]["total"] > 0 and child["peak_host_gib"] > 0
+    assert child["notes"]["isolated"].startswith("run in a child process (host_memory_check=isolate): this run would")
+    assert child["notes"]["patched_modules"] > 0 and child["date"] == recs[24]["date"]
+
+
+@pytest.mark.parametrize(
+    "code, status, during",
+    [
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "oom", "host memory: the system ended the run"),
+        ("raise SystemExit(3)", "error: the isolated run ended with exit status 3 and no record", None),
+    ],
+)
+def test_an_isolated_run_the_system_ends_is_recorded(tmp_path, monkeypatch, code, status, during):
+    """A child ended by SIGKILL (the OOM killer's way) is an ``oom`` of host memory with the peak
+    it reached; other endings without a record are errors; the ladder goes on."""
+    import sys
+
+    from pairformer_fb.bench import ladder_isolated
+
+    monkeypatch.setattr(ladder_isolated, "child_command", lambda p: [sys.executable, "-c", code])
+    rec = ladder.Record("protenix", "original", 6144, 1, date="d")
+    cfg = bench_config("bench_ladder", tmp_path / "out", ["host_memory_check=isolate"])
+    ladder_isolated.run_isolated(cfg, rec, "skipped: host memory: this run would take ~200 GiB more", poll_s=0.01)
+    assert rec.status == status and rec.date == "d"
+    assert rec.notes["isolated"].endswith("this run would take ~200 GiB more")
+    assert rec.notes.get("oom_during", "").startswith(during or "") and (during is None) == (
+        "oom_during" not in rec.notes
+    )
 
 
 def test_boltz_rungs_run_the_schedule_set(tmp_path, monkeypatch):

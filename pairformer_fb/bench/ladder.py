@@ -39,7 +39,9 @@ would end past it (the previous rung of the variant scaled by the cube of the to
 ``skipped``; so are runs whose host memory would not fit (``host_memory_check``, on by default:
 the previous rung's growth in host memory scaled by the square of the token ratio, against what
 the system has available), because a process past the host's memory is ended by the kernel,
-not given an error, and the ladder with it.
+not given an error, and the ladder with it; ``host_memory_check=isolate`` runs those in a child
+process instead (bench/ladder_isolated.py: measured where they fit, ``oom`` where the system
+ends the child).
 
 Where the O(N^2) memory is (N tokens, c_z = 128). Measured on one H200 for Protenix's patched
 exact variant (benchmarks/ladder_h200/, 6,144 tokens, 5 samples): 129.5 GiB of GPU memory at
@@ -85,6 +87,7 @@ from ..data.structure import ca_coords, ca_rmsd
 from ..hosts.structure_hosts import PHASES, get_host
 from ..modules.bias_cache import GIB, check_bias_cache_gib
 from ..patching.patching import DIFFUSION_DTYPES, patched_modules
+from .ladder_isolated import run_isolated
 from .structure import (
     RANDOM_WEIGHTS_NOTE,
     PhaseTimer,
@@ -269,8 +272,9 @@ def validate(cfg):
         raise ValueError(f"time_budget_s must be a number of seconds > 0 or null, got {budget!r}")
     if not isinstance(cfg.get("lean_memory", True), bool):
         raise ValueError(f"lean_memory must be true or false, got {cfg.lean_memory!r}")
-    if not isinstance(cfg.get("host_memory_check", True), bool):
-        raise ValueError(f"host_memory_check must be true or false, got {cfg.host_memory_check!r}")
+    check = cfg.get("host_memory_check", True)
+    if not (isinstance(check, bool) or check == "isolate"):
+        raise ValueError(f"host_memory_check must be true, false or isolate, got {cfg.host_memory_check!r}")
     previous = _previous(cfg, check_writable_dir(cfg.output_dir, "output_dir"))
     specs = [cfg.sources] if isinstance(cfg.sources, str) else list(cfg.sources)
     sources = read_samples(specs, cfg.data_dir or DATA_SAMPLES)
@@ -357,7 +361,9 @@ def run(cfg) -> dict:
                 skip = _over_budget(cfg, records, rec, time.perf_counter() - start) or _over_host_memory(
                     cfg, records, rec
                 )
-                if skip:
+                if skip and skip.startswith("skipped: host memory") and cfg.get("host_memory_check") == "isolate":
+                    run_isolated(cfg, rec, skip)
+                elif skip:
                     rec.status = skip
                 else:
                     cas[variant] = _run_one(host, model, timer, feats, atoms, rec, hcfg, ckpt, device, autocast)
@@ -441,7 +447,8 @@ def _over_host_memory(cfg, records: list[Record], rec: Record) -> str | None:
         return (
             f"skipped: host memory: this run would take ~{need:.0f} GiB more (the {p.tokens}-token rung's "
             f"{grew:.1f} GiB x (tokens ratio)^2), {available / GIB:.0f} GiB are available; past that the system "
-            "ends the process instead of raising an out-of-memory error (host_memory_check=false runs it anyway)"
+            "ends the process instead of raising an out-of-memory error (host_memory_check=false runs it anyway, "
+            "isolate in a child process)"
         )
     return None
 
