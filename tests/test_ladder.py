@@ -395,7 +395,8 @@ def test_isolate_runs_a_flagged_run_in_a_child_process(tmp_path, monkeypatch):
     from pairformer_fb.bench import ladder_isolated
 
     cfg = config(tmp_path, "tokens=[24,40]", "variants=[exact]", "steps=1", "host_memory_check=isolate")
-    monkeypatch.setattr(ladder, "host_available_bytes", lambda: 1)  # nothing fits after the first rung
+    flag = "skipped: host memory: this run would take ~9 GiB more"  # the check's verdict on the 40-token rung
+    monkeypatch.setattr(ladder, "_over_host_memory", lambda cfg, records, rec: flag if rec.tokens == 40 else None)
     commands = []
     real = ladder_isolated.child_command
     monkeypatch.setattr(ladder_isolated, "child_command", lambda p: commands.append(p) or real(p))
@@ -403,7 +404,10 @@ def test_isolate_runs_a_flagged_run_in_a_child_process(tmp_path, monkeypatch):
     assert len(commands) == 1 and "isolated" not in recs[24]["notes"]
     child = recs[40]
     assert child["status"] == "ok" and child["seconds"]["total"] > 0 and child["peak_host_gib"] > 0
-    assert child["notes"]["isolated"].startswith("run in a child process (host_memory_check=isolate): this run would")
+    assert (
+        child["notes"]["isolated"]
+        == "run in a child process (host_memory_check=isolate): this run would take ~9 GiB more"
+    )
     assert child["notes"]["patched_modules"] > 0 and child["date"] == recs[24]["date"]
 
 
