@@ -249,13 +249,15 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         ("bias_cache_gib=-1", "bias_cache_gib must be 'auto', null (no bound) or a number of GiB >= 0"),
         ("time_budget_s=0", "time_budget_s must be a number of seconds > 0"),
         ("host_memory_check=maybe", "host_memory_check must be true, false or isolate"),
+        ("memory_detail=maybe", "memory_detail must be true or false"),
+        (("memory_detail=true", "cuda_graphs=true"), "memory_detail=true needs cuda_graphs=false"),
         ("lean_memory=1", "lean_memory must be true or false"),
         ("sources=[nosuch]", "sample 'nosuch'"),
     ],
 )
 def test_bad_values_are_found_before_any_model_work(tmp_path, override, needle):
     with pytest.raises(ValueError) as e:
-        ladder.validate(config(tmp_path, override))
+        ladder.validate(config(tmp_path, *([override] if isinstance(override, str) else override)))
     assert needle in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()
 
@@ -358,6 +360,94 @@ def test_phase_timer_says_in_which_method_memory_peaked():
     finally:
         timer.remove()
     assert "outer" not in vars(toy)
+
+
+def test_module_peaks_per_block_module_shared_with_the_phase_timer():
+    """memory_detail's hooks: the modules inside the blocks of module lists, named with the block
+    index as *; each stretch's peak counts for the innermost hooked module (any block's: the
+    highest); the phase timer sharing the meter still sees every peak of its phase, and a
+    module that raises is closed with it."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from pairformer_fb.bench.module_peaks import ModulePeaks, detail_modules
+    from pairformer_fb.bench.structure import PhaseTimer
+
+    meter = FakeMeter()
+
+    class Step(nn.Module):
+        def __init__(self, size):
+            super().__init__()
+            self.size = size
+
+        def forward(self, x):
+            meter.alloc(self.size)
+            meter.alloc(-self.size)
+            if x == "fail":
+                meter.alloc(50), meter.alloc(-50)
+                raise torch.OutOfMemoryError("toy")
+            return x
+
+    class Block(nn.Module):
+        def __init__(self, size):
+            super().__init__()
+            self.mul, self.att = Step(size), Step(2 * size)
+
+        def forward(self, x):
+            meter.alloc(1)  # the block's own, outside its hooked children
+            x = self.att(self.mul(x))
+            meter.alloc(-1)
+            return x
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stack = nn.Module()
+            self.stack.blocks = nn.ModuleList([Block(3), Block(4)])
+            self.head = Step(100)  # not in a block: not hooked
+
+        def run(self, x):
+            for b in self.stack.blocks:
+                x = b(x)
+            return self.head(x)
+
+    toy = Toy()
+    found = detail_modules(toy)
+    assert sorted(found) == ["stack.blocks.*.att", "stack.blocks.*.mul"] and len(found["stack.blocks.*.att"]) == 2
+    host = SimpleNamespace(phase_wraps=lambda model: [(toy, "run", "run", None)], phases=lambda spans, stamps: {})
+    timer = PhaseTimer(None, torch.device("cpu"), host).install()
+    peaks = ModulePeaks((meter.reset, meter.read)).install(found)
+    timer.meters = {"gpu": peaks.share()}
+    try:
+        timer.reset_memory()
+        timer.run(lambda: toy.run(0))
+        assert peaks.peaks == {"stack.blocks.*.mul": 5, "stack.blocks.*.att": 9}  # 1 of the block + 4 x (1, 2)
+        assert timer.peaks["gpu"]["run"] == 100 and timer.peak("gpu") == 100  # the head's, unhooked
+        timer.reset_memory()
+        with pytest.raises(torch.OutOfMemoryError):
+            timer.run(lambda: toy.run("fail"))
+        assert peaks.peaks["stack.blocks.*.mul"] == 51 and timer.peak("gpu") == 51  # the first block: 1 + 50
+        assert peaks._running == []  # closed by the exception
+    finally:
+        peaks.remove()
+        timer.remove()
+    assert not toy.stack.blocks[0].mul._forward_pre_hooks
+
+
+def test_memory_detail_records_the_block_modules_peaks(tmp_path, monkeypatch):
+    """memory_detail=true (with a GPU meter; a fake one here): the record keeps the highest
+    per-module peaks of the patched model's block stacks, by name with * for the block (the
+    hooks' removal: test_module_peaks_per_block_module_shared_with_the_phase_timer)."""
+    from pairformer_fb.bench import structure
+
+    used = FakeMeter()
+    used.alloc(2**30)
+    monkeypatch.setattr(structure, "_peak_meters", lambda device: {"gpu": (used.reset, used.read)})
+    rec = ladder.run(config(tmp_path, "tokens=[24]", "variants=[exact]", "steps=1", "memory_detail=true"))["records"][0]
+    detail = rec["notes"]["peak_gib_in_modules"]
+    assert rec["status"] == "ok" and 0 < len(detail) <= ladder.DETAIL_TOP and rec["peak_gib"] == 1.0
+    assert all(".*." in name and gib == 1.0 for name, gib in detail.items())
 
 
 def test_host_memory_check_skips_runs_that_would_not_fit(monkeypatch):

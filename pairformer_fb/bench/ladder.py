@@ -1,13 +1,11 @@
 """The ladder (issue 18): a host's full inference (``host=``: protenix, openfold3, boltz) at a
 ladder of token counts, stock and patched, to find where each one stops fitting in memory and
 what it costs on the way. See configs/bench_ladder.yaml and scripts/bench_ladder.py.
-
 Inputs. Each rung's input is a real sample of exactly ``tokens`` residues made by
 :func:`long_sample`: the chains of ``sources`` (sample names of data_samples/, FASTA files or
 folders), in order and cycled, the last chain cut short to hit the count (copies of a chain form
 one entity, a cut chain its own). It is featurised by the host as the structure benchmark
 featurises its samples (hosts/<host>/featurize.py; single-sequence mode, no templates).
-
 Runs. The structure benchmark's machinery (bench/structure.py): the host's model is built once
 (``model=``, random weights unless ``checkpoint=``), the variants ``original`` (unpatched, the
 host's best kernels), ``exact`` and ``lowrank`` (``patch_variant``, plus ``bias_cache_gib``),
@@ -17,19 +15,17 @@ Per rung the cycles (trunk passes), diffusion steps and samples are set on the m
 null; rungs of at least ``long_rungs.from_tokens`` tokens take at most ``long_rungs.cycles``
 / ``steps``, so that a long rung fits a device call (the records and the table say so).
 Each (rung, variant) runs ``warmup`` untimed forwards and one timed forward.
-
-Per record: ``status`` (``ok``; ``oom`` when the device ran out of memory -- the outputs are
-dropped, the memory collected and freed, the peak statistics reset, and the ladder goes on;
-``error: <type>: <message>``; ``skipped: ...`` beyond ``time_budget_s``), ``peak_gib``
-(``torch.cuda.max_memory_allocated`` over the forwards, also the peak reached before an OOM;
-null on a CPU, which the environment says), ``peak_host_gib`` (the process's peak resident host
-memory during the run, Linux's VmHWM reset before it; ``host_start_gib``: resident at its
-start), where each of them peaked (``notes.peak_gib_during`` / ``peak_host_gib_during``: the
-peak in each timed host method, outside the timed methods it calls, and ``"after <method>"``
-between them; ``PhaseTimer(memory=True)``; the table's "peaks in"), ``seconds`` per phase and in total,
-``cycles`` / ``steps`` / ``samples`` used and whether they were ``reduced``, the Cα RMSD of
-the first sample to the original's (``rmsd_vs_original``: exact should be ~0), and for the
-patched variants the bias-cache budget's statistics (``notes.bias_cache``). Outputs (atomic,
+Per record: ``status`` (``ok``; ``oom`` when the device ran out of memory -- outputs dropped,
+memory freed, peaks reset, the ladder goes on; ``error: <type>: <message>``; ``skipped: ...``),
+``peak_gib`` (``torch.cuda.max_memory_allocated`` over the forwards, an OOM's too; null on a
+CPU), ``peak_host_gib`` (the process's peak resident memory in the run, Linux's VmHWM;
+``host_start_gib`` at its start), where each peaked (``notes.peak_gib_during`` /
+``peak_host_gib_during``: per timed host method, outside the timed methods it calls, and
+``"after <method>"`` between them; the table's "peaks in"; with ``memory_detail=true`` also
+``notes.peak_gib_in_modules``: the GPU peak per module of the block stacks, bench/module_peaks.py),
+``seconds`` per phase, ``cycles`` / ``steps`` / ``samples`` and whether ``reduced``, the first
+sample's Cα RMSD to the original's (``rmsd_vs_original``), and the patched variants' bias-cache
+statistics (``notes.bias_cache``). Outputs (atomic,
 rewritten after every run): ``results.json`` (``{"environment", "model", "config",
 "records": [...]}``), ``results.md``, ``ladder.png`` (peak GiB and seconds against tokens,
 stock against patched). An ``output_dir`` that already holds ``results.json`` is an error
@@ -42,7 +38,6 @@ the system has available), because a process past the host's memory is ended by 
 not given an error, and the ladder with it; ``host_memory_check=isolate`` runs those in a child
 process instead (bench/ladder_isolated.py: measured where they fit, ``oom`` where the system
 ends the child).
-
 Where the O(N^2) memory is (N tokens, c_z = 128). Measured on one H200 for Protenix's patched
 exact variant (benchmarks/ladder_h200/, 6,144 tokens, 5 samples): 129.5 GiB of GPU memory at
 the peak, reached alike in the MSA module, the diffusion sampling and the confidence head, and
@@ -64,8 +59,7 @@ the peak, reached alike in the MSA module, the diffusion sampling and the confid
   (measured: 12 blocks of 9 GiB at 6,144), the host's loop 3 x samples. The outputs alone are
   122.5 GiB at 7,168 tokens: past a 128 GiB machine whatever the GPU does.
 * Boltz-2 hands every diffusion layer a slice of one [N, N, H x layers] bias the host computes
-  per trunk pass; our cache would add a head-major fp32 copy per layer, within the same budget.
-"""
+  per trunk pass; our cache adds a head-major fp32 copy per layer, within the same budget."""
 
 from __future__ import annotations
 
@@ -88,6 +82,7 @@ from ..hosts.structure_hosts import PHASES, get_host
 from ..modules.bias_cache import GIB, check_bias_cache_gib
 from ..patching.patching import DIFFUSION_DTYPES, patched_modules
 from .ladder_isolated import run_isolated
+from .module_peaks import ModulePeaks, detail_modules
 from .structure import (
     RANDOM_WEIGHTS_NOTE,
     PhaseTimer,
@@ -107,6 +102,7 @@ from .timing import (
 )
 
 VARIANTS = ("original", "exact", "lowrank")
+DETAIL_TOP = 12  # memory_detail: the modules with the highest GPU peaks kept per record
 LABELS = {"original": "stock (original)", "exact": "patched exact", "lowrank": "patched lowrank"}
 
 
@@ -272,6 +268,10 @@ def validate(cfg):
         raise ValueError(f"time_budget_s must be a number of seconds > 0 or null, got {budget!r}")
     if not isinstance(cfg.get("lean_memory", True), bool):
         raise ValueError(f"lean_memory must be true or false, got {cfg.lean_memory!r}")
+    if not isinstance(cfg.get("memory_detail", False), bool):
+        raise ValueError(f"memory_detail must be true or false, got {cfg.memory_detail!r}")
+    if cfg.get("memory_detail") and cfg.get("cuda_graphs"):
+        raise ValueError("memory_detail=true needs cuda_graphs=false (module hooks do not run in graph replays)")
     check = cfg.get("host_memory_check", True)
     if not (isinstance(check, bool) or check == "isolate"):
         raise ValueError(f"host_memory_check must be true, false or isolate, got {cfg.host_memory_check!r}")
@@ -475,12 +475,17 @@ def _run_one(host, model, timer, feats, atoms, rec: Record, cfg, ckpt, device, a
     # None once the run is over (finally drops it, the closure's reference with it)
     feats_dev: dict[str, torch.Tensor] | None = {k: v.to(device) for k, v in feats.items()}
     graphs, xyz, ca, failure = None, None, None, None
+    detail: ModulePeaks | None = None
+    gpu_meter = timer.meters.get("gpu")
     _free(device)
     resident = host_resident_bytes()
     rec.host_start_gib = None if resident is None else resident / GIB
     timer.reset_memory()  # the peaks of the warm-ups and the timed forward count together
     try:
         rec.notes.update(patch_variant(model, rec.variant, cfg, ckpt))
+        if cfg.get("memory_detail") and "gpu" in timer.meters:  # after patching: the modules that run
+            detail = ModulePeaks(timer.meters["gpu"]).install(detail_modules(model))
+            gpu_meter, timer.meters["gpu"] = timer.meters["gpu"], detail.share()
         if cfg.get("cuda_graphs") and rec.variant != "original":
             graphs = fb.graph_diffusion(model)
 
@@ -510,6 +515,11 @@ def _run_one(host, model, timer, feats, atoms, rec: Record, cfg, ckpt, device, a
             setattr(rec, attr, None if peak is None else peak / GIB)
             if timer.peaks.get(meter):
                 rec.notes[f"{attr}_during"] = {k: round(v / GIB, 3) for k, v in timer.peaks[meter].items()}
+        if detail is not None:
+            detail.remove()
+            timer.meters["gpu"] = gpu_meter
+            top = sorted(detail.peaks.items(), key=lambda kv: -kv[1])[:DETAIL_TOP]
+            rec.notes["peak_gib_in_modules"] = {k: round(v / GIB, 3) for k, v in top}
         if graphs is not None:
             rec.notes["cuda_graphs"] = graphs.stats
             graphs.remove()
