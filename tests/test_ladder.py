@@ -417,8 +417,8 @@ def test_module_peaks_per_block_module_shared_with_the_phase_timer():
     assert sorted(found) == ["stack.blocks.*.att", "stack.blocks.*.mul"] and len(found["stack.blocks.*.att"]) == 2
     host = SimpleNamespace(phase_wraps=lambda model: [(toy, "run", "run", None)], phases=lambda spans, stamps: {})
     timer = PhaseTimer(None, torch.device("cpu"), host).install()
-    peaks = ModulePeaks((meter.reset, meter.read)).install(found)
-    timer.meters = {"gpu": peaks.share()}
+    timer.meters = {"gpu": (meter.reset, meter.read)}
+    peaks = ModulePeaks(timer.meters).install(found)
     try:
         timer.reset_memory()
         timer.run(lambda: toy.run(0))
@@ -432,7 +432,7 @@ def test_module_peaks_per_block_module_shared_with_the_phase_timer():
     finally:
         peaks.remove()
         timer.remove()
-    assert not toy.stack.blocks[0].mul._forward_pre_hooks
+    assert not toy.stack.blocks[0].mul._forward_pre_hooks and timer.meters["gpu"] == (meter.reset, meter.read)
 
 
 def test_memory_detail_records_the_block_modules_peaks(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 scripts' default (CPU) configurations run end to end and write readable results."""
 
 import json
+import os
 import sys
 
 import pytest
@@ -111,6 +112,7 @@ def test_host_peak_memory_follows_an_allocation_and_resets():
     start = host_resident_bytes()
     big = torch.ones(256 * mib // 4)  # 256 MiB, every page written
     peak = host_peak_bytes()
+    assert host_peak_bytes(os.getpid()) == peak  # another process's, read the same way: this one's
     del big
     assert peak >= start + 200 * mib
     assert host_peak_reset() and host_peak_bytes() < peak - 200 * mib  # freed, and the peak restarted

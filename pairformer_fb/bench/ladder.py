@@ -476,7 +476,6 @@ def _run_one(host, model, timer, feats, atoms, rec: Record, cfg, ckpt, device, a
     feats_dev: dict[str, torch.Tensor] | None = {k: v.to(device) for k, v in feats.items()}
     graphs, xyz, ca, failure = None, None, None, None
     detail: ModulePeaks | None = None
-    gpu_meter = timer.meters.get("gpu")
     _free(device)
     resident = host_resident_bytes()
     rec.host_start_gib = None if resident is None else resident / GIB
@@ -484,8 +483,7 @@ def _run_one(host, model, timer, feats, atoms, rec: Record, cfg, ckpt, device, a
     try:
         rec.notes.update(patch_variant(model, rec.variant, cfg, ckpt))
         if cfg.get("memory_detail") and "gpu" in timer.meters:  # after patching: the modules that run
-            detail = ModulePeaks(timer.meters["gpu"]).install(detail_modules(model))
-            gpu_meter, timer.meters["gpu"] = timer.meters["gpu"], detail.share()
+            detail = ModulePeaks(timer.meters).install(detail_modules(model))
         if cfg.get("cuda_graphs") and rec.variant != "original":
             graphs = fb.graph_diffusion(model)
 
@@ -517,7 +515,6 @@ def _run_one(host, model, timer, feats, atoms, rec: Record, cfg, ckpt, device, a
                 rec.notes[f"{attr}_during"] = {k: round(v / GIB, 3) for k, v in timer.peaks[meter].items()}
         if detail is not None:
             detail.remove()
-            timer.meters["gpu"] = gpu_meter
             top = sorted(detail.peaks.items(), key=lambda kv: -kv[1])[:DETAIL_TOP]
             rec.notes["peak_gib_in_modules"] = {k: round(v / GIB, 3) for k, v in top}
         if graphs is not None:

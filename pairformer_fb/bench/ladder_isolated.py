@@ -7,10 +7,10 @@ run is measured where it fits, and where it does not its record says so and the 
 The child runs ``ladder.run`` on the ladder's settings for that one rung and variant
 (``host_memory_check=false``, no time budget) into a temporary folder; its record replaces the
 run's (the run's date and the note ``isolated`` kept). The parent reads the child's peak resident
-memory (Linux ``/proc/<pid>/status`` VmHWM) while it runs: a child ended by SIGKILL is recorded as
+memory (Linux's VmHWM, ``timing.host_peak_bytes``) while it runs: a child ended by SIGKILL is recorded as
 ``oom`` with that peak (``peak_host_gib``) and ``notes.oom_during = "host memory: ..."``; other
-endings as ``error: ...``. The child builds its own model and features (a minute or two for a
-real-size model) while the parent keeps its model, so use it for the runs the check flags only.
+endings as ``error: ...``. The child builds its own model and features while the parent keeps
+its model, so it runs only the runs the check flags.
 """
 
 from __future__ import annotations
@@ -27,25 +27,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-GIB = 1024**3
+from ..modules.bias_cache import GIB
+from .timing import host_peak_bytes
+
 CHILD_CODE = "import sys; from omegaconf import OmegaConf; from pairformer_fb.bench import ladder; ladder.run(OmegaConf.load(sys.argv[1]))"
 
 
 def child_command(config_path: Path) -> list[str]:
     """The command that runs the ladder on ``config_path`` in a child process."""
     return [sys.executable, "-c", CHILD_CODE, str(config_path)]
-
-
-def _peak_resident_bytes(pid: int) -> int | None:
-    """The peak resident memory (VmHWM) of process ``pid``; None where it cannot be read."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return None
 
 
 def run_isolated(cfg: Any, rec: Any, reason: str, poll_s: float = 0.5) -> None:
@@ -68,7 +58,7 @@ def run_isolated(cfg: Any, rec: Any, reason: str, poll_s: float = 0.5) -> None:
         proc = subprocess.Popen(child_command(path))
         peak = 0
         while proc.poll() is None:
-            peak = max(peak, _peak_resident_bytes(proc.pid) or 0)
+            peak = max(peak, host_peak_bytes(proc.pid) or 0)
             time.sleep(poll_s)
         results = Path(tmp) / "out" / "results.json"
         found = []

@@ -6,8 +6,9 @@ their name with the block indices replaced by ``*`` (``pairformer_stack.blocks.*
 the peak of any block's.
 
 The meter is shared with :class:`~pairformer_fb.bench.structure.PhaseTimer`, which also restarts
-it: :meth:`ModulePeaks.share` wraps the timer's meter so that a peak read by a hook still counts
-for the timer's phase (the wrapped read is the highest since the timer's own restart). Only the
+it: :meth:`ModulePeaks.install` puts a wrapped meter in the timer's place (``remove`` puts the
+timer's back), so that a peak read by a hook still counts for the timer's phase (the wrapped
+read is the highest since the timer's own restart). Only the
 GPU meter is used (reading and restarting it costs no synchronisation); host memory stays per
 phase (restarting its meter walks the process's page tables).
 """
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import nn
+
+from .structure import Meter
 
 BLOCK_INDEX = re.compile(r"\.\d+(?=\.|$)")
 
@@ -37,17 +40,20 @@ def detail_modules(model: nn.Module, depth: int = 2) -> dict[str, list[nn.Module
 
 
 class ModulePeaks:
-    """Per-module peaks of one meter ``(reset, read)``: ``peaks[name]`` in bytes."""
+    """Per-module peaks (``peaks[name]`` in bytes) of the meter ``meters[meter]`` (a phase
+    timer's), which :meth:`install` wraps and :meth:`remove` restores."""
 
-    def __init__(self, meter: tuple[Callable[[], object], Callable[[], int | None]]):
-        self._reset, self._read = meter
+    def __init__(self, meters: dict[str, Meter], meter: str = "gpu"):
+        self._meters, self._meter = meters, meter
+        self._timer_meter = meters[meter]
+        self._reset, self._read = self._timer_meter
         self._carried = 0
         self._running: list[tuple[int, str]] = []
         self._handles: list[Any] = []
         self.peaks: dict[str, int] = {}
 
-    def share(self) -> tuple[Callable[[], object], Callable[[], int | None]]:
-        """The meter for the phase timer: its read is the highest since its own reset, the
+    def _shared(self) -> Meter:
+        """The meter in the timer's place: its read is the highest since its own reset, the
         stretches that the hooks read and restarted in between included."""
 
         def reset() -> None:
@@ -70,6 +76,7 @@ class ModulePeaks:
         self._reset()
 
     def install(self, modules: dict[str, list[nn.Module]]) -> ModulePeaks:
+        self._meters[self._meter] = self._shared()
         for name, group in modules.items():
             for module in group:
                 self._handles.append(module.register_forward_pre_hook(self._enter(module, name)))
@@ -93,6 +100,7 @@ class ModulePeaks:
         return hook
 
     def remove(self) -> None:
+        self._meters[self._meter] = self._timer_meter
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

@@ -209,12 +209,16 @@ class PhaseTimer:
         return out, times
 
 
-def _peak_meters(device: torch.device) -> dict[str, tuple[Callable[[], object], Callable[[], int | None]]]:
+# a peak-memory meter: (restart it from the current use, read the peak since the restart)
+Meter = tuple[Callable[[], object], Callable[[], int | None]]
+
+
+def _peak_meters(device: torch.device) -> dict[str, Meter]:
     """(reset, read) of each peak-memory meter that can be restarted here: "gpu" (CUDA memory
     allocated) on CUDA, "host" (the process's resident memory) where Linux allows it."""
     from .timing import host_peak_bytes, host_peak_reset
 
-    meters: dict[str, tuple[Callable[[], object], Callable[[], int | None]]] = {}
+    meters: dict[str, Meter] = {}
     if device.type == "cuda":
         meters["gpu"] = (
             lambda: torch.cuda.reset_peak_memory_stats(device),

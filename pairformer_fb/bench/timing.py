@@ -49,10 +49,11 @@ def host_peak_reset() -> bool:
         return False
 
 
-def host_peak_bytes() -> int | None:
+def host_peak_bytes(pid: int | None = None) -> int | None:
     """The process's peak resident host memory since the last :func:`host_peak_reset` (since the
-    start without one): Linux's VmHWM; None elsewhere."""
-    return _status_bytes("VmHWM")
+    start without one): Linux's VmHWM; None elsewhere. ``pid``: another process's (None where it
+    has ended)."""
+    return _status_bytes("VmHWM", _STATUS if pid is None else f"/proc/{pid}/status")
 
 
 # a container's memory limit and use: cgroup v2, then v1 (an unlimited one reads ~2^63)

@@ -43,7 +43,9 @@ Where a method takes less than one part, the host's runs unchanged.
   an H200 in 2026-12: 100.8 GiB peak before the trunk, the prediction's largest), for a 19.5 GiB
   result. The host's method runs as it is inside a torch function mode that makes its one-hots
   uint8 and, where every part of a concatenation is a 0 / 1 integer tensor, concatenates them
-  as uint8: the same 0 / 1 values, so the same fp32 ``relp``, with about 30 GiB alive at 6,144.
+  as uint8: the same 0 / 1 values, so the same fp32 ``relp``, with about 30 GiB alive at 6,144
+  by their shapes (on the H200 that phase then peaked at 38.28 GiB, what the prediction already
+  held included; benchmarks/ladder_h200/).
 """
 
 from __future__ import annotations
