@@ -8,7 +8,8 @@
 # The ladder parts run first, in order, until END_S seconds into the call (each with the time
 # left as its budget; EXTRA="key=value ..." adds settings), then every test marked gpu with the time left
 # (pytest-xdist, 8 workers: the tests are correctness checks, not timings) unless SKIP_TESTS=1;
-# TESTS="..." names other pytest arguments.
+# TESTS="..." names other pytest arguments. BUDGET=null: the first part runs without the ladder's
+# time-budget estimate (the cube of the token ratio, which overestimates long rungs), bounded by timeout only.
 # Settings as session 6's ladder_call.sh: base model (random weights), 5 samples, 4 cycles /
 # 200 steps below 2,048 tokens, 1 cycle / 20 steps from 2,048 on.
 # Packages: .devsite/site.tar.xz (carry [".devsite"]): the host wheels the device image lacks,
@@ -31,8 +32,8 @@ while [ $# -ge 2 ]; do
   [ $LEFT -gt 60 ] || break
   timeout $LEFT python3 scripts/bench_ladder.py model=base "tokens=$1" "variants=$2" \
     cycles=4 long_rungs.from_tokens=2048 long_rungs.cycles=1 long_rungs.steps=20 samples=5 \
-    time_budget_s=$((LEFT - 15)) resume=true output_dir="$D" ${EXTRA:-} > "$OUT/ladder$PART.log" 2>&1
-  echo "ladder part $PART ($1 $2) rc=$? ${SECONDS}s"; shift 2
+    time_budget_s=${BUDGET:-$((LEFT - 15))} resume=true output_dir="$D" ${EXTRA:-} > "$OUT/ladder$PART.log" 2>&1
+  echo "ladder part $PART ($1 $2) rc=$? ${SECONDS}s"; shift 2; unset BUDGET
   cp "$D"/results.* "$D"/ladder.png "$K"/ 2>/dev/null
   tail -c 1500 "$OUT/ladder$PART.log" | tr '\r' '\n' | grep -v "^ladder:\|^|\|^$" | tail -4
 done
