@@ -19,6 +19,7 @@ CASES = {
     # name: spec (see aot_compile.py); widths are padded head dim + padded rank
     "bf16_d32_r64_rows2": dict(D=32, R=64, bias="shared", mask=True),  # two rows per program, widest
     "bf16_d128_bias": dict(D=128, bias="shared", mask=True),  # width 128: one row
+    "bf16_d48_bias": dict(D=48, bias="shared", mask=True),  # the diffusion transformer's: one row, 32 x 64
     "bf16_d64_r64": dict(D=64, R=64, bias="shared"),
     "fp16_wide_d128_r128": dict(D=128, R=128, bias="shared", dtype="fp16"),
     "bf16_row_factors_row_bias": dict(D=64, R=64, factor_batch=4, bias="rows"),  # ds_sum kernel

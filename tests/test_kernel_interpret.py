@@ -349,12 +349,12 @@ class _LaunchSpy:
         dict(B=4, H=2, Lq=21, Lk=19, D=24, R=4, bias=(1, 2, 21, 19), mask=None, rows=2),  # shared factors + bias
         dict(B=3, H=2, Lq=18, Lk=23, D=16, R=6, bias=None, mask=(3, 23), rows=1),  # shared factors only
         dict(B=3, H=2, Lq=20, Lk=18, D=16, R=0, bias=(1, 1, 20, 18), mask=(3, 18), rows=2),  # summed over heads too
-        dict(B=1, H=3, Lq=19, Lk=21, D=16, R=0, bias=(1, 3, 19, 21), mask=(1, 21), rows=1),  # one row (single attn)
+        dict(B=1, H=3, Lq=19, Lk=21, D=16, R=0, bias=(1, 1, 19, 21), mask=(1, 21), rows=1),  # one row, heads summed
         dict(B=3, H=1, Lq=17, Lk=130, D=16, R=0, bias=(1, 1, 17, 130), mask=(3, 130), rows=2),  # keys past 128
     ],
 )
 def test_tile_padded_ds_sum_matches_the_reference(case, monkeypatch):
-    """tiles.DS_TILE_PAD (opt-in): the fused backward adds the row-shared dS unmasked into
+    """tiles.DS_TILE_PAD (on by default): the fused backward adds the row-shared dS unmasked into
     storage padded to whole tiles. Fresh random inputs, lengths that the tiles do not divide,
     key masks: every gradient matches the reference, and the launch took the unmasked path."""
     from pairformer_fb.kernel import tiles, triton_launch
@@ -385,9 +385,9 @@ def test_tile_padded_ds_sum_matches_the_reference(case, monkeypatch):
     assert spy.calls and all(c["FUSE_DS"] and c["DS_FULL"] for c in spy.calls)
 
 
-def test_ds_sum_keeps_bounds_masks_by_default_and_where_tiles_outgrow_the_padding(monkeypatch):
-    """Off by default (masked adds into the unpadded buffer); on, with padding narrower than the
-    tiles (BIAS_TILE_PAD 8, tiles of 16), the launch keeps the masked adds: same gradients."""
+def test_ds_sum_keeps_bounds_masks_when_off_and_where_tiles_outgrow_the_padding(monkeypatch):
+    """Off (PFB_DS_TILE_PAD=0: masked adds into the unpadded buffer); on, with padding narrower
+    than the tiles (BIAS_TILE_PAD 8, tiles of 16), the launch keeps the masked adds: same gradients."""
     from pairformer_fb.kernel import tiles, triton_launch
 
     spy = _LaunchSpy(triton_launch._bwd_kernel)
@@ -412,6 +412,53 @@ def test_ds_sum_keeps_bounds_masks_by_default_and_where_tiles_outgrow_the_paddin
         for a, b in zip(grads(out, ins), expected):
             assert rel_err(a, b) < 1e-4
         assert [(c["FUSE_DS"], c["DS_FULL"]) for c in spy.calls] == [(True, False)]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # B = 1 and a bias with every head and both lengths: each dS tile has one writer
+        dict(H=3, Lq=19, Lk=37, bias=(1, 3, 19, 37), mask=(1, 37), store=True),
+        dict(H=1, Lq=33, Lk=18, bias=(1, 1, 33, 18), mask=None, store=True),
+        dict(H=1, Lq=33, Lk=18, bias=(33, 18), mask=None, store=True),  # broadcast from 2-d: same shape
+        # not single writers: heads summed, a broadcast query dim
+        dict(H=3, Lq=19, Lk=21, bias=(1, 1, 19, 21), mask=None, store=False),
+        dict(H=2, Lq=19, Lk=21, bias=(1, 2, 1, 21), mask=(1, 21), store=False),
+    ],
+)
+@pytest.mark.parametrize("pad", [True, False])
+def test_one_row_bias_gradient_is_stored_by_its_only_writer(case, pad, monkeypatch):
+    """One row (B = 1, the single attention) with a bias [1, H, Lq, Lk]: the backward stores each
+    dS tile as the bias gradient in the bias dtype (no zeroed fp32 buffer, atomics or cast), with
+    the padded dS sum on or off; other bias shapes keep the fused sum. Fresh random inputs, lengths
+    the tiles do not divide: every gradient matches the reference, and the launch took the path
+    the case expects."""
+    from pairformer_fb.kernel import tiles, triton_launch
+
+    monkeypatch.setattr(tiles, "DS_TILE_PAD", pad)
+    spy = _LaunchSpy(triton_launch._bwd_kernel)
+    monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
+    args, kw = make_inputs(
+        1, case["H"], case["Lq"], case["Lk"], 16, bias_shape=case["bias"], mask_shape=case["mask"], device=DEVICE
+    )
+    elem = args[0].element_size()
+    cfg = tiles.default_config("bwd", 16, 0, True, elem)  # the interpreter's tiles, fused as on a GPU
+    monkeypatch.setitem(
+        tiles.CONFIG_OVERRIDES,
+        tiles.config_key("bwd", 16, 0, True, elem),
+        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 1, fuse_ds=True),
+    )
+    out = flash_bias_attention(*args, **kw, backend="triton")
+    ref = flash_bias_attention(*args, **kw, backend="reference")
+    ins = differentiable(args, kw)
+    names = ["q", "k", "v"] + [n for n in kw if n != "key_mask"]
+    got = grads(out, ins)
+    for name, a, b in zip(names, got, grads(ref, ins)):
+        assert torch.isfinite(a).all() and rel_err(a, b) < 1e-4, name
+    dbias = got[names.index("bias")]
+    assert dbias.shape == kw["bias"].shape and dbias.dtype == kw["bias"].dtype
+    assert spy.calls and all(c["FUSE_DS"] and c["DS_STORE"] == case["store"] for c in spy.calls)
+    assert all(not (c["DS_STORE"] and c["DS_FULL"]) for c in spy.calls)
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,18 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool, elem_b
             # Triton 3.6 read shared memory out of bounds at the dQ product (compute-sanitizer; wrong
             # dQ, dK, dV): 8 warps compute those right (benchmarks/session5/call5/tiles.txt).
             warps = 8 if block_r > block_d else 4
-            return KernelConfig(64, 64, warps, 3, 2 if width < 128 else 1, fuse_ds=True)
+            if block_d > 32 and not block_r and width < 128:
+                # the diffusion transformer's head dim 48 with its bias shared by 5 samples: one row,
+                # 32 x 64 tiles (no spills) measured 1.02 ms fwd+bwd against 2.04 with the two-row
+                # 64 x 64 tiles (1,144 B of spill stack) at N = 1170 (H100,
+                # benchmarks/session9/bwd_profile_h100/, GPU-bound there; shorter N are host-bound)
+                return KernelConfig(32, 64, 4, 3, 1, fuse_ds=True)
+            # two stages (32 / 168 B of spill stack instead of 80 / 304 at N = 1024 / 1170): triangle
+            # shape D = 32, dense bias 11.65 against 12.25 ms fwd+bwd at N = 1024, factors R = 32
+            # 11.46 against 11.99; with the padded dS sum at 1170 22.98 / 21.86 against 25.63 / 23.27
+            # (H100, benchmarks/session9/bwd_profile_h100/)
+            stages = 2 if width <= 64 and warps == 4 else 3  # the 8-warp tiles: session 5's GPU regression cases
+            return KernelConfig(64, 64, warps, stages, 2 if width < 128 else 1, fuse_ds=True)
         return KernelConfig(64, 128, 4, 3, 1)
     # a shared bias or shared factors: two rows per program share their tiles. Factors at N = 1170
     # (triangle module case: strided q/k/v, key mask, gate): 4.98 ms against 6.01 with the
@@ -173,18 +184,22 @@ def _launch(kind: str, ops: "_Operands", dtype: torch.dtype, launch) -> None:
             cfg = _FITTED[key] = smaller
 
 
-# Opt-in, not yet timed on a device (issue 17): the fused backward (fuse_ds) adds the row-shared
-# dS into fp32 storage padded to whole BIAS_TILE_PAD tiles (triton_launch._reduced_ds_buffer)
-# and its atomic adds go unmasked. Where Lk is not a multiple of 16 (N = 1170) the bounds-masked
-# adds into rows of ceil(Lk / 4) * 4 floats compile to 32 scalar REDG.E.ADD.F32 per thread and
-# 64 x 64 tile, against 8 four-wide REDG.E.ADD.F32x4 at N = 1024 (cubins compiled for sm_90 on
-# the CPU, benchmarks/session6/bwd_analysis.md); padded, every length gets the four-wide ones.
-# PFB_DS_TILE_PAD=1 (or setting this attribute) turns it on; read at each backward call.
-DS_TILE_PAD = os.environ.get("PFB_DS_TILE_PAD", "0") == "1"
-# Opt-in, not yet timed (issue 17): the backward programs of one row group (all key blocks and
+# On by default (issue 17): the fused backward (fuse_ds) adds the row-shared dS into fp32
+# storage padded to whole BIAS_TILE_PAD tiles (triton_launch._reduced_ds_buffer) and its atomic
+# adds go unmasked. Where Lk is not a multiple of 16 (N = 1170) the bounds-masked adds into rows
+# of ceil(Lk / 4) * 4 floats compile to 32 scalar REDG.E.ADD.F32 per thread and 64 x 64 tile,
+# against 8 four-wide REDG.E.ADD.F32x4 at N = 1024 (benchmarks/session6/bwd_analysis.md);
+# padded, every length gets the four-wide ones. Measured (H100, triangle shape, old tiles,
+# benchmarks/session9/bwd_profile_h100/): N = 1170 dense bias 30.48 -> 23.82 ms fwd+bwd,
+# factors 26.38 -> 22.84; N = 1024 12.29 -> 12.17 and 11.96 -> 11.54.
+# PFB_DS_TILE_PAD=0 (or setting this attribute) turns it off; read at each backward call.
+DS_TILE_PAD = os.environ.get("PFB_DS_TILE_PAD", "1") == "1"
+# Opt-in, measured slower (issue 17): the backward programs of one row group (all key blocks and
 # heads, side by side in the heads-fastest grid) start their query-block loop at different
 # blocks, so the key blocks of a head no longer add into the same dQ tile at the same time
 # (by default only row groups are staggered). Only the order of the dQ / dS sums changes.
+# H100, triangle shape: N = 1024 12.29 -> 13.04 ms fwd+bwd, N = 1170 with the padded dS sum
+# 23.82 -> 25.60 (benchmarks/session9/bwd_profile_h100/): kept for measurements only.
 # PFB_DQ_STAGGER=1 (or setting this attribute) turns it on; read at each backward call.
 DQ_STAGGER = os.environ.get("PFB_DQ_STAGGER", "0") == "1"
 

@@ -195,6 +195,7 @@ def _bwd_kernel(
     ROW_FACTOR_GRAD: tl.constexpr,
     FUSE_DS: tl.constexpr,
     DS_FULL: tl.constexpr,
+    DS_STORE: tl.constexpr,
     STAGGER_KB: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
@@ -217,7 +218,9 @@ def _bwd_kernel(
     zeroed fp32 buffer DS_SUM [1, GH, Lq, Lk] (s_gh = 0 when the heads are summed too) instead
     of a separate _ds_sum_kernel pass. DS_FULL: DS_SUM's storage is padded to whole tiles
     (tiles.DS_TILE_PAD), so those adds go unmasked; the padding gets dS = 0 (P = 0 past Lq / Lk)
-    and is never read."""
+    and is never read. DS_STORE: this program is the only one to write its dS tiles (one row
+    group, the bias's heads kept, e.g. the single attention's [1, H, L, L] bias): a plain store
+    into DS_SUM in its own dtype (the bias gradient itself: no zeroing, atomics or cast)."""
     HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
     kb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_kblocks, B, H, ROWS, GRID_ORDER)
     offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -354,7 +357,13 @@ def _bwd_kernel(
             )
             if FUSE_DS:  # a clamped copy of the last row (odd B) adds nothing
                 ds0 += ds1 * row1_ok.to(tl.float32)
-        if FUSE_DS:
+        if FUSE_DS and DS_STORE:
+            tl.store(
+                DS_SUM + h * s_gh + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk,
+                ds0.to(DS_SUM.dtype.element_ty),
+                mask=(offs_m < Lq)[:, None] & (offs_n < Lk)[None, :],
+            )
+        elif FUSE_DS:
             if DS_FULL:
                 tl.atomic_add(DS_SUM + h * s_gh + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk, ds0, sem="relaxed")
             else:

@@ -309,9 +309,18 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     qf, kf, bias, mask = ops.pointer_args(q)
 
     # dS summed over the rows sharing the bias / factors: by the bwd kernel's atomics (fuse_ds)
-    # or by the separate _ds_sum_kernel
-    ds_tile_padded = sum_ds and tiles.DS_TILE_PAD
-    g = _reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device, ds_tile_padded) if sum_ds else None
+    # or by the separate _ds_sum_kernel. One row (B = 1) and a bias with every head and both
+    # lengths (the single attention's [1, H, L, L]): nothing to sum, each dS tile is written by
+    # one program, so the kernel stores it as the bias gradient itself (bias dtype, no zeroing,
+    # no atomics, no cast; the fp32 sum's values rounded once, as before)
+    ds_single_writer = (
+        bias_grad and not shared_factor_grad and not row_factor_grad and B == 1 and ops.bias_shape == (1, H, Lq, Lk)
+    )
+    ds_tile_padded = sum_ds and tiles.DS_TILE_PAD and not ds_single_writer
+    if ds_single_writer:
+        g = torch.empty(ops.bias_shape, device=q.device, dtype=ops.bias_dtype)
+    else:
+        g = _reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device, ds_tile_padded) if sum_ds else None
     fused_ds = False
 
     def launch_bwd(cfg):
@@ -320,7 +329,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
         fused_ds = bool(cfg.fuse_ds and sum_ds and g.shape[0] == 1 and not row_factor_grad)
         # whole tiles of the padded dS storage: its adds need no bounds mask
         ds_full = fused_ds and ds_tile_padded and BIAS_TILE_PAD % cfg.block_m == 0 and BIAS_TILE_PAD % cfg.block_n == 0
-        if fused_ds:
+        if fused_ds and not ds_single_writer:
             (g._base if ds_tile_padded else g).zero_()
         gh_stride = g.stride(1) if (fused_ds and g.shape[1] > 1) else 0
         n_kblocks = triton.cdiv(Lk, cfg.block_n)
@@ -367,6 +376,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
             ROW_FACTOR_GRAD=row_factor_grad,
             FUSE_DS=fused_ds,
             DS_FULL=ds_full,
+            DS_STORE=ds_single_writer,
             STAGGER_KB=tiles.DQ_STAGGER,
             ROWS=rows,
             BLOCK_M=cfg.block_m,
