@@ -20,6 +20,7 @@ CASES = {
     "bf16_d32_r64_rows2": dict(D=32, R=64, bias="shared", mask=True),  # two rows per program, widest
     "bf16_d128_bias": dict(D=128, bias="shared", mask=True),  # width 128: one row
     "bf16_d48_bias": dict(D=48, bias="shared", mask=True),  # the diffusion transformer's: one row, 32 x 64
+    "bf16_single_d24_bias": dict(B=1, D=24, bias="shared", mask=True),  # one row: dS stored as the bias gradient
     "bf16_d64_r64": dict(D=64, R=64, bias="shared"),
     "fp16_wide_d128_r128": dict(D=128, R=128, bias="shared", dtype="fp16"),
     "bf16_row_factors_row_bias": dict(D=64, R=64, factor_batch=4, bias="rows"),  # ds_sum kernel
@@ -33,7 +34,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_first_call_compiles_each_kernel_once_within_hopper_shared_memory(name, tmp_path):
     c = dict(CASES[name])
-    B, H, L = 4, 2, 100
+    B, H, L = c.pop("B", 4), 2, 100
     bias = c.pop("bias", None)
     spec = {
         "B": B,
