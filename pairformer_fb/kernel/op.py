@@ -118,7 +118,7 @@ def flash_bias_attention(
     _check_tensor("v", v, 4)
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
-    if k.shape[:2] != (B, H) or k.shape[3] != D:
+    if tuple(k.shape[:2]) != (B, H) or k.shape[3] != D:
         raise ValueError(f"k must be [B, H, Lk, D] = [{B}, {H}, Lk, {D}] to match q {_shape(q)}, got {_shape(k)}")
     if tuple(v.shape) != (B, H, Lk, D):
         raise ValueError(f"v must be [B, H, Lk, D] = [{B}, {H}, {Lk}, {D}] like k, got {_shape(v)}")

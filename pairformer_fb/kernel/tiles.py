@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import triton
 from triton.runtime.errors import OutOfResources
 
 from .op import pow2_at_least_16
@@ -35,6 +34,13 @@ class KernelConfig:
 
 # the padded tile width of a head dim or rank (shared with the op's dispatch)
 _pow2_at_least_16 = pow2_at_least_16
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the launches' grid sizes: plain integer math (``triton.cdiv`` is a
+    constexpr function whose call from Python costs a few microseconds, 11 times per op
+    forward + backward; benchmarks/session9/host_overhead_cpu/)."""
+    return -(-a // b)
 
 
 def default_config(kind: str, block_d: int, block_r: int, has_bias: bool, elem_bytes: int = 2) -> KernelConfig:
@@ -219,7 +225,7 @@ def _grid_order(ops: "_Operands", rows: int) -> int:
     if _FORCED_GRID_ORDER is not None:
         return int(_FORCED_GRID_ORDER)
     shared = ops.bias is not None and ops.bias_shape[0] == 1 or ops.has_factors and ops.q_factors_batch == 1
-    if shared and 1 < triton.cdiv(ops.B, rows) <= SIDE_BY_SIDE_GROUPS:
+    if shared and 1 < cdiv(ops.B, rows) <= SIDE_BY_SIDE_GROUPS:
         return 2
     return 1 if GRID_HEAD_FASTEST else 0
 

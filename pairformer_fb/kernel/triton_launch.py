@@ -10,11 +10,10 @@ from __future__ import annotations
 import weakref
 
 import torch
-import triton
 
 from . import tiles
 from .reference import MASK_NEG
-from .tiles import INTERPRET, KernelConfig, _grid_order, _launch, _pow2_at_least_16, _rows_per_program
+from .tiles import INTERPRET, KernelConfig, _grid_order, _launch, _pow2_at_least_16, _rows_per_program, cdiv
 from .triton_backward import _bwd_delta_kernel, _bwd_kernel, _ds_sum_kernel
 from .triton_kernels import _fwd_kernel
 
@@ -40,6 +39,8 @@ def _new_like_layout(t: torch.Tensor, dtype: torch.dtype | None = None, zero: bo
     layout spare callers a transpose copy (torch.empty_like falls back to contiguous for such
     non-dense views)."""
     new = torch.zeros if zero else torch.empty
+    if t.is_contiguous():  # the common case, without the stride sort (host time per call)
+        return new(t.shape, device=t.device, dtype=dtype or t.dtype)
     # outermost first; ties (size-1 or broadcast dims) keep their logical order
     strides = t.stride()
     order = sorted(range(t.dim()), key=lambda d: (-strides[d], d))
@@ -148,7 +149,7 @@ class _Operands:
             bias is not None
             and bias.shape[0] == 1
             and B > 1
-            and bias.shape[2:] == (Lq, Lk)
+            and tuple(bias.shape[2:]) == (Lq, Lk)
             and (Lq % BIAS_TILE_PAD != 0 or Lk % BIAS_TILE_PAD != 0)
         )
         if self.bias_padded and not _in_padded_storage(bias):
@@ -214,8 +215,8 @@ def _forward(q, k, v, ops: _Operands, gate: torch.Tensor | None = None):
 
     def launch(cfg):
         rows = _rows_per_program(ops, cfg)
-        n_qblocks = triton.cdiv(Lq, cfg.block_m)
-        _fwd_kernel[(n_qblocks * H * triton.cdiv(B, rows),)](
+        n_qblocks = cdiv(Lq, cfg.block_m)
+        _fwd_kernel[(n_qblocks * H * cdiv(B, rows),)](
             q,
             k,
             v,
@@ -284,7 +285,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
 
     delta = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
     dm = 16 if INTERPRET else 64
-    n_dblocks = triton.cdiv(Lq, dm)
+    n_dblocks = cdiv(Lq, dm)
     _bwd_delta_kernel[(n_dblocks * B * H,)](
         o,
         do,
@@ -332,8 +333,8 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
         if fused_ds and not ds_single_writer:
             (g._base if ds_tile_padded else g).zero_()
         gh_stride = g.stride(1) if (fused_ds and g.shape[1] > 1) else 0
-        n_kblocks = triton.cdiv(Lk, cfg.block_n)
-        _bwd_kernel[(n_kblocks * H * triton.cdiv(B, rows),)](
+        n_kblocks = cdiv(Lk, cfg.block_n)
+        _bwd_kernel[(n_kblocks * H * cdiv(B, rows),)](
             q,
             k,
             v,
@@ -370,7 +371,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
             D,
             ops.R,
             n_kblocks,
-            triton.cdiv(Lq, cfg.block_m),
+            cdiv(Lq, cfg.block_m),
             ops.scale,
             **ops.flags(cfg),
             ROW_FACTOR_GRAD=row_factor_grad,
@@ -396,7 +397,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
             splits = min(rcfg.splits, B) if GB == 1 else 1  # rows are split only where summed
             if splits > 1:
                 g.zero_()  # partial sums are added atomically
-            n_qblocks, n_kblocks = triton.cdiv(Lq, rcfg.block_m), triton.cdiv(Lk, rcfg.block_n)
+            n_qblocks, n_kblocks = cdiv(Lq, rcfg.block_m), cdiv(Lk, rcfg.block_n)
             _ds_sum_kernel[(n_qblocks * n_kblocks * GB * GH * splits,)](
                 q,
                 k,
