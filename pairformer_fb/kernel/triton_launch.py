@@ -318,10 +318,11 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
         bias_grad and not shared_factor_grad and not row_factor_grad and B == 1 and ops.bias_shape == (1, H, Lq, Lk)
     )
     ds_tile_padded = sum_ds and tiles.DS_TILE_PAD and not ds_single_writer
+    g: torch.Tensor | None = None
     if ds_single_writer:
         g = torch.empty(ops.bias_shape, device=q.device, dtype=ops.bias_dtype)
-    else:
-        g = _reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device, ds_tile_padded) if sum_ds else None
+    elif sum_ds:
+        g = _reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device, ds_tile_padded)
     fused_ds = False
 
     def launch_bwd(cfg):
