@@ -426,13 +426,14 @@ def test_ds_sum_keeps_bounds_masks_when_off_and_where_tiles_outgrow_the_padding(
         dict(H=2, Lq=19, Lk=21, bias=(1, 2, 1, 21), mask=(1, 21), store=False),
     ],
 )
-@pytest.mark.parametrize("pad", [True, False])
-def test_one_row_bias_gradient_is_stored_by_its_only_writer(case, pad, monkeypatch):
+@pytest.mark.parametrize(("pad", "fuse"), [(True, True), (False, True), (True, False)])
+def test_one_row_bias_gradient_is_stored_by_its_only_writer(case, pad, fuse, monkeypatch):
     """One row (B = 1, the single attention) with a bias [1, H, Lq, Lk]: the backward stores each
     dS tile as the bias gradient in the bias dtype (no zeroed fp32 buffer, atomics or cast), with
-    the padded dS sum on or off; other bias shapes keep the fused sum. Fresh random inputs, lengths
-    the tiles do not divide: every gradient matches the reference, and the launch took the path
-    the case expects."""
+    the padded dS sum on or off; other bias shapes keep the fused sum. Unfused tiles (a tuned
+    override): the separate dS kernel writes that buffer. Fresh random inputs, lengths the tiles
+    do not divide: every gradient matches the reference, and the launch took the path the case
+    expects."""
     from pairformer_fb.kernel import tiles, triton_launch
 
     monkeypatch.setattr(tiles, "DS_TILE_PAD", pad)
@@ -446,7 +447,7 @@ def test_one_row_bias_gradient_is_stored_by_its_only_writer(case, pad, monkeypat
     monkeypatch.setitem(
         tiles.CONFIG_OVERRIDES,
         tiles.config_key("bwd", 16, 0, True, elem),
-        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 1, fuse_ds=True),
+        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 1, fuse_ds=fuse),
     )
     out = flash_bias_attention(*args, **kw, backend="triton")
     ref = flash_bias_attention(*args, **kw, backend="reference")
@@ -457,7 +458,7 @@ def test_one_row_bias_gradient_is_stored_by_its_only_writer(case, pad, monkeypat
         assert torch.isfinite(a).all() and rel_err(a, b) < 1e-4, name
     dbias = got[names.index("bias")]
     assert dbias.shape == kw["bias"].shape and dbias.dtype == kw["bias"].dtype
-    assert spy.calls and all(c["FUSE_DS"] and c["DS_STORE"] == case["store"] for c in spy.calls)
+    assert spy.calls and all(c["FUSE_DS"] == fuse and c["DS_STORE"] == case["store"] for c in spy.calls)
     assert all(not (c["DS_STORE"] and c["DS_FULL"]) for c in spy.calls)
 
 
