@@ -15,6 +15,7 @@ two small rungs (and one rung of tiny OpenFold3 and Boltz-2: the schedules they 
 """
 
 import json
+import math
 import os
 import random
 
@@ -28,7 +29,7 @@ from bench_configs import bench_config
 from test_cli import assert_one_line_error
 from test_cli import run as run_script
 
-from pairformer_fb.bench import ladder
+from pairformer_fb.bench import ladder, ladder_skips
 from pairformer_fb.data.featurize import read_samples
 from pairformer_fb.data.structure import ca_coords, ca_rmsd
 from pairformer_fb.hosts.protenix.structure import ProtenixHost
@@ -287,13 +288,38 @@ def test_time_budget_skips_runs_that_would_overrun():
     cfg = bench_config("bench_ladder", "x", ["time_budget_s=100"])
     done = ladder.Record("protenix", "exact", 1000, 1, seconds={"total": 10.0}, cycles=1, steps=20, samples=5)
     nxt = ladder.Record("protenix", "exact", 2000, 1, cycles=1, steps=20, samples=5)
-    assert ladder._over_budget(cfg, [done], nxt, 10.0) is None  # 10 + 10 x 2^3 = 90 s <= 100
-    assert "estimated at 80 s" in ladder._over_budget(cfg, [done], nxt, 30.0)  # would end at 110 s
+    assert ladder_skips.over_budget(cfg, [done], nxt, 10.0) is None  # 10 + 10 x 2^3 = 90 s <= 100
+    assert "estimated at 80 s" in ladder_skips.over_budget(cfg, [done], nxt, 30.0)  # would end at 110 s
     other = ladder.Record("protenix", "original", 2000, 1, cycles=1, steps=20, samples=5)
-    assert ladder._over_budget(cfg, [done], other, 30.0) is None  # no finished rung of its variant to scale
-    assert "spent" in ladder._over_budget(cfg, [done], other, 100.0)
+    assert ladder_skips.over_budget(cfg, [done], other, 30.0) is None  # no finished rung of its variant to scale
+    assert "spent" in ladder_skips.over_budget(cfg, [done], other, 100.0)
     cfg.time_budget_s = None
-    assert ladder._over_budget(cfg, [done], nxt, 1e9) is None
+    assert ladder_skips.over_budget(cfg, [done], nxt, 1e9) is None
+
+
+def test_time_budget_scales_by_the_growth_measured_between_two_rungs():
+    """The exponent of seconds in tokens comes from the two longest finished rungs with the same
+    schedule: the variant's own, else another variant's, kept within [2, 3]; other schedules and
+    a single rung do not count. The numbers are the H200 ladder's (benchmarks/ladder_h200/)."""
+    cfg = bench_config("bench_ladder", "x", ["time_budget_s=1000"])
+
+    def rung(variant, tokens, total, steps=20):
+        return ladder.Record("protenix", variant, tokens, 1, seconds={"total": total}, cycles=1, steps=steps, samples=5)
+
+    exact = [rung("exact", 2048, 21.0), rung("exact", 4096, 99.31)]
+    stock = rung("original", 2048, 39.31)
+    nxt = ladder.Record("protenix", "original", 6144, 1, cycles=1, steps=20, samples=5)
+    k, why = ladder_skips.time_exponent([*exact, stock], nxt)
+    assert k == pytest.approx(math.log(99.31 / 21.0) / math.log(2)) and "exact's 2048- and 4096-token" in why
+    guess = 39.31 * 3**k  # ~460 s where the cube says 1,061
+    assert ladder_skips.over_budget(cfg, [*exact, stock], nxt, 1000 - guess - 1) is None
+    assert f"estimated at {guess:.0f} s" in ladder_skips.over_budget(cfg, [*exact, stock], nxt, 1000 - guess + 1)
+    own = [stock, rung("original", 4096, 39.31 * 2**2.6)]  # its own two rungs first
+    assert ladder_skips.time_exponent([*exact, *own], nxt)[0] == pytest.approx(2.6)
+    assert ladder_skips.time_exponent([stock, rung("exact", 1024, 1.0), rung("exact", 2048, 100.0)], nxt)[0] == 3.0
+    assert ladder_skips.time_exponent([stock, rung("exact", 1024, 10.0), rung("exact", 2048, 11.0)], nxt)[0] == 2.0
+    other_schedule = [rung("exact", 1024, 5.0, steps=200), rung("exact", 2048, 21.0)]
+    assert ladder_skips.time_exponent([*other_schedule, stock], nxt) == (3.0, "3, nothing measured to fit it to")
 
 
 class FakeMeter:
@@ -459,23 +485,23 @@ def test_host_memory_check_skips_runs_that_would_not_fit(monkeypatch):
     assert cfg.host_memory_check is True  # the default
     done = ladder.Record("protenix", "exact", 1000, 1, peak_host_gib=7.0, host_start_gib=5.0)  # grew 2 GiB
     nxt = ladder.Record("protenix", "exact", 2000, 1)  # 2 x 2^2 = 8 GiB
-    monkeypatch.setattr(ladder, "host_available_bytes", lambda: 7 * gib)
-    reason = ladder._over_host_memory(cfg, [done], nxt)
+    monkeypatch.setattr(ladder_skips, "host_available_bytes", lambda: 7 * gib)
+    reason = ladder_skips.over_host_memory(cfg, [done], nxt)
     assert (
         reason.startswith("skipped: host memory: this run would take ~8 GiB more") and "7 GiB are available" in reason
     )
-    monkeypatch.setattr(ladder, "host_available_bytes", lambda: 9 * gib)
-    assert ladder._over_host_memory(cfg, [done], nxt) is None
-    monkeypatch.setattr(ladder, "host_available_bytes", lambda: 1 * gib)
+    monkeypatch.setattr(ladder_skips, "host_available_bytes", lambda: 9 * gib)
+    assert ladder_skips.over_host_memory(cfg, [done], nxt) is None
+    monkeypatch.setattr(ladder_skips, "host_available_bytes", lambda: 1 * gib)
     other = ladder.Record("protenix", "original", 2000, 1)
-    assert ladder._over_host_memory(cfg, [done], other) is None  # no finished rung of its variant
+    assert ladder_skips.over_host_memory(cfg, [done], other) is None  # no finished rung of its variant
     failed = ladder.Record("protenix", "exact", 1500, 1, status="oom", peak_host_gib=50.0, host_start_gib=5.0)
-    assert "the 1000-token rung's 2.0 GiB" in ladder._over_host_memory(cfg, [done, failed], nxt)  # ok runs only
-    monkeypatch.setattr(ladder, "host_available_bytes", lambda: None)  # not Linux: no estimate
-    assert ladder._over_host_memory(cfg, [done], nxt) is None
-    monkeypatch.setattr(ladder, "host_available_bytes", lambda: 1 * gib)
+    assert "the 1000-token rung's 2.0 GiB" in ladder_skips.over_host_memory(cfg, [done, failed], nxt)  # ok runs only
+    monkeypatch.setattr(ladder_skips, "host_available_bytes", lambda: None)  # not Linux: no estimate
+    assert ladder_skips.over_host_memory(cfg, [done], nxt) is None
+    monkeypatch.setattr(ladder_skips, "host_available_bytes", lambda: 1 * gib)
     cfg.host_memory_check = False
-    assert ladder._over_host_memory(cfg, [done], nxt) is None
+    assert ladder_skips.over_host_memory(cfg, [done], nxt) is None
 
 
 def test_isolate_runs_a_flagged_run_in_a_child_process(tmp_path, monkeypatch):
@@ -486,7 +512,7 @@ def test_isolate_runs_a_flagged_run_in_a_child_process(tmp_path, monkeypatch):
 
     cfg = config(tmp_path, "tokens=[24,40]", "variants=[exact]", "steps=1", "host_memory_check=isolate")
     flag = "skipped: host memory: this run would take ~9 GiB more"  # the check's verdict on the 40-token rung
-    monkeypatch.setattr(ladder, "_over_host_memory", lambda cfg, records, rec: flag if rec.tokens == 40 else None)
+    monkeypatch.setattr(ladder, "over_host_memory", lambda cfg, records, rec: flag if rec.tokens == 40 else None)
     commands = []
     real = ladder_isolated.child_command
     monkeypatch.setattr(ladder_isolated, "child_command", lambda p: commands.append(p) or real(p))

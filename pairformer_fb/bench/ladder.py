@@ -31,10 +31,8 @@ rewritten after every run): ``results.json`` (``{"environment", "model", "config
 stock against patched). An ``output_dir`` that already holds ``results.json`` is an error
 unless ``overwrite=true`` (replace it) or ``resume=true`` (same settings: its ok / oom runs stay,
 the runs it lacks are added; one ladder over several device calls). ``time_budget_s``: runs that
-would end past it (the previous rung of the variant scaled by the cube of the token ratio) are
-``skipped``; so are runs whose host memory would not fit (``host_memory_check``, on by default:
-the previous rung's growth in host memory scaled by the square of the token ratio, against what
-the system has available), because a process past the host's memory is ended by the kernel,
+would end past it are ``skipped``; so are runs whose host memory would not fit
+(``host_memory_check``, on by default; both estimates in bench/ladder_skips.py), because a process past the host's memory is ended by the kernel,
 not given an error, and the ladder with it; ``host_memory_check=isolate`` runs those in a child
 process instead (bench/ladder_isolated.py: measured where they fit, ``oom`` where the system
 ends the child).
@@ -82,6 +80,7 @@ from ..hosts.structure_hosts import PHASES, get_host
 from ..modules.bias_cache import GIB, check_bias_cache_gib
 from ..patching.patching import DIFFUSION_DTYPES, patched_modules
 from .ladder_isolated import run_isolated
+from .ladder_skips import over_budget, over_host_memory
 from .module_peaks import ModulePeaks, detail_modules
 from .structure import (
     RANDOM_WEIGHTS_NOTE,
@@ -358,7 +357,7 @@ def run(cfg) -> dict:
                 rec = Record(cfg.host, variant, n, atoms.array_length(), reduced=reduced, featurise_s=featurise_s)
                 rec.cycles, rec.steps, rec.samples = used["cycles"], used["steps"], used["samples"]
                 rec.date = env["date"]
-                skip = _over_budget(cfg, records, rec, time.perf_counter() - start) or _over_host_memory(
+                skip = over_budget(cfg, records, rec, time.perf_counter() - start) or over_host_memory(
                     cfg, records, rec
                 )
                 if skip and skip.startswith("skipped: host memory") and cfg.get("host_memory_check") == "isolate":
@@ -386,71 +385,6 @@ def run(cfg) -> dict:
     result["plot"] = plot(records, out / "ladder.png")
     write_outputs(out, result)
     return result
-
-
-def _over_budget(cfg, records: list[Record], rec: Record, elapsed: float) -> str | None:
-    """The skip status of a run that would overrun ``time_budget_s``: when the budget is spent,
-    or when the last finished rung of the variant, with the same schedule, scaled by the cube of
-    the token ratio (the trunk's cost) would end past it."""
-    budget = cfg.get("time_budget_s")
-    if budget is None:
-        return None
-    if elapsed >= budget:
-        return f"skipped: time budget of {budget} s spent ({elapsed:.0f} s)"
-    prev = [
-        r
-        for r in records
-        if r.variant == rec.variant
-        and r.seconds
-        and (r.cycles, r.steps, r.samples) == (rec.cycles, rec.steps, rec.samples)
-    ]
-    if prev:
-        p = prev[-1]
-        assert p.seconds is not None  # prev keeps the runs with seconds
-        guess = p.seconds["total"] * (rec.tokens / p.tokens) ** 3 * (1 + cfg.warmup)
-        if elapsed + guess > budget:
-            return (
-                f"skipped: time budget of {budget} s: {elapsed:.0f} s spent, this run estimated at {guess:.0f} s "
-                f"(the {p.tokens}-token rung's {p.seconds['total']:.0f} s x (tokens ratio)^3)"
-            )
-    return None
-
-
-def _over_host_memory(cfg, records: list[Record], rec: Record) -> str | None:
-    """The skip status of a run whose host memory would not fit (``host_memory_check``): the last
-    finished rung of the variant used ``peak_host_gib - host_start_gib`` more host memory than it
-    started with; scaled by the square of the token ratio (what grows fastest in host memory:
-    e.g. Protenix's pae / pde logits, which it moves to host memory beyond 2,000 tokens) it exceeds
-    what the system has available now. A run past the host's memory is not an exception but the
-    end of the process (the kernel's OOM killer), which would end the ladder. An estimate: it
-    does not see a jump in what lives in host memory between the rungs (Protenix below and
-    above 2,000 tokens), and stays quiet where the memory cannot be read (not Linux)."""
-    if not cfg.get("host_memory_check", True):
-        return None
-    prev = [
-        r
-        for r in records
-        if r.variant == rec.variant
-        and r.status == "ok"
-        and r.tokens < rec.tokens
-        and r.peak_host_gib is not None
-        and r.host_start_gib is not None
-    ]
-    available = host_available_bytes()
-    if not prev or available is None:
-        return None
-    p = prev[-1]
-    assert p.peak_host_gib is not None and p.host_start_gib is not None  # prev keeps those
-    grew = max(p.peak_host_gib - p.host_start_gib, 0.0)
-    need = grew * (rec.tokens / p.tokens) ** 2
-    if need > available / GIB:
-        return (
-            f"skipped: host memory: this run would take ~{need:.0f} GiB more (the {p.tokens}-token rung's "
-            f"{grew:.1f} GiB x (tokens ratio)^2), {available / GIB:.0f} GiB are available; past that the system "
-            "ends the process instead of raising an out-of-memory error (host_memory_check=false runs it anyway, "
-            "isolate in a child process)"
-        )
-    return None
 
 
 def _free(device: torch.device) -> None:

@@ -1,5 +1,5 @@
 """A ladder run in a child process (``host_memory_check=isolate``), for a run whose host memory
-the ladder predicts would not fit (``ladder._over_host_memory``). Past the host's memory the
+the ladder predicts would not fit (``ladder_skips.over_host_memory``). Past the host's memory the
 kernel ends the process that asked for it (the OOM killer's SIGKILL) instead of raising an error:
 in the ladder's own process that would end the ladder with every later rung. In a child, the
 run is measured where it fits, and where it does not its record says so and the ladder goes on.

@@ -9,7 +9,8 @@
 # left as its budget; EXTRA="key=value ..." adds settings), then every test marked gpu with the time left
 # (pytest-xdist, 8 workers: the tests are correctness checks, not timings) unless SKIP_TESTS=1;
 # TESTS="..." names other pytest arguments. BUDGET=null: the first part runs without the ladder's
-# time-budget estimate (the cube of the token ratio, which overestimates long rungs), bounded by timeout only.
+# time-budget estimate, bounded by timeout only (stock at 6,144 tokens: estimated ~590 s from patched's
+# measured growth, more than a call leaves, though it may end sooner in an out-of-memory).
 # Settings as session 6's ladder_call.sh: base model (random weights), 5 samples, 4 cycles /
 # 200 steps below 2,048 tokens, 1 cycle / 20 steps from 2,048 on.
 # Packages: .devsite/site.tar.xz (carry [".devsite"]): the host wheels the device image lacks,
