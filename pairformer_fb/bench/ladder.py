@@ -32,8 +32,8 @@ stock against patched). An ``output_dir`` that already holds ``results.json`` is
 unless ``overwrite=true`` (replace it) or ``resume=true`` (same settings: its ok / oom runs stay,
 the runs it lacks are added; one ladder over several device calls). ``time_budget_s``: runs that
 would end past it are ``skipped``; so are runs whose host memory would not fit
-(``host_memory_check``, on by default; both estimates in bench/ladder_skips.py), because a process past the host's memory is ended by the kernel,
-not given an error, and the ladder with it; ``host_memory_check=isolate`` runs those in a child
+(``host_memory_check``, on by default; both estimates in bench/ladder_skips.py), because a
+process past the host's memory is ended by the kernel, not given an error, and the ladder with it; ``host_memory_check=isolate`` runs those in a child
 process instead (bench/ladder_isolated.py: measured where they fit, ``oom`` where the system
 ends the child).
 Where the O(N^2) memory is (N tokens, c_z = 128). Measured on one H200 for Protenix's patched
