@@ -41,16 +41,21 @@ def test_attention_benchmark_runs_on_cpu(tmp_path):
     cfg = bench_config(
         "bench_attention",
         tmp_path,
-        ["triangle.sizes=[16]", "single.sizes=[24]", "ranks=[4]", "warmup_ms=1", "rep_ms=1"],
+        ["triangle.sizes=[16]", "single.sizes=[24]", "diffusion.sizes=[20]", "ranks=[4]", "warmup_ms=1", "rep_ms=1"],
     )
     records = bench_attention.run(cfg)
+    shapes = {(r.kind, r.n, r.batch, r.heads, r.head_dim) for r in records}
+    assert shapes == {("triangle", 16, 16, 4, 32), ("single", 24, 1, 16, 24), ("diffusion", 20, 5, 16, 48)}
+    diffusion = {r.method: r for r in records if r.kind == "diffusion"}
+    assert diffusion["fb_bias"].status == "ok" and diffusion["sdpa_floor"].status == "ok"
     by_method = {r.method: r for r in records if r.kind == "triangle"}
     assert by_method["fb_bias"].status == "ok" and by_method["fb_bias"].fwd_bwd_ms > 0
     assert by_method["fb_factors"].status == "ok"
     assert by_method["cueq"].status.startswith(("not installed", "skipped", "error"))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["environment"]["torch"] == torch.__version__ and len(saved["records"]) == len(records)
-    assert "| triangle | 16 |" in (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
+    assert "| triangle | 16 |" in table and "| diffusion | 20 | 5×16×48 |" in table
 
 
 def test_module_benchmark_runs_on_cpu(tmp_path):

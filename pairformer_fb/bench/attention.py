@@ -23,7 +23,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 @dataclass
 class Case:
-    kind: str  # "triangle" (B = N rows, bias shared by rows) or "single" (B = 1)
+    kind: str  # "triangle" (B = N rows), "single" (B = 1) or "diffusion" (B = samples); bias [1, H, N, N] shared by B
     n: int
     batch: int
     heads: int
@@ -163,6 +163,9 @@ def run(cfg) -> list[Record]:
     dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     cases = [Case("triangle", n, n, cfg.triangle.heads, cfg.triangle.head_dim) for n in cfg.triangle.sizes]
     cases += [Case("single", n, 1, cfg.single.heads, cfg.single.head_dim) for n in cfg.single.sizes]
+    if cfg.get("diffusion"):
+        d = cfg.diffusion
+        cases += [Case("diffusion", n, d.samples, d.heads, d.head_dim) for n in d.sizes]
     jobs = [(c, m, r) for c in cases for m in cfg.methods for r in (cfg.ranks if m == "fb_factors" else [None])]
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
