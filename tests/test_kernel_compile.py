@@ -57,3 +57,26 @@ def test_first_call_compiles_each_kernel_once_within_hopper_shared_memory(name, 
     assert len(names) == len(set(names)), f"a kernel was compiled again with smaller tiles: {kernels}"
     for k in kernels:
         assert k["shared_bytes"] <= HOPPER_SHARED_MEMORY, k
+
+
+def test_backward_tile_table_keeps_the_measured_choices(monkeypatch):
+    """The 16-bit backward tiles chosen from the session 9 profile (benchmarks/session9/bwd_profile_h100/):
+    two stages for the 4-warp two-row triangle tiles, one-row 32 x 64 tiles for head dims 33-64 with
+    a dense bias, the 8-warp tiles of a rank above the head dim unchanged (session 5's GPU
+    regression cases), and the padded dS sum on unless PFB_DS_TILE_PAD=0."""
+    from pairformer_fb.kernel import tiles
+
+    monkeypatch.setattr(tiles, "INTERPRET", False)
+    bwd = tiles.KernelConfig
+    assert tiles.default_config("bwd", 32, 0, True) == bwd(64, 64, 4, 2, 2, fuse_ds=True)  # triangle, dense bias
+    assert tiles.default_config("bwd", 32, 32, False) == bwd(64, 64, 4, 2, 2, fuse_ds=True)  # triangle, factors
+    assert tiles.default_config("bwd", 64, 0, True) == bwd(32, 64, 4, 3, 1, fuse_ds=True)  # diffusion D = 48
+    assert tiles.default_config("bwd", 32, 64, False) == bwd(64, 64, 8, 3, 2, fuse_ds=True)  # rank > head dim
+    assert tiles.default_config("bwd", 64, 64, True) == bwd(64, 64, 4, 3, 1, fuse_ds=True)  # width 128: one row
+    for value, on in ((None, True), ("1", True), ("true", True), ("0", False)):
+        env = {} if value is None else {"PFB_DS_TILE_PAD": value}
+        code = "import pairformer_fb.kernel.tiles as t; print(t.DS_TILE_PAD)"
+        base = {k: v for k, v in os.environ.items() if k != "PFB_DS_TILE_PAD"}
+        base["PYTHONPATH"] = os.pathsep.join([str(SCRIPT.parent.parent), os.environ.get("PYTHONPATH", "")])
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**base, **env})
+        assert run.stdout.strip() == str(on), (value, run.stderr[-500:])

@@ -199,7 +199,7 @@ def _launch(kind: str, ops: "_Operands", dtype: torch.dtype, launch) -> None:
 # benchmarks/session9/bwd_profile_h100/): N = 1170 dense bias 30.48 -> 23.82 ms fwd+bwd,
 # factors 26.38 -> 22.84; N = 1024 12.29 -> 12.17 and 11.96 -> 11.54.
 # PFB_DS_TILE_PAD=0 (or setting this attribute) turns it off; read at each backward call.
-DS_TILE_PAD = os.environ.get("PFB_DS_TILE_PAD", "1") == "1"
+DS_TILE_PAD = os.environ.get("PFB_DS_TILE_PAD", "1") != "0"
 # Opt-in, measured slower (issue 17): the backward programs of one row group (all key blocks and
 # heads, side by side in the heads-fastest grid) start their query-block loop at different
 # blocks, so the key blocks of a head no longer add into the same dQ tile at the same time
