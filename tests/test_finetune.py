@@ -8,6 +8,7 @@ sequence and factors), and the 2-process gloo DDP step against one process that 
 ranks' gradients and takes the same AdamW step.
 """
 
+import contextlib
 import csv
 import os
 import subprocess
@@ -224,6 +225,44 @@ def test_loss_falls_on_a_fixed_batch(tiny_fb, tmp_path):
     assert abs(losses[0] - ref) <= 1e-5 * ref, (losses[0], ref)
     assert losses[-1] < 0.5 * losses[0], losses
     assert min(losses[-5:]) < min(losses[:5])
+
+
+def test_distillation_runs_the_factor_networks_in_the_last_cycle_only(tiny_fb, tmp_path):
+    """With several recycles the trunk runs exact in the cycles before the last and distills in
+    the last: the loss, its gradients and the validation are those of distilling in every cycle
+    (whose earlier losses the last overwrote), and each factor network runs once per pass."""
+    from pairformer_fb.convert.finetune import validate
+
+    model = protenix_model(seed=9)
+    load_converted(tiny_fb, model)
+    feats = ProteinCrops(split_samples([str(short_fasta(tmp_path))], None, 0)[0], crop_size=16, seed=0).fixed(0)
+    objective = DistillLoss(model, list(patched_modules(model)))
+    params = [p for n, p in model.named_parameters() if FACTOR_KEY_MARK in n]
+    calls = []
+    hooks = [
+        w.flash_bias.factor_network.register_forward_hook(lambda *_: calls.append(1))
+        for w in objective.wrappers.values()
+    ]
+    n_cycle = 3
+    loss, logs = objective(feats, n_cycle)
+    grads = torch.autograd.grad(loss, params)
+    assert len(calls) == len(objective.wrappers)  # once each: the last cycle
+
+    calls.clear()
+    objective.set_mode("distill")  # every cycle, as before
+    _, _, _ = protenix_trunk(model, feats, n_cycle, grad=True)
+    assert len(calls) == n_cycle * len(objective.wrappers)
+    every = torch.stack([objective.wrappers[p].last_distill_loss for p in objective.trained]).mean()
+    assert torch.equal(loss, every)
+    for a, b in zip(grads, torch.autograd.grad(every, params), strict=True):
+        assert torch.equal(a, b)
+
+    calls.clear()
+    val = validate(objective, [("short", feats)], n_cycle, contextlib.nullcontext)
+    assert len(calls) == (1 + n_cycle) * len(objective.wrappers)  # the distill pass's last cycle, every lowrank cycle
+    assert val["mean_block_error"] == pytest.approx(float(logs["bias_loss"]), rel=1e-6)
+    for h in hooks:
+        h.remove()
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_fb, tmp_path):

@@ -44,7 +44,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +94,20 @@ class DistillLoss(nn.Module):
         for w in self.wrappers.values():
             w.mode = mode
 
+    def distill_in_last_cycle(self, n_cycle: int) -> Callable[[int], None]:
+        """``protenix_trunk``'s ``on_cycle``: the exact mode in the recycling cycles before the
+        last, the distill mode in the last. The trunk computes the same (the distill mode attends
+        with the exact bias), but the factor networks and the losses of the earlier cycles,
+        which the last cycle's overwrite unused, are not computed."""
+        return lambda cycle: self.set_mode("distill" if cycle == n_cycle - 1 else "exact")
+
     def forward(self, feats, n_cycle: int):
         self.set_mode("distill")
         for w in self.wrappers.values():
             w.last_distill_loss = None
-        _, s_ref, z_ref = protenix_trunk(self.model, feats, n_cycle, grad=True)
+        _, s_ref, z_ref = protenix_trunk(
+            self.model, feats, n_cycle, grad=True, on_cycle=self.distill_in_last_cycle(n_cycle)
+        )
         per_block = {}
         for p in self.trained:
             loss = self.wrappers[p].last_distill_loss
@@ -131,7 +140,10 @@ def validate(objective: DistillLoss, batches: Sequence[tuple[str, dict]], n_cycl
     for _, feats in batches:
         with autocast():
             objective.set_mode("distill")
-            _, s_ref, z_ref = protenix_trunk(objective.model, feats, n_cycle, grad=False)
+            for w in objective.wrappers.values():
+                w.last_distill_loss = None
+            last = objective.distill_in_last_cycle(n_cycle)
+            _, s_ref, z_ref = protenix_trunk(objective.model, feats, n_cycle, grad=False, on_cycle=last)
             for p, w in objective.wrappers.items():
                 if w.last_distill_loss is None:
                     raise ValueError(

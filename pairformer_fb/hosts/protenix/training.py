@@ -4,7 +4,8 @@ their token / atom axes) and the trunk's forward with gradients (``protenix_trun
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -77,10 +78,19 @@ def crop_features(feats: Mapping[str, torch.Tensor], start: int, size: int) -> d
 
 
 # model: a Protenix model, typed Any (its submodules and attributes are Protenix's)
-def protenix_trunk(model: Any, feats: Mapping[str, torch.Tensor], n_cycle: int, *, grad: bool):
+def protenix_trunk(
+    model: Any,
+    feats: Mapping[str, torch.Tensor],
+    n_cycle: int,
+    *,
+    grad: bool,
+    on_cycle: Callable[[int], None] | None = None,
+):
     """``(s_inputs, s, z)`` of the Protenix trunk (``get_pairformer_output``) on unbatched
     features, with ``n_cycle`` recycles; ``grad``: autograd in the last cycle (as Protenix trains),
-    while every submodule stays in eval mode (no dropout)."""
+    while every submodule stays in eval mode (no dropout). ``on_cycle(i)`` is called as recycling
+    cycle i (0-based) starts, before any of its modules: a forward pre-hook on the host's
+    ``layernorm_z_cycle``, the first module each cycle runs."""
     from protenix.model.protenix import update_input_feature_dict
 
     if getattr(model, "train_confidence_only", False):
@@ -94,12 +104,18 @@ def protenix_trunk(model: Any, feats: Mapping[str, torch.Tensor], n_cycle: int, 
     # DistillLoss's "distill" pass), not the one of the forward. Only the factor networks (and
     # any unfrozen weights) need activations, so the memory it saved is small here.
     ckpt = {m: m.blocks_per_ckpt for m in model.modules() if getattr(m, "blocks_per_ckpt", None) is not None}
+    hook = None
+    if on_cycle is not None:
+        cycles = itertools.count()
+        hook = model.layernorm_z_cycle.register_forward_pre_hook(lambda module, args: on_cycle(next(cycles)))
     try:
         for m in ckpt:
             m.blocks_per_ckpt = None
         with torch.set_grad_enabled(grad):
             return model.get_pairformer_output(feats, N_cycle=n_cycle, inplace_safe=False, chunk_size=None)
     finally:
+        if hook is not None:
+            hook.remove()
         model.training = was
         for m, v in ckpt.items():
             m.blocks_per_ckpt = v
