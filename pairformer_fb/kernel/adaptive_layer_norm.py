@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from .layer_norm import norm_output_dtype, normalised_rows, triton_norm_applies
+from .tiles import cdiv
 
 
 @triton.jit
@@ -104,7 +105,7 @@ def launch_adaptive_layer_norm(
     y = torch.empty((M, C), device=a.device, dtype=out_dtype)
     block_c = triton.next_power_of_2(C)
     block_rows = max(1, min(16, 4096 // block_c))
-    _adaln_fwd_kernel[(triton.cdiv(M, block_rows),)](
+    _adaln_fwd_kernel[(cdiv(M, block_rows),)](
         x,
         gs,
         y,

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .tiles import cdiv
+
 
 @triton.jit
 def normalised_rows(X, W, Bias, rows, cols, M, C, eps, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
@@ -73,7 +75,7 @@ class _TritonLayerNorm(torch.autograd.Function):
         rstd = torch.empty(M, device=x.device, dtype=torch.float32)
         block_c = triton.next_power_of_2(C)
         block_rows = max(1, min(64, 4096 // block_c))
-        _layer_norm_fwd_kernel[(triton.cdiv(M, block_rows),)](
+        _layer_norm_fwd_kernel[(cdiv(M, block_rows),)](
             x2,
             weight if weight is not None else x2,
             bias if bias is not None else x2,
