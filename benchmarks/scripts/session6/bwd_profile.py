@@ -8,14 +8,16 @@ Stages, in the order they run (--stages):
    R = 32; the bias / factor cases again with the opt-in switches (+pad: tiles.DS_TILE_PAD,
    the tile-padded dS sum; +stagger: tiles.DQ_STAGGER, the staggered query-block loop; both).
    The differences split the backward: the kernel itself, the bias read, the dS row sum.
+   Every case sets the switches explicitly: a name without "+pad" runs with the padded sum
+   off, although it is on by default since session 9.
 2. others: the single attention (B = 1, 16 heads x 24) and the diffusion transformer's (5
-   samples, 16 heads x 48, bias shared by the samples): floor, default, both switches; fwd,
+   samples, 16 heads x 48, bias shared by the samples): floor, default, +pad; fwd,
    fwd+bwd (do_bench: host time included) and the summed kernel time per fwd+bwd (profiler),
    which tells how much of do_bench's time is the host's.
 3. diffusion_sweep: the diffusion shape's backward configs (DIFFUSION_CANDIDATES: one row per
-   program, 8 warps, narrower tiles; the default spills 1144 B at N = 1170) x switches off / on.
+   program, 8 warps, narrower tiles; the old default spilled 1144 B at N = 1170) x switches off / +pad.
 4. sweep: at every triangle N of --sizes, dense bias and factors, each candidate backward
-   config (BWD_CANDIDATES, through tiles.CONFIG_OVERRIDES) x switches off / both on: fwd+bwd
+   config (BWD_CANDIDATES, through tiles.CONFIG_OVERRIDES) x switches off / +pad: fwd+bwd
    median, its gradients against the default config's (rel. error), the tiles each kernel
    was launched with; also the floor and our default forward at each N (the fwd target).
 5. flex: FlexAttention with the bias at N = 1024 / 1170 (compiles per shape: last).
@@ -42,7 +44,10 @@ from pathlib import Path
 # candidate backward configs at the triangle shape (D = 32; bias or factors R = 32, width 64):
 # (block_m, block_n, num_warps, num_stages, rows per program, fuse_ds[, ds_sum config])
 BWD_CANDIDATES: dict[str, dict] = {
-    "default": {},  # tiles.default_config: (64, 64, 4, 3, 2, fuse_ds); 80 / 304 B spill stack at N = 1024 / 1170
+    # tiles.default_config: (64, 64, 4, 2, 2, fuse_ds) since session 9 (before: 3 stages, 80 / 304 B
+    # spill stack at N = 1024 / 1170)
+    "default": {},
+    "m64n64w4s3r2": dict(block_m=64, block_n=64, num_warps=4, num_stages=3, rows=2, fuse_ds=True),  # the old default
     # one row per program: no spills (223 registers); 13.49 against 12.13 ms at N = 1024 (session 3)
     "m64n64w4s3r1": dict(block_m=64, block_n=64, num_warps=4, num_stages=3, rows=1, fuse_ds=True),
     # 8 warps: no spills at 1024, 8-16 B at 1170; 17.96 ms at 1024 (session 3)
@@ -69,7 +74,8 @@ COMPILE_ONLY_CANDIDATES: dict[str, dict] = {
 # the default (two rows per program, 4 warps) has 1144 B of spill stack at N = 1170 in the sm_90
 # cubin; one row per program 184 B (0 with the padded dS sum), 8 warps or narrower tiles none
 DIFFUSION_CANDIDATES: dict[str, dict] = {
-    "default": {},
+    "default": {},  # since session 9 (32, 64, 4, 3, 1, fuse_ds), the m32n64w4s3r1 below
+    "m64n64w4s3r2": dict(block_m=64, block_n=64, num_warps=4, num_stages=3, rows=2, fuse_ds=True),  # the old default
     "m64n64w4s3r1": dict(block_m=64, block_n=64, num_warps=4, num_stages=3, rows=1, fuse_ds=True),
     "m64n64w8s3r1": dict(block_m=64, block_n=64, num_warps=8, num_stages=3, rows=1, fuse_ds=True),
     "m64n32w4s3r1": dict(block_m=64, block_n=32, num_warps=4, num_stages=3, rows=1, fuse_ds=True),
@@ -159,14 +165,17 @@ SWITCHES = {"pad": "DS_TILE_PAD", "stagger": "DQ_STAGGER"}
 
 @contextlib.contextmanager
 def switches(names):
-    """The opt-in backward switches of tiles (see SWITCHES) on inside the block."""
-    for s in names:
-        setattr(tiles, SWITCHES[s], True)
+    """The backward switches of tiles (see SWITCHES) set explicitly inside the block: those named
+    on, the others off (session 9 turned the padded dS sum on by default, so a name without
+    "+pad" measures it off); their previous values restored after."""
+    before = {attr: getattr(tiles, attr) for attr in SWITCHES.values()}
+    for name, attr in SWITCHES.items():
+        setattr(tiles, attr, name in names)
     try:
         yield
     finally:
-        for attr in SWITCHES.values():
-            setattr(tiles, attr, False)
+        for attr, value in before.items():
+            setattr(tiles, attr, value)
 
 
 def split_name(name: str) -> tuple[str, list[str]]:
@@ -387,7 +396,7 @@ def stage_sweep(
             ref = None
             for cname in names:
                 cand = candidates[cname]
-                for on in ([], ["pad", "stagger"]):
+                for on in ([], ["pad"]):  # session 9: the stagger measured slower; pad is the default now
                     r = {**base, "variant": variant, "candidate": cname, "switches": "+".join(on)}
                     if budget.left() < 25:
                         rec.add("sweep", {**r, "status": "skipped: budget"})
@@ -433,7 +442,7 @@ def stage_others(cfg, rec: Recorder, budget: Budget, shapes=OTHER_SHAPES):
     for kind, (B, H, D, sizes) in shapes.items():
         for n in sizes:
             t = make_inputs(B, H, n, D, 32, cfg["dtype"], cfg["device"], seed=n)
-            for name in ("sdpa_floor", "fb_bias", "fb_bias+pad+stagger"):
+            for name in ("sdpa_floor", "fb_bias", "fb_bias+pad"):
                 if budget.left() < 20:
                     rec.add("others", {"kind": kind, "n": n, "method": name, "status": "skipped: budget"})
                     continue
@@ -479,10 +488,10 @@ def summary(data: dict) -> str:
             fl = floor[(kind, n)]
             best = min(rs, key=lambda r: r["fwd_bwd_ms"])
             dflt = {r["switches"]: r["fwd_bwd_ms"] for r in rs if r["candidate"] == "default"}
-            off, on = dflt.get("", float("nan")), dflt.get("pad+stagger", float("nan"))
+            off, on = dflt.get("", float("nan")), dflt.get("pad", float("nan"))
             lines.append(
                 f"{kind} N={n} {variant}: floor {fl:.3f} default {off:.3f} ({off / fl:.2f}x) "
-                f"+pad+stagger {on:.3f} ({on / fl:.2f}x) best {best['candidate']} "
+                f"+pad {on:.3f} ({on / fl:.2f}x) best {best['candidate']} "
                 f"[{best['switches']}] {best['fwd_bwd_ms']:.3f} ({best['fwd_bwd_ms'] / fl:.2f}x)"
             )
     bad = [r for r in data["sweep"] if r.get("status") not in ("ok", None) and "skipped" not in r.get("status", "")]
