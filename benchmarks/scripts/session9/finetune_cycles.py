@@ -30,6 +30,48 @@ from pairformer_fb.hosts.presets import randomise_  # noqa: E402
 from pairformer_fb.patching.patching import patched_modules  # noqa: E402
 
 
+class _OpCounter:
+    """ATen ops dispatched in a step (each about one kernel launch on a GPU), outside our attention
+    op, and the op's calls: on a CPU the op runs its torch reference (many ops), on a GPU 1-3
+    Triton launches per call, so its calls are counted apart."""
+
+    def __init__(self):
+        self.counts = {"aten_ops_outside_the_attention_op": 0, "attention_op_calls": 0}
+        self._inside = 0
+
+    @contextlib.contextmanager
+    def counting(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        from pairformer_fb.kernel import op
+
+        counter = self
+        self.counts = dict.fromkeys(self.counts, 0)
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if not counter._inside:
+                    counter.counts["aten_ops_outside_the_attention_op"] += 1
+                return func(*args, **(kwargs or {}))
+
+        reference = op.attention_reference
+
+        def counted_reference(*a, **kw):
+            counter.counts["attention_op_calls"] += 1
+            counter._inside += 1
+            try:
+                return reference(*a, **kw)
+            finally:
+                counter._inside -= 1
+
+        op.attention_reference = counted_reference
+        try:
+            with Mode():
+                yield
+        finally:
+            op.attention_reference = reference
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="base")
@@ -57,7 +99,8 @@ def main() -> None:
             torch.cuda.synchronize()
         return loss.detach(), grads
 
-    every_cycle = lambda n_cycle: (lambda cycle: objective.set_mode("distill"))  # noqa: E731  (before)
+    every_cycle = lambda n_cycle: lambda cycle: objective.set_mode("distill")  # noqa: E731  (before)
+    counter = _OpCounter()
     results = {}
     ref = None
     for name, patch in (("before: every cycle", every_cycle), ("after: last cycle", None)):
@@ -67,6 +110,9 @@ def main() -> None:
             objective.distill_in_last_cycle = patch
             ctx.callback(setattr, objective, "distill_in_last_cycle", original)
         with ctx:
+            with counter.counting():
+                step()
+            ops = dict(counter.counts)
             got = step()  # warm-up
             times = []
             for _ in range(args.repeats):
@@ -76,8 +122,15 @@ def main() -> None:
         if ref is None:
             ref = got
         same = bool(torch.equal(got[0], ref[0]) and all(torch.equal(a, b) for a, b in zip(got[1], ref[1])))
-        results[name] = {"seconds": sorted(times)[len(times) // 2], "all": times, "loss_and_grads_equal": same}
-        print(f"{name:22s} {results[name]['seconds']:.3f} s per step (median of {args.repeats}), equal: {same}")
+        results[name] = {
+            "seconds": sorted(times)[len(times) // 2],
+            "all": times,
+            "loss_and_grads_equal": same,
+            "aten_ops_per_step": ops,
+        }
+        print(
+            f"{name:22s} {results[name]['seconds']:.3f} s per step (median of {args.repeats}), equal: {same}, ops {ops}"
+        )
     env = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(sys.argv),
