@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 import torch  # noqa: E402
 
 import pairformer_fb as fb  # noqa: E402
+from pairformer_fb.cli import atomic_write  # noqa: E402
 from pairformer_fb.convert.checkpoint import FACTOR_KEY_MARK  # noqa: E402
 from pairformer_fb.convert.convert import build_model  # noqa: E402
 from pairformer_fb.convert.finetune import DistillLoss  # noqa: E402
@@ -143,9 +144,7 @@ def main() -> None:
         "weights": "random; factor networks untrained (lowrank R = 32)",
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"environment": env, "results": results}, indent=1))
-    tmp.replace(out)
+    atomic_write(out, json.dumps({"environment": env, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

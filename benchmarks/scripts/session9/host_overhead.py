@@ -26,6 +26,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 from pairformer_fb import flash_bias_attention  # noqa: E402
+from pairformer_fb.cli import atomic_write  # noqa: E402
 from pairformer_fb.kernel import tiles, triton_launch  # noqa: E402
 
 
@@ -94,9 +95,7 @@ def main() -> None:
     if out.exists():
         raise SystemExit(f"host_overhead: error: --out {out} exists (choose another name)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"environment": env, "records": records}, indent=1))
-    tmp.replace(out)
+    atomic_write(out, json.dumps({"environment": env, "records": records}, indent=1))
 
 
 if __name__ == "__main__":
