@@ -1,11 +1,13 @@
 """The ladder (issue 18): a host's full inference (``host=``: protenix, openfold3, boltz) at a
 ladder of token counts, stock and patched, to find where each one stops fitting in memory and
 what it costs on the way. See configs/bench_ladder.yaml and scripts/bench_ladder.py.
+
 Inputs. Each rung's input is a real sample of exactly ``tokens`` residues made by
 :func:`long_sample`: the chains of ``sources`` (sample names of data_samples/, FASTA files or
 folders), in order and cycled, the last chain cut short to hit the count (copies of a chain form
 one entity, a cut chain its own). It is featurised by the host as the structure benchmark
 featurises its samples (hosts/<host>/featurize.py; single-sequence mode, no templates).
+
 Runs. The structure benchmark's machinery (bench/structure.py): the host's model is built once
 (``model=``, random weights unless ``checkpoint=``), the variants ``original`` (unpatched, the
 host's best kernels), ``exact`` and ``lowrank`` (``patch_variant``, plus ``bias_cache_gib``),
@@ -15,6 +17,7 @@ Per rung the cycles (trunk passes), diffusion steps and samples are set on the m
 null; rungs of at least ``long_rungs.from_tokens`` tokens take at most ``long_rungs.cycles``
 / ``steps``, so that a long rung fits a device call (the records and the table say so).
 Each (rung, variant) runs ``warmup`` untimed forwards and one timed forward.
+
 Per record: ``status`` (``ok``; ``oom`` when the device ran out of memory -- outputs dropped,
 memory freed, peaks reset, the ladder goes on; ``error: <type>: <message>``; ``skipped: ...``),
 ``peak_gib`` (``torch.cuda.max_memory_allocated`` over the forwards, an OOM's too; null on a
@@ -33,9 +36,10 @@ unless ``overwrite=true`` (replace it) or ``resume=true`` (same settings: its ok
 the runs it lacks are added; one ladder over several device calls). ``time_budget_s``: runs that
 would end past it are ``skipped``; so are runs whose host memory would not fit
 (``host_memory_check``, on by default; both estimates in bench/ladder_skips.py), because a
-process past the host's memory is ended by the kernel, not given an error, and the ladder with it; ``host_memory_check=isolate`` runs those in a child
-process instead (bench/ladder_isolated.py: measured where they fit, ``oom`` where the system
-ends the child).
+process past the host's memory is ended by the kernel, not given an error, and the ladder with
+it; ``host_memory_check=isolate`` runs those in a child process instead
+(bench/ladder_isolated.py: measured where they fit, ``oom`` where the system ends the child).
+
 Where the O(N^2) memory is (N tokens, c_z = 128). Measured on one H200 for Protenix's patched
 exact variant (benchmarks/ladder_h200/, 6,144 tokens, 5 samples): 129.5 GiB of GPU memory at
 the peak, reached alike in the MSA module, the diffusion sampling and the confidence head, and
@@ -357,11 +361,11 @@ def run(cfg) -> dict:
                 rec = Record(cfg.host, variant, n, atoms.array_length(), reduced=reduced, featurise_s=featurise_s)
                 rec.cycles, rec.steps, rec.samples = used["cycles"], used["steps"], used["samples"]
                 rec.date = env["date"]
-                skip = over_budget(cfg, records, rec, time.perf_counter() - start) or over_host_memory(
-                    cfg, records, rec
-                )
-                if skip and skip.startswith("skipped: host memory") and cfg.get("host_memory_check") == "isolate":
-                    run_isolated(cfg, rec, skip)
+                over_time = over_budget(cfg, records, rec, time.perf_counter() - start)
+                over_memory = None if over_time else over_host_memory(cfg, records, rec)
+                skip = over_time or over_memory
+                if over_memory and cfg.get("host_memory_check") == "isolate":
+                    run_isolated(cfg, rec, over_memory)
                 elif skip:
                     rec.status = skip
                 else:

@@ -101,13 +101,16 @@ class DistillLoss(nn.Module):
         which the last cycle's overwrite unused, are not computed."""
         return lambda cycle: self.set_mode("distill" if cycle == n_cycle - 1 else "exact")
 
-    def forward(self, feats, n_cycle: int):
+    def distill_trunk(self, feats, n_cycle: int, *, grad: bool):
+        """The exact trunk's ``(s_inputs, s, z)``, each wrapper's ``last_distill_loss`` set by
+        the last cycle (cleared first, so a module the trunk never called keeps None)."""
         self.set_mode("distill")
         for w in self.wrappers.values():
             w.last_distill_loss = None
-        _, s_ref, z_ref = protenix_trunk(
-            self.model, feats, n_cycle, grad=True, on_cycle=self.distill_in_last_cycle(n_cycle)
-        )
+        return protenix_trunk(self.model, feats, n_cycle, grad=grad, on_cycle=self.distill_in_last_cycle(n_cycle))
+
+    def forward(self, feats, n_cycle: int):
+        _, s_ref, z_ref = self.distill_trunk(feats, n_cycle, grad=True)
         per_block = {}
         for p in self.trained:
             loss = self.wrappers[p].last_distill_loss
@@ -139,11 +142,7 @@ def validate(objective: DistillLoss, batches: Sequence[tuple[str, dict]], n_cycl
     dev_s, dev_z = [], []
     for _, feats in batches:
         with autocast():
-            objective.set_mode("distill")
-            for w in objective.wrappers.values():
-                w.last_distill_loss = None
-            last = objective.distill_in_last_cycle(n_cycle)
-            _, s_ref, z_ref = protenix_trunk(objective.model, feats, n_cycle, grad=False, on_cycle=last)
+            _, s_ref, z_ref = objective.distill_trunk(feats, n_cycle, grad=False)
             for p, w in objective.wrappers.items():
                 if w.last_distill_loss is None:
                     raise ValueError(

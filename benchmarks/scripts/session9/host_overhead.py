@@ -52,6 +52,9 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=200)
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args()
+    out = Path(args.out)
+    if out.exists():
+        raise SystemExit(f"host_overhead: error: --out {out} exists (choose another name)")
     for name in ("_fwd_kernel", "_bwd_kernel", "_bwd_delta_kernel", "_ds_sum_kernel"):
         setattr(triton_launch, name, _NoLaunch())
     # the GPU's tile table and launches (the interpreter's small unfused tiles add a launch)
@@ -91,9 +94,6 @@ def main() -> None:
         "cores": os.cpu_count(),
         "what": "kernel launches replaced by no-ops; tiny tensors (H 2, L 8, D 8, bf16); median of repeats of the mean over calls",
     }
-    out = Path(args.out)
-    if out.exists():
-        raise SystemExit(f"host_overhead: error: --out {out} exists (choose another name)")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, json.dumps({"environment": env, "records": records}, indent=1))
 
