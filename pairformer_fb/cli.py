@@ -56,6 +56,16 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def positive_int(value, what: str, allow_null: bool = False):
+    """``value`` when it is an integer >= 1 (or None with ``allow_null``); else a ValueError
+    naming ``what``."""
+    if value is None and allow_null:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{what} must be a positive integer{' or null' if allow_null else ''}, got {value!r}")
+    return value
+
+
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Raise PermissionError unless files can be created in ``path`` or, where it does not exist
     yet, in its nearest existing ancestor (NotADirectoryError if that is a file)."""

@@ -58,6 +58,28 @@ def test_attention_benchmark_runs_on_cpu(tmp_path):
     assert "| triangle | 16 |" in table and "| diffusion | 20 | 5×16×48 |" in table
 
 
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("diffusion.sizes=[64,0]", "diffusion.sizes: every length ([64, 0]) must be a positive integer"),
+        ("diffusion.sizes=abc", "diffusion.sizes must be a list of sequence lengths, got 'abc'"),
+        ("diffusion.samples=0", "diffusion.samples must be a positive integer, got 0"),
+        ("triangle.heads=0", "triangle.heads must be a positive integer, got 0"),
+        ("single.head_dim=2.5", "single.head_dim must be a positive integer, got 2.5"),
+        ("methods=[fb_bias,fa3]", "methods: unknown ['fa3']"),
+        ("ranks=[0]", "ranks: every rank ([0]) must be a positive integer"),
+        ("dtype=int8", "dtype must be auto or one of ['bf16', 'fp16', 'fp32'], got 'int8'"),
+    ],
+)
+def test_attention_benchmark_bad_settings_are_one_line_errors(override, needle, tmp_path):
+    """Each bad setting is named in one line before any case runs: nothing is written."""
+    from test_cli import assert_one_line_error
+    from test_cli import run as run_script
+
+    assert_one_line_error(run_script("bench_attention", override, "output_dir=out", cwd=tmp_path), needle)
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
 def test_module_benchmark_runs_on_cpu(tmp_path):
     cfg = bench_config(
         "bench_modules",

@@ -6,6 +6,7 @@ markdown table with the environment they were measured in."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..cli import atomic_write
+from ..cli import atomic_write, positive_int
 from ..kernel import flash_bias_attention
 from .timing import Skipped, environment, failure_status, median_ms, median_ms_and_peak_memory
 
@@ -150,7 +151,39 @@ def _measure(case: Case, method: str, rank: int | None, cfg, dtype, device) -> R
     return rec
 
 
+METHODS = ("sdpa_floor", "sdpa_bias_mask", "fb_bias", "fb_factors", "flex_bias", "cueq", "trifast")
+
+
+def cases(cfg) -> list[Case]:
+    """The shapes of ``triangle`` (B = N rows), ``single`` (B = 1) and ``diffusion`` (B =
+    ``samples``, optional), each checked: a ValueError names the first bad setting."""
+    out = []
+    for kind in ("triangle", "single", "diffusion"):
+        section = cfg.get(kind)
+        if section is None and kind == "diffusion":
+            continue
+        sizes = section.get("sizes") if section is not None else None
+        if not isinstance(sizes, Iterable) or isinstance(sizes, (str, bytes)):
+            raise ValueError(f"{kind}.sizes must be a list of sequence lengths, got {sizes!r}")
+        sizes = list(sizes)
+        heads = positive_int(section.get("heads"), f"{kind}.heads")
+        head_dim = positive_int(section.get("head_dim"), f"{kind}.head_dim")
+        samples = positive_int(section.get("samples"), f"{kind}.samples") if kind == "diffusion" else 1
+        for n in sizes:
+            positive_int(n, f"{kind}.sizes: every length ({sizes})")
+            out.append(Case(kind, n, n if kind == "triangle" else samples, heads, head_dim))
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected some of {list(METHODS)}")
+    for r in cfg.ranks:
+        positive_int(r, f"ranks: every rank ({list(cfg.ranks)})")
+    if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {list(DTYPES)}, got {cfg.dtype!r}")
+    return out
+
+
 def run(cfg) -> list[Record]:
+    shapes = cases(cfg)  # checked before any work
     if cfg.get("kernel_configs"):
         from ..kernel.tiles import load_config_overrides
 
@@ -161,12 +194,7 @@ def run(cfg) -> list[Record]:
         else ("cpu" if cfg.device == "auto" else cfg.device)
     )
     dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    cases = [Case("triangle", n, n, cfg.triangle.heads, cfg.triangle.head_dim) for n in cfg.triangle.sizes]
-    cases += [Case("single", n, 1, cfg.single.heads, cfg.single.head_dim) for n in cfg.single.sizes]
-    if cfg.get("diffusion"):
-        d = cfg.diffusion
-        cases += [Case("diffusion", n, d.samples, d.heads, d.head_dim) for n in d.sizes]
-    jobs = [(c, m, r) for c in cases for m in cfg.methods for r in (cfg.ranks if m == "fb_factors" else [None])]
+    jobs = [(c, m, r) for c in shapes for m in cfg.methods for r in (cfg.ranks if m == "fb_factors" else [None])]
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(device) | {"dtype": str(dtype).replace("torch.", "")}

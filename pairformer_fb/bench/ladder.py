@@ -77,7 +77,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..cli import atomic_write, check_writable_dir, one_line
+from ..cli import atomic_write, check_writable_dir, one_line, positive_int
 from ..data.featurize import DATA_SAMPLES, Chain, InputError, Sample, chain_letters, read_samples
 from ..data.structure import ca_coords, ca_rmsd
 from ..hosts.structure_hosts import PHASES, get_host
@@ -176,14 +176,6 @@ class Record:
     notes: dict = field(default_factory=dict)
 
 
-def _positive_int(value, what: str, allow_null: bool = False):
-    if value is None and allow_null:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{what} must be a positive integer{' or null' if allow_null else ''}, got {value!r}")
-    return value
-
-
 # what the records of one results.json must share for resume=true to add to them
 RESUME_KEYS = (
     "host",
@@ -244,7 +236,7 @@ def validate(cfg):
     if not tokens:
         raise ValueError("tokens is empty: give the rungs, e.g. tokens=[1024,2048]")
     for t in tokens:
-        _positive_int(t, f"tokens: every rung (a token count) ({list(tokens)})")
+        positive_int(t, f"tokens: every rung (a token count) ({list(tokens)})")
     if len(set(tokens)) != len(tokens):
         raise ValueError(f"tokens names a rung twice: {list(tokens)}")
     variants = list(cfg.variants)
@@ -252,13 +244,13 @@ def validate(cfg):
     if bad or not variants or len(set(variants)) != len(variants):
         raise ValueError(f"variants must be distinct names from {list(VARIANTS)}, got {variants}")
     for k in SCHEDULE_KEYS:
-        _positive_int(cfg.get(k), k, allow_null=True)
+        positive_int(cfg.get(k), k, allow_null=True)
     long = cfg.get("long_rungs") or {}
     unknown = set(long) - {"from_tokens", "cycles", "steps"}
     if unknown:
         raise ValueError(f"long_rungs takes from_tokens, cycles and steps, got {sorted(unknown)}")
     for k in ("from_tokens", "cycles", "steps"):
-        _positive_int(long.get(k), f"long_rungs.{k}", allow_null=True)
+        positive_int(long.get(k), f"long_rungs.{k}", allow_null=True)
     if cfg.warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {cfg.warmup}")
     if not isinstance(cfg.rank, int) or isinstance(cfg.rank, bool) or cfg.rank < 1:
