@@ -92,8 +92,8 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool, elem_b
                 return KernelConfig(32, 64, 4, 3, 1, fuse_ds=True)
             # two stages (32 / 168 B of spill stack instead of 80 / 304 at N = 1024 / 1170): triangle
             # shape D = 32, dense bias 11.65 against 12.25 ms fwd+bwd at N = 1024, factors R = 32
-            # 11.46 against 11.99; with the padded dS sum at 1170 22.98 / 21.86 against 25.63 / 23.27
-            # (H100, benchmarks/session9/bwd_profile_h100/)
+            # 11.46 against 11.99; at 1170, both with the padded dS sum and the dQ stagger, 22.98 / 21.86
+            # against 25.63 / 23.27 (H100, benchmarks/session9/bwd_profile_h100/)
             stages = 2 if width <= 64 and warps == 4 else 3  # the 8-warp tiles: session 5's GPU regression cases
             return KernelConfig(64, 64, warps, stages, 2 if width < 128 else 1, fuse_ds=True)
         return KernelConfig(64, 128, 4, 3, 1)
