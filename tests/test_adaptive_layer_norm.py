@@ -70,7 +70,7 @@ def test_not_applicable_returns_none():
             assert adaptive_layer_norm(a, torch.randn(2, 1, 16, device="cuda"), norm) is None
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the dispatch to Triton is CUDA-only")
+@pytest.mark.gpu  # the dispatch to Triton is CUDA-only
 def test_dispatch_dtypes_follow_the_composition():
     norm = torch.nn.LayerNorm(96, elementwise_affine=False).cuda()
     a = torch.randn(5, 11, 96, device="cuda")

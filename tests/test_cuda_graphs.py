@@ -21,7 +21,7 @@ from torch import nn
 
 from pairformer_fb.patching.cuda_graphs import graph_module
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.gpu  # skipped without CUDA (conftest); selected by `pytest -m gpu`
 
 
 class Step(nn.Module):

@@ -103,6 +103,65 @@ def test_parameter_update_invalidates(step):
     assert handle.calls[0].stats["invalidated"] == 1
 
 
+def test_ignored_parameters_are_read_in_place_without_invalidating():
+    """``ignore_params``: an in-place update of such a weight (an optimizer step) keeps the graph,
+    whose replay reads the new value; an update of any other parameter still invalidates it."""
+    m = Step().eval()
+    handle = graph_module(m, backend=EagerReplayBackend(), ignore_params=[m.lin.weight])
+    call = handle.calls[0]
+    z = torch.randn(5)
+    with torch.no_grad():
+        for i in range(3):
+            m(*inputs(i, z))
+        m.lin.weight.mul_(2.0)
+        x, t, ctx = inputs(7, z)
+        check(m(x, t, ctx), eager(m, x, t, ctx))
+        assert call.stats["invalidated"] == 0 and call.stats["replays"] == 3
+        m.lin.bias.add_(1.0)
+        x, t, ctx = inputs(8, z)
+        check(m(x, t, ctx), eager(m, x, t, ctx))
+    assert call.stats["invalidated"] == 1
+    handle.remove()
+
+
+class WithFlashBias(nn.Module):
+    """A FlashBias triangle attention with a factor network inside a graphed module."""
+
+    def __init__(self):
+        super().__init__()
+        from pairformer_fb.modules.factor_network import FactorConfig
+        from pairformer_fb.modules.triangle_attention import FlashBiasTriangleAttention
+
+        config = FactorConfig(rank=2, width=8)
+        self.attention = FlashBiasTriangleAttention(c_z=8, n_heads=2, head_dim=4, factor_config=config)
+
+    def forward(self, z):
+        out = self.attention(z)
+        return out[0] if isinstance(out, tuple) else out
+
+
+def test_flash_bias_modes_are_keyed_and_distill_passes_through():
+    """The mode of the FlashBias modules inside is part of the key (a graph captured in one mode
+    never replays in another); "distill" passes through (its loss is a Python attribute)."""
+    torch.manual_seed(0)
+    m = WithFlashBias().eval()
+    handle = graph_module(m, backend=EagerReplayBackend())
+    call = handle.calls[0]
+    with torch.no_grad():
+        for mode in ("exact", "lowrank", "exact"):
+            m.attention.mode = mode
+            for i in range(3):
+                z = torch.randn(1, 6, 6, 8, generator=torch.Generator().manual_seed(i))
+                assert torch.equal(m(z), m.attention(z)), (mode, i)  # graphed vs the module eager
+        assert call.stats["captures"] == 2 and call.stats["invalidated"] == 0, call.stats
+        m.attention.mode = "distill"
+        before = call.stats["passthrough"]
+        for i in range(3):
+            m(torch.randn(1, 6, 6, 8))
+        assert call.stats["passthrough"] == before + 3
+    handle.remove()
+
+
 def test_inference_mode_matches_by_identity_and_data_pointer(step):
     m, backend, handle = step
     with torch.inference_mode():

@@ -265,6 +265,76 @@ def test_distillation_runs_the_factor_networks_in_the_last_cycle_only(tiny_fb, t
         h.remove()
 
 
+def recycling_run(tiny_fb, feats, *, graphed, device="cpu", backend=None, steps=3, n_cycle=3):
+    """``steps`` AdamW steps of the factor networks (``n_cycle`` recycles) then a validation, with
+    or without ``graph_recycling``: (losses, trained weights, validation, graph stats)."""
+    from pairformer_fb.convert.finetune import graph_recycling, validate
+
+    model = protenix_model(seed=9)
+    load_converted(tiny_fb, model)
+    model.to(device)
+    feats = {k: v.to(device) for k, v in feats.items()}
+    objective = DistillLoss(model, list(patched_modules(model)))
+    params = [p for n, p in model.named_parameters() if FACTOR_KEY_MARK in n]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    handle = graph_recycling(model, params, **({"backend": backend} if backend else {})) if graphed else None
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss, _ = objective(feats, n_cycle)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    val = validate(objective, [("short", feats)], n_cycle, contextlib.nullcontext)
+    stats = handle.stats if handle is not None else None
+    if handle is not None:
+        handle.remove()
+    return torch.stack(losses), [p.detach().clone() for p in params], val, stats
+
+
+# exact cycles 0, 1 of step 1 learn and capture, then 2 replays per step; validation: the distill
+# pass's two exact cycles replay, its lowrank pass learns, captures and replays once
+RECYCLING_GRAPH_STATS = {"eager": 2, "captures": 2, "replays": 9, "invalidated": 0, "failed": 0, "passthrough": 4}
+
+
+def test_graphed_recycling_trains_as_the_eager_run(tiny_fb, tmp_path):
+    """``graph_recycling`` with graph semantics on a CPU (EagerReplayBackend): three optimizer
+    steps with 3 recycles, then a validation, give the eager run's losses, weights and validation
+    exactly. The cycles without gradients replay one graph across the steps (the trained weights
+    do not invalidate it); the last cycle (gradients, "distill") runs eagerly; validation's
+    lowrank pass gets a graph of its own."""
+    from pairformer_fb.patching.cuda_graphs import EagerReplayBackend
+
+    feats = ProteinCrops(split_samples([str(short_fasta(tmp_path))], None, 0)[0], crop_size=16, seed=0).fixed(0)
+    losses, weights, val, _ = recycling_run(tiny_fb, feats, graphed=False)
+    g_losses, g_weights, g_val, stats = recycling_run(tiny_fb, feats, graphed=True, backend=EagerReplayBackend())
+    assert torch.equal(g_losses, losses) and losses[0] != losses[-1]
+    assert all(torch.equal(a, b) for a, b in zip(g_weights, weights, strict=True))
+    assert g_val == val
+    assert stats == RECYCLING_GRAPH_STATS, stats
+
+
+@pytest.mark.gpu
+def test_graphed_recycling_on_cuda_trains_as_the_eager_run(tiny_fb, tmp_path):
+    """The same with real CUDA graphs on a GPU (fp32; a replay runs the captured kernels: the
+    same results up to the GPU's nondeterministic reductions)."""
+    from naive import rel_err
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    feats = ProteinCrops(split_samples([str(short_fasta(tmp_path))], None, 0)[0], crop_size=16, seed=0).fixed(0)
+    losses, weights, val, _ = recycling_run(tiny_fb, feats, graphed=False, device="cuda")
+    g_losses, g_weights, g_val, stats = recycling_run(tiny_fb, feats, graphed=True, device="cuda")
+    assert stats == RECYCLING_GRAPH_STATS, stats
+    assert rel_err(g_losses, losses) < 1e-5
+    assert all(rel_err(a, b) < 1e-5 for a, b in zip(g_weights, weights, strict=True))
+    assert g_val["mean_block_error"] == pytest.approx(val["mean_block_error"], rel=1e-5)
+    assert g_val["pair_deviation"] == pytest.approx(val["pair_deviation"], rel=1e-4, abs=1e-9)
+
+
 def test_resume_reproduces_the_uninterrupted_run(tiny_fb, tmp_path):
     base = [
         f"checkpoint={tiny_fb}",

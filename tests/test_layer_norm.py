@@ -81,7 +81,7 @@ def test_half_input_with_fp32_parameters(dtype):
     assert rel_err(dx.float(), rx) < 1e-2 and rel_err(dw, rw) < 1e-4 and rel_err(db, rb) < 1e-4
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the dispatch to Triton is CUDA-only")
+@pytest.mark.gpu  # the dispatch to Triton is CUDA-only
 def test_dispatch_output_dtypes_follow_torch():
     """layer_norm()'s output dtype is torch's: x's without autocast, fp32 under autocast (the
     autocast dtype with for_matmul), also for a bf16 x with fp32 parameters."""

@@ -20,6 +20,10 @@ The sample and crop of step t on rank r are a function of (seed, t, r) only, so 
 sees the same data as an uninterrupted one; training checkpoints also hold the optimizer,
 scheduler, step and every RNG state (``resume=PATH``).
 
+Speed: ``trainer.cuda_graphs=true`` replays the pairformer stack of the recycling cycles without
+gradients from CUDA graphs (``graph_recycling``): a fine-tuning step at 384-token crops is bound by
+kernel launches (benchmarks/session9/finetune_cycles_cpu/), and those cycles are most of its launches.
+
 Several processes: ``torchrun --nproc_per_node=K scripts/finetune.py ...`` (DDP; nccl on CUDA,
 gloo on CPU); rank 0 logs, validates and writes.
 
@@ -44,7 +48,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +57,8 @@ import torch
 from torch import nn
 
 from ..cli import atomic_write, check_writable_dir
-from ..hosts.protenix.training import protenix_trunk
+from ..hosts.protenix.training import protenix_trunk, recycling_graph_modules
+from ..patching.cuda_graphs import GraphHandle, graph_module
 from ..patching.patching import patched_modules
 from .checkpoint import (
     FACTOR_KEY_MARK,
@@ -132,6 +137,21 @@ class DistillLoss(nn.Module):
             **{f"bias/{p}": v.detach() for p, v in per_block.items()},
         }
         return loss, logs
+
+
+def graph_recycling(model: nn.Module, trained: Iterable[torch.Tensor], **kwargs) -> GraphHandle:
+    """CUDA graphs of the trunk's pairformer stack (``recycling_graph_modules``) in the recycling
+    cycles that run without gradients: every cycle but the last of a training step, and every
+    cycle of validation. Each crop size (and mode) is learned at its first call, captured at
+    its second and replayed from the third (``GraphedCall``): a step of n cycles on a new size
+    runs 1 eager, 1 capture (~3 eager), n - 3 replays. At most ``max_graphs`` graphs are kept,
+    least recently used first out (8 by default: a 384-token crop's graph holds about one eager
+    pass's activations). The ``trained`` weights do not invalidate the graphs: the optimizer
+    updates them in place and a replay reads them in place. The last cycle (gradients,
+    "distill" mode) runs eagerly. On a CPU this is a pass-through. ``kwargs`` go to
+    ``graph_module`` (e.g. ``backend`` in tests)."""
+    kwargs.setdefault("max_graphs", 8)
+    return graph_module(recycling_graph_modules(model), ignore_params=list(trained), **kwargs)
 
 
 @torch.no_grad()
@@ -315,6 +335,8 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     objective = DistillLoss(
         model, trained, bias_weight=loss_cfg["bias_weight"], output_weight=loss_cfg["output_weight"]
     )
+    # the recycling cycles without gradients as CUDA graphs (opt-in until measured on a GPU)
+    graphs = graph_recycling(model, params.values()) if bool(tr.get("cuda_graphs", False)) and use_cuda else None
     wrapped: nn.Module = objective
     if distributed:
         wrapped = nn.parallel.DistributedDataParallel(
@@ -462,6 +484,9 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     bar.close()
     elapsed = time.perf_counter() - start
     run_validation("after")
+    graph_stats = graphs.stats if graphs is not None else None
+    if graphs is not None:
+        graphs.remove()  # frees the graphs' memory pools; the model's own forward again
     if writer is not None:
         for v in validations:
             writer.add_scalar("val/mean_block_error", v["mean_block_error"], v["step"])
@@ -475,6 +500,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
         "seconds": elapsed,
         "steps_per_second": steps_run / elapsed if elapsed > 0 else None,
         "world_size": world,
+        "cuda_graphs": graph_stats,
         "history": history,
         "validations": validations,
         "output": str(output),
@@ -560,6 +586,12 @@ def _write_report(summary: dict, out_dir: Path) -> None:
             f"{summary['steps_per_second'] or 0:.3f} steps/s, {summary['world_size']} process(es))"
         ),
     ]
+    if summary["cuda_graphs"] is not None:
+        g = summary["cuda_graphs"]
+        lines.append(
+            f"- CUDA graphs of the recycling cycles without gradients: {g['captures']} capture(s), "
+            f"{g['replays']} replay(s), {g['eager']} eager learning call(s), {g['failed']} failed capture(s)"
+        )
     if summary["history"]:
         h = summary["history"]
         lines.append(f"- loss: first step {h[0]['loss']:.4f}, last step {h[-1]['loss']:.4f} (train_log.csv)")
@@ -588,6 +620,7 @@ def _write_report(summary: dict, out_dir: Path) -> None:
 __all__ = [
     "DistillLoss",
     "finetune",
+    "graph_recycling",
     "relative_deviation",
     "validate",
     "warmup_cosine",

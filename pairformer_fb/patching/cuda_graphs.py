@@ -8,15 +8,17 @@ and returns a handle with ``.remove()``):
 * Calls are keyed by the structure of their arguments: dicts / lists / tuples are walked, tensor
   leaves give (shape, strides, dtype, device, requires_grad), simple leaves (None, bool, int,
   float, str) their value; plus the context a capture bakes in (grad mode, inference mode, the
-  CUDA autocast state and dtype, the TF32 switches, the module's ``training`` flag). Other
-  objects are not keyed: their identity is checked (same object on every replay).
+  CUDA autocast state and dtype, the TF32 switches, the module's ``training`` flag, the ``mode``
+  of each FlashBias module inside it). Other objects are not keyed: their identity is checked
+  (same object on every replay).
 * Call 1 of a key runs eagerly and records a fingerprint of every tensor leaf (weak reference,
   version counter, data pointer, layout). Call 2: leaves whose fingerprint changed are *varying*
   (they get static buffers); the others are *fixed* (the graph reads their memory in place). The
   call is warmed up on a side stream and captured (``torch.cuda.graph``, own memory pool); the
   graph is replayed once and a clone of its output returned.
 * Call 3+: if every fixed leaf is still the same live object at the same version / data pointer,
-  every other object leaf the same object, the module's parameters at the same versions and the
+  every other object leaf the same object, the module's parameters at the same versions (except
+  ``ignore_params``: weights updated in place between calls, which a replay reads in place) and the
   tensors cached by FlashBias bias caches inside the module (``bias_cache.payload``) the same
   objects, the varying leaves are copied into the static buffers, the graph replayed and clones of
   its outputs returned. Otherwise the graph is dropped and learning starts again (that call runs
@@ -32,15 +34,16 @@ and returns a handle with ``.remove()``):
   (under ``torch.no_grad()``, how the hosts predict, it is).
 * Never captured (the call runs eagerly): no CUDA tensor among the arguments (on a CPU the wrapper
   is a pass-through), a varying tensor on the CPU (its value would be baked in), grad enabled with
-  a tensor or parameter that requires grad (training), the module in training mode, a stream that
+  a tensor or parameter that requires grad (training), the module in training mode, a FlashBias
+  module inside it in "distill" mode (its loss is a Python attribute), a stream that
   is already capturing, a key whose capture failed (warned once; that key runs eagerly from then
   on), or a key whose graphs keep being invalidated before any replay (``max_relearns``).
 * Under autocast the warm-up and capture run with the autocast weight-cast cache disabled
   (``cache_enabled=False``, as ``torch.cuda.make_graphed_callables`` requires): the casts are
   part of the graph instead of reading cached casts freed when the autocast region ends.
 * ``patch_model`` / ``unpatch_model`` reset the graphs of the model's graphed modules (a graph
-  replays the kernels captured; after changing a patched module's ``mode`` or other settings call
-  ``handle.reset()`` yourself).
+  replays the kernels captured; the modes are keyed, but after changing a patched module's other
+  settings call ``handle.reset()`` yourself).
 
 The capture mechanism is injectable (``backend=``): :class:`CudaGraphBackend` (the real one),
 :class:`EagerReplayBackend` (replay re-runs the captured closure on the static buffers and copies
@@ -74,10 +77,12 @@ import functools
 import warnings
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
+
+from ..modules.common import FlashBiasModule
 
 __all__ = [
     "CudaGraphBackend",
@@ -315,6 +320,7 @@ class _Entry:
         self.fixed: list[tuple[int, _Print]] = []
         self.objects: list[Any] = []  # weakrefs or the objects themselves (not weakref-able)
         self.params: list[tuple[torch.Tensor, int]] = []
+        self.first_param: torch.Tensor | None = None
         self.payloads: list[tuple[Any, list]] = []  # (bias cache entry, weakrefs of its tensors)
         self.out = None
         self.failed = False
@@ -327,8 +333,10 @@ class GraphedCall:
     the module doc). ``module``: whose parameters' versions, ``training`` flag and FlashBias bias
     caches bound the graphs' validity. ``max_graphs``: graphs kept per wrapper (LRU).
     ``max_relearns``: a key whose graphs are invalidated this many times in a row before any
-    replay runs eagerly from then on. ``stats``: counts of eager calls, captures, replays,
-    invalidations, failures."""
+    replay runs eagerly from then on. ``ignore_params``: parameters whose in-place updates leave
+    the graphs valid (a replay reads them in place, as an eager call would; e.g. the weights an
+    optimizer trains between calls, where nothing derived from them is cached outside the graph).
+    ``stats``: counts of eager calls, captures, replays, invalidations, failures."""
 
     def __init__(
         self,
@@ -338,6 +346,7 @@ class GraphedCall:
         backend=None,
         max_graphs: int = 2,
         max_relearns: int = 3,
+        ignore_params: Iterable[torch.Tensor] = (),
         name: str | None = None,
     ):
         functools.update_wrapper(self, fn)  # inspect.signature follows __wrapped__
@@ -347,6 +356,8 @@ class GraphedCall:
         self.max_graphs = max_graphs
         self.max_relearns = max_relearns
         self.name = name or getattr(fn, "__qualname__", repr(fn))
+        self._ignored = {id(p) for p in ignore_params}
+        self._flash_bias: list[FlashBiasModule] | None = None  # the FlashBias modules inside ``module``
         self.enabled = True
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
         self.stats = {"eager": 0, "captures": 0, "replays": 0, "invalidated": 0, "failed": 0, "passthrough": 0}
@@ -363,6 +374,7 @@ class GraphedCall:
         for entry in self._entries.values():
             self._drop(entry)
         self._entries.clear()
+        self._flash_bias = None
 
     def _drop(self, entry: _Entry) -> None:
         if entry.graph is not None:
@@ -389,15 +401,17 @@ class GraphedCall:
         spec: list = []
         _flatten((args, kwargs), tensors, objects, spec)
         module = self.module
+        modes = self._modes(module)
         if (
             not tensors
             or not self.backend.supports(tensors)
             or (module is not None and module.training)
             or (torch.is_grad_enabled() and self._needs_grad(tensors, module))
+            or "distill" in modes
         ):
             self.stats["passthrough"] += 1
             return self.fn(*args, **kwargs)
-        key = (tuple(spec), tuple(_layout(t) for t in tensors), _context(module))
+        key = (tuple(spec), tuple(_layout(t) for t in tensors), _context(module), modes)
         entry = self._entries.get(key)
         if entry is None:
             entry = self._entries[key] = _Entry()
@@ -431,6 +445,22 @@ class GraphedCall:
             entry.last = [_Print(t) for t in tensors]
             return out
         return self._capture(entry, tensors, objects, module, args, kwargs)
+
+    def _modes(self, module: nn.Module | None) -> tuple[str, ...]:
+        """The ``mode`` of each FlashBias module inside ``module`` (part of the key: a graph
+        replays the kernels of the modes it captured). A "distill" mode passes through: its bias
+        loss is an attribute the wrapper sets (``last_distill_loss``), which a replay would not."""
+        if module is None:
+            return ()
+        if self._flash_bias is None:
+            from ..hosts.base import PatchedModule
+
+            self._flash_bias = [
+                m.flash_bias if isinstance(m, PatchedModule) else m
+                for m in module.modules()
+                if isinstance(m, (PatchedModule, FlashBiasModule))
+            ]
+        return tuple(m.mode for m in self._flash_bias)
 
     @staticmethod
     def _needs_grad(tensors, module) -> bool:
@@ -470,7 +500,8 @@ class GraphedCall:
         entry.fixed = [(i, _Print(t)) for i, t in enumerate(tensors) if i not in static]
         entry.objects = [_ref(o) for o in objects]
         if module is not None:
-            entry.params = [(p, p._version) for p in module.parameters()]
+            entry.params = [(p, p._version) for p in module.parameters() if id(p) not in self._ignored]
+            entry.first_param = next(module.parameters(), None)
             entry.payloads = [(c, [weakref.ref(t) for t in _tree_tensors(c.payload)]) for c in _bias_caches(module)]
         graph.replay()  # a capture does not run the kernels: the first output is a replay's
         self.stats["replays"] += 1
@@ -485,8 +516,8 @@ class GraphedCall:
         for param, version in entry.params:
             if param._version != version:
                 return False
-        if module is not None and entry.params and not _same_params(module, entry.params):
-            return False
+        if module is not None and next(module.parameters(), None) is not entry.first_param:
+            return False  # a module tree edited without ``reset`` (patch_model / unpatch_model reset)
         for cache, refs in entry.payloads:
             now = list(_tree_tensors(cache.payload))
             if len(now) != len(refs) or any(r() is not t for r, t in zip(refs, now)):
@@ -500,13 +531,6 @@ class GraphedCall:
         entry.replayed, entry.relearns = True, 0
         self.stats["replays"] += 1
         return _tree_clone(entry.out)
-
-
-def _same_params(module: nn.Module, params: list) -> bool:
-    """The module's first parameter object is the one captured (cheap guard against a module
-    tree edited without ``reset``; patch_model / unpatch_model reset explicitly)."""
-    first = next(module.parameters(), None)
-    return first is params[0][0]
 
 
 class _Strong:

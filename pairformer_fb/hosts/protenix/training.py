@@ -1,6 +1,7 @@
 """What fine-tuning (``convert/finetune.py``, ``convert/training_data.py``) needs of Protenix:
 the crop of an unbatched feature dict to contiguous tokens (``crop_features``, the feature keys by
-their token / atom axes) and the trunk's forward with gradients (``protenix_trunk``)."""
+their token / atom axes), the trunk's forward with gradients (``protenix_trunk``) and the module of
+a recycling cycle worth a CUDA graph (``recycling_graph_modules``)."""
 
 from __future__ import annotations
 
@@ -121,4 +122,13 @@ def protenix_trunk(
             m.blocks_per_ckpt = v
 
 
-__all__ = ["crop_features", "protenix_trunk"]
+def recycling_graph_modules(model: Any) -> list[torch.nn.Module]:
+    """The modules of a recycling cycle that fine-tuning CUDA-graphs in the cycles without
+    gradients: the pairformer stack, 84 % of an exact cycle's ATen ops (base model, 32 tokens;
+    benchmarks/session9/finetune_cycles_cpu/trunk_op_counts.txt). The MSA module (1,301 of the
+    15,515 ops there) stays eager: it draws its MSA rows at random each cycle
+    (``sample_msa_feature_dict_random_without_replacement``), a new shape each time."""
+    return [model.pairformer_stack]
+
+
+__all__ = ["crop_features", "protenix_trunk", "recycling_graph_modules"]
