@@ -318,6 +318,45 @@ def test_graphed_recycling_trains_as_the_eager_run(tiny_fb, tmp_path):
     assert stats == RECYCLING_GRAPH_STATS, stats
 
 
+def test_finetune_with_cuda_graphs_reports_them_and_trains_the_same(tiny_fb, tmp_path, monkeypatch):
+    """``trainer.cuda_graphs=true`` through ``finetune`` (graph semantics on a CPU: the
+    EagerReplayBackend in place of the real one, which passes through there): the same losses as
+    the eager run, the graph counts in the summary and the report."""
+    import pairformer_fb.convert.finetune as ft
+    from pairformer_fb.patching.cuda_graphs import EagerReplayBackend
+
+    fasta = short_fasta(tmp_path)
+    real = ft.graph_recycling
+    monkeypatch.setattr(ft, "graph_recycling", lambda model, trained: real(model, trained, backend=EagerReplayBackend()))
+
+    def run(graphs):
+        cfg = make_cfg(
+            [
+                f"checkpoint={tiny_fb}",
+                f"output_dir={tmp_path / f'o_{graphs}'}",
+                f"data.samples=[{fasta}]",
+                "data.n_val=0",
+                "data.crop_size=16",
+                "trainer.max_steps=3",
+                "trainer.save_every=0",
+                "model.n_cycle=6",  # steps of 5, 6, 1 cycles: 4 + 5 exact cycles
+                f"trainer.cuda_graphs={graphs}",
+                "progress=false",
+            ]
+        )
+        return finetune(cfg)
+
+    eager, graphed = run(False), run(True)
+    assert [r["loss"] for r in graphed["history"]] == [r["loss"] for r in eager["history"]]
+    assert eager["cuda_graphs"] is None
+    stats = graphed["cuda_graphs"]
+    assert [r["n_cycle"] for r in graphed["history"]] == [5, 6, 1]
+    # step 1: learn, capture (+ its replay), 2 replays; step 2: 5 replays; the last cycles eager
+    assert stats == {"eager": 1, "captures": 1, "replays": 8, "invalidated": 0, "failed": 0, "passthrough": 3}, stats
+    report = (tmp_path / "o_True" / "finetune_report.md").read_text()
+    assert f"{stats['captures']} capture(s), {stats['replays']} replay(s)" in report
+
+
 @pytest.mark.gpu
 def test_graphed_recycling_on_cuda_trains_as_the_eager_run(tiny_fb, tmp_path):
     """The same with real CUDA graphs on a GPU (fp32; a replay runs the captured kernels: the

@@ -335,8 +335,9 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     objective = DistillLoss(
         model, trained, bias_weight=loss_cfg["bias_weight"], output_weight=loss_cfg["output_weight"]
     )
-    # the recycling cycles without gradients as CUDA graphs (opt-in until measured on a GPU)
-    graphs = graph_recycling(model, params.values()) if bool(tr.get("cuda_graphs", False)) and use_cuda else None
+    # the recycling cycles without gradients as CUDA graphs (opt-in until measured on a GPU; a
+    # pass-through on a CPU)
+    graphs = graph_recycling(model, params.values()) if bool(tr.get("cuda_graphs", False)) else None
     wrapped: nn.Module = objective
     if distributed:
         wrapped = nn.parallel.DistributedDataParallel(
