@@ -327,7 +327,9 @@ def test_finetune_with_cuda_graphs_reports_them_and_trains_the_same(tiny_fb, tmp
 
     fasta = short_fasta(tmp_path)
     real = ft.graph_recycling
-    monkeypatch.setattr(ft, "graph_recycling", lambda model, trained: real(model, trained, backend=EagerReplayBackend()))
+    monkeypatch.setattr(
+        ft, "graph_recycling", lambda model, trained: real(model, trained, backend=EagerReplayBackend())
+    )
 
     def run(graphs):
         cfg = make_cfg(
