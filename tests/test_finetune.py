@@ -328,7 +328,7 @@ def test_finetune_with_cuda_graphs_reports_them_and_trains_the_same(tiny_fb, tmp
     fasta = short_fasta(tmp_path)
     real = ft.graph_recycling
     monkeypatch.setattr(
-        ft, "graph_recycling", lambda model, trained: real(model, trained, backend=EagerReplayBackend())
+        ft, "graph_recycling", lambda model, trained, **kw: real(model, trained, backend=EagerReplayBackend(), **kw)
     )
 
     def run(graphs):
@@ -516,6 +516,9 @@ def test_bad_inputs_are_named(tiny_fb, tmp_path):
         finetune(make_cfg(base + [f"output_dir={tmp_path / 'b'}", "patch.rank=5"]))
     with pytest.raises(ValueError, match="data.n_val"):
         finetune(make_cfg(base + [f"output_dir={tmp_path / 'c'}", "data.n_val=2"]))
+    with pytest.raises(ValueError, match="trainer.cuda_graphs_max must be >= 1, got 0"):
+        finetune(make_cfg(base + [f"output_dir={tmp_path / 'f'}", "trainer.cuda_graphs_max=0"]))
+    assert not (tmp_path / "f").exists()
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:

@@ -284,6 +284,9 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
         raise ValueError(
             f"trainer.max_steps must be >= 1 and trainer.save_every >= 0, got {tr['max_steps']} and {tr['save_every']}"
         )
+    max_graphs = int(tr.get("cuda_graphs_max", 8))
+    if max_graphs < 1:
+        raise ValueError(f"trainer.cuda_graphs_max must be >= 1, got {max_graphs}")
     train_samples, val_samples = split_samples(
         data["samples"], data.get("val_samples"), int(data["n_val"]), data.get("data_dir")
     )
@@ -337,7 +340,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     )
     # the recycling cycles without gradients as CUDA graphs (opt-in until measured on a GPU; a
     # pass-through on a CPU)
-    graphs = graph_recycling(model, params.values()) if bool(tr.get("cuda_graphs", False)) else None
+    graphs = graph_recycling(model, params.values(), max_graphs=max_graphs) if tr.get("cuda_graphs") else None
     wrapped: nn.Module = objective
     if distributed:
         wrapped = nn.parallel.DistributedDataParallel(
