@@ -227,10 +227,14 @@ def test_loss_falls_on_a_fixed_batch(tiny_fb, tmp_path):
     assert min(losses[-5:]) < min(losses[:5])
 
 
-def test_distillation_runs_the_factor_networks_in_the_last_cycle_only(tiny_fb, tmp_path):
+def test_distillation_defers_the_last_cycles_losses_and_batches_them(tiny_fb, tmp_path):
     """With several recycles the trunk runs exact in the cycles before the last and distills in
-    the last: the loss, its gradients and the validation are those of distilling in every cycle
-    (whose earlier losses the last overwrote), and each factor network runs once per pass."""
+    the last, where each module keeps the BiasSample of its loss and the losses are computed
+    after the trunk, batched (no factor network runs inside the trunk). The loss and its
+    gradients are those of the modules' own losses when distilling in every cycle (whose earlier
+    losses the last overwrote), up to the batched products' rounding; so is the validation."""
+    from naive import rel_err
+
     from pairformer_fb.convert.finetune import validate
 
     model = protenix_model(seed=9)
@@ -246,20 +250,20 @@ def test_distillation_runs_the_factor_networks_in_the_last_cycle_only(tiny_fb, t
     n_cycle = 3
     loss, logs = objective(feats, n_cycle)
     grads = torch.autograd.grad(loss, params)
-    assert len(calls) == len(objective.wrappers)  # once each: the last cycle
+    assert not calls  # the factor networks ran batched, after the trunk
+    assert all(w.last_distill_sample is None for w in objective.wrappers.values())  # not kept
 
-    calls.clear()
-    objective.set_mode("distill")  # every cycle, as before
+    objective.set_mode("distill")  # every cycle, each module computing its own loss
     _, _, _ = protenix_trunk(model, feats, n_cycle, grad=True)
     assert len(calls) == n_cycle * len(objective.wrappers)
     every = torch.stack([objective.wrappers[p].last_distill_loss for p in objective.trained]).mean()
-    assert torch.equal(loss, every)
+    assert rel_err(loss, every) < 1e-6, (float(loss), float(every))
     for a, b in zip(grads, torch.autograd.grad(every, params), strict=True):
-        assert torch.equal(a, b)
+        assert rel_err(a, b) < 1e-5
 
     calls.clear()
     val = validate(objective, [("short", feats)], n_cycle, contextlib.nullcontext)
-    assert len(calls) == (1 + n_cycle) * len(objective.wrappers)  # the distill pass's last cycle, every lowrank cycle
+    assert len(calls) == n_cycle * len(objective.wrappers)  # the lowrank pass only
     assert val["mean_block_error"] == pytest.approx(float(logs["bias_loss"]), rel=1e-6)
     for h in hooks:
         h.remove()

@@ -383,6 +383,62 @@ def test_distill_with_a_frozen_host_trains_only_the_factor_network(name):
 
 
 @pytest.mark.parametrize("name", list(MODULES))
+def test_deferred_distill_gives_the_sample_of_the_same_loss(name):
+    """``defer_distill_loss``: the same update, and a BiasSample from which
+    batched_approximation_losses gives the module's own loss and its gradients."""
+    from pairformer_fb.modules.factor_network import BiasSample, batched_approximation_losses
+
+    module = MODULES[name](factor_config=FACTORS, mode="distill")
+    out, loss = run_module(module)
+    grads = torch.autograd.grad(loss, list(module.factor_network.parameters()))
+    module.defer_distill_loss = True
+    out_deferred, sample = run_module(module)
+    assert isinstance(sample, BiasSample) and torch.equal(out_deferred, out)
+    (batched,) = batched_approximation_losses([(module.factor_network, sample)])
+    assert rel_err(batched, loss) < 1e-6
+    for a, b in zip(torch.autograd.grad(batched, list(module.factor_network.parameters())), grads, strict=True):
+        assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 28, 1], ids=["one_chunk", "one_network_per_chunk"])
+def test_batched_approximation_losses_match_each_networks_loss(chunk_bytes):
+    """Networks of two architectures (one with s_inputs, depth 2), samples of two shapes, with
+    and without a pair mask, in any order: each loss and every parameter's gradient as the
+    per-network ``bias_approximation_loss`` gives them (fresh random weights and inputs)."""
+    from pairformer_fb.modules.factor_network import (
+        BiasSample,
+        FactorNetwork,
+        batched_approximation_losses,
+        bias_approximation_loss,
+    )
+
+    torch.manual_seed(3)
+    configs = [FactorConfig(rank=3, width=8, depth=1), FactorConfig(rank=2, width=6, depth=2)]
+    items = []
+    for i in range(7):
+        config, heads, n = configs[i % 2], 2 + i % 2, (5, 7)[i % 3 == 0]
+        net = FactorNetwork(c_z=4, n_heads=heads, config=config)
+        for p in net.parameters():  # non-zero biases too
+            torch.nn.init.normal_(p, std=0.5)
+        mask = pair_mask("random", (2,), n, seed=i) if i % 2 else None
+        bias = torch.randn(2, heads, n, n)
+        fq, fk = net.features(torch.randn(2, n, n, 4), mask)
+        items.append((net, BiasSample.of(fq, fk, bias, mask)))
+    losses = batched_approximation_losses(items, chunk_bytes=chunk_bytes)
+    params = [p for net, _ in items for p in net.parameters()]
+    grads = torch.autograd.grad(torch.stack(losses).sum(), params)
+    expected = [
+        bias_approximation_loss(*net.factors_from_features(s.query_features, s.key_features), s.bias, s.pair_mask)
+        for net, s in items
+    ]
+    expected_grads = torch.autograd.grad(torch.stack(expected).sum(), params)
+    for got, want in zip(losses, expected, strict=True):
+        assert rel_err(got, want) < 1e-6
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("name", list(MODULES))
 @pytest.mark.parametrize("mode", ["exact", "lowrank", "distill"])
 def test_modules_run_under_bf16_autocast(name, mode):
     """As the hosts run them: fp32 weights and inputs, bf16 autocast (layer norms in fp32, the

@@ -38,20 +38,9 @@ import torch
 from torch import nn
 
 from ..modules.attention_pair_bias import FlashBiasAttentionPairBias
-from ..modules.factor_network import FactorNetwork, bias_approximation_loss
+from ..modules.factor_network import BiasSample, FactorNetwork, bias_approximation_loss
 from ..modules.triangle_attention import FlashBiasTriangleAttention
 from ..patching.patching import patched_modules
-
-
-@dataclass
-class BiasSample:
-    """One recorded call: the factor network's inputs f_q, f_k [B, N, c], the dense bias
-    [B, H, N, N] and the pair mask [B, N, N] (bool, None: all valid), float32."""
-
-    query_features: torch.Tensor
-    key_features: torch.Tensor
-    bias: torch.Tensor
-    pair_mask: torch.Tensor | None
 
 
 @dataclass

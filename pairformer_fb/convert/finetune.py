@@ -5,7 +5,10 @@ Teacher and student are the same patched host model: the teacher is its "exact" 
 biases, i.e. the original model), the student its "lowrank" mode (the factor networks). One
 forward in "distill" mode runs the exact trunk and gives, per patched module, the bias
 distillation loss (``bias_approximation_loss``: the relative squared error of phi_q phi_k^T
-against the true bias; ``PatchedModule.last_distill_loss``). An optional output-level term runs
+against the true bias). The cycles before the last run in "exact" mode; in the last, each module
+keeps the ``BiasSample`` of its loss (``defer_distill_loss``) and the losses of all the factor
+networks are computed after the trunk as batched products (``batched_approximation_losses``:
+a few dozen kernels instead of ~70 per network). An optional output-level term runs
 the trunk again in "lowrank" mode and adds the relative squared deviation of its single and pair
 representations from the exact ones. ``loss = bias_weight * mean_blocks(bias loss) +
 output_weight * (rel_dev(s) + rel_dev(z))``.
@@ -58,6 +61,7 @@ from torch import nn
 
 from ..cli import atomic_write, check_writable_dir
 from ..hosts.protenix.training import protenix_trunk, recycling_graph_modules
+from ..modules.factor_network import BiasSample, FactorNetwork, batched_approximation_losses
 from ..patching.cuda_graphs import GraphHandle, graph_module
 from ..patching.patching import patched_modules
 from .checkpoint import (
@@ -106,22 +110,40 @@ class DistillLoss(nn.Module):
         which the last cycle's overwrite unused, are not computed."""
         return lambda cycle: self.set_mode("distill" if cycle == n_cycle - 1 else "exact")
 
-    def distill_trunk(self, feats, n_cycle: int, *, grad: bool):
-        """The exact trunk's ``(s_inputs, s, z)``, each wrapper's ``last_distill_loss`` set by
-        the last cycle (cleared first, so a module the trunk never called keeps None)."""
+    def distill_trunk(self, feats, n_cycle: int, *, grad: bool) -> tuple[tuple, dict[str, torch.Tensor]]:
+        """The exact trunk's ``(s_inputs, s, z)`` and ``{path: bias approximation loss}`` of the
+        wrappers its last cycle called. The modules defer their losses (``defer_distill_loss``:
+        each keeps the ``BiasSample`` it would compute its loss from), computed after the trunk by
+        ``batched_approximation_losses``: a few dozen kernels for all the factor networks instead
+        of ~70 each (benchmarks/session10/finetune_graph_ops_cpu/)."""
         self.set_mode("distill")
         for w in self.wrappers.values():
-            w.last_distill_loss = None
-        return protenix_trunk(self.model, feats, n_cycle, grad=grad, on_cycle=self.distill_in_last_cycle(n_cycle))
+            w.last_distill_loss = w.last_distill_sample = None
+            w.flash_bias.defer_distill_loss = True
+        try:
+            out = protenix_trunk(self.model, feats, n_cycle, grad=grad, on_cycle=self.distill_in_last_cycle(n_cycle))
+        finally:
+            for w in self.wrappers.values():
+                w.flash_bias.defer_distill_loss = False
+        sampled: dict[str, tuple[FactorNetwork, BiasSample]] = {}
+        for p, w in self.wrappers.items():
+            if w.last_distill_sample is not None:
+                assert w.flash_bias.factor_network is not None  # self.wrappers: the modules with one
+                sampled[p] = (w.flash_bias.factor_network, w.last_distill_sample)
+        losses = dict(zip(sampled, batched_approximation_losses(list(sampled.values()))))
+        for p, w in self.wrappers.items():
+            w.last_distill_sample = None  # the biases are not kept past the losses
+            if p not in losses and w.last_distill_loss is not None:  # a module that computes its loss itself
+                losses[p] = w.last_distill_loss
+        return out, losses
 
     def forward(self, feats, n_cycle: int):
-        _, s_ref, z_ref = self.distill_trunk(feats, n_cycle, grad=True)
+        (_, s_ref, z_ref), losses = self.distill_trunk(feats, n_cycle, grad=True)
         per_block = {}
         for p in self.trained:
-            loss = self.wrappers[p].last_distill_loss
-            if loss is None:
+            if p not in losses:
                 raise ValueError(f"the trunk never called the patched module {p!r}: its factors cannot train")
-            per_block[p] = loss
+            per_block[p] = losses[p]
         bias_loss = torch.stack(list(per_block.values())).mean()
         loss = self.bias_weight * bias_loss
         output_loss = bias_loss.detach().new_zeros(())
@@ -162,13 +184,13 @@ def validate(objective: DistillLoss, batches: Sequence[tuple[str, dict]], n_cycl
     dev_s, dev_z = [], []
     for _, feats in batches:
         with autocast():
-            _, s_ref, z_ref = objective.distill_trunk(feats, n_cycle, grad=False)
-            for p, w in objective.wrappers.items():
-                if w.last_distill_loss is None:
+            (_, s_ref, z_ref), losses = objective.distill_trunk(feats, n_cycle, grad=False)
+            for p in objective.wrappers:
+                if p not in losses:
                     raise ValueError(
                         f"the trunk never called the patched module {p!r}: its factors cannot be validated"
                     )
-                per_block[p].append(float(w.last_distill_loss))
+                per_block[p].append(float(losses[p]))
             objective.set_mode("lowrank")
             _, s, z = protenix_trunk(objective.model, feats, n_cycle, grad=False)
         dev_s.append(float(relative_deviation(s, s_ref)))

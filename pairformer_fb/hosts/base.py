@@ -13,7 +13,7 @@ from torch import nn
 
 from ..modules import FlashBiasTriangleAttention
 from ..modules.common import FlashBiasModule
-from ..modules.factor_network import FactorConfig, FactorNetwork
+from ..modules.factor_network import BiasSample, FactorConfig, FactorNetwork
 
 if TYPE_CHECKING:
     from ..modules.bias_cache import SVDConfig
@@ -76,7 +76,8 @@ class PatchedModule(nn.Module):
     registered here, our module itself is not (its other parameters are the host's). The host
     module is kept, unregistered, in ``host_module`` for ``unpatch_model``. In "distill" mode
     the wrapper returns the update, as the host's caller expects, and keeps the bias
-    approximation loss of its last call in ``last_distill_loss``.
+    approximation loss of its last call in ``last_distill_loss``; with our module's
+    ``defer_distill_loss`` set, the ``BiasSample`` of that loss in ``last_distill_sample`` instead.
     """
 
     def __init__(self, host_module: nn.Module, flash_bias: FlashBiasModule, site: Site):
@@ -87,6 +88,7 @@ class PatchedModule(nn.Module):
         self.site_path, self.site_kind, self.site_node = site.path, site.kind, site.node
         self.site_stack, self.site_block = site.stack, site.block
         self.last_distill_loss: torch.Tensor | None = None
+        self.last_distill_sample: BiasSample | None = None
         adopted = [*host_module._modules, *host_module._parameters, *host_module._buffers]
         for name in adopted:
             if hasattr(self, name) or name == "factor_network":
@@ -125,8 +127,12 @@ class PatchedModule(nn.Module):
         """Called by ``unpatch_model`` once the host module is back (undo ``on_patch``)."""
 
     def _finish(self, out):
-        if isinstance(out, tuple):  # "distill": (update, loss)
-            out, self.last_distill_loss = out
+        if isinstance(out, tuple):  # "distill": (update, loss) or (update, BiasSample)
+            out, result = out
+            if isinstance(result, BiasSample):
+                self.last_distill_sample = result
+            else:
+                self.last_distill_loss = result
         return out
 
     def extra_repr(self) -> str:

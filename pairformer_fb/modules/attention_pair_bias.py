@@ -11,7 +11,7 @@ from ..kernel import flash_bias_attention
 from ..kernel.layer_norm import layer_norm
 from ..kernel.op import Backend
 from .common import FlashBiasModule, Mode, check_shape, concat_linear_params, head_major_pair_bias, shape_str
-from .factor_network import FactorConfig, FactorNetwork, bias_approximation_loss
+from .factor_network import BiasSample, FactorConfig, FactorNetwork
 
 
 class FlashBiasAttentionPairBias(FlashBiasModule):
@@ -92,7 +92,7 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
         mask: torch.Tensor | None = None,
         *,
         s_inputs: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | BiasSample]:
         """
         Args:
             s: [*, N, c_s] single representation.
@@ -102,7 +102,8 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
                 them ("lowrank" / "distill" only; ignored otherwise).
 
         Returns:
-            the update [*, N, c_s]; in "distill" mode (update, bias approximation loss).
+            the update [*, N, c_s]; in "distill" mode (update, bias approximation loss), or
+            (update, BiasSample) with ``defer_distill_loss``.
         """
         mode = self.mode
         self._check_mode(mode)
@@ -118,8 +119,8 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
         phi_k: torch.Tensor | None = None
         if mode in ("exact", "distill"):
             bias = head_major_pair_bias(pair, self.linear_z)  # [*, H, N, N]
-        if mode in ("lowrank", "distill"):
-            assert self.factor_network is not None  # _check_mode: these modes need one
+        if mode == "lowrank":
+            assert self.factor_network is not None  # _check_mode: this mode needs one
             phi_q, phi_k = self.factor_network(pair, pair_mask, s_inputs)
 
         weight, proj_bias = concat_linear_params([self.linear_q, self.linear_k, self.linear_v, self.linear_g])
@@ -144,8 +145,8 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
         # gated o comes in the gate's layout ([B, N, H, D] in memory): the flatten is a view
         update = self.linear_o(o.transpose(1, 2).flatten(-2)).view(*batch_shape, n, self.c_s)
         if mode == "distill":
-            assert phi_q is not None and phi_k is not None and bias is not None  # all computed in "distill"
-            return update, bias_approximation_loss(phi_q, phi_k, bias, pair_mask)
+            assert self.factor_network is not None and bias is not None  # _check_mode; computed above
+            return update, self.factor_network.distill_output(pair, pair_mask, s_inputs, bias, self.defer_distill_loss)
         return update
 
     def bias_target(self, s: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None):

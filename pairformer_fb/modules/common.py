@@ -89,7 +89,10 @@ class FlashBiasModule(nn.Module):
         "lowrank": the bias is replaced by phi_q phi_k^T from the factor network, passed to
                    the op as factors; the dense bias is never computed.
         "distill": forward returns (exact output, bias_approximation_loss of the factors
-                   against the dense bias), for training the factor network.
+                   against the dense bias), for training the factor network. With
+                   ``defer_distill_loss`` set (the triangle and single attentions), the second
+                   output is instead the ``BiasSample`` the loss is computed from, for
+                   ``batched_approximation_losses`` over many modules at once (fine-tuning).
 
     Subclasses create their host parameters, then assign ``factor_network`` (or leave None)
     and ``mode``.
@@ -99,6 +102,7 @@ class FlashBiasModule(nn.Module):
         super().__init__()
         self.factor_network: FactorNetwork | None = None
         self._mode: Mode = "exact"
+        self.defer_distill_loss = False
 
     @property
     def mode(self) -> Mode:

@@ -20,6 +20,7 @@ single input features s_inputs, a width-256 tanh MLP and R = 96.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -190,6 +191,23 @@ class FactorNetwork(nn.Module):
         """(phi_q, phi_k) [*, H, N, R] from the MLP inputs that ``features`` returns."""
         return self._split_heads(self.query_mlp(query_features)), self._split_heads(self.key_mlp(key_features))
 
+    def distill_output(
+        self,
+        pair: torch.Tensor,
+        pair_mask: torch.Tensor | None,
+        s_inputs: torch.Tensor | None,
+        bias: torch.Tensor,
+        defer: bool = False,
+    ) -> torch.Tensor | BiasSample:
+        """The second output of a module's "distill" mode: ``bias_approximation_loss`` of this
+        network's factors against the module's dense ``bias`` [*, H, N, N], or with ``defer``
+        the ``BiasSample`` it is computed from (``batched_approximation_losses`` computes many at
+        once). Other arguments as for ``forward``."""
+        if defer:
+            return BiasSample.of(*self.features(pair, pair_mask, s_inputs), bias, pair_mask)
+        phi_q, phi_k = self(pair, pair_mask, s_inputs)
+        return bias_approximation_loss(phi_q, phi_k, bias, pair_mask)
+
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         # [*, N, H * R] -> [*, H, N, R], a view
         return x.unflatten(-1, (self.n_heads, self.config.rank)).transpose(-2, -3)
@@ -210,6 +228,13 @@ def bias_approximation_loss(
     Args:
         phi_q, phi_k: [*, H, N, R]. bias: [*, H, N, N]. pair_mask: bool [*, N, N] or None.
     """
+    return _relative_squared_errors(phi_q, phi_k, bias, pair_mask).mean()
+
+
+def _relative_squared_errors(
+    phi_q: torch.Tensor, phi_k: torch.Tensor, bias: torch.Tensor, pair_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """``bias_approximation_loss`` per batch element: [*] (the dims before H)."""
     approx = torch.matmul(phi_q.float(), phi_k.float().transpose(-1, -2))
     target = bias.float()
     squared_error = (approx - target).square()
@@ -218,7 +243,104 @@ def bias_approximation_loss(
         weights = pair_mask[..., None, :, :].to(torch.float32)
         squared_error = squared_error * weights
         squared_target = squared_target * weights
-    per_element = squared_error.sum((-3, -2, -1)) / squared_target.sum((-3, -2, -1)).clamp_min(
-        torch.finfo(torch.float32).tiny
-    )
-    return per_element.mean()
+    return squared_error.sum((-3, -2, -1)) / squared_target.sum((-3, -2, -1)).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+@dataclass
+class BiasSample:
+    """What a factor network is fitted to, from one call of its module: the network's inputs
+    f_q, f_k [B, N, c] (``FactorNetwork.features``), the dense bias [B, H, N, N] and the pair mask
+    [B, N, N] (bool; None: all valid), the module's batch dims merged into B."""
+
+    query_features: torch.Tensor
+    key_features: torch.Tensor
+    bias: torch.Tensor
+    pair_mask: torch.Tensor | None
+
+    @classmethod
+    def of(
+        cls,
+        query_features: torch.Tensor,
+        key_features: torch.Tensor,
+        bias: torch.Tensor,
+        pair_mask: torch.Tensor | None,
+    ) -> BiasSample:
+        """A sample from tensors with any batch dims ([*, N, c], [*, H, N, N], [*, N, N])."""
+        return cls(
+            query_features.reshape(-1, *query_features.shape[-2:]),
+            key_features.reshape(-1, *key_features.shape[-2:]),
+            bias.reshape(-1, *bias.shape[-3:]),
+            None if pair_mask is None else pair_mask.reshape(-1, *pair_mask.shape[-2:]),
+        )
+
+
+# batched_approximation_losses: each fp32 [M, B, H, N, N] temporary of a chunk of networks stays under this
+BATCHED_LOSS_CHUNK_BYTES = 1 << 28
+
+
+def batched_approximation_losses(
+    items: Sequence[tuple[FactorNetwork, BiasSample]], chunk_bytes: int = BATCHED_LOSS_CHUNK_BYTES
+) -> list[torch.Tensor]:
+    """``bias_approximation_loss(*network.factors_from_features(f_q, f_k), bias, pair_mask)`` of
+    each (network, sample), computed for the networks of one architecture and sample shape at once:
+    their weights stacked, the MLPs as batched products (``torch.baddbmm``), the losses as one
+    batched computation. That is a few dozen kernels per group (and chunk) instead of ~70 per
+    network, forward and backward alike; fine-tuning's last recycling cycle has 144 networks in the
+    base model (benchmarks/session10/). The same values as the per-network loss up to float
+    rounding (tests/test_modules.py); gradients reach each network's own parameters."""
+    out: list[torch.Tensor | None] = [None] * len(items)
+    groups: dict[tuple, list[int]] = {}
+    for i, (network, smp) in enumerate(items):
+        key = (
+            network.config,
+            network.n_heads,
+            network.c_z,
+            tuple(smp.query_features.shape),
+            smp.query_features.dtype,
+            tuple(smp.bias.shape),
+            smp.bias.dtype,
+            smp.pair_mask is None,
+            smp.bias.device,
+        )
+        groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        per_network = 4 * items[members[0]][1].bias.numel()
+        size = max(1, chunk_bytes // per_network)
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            losses = _group_losses([items[i] for i in chunk])
+            for i, loss in zip(chunk, losses.unbind(0)):
+                out[i] = loss
+    return out  # type: ignore[return-value]  # every index belongs to one group
+
+
+def _group_losses(items: Sequence[tuple[FactorNetwork, BiasSample]]) -> torch.Tensor:
+    """[M] losses of M networks of one architecture on samples of one shape."""
+    networks = [network for network, _ in items]
+    samples = [smp for _, smp in items]
+    first = networks[0]
+    phi = []
+    for side, features in (("query_mlp", "query_features"), ("key_mlp", "key_features")):
+        x = _stacked_mlp([getattr(n, side) for n in networks], torch.stack([getattr(s, features) for s in samples]))
+        phi.append(x.unflatten(-1, (first.n_heads, first.config.rank)).transpose(-2, -3))  # [M, B, H, N, R]
+    bias = torch.stack([s.bias for s in samples])
+    mask = None if samples[0].pair_mask is None else torch.stack([s.pair_mask for s in samples])  # type: ignore[misc]
+    return _relative_squared_errors(phi[0], phi[1], bias, mask).mean(-1)
+
+
+def _stacked_mlp(mlps: Sequence[nn.Sequential], x: torch.Tensor) -> torch.Tensor:
+    """M tanh MLPs of one architecture (``_tanh_mlp``) on x [M, B, N, c]: [M, B, N, c_out]."""
+    batch = x.shape[1:-1]
+    h = x.flatten(1, -2)  # [M, B * N, c]
+    for layers in zip(*mlps):
+        if isinstance(layers[0], nn.Linear):
+            weight = torch.stack([layer.weight for layer in layers]).transpose(1, 2)  # [M, in, out]
+            if layers[0].bias is None:
+                h = torch.bmm(h, weight)
+            else:
+                h = torch.baddbmm(torch.stack([layer.bias for layer in layers])[:, None, :], h, weight)
+        elif isinstance(layers[0], nn.Tanh):
+            h = torch.tanh(h)
+        else:
+            raise TypeError(f"batched_approximation_losses: a {type(layers[0]).__name__} layer in a factor MLP")
+    return h.unflatten(1, batch)

@@ -13,7 +13,7 @@ from ..kernel import flash_bias_attention
 from ..kernel.layer_norm import layer_norm
 from ..kernel.op import Backend
 from .common import FlashBiasModule, Mode, check_shape, concat_linear_params, head_major_pair_bias, shape_str
-from .factor_network import FactorConfig, FactorNetwork, bias_approximation_loss
+from .factor_network import BiasSample, FactorConfig, FactorNetwork
 
 Node = Literal["starting", "ending"]
 EndingBias = Literal["transposed", "untransposed"]
@@ -146,7 +146,7 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         *,
         s_inputs: torch.Tensor | None = None,
         chunk_size: int | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | BiasSample]:
         """
         Args:
             z: [*, N, N, c_z] pair representation.
@@ -158,7 +158,8 @@ class FlashBiasTriangleAttention(FlashBiasModule):
                 a batch element at once.
 
         Returns:
-            the update [*, N, N, c_z]; in "distill" mode (update, bias approximation loss).
+            the update [*, N, N, c_z]; in "distill" mode (update, bias approximation loss), or
+            (update, BiasSample) with ``defer_distill_loss``.
         """
         mode = self.mode
         self._check_mode(mode)
@@ -167,21 +168,17 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         pair_mask = mask.to(torch.bool) if mask is not None else None
         source, source_mask = self._bias_orientation(pair, pair_mask)
 
-        bias: torch.Tensor | None = None
-        phi_q: torch.Tensor | None = None
-        phi_k: torch.Tensor | None = None
-        if mode in ("exact", "distill"):
-            bias = self._dense_bias(pair)
-        if mode in ("lowrank", "distill"):
-            assert self.factor_network is not None  # _check_mode: these modes need one
-            phi_q, phi_k = self.factor_network(source, source_mask, s_inputs)
-
         if mode == "lowrank":
-            return self._attend(pair, pair_mask, None, (phi_q, phi_k), chunk_size)
+            assert self.factor_network is not None  # _check_mode: this mode needs one
+            factors = self.factor_network(source, source_mask, s_inputs)
+            return self._attend(pair, pair_mask, None, factors, chunk_size)
+        bias = self._dense_bias(pair)
         update = self._attend(pair, pair_mask, bias, None, chunk_size)
         if mode == "distill":
-            assert phi_q is not None and phi_k is not None and bias is not None  # all computed in "distill"
-            return update, bias_approximation_loss(phi_q, phi_k, bias, source_mask)
+            assert self.factor_network is not None  # _check_mode: this mode needs one
+            return update, self.factor_network.distill_output(
+                source, source_mask, s_inputs, bias, self.defer_distill_loss
+            )
         return update
 
     def bias_target(self, z: torch.Tensor, mask: torch.Tensor | None = None):
