@@ -616,7 +616,8 @@ def _write_report(summary: dict, out_dir: Path) -> None:
         g = summary["cuda_graphs"]
         lines.append(
             f"- CUDA graphs of the recycling cycles without gradients: {g['captures']} capture(s), "
-            f"{g['replays']} replay(s), {g['eager']} eager learning call(s), {g['failed']} failed capture(s)"
+            f"{g['replays']} replay(s), {g['eager']} eager learning call(s), {g['failed']} failed capture(s), "
+            f"{g['passthrough']} call(s) passed through (no CUDA, gradients or distill mode)"
         )
     if summary["history"]:
         h = summary["history"]

@@ -38,7 +38,12 @@ def load(run: Path) -> dict:
 
 
 def main(dirs: list[str]) -> None:
-    runs = [load(Path(d)) for d in dirs]
+    missing = [d for d in dirs if not (Path(d) / "train_log.csv").is_file()]
+    for d in missing:
+        print(f"- {d}: no train_log.csv (the run did not start or logged no step)")
+    runs = [load(Path(d)) for d in dirs if d not in missing]
+    if not runs:
+        return
     print("| run | steps | steps/s | × session 4's 0.61 | s per step = a + b · n_cycle | median s per step | CUDA graphs |")
     print("|---|---:|---:|---:|---|---:|---|")
     for r in runs:
