@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "session9"))
 
 import torch  # noqa: E402
-from finetune_cycles import _OpCounter  # noqa: E402
+from finetune_cycles import _OpCounter, distill_setup  # noqa: E402
 
 import pairformer_fb as fb  # noqa: E402
 from pairformer_fb.cli import atomic_write  # noqa: E402
@@ -67,12 +67,7 @@ def main() -> None:
     out = Path(args.out)
     if out.exists():
         raise SystemExit(f"finetune_graph_ops: error: --out {out} exists")
-    model, preset = build_model("protenix", args.preset)
-    model = randomise_(model, seed=0).eval()
-    fb.patch_model(model, mode="lowrank", rank=32)
-    objective = DistillLoss(model, list(patched_modules(model)))
-    feats = ProteinCrops(split_samples(["7wux_a"], None, 0)[0], crop_size=args.crop, seed=0).fixed(0)
-    params = [q for n, q in model.named_parameters() if FACTOR_KEY_MARK in n and q.requires_grad]
+    model, preset, objective, feats, params = distill_setup(args.preset, args.crop, torch.device("cpu"))
     counter = _OpCounter()
 
     def step():

@@ -74,6 +74,19 @@ class _OpCounter:
             op.attention_reference = reference
 
 
+def distill_setup(preset: str, crop: int, device: torch.device):
+    """(model, preset, DistillLoss, features, factor parameters): Protenix with random weights and
+    untrained lowrank R = 32 factor networks, one ``crop``-token crop of 7WUX A on ``device``."""
+    model, preset = build_model("protenix", preset)
+    model = randomise_(model, seed=0).to(device).eval()
+    fb.patch_model(model, mode="lowrank", rank=32)
+    objective = DistillLoss(model, list(patched_modules(model)))
+    feats = ProteinCrops(split_samples(["7wux_a"], None, 0)[0], crop_size=crop, seed=0).fixed(0)
+    feats = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in feats.items()}
+    params = [q for n, q in model.named_parameters() if FACTOR_KEY_MARK in n and q.requires_grad]
+    return model, preset, objective, feats, params
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="base")
@@ -86,13 +99,7 @@ def main() -> None:
     if out.exists():
         raise SystemExit(f"finetune_cycles: error: --out {out} exists")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, preset = build_model("protenix", args.preset)
-    model = randomise_(model, seed=0).to(device).eval()
-    fb.patch_model(model, mode="lowrank", rank=32)
-    objective = DistillLoss(model, list(patched_modules(model)))
-    feats = ProteinCrops(split_samples(["7wux_a"], None, 0)[0], crop_size=args.crop, seed=0).fixed(0)
-    feats = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in feats.items()}
-    params = [q for n, q in model.named_parameters() if FACTOR_KEY_MARK in n and q.requires_grad]
+    model, preset, objective, feats, params = distill_setup(args.preset, args.crop, device)
 
     def step():
         loss, _ = objective(feats, args.cycles)
