@@ -2,7 +2,9 @@
 the last only (``DistillLoss.distill_in_last_cycle``, session 9), on whatever device is there.
 Protenix (random weights, lowrank R = 32 factor networks, untrained), one crop of 7WUX A,
 ``n_cycle`` recycles, forward + backward of the distillation loss; the loss and gradients of the
-two are checked equal.
+two are checked equal. (Since session 10 the last cycle's losses are computed after the trunk,
+batched, so "before" no longer runs the factor networks in the earlier cycles: the session-9
+record, benchmarks/session9/finetune_cycles_cpu/, was taken before that.)
 
     python benchmarks/scripts/session9/finetune_cycles.py --preset base --crop 48 --cycles 4 --out X.json
 """
