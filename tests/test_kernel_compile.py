@@ -28,6 +28,9 @@ CASES = {
     "tf32_wide_d128_r128": dict(D=128, R=128, bias="shared", dtype="tf32"),
     "tf32_row_bias_d128": dict(D=128, bias="rows", dtype="tf32"),
     "fp32_d48_bias": dict(D=48, bias="shared", dtype="fp32"),  # full fp32 up to width 64
+    # not a default: the forward's four rows per program (issue 17's candidate, swept on the device)
+    "bf16_d32_bias_fwd_rows4": dict(B=7, D=32, bias="shared", mask=True, fwd_tiles=[64, 32, 4, 3, 4]),
+    "bf16_d32_r32_fwd_rows4": dict(B=7, D=32, R=32, bias="shared", fwd_tiles=[64, 32, 4, 3, 4]),
 }
 
 
@@ -57,6 +60,8 @@ def test_first_call_compiles_each_kernel_once_within_hopper_shared_memory(name, 
     assert len(names) == len(set(names)), f"a kernel was compiled again with smaller tiles: {kernels}"
     for k in kernels:
         assert k["shared_bytes"] <= HOPPER_SHARED_MEMORY, k
+    if "fwd_tiles" in c:
+        assert kernels[0]["ROWS"] == c["fwd_tiles"][4] and kernels[0]["stack_bytes"] == 0, kernels[0]  # no spills
 
 
 def test_backward_tile_table_keeps_the_measured_choices(monkeypatch):

@@ -385,6 +385,69 @@ def test_tile_padded_ds_sum_matches_the_reference(case, monkeypatch):
     assert spy.calls and all(c["FUSE_DS"] and c["DS_FULL"] for c in spy.calls)
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        # B, H, Lq, Lk, D, R, bias_shape, mask_shape, rows the launch must take
+        dict(B=8, H=2, Lq=20, Lk=18, D=16, R=0, bias=(1, 2, 20, 18), mask=(8, 18), rows=4),
+        dict(B=7, H=2, Lq=21, Lk=19, D=24, R=4, bias=(1, 2, 21, 19), mask=None, rows=4),  # last group: 3 rows
+        dict(B=5, H=1, Lq=17, Lk=23, D=16, R=6, bias=None, mask=(5, 23), rows=4),  # shared factors, 1 row left
+        dict(B=3, H=2, Lq=18, Lk=18, D=16, R=0, bias=(1, 2, 18, 18), mask=(3, 18), rows=2),  # B < 4: two rows
+        dict(B=6, H=2, Lq=18, Lk=18, D=16, R=0, bias=(6, 2, 18, 18), mask=None, rows=1),  # a bias per row
+    ],
+)
+def test_forward_with_four_rows_per_program_matches_the_reference(case, monkeypatch):
+    """KernelConfig.rows = 4 for the forward (issue 17: each shared bias / factor tile read once
+    for four rows): outputs and gradients match the reference for B not a multiple of 4 (clamped
+    rows write nothing), with masks; fewer rows than 4 take 2, a bias per row takes 1."""
+    from pairformer_fb.kernel import tiles, triton_launch
+
+    spy = _LaunchSpy(triton_launch._fwd_kernel)
+    monkeypatch.setattr(triton_launch, "_fwd_kernel", spy)
+    args, kw = make_inputs(
+        case["B"], case["H"], case["Lq"], case["Lk"], case["D"], case["R"],
+        bias_shape=case["bias"], mask_shape=case["mask"], device=DEVICE,
+    )  # fmt: skip
+    block_d = tiles._pow2_at_least_16(case["D"])
+    block_r = tiles._pow2_at_least_16(case["R"]) if case["R"] else 0
+    elem = args[0].element_size()
+    cfg = tiles.default_config("fwd", block_d, block_r, case["bias"] is not None, elem)
+    monkeypatch.setitem(
+        tiles.CONFIG_OVERRIDES,
+        tiles.config_key("fwd", block_d, block_r, case["bias"] is not None, elem),
+        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 4),
+    )
+    out = flash_bias_attention(*args, **kw, backend="triton")
+    ref = flash_bias_attention(*args, **kw, backend="reference")
+    assert [c["ROWS"] for c in spy.calls] == [case["rows"]]
+    assert rel_err(out, ref) < 1e-5
+    ins = differentiable(args, kw)
+    names = ["q", "k", "v"] + [n for n in kw if n != "key_mask"]
+    for name, a, b in zip(names, grads(out, ins), grads(ref, ins)):
+        assert torch.isfinite(a).all() and rel_err(a, b) < 1e-4, name
+
+
+def test_four_rows_are_refused_for_the_backward(monkeypatch, tmp_path):
+    import json
+
+    from pairformer_fb.kernel import tiles
+
+    path = tmp_path / "tiles.json"
+    path.write_text(json.dumps([dict(kind="bwd", block_d=16, block_r=0, has_bias=True, block_m=16, block_n=16,
+                                     num_warps=1, num_stages=1, rows=4)]))  # fmt: skip
+    with pytest.raises(ValueError, match="rows must be 1, 2"):
+        tiles.load_config_overrides(str(path))
+    args, kw = make_inputs(4, 2, 16, 16, 16, 0, bias_shape=(1, 2, 16, 16), device=DEVICE)
+    monkeypatch.setitem(
+        tiles.CONFIG_OVERRIDES, tiles.config_key("bwd", 16, 0, True, 4), tiles.KernelConfig(16, 16, 1, 1, 4)
+    )
+    ins = differentiable(args, kw)
+    out = flash_bias_attention(*args, **kw, backend="triton")
+    with pytest.raises(ValueError, match="serves 1 or 2 rows"):
+        out.sum().backward()
+    assert all(x.grad is None for x in ins)
+
+
 def test_ds_sum_keeps_bounds_masks_when_off_and_where_tiles_outgrow_the_padding(monkeypatch):
     """Off (PFB_DS_TILE_PAD=0: masked adds into the unpadded buffer); on, with padding narrower
     than the tiles (BIAS_TILE_PAD 8, tiles of 16), the launch keeps the masked adds: same gradients."""

@@ -27,7 +27,7 @@ class KernelConfig:
     block_n: int
     num_warps: int
     num_stages: int
-    rows: int = 2  # fwd / bwd: rows per program where they share the bias / factor tiles (else 1)
+    rows: int = 2  # rows per program where they share the bias / factor tiles (else 1): fwd 1, 2 or 4; bwd 1 or 2
     splits: int = 1  # ds_sum: programs per tile of a row-shared sum, each adding its share of the rows
     fuse_ds: bool = False  # bwd: add the program's rows' dS atomically to the row-shared sum (no ds_sum kernel)
 
@@ -135,6 +135,8 @@ def load_config_overrides(path: str) -> int:
 
     entries = json.load(open(path))
     for e in entries:
+        if e.get("rows", 2) not in ((1, 2, 4) if e["kind"] == "fwd" else (1, 2)):
+            raise ValueError(f"{path}: {e}: rows must be 1, 2 (or 4 for the forward)")
         key = config_key(e["kind"], e["block_d"], e["block_r"], e["has_bias"], e.get("elem_bytes", 2))
         CONFIG_OVERRIDES[key] = KernelConfig(
             e["block_m"],
@@ -231,6 +233,11 @@ def _grid_order(ops: "_Operands", rows: int) -> int:
 
 
 def _rows_per_program(ops: "_Operands", cfg: KernelConfig) -> int:
-    """Two rows per program where they share every bias / factor tile (read once for both)."""
+    """``cfg.rows`` rows per program where they share every bias / factor tile (read once for
+    all), as many as there are rows (4 -> 2 for two or three rows); else 1."""
+    if cfg.rows not in (1, 2, 4):
+        raise ValueError(f"tile config rows={cfg.rows}: a program serves 1, 2 or 4 rows")
     shared = (not ops.has_factors or ops.q_factors_batch == 1) and (ops.bias is None or ops.bias_shape[0] == 1)
-    return 2 if (cfg.rows == 2 and ops.B > 1 and shared and (ops.has_factors or ops.bias is not None)) else 1
+    if cfg.rows == 1 or ops.B == 1 or not shared or not (ops.has_factors or ops.bias is not None):
+        return 1
+    return cfg.rows if ops.B >= cfg.rows else 2

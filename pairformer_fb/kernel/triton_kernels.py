@@ -13,7 +13,8 @@ Derivation (FlashAttention-2, Dao 2023), per (batch b, head h), in the log2 doma
     dQ  = scale dS K,  dK = scale dS^T Q,  dQf = dS Kf,  dKf = dS^T Qf,  dBias = dS
 
 Broadcast operands (factors shared by every row, a bias of shape [1, H, Lq, Lk]) are read with
-stride 0, and a program serves two rows at once so each shared bias / factor tile is read (and
+stride 0, and a program serves two rows at once (the forward optionally four: ``KernelConfig.rows``)
+so each shared bias / factor tile is read (and
 the factor product computed) once for both. The backward pass is one kernel per key block that
 computes S, P, dP, dS once per tile: dK, dV accumulate in registers, dQ is added atomically into
 an fp32 buffer (FlashAttention-2's scheme), and the gradients of shared operands come from dS
@@ -178,7 +179,8 @@ def _fwd_epilogue(
 def _program_rows(pid, n_blocks, B, H, ROWS: tl.constexpr, GRID_ORDER: tl.constexpr):
     """Decode a program id into (block, head, first row, second row, second row exists).
     With ROWS == 2 a program serves rows b0 and b0 + 1, which share the bias / factor tiles;
-    when B is odd the last group's second row is a clamped copy that writes nothing.
+    when B is odd the last group's second row is a clamped copy that writes nothing. The
+    forward's ROWS == 4 adds rows b0 + 2 and b0 + 3 the same way (in the kernel).
     GRID_ORDER (see ``_grid_order``), which neighbouring programs take: 1 the heads of one block
     (the heads of a token are neighbours in a fused projection, so they share cache lines);
     2 the row groups of one (block, head) (a few samples that share one bias tile read it
@@ -296,13 +298,26 @@ def _fwd_kernel(
     m0 = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l0 = tl.zeros([BLOCK_M], tl.float32)
     acc0 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    if ROWS == 2:
+    if ROWS >= 2:
         q1 = _load_tile(Q + b1 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D, EVEN_M, EVEN_D)
         k1_base = K + b1 * s_kb + h * s_kh
         v1_base = V + b1 * s_vb + h * s_vh
         m1 = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l1 = tl.zeros([BLOCK_M], tl.float32)
         acc1 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if ROWS == 4:  # rows b0 + 2, b0 + 3 (clamped copies past B, which write nothing)
+        b2 = tl.minimum(b0 + 2, B - 1)
+        b3 = tl.minimum(b0 + 3, B - 1)
+        q2 = _load_tile(Q + b2 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D, EVEN_M, EVEN_D)
+        q3 = _load_tile(Q + b3 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D, EVEN_M, EVEN_D)
+        k2_base, v2_base = K + b2 * s_kb + h * s_kh, V + b2 * s_vb + h * s_vh
+        k3_base, v3_base = K + b3 * s_kb + h * s_kh, V + b3 * s_vb + h * s_vh
+        m2 = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        m3 = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l2 = tl.zeros([BLOCK_M], tl.float32)
+        l3 = tl.zeros([BLOCK_M], tl.float32)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        acc3 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + offs_n0
@@ -333,13 +348,26 @@ def _fwd_kernel(
             q0, k, shared, scale, MASK + b0 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
         )
         m0, l0, acc0 = _softmax_step(s, v, m0, l0, acc0, PRECISION)
-        if ROWS == 2:
+        if ROWS >= 2:
             k = _load_tile(k1_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
             v = _load_tile(v1_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
             s = _row_scores(
                 q1, k, shared, scale, MASK + b1 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
             )
             m1, l1, acc1 = _softmax_step(s, v, m1, l1, acc1, PRECISION)
+        if ROWS == 4:
+            k = _load_tile(k2_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
+            v = _load_tile(v2_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
+            s = _row_scores(
+                q2, k, shared, scale, MASK + b2 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
+            )
+            m2, l2, acc2 = _softmax_step(s, v, m2, l2, acc2, PRECISION)
+            k = _load_tile(k3_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
+            v = _load_tile(v3_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
+            s = _row_scores(
+                q3, k, shared, scale, MASK + b3 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
+            )
+            m3, l3, acc3 = _softmax_step(s, v, m3, l3, acc3, PRECISION)
 
     row0 = (b0 * H + h) * Lq
     _fwd_epilogue(
@@ -362,7 +390,7 @@ def _fwd_kernel(
         HAS_GATE,
         EVEN_D,
     )
-    if ROWS == 2:
+    if ROWS >= 2:
         row1 = (b1 * H + h) * Lq
         _fwd_epilogue(
             O + b1 * s_ob + h * s_oh,
@@ -379,6 +407,47 @@ def _fwd_kernel(
             D,
             row1_ok,
             GATE + b1 * s_gb + h * s_gh,
+            s_gl,
+            s_gd,
+            HAS_GATE,
+            EVEN_D,
+        )
+    if ROWS == 4:
+        _fwd_epilogue(
+            O + b2 * s_ob + h * s_oh,
+            s_ol,
+            s_od,
+            ROW_MAX + (b2 * H + h) * Lq,
+            ROW_INV_SUM + (b2 * H + h) * Lq,
+            acc2,
+            m2,
+            l2,
+            offs_m,
+            offs_d,
+            Lq,
+            D,
+            (b0 + 2) < B,
+            GATE + b2 * s_gb + h * s_gh,
+            s_gl,
+            s_gd,
+            HAS_GATE,
+            EVEN_D,
+        )
+        _fwd_epilogue(
+            O + b3 * s_ob + h * s_oh,
+            s_ol,
+            s_od,
+            ROW_MAX + (b3 * H + h) * Lq,
+            ROW_INV_SUM + (b3 * H + h) * Lq,
+            acc3,
+            m3,
+            l3,
+            offs_m,
+            offs_d,
+            Lq,
+            D,
+            (b0 + 3) < B,
+            GATE + b3 * s_gb + h * s_gh,
             s_gl,
             s_gd,
             HAS_GATE,

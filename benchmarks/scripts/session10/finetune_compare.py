@@ -44,7 +44,9 @@ def main(dirs: list[str]) -> None:
     runs = [load(Path(d)) for d in dirs if d not in missing]
     if not runs:
         return
-    print("| run | steps | steps/s | × session 4's 0.61 | s per step = a + b · n_cycle | median s per step | CUDA graphs |")
+    print(
+        "| run | steps | steps/s | × session 4's 0.61 | s per step = a + b · n_cycle | median s per step | CUDA graphs |"
+    )
     print("|---|---:|---:|---:|---|---:|---|")
     for r in runs:
         a, b = r["fit"]
@@ -60,7 +62,9 @@ def main(dirs: list[str]) -> None:
         common = sorted(set(base["loss"]) & set(r["loss"]))
         if common:
             rel = max(abs(r["loss"][s] - base["loss"][s]) / abs(base["loss"][s]) for s in common)
-            print(f"\n{r['name']} vs {base['name']}: largest relative loss difference {rel:.2e} over {len(common)} steps")
+            print(
+                f"\n{r['name']} vs {base['name']}: largest relative loss difference {rel:.2e} over {len(common)} steps"
+            )
 
 
 if __name__ == "__main__":

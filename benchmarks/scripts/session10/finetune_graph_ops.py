@@ -24,15 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "session9"))
 import torch  # noqa: E402
 from finetune_cycles import _OpCounter, distill_setup  # noqa: E402
 
-import pairformer_fb as fb  # noqa: E402
 from pairformer_fb.cli import atomic_write  # noqa: E402
-from pairformer_fb.convert.checkpoint import FACTOR_KEY_MARK  # noqa: E402
-from pairformer_fb.convert.convert import build_model  # noqa: E402
-from pairformer_fb.convert.finetune import DistillLoss, graph_recycling  # noqa: E402
-from pairformer_fb.convert.training_data import ProteinCrops, split_samples  # noqa: E402
-from pairformer_fb.hosts.presets import randomise_  # noqa: E402
+from pairformer_fb.convert.finetune import graph_recycling  # noqa: E402
 from pairformer_fb.patching.cuda_graphs import EagerReplayBackend  # noqa: E402
-from pairformer_fb.patching.patching import patched_modules  # noqa: E402
 
 
 class UncountedReplays(EagerReplayBackend):

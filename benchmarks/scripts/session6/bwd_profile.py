@@ -82,6 +82,18 @@ DIFFUSION_CANDIDATES: dict[str, dict] = {
     "m32n64w4s3r1": dict(block_m=32, block_n=64, num_warps=4, num_stages=3, rows=1, fuse_ds=True),
 }
 DIFFUSION_SIZES = [1170, 384, 768]
+# candidate forward configs at the triangle shape (session 10, issue 17's forward target): four rows
+# per program read each shared bias / factor tile once for four rows. Compiled for sm_90 on the CPU
+# (benchmarks/session10/fwd_rows_cpu_compile/): m64n32w4s3r4 has no spills (168-184 registers),
+# m64n64w4s3r4 255 registers (spills at 1170 / with factors), the default 167-213.
+FWD_CANDIDATES: dict[str, dict] = {
+    "default": {},  # (64, 64, 4, 3, 2)
+    "m64n32w4s3r4": dict(block_m=64, block_n=32, num_warps=4, num_stages=3, rows=4),
+    "m64n64w4s3r4": dict(block_m=64, block_n=64, num_warps=4, num_stages=3, rows=4),
+    "m128n64w8s3r2": dict(block_m=128, block_n=64, num_warps=8, num_stages=3, rows=2),
+    "m64n32w4s3r2": dict(block_m=64, block_n=32, num_warps=4, num_stages=3, rows=2),
+}
+FWD_SWEEP_SIZES = [1024, 1170, 256, 512, 2048]
 TRIANGLE_SIZES = [1024, 1170, 256, 384, 512, 768, 1000, 1536, 2048]  # the issue's N, most informative first
 
 
@@ -105,7 +117,7 @@ def _parse():
     p.add_argument("--out", default=os.environ.get("OUT", "bench_out/session6"))
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, fp32, tiny sizes")
     p.add_argument("--budget-s", type=float, default=430.0, help="stop starting new measurements after this")
-    p.add_argument("--stages", default="profile,others,diffusion_sweep,sweep,flex")
+    p.add_argument("--stages", default="profile,fwd_sweep,others,diffusion_sweep,sweep,flex")
     p.add_argument("--sizes", default=None, help="comma-separated triangle N of the sweep")
     p.add_argument("--candidates", default=None, help="comma-separated names from BWD_CANDIDATES")
     return p.parse_args()
@@ -134,7 +146,7 @@ class Budget:
 class Recorder:
     def __init__(self, out: Path, env: dict):
         self.path = out / "bwd_profile.json"
-        self.data = {"environment": env, "profile": [], "sweep": [], "others": [], "flex": []}
+        self.data = {"environment": env, "profile": [], "fwd_sweep": [], "sweep": [], "others": [], "flex": []}
 
     def add(self, stage: str, rec: dict) -> None:
         self.data[stage].append(rec)
@@ -359,6 +371,56 @@ def stage_profile(sizes, cfg, rec: Recorder, budget: Budget):
         free(cfg["device"])
 
 
+def stage_fwd_sweep(sizes, cfg, rec: Recorder, budget: Budget, candidates=None):
+    """Forward only, each FWD_CANDIDATES config at the triangle shape, dense bias and factors;
+    outputs checked against the default's."""
+    device = cfg["device"]
+    candidates = candidates or FWD_CANDIDATES
+    for n in sizes:
+        t = make_inputs(cfg["rows"] or n, cfg["H"], n, cfg["D"], cfg["R"], cfg["dtype"], device, seed=n)
+        base = {"kind": "triangle", "n": n, "batch": cfg["rows"] or n, "heads": cfg["H"], "head_dim": cfg["D"]}
+        if budget.left() < 30:
+            rec.add("fwd_sweep", {**base, "status": "skipped: budget"})
+            continue
+        fn, _ = method("sdpa_floor", t)
+        with torch.no_grad():
+            rec.add("fwd_sweep", {**base, "variant": "floor", "fwd_ms": median_ms(fn, device, 10, 40), "status": "ok"})
+        for variant in ("bias", "factors"):
+            fn, _ = method("fb_bias" if variant == "bias" else "fb_factors", t)
+            block_r = pow2_at_least_16(cfg["R"]) if variant == "factors" else 0
+            elem_bytes = torch.tensor([], dtype=cfg["dtype"]).element_size()
+            ref = None
+            for cname, cand in candidates.items():
+                r = {**base, "variant": variant, "candidate": cname}
+                if budget.left() < 20:
+                    rec.add("fwd_sweep", {**r, "status": "skipped: budget"})
+                    continue
+                tiles.CONFIG_OVERRIDES.clear()
+                if cand:
+                    key = tiles.config_key("fwd", pow2_at_least_16(cfg["D"]), block_r, variant == "bias", elem_bytes)
+                    tiles.CONFIG_OVERRIDES[key] = tiles.KernelConfig(
+                        cand["block_m"], cand["block_n"], cand["num_warps"], cand["num_stages"], cand["rows"]
+                    )
+                try:
+                    with torch.no_grad(), used_configs() as used:
+                        out = fn().float()
+                        r["configs"] = used
+                        ref = out if ref is None else ref
+                        r["max_rel_err_vs_default"] = rel(out, ref)
+                        del out
+                        r["fwd_ms"] = median_ms(fn, device, 10, 40)
+                    r["status"] = "ok" if r["max_rel_err_vs_default"] < 1e-2 else "mismatch"
+                except Exception as e:
+                    r["status"] = failure(e)
+                finally:
+                    tiles.CONFIG_OVERRIDES.clear()
+                    free(device)
+                rec.add("fwd_sweep", r)
+            del ref
+        del t
+        free(device)
+
+
 def _set_candidate(cand: dict, block_d: int, block_r: int, has_bias: bool, elem_bytes: int):
     tiles.CONFIG_OVERRIDES.clear()
     for e in candidate_overrides(cand, block_d, block_r, has_bias, elem_bytes):
@@ -477,6 +539,16 @@ def summary(data: dict) -> str:
         ratio = f" ({r['fwd_ms'] / f['fwd_ms']:.2f}x / {r['fwd_bwd_ms'] / f['fwd_bwd_ms']:.2f}x)" if f else ""
         top = ", ".join(f"{k[:28]} {v['us']:.0f}" for k, v in list(r.get("kernels", {}).items())[:4])
         lines.append(f"N={r['n']} {r['method']}: {r['fwd_ms']:.3f} / {r['fwd_bwd_ms']:.3f}{ratio} | {top}")
+    lines.append("== forward sweep: fwd ms per N and operand (x floor) per candidate")
+    fsw = [r for r in data["fwd_sweep"] if r.get("status") == "ok"]
+    ffloor = {r["n"]: r["fwd_ms"] for r in fsw if r.get("variant") == "floor"}
+    for n in sorted(ffloor):
+        for variant in ("bias", "factors"):
+            rs = [r for r in fsw if r["n"] == n and r.get("variant") == variant]
+            cells = ", ".join(f"{r['candidate']} {r['fwd_ms']:.3f} ({r['fwd_ms'] / ffloor[n]:.2f}x)" for r in rs)
+            lines.append(f"N={n} {variant}: floor {ffloor[n]:.3f} | {cells}")
+    bad = [r for r in data["fwd_sweep"] if r.get("status") not in ("ok", None) and "skipped" not in r.get("status", "")]
+    lines.append(f"forward sweep cases not ok: {len(bad)}")
     lines.append("== sweep: best fwd+bwd per N and operand (x floor), default and default+switches")
     sweep = [r for r in data["sweep"] if r.get("status") == "ok"]
     floor = {(r["kind"], r["n"]): r["fwd_bwd_ms"] for r in sweep if r.get("variant") == "floor"}
@@ -514,7 +586,7 @@ def main(args) -> None:
     if args.dry_run:
         device, dtype = torch.device("cpu"), torch.float32  # the interpreter's bf16 products are wrong
         cfg = dict(device=device, dtype=dtype, rows=3, H=2, D=32, R=8, iters=1)
-        profile_sizes, sweep_sizes, flex_sizes = [20], [20, 37], [20]
+        profile_sizes, sweep_sizes, flex_sizes, fwd_sizes = [20], [20, 37], [20], [37]
         names = ["default", "m64n64w4s3r1", "m64n64w4s3r2+ds_sum"]
         shapes = {"single": (1, 2, 24, [21]), "diffusion": (2, 2, 48, [19])}
         diff_shape, diff_sizes = (2, 2, 48), [19]
@@ -522,7 +594,7 @@ def main(args) -> None:
         assert torch.cuda.is_available(), "the device run needs CUDA (or --dry-run)"
         device, dtype = torch.device("cuda"), torch.bfloat16
         cfg = dict(device=device, dtype=dtype, rows=None, H=4, D=32, R=32, iters=3)  # N rows
-        profile_sizes, sweep_sizes, flex_sizes = [1024, 1170], TRIANGLE_SIZES, [1024, 1170]
+        profile_sizes, sweep_sizes, flex_sizes, fwd_sizes = [1024, 1170], TRIANGLE_SIZES, [1024, 1170], FWD_SWEEP_SIZES
         names = list(BWD_CANDIDATES)
         shapes = OTHER_SHAPES
         diff_shape, diff_sizes = (5, 16, 48), DIFFUSION_SIZES
@@ -550,6 +622,9 @@ def main(args) -> None:
     if "profile" in stages:
         stage_profile(profile_sizes, cfg, rec, budget)
         print(f"profile done {time.perf_counter() - t0:.0f}s", flush=True)
+    if "fwd_sweep" in stages:
+        stage_fwd_sweep(fwd_sizes, cfg, rec, budget)
+        print(f"forward sweep done {time.perf_counter() - t0:.0f}s", flush=True)
     if "others" in stages:
         stage_others(cfg, rec, budget, shapes)
         print(f"others done {time.perf_counter() - t0:.0f}s", flush=True)
