@@ -5,6 +5,8 @@
 #      medians and CUDA time per kernel name for SDPA (floor), ours without bias, dense bias
 #      without / with its gradient, shared factors R = 32, and each with the opt-in switches
 #      +pad (tiles.DS_TILE_PAD) / +stagger (tiles.DQ_STAGGER) / both;
+#   1b. (session 10) the forward's tile candidates (FWD_CANDIDATES: four rows per program, ...) at
+#      N in {1024, 1170, 256, 512, 2048}, dense bias and factors, outputs checked against the default;
 #   2. others: single attention (16 x 24) and the diffusion transformer's (5 samples, 16 x 48),
 #      floor / default / both switches, with the summed kernel time (host-bound or not);
 #   3. the diffusion shape's backward configs (1, 2 rows per program; 4, 8 warps) x switches;
