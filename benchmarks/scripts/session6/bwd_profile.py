@@ -595,7 +595,12 @@ def main(args) -> None:
         device, dtype = torch.device("cuda"), torch.bfloat16
         cfg = dict(device=device, dtype=dtype, rows=None, H=4, D=32, R=32, iters=3)  # N rows
         # 256 (session 10): where the gap to the floor is widest (sweep at 256: 2.9-4.1x), split by kernel
-        profile_sizes, sweep_sizes, flex_sizes, fwd_sizes = [1024, 1170, 256], TRIANGLE_SIZES, [1024, 1170], FWD_SWEEP_SIZES
+        profile_sizes, sweep_sizes, flex_sizes, fwd_sizes = (
+            [1024, 1170, 256],
+            TRIANGLE_SIZES,
+            [1024, 1170],
+            FWD_SWEEP_SIZES,
+        )
         names = list(BWD_CANDIDATES)
         shapes = OTHER_SHAPES
         diff_shape, diff_sizes = (5, 16, 48), DIFFUSION_SIZES
