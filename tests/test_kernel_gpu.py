@@ -49,6 +49,32 @@ def test_triton_matches_reference_on_gpu(name):
         assert rel_err(a, b) < tol_bwd, n
 
 
+@pytest.mark.parametrize("name", ["triangle_bias_bf16", "triangle_factors_bf16", "triangle_both_fp16"])
+@pytest.mark.parametrize("tiles_", [(64, 32, 4, 3, 4), (64, 64, 4, 3, 4)], ids=["m64n32r4", "m64n64r4"])
+def test_forward_with_four_rows_per_program_on_gpu(name, tiles_, monkeypatch):
+    """The forward's four rows per program (issue 17's candidate tiles, not a default) on the GPU,
+    against the fp32 reference and as close to it as the default tiles, for B not a multiple of 4."""
+    from pairformer_fb.kernel import tiles
+    from pairformer_fb.kernel.op import pow2_at_least_16
+
+    B, H, Lq, Lk, D, R, fb, bias_shape, mask_shape, dtype = CASES[name]
+    B -= 3
+    bias_shape = (1, *bias_shape[1:]) if bias_shape else None
+    args, kw = make_inputs(
+        B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape, mask_shape=mask_shape and (B, Lk), dtype=dtype,
+        device="cuda",
+    )  # fmt: skip
+    with torch.no_grad():
+        ref = flash_bias_attention(*[a.float() for a in args], **{n: t if t.dtype == torch.bool else t.float()
+                                   for n, t in kw.items()}, backend="reference")  # fmt: skip
+        default = flash_bias_attention(*args, **kw)
+        key = tiles.config_key("fwd", pow2_at_least_16(D), pow2_at_least_16(R) if R else 0, bias_shape is not None, 2)
+        monkeypatch.setitem(tiles.CONFIG_OVERRIDES, key, tiles.KernelConfig(*tiles_))
+        four = flash_bias_attention(*args, **kw)
+    assert torch.isfinite(four).all() and rel_err(four, ref) < TOL[dtype][0]
+    assert rel_err(four, ref) < 1.5 * rel_err(default, ref) + 1e-4
+
+
 def test_tf32_follows_torch_switch():
     args, kw = make_inputs(64, 4, 128, 128, 32, 16, bias_shape=(1, 4, 128, 128), device="cuda")
     ref = flash_bias_attention(*args, **kw, backend="reference")
