@@ -5,8 +5,9 @@ first call would, and print one JSON line per kernel compiled: shared memory, re
     python tests/aot_compile.py '{"B": 4, "H": 2, "Lq": 100, "Lk": 100, "D": 128, "dtype": "bf16"}'
 
 Keys: B, H, Lq, Lk, D, R (0), factor_batch (1), bias_shape (null), mask (false), dtype
-(bf16 | fp16 | fp32 | tf32), grad (true), fwd_tiles (null: the tile table's; else the forward's
-[block_m, block_n, num_warps, num_stages, rows]), sass (false: true adds the sha256 of the kernel's SASS
+(bf16 | fp16 | fp32 | tf32), grad (true), fwd_tiles / bwd_tiles (null: the tile table's; else
+[block_m, block_n, num_warps, num_stages, rows]; the backward's with its dS sum fused), sass (false:
+true adds the sha256 of the kernel's SASS
 without its source-line comments, which tells whether two versions of the code compile to the
 same machine code). A launch whose kernel needs more shared memory than an
 H100 / H200 block may have raises OutOfResources as the device would, so the op's shrink-and-
@@ -127,12 +128,13 @@ def main(spec: dict) -> None:
     qf, kf = (rnd(fb, H, Lq, R), rnd(fb, H, Lk, R)) if R else (None, None)
     bias = rnd(*spec["bias_shape"]) if spec.get("bias_shape") else None
     mask = torch.rand(B, Lk, generator=g) > 0.3 if spec.get("mask") else None
-    if spec.get("fwd_tiles"):
-        from pairformer_fb.kernel import tiles
+    for kind in ("fwd", "bwd"):
+        if spec.get(f"{kind}_tiles"):
+            from pairformer_fb.kernel import tiles
 
-        block_r = tiles._pow2_at_least_16(R) if R else 0
-        key = tiles.config_key("fwd", tiles._pow2_at_least_16(D), block_r, bias is not None, q.element_size())
-        tiles.CONFIG_OVERRIDES[key] = tiles.KernelConfig(*spec["fwd_tiles"])
+            block_r = tiles._pow2_at_least_16(R) if R else 0
+            key = tiles.config_key(kind, tiles._pow2_at_least_16(D), block_r, bias is not None, q.element_size())
+            tiles.CONFIG_OVERRIDES[key] = tiles.KernelConfig(*spec[f"{kind}_tiles"], fuse_ds=kind == "bwd")
     ops = tfb._Operands(q, k, v, qf, kf, bias, mask, D**-0.5)
     o, stats = tfb._forward(q, k, v, ops)
     if spec.get("grad", True):
