@@ -4,6 +4,7 @@ conftest.py when there is no GPU), forward and backward, against the torch refer
 bf16 is covered by the GPU tests only: the interpreter (Triton 3.6) computes bf16 x bf16
 products wrongly (it reinterprets the bits), so here the kernels run in fp32 and fp16."""
 
+import dataclasses
 import os
 
 import pytest
@@ -341,6 +342,23 @@ class _LaunchSpy:
         return run
 
 
+def _inputs_with_rows(case, kind, rows, monkeypatch, **changes):
+    """make_inputs for a test case (B, H, Lq, Lk, D, R, bias, mask), with the ``kind`` kernel's
+    default tiles overridden to ``rows`` rows per program (and ``changes``) for the test."""
+    from pairformer_fb.kernel import tiles
+
+    args, kw = make_inputs(
+        case["B"], case["H"], case["Lq"], case["Lk"], case["D"], case["R"],
+        bias_shape=case["bias"], mask_shape=case["mask"], device=DEVICE,
+    )  # fmt: skip
+    block_d = tiles._pow2_at_least_16(case["D"])
+    block_r = tiles._pow2_at_least_16(case["R"]) if case["R"] else 0
+    key = tiles.config_key(kind, block_d, block_r, case["bias"] is not None, args[0].element_size())
+    cfg = tiles.default_config(*key)
+    monkeypatch.setitem(tiles.CONFIG_OVERRIDES, key, dataclasses.replace(cfg, rows=rows, **changes))
+    return args, kw
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -362,19 +380,7 @@ def test_tile_padded_ds_sum_matches_the_reference(case, monkeypatch):
     monkeypatch.setattr(tiles, "DS_TILE_PAD", True)
     spy = _LaunchSpy(triton_launch._bwd_kernel)
     monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
-    args, kw = make_inputs(
-        case["B"], case["H"], case["Lq"], case["Lk"], case["D"], case["R"],
-        bias_shape=case["bias"], mask_shape=case["mask"], device=DEVICE,
-    )  # fmt: skip
-    block_d = tiles._pow2_at_least_16(case["D"])
-    block_r = tiles._pow2_at_least_16(case["R"]) if case["R"] else 0
-    elem = args[0].element_size()
-    cfg = tiles.default_config("bwd", block_d, block_r, case["bias"] is not None, elem)
-    monkeypatch.setitem(
-        tiles.CONFIG_OVERRIDES,
-        tiles.config_key("bwd", block_d, block_r, case["bias"] is not None, elem),
-        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, case["rows"], fuse_ds=True),
-    )
+    args, kw = _inputs_with_rows(case, "bwd", case["rows"], monkeypatch, fuse_ds=True)
     out = flash_bias_attention(*args, **kw, backend="triton")
     ref = flash_bias_attention(*args, **kw, backend="reference")
     assert rel_err(out, ref) < 1e-5
@@ -400,23 +406,11 @@ def test_forward_with_four_rows_per_program_matches_the_reference(case, monkeypa
     """KernelConfig.rows = 4 for the forward (issue 17: each shared bias / factor tile read once
     for four rows): outputs and gradients match the reference for B not a multiple of 4 (clamped
     rows write nothing), with masks; fewer rows than 4 take 2, a bias per row takes 1."""
-    from pairformer_fb.kernel import tiles, triton_launch
+    from pairformer_fb.kernel import triton_launch
 
     spy = _LaunchSpy(triton_launch._fwd_kernel)
     monkeypatch.setattr(triton_launch, "_fwd_kernel", spy)
-    args, kw = make_inputs(
-        case["B"], case["H"], case["Lq"], case["Lk"], case["D"], case["R"],
-        bias_shape=case["bias"], mask_shape=case["mask"], device=DEVICE,
-    )  # fmt: skip
-    block_d = tiles._pow2_at_least_16(case["D"])
-    block_r = tiles._pow2_at_least_16(case["R"]) if case["R"] else 0
-    elem = args[0].element_size()
-    cfg = tiles.default_config("fwd", block_d, block_r, case["bias"] is not None, elem)
-    monkeypatch.setitem(
-        tiles.CONFIG_OVERRIDES,
-        tiles.config_key("fwd", block_d, block_r, case["bias"] is not None, elem),
-        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 4),
-    )
+    args, kw = _inputs_with_rows(case, "fwd", 4, monkeypatch)
     out = flash_bias_attention(*args, **kw, backend="triton")
     ref = flash_bias_attention(*args, **kw, backend="reference")
     assert [c["ROWS"] for c in spy.calls] == [case["rows"]]
