@@ -520,9 +520,14 @@ def test_bad_inputs_are_named(tiny_fb, tmp_path):
         finetune(make_cfg(base + [f"output_dir={tmp_path / 'b'}", "patch.rank=5"]))
     with pytest.raises(ValueError, match="data.n_val"):
         finetune(make_cfg(base + [f"output_dir={tmp_path / 'c'}", "data.n_val=2"]))
-    with pytest.raises(ValueError, match="trainer.cuda_graphs_max must be >= 1, got 0"):
-        finetune(make_cfg(base + [f"output_dir={tmp_path / 'f'}", "trainer.cuda_graphs_max=0"]))
-    assert not (tmp_path / "f").exists()
+    for key, value, expected in [
+        ("cuda_graphs_max", "0", "trainer.cuda_graphs_max must be an integer >= 1, got 0"),
+        ("cuda_graphs_max", "many", "trainer.cuda_graphs_max must be an integer >= 1, got 'many'"),
+        ("cuda_graphs", "maybe", "trainer.cuda_graphs must be true or false, got 'maybe'"),
+    ]:
+        with pytest.raises(ValueError, match=expected):
+            finetune(make_cfg(base + [f"output_dir={tmp_path / 'f'}", f"trainer.{key}={value}"]))
+        assert not (tmp_path / "f").exists()
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:

@@ -306,9 +306,11 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
         raise ValueError(
             f"trainer.max_steps must be >= 1 and trainer.save_every >= 0, got {tr['max_steps']} and {tr['save_every']}"
         )
-    max_graphs = int(tr.get("cuda_graphs_max", 8))
-    if max_graphs < 1:
-        raise ValueError(f"trainer.cuda_graphs_max must be >= 1, got {max_graphs}")
+    if not isinstance(tr.get("cuda_graphs", False), bool):
+        raise ValueError(f"trainer.cuda_graphs must be true or false, got {tr['cuda_graphs']!r}")
+    max_graphs = tr.get("cuda_graphs_max", 8)
+    if not isinstance(max_graphs, int) or isinstance(max_graphs, bool) or max_graphs < 1:
+        raise ValueError(f"trainer.cuda_graphs_max must be an integer >= 1, got {max_graphs!r}")
     train_samples, val_samples = split_samples(
         data["samples"], data.get("val_samples"), int(data["n_val"]), data.get("data_dir")
     )
