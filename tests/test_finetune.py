@@ -11,6 +11,7 @@ ranks' gradients and takes the same AdamW step.
 import contextlib
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -524,9 +525,14 @@ def test_bad_inputs_are_named(tiny_fb, tmp_path):
         ("cuda_graphs_max", "0", "trainer.cuda_graphs_max must be an integer >= 1, got 0"),
         ("cuda_graphs_max", "many", "trainer.cuda_graphs_max must be an integer >= 1, got 'many'"),
         ("cuda_graphs", "maybe", "trainer.cuda_graphs must be true or false, got 'maybe'"),
+        ("max_steps", "abc", "trainer.max_steps must be an integer >= 1, got 'abc'"),
+        ("bf16", "2", "trainer.bf16 must be true or false, got 2"),
+        ("../optimizer.lr", "-1e-3", "optimizer.lr must be a number >= 0, got -0.001"),
+        ("../device", "gpu", "device must be one of auto, cuda, cpu, got 'gpu'"),
     ]:
-        with pytest.raises(ValueError, match=expected):
-            finetune(make_cfg(base + [f"output_dir={tmp_path / 'f'}", f"trainer.{key}={value}"]))
+        override = key[3:] if key.startswith("../") else f"trainer.{key}"
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            finetune(make_cfg(base + [f"output_dir={tmp_path / 'f'}", f"{override}={value}"]))
         assert not (tmp_path / "f").exists()
     try:
         import torch.utils.tensorboard  # noqa: F401

@@ -262,6 +262,50 @@ def _write_csv(path: Path, rows: list[dict], fields: Sequence[str]) -> None:
     atomic_write(path, text.getvalue())
 
 
+# the scalar settings checked before any work: (dotted key, kind, least value or None)
+_SETTINGS: tuple[tuple[str, str, float | None], ...] = (
+    ("overwrite", "bool", None),
+    ("progress", "bool", None),
+    ("seed", "int", None),
+    ("trainer.max_steps", "int", 1),
+    ("trainer.save_every", "int", 0),
+    ("trainer.val_every", "int", 0),
+    ("trainer.log_every", "int", 1),
+    ("trainer.grad_clip", "number", 0),
+    ("trainer.bf16", "bool", None),
+    ("trainer.tensorboard", "bool", None),
+    ("trainer.find_unused_parameters", "bool", None),
+    ("trainer.cuda_graphs", "bool", None),
+    ("trainer.cuda_graphs_max", "int", 1),
+    ("data.crop_size", "int", 1),
+    ("data.n_val", "int", 0),
+    ("optimizer.lr", "number", 0),
+    ("optimizer.weight_decay", "number", 0),
+)
+DEVICES = ("auto", "cuda", "cpu")
+
+
+def _check_settings(cfg: Mapping[str, Any]) -> None:
+    """One line naming the first setting of the wrong type or range (``_SETTINGS``, ``device``)."""
+    for key, kind, least in _SETTINGS:
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is None:
+            continue  # absent or null: the default applies
+        ok = {
+            "bool": isinstance(node, bool),
+            "int": isinstance(node, int) and not isinstance(node, bool),
+            "number": isinstance(node, (int, float)) and not isinstance(node, bool),
+        }[kind]
+        if not ok or (least is not None and node < least):
+            what = {"bool": "true or false", "int": "an integer", "number": "a number"}[kind]
+            bound = f" >= {least:g}" if least is not None else ""
+            raise ValueError(f"{key} must be {what}{bound}, got {node!r}")
+    if cfg.get("device", "auto") not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {cfg.get('device')!r}")
+
+
 def finetune(cfg: Mapping[str, Any]) -> dict:
     """Run a fine-tuning (see the module docstring) from a plain nested config (the Hydra
     config as a dict; keys as in ``configs/finetune/finetune.yaml``). Returns a summary dict
@@ -269,6 +313,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     from tqdm.auto import tqdm
 
     cfg = json.loads(json.dumps(cfg))  # a plain copy: it goes into the metadata
+    _check_settings(cfg)
     tr, opt_cfg, sch, data, loss_cfg, patch_cfg = (
         cfg["trainer"],
         cfg["optimizer"],
@@ -302,20 +347,9 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
         else:
             check_writable_dir(output.parent, "output_dir")
         check_writable_dir(ckpt_dir, "trainer.checkpoint_dir")
-    if int(tr["max_steps"]) < 1 or int(tr["save_every"]) < 0:
-        raise ValueError(
-            f"trainer.max_steps must be >= 1 and trainer.save_every >= 0, got {tr['max_steps']} and {tr['save_every']}"
-        )
-    if not isinstance(tr.get("cuda_graphs", False), bool):
-        raise ValueError(f"trainer.cuda_graphs must be true or false, got {tr['cuda_graphs']!r}")
-    max_graphs = tr.get("cuda_graphs_max", 8)
-    if not isinstance(max_graphs, int) or isinstance(max_graphs, bool) or max_graphs < 1:
-        raise ValueError(f"trainer.cuda_graphs_max must be an integer >= 1, got {max_graphs!r}")
     train_samples, val_samples = split_samples(
         data["samples"], data.get("val_samples"), int(data["n_val"]), data.get("data_dir")
     )
-    if int(data["crop_size"]) < 1:
-        raise ValueError(f"data.crop_size must be >= 1, got {data['crop_size']}")
     ckpt = read_checkpoint(checkpoint)
     meta = ckpt.metadata
     if meta is None:
@@ -364,7 +398,9 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     )
     # the recycling cycles without gradients as CUDA graphs (opt-in until measured on a GPU; a
     # pass-through on a CPU)
-    graphs = graph_recycling(model, params.values(), max_graphs=max_graphs) if tr.get("cuda_graphs") else None
+    graphs = None
+    if tr.get("cuda_graphs"):
+        graphs = graph_recycling(model, params.values(), max_graphs=tr.get("cuda_graphs_max") or 8)
     wrapped: nn.Module = objective
     if distributed:
         wrapped = nn.parallel.DistributedDataParallel(
