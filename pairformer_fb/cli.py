@@ -33,7 +33,7 @@ import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -64,6 +64,37 @@ def positive_int(value, what: str, allow_null: bool = False):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{what} must be a positive integer{' or null' if allow_null else ''}, got {value!r}")
     return value
+
+
+# a scalar setting's expected kind: "bool", "int", "number" (int or float), or a tuple of the allowed values
+SettingKind = str | tuple
+# (dotted key, kind, least value or None)
+Setting = tuple[str, SettingKind, float | None]
+_KIND_WORDS = {"bool": "true or false", "int": "an integer", "number": "a number"}
+
+
+def check_settings(cfg: Mapping[str, Any], settings: Sequence[Setting]) -> None:
+    """Raise a ValueError naming the first of ``settings`` that ``cfg`` (a nested mapping: a plain
+    dict or a composed config) holds with the wrong type or out of range; an absent or null
+    setting is left to its default. Booleans are not integers here (``warmup=true`` is wrong)."""
+    for key, kind, least in settings:
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is None:
+            continue
+        if isinstance(kind, tuple):
+            if node not in kind:
+                raise ValueError(f"{key} must be one of {', '.join(map(str, kind))}, got {node!r}")
+            continue
+        ok = {
+            "bool": isinstance(node, bool),
+            "int": isinstance(node, int) and not isinstance(node, bool),
+            "number": isinstance(node, (int, float)) and not isinstance(node, bool),
+        }[kind]
+        if not ok or (least is not None and node < least):
+            bound = f" >= {least:g}" if least is not None else ""
+            raise ValueError(f"{key} must be {_KIND_WORDS[kind]}{bound}, got {node!r}")
 
 
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:

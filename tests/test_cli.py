@@ -196,6 +196,9 @@ def test_benchmark_errors_are_one_line_and_write_nothing(tiny, tmp_path):
         (["checkpoint=trunc.pt"], "truncated or corrupt"),
         (["checkpoint=boltz.ckpt"], "is a boltz checkpoint"),
         (["rank=0"], "rank must be an integer >= 1"),
+        (["warmup=abc"], "warmup must be an integer >= 0, got 'abc'"),
+        (["repeats=true"], "repeats must be an integer >= 1, got True"),
+        (["device=gpu"], "device must be one of auto, cuda, cpu, got 'gpu'"),
     ]
     for args, needle in cases:
         assert_one_line_error(run("benchmark", *args, "output_dir=out", cwd=tmp_path), needle)
@@ -217,6 +220,25 @@ def test_every_script_rejects_unknown_keys_and_helps(script, tmp_path):
     assert "output" in helped.stdout and "#" in helped.stdout  # options with their descriptions
     if script != "finetune":
         assert "finetune" not in helped.stdout.replace("finetune.py", "")  # only its own options
+
+
+def test_check_settings_names_the_first_bad_setting():
+    from pairformer_fb.cli import check_settings
+
+    settings = [("a.n", "int", 1), ("a.x", "number", 0), ("flag", "bool", None), ("mode", ("fast", "slow"), None)]
+    check_settings({"a": {"n": 3, "x": 0.5}, "flag": False, "mode": "slow"}, settings)
+    check_settings({"a": {"n": None}}, settings)  # absent or null: the default applies
+    for cfg, message in [
+        ({"a": {"n": 0}}, "a.n must be an integer >= 1, got 0"),
+        ({"a": {"n": True}}, "a.n must be an integer >= 1, got True"),
+        ({"a": {"n": 2, "x": -1.0}}, "a.x must be a number >= 0, got -1.0"),
+        ({"a": {"x": "1"}}, "a.x must be a number >= 0, got '1'"),
+        ({"flag": "yes"}, "flag must be true or false, got 'yes'"),
+        ({"mode": "medium"}, "mode must be one of fast, slow, got 'medium'"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            check_settings(cfg, settings)
+        assert str(e.value) == message
 
 
 def test_help_describes_the_options():

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..cli import atomic_write, check_writable_dir
+from ..cli import Setting, atomic_write, check_settings, check_writable_dir
 from ..data.featurize import InputError, Sample, read_samples
 from ..data.structure import (
     TM_METHODS,
@@ -354,19 +354,28 @@ def dtype_context(device: torch.device, dtype: str):
 # the benchmark
 
 
+# the scalar settings checked before any work (cli.check_settings): (key, kind, least value)
+SETTINGS: tuple[Setting, ...] = (
+    ("device", ("auto", "cuda", "cpu"), None),
+    ("warmup", "int", 0),
+    ("repeats", "int", 1),
+    ("rank", "int", 1),
+    ("seed", "int", None),
+    ("cuda_graphs", "bool", None),
+    ("raise_errors", "bool", None),
+)
+
+
 def validate(cfg) -> tuple[StructureHost, list[Sample], Any, dict]:
     """Everything checked before any model work: host (and its prerequisites), variants,
     samples, references, checkpoint."""
+    check_settings(cfg, SETTINGS)
     host = get_host(cfg.host)
     host.check(cfg)
     variants = list(cfg.variants)
     bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants or len(set(variants)) != len(variants):
         raise ValueError(f"variants must be distinct names from {list(VARIANTS)}, got {variants}")
-    if cfg.repeats < 1 or cfg.warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={cfg.repeats} warmup={cfg.warmup}")
-    if not isinstance(cfg.rank, int) or isinstance(cfg.rank, bool) or cfg.rank < 1:
-        raise ValueError(f"rank must be an integer >= 1 (the untrained factor networks' rank), got {cfg.rank!r}")
     check_writable_dir(cfg.output_dir, "output_dir")
     if cfg.get("diffusion_dtype") not in DIFFUSION_DTYPES:
         raise ValueError(f"diffusion_dtype must be null, bf16 or fp16, got {cfg.diffusion_dtype!r}")

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cli import atomic_write, check_writable_dir
+from ..cli import Setting, atomic_write, check_settings, check_writable_dir
 from ..hosts.protenix.training import protenix_trunk, recycling_graph_modules
 from ..modules.factor_network import BiasSample, FactorNetwork, batched_approximation_losses
 from ..patching.cuda_graphs import GraphHandle, graph_module
@@ -262,11 +262,12 @@ def _write_csv(path: Path, rows: list[dict], fields: Sequence[str]) -> None:
     atomic_write(path, text.getvalue())
 
 
-# the scalar settings checked before any work: (dotted key, kind, least value or None)
-_SETTINGS: tuple[tuple[str, str, float | None], ...] = (
+# the scalar settings checked before any work (cli.check_settings): (dotted key, kind, least value)
+SETTINGS: tuple[Setting, ...] = (
     ("overwrite", "bool", None),
     ("progress", "bool", None),
     ("seed", "int", None),
+    ("device", ("auto", "cuda", "cpu"), None),
     ("trainer.max_steps", "int", 1),
     ("trainer.save_every", "int", 0),
     ("trainer.val_every", "int", 0),
@@ -282,28 +283,6 @@ _SETTINGS: tuple[tuple[str, str, float | None], ...] = (
     ("optimizer.lr", "number", 0),
     ("optimizer.weight_decay", "number", 0),
 )
-DEVICES = ("auto", "cuda", "cpu")
-
-
-def _check_settings(cfg: Mapping[str, Any]) -> None:
-    """One line naming the first setting of the wrong type or range (``_SETTINGS``, ``device``)."""
-    for key, kind, least in _SETTINGS:
-        node: Any = cfg
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, Mapping) else None
-        if node is None:
-            continue  # absent or null: the default applies
-        ok = {
-            "bool": isinstance(node, bool),
-            "int": isinstance(node, int) and not isinstance(node, bool),
-            "number": isinstance(node, (int, float)) and not isinstance(node, bool),
-        }[kind]
-        if not ok or (least is not None and node < least):
-            what = {"bool": "true or false", "int": "an integer", "number": "a number"}[kind]
-            bound = f" >= {least:g}" if least is not None else ""
-            raise ValueError(f"{key} must be {what}{bound}, got {node!r}")
-    if cfg.get("device", "auto") not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {cfg.get('device')!r}")
 
 
 def finetune(cfg: Mapping[str, Any]) -> dict:
@@ -313,7 +292,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     from tqdm.auto import tqdm
 
     cfg = json.loads(json.dumps(cfg))  # a plain copy: it goes into the metadata
-    _check_settings(cfg)
+    check_settings(cfg, SETTINGS)
     tr, opt_cfg, sch, data, loss_cfg, patch_cfg = (
         cfg["trainer"],
         cfg["optimizer"],
