@@ -97,6 +97,17 @@ def check_settings(cfg: Mapping[str, Any], settings: Sequence[Setting]) -> None:
             raise ValueError(f"{key} must be {_KIND_WORDS[kind]}{bound}, got {node!r}")
 
 
+# settings that mean the same in every script that has them, checked by ``main`` before the task
+COMMON_SETTINGS: tuple[Setting, ...] = (
+    ("device", ("auto", "cuda", "cpu"), None),
+    ("seed", "int", 0),
+    ("warmup", "int", 0),  # untimed runs
+    ("repeats", "int", 1),  # timed runs
+    ("warmup_ms", "number", 0),  # triton.testing.do_bench's warm-up and repetition times
+    ("rep_ms", "number", 1),
+)
+
+
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Raise PermissionError unless files can be created in ``path`` or, where it does not exist
     yet, in its nearest existing ancestor (NotADirectoryError if that is a file)."""
@@ -367,6 +378,7 @@ def main(
 
             print(OmegaConf.to_yaml(cfg), end="")
             return None
+        check_settings(cfg, COMMON_SETTINGS)
         if cfg.get("output_dir"):
             check_writable_dir(cfg.output_dir, "output_dir")
         return task(cfg)
@@ -377,6 +389,7 @@ def main(
 
 
 __all__ = [
+    "COMMON_SETTINGS",
     "UsageError",
     "atomic_write",
     "check_writable_dir",

@@ -105,7 +105,9 @@ def test_ladder_on_cpu(tmp_path, spy_predict):
     assert [c["patched"] for c in spy_predict] == [False, True] * 2
     for r, call in zip(recs, spy_predict):
         assert r["status"] == "ok" and r["peak_gib"] is None and r["featurise_s"] > 0
-        assert 0 < r["host_start_gib"] < r["peak_host_gib"] < 20  # Linux: the process's resident memory
+        # Linux: the process's resident memory. The peak may equal the start: after other tests the
+        # heap holds freed memory that a tiny model's run reuses without growing (order-dependent)
+        assert 0 < r["host_start_gib"] <= r["peak_host_gib"] < 20
         during = r["notes"]["peak_host_gib_during"]  # where it peaked: every timed method of the host
         assert {"get_pairformer_output", "sample_diffusion", "confidence_head", "after confidence_head"} <= set(during)
         assert max(during.values()) == pytest.approx(r["peak_host_gib"], abs=1e-3)

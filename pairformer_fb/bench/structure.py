@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..cli import Setting, atomic_write, check_settings, check_writable_dir
+from ..cli import COMMON_SETTINGS, Setting, atomic_write, check_settings, check_writable_dir
 from ..data.featurize import InputError, Sample, read_samples
 from ..data.structure import (
     TM_METHODS,
@@ -354,13 +354,11 @@ def dtype_context(device: torch.device, dtype: str):
 # the benchmark
 
 
-# the scalar settings checked before any work (cli.check_settings): (key, kind, least value)
+# the scalar settings checked before any work, also where run() is called without the script
+# (cli.check_settings): (key, kind, least value)
 SETTINGS: tuple[Setting, ...] = (
-    ("device", ("auto", "cuda", "cpu"), None),
-    ("warmup", "int", 0),
-    ("repeats", "int", 1),
+    *COMMON_SETTINGS,  # device, warmup, repeats, seed
     ("rank", "int", 1),
-    ("seed", "int", None),
     ("cuda_graphs", "bool", None),
     ("raise_errors", "bool", None),
 )

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cli import Setting, atomic_write, check_settings, check_writable_dir
+from ..cli import COMMON_SETTINGS, Setting, atomic_write, check_settings, check_writable_dir
 from ..hosts.protenix.training import protenix_trunk, recycling_graph_modules
 from ..modules.factor_network import BiasSample, FactorNetwork, batched_approximation_losses
 from ..patching.cuda_graphs import GraphHandle, graph_module
@@ -264,10 +264,9 @@ def _write_csv(path: Path, rows: list[dict], fields: Sequence[str]) -> None:
 
 # the scalar settings checked before any work (cli.check_settings): (dotted key, kind, least value)
 SETTINGS: tuple[Setting, ...] = (
+    *COMMON_SETTINGS,  # device, seed
     ("overwrite", "bool", None),
     ("progress", "bool", None),
-    ("seed", "int", None),
-    ("device", ("auto", "cuda", "cpu"), None),
     ("trainer.max_steps", "int", 1),
     ("trainer.save_every", "int", 0),
     ("trainer.val_every", "int", 0),
