@@ -222,6 +222,24 @@ def test_every_script_rejects_unknown_keys_and_helps(script, tmp_path):
         assert "finetune" not in helped.stdout.replace("finetune.py", "")  # only its own options
 
 
+@pytest.mark.parametrize(
+    "script, arg, needle",
+    [
+        ("bench_modules", "device=gpu", "device must be one of auto, cuda, cpu, got 'gpu'"),
+        ("bench_attention", "rep_ms=abc", "rep_ms must be a number >= 1, got 'abc'"),
+        ("bench_blocks", "seed=x", "seed must be an integer >= 0, got 'x'"),
+    ],
+)
+def test_common_settings_are_checked_for_every_script(script, arg, needle, tmp_path):
+    assert_one_line_error(run(script, arg, "output_dir=out", cwd=tmp_path), needle)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU message")
+def test_tune_kernels_without_a_gpu_is_one_line(tmp_path):
+    assert_one_line_error(run("tune_kernels", "output_dir=out", cwd=tmp_path), "no CUDA device here")
+
+
 def test_check_settings_names_the_first_bad_setting():
     from pairformer_fb.cli import check_settings
 

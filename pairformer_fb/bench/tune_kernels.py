@@ -155,6 +155,10 @@ def tune(problems: list[Problem], device, dtype, warmup_ms=10, rep_ms=50) -> tup
 
 
 def run(cfg) -> None:
+    if not torch.cuda.is_available():
+        raise ValueError("tune_kernels times the kernels on a GPU: no CUDA device here")
+    if cfg.dtype not in ("bf16", "fp16"):
+        raise ValueError(f"dtype must be bf16 or fp16, got {cfg.dtype!r}")
     device = torch.device("cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
     problems = [Problem(**p) for p in cfg.problems]
