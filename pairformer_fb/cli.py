@@ -33,7 +33,7 @@ import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -64,6 +64,17 @@ def positive_int(value, what: str, allow_null: bool = False):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{what} must be a positive integer{' or null' if allow_null else ''}, got {value!r}")
     return value
+
+
+def positive_ints(values, what: str) -> list[int]:
+    """``values`` as a list when it is a list of integers >= 1 (e.g. sequence lengths); else a
+    ValueError naming ``what``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{what} must be a list of positive integers, got {values!r}")
+    values = list(values)
+    for v in values:
+        positive_int(v, f"{what}: every entry ({values})")
+    return values
 
 
 # a scalar setting's expected kind: "bool", "int", "number" (int or float), or a tuple of the allowed values

@@ -61,8 +61,8 @@ def test_attention_benchmark_runs_on_cpu(tmp_path):
 @pytest.mark.parametrize(
     "override, needle",
     [
-        ("diffusion.sizes=[64,0]", "diffusion.sizes: every length ([64, 0]) must be a positive integer"),
-        ("diffusion.sizes=abc", "diffusion.sizes must be a list of sequence lengths, got 'abc'"),
+        ("diffusion.sizes=[64,0]", "diffusion.sizes: every entry ([64, 0]) must be a positive integer"),
+        ("diffusion.sizes=abc", "diffusion.sizes must be a list of positive integers, got 'abc'"),
         ("diffusion.samples=0", "diffusion.samples must be a positive integer, got 0"),
         ("triangle.heads=0", "triangle.heads must be a positive integer, got 0"),
         ("single.head_dim=2.5", "single.head_dim must be a positive integer, got 2.5"),
@@ -77,6 +77,26 @@ def test_attention_benchmark_bad_settings_are_one_line_errors(override, needle, 
     from test_cli import run as run_script
 
     assert_one_line_error(run_script("bench_attention", override, "output_dir=out", cwd=tmp_path), needle)
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "script, override, needle",
+    [
+        ("bench_modules", "triangle.sizes=[abc]", "triangle.sizes: every entry (['abc']) must be a positive integer"),
+        ("bench_modules", "dtype=bf17", "dtype must be auto or one of ['bf16', 'fp16', 'fp32'], got 'bf17'"),
+        ("bench_blocks", "sizes.protenix=[x]", "sizes.protenix: every entry (['x']) must be a positive integer"),
+        ("bench_diffusion", "diffusion.sizes=[0]", "diffusion.sizes: every entry ([0]) must be a positive integer"),
+        ("bench_diffusion", "dtype=int8", "dtype must be auto or one of ['bf16', 'fp16', 'fp32'], got 'int8'"),
+    ],
+)
+def test_module_block_diffusion_benchmark_bad_settings_are_one_line_errors(script, override, needle, tmp_path):
+    """As bench_attention: sizes and dtype checked before any case runs (a string of sizes had
+    failed every case with a TypeError in the table), nothing written."""
+    from test_cli import assert_one_line_error
+    from test_cli import run as run_script
+
+    assert_one_line_error(run_script(script, override, "output_dir=out", cwd=tmp_path), needle)
     assert not (tmp_path / "out" / "results.json").exists()
 
 

@@ -6,7 +6,6 @@ markdown table with the environment they were measured in."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,11 +14,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..cli import atomic_write, positive_int
+from ..cli import atomic_write, positive_int, positive_ints
 from ..kernel import flash_bias_attention
-from .timing import Skipped, environment, failure_status, median_ms, median_ms_and_peak_memory
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from .timing import (
+    Skipped,
+    environment,
+    failure_status,
+    median_ms,
+    median_ms_and_peak_memory,
+    resolve_device,
+    resolve_dtype,
+)
 
 
 @dataclass
@@ -162,23 +167,18 @@ def cases(cfg) -> list[Case]:
         section = cfg.get(kind)
         if section is None and kind == "diffusion":
             continue
-        sizes = section.get("sizes") if section is not None else None
-        if not isinstance(sizes, Iterable) or isinstance(sizes, (str, bytes)):
-            raise ValueError(f"{kind}.sizes must be a list of sequence lengths, got {sizes!r}")
-        sizes = list(sizes)
+        sizes = positive_ints(section.get("sizes") if section is not None else None, f"{kind}.sizes")
         heads = positive_int(section.get("heads"), f"{kind}.heads")
         head_dim = positive_int(section.get("head_dim"), f"{kind}.head_dim")
         samples = positive_int(section.get("samples"), f"{kind}.samples") if kind == "diffusion" else 1
         for n in sizes:
-            positive_int(n, f"{kind}.sizes: every length ({sizes})")
             out.append(Case(kind, n, n if kind == "triangle" else samples, heads, head_dim))
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; expected some of {list(METHODS)}")
     for r in cfg.ranks:
         positive_int(r, f"ranks: every rank ({list(cfg.ranks)})")
-    if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
-        raise ValueError(f"dtype must be auto or one of {list(DTYPES)}, got {cfg.dtype!r}")
+    resolve_dtype(cfg.dtype, torch.device("cpu"))  # a bad name raises now
     return out
 
 
@@ -188,12 +188,8 @@ def run(cfg) -> list[Record]:
         from ..kernel.tiles import load_config_overrides
 
         load_config_overrides(cfg.kernel_configs)
-    device = torch.device(
-        "cuda"
-        if (cfg.device == "auto" and torch.cuda.is_available())
-        else ("cpu" if cfg.device == "auto" else cfg.device)
-    )
-    dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
     jobs = [(c, m, r) for c in shapes for m in cfg.methods for r in (cfg.ranks if m == "fb_factors" else [None])]
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..cli import atomic_write
+from ..cli import atomic_write, positive_ints
 from ..hosts import host_module
 from ..hosts.presets import randomise_
-from .timing import environment, failure_status, median_ms
+from .timing import environment, failure_status, median_ms, resolve_device
 
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # Protenix's fused layer norm needs nvcc at import
 
@@ -112,11 +112,8 @@ def _measure(host, n, variant, kernels, cfg, device, width="v1") -> BlockRecord:
 def run(cfg) -> list[BlockRecord]:
     if cfg.get("rep_dtype", "auto") not in REP_DTYPES:
         raise ValueError(f"rep_dtype must be auto, bf16 or fp32, got {cfg.rep_dtype!r}")
-    device = torch.device(
-        "cuda"
-        if (cfg.device == "auto" and torch.cuda.is_available())
-        else ("cpu" if cfg.device == "auto" else cfg.device)
-    )
+    device = resolve_device(cfg.device)
+    sizes = {host: positive_ints(cfg.sizes[host], f"sizes.{host}") for host in cfg.hosts}
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(device) | {
@@ -132,9 +129,8 @@ def run(cfg) -> list[BlockRecord]:
             env[pkg] = None
     jobs = []
     for host in cfg.hosts:
-        sizes = cfg.sizes[host]
         kernel_list = list(cfg.kernels[host]) if device.type == "cuda" else ["torch"]
-        for n in sizes:
+        for n in sizes[host]:
             for kernels in kernel_list:
                 for variant in cfg.variants:
                     jobs.append((host, n, variant, kernels, "v1"))

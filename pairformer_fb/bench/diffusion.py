@@ -31,9 +31,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..cli import atomic_write
-from .attention import DTYPES
-from .timing import Skipped, environment, failure_status, median_ms
+from ..cli import atomic_write, positive_ints
+from .timing import Skipped, environment, failure_status, median_ms, resolve_device, resolve_dtype
 
 
 @dataclass
@@ -190,19 +189,16 @@ def run_cases(cfg, title: str, env_extra: dict, setup, measure) -> list[Diffusio
     (host, inputs, stock call)``, the stock output, then ``measure(module, n, variant, cfg, dtype,
     device, host, inputs, stock_out)`` per variant; results.json / results.md rewritten after
     every case, a case whose set-up fails recorded as failed for all its variants."""
-    device = torch.device(
-        "cuda"
-        if (cfg.device == "auto" and torch.cuda.is_available())
-        else ("cpu" if cfg.device == "auto" else cfg.device)
-    )
-    dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    sizes = {m: positive_ints(cfg[m].sizes, f"{m}.sizes") for m in cfg.modules}
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
         torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(device) | env_extra | {"dtype": str(dtype).replace("torch.", ""), "tf32": bool(cfg.tf32)}
-    jobs = [(m, n) for m in cfg.modules for n in cfg[m].sizes]
+    jobs = [(m, n) for m in cfg.modules for n in sizes[m]]
     records: list[DiffusionRecord] = []
     bar = tqdm(total=len(jobs) * len(cfg.variants), desc=title, unit="case")
     for module, n in jobs:

@@ -14,10 +14,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..cli import atomic_write
+from ..cli import atomic_write, positive_ints
 from ..modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
-from .attention import DTYPES
-from .timing import Skipped, environment, failure_status, median_ms, median_ms_and_peak_memory
+from .timing import (
+    Skipped,
+    environment,
+    failure_status,
+    median_ms,
+    median_ms_and_peak_memory,
+    resolve_device,
+    resolve_dtype,
+)
 
 
 @dataclass
@@ -151,19 +158,16 @@ def profile(module: str, n: int, variant: str, rank, cfg, dtype, device, path: P
 
 
 def run(cfg) -> list[ModuleRecord]:
-    device = torch.device(
-        "cuda"
-        if (cfg.device == "auto" and torch.cuda.is_available())
-        else ("cpu" if cfg.device == "auto" else cfg.device)
-    )
-    dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    sizes = {kind: positive_ints(cfg[kind].sizes, f"{kind}.sizes") for kind in ("triangle", "single")}
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(device) | {"dtype": str(dtype).replace("torch.", "")}
     jobs = [
         (m, n, v, (cfg.rank if v == "lowrank" else None))
         for m in cfg.modules
-        for n in (cfg.triangle.sizes if m.startswith("triangle") else cfg.single.sizes)
+        for n in sizes["triangle" if m.startswith("triangle") else "single"]
         for v in cfg.variants
     ]
     records = []

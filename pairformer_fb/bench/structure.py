@@ -57,7 +57,7 @@ from ..data.structure import (
 )
 from ..hosts.structure_hosts import PHASES, StructureHost, get_host
 from ..patching.patching import DIFFUSION_DTYPES
-from .timing import environment, failure_status
+from .timing import environment, failure_status, resolve_device
 
 VARIANTS = ("original", "exact", "lowrank", "original_graphs")
 RANDOM_WEIGHTS_NOTE = (
@@ -231,15 +231,6 @@ def _peak_meters(device: torch.device) -> dict[str, Meter]:
 
 # ---------------------------------------------------------------------------------------------
 # model
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(name)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but CUDA is not available here; use device=auto or cpu")
-    return d
 
 
 def read_host_checkpoint(path: str | None, host: str):

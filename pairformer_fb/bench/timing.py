@@ -12,6 +12,29 @@ from typing import Callable
 
 import torch
 
+# the benchmarks' dtype names
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``device=`` of a benchmark: auto (CUDA when there is one, else the CPU), cuda or cpu; cuda
+    without a CUDA device is a ValueError naming it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(name)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but CUDA is not available here; use device=auto or cpu")
+    return d
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``dtype=`` of a benchmark: auto (bf16 on CUDA, fp32 on the CPU) or one of ``DTYPES``."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {list(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
 
 def median_ms(fn: Callable[[], object], device: torch.device, warmup_ms: float = 25, rep_ms: float = 100) -> float:
     """Median wall time of ``fn`` in milliseconds, warm-up excluded.
