@@ -307,7 +307,7 @@ class OpenFold3TriangleAttention(PatchedModule):
     ) -> torch.Tensor:
         if bool(transpose_bias) != self.transpose_bias:
             # not the call its block makes: the host's own code, on the same parameters
-            self.last_distill_loss = None
+            self.last_distill_loss = self.last_distill_sample = None
             return self.host_module(
                 x,
                 mask,
