@@ -439,6 +439,24 @@ def test_batched_approximation_losses_match_each_networks_loss(chunk_bytes):
 
 
 @pytest.mark.parametrize("name", list(MODULES))
+def test_deferred_distill_under_bf16_autocast_is_the_modules_loss(name):
+    """As fine-tuning runs it on CUDA, here under CPU bf16 autocast: the deferred sample's batched
+    loss is the module's own "distill" loss to bf16 rounding, and both are near the fp32 loss."""
+    from pairformer_fb.modules.factor_network import batched_approximation_losses
+
+    module = MODULES[name](factor_config=FACTORS, mode="distill")
+    _, loss32 = run_module(module)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss16 = run_module(module)
+        module.defer_distill_loss = True
+        _, sample = run_module(module)
+        (batched,) = batched_approximation_losses([(module.factor_network, sample)])
+    assert batched.dtype == torch.float32 and torch.isfinite(batched)
+    assert abs(batched.item() - loss16.item()) < 2e-2 * loss16.item()
+    assert abs(batched.item() - loss32.item()) < 5e-2 * loss32.item()
+
+
+@pytest.mark.parametrize("name", list(MODULES))
 @pytest.mark.parametrize("mode", ["exact", "lowrank", "distill"])
 def test_modules_run_under_bf16_autocast(name, mode):
     """As the hosts run them: fp32 weights and inputs, bf16 autocast (layer norms in fp32, the
