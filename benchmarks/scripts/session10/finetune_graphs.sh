@@ -20,7 +20,8 @@ if [ ! -f $D/base_fb.pt ]; then
   stamp "build + save base (random weights)"
   python3 - "$D" <<'PY' > $R/build.log 2>&1 || { tail -5 $R/build.log; exit 1; }
 import sys, torch
-from pairformer_fb.hosts.presets import build_protenix, randomise_
+from pairformer_fb.hosts.presets import randomise_
+from pairformer_fb.hosts.protenix.presets import build_protenix
 m = randomise_(build_protenix("base", cpu=False)[0], seed=0)
 torch.save({"model": {"module." + k: v for k, v in m.state_dict().items()}}, f"{sys.argv[1]}/base.pt")
 PY

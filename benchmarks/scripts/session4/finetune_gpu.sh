@@ -10,7 +10,8 @@ stamp() { echo "[$(date +%T)] $*"; }
 stamp "build + save base (random weights)"
 python3 - "$D" <<'PY'
 import sys, torch
-from pairformer_fb.hosts.presets import build_protenix, randomise_
+from pairformer_fb.hosts.presets import randomise_
+from pairformer_fb.hosts.protenix.presets import build_protenix
 m = randomise_(build_protenix("base", cpu=False)[0], seed=0)
 torch.save({"model": {"module." + k: v for k, v in m.state_dict().items()}}, f"{sys.argv[1]}/base.pt")
 PY
