@@ -31,7 +31,7 @@ PY
       progress=false > $R/convert.log 2>&1 || { tail -5 $R/convert.log; exit 1; }
   rm -f $D/base.pt
 fi
-for G in true false; do  # the graphs first: if the call's time runs out, the eager run is the one cut short
+for G in ${RUNS:-true false}; do  # RUNS="false": one of them (a warm machine keeps /tmp/ftg); the graphs first: if the call's time runs out, the eager run is the one cut short
   LEFT=$((${END_S:-590} - SECONDS)); [ $LEFT -gt 60 ] || break
   stamp "finetune cuda_graphs=$G (at most ${LEFT}s)"
   timeout $LEFT python3 scripts/finetune.py checkpoint=$D/base_fb.pt output_dir=$R/graphs_$G \
