@@ -63,11 +63,6 @@ class FitResult:
         return asdict(self)
 
 
-def _flat(t: torch.Tensor | None, keep: int) -> torch.Tensor | None:
-    """Merge the leading batch dims so that ``keep`` trailing dims remain."""
-    return None if t is None else t.reshape(-1, *t.shape[t.dim() - keep :])
-
-
 def capture_bias_targets(
     model: nn.Module,
     run: Callable[[nn.Module], object],
@@ -99,15 +94,8 @@ def capture_bias_targets(
                 else:
                     raise TypeError(f"{path}: cannot record the bias of a {type(module).__name__}")
                 fq, fk = module.factor_network.features(pair, pair_mask)
-                to = (lambda t: t if t is None else t.to(device)) if device is not None else (lambda t: t)
-                records[path].append(
-                    BiasSample(
-                        to(_flat(fq.float(), 2)),
-                        to(_flat(fk.float(), 2)),
-                        to(_flat(bias.float(), 3)),
-                        to(_flat(pair_mask, 2)),
-                    )
-                )
+                sample = BiasSample.of(fq.float(), fk.float(), bias.float(), pair_mask)
+                records[path].append(sample.to(device) if device is not None else sample)
 
         return hook
 
@@ -213,15 +201,7 @@ def fit_factor_network(
     param = next(network.parameters())
 
     def to_device(records):
-        return [
-            BiasSample(
-                *(
-                    t.to(param.device) if t is not None else None
-                    for t in (s.query_features, s.key_features, s.bias, s.pair_mask)
-                )
-            )
-            for s in records
-        ]
+        return [s.to(param.device) for s in records]
 
     samples = to_device(samples)
     rank = network.config.rank

@@ -273,6 +273,11 @@ class BiasSample:
             None if pair_mask is None else pair_mask.reshape(-1, *pair_mask.shape[-2:]),
         )
 
+    def to(self, device: torch.device | str) -> BiasSample:
+        """The same sample on ``device``."""
+        mask = None if self.pair_mask is None else self.pair_mask.to(device)
+        return BiasSample(self.query_features.to(device), self.key_features.to(device), self.bias.to(device), mask)
+
 
 # batched_approximation_losses: each fp32 [M, B, H, N, N] temporary of a chunk of networks stays under this
 BATCHED_LOSS_CHUNK_BYTES = 1 << 28
