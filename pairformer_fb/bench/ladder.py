@@ -77,7 +77,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..cli import atomic_write, check_writable_dir, one_line, positive_int
+from ..cli import COMMON_SETTINGS, Setting, atomic_write, check_settings, check_writable_dir, one_line, positive_int
 from ..data.featurize import DATA_SAMPLES, Chain, InputError, Sample, chain_letters, read_samples
 from ..data.structure import ca_coords, ca_rmsd
 from ..hosts.structure_hosts import PHASES, get_host
@@ -226,10 +226,20 @@ def _previous(cfg, out: Path) -> dict | None:
     return previous
 
 
+# the scalar settings checked before any work (cli.check_settings): (key, kind, least value)
+SETTINGS: tuple[Setting, ...] = (
+    *COMMON_SETTINGS,  # device, warmup, seed
+    ("rank", "int", 1),
+    ("lean_memory", "bool", None),
+    ("memory_detail", "bool", None),
+)
+
+
 def validate(cfg):
     """Everything checked before any model work: host, rungs, variants, schedule, memory bound,
     sources, output folder (and the results resumed), checkpoint. Returns (host, sorted token
     counts, source samples, checkpoint, previous results or None)."""
+    check_settings(cfg, SETTINGS)
     host = get_host(cfg.host)
     host.check(cfg)
     tokens = list(cfg.tokens) if not isinstance(cfg.tokens, (int, str)) else [cfg.tokens]
@@ -251,20 +261,12 @@ def validate(cfg):
         raise ValueError(f"long_rungs takes from_tokens, cycles and steps, got {sorted(unknown)}")
     for k in ("from_tokens", "cycles", "steps"):
         positive_int(long.get(k), f"long_rungs.{k}", allow_null=True)
-    if cfg.warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {cfg.warmup}")
-    if not isinstance(cfg.rank, int) or isinstance(cfg.rank, bool) or cfg.rank < 1:
-        raise ValueError(f"rank must be an integer >= 1 (the untrained factor networks' rank), got {cfg.rank!r}")
     if cfg.get("diffusion_dtype") not in DIFFUSION_DTYPES:
         raise ValueError(f"diffusion_dtype must be null, bf16 or fp16, got {cfg.diffusion_dtype!r}")
     check_bias_cache_gib(cfg.bias_cache_gib)
     budget = cfg.get("time_budget_s")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise ValueError(f"time_budget_s must be a number of seconds > 0 or null, got {budget!r}")
-    if not isinstance(cfg.get("lean_memory", True), bool):
-        raise ValueError(f"lean_memory must be true or false, got {cfg.lean_memory!r}")
-    if not isinstance(cfg.get("memory_detail", False), bool):
-        raise ValueError(f"memory_detail must be true or false, got {cfg.memory_detail!r}")
     if cfg.get("memory_detail") and cfg.get("cuda_graphs"):
         raise ValueError("memory_detail=true needs cuda_graphs=false (module hooks do not run in graph replays)")
     check = cfg.get("host_memory_check", True)
