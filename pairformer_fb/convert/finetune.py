@@ -374,7 +374,8 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     objective = DistillLoss(
         model, trained, bias_weight=loss_cfg["bias_weight"], output_weight=loss_cfg["output_weight"]
     )
-    # the recycling cycles without gradients as CUDA graphs (opt-in until measured on a GPU; a
+    # the recycling cycles without gradients as CUDA graphs (opt-in: they hold one pass's activations
+    # per crop size; 1.55x steps/s on an H100, benchmarks/session10/finetune_graphs_h100/; a
     # pass-through on a CPU)
     graphs = None
     if tr.get("cuda_graphs"):

@@ -449,7 +449,8 @@ class GraphedCall:
     def _modes(self, module: nn.Module | None) -> tuple[str, ...]:
         """The ``mode`` of each FlashBias module inside ``module`` (part of the key: a graph
         replays the kernels of the modes it captured). A "distill" mode passes through: its bias
-        loss is an attribute the wrapper sets (``last_distill_loss``), which a replay would not."""
+        loss (or its sample) is an attribute the wrapper sets (``last_distill_loss`` /
+        ``last_distill_sample``), which a replay would not."""
         if module is None:
             return ()
         if self._flash_bias is None:
