@@ -97,13 +97,16 @@ FWD_SWEEP_SIZES = [1024, 1170, 256, 512, 2048]
 TRIANGLE_SIZES = [1024, 1170, 256, 384, 512, 768, 1000, 1536, 2048]  # the issue's N, most informative first
 
 
-def candidate_overrides(cand: dict, block_d: int, block_r: int, has_bias: bool, elem_bytes: int = 2) -> list[dict]:
-    """Entries for tiles.load_config_overrides (block_r 0 without factors) that select ``cand``."""
+def candidate_overrides(
+    cand: dict, block_d: int, block_r: int, has_bias: bool, elem_bytes: int = 2, kind: str = "bwd"
+) -> list[dict]:
+    """Entries for tiles.load_config_overrides (block_r 0 without factors) that select ``cand``
+    for the ``kind`` kernel ("bwd": BWD_CANDIDATES, "fwd": FWD_CANDIDATES)."""
     if not cand:
         return []
     key = dict(block_d=block_d, block_r=block_r, has_bias=has_bias, elem_bytes=elem_bytes)
     tile = {k: cand[k] for k in ("block_m", "block_n", "num_warps", "num_stages", "rows")}
-    entries = [dict(kind="bwd", **key, **tile, fuse_ds=cand["fuse_ds"])]
+    entries = [dict(kind=kind, **key, **tile, fuse_ds=cand.get("fuse_ds", False))]
     if "ds_sum" in cand:
         bm, bn, w, s, splits = cand["ds_sum"]
         entries.append(
@@ -395,12 +398,7 @@ def stage_fwd_sweep(sizes, cfg, rec: Recorder, budget: Budget, candidates=None):
                 if budget.left() < 20:
                     rec.add("fwd_sweep", {**r, "status": "skipped: budget"})
                     continue
-                tiles.CONFIG_OVERRIDES.clear()
-                if cand:
-                    key = tiles.config_key("fwd", pow2_at_least_16(cfg["D"]), block_r, variant == "bias", elem_bytes)
-                    tiles.CONFIG_OVERRIDES[key] = tiles.KernelConfig(
-                        cand["block_m"], cand["block_n"], cand["num_warps"], cand["num_stages"], cand["rows"]
-                    )
+                _set_candidate(cand, pow2_at_least_16(cfg["D"]), block_r, variant == "bias", elem_bytes, "fwd")
                 try:
                     with torch.no_grad(), used_configs() as used:
                         out = fn().float()
@@ -421,9 +419,9 @@ def stage_fwd_sweep(sizes, cfg, rec: Recorder, budget: Budget, candidates=None):
         free(device)
 
 
-def _set_candidate(cand: dict, block_d: int, block_r: int, has_bias: bool, elem_bytes: int):
+def _set_candidate(cand: dict, block_d: int, block_r: int, has_bias: bool, elem_bytes: int, kind: str = "bwd"):
     tiles.CONFIG_OVERRIDES.clear()
-    for e in candidate_overrides(cand, block_d, block_r, has_bias, elem_bytes):
+    for e in candidate_overrides(cand, block_d, block_r, has_bias, elem_bytes, kind):
         key = tiles.config_key(e["kind"], e["block_d"], e["block_r"], e["has_bias"], e["elem_bytes"])
         tiles.CONFIG_OVERRIDES[key] = tiles.KernelConfig(
             e["block_m"],
