@@ -21,7 +21,13 @@ from pairformer_fb.hosts.presets import randomise_  # noqa: E402
 from pairformer_fb.hosts.protenix.presets import build_protenix  # noqa: E402
 from pairformer_fb.patching.patching import patched_modules  # noqa: E402
 
-args = dict(a.split("=") for a in sys.argv[1:])
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+if (
+    len(args) != len(sys.argv) - 1
+    or set(args) - {"tokens", "n_cycle"}
+    or not all(v.isdigit() and int(v) > 0 for v in args.values())
+):
+    raise SystemExit(f"graph_numerics: error: arguments are tokens=N n_cycle=N (positive integers), got {sys.argv[1:]}")
 tokens, n_cycle = int(args.get("tokens", 76)), int(args.get("n_cycle", 4))
 t0 = time.time()
 model = randomise_(build_protenix("base", cpu=False)[0], seed=0).cuda().eval()
