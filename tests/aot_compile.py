@@ -6,7 +6,8 @@ first call would, and print one JSON line per kernel compiled: shared memory, re
 
 Keys: B, H, Lq, Lk, D, R (0), factor_batch (1), bias_shape (null), mask (false), dtype
 (bf16 | fp16 | fp32 | tf32), grad (true), fwd_tiles / bwd_tiles (null: the tile table's; else
-[block_m, block_n, num_warps, num_stages, rows]; the backward's with its dS sum fused), sass (false:
+[block_m, block_n, num_warps, num_stages, rows]; the backward's with its dS sum fused), tma_reduce
+([]: the kinds of tiles.TMA_REDUCE compiled in, as on a device of compute capability 9), sass (false:
 true adds the sha256 of the kernel's SASS
 without its source-line comments, which tells whether two versions of the code compile to the
 same machine code). A launch whose kernel needs more shared memory than an
@@ -90,6 +91,7 @@ def _compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
                 **{k: kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "ROWS") if k in kwargs},
                 "num_warps": kernel.metadata.num_warps,
                 "num_stages": kernel.metadata.num_stages,
+                "bulk_reduces": kernel.asm["ptx"].count("cp.reduce.async.bulk.tensor"),  # tma_reduce's
                 **({"sass_sha256": _sass_sha256(kernel)} if SASS else {}),
             }
         ),
@@ -116,6 +118,9 @@ def main(spec: dict) -> None:
     else:  # the code before the kernel module was split (an old checkout, for comparisons)
         tfb = importlib.import_module("pairformer_fb.kernel.triton_flash_bias")
 
+    if spec.get("tma_reduce"):  # as _tma_reduce_kinds answers on an sm_90 device
+        kinds = frozenset(spec["tma_reduce"])
+        tfb._tma_reduce_kinds = lambda device: kinds
     dtype = spec.get("dtype", "bf16")
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}[dtype]

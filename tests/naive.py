@@ -1,5 +1,6 @@
 """An independent, fully materialised float64 implementation of the op's semantics: the oracle
-the chunked reference and the kernels are checked against."""
+the chunked reference and the kernels are checked against; and the kernel tests' shared helpers
+(inputs, gradients, relative error, a launch spy)."""
 
 import torch
 
@@ -83,3 +84,20 @@ def grads(out, inputs, seed=0):
 
 def differentiable(args, kw):
     return list(args) + [t for n, t in kw.items() if n != "key_mask"]
+
+
+class LaunchSpy:
+    """Stands in for a Triton kernel in triton_launch: records each launch's keyword arguments
+    and runs the kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls = kernel, []
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.calls.append(kwargs)
+            return launch(*args, **kwargs)
+
+        return run

@@ -31,6 +31,9 @@ CASES = {
     # not a default: the forward's four rows per program (issue 17's candidate, swept on the device)
     "bf16_d32_bias_fwd_rows4": dict(B=7, D=32, bias="shared", mask=True, fwd_tiles=[64, 32, 4, 3, 4]),
     "bf16_d32_r32_fwd_rows4": dict(B=7, D=32, R=32, bias="shared", fwd_tiles=[64, 32, 4, 3, 4]),
+    # not a default: the backward's bulk tensor reduce-adds (tiles.TMA_REDUCE, issue 17's candidate)
+    "bf16_d32_bias_tma_reduce": dict(B=7, D=32, bias="shared", mask=True, tma_reduce=["dq", "ds"]),
+    "bf16_d32_r32_tma_reduce": dict(B=7, D=32, R=32, tma_reduce=["dq", "ds"]),
 }
 
 
@@ -62,6 +65,9 @@ def test_first_call_compiles_each_kernel_once_within_hopper_shared_memory(name, 
         assert k["shared_bytes"] <= HOPPER_SHARED_MEMORY, k
     if "fwd_tiles" in c:
         assert kernels[0]["ROWS"] == c["fwd_tiles"][4] and kernels[0]["stack_bytes"] == 0, kernels[0]  # no spills
+    bwd = next(k for k in kernels if k["kernel"] == "_bwd_kernel")
+    # the bulk reduce-adds compiled in: dQ of each of the two rows, and the fused dS sum with a shared operand
+    assert bwd["bulk_reduces"] == (3 if c.get("tma_reduce") else 0), bwd
 
 
 def test_backward_tile_table_keeps_the_measured_choices(monkeypatch):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from naive import differentiable, grads, make_inputs, rel_err
+from naive import LaunchSpy, differentiable, grads, make_inputs, rel_err
 
 from pairformer_fb import flash_bias_attention
 
@@ -73,6 +73,41 @@ def test_forward_with_four_rows_per_program_on_gpu(name, tiles_, monkeypatch):
         four = flash_bias_attention(*args, **kw)
     assert torch.isfinite(four).all() and rel_err(four, ref) < TOL[dtype][0]
     assert rel_err(four, ref) < 1.5 * rel_err(default, ref) + 1e-4
+
+
+@pytest.mark.parametrize(
+    "name", ["triangle_bias_bf16", "triangle_factors_bf16", "triangle_both_fp16", "row_factors_fp32", "rank1_d8"]
+)
+def test_bulk_reduce_adds_match_the_atomics_on_gpu(name, monkeypatch):
+    """tiles.TMA_REDUCE (issue 17's candidate, not a default): dQ and the fused dS sum added by
+    the copy engine's bulk tensor reduce-adds, on lengths the tiles do not divide and an odd
+    number of rows (the clamped row adds zeros), against the fp32 reference and as close to it
+    as the per-thread atomics."""
+    from pairformer_fb.kernel import tiles, triton_launch
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("bulk tensor reduce-adds need compute capability 9")
+    B, H, Lq, Lk, D, R, fb, bias_shape, mask_shape, dtype = CASES[name]
+    B, Lq, Lk = B - 3 if fb == 1 else B, Lq - 5, Lk - 7
+    bias_shape = bias_shape and (*bias_shape[:2], min(bias_shape[2], Lq), Lk)
+    args, kw = make_inputs(
+        B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape, mask_shape=mask_shape and (min(mask_shape[0], B), Lk),
+        dtype=dtype, device="cuda",
+    )  # fmt: skip
+    args32 = [a.detach().float().requires_grad_(True) for a in args]
+    kw32 = {n: (t if t.dtype == torch.bool else t.detach().float().requires_grad_(True)) for n, t in kw.items()}
+    ref = grads(flash_bias_attention(*args32, **kw32, backend="reference"), differentiable(args32, kw32))
+    atomics = grads(flash_bias_attention(*args, **kw), differentiable(args, kw))
+    monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset({"dq", "ds"}))
+    spy = LaunchSpy(triton_launch._bwd_kernel)
+    monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
+    bulk = grads(flash_bias_attention(*args, **kw), differentiable(args, kw))
+    assert spy.calls and all(c["TMA_DQ"] for c in spy.calls)
+    assert all(c["TMA_DS"] == c["FUSE_DS"] and not c["DS_STORE"] for c in spy.calls if c["FUSE_DS"])
+    names = ["q", "k", "v", *[n for n in kw if n != "key_mask"]]
+    for n, a, b, r in zip(names, bulk, atomics, ref):
+        assert torch.isfinite(a).all() and rel_err(a, r) < TOL[dtype][1], n
+        assert rel_err(a, r) < 1.5 * rel_err(b, r) + 1e-4, n
 
 
 def test_tf32_follows_torch_switch():

@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from naive import differentiable, grads, make_inputs, rel_err
+from naive import LaunchSpy, differentiable, grads, make_inputs, rel_err
 
 from pairformer_fb import flash_bias_attention
 
@@ -325,23 +325,6 @@ def test_a_few_samples_sharing_a_bias_run_side_by_side():
         assert order(64, 1) != 2 and order(5, 5) != 2  # triangle rows; a bias per row
 
 
-class _LaunchSpy:
-    """Stands in for a Triton kernel in triton_launch: records each launch's keyword arguments
-    and runs the kernel."""
-
-    def __init__(self, kernel):
-        self.kernel, self.calls = kernel, []
-
-    def __getitem__(self, grid):
-        launch = self.kernel[grid]
-
-        def run(*args, **kwargs):
-            self.calls.append(kwargs)
-            return launch(*args, **kwargs)
-
-        return run
-
-
 def _inputs_with_rows(case, kind, rows, monkeypatch, **changes):
     """make_inputs for a test case (B, H, Lq, Lk, D, R, bias, mask), with the ``kind`` kernel's
     default tiles overridden to ``rows`` rows per program (and ``changes``) for the test."""
@@ -378,7 +361,7 @@ def test_tile_padded_ds_sum_matches_the_reference(case, monkeypatch):
     from pairformer_fb.kernel import tiles, triton_launch
 
     monkeypatch.setattr(tiles, "DS_TILE_PAD", True)
-    spy = _LaunchSpy(triton_launch._bwd_kernel)
+    spy = LaunchSpy(triton_launch._bwd_kernel)
     monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
     args, kw = _inputs_with_rows(case, "bwd", case["rows"], monkeypatch, fuse_ds=True)
     out = flash_bias_attention(*args, **kw, backend="triton")
@@ -408,7 +391,7 @@ def test_forward_with_four_rows_per_program_matches_the_reference(case, monkeypa
     rows write nothing), with masks; fewer rows than 4 take 2, a bias per row takes 1."""
     from pairformer_fb.kernel import triton_launch
 
-    spy = _LaunchSpy(triton_launch._fwd_kernel)
+    spy = LaunchSpy(triton_launch._fwd_kernel)
     monkeypatch.setattr(triton_launch, "_fwd_kernel", spy)
     args, kw = _inputs_with_rows(case, "fwd", 4, monkeypatch)
     out = flash_bias_attention(*args, **kw, backend="triton")
@@ -447,7 +430,7 @@ def test_ds_sum_keeps_bounds_masks_when_off_and_where_tiles_outgrow_the_padding(
     than the tiles (BIAS_TILE_PAD 8, tiles of 16), the launch keeps the masked adds: same gradients."""
     from pairformer_fb.kernel import tiles, triton_launch
 
-    spy = _LaunchSpy(triton_launch._bwd_kernel)
+    spy = LaunchSpy(triton_launch._bwd_kernel)
     monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
     args, kw = make_inputs(3, 2, 20, 18, 16, bias_shape=(1, 2, 20, 18), mask_shape=(3, 18), device=DEVICE)
     block_d = tiles._pow2_at_least_16(16)
@@ -494,7 +477,7 @@ def test_one_row_bias_gradient_is_stored_by_its_only_writer(case, pad, fuse, mon
     from pairformer_fb.kernel import tiles, triton_launch
 
     monkeypatch.setattr(tiles, "DS_TILE_PAD", pad)
-    spy = _LaunchSpy(triton_launch._bwd_kernel)
+    spy = LaunchSpy(triton_launch._bwd_kernel)
     monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
     args, kw = make_inputs(
         1, case["H"], case["Lq"], case["Lk"], 16, bias_shape=case["bias"], mask_shape=case["mask"], device=DEVICE
@@ -535,7 +518,7 @@ def test_staggered_query_block_loop_matches_the_reference(case, monkeypatch):
 
     monkeypatch.setattr(tiles, "DQ_STAGGER", True)
     monkeypatch.setattr(tiles, "DS_TILE_PAD", case["pad"])
-    spy = _LaunchSpy(triton_launch._bwd_kernel)
+    spy = LaunchSpy(triton_launch._bwd_kernel)
     monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
     args, kw = make_inputs(
         case["B"], case["H"], case["Lq"], case["Lk"], case["D"], case["R"], factor_batch=case["fb"],
@@ -559,3 +542,24 @@ def test_staggered_query_block_loop_matches_the_reference(case, monkeypatch):
         assert torch.isfinite(a).all() and rel_err(a, b) < 1e-4, name
     assert spy.calls and all(c["STAGGER_KB"] for c in spy.calls)
     assert all(c["DS_FULL"] == (case["pad"] and c["FUSE_DS"]) for c in spy.calls)
+
+
+def test_bulk_reduce_adds_fall_back_to_atomics_without_a_hopper_device(monkeypatch):
+    """tiles.TMA_REDUCE (opt-in) asks for the copy engine's bulk reduce-adds, which the
+    interpreter and devices before compute capability 9 lack: there the backward keeps its
+    atomics and stays exact; an unknown kind is one line naming the setting."""
+    from pairformer_fb.kernel import tiles, triton_launch
+
+    monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset({"dq", "ds"}))
+    spy = LaunchSpy(triton_launch._bwd_kernel)
+    monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
+    args, kw = make_inputs(5, 2, 37, 41, 16, 0, bias_shape=(1, 2, 37, 41), mask_shape=(5, 41), device=DEVICE)
+    out = flash_bias_attention(*args, **kw, backend="triton")
+    ref = flash_bias_attention(*args, **kw, backend="reference")
+    ins = differentiable(args, kw)
+    for name, a, b in zip(["q", "k", "v", "bias"], grads(out, ins), grads(ref, ins)):
+        assert torch.isfinite(a).all() and rel_err(a, b) < 1e-4, name
+    assert spy.calls and not any(c["TMA_DQ"] or c["TMA_DS"] for c in spy.calls)
+    monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset({"dk"}))
+    with pytest.raises(ValueError, match=r"PFB_TMA_REDUCE\): expected a subset of dq, ds; got \['dk'\]"):
+        grads(flash_bias_attention(*args, **kw, backend="triton"), ins)

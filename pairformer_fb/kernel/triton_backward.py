@@ -66,6 +66,10 @@ def _bwd_row_step(
     dq_base,
     s_dql,
     s_dqd,
+    DQ_DESC,
+    dq_b,
+    dq_h,
+    m_start,
     dk,
     dv,
     offs_m,
@@ -82,9 +86,12 @@ def _bwd_row_step(
     PRECISION: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_D: tl.constexpr,
+    TMA_DQ: tl.constexpr,
 ):
     """One (query block, key block) tile of one row: updates dK, dV, adds dQ atomically and
-    returns dS (fp32)."""
+    returns dS (fp32). TMA_DQ: the dQ tile goes by one bulk tensor reduce-add through DQ_DESC
+    ([B, H, Lq, D] fp32, at [dq_b, dq_h, m_start, 0]; the copy engine drops rows and columns out
+    of bounds) instead of per-thread atomics; a clamped row adds zeros."""
     m_ok = offs_m < Lq
     q = _load_tile(q_base, offs_m, offs_d, s_ql, s_qd, Lq, D, EVEN_M, EVEN_D)
     do = _load_tile(do_base, offs_m, offs_d, s_dol, s_dod, Lq, D, EVEN_M, EVEN_D)
@@ -99,12 +106,19 @@ def _bwd_row_step(
     ds = p * (dp - delta[:, None])
     ds_lp = ds.to(q.dtype)
     dk += tl.dot(tl.trans(ds_lp), q, input_precision=PRECISION)
-    tl.atomic_add(
-        dq_base + offs_m[:, None] * s_dql + offs_d[None, :] * s_dqd,
-        tl.dot(ds_lp, k, input_precision=PRECISION) * scale,
-        mask=(m_ok[:, None] & (offs_d < D)[None, :]) & row_ok,
-        sem="relaxed",
-    )
+    dq = tl.dot(ds_lp, k, input_precision=PRECISION) * scale
+    if TMA_DQ:
+        dq = tl.where(row_ok, dq, 0.0)
+        DQ_DESC.atomic_add(
+            [dq_b.to(tl.int32), dq_h.to(tl.int32), m_start.to(tl.int32), 0], dq.reshape(1, 1, dq.shape[0], dq.shape[1])
+        )
+    else:
+        tl.atomic_add(
+            dq_base + offs_m[:, None] * s_dql + offs_d[None, :] * s_dqd,
+            dq,
+            mask=(m_ok[:, None] & (offs_d < D)[None, :]) & row_ok,
+            sem="relaxed",
+        )
     return dk, dv, ds
 
 
@@ -127,6 +141,8 @@ def _bwd_kernel(
     DKF,
     DQF_ACC,
     DS_SUM,
+    DQ_DESC,
+    DS_DESC,
     s_qb,
     s_qh,
     s_ql,
@@ -197,6 +213,8 @@ def _bwd_kernel(
     DS_FULL: tl.constexpr,
     DS_STORE: tl.constexpr,
     STAGGER_KB: tl.constexpr,
+    TMA_DQ: tl.constexpr,
+    TMA_DS: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
     EVEN_D: tl.constexpr,
@@ -220,7 +238,10 @@ def _bwd_kernel(
     (tiles.DS_TILE_PAD), so those adds go unmasked; the padding gets dS = 0 (P = 0 past Lq / Lk)
     and is never read. DS_STORE: this program is the only one to write its dS tiles (one row
     group, the bias's heads kept, e.g. the single attention's [1, H, L, L] bias): a plain store
-    into DS_SUM in its own dtype (the bias gradient itself: no zeroing, atomics or cast)."""
+    into DS_SUM in its own dtype (the bias gradient itself: no zeroing, atomics or cast).
+    TMA_DQ / TMA_DS (tiles.TMA_REDUCE, sm_90 and later): the dQ tiles / the fused dS sum's tiles
+    are added by the copy engine's bulk tensor reduce-add through the descriptors DQ_DESC
+    ([B, H, Lq, D] fp32) / DS_DESC ([GH, Lq, Lk] fp32) instead of per-thread atomics."""
     HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
     kb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_kblocks, B, H, ROWS, GRID_ORDER)
     offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -251,7 +272,8 @@ def _bwd_kernel(
     if STAGGER_KB:
         qb_first = (b0 // ROWS + kb) % n_qblocks
     for i in range(0, n_qblocks):
-        offs_m = ((qb_first + i) % n_qblocks) * BLOCK_M + offs_m0
+        m_start = ((qb_first + i) % n_qblocks) * BLOCK_M
+        offs_m = m_start + offs_m0
         shared = 0.0
         if HAS_SHARED:
             qf = 0.0
@@ -292,6 +314,10 @@ def _bwd_kernel(
             DQ_ACC + b0 * s_dqb + h * s_dqh,
             s_dql,
             s_dqd,
+            DQ_DESC,
+            b0,
+            h,
+            m_start,
             dk0,
             dv0,
             offs_m,
@@ -308,6 +334,7 @@ def _bwd_kernel(
             PRECISION,
             EVEN_M,
             EVEN_D,
+            TMA_DQ,
         )
         if ROW_FACTOR_GRAD:
             ds_lp = ds0.to(kf.dtype)  # type: ignore[attr-defined]  # a tl tensor (mypy reads shared = 0.0)
@@ -338,6 +365,10 @@ def _bwd_kernel(
                 DQ_ACC + b1 * s_dqb + h * s_dqh,
                 s_dql,
                 s_dqd,
+                DQ_DESC,
+                b1,
+                h,
+                m_start,
                 dk1,
                 dv1,
                 offs_m,
@@ -354,6 +385,7 @@ def _bwd_kernel(
                 PRECISION,
                 EVEN_M,
                 EVEN_D,
+                TMA_DQ,
             )
             if FUSE_DS:  # a clamped copy of the last row (odd B) adds nothing
                 ds0 += ds1 * row1_ok.to(tl.float32)
@@ -362,6 +394,11 @@ def _bwd_kernel(
                 DS_SUM + h * s_gh + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk,
                 ds0.to(DS_SUM.dtype.element_ty),
                 mask=(offs_m < Lq)[:, None] & (offs_n < Lk)[None, :],
+            )
+        elif FUSE_DS and TMA_DS:
+            DS_DESC.atomic_add(
+                [tl.where(s_gh == 0, 0, h).to(tl.int32), m_start.to(tl.int32), (kb * BLOCK_N).to(tl.int32)],
+                ds0.reshape(1, BLOCK_M, BLOCK_N),
             )
         elif FUSE_DS:
             if DS_FULL:

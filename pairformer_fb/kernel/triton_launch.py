@@ -274,6 +274,29 @@ def _reduced_ds_buffer(ops: _Operands, bias_grad: bool, shared_factor_grad: bool
     return torch.empty((*lead, ops.Lq, lk_padded), device=device, dtype=torch.float32)[..., : ops.Lk]
 
 
+def _tma_reduce_kinds(device: torch.device) -> frozenset:
+    """The kinds of backward atomics (tiles.TMA_REDUCE) that go by bulk tensor reduce-add on this
+    device: none in the interpreter or before compute capability 9."""
+    unknown = set(tiles.TMA_REDUCE) - {"dq", "ds"}
+    if unknown:
+        raise ValueError(f"tiles.TMA_REDUCE (PFB_TMA_REDUCE): expected a subset of dq, ds; got {sorted(unknown)}")
+    if not tiles.TMA_REDUCE or INTERPRET or device.type != "cuda":
+        return frozenset()
+    return tiles.TMA_REDUCE if torch.cuda.get_device_capability(device)[0] >= 9 else frozenset()
+
+
+def _tma_descriptor(t: torch.Tensor, block: tuple[int, ...]):
+    """A host-side tensor descriptor of the fp32 accumulator t for bulk reduce-adds of ``block``
+    tiles, or None where the copy engine cannot address it (its last dim must be contiguous and
+    the other strides and the base 16-byte aligned)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    aligned = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s % 4 == 0 for s in t.stride()[:-1])
+    if not aligned:
+        return None
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), list(block))
+
+
 def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]):
     B, H, Lq, Lk, D = ops.B, ops.H, ops.Lq, ops.Lk, ops.D
     need_factor_grad = ops.has_factors and (needs[3] or needs[4])
@@ -324,6 +347,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     elif sum_ds:
         g = _reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device, ds_tile_padded)
     fused_ds = False
+    tma = _tma_reduce_kinds(q.device)
 
     def launch_bwd(cfg):
         nonlocal fused_ds
@@ -336,6 +360,12 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
         if fused_ds and not ds_single_writer:
             (g._base if ds_tile_padded else g).zero_()
         gh_stride = g.stride(1) if (fused_ds and g.shape[1] > 1) else 0
+        # tiles.TMA_REDUCE: descriptors for the bulk reduce-adds (None: per-thread atomics)
+        dq_desc = ds_desc = None
+        if "dq" in tma:
+            dq_desc = _tma_descriptor(dq_acc, (1, 1, cfg.block_m, ops.block_d))
+        if "ds" in tma and fused_ds and not ds_single_writer:
+            ds_desc = _tma_descriptor(g[0], (1, cfg.block_m, cfg.block_n))
         n_kblocks = cdiv(Lk, cfg.block_n)
         _bwd_kernel[(n_kblocks * H * cdiv(B, rows),)](
             q,
@@ -355,6 +385,8 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
             _or(dkf, dk),
             _or(dqf_acc, dq_acc),
             g if fused_ds else dq_acc,
+            dq_desc,
+            ds_desc,
             *q.stride(),
             *k.stride(),
             *v.stride(),
@@ -382,6 +414,8 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
             DS_FULL=ds_full,
             DS_STORE=ds_single_writer,
             STAGGER_KB=tiles.DQ_STAGGER,
+            TMA_DQ=dq_desc is not None,
+            TMA_DS=ds_desc is not None,
             ROWS=rows,
             BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n,

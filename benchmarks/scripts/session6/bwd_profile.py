@@ -6,7 +6,8 @@ Stages, in the order they run (--stages):
    CUDA time per kernel name per fwd+bwd (torch.profiler). Cases: SDPA without bias (the floor);
    ours without bias; dense bias [1, H, N, N] without and with its gradient; shared factors
    R = 32; the bias / factor cases again with the opt-in switches (+pad: tiles.DS_TILE_PAD,
-   the tile-padded dS sum; +stagger: tiles.DQ_STAGGER, the staggered query-block loop; both).
+   the tile-padded dS sum; +stagger: tiles.DQ_STAGGER, the staggered query-block loop, in
+   sessions 6-10; +tmadq / +tmads: tiles.TMA_REDUCE, the bulk reduce-adds of dQ / dS, session 11).
    The differences split the backward: the kernel itself, the bias read, the dS row sum.
    Every case sets the switches explicitly: a name without "+pad" runs with the padded sum
    off, although it is on by default since session 9.
@@ -176,16 +177,21 @@ def make_inputs(B, H, N, D, R, dtype, device, seed):
 
 
 SWITCHES = {"pad": "DS_TILE_PAD", "stagger": "DQ_STAGGER"}
+# session 11: tiles.TMA_REDUCE's kinds, the bulk tensor reduce-adds of dQ / of the fused dS sum
+TMA_SWITCHES = {"tmadq": "dq", "tmads": "ds"}
 
 
 @contextlib.contextmanager
 def switches(names):
-    """The backward switches of tiles (see SWITCHES) set explicitly inside the block: those named
-    on, the others off (session 9 turned the padded dS sum on by default, so a name without
-    "+pad" measures it off); their previous values restored after."""
-    before = {attr: getattr(tiles, attr) for attr in SWITCHES.values()}
+    """The backward switches of tiles (see SWITCHES, TMA_SWITCHES) set explicitly inside the
+    block: those named on, the others off (session 9 turned the padded dS sum on by default, so a
+    name without "+pad" measures it off); their previous values restored after."""
+    unknown = set(names) - set(SWITCHES) - set(TMA_SWITCHES)
+    assert not unknown, f"unknown switches {unknown}"
+    before = {attr: getattr(tiles, attr) for attr in [*SWITCHES.values(), "TMA_REDUCE"]}
     for name, attr in SWITCHES.items():
         setattr(tiles, attr, name in names)
+    tiles.TMA_REDUCE = frozenset(kind for name, kind in TMA_SWITCHES.items() if name in names)
     try:
         yield
     finally:
@@ -326,13 +332,13 @@ PROFILE_METHODS = [
     "fb_bias_nograd",
     "fb_bias",
     "fb_bias+pad",
-    "fb_bias+stagger",
-    "fb_bias+pad+stagger",
+    "fb_bias+pad+tmadq",
+    "fb_bias+pad+tmads",
+    "fb_bias+pad+tmadq+tmads",
     "fb_factors",
     "fb_factors+pad",
-    "fb_factors+stagger",
-    "fb_factors+pad+stagger",
-]
+    "fb_factors+pad+tmadq+tmads",
+]  # session 11: the stagger (measured slower in session 9) gave its place to the bulk reduce-adds
 
 
 def measure_case(name, t, device, iters, with_kernels=True, warmup=25, rep=100) -> dict:
@@ -456,7 +462,10 @@ def stage_sweep(
             ref = None
             for cname in names:
                 cand = candidates[cname]
-                for on in ([], ["pad"]):  # session 9: the stagger measured slower; pad is the default now
+                # session 9: the stagger measured slower; pad is the default now. Session 11: the
+                # default tiles also with the bulk reduce-adds of dQ and dS (tiles.TMA_REDUCE)
+                tma = [["pad", "tmadq", "tmads"]] if cname == "default" else []
+                for on in ([], ["pad"], *tma):
                     r = {**base, "variant": variant, "candidate": cname, "switches": "+".join(on)}
                     if budget.left() < 25:
                         rec.add("sweep", {**r, "status": "skipped: budget"})
@@ -559,9 +568,10 @@ def summary(data: dict) -> str:
             best = min(rs, key=lambda r: r["fwd_bwd_ms"])
             dflt = {r["switches"]: r["fwd_bwd_ms"] for r in rs if r["candidate"] == "default"}
             off, on = dflt.get("", float("nan")), dflt.get("pad", float("nan"))
+            tma = dflt.get("pad+tmadq+tmads", float("nan"))
             lines.append(
                 f"{kind} N={n} {variant}: floor {fl:.3f} default {off:.3f} ({off / fl:.2f}x) "
-                f"+pad {on:.3f} ({on / fl:.2f}x) best {best['candidate']} "
+                f"+pad {on:.3f} ({on / fl:.2f}x) +pad+tma {tma:.3f} ({tma / fl:.2f}x) best {best['candidate']} "
                 f"[{best['switches']}] {best['fwd_bwd_ms']:.3f} ({best['fwd_bwd_ms'] / fl:.2f}x)"
             )
     bad = [r for r in data["sweep"] if r.get("status") not in ("ok", None) and "skipped" not in r.get("status", "")]
