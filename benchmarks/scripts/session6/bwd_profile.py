@@ -124,6 +124,8 @@ def _parse():
     p.add_argument("--stages", default="profile,fwd_sweep,others,diffusion_sweep,sweep,flex")
     p.add_argument("--sizes", default=None, help="comma-separated triangle N of the sweep")
     p.add_argument("--candidates", default=None, help="comma-separated names from BWD_CANDIDATES")
+    p.add_argument("--profile-sizes", default=None, help="comma-separated triangle N of the profile stage")
+    p.add_argument("--methods", default=None, help="comma-separated names from PROFILE_METHODS (profile stage)")
     return p.parse_args()
 
 
@@ -367,10 +369,10 @@ def measure_case(name, t, device, iters, with_kernels=True, warmup=25, rep=100) 
     return rec
 
 
-def stage_profile(sizes, cfg, rec: Recorder, budget: Budget):
+def stage_profile(sizes, cfg, rec: Recorder, budget: Budget, methods=None):
     for n in sizes:
         t = make_inputs(cfg["rows"] or n, cfg["H"], n, cfg["D"], cfg["R"], cfg["dtype"], cfg["device"], seed=n)
-        for name in PROFILE_METHODS:
+        for name in methods or PROFILE_METHODS:
             if budget.left() < 30:
                 rec.add("profile", {"n": n, "method": name, "status": "skipped: budget"})
                 continue
@@ -616,6 +618,12 @@ def main(args) -> None:
         sweep_sizes = [int(x) for x in args.sizes.split(",")]
     if args.candidates:
         names = args.candidates.split(",")
+    if args.profile_sizes:
+        profile_sizes = [int(x) for x in args.profile_sizes.split(",")]
+    methods = args.methods.split(",") if args.methods else None
+    unknown = [m for m in methods or [] if split_name(m)[0] not in {split_name(x)[0] for x in PROFILE_METHODS}]
+    if unknown:
+        sys.exit(f"--methods: unknown {unknown}; expected names of PROFILE_METHODS with +switches")
     import platform
 
     import triton
@@ -634,7 +642,7 @@ def main(args) -> None:
     stages = args.stages.split(",")
     t0 = time.perf_counter()
     if "profile" in stages:
-        stage_profile(profile_sizes, cfg, rec, budget)
+        stage_profile(profile_sizes, cfg, rec, budget, methods)
         print(f"profile done {time.perf_counter() - t0:.0f}s", flush=True)
     if "fwd_sweep" in stages:
         stage_fwd_sweep(fwd_sizes, cfg, rec, budget)
