@@ -502,22 +502,12 @@ def test_one_row_bias_gradient_is_stored_by_its_only_writer(case, pad, fuse, mon
     assert all(not (c["DS_STORE"] and c["DS_FULL"]) for c in spy.calls)
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        # several key and query blocks (16-wide tiles), lengths they do not divide
-        dict(B=5, H=2, Lq=37, Lk=41, D=16, R=0, fb=1, bias=(1, 2, 37, 41), mask=(5, 41), fuse=True, pad=True),
-        dict(B=3, H=2, Lq=35, Lk=33, D=24, R=5, fb=1, bias=(1, 2, 35, 33), mask=None, fuse=False, pad=False),
-        dict(B=2, H=2, Lq=33, Lk=47, D=16, R=4, fb=2, bias=None, mask=(2, 47), fuse=True, pad=False),  # row factors
-    ],
-)
-def test_staggered_query_block_loop_matches_the_reference(case, monkeypatch):
-    """tiles.DQ_STAGGER (opt-in): each key block of a row group starts its query-block loop
-    at another block. Only the order of the sums changes: the gradients match the reference."""
+def _backward_matches_the_reference_with_two_rows(case, monkeypatch):
+    """The backward with the default tiles (or case["blocks"]: block_m, block_n) at two rows per
+    program (its dS sum fused or not: case["fuse"]) for a case of make_inputs' arguments:
+    gradients against the reference's. Returns the spy of the backward kernel's launches."""
     from pairformer_fb.kernel import tiles, triton_launch
 
-    monkeypatch.setattr(tiles, "DQ_STAGGER", True)
-    monkeypatch.setattr(tiles, "DS_TILE_PAD", case["pad"])
     spy = LaunchSpy(triton_launch._bwd_kernel)
     monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
     args, kw = make_inputs(
@@ -532,7 +522,9 @@ def test_staggered_query_block_loop_matches_the_reference(case, monkeypatch):
     monkeypatch.setitem(
         tiles.CONFIG_OVERRIDES,
         tiles.config_key("bwd", block_d, block_r, has_bias, elem),
-        tiles.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, 2, fuse_ds=case["fuse"]),
+        tiles.KernelConfig(
+            *case.get("blocks", (cfg.block_m, cfg.block_n)), cfg.num_warps, cfg.num_stages, 2, fuse_ds=case["fuse"]
+        ),
     )
     out = flash_bias_attention(*args, **kw, backend="triton")
     ref = flash_bias_attention(*args, **kw, backend="reference")
@@ -540,6 +532,26 @@ def test_staggered_query_block_loop_matches_the_reference(case, monkeypatch):
     names = ["q", "k", "v"] + [n for n in kw if n != "key_mask"]
     for name, a, b in zip(names, grads(out, ins), grads(ref, ins)):
         assert torch.isfinite(a).all() and rel_err(a, b) < 1e-4, name
+    return spy
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # several key and query blocks (16-wide tiles), lengths they do not divide
+        dict(B=5, H=2, Lq=37, Lk=41, D=16, R=0, fb=1, bias=(1, 2, 37, 41), mask=(5, 41), fuse=True, pad=True),
+        dict(B=3, H=2, Lq=35, Lk=33, D=24, R=5, fb=1, bias=(1, 2, 35, 33), mask=None, fuse=False, pad=False),
+        dict(B=2, H=2, Lq=33, Lk=47, D=16, R=4, fb=2, bias=None, mask=(2, 47), fuse=True, pad=False),  # row factors
+    ],
+)
+def test_staggered_query_block_loop_matches_the_reference(case, monkeypatch):
+    """tiles.DQ_STAGGER (opt-in): each key block of a row group starts its query-block loop
+    at another block. Only the order of the sums changes: the gradients match the reference."""
+    from pairformer_fb.kernel import tiles
+
+    monkeypatch.setattr(tiles, "DQ_STAGGER", True)
+    monkeypatch.setattr(tiles, "DS_TILE_PAD", case["pad"])
+    spy = _backward_matches_the_reference_with_two_rows(case, monkeypatch)
     assert spy.calls and all(c["STAGGER_KB"] for c in spy.calls)
     assert all(c["DS_FULL"] == (case["pad"] and c["FUSE_DS"]) for c in spy.calls)
 
@@ -563,3 +575,42 @@ def test_bulk_reduce_adds_fall_back_to_atomics_without_a_hopper_device(monkeypat
     monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset({"dk"}))
     with pytest.raises(ValueError, match=r"PFB_TMA_REDUCE\): expected a subset of dq, ds; got \['dk'\]"):
         grads(flash_bias_attention(*args, **kw, backend="triton"), ins)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's emulated bulk reduce-adds")
+@pytest.mark.parametrize(
+    "case",
+    [
+        # odd B (a clamped second row), lengths the 16-wide tiles do not divide, the bias's heads kept
+        dict(B=5, H=2, Lq=37, Lk=41, D=16, R=0, fb=1, bias=(1, 2, 37, 41), mask=(5, 41), fuse=True),
+        # shared factors and a bias shared by the heads: the sum keeps the heads
+        dict(B=3, H=2, Lq=35, Lk=33, D=24, R=5, fb=1, bias=(1, 1, 35, 33), mask=None, fuse=True),
+        # the heads summed too (a bias shared by the heads, no factors); query and key tiles of two widths
+        dict(B=4, H=3, Lq=20, Lk=70, D=16, R=0, fb=1, bias=(1, 1, 20, 70), mask=None, fuse=True, blocks=(16, 32)),
+        dict(B=2, H=2, Lq=33, Lk=47, D=16, R=4, fb=2, bias=None, mask=(2, 47), fuse=True),  # row factors
+    ],
+)
+def test_bulk_reduce_adds_match_the_reference_in_the_interpreter(case, monkeypatch):
+    """tiles.TMA_REDUCE's code path (dQ and the fused dS sum by bulk tensor reduce-adds), run by
+    the interpreter with the reduce-add it lacks emulated as Triton's hardware does it: the
+    descriptor's tile, its out-of-bounds part dropped, added to global memory."""
+    import triton.runtime.interpreter as interpreter
+    from triton._C.libtriton import ir
+
+    from pairformer_fb.kernel import triton_launch
+
+    def create_descriptor_reduce(self, kind, desc, value, indices):
+        assert kind == ir.DESCRIPTOR_REDUCE_KIND.ADD, kind
+        ptrs, in_bounds = desc.materialize_pointers(indices)
+        return self.create_atomic_rmw(
+            ir.ATOMIC_OP.FADD, ptrs, value, in_bounds, ir.MEM_SEMANTIC.RELAXED, ir.MEM_SYNC_SCOPE.GPU
+        )
+
+    monkeypatch.setattr(
+        interpreter.InterpreterBuilder, "create_descriptor_reduce", create_descriptor_reduce, raising=False
+    )
+    monkeypatch.setattr(triton_launch, "_tma_reduce_kinds", lambda device: frozenset({"dq", "ds"}))
+    spy = _backward_matches_the_reference_with_two_rows(case, monkeypatch)
+    assert spy.calls and all(c["TMA_DQ"] for c in spy.calls)
+    row_factors = case["fb"] > 1
+    assert all(c["TMA_DS"] == (not row_factors) for c in spy.calls)
