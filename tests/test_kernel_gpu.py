@@ -17,6 +17,8 @@ CASES = {
     "diffusion_d48_samples": (5, 16, 384, 384, 48, 0, 1, (1, 16, 384, 384), (1, 384), torch.bfloat16),
     "wide_d128_r96": (8, 2, 257, 255, 128, 96, 1, (1, 2, 257, 255), None, torch.bfloat16),
     "row_factors_fp32": (16, 2, 129, 131, 48, 7, 16, (16, 1, 129, 131), (16, 131), torch.float32),
+    # per-row factors in 16 bits (the fused kernel; fp32 at this width runs the torch reference)
+    "row_factors_bf16": (16, 2, 129, 131, 32, 7, 16, (16, 1, 129, 131), (16, 131), torch.bfloat16),
     # Protenix's diffusion runs in fp32: the bf16 tiles of D = 48 (padded 64) with a dense bias
     # need more shared memory than an H200 has, and shrink at launch
     "diffusion_d48_fp32": (5, 16, 384, 384, 48, 0, 1, (1, 16, 384, 384), (1, 384), torch.float32),
@@ -76,7 +78,7 @@ def test_forward_with_four_rows_per_program_on_gpu(name, tiles_, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name", ["triangle_bias_bf16", "triangle_factors_bf16", "triangle_both_fp16", "row_factors_fp32", "rank1_d8"]
+    "name", ["triangle_bias_bf16", "triangle_factors_bf16", "triangle_both_fp16", "row_factors_bf16", "rank1_d8"]
 )
 def test_bulk_reduce_adds_match_the_atomics_on_gpu(name, monkeypatch):
     """tiles.TMA_REDUCE (issue 17's candidate, not a default): dQ and the fused dS sum added by
