@@ -7,7 +7,8 @@ first call would, and print one JSON line per kernel compiled: shared memory, re
 Keys: B, H, Lq, Lk, D, R (0), factor_batch (1), bias_shape (null), mask (false), dtype
 (bf16 | fp16 | fp32 | tf32), grad (true), fwd_tiles / bwd_tiles (null: the tile table's; else
 [block_m, block_n, num_warps, num_stages, rows]; the backward's with its dS sum fused), tma_reduce
-([]: the kinds of tiles.TMA_REDUCE compiled in, as on a device of compute capability 9), sass (false:
+(the kinds of bulk reduce-adds compiled in; default: tiles.TMA_REDUCE's, as on a device of compute
+capability 9; [] for the per-thread atomics of older devices), sass (false:
 true adds the sha256 of the kernel's SASS
 without its source-line comments, which tells whether two versions of the code compile to the
 same machine code). A launch whose kernel needs more shared memory than an
@@ -118,8 +119,10 @@ def main(spec: dict) -> None:
     else:  # the code before the kernel module was split (an old checkout, for comparisons)
         tfb = importlib.import_module("pairformer_fb.kernel.triton_flash_bias")
 
-    if spec.get("tma_reduce"):  # as _tma_reduce_kinds answers on an sm_90 device
-        kinds = frozenset(spec["tma_reduce"])
+    if hasattr(tfb, "_tma_reduce_kinds"):  # as it answers on an sm_90 device (absent in old checkouts)
+        from pairformer_fb.kernel import tiles as _tiles
+
+        kinds = frozenset(spec.get("tma_reduce", _tiles.TMA_REDUCE))
         tfb._tma_reduce_kinds = lambda device: kinds
     dtype = spec.get("dtype", "bf16")
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"

@@ -31,9 +31,9 @@ CASES = {
     # not a default: the forward's four rows per program (issue 17's candidate, swept on the device)
     "bf16_d32_bias_fwd_rows4": dict(B=7, D=32, bias="shared", mask=True, fwd_tiles=[64, 32, 4, 3, 4]),
     "bf16_d32_r32_fwd_rows4": dict(B=7, D=32, R=32, bias="shared", fwd_tiles=[64, 32, 4, 3, 4]),
-    # not a default: the backward's bulk tensor reduce-adds (tiles.TMA_REDUCE, issue 17's candidate)
-    "bf16_d32_bias_tma_reduce": dict(B=7, D=32, bias="shared", mask=True, tma_reduce=["dq", "ds"]),
-    "bf16_d32_r32_tma_reduce": dict(B=7, D=32, R=32, tma_reduce=["dq", "ds"]),
+    # the backward's per-thread atomics (tma_reduce=[]): devices before sm_90, or PFB_TMA_REDUCE=0
+    "bf16_d32_bias_atomics": dict(B=7, D=32, bias="shared", mask=True, tma_reduce=[]),
+    "bf16_d32_r32_atomics": dict(B=7, D=32, R=32, tma_reduce=[]),
 }
 
 
@@ -66,15 +66,16 @@ def test_first_call_compiles_each_kernel_once_within_hopper_shared_memory(name, 
     if "fwd_tiles" in c:
         assert kernels[0]["ROWS"] == c["fwd_tiles"][4] and kernels[0]["stack_bytes"] == 0, kernels[0]  # no spills
     bwd = next(k for k in kernels if k["kernel"] == "_bwd_kernel")
-    # the bulk reduce-adds compiled in: dQ of each of the two rows, and the fused dS sum with a shared operand
-    assert bwd["bulk_reduces"] == (3 if c.get("tma_reduce") else 0), bwd
+    # tiles.TMA_REDUCE's bulk reduce-adds are compiled in (dQ per row, the fused dS sum) unless asked off
+    assert (bwd["bulk_reduces"] > 0) == (c.get("tma_reduce", True) != []), bwd
 
 
 def test_backward_tile_table_keeps_the_measured_choices(monkeypatch):
     """The 16-bit backward tiles chosen from the session 9 profile (benchmarks/session9/bwd_profile_h100/):
     two stages for the 4-warp two-row triangle tiles, one-row 32 x 64 tiles for head dims 33-64 with
     a dense bias, the 8-warp tiles of a rank above the head dim unchanged (session 5's GPU
-    regression cases), and the padded dS sum on unless PFB_DS_TILE_PAD=0."""
+    regression cases), the padded dS sum on unless PFB_DS_TILE_PAD=0, and the bulk reduce-adds of
+    dQ and dS (on sm_90) unless PFB_TMA_REDUCE says otherwise."""
     from pairformer_fb.kernel import tiles
 
     monkeypatch.setattr(tiles, "INTERPRET", False)
@@ -85,9 +86,20 @@ def test_backward_tile_table_keeps_the_measured_choices(monkeypatch):
     assert tiles.default_config("bwd", 32, 64, False) == bwd(64, 64, 8, 3, 2, fuse_ds=True)  # rank > head dim
     assert tiles.default_config("bwd", 64, 64, True) == bwd(64, 64, 4, 3, 1, fuse_ds=True)  # width 128: one row
     for value, on in ((None, True), ("1", True), ("true", True), ("0", False)):
-        env = {} if value is None else {"PFB_DS_TILE_PAD": value}
-        code = "import pairformer_fb.kernel.tiles as t; print(t.DS_TILE_PAD)"
-        base = {k: v for k, v in os.environ.items() if k != "PFB_DS_TILE_PAD"}
-        base["PYTHONPATH"] = os.pathsep.join([str(SCRIPT.parent.parent), os.environ.get("PYTHONPATH", "")])
-        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**base, **env})
-        assert run.stdout.strip() == str(on), (value, run.stderr[-500:])
+        assert _tiles_setting("t.DS_TILE_PAD", "PFB_DS_TILE_PAD", value) == str(on), value
+    # the bulk reduce-adds (session 11): both kinds unless asked otherwise
+    for value, kinds in ((None, ["dq", "ds"]), ("0", []), ("", []), ("dq", ["dq"]), ("ds,dq", ["dq", "ds"])):
+        assert _tiles_setting("sorted(t.TMA_REDUCE)", "PFB_TMA_REDUCE", value) == str(kinds), value
+
+
+def _tiles_setting(expr: str, env_name: str, value: str | None) -> str:
+    """``expr`` (of the module tiles imported as t) as printed by a fresh interpreter with the
+    environment variable env_name set to value (None: unset)."""
+    env = {k: v for k, v in os.environ.items() if k != env_name}
+    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPT.parent.parent), os.environ.get("PYTHONPATH", "")])
+    if value is not None:
+        env[env_name] = value
+    code = f"import pairformer_fb.kernel.tiles as t; print({expr})"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-500:]
+    return run.stdout.strip()

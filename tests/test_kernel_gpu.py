@@ -81,7 +81,7 @@ def test_forward_with_four_rows_per_program_on_gpu(name, tiles_, monkeypatch):
     "name", ["triangle_bias_bf16", "triangle_factors_bf16", "triangle_both_fp16", "row_factors_bf16", "rank1_d8"]
 )
 def test_bulk_reduce_adds_match_the_atomics_on_gpu(name, monkeypatch):
-    """tiles.TMA_REDUCE (issue 17's candidate, not a default): dQ and the fused dS sum added by
+    """tiles.TMA_REDUCE (the default on sm_90, issue 17): dQ and the fused dS sum added by
     the copy engine's bulk tensor reduce-adds, on lengths the tiles do not divide and an odd
     number of rows (the clamped row adds zeros), against the fp32 reference and as close to it
     as the per-thread atomics."""
@@ -99,6 +99,7 @@ def test_bulk_reduce_adds_match_the_atomics_on_gpu(name, monkeypatch):
     args32 = [a.detach().float().requires_grad_(True) for a in args]
     kw32 = {n: (t if t.dtype == torch.bool else t.detach().float().requires_grad_(True)) for n, t in kw.items()}
     ref = grads(flash_bias_attention(*args32, **kw32, backend="reference"), differentiable(args32, kw32))
+    monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset())
     atomics = grads(flash_bias_attention(*args, **kw), differentiable(args, kw))
     monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset({"dq", "ds"}))
     spy = LaunchSpy(triton_launch._bwd_kernel)

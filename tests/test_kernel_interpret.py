@@ -557,7 +557,7 @@ def test_staggered_query_block_loop_matches_the_reference(case, monkeypatch):
 
 
 def test_bulk_reduce_adds_fall_back_to_atomics_without_a_hopper_device(monkeypatch):
-    """tiles.TMA_REDUCE (opt-in) asks for the copy engine's bulk reduce-adds, which the
+    """tiles.TMA_REDUCE (on by default) asks for the copy engine's bulk reduce-adds, which the
     interpreter and devices before compute capability 9 lack: there the backward keeps its
     atomics and stays exact; an unknown kind is one line naming the setting."""
     from pairformer_fb.kernel import tiles, triton_launch

@@ -210,14 +210,17 @@ DS_TILE_PAD = os.environ.get("PFB_DS_TILE_PAD", "1") != "0"
 # 23.82 -> 25.60 (benchmarks/session9/bwd_profile_h100/): kept for measurements only.
 # PFB_DQ_STAGGER=1 (or setting this attribute) turns it on; read at each backward call.
 DQ_STAGGER = os.environ.get("PFB_DQ_STAGGER", "0") == "1"
-# Opt-in, to be measured (issue 17): the backward's atomic adds of dQ tiles ("dq") and of the fused
+# On by default (issue 17): the backward's atomic adds of dQ tiles ("dq") and of the fused
 # row-shared dS sum's tiles ("ds") go through the copy engine's bulk tensor reduce-add (TMA,
 # cp.reduce.async.bulk.tensor, as FlashAttention-3's dQ) instead of per-thread vector atomics:
 # one instruction per tile, issued asynchronously. CUDA devices of compute capability 9 and later
-# only (the interpreter has no tensor descriptors); elsewhere the atomics stay. Only the order of
-# the fp32 sums may change. PFB_TMA_REDUCE=dq,ds (or setting this attribute to a set of those)
-# turns them on; read at each backward call.
-TMA_REDUCE = frozenset(x for x in os.environ.get("PFB_TMA_REDUCE", "").split(",") if x)
+# only (the interpreter has no tensor descriptors); elsewhere, and for an accumulator the copy
+# engine cannot address, the atomics stay. Only the order of the fp32 sums changes. Measured
+# (H100, triangle shape, dense bias, benchmarks/session11/bwd_tma_h100/): the backward kernel
+# 8.29 -> 7.75 ms at N = 1024 and 15.56 -> 13.33 ms at N = 1170 (fwd+bwd 1.28x -> 1.23x and
+# 1.33x -> 1.19x the SDPA floor); factors R = 32 likewise. PFB_TMA_REDUCE=0 (or "") turns it
+# off, =dq or =ds keeps one (or set this attribute to a set of those); read at each backward call.
+TMA_REDUCE = frozenset(x for x in os.environ.get("PFB_TMA_REDUCE", "dq,ds").split(",") if x and x != "0")
 
 
 # program order of the forward / backward grids (see _program_rows). Heads fastest measured
