@@ -614,3 +614,18 @@ def test_bulk_reduce_adds_match_the_reference_in_the_interpreter(case, monkeypat
     assert spy.calls and all(c["TMA_DQ"] for c in spy.calls)
     row_factors = case["fb"] > 1
     assert all(c["TMA_DS"] == (not row_factors) for c in spy.calls)
+
+
+def test_bulk_reduce_descriptors_only_where_the_copy_engine_was_run():
+    """The bulk reduce-adds' descriptors: None (the atomics stay) for a last dim that is not
+    contiguous, strides not 16-byte aligned, or tile rows wider than 64 floats (never run on a
+    device); else the accumulator's shape and strides with the tile as block."""
+    from pairformer_fb.kernel.triton_launch import _tma_descriptor
+
+    acc = torch.zeros(2, 3, 40, 32)
+    d = _tma_descriptor(acc, (1, 1, 16, 32))
+    assert d is not None and list(d.shape) == [2, 3, 40, 32] and list(d.strides) == list(acc.stride())
+    assert list(d.block_shape) == [1, 1, 16, 32]
+    assert _tma_descriptor(torch.zeros(2, 3, 40, 128), (1, 1, 16, 128)) is None  # 512-byte tile rows
+    assert _tma_descriptor(acc.transpose(2, 3), (1, 1, 16, 32)) is None  # last dim not contiguous
+    assert _tma_descriptor(torch.zeros(2, 3, 40, 30)[..., :27], (1, 1, 16, 32)) is None  # 120-byte rows

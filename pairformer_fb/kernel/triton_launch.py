@@ -288,11 +288,12 @@ def _tma_reduce_kinds(device: torch.device) -> frozenset:
 def _tma_descriptor(t: torch.Tensor, block: tuple[int, ...]):
     """A host-side tensor descriptor of the fp32 accumulator t for bulk reduce-adds of ``block``
     tiles, or None where the copy engine cannot address it (its last dim must be contiguous and
-    the other strides and the base 16-byte aligned)."""
+    the other strides and the base 16-byte aligned) or the tile's rows are wider than 256 bytes
+    (64 floats: the widest that has run on a device, benchmarks/session11/bwd_tma_h100/)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     aligned = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s % 4 == 0 for s in t.stride()[:-1])
-    if not aligned:
+    if not aligned or block[-1] * t.element_size() > 256:
         return None
     return TensorDescriptor(t, list(t.shape), list(t.stride()), list(block))
 
