@@ -10,7 +10,8 @@ Stages, in the order they run (--stages):
    sessions 6-10; +tmadq / +tmads: tiles.TMA_REDUCE, the bulk reduce-adds of dQ / dS, session 11).
    The differences split the backward: the kernel itself, the bias read, the dS row sum.
    Every case sets the switches explicitly: a name without "+pad" runs with the padded sum
-   off, although it is on by default since session 9.
+   off, although it is on by default since session 9, and one without "+tmadq" / "+tmads" with
+   the atomics, although the bulk reduce-adds are the default on sm_90 since session 11.
 2. others: the single attention (B = 1, 16 heads x 24) and the diffusion transformer's (5
    samples, 16 heads x 48, bias shared by the samples): floor, default, +pad; fwd,
    fwd+bwd (do_bench: host time included) and the summed kernel time per fwd+bwd (profiler),
