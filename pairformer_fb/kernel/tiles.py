@@ -223,6 +223,15 @@ DQ_STAGGER = os.environ.get("PFB_DQ_STAGGER", "0") == "1"
 TMA_REDUCE = frozenset(x for x in os.environ.get("PFB_TMA_REDUCE", "dq,ds").split(",") if x and x != "0")
 
 
+def check_tma_reduce() -> None:
+    """A ValueError naming PFB_TMA_REDUCE for kinds other than dq, ds (checked when the op is
+    called, before any work: a typo must not turn the bulk reduce-adds off silently)."""
+    if not TMA_REDUCE <= {"dq", "ds"}:
+        raise ValueError(
+            f"PFB_TMA_REDUCE (tiles.TMA_REDUCE): expected 0 or a comma-separated subset of dq, ds; got {sorted(TMA_REDUCE)}"
+        )
+
+
 # program order of the forward / backward grids (see _program_rows). Heads fastest measured
 # 4.38 / 4.47 ms for the starting / ending triangle module at N = 1024 against 4.42 / 4.52 (H200,
 # same run; the contiguous standalone op 2.68 against 2.64: both within ~1.5 % noise).

@@ -7,6 +7,7 @@ Inputs reach this module validated and normalised by ``op.flash_bias_attention``
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -277,12 +278,17 @@ def _reduced_ds_buffer(ops: _Operands, bias_grad: bool, shared_factor_grad: bool
 def _tma_reduce_kinds(device: torch.device) -> frozenset:
     """The kinds of backward atomics (tiles.TMA_REDUCE) that go by bulk tensor reduce-add on this
     device: none in the interpreter or before compute capability 9."""
-    unknown = set(tiles.TMA_REDUCE) - {"dq", "ds"}
-    if unknown:
-        raise ValueError(f"tiles.TMA_REDUCE (PFB_TMA_REDUCE): expected a subset of dq, ds; got {sorted(unknown)}")
+    tiles.check_tma_reduce()
     if not tiles.TMA_REDUCE or INTERPRET or device.type != "cuda":
         return frozenset()
-    return tiles.TMA_REDUCE if torch.cuda.get_device_capability(device)[0] >= 9 else frozenset()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return tiles.TMA_REDUCE if _compute_capability_major(index) >= 9 else frozenset()
+
+
+@functools.cache
+def _compute_capability_major(index: int) -> int:
+    """The CUDA device's compute capability major, asked once per device (the op's host time)."""
+    return torch.cuda.get_device_capability(index)[0]
 
 
 def _tma_descriptor(t: torch.Tensor, block: tuple[int, ...]):
