@@ -298,8 +298,9 @@ def _tma_descriptor(t: torch.Tensor, block: tuple[int, ...]):
     (64 floats: the widest that has run on a device, benchmarks/session11/bwd_tma_h100/)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    aligned = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s % 4 == 0 for s in t.stride()[:-1])
-    if not aligned or block[-1] * t.element_size() > 256:
+    size = t.element_size()
+    aligned = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s * size % 16 == 0 for s in t.stride()[:-1])
+    if not aligned or block[-1] * size > 256:
         return None
     return TensorDescriptor(t, list(t.shape), list(t.stride()), list(block))
 
