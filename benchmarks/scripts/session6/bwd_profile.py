@@ -94,6 +94,7 @@ FWD_CANDIDATES: dict[str, dict] = {
     "m64n64w4s3r4": dict(block_m=64, block_n=64, num_warps=4, num_stages=3, rows=4),
     "m128n64w8s3r2": dict(block_m=128, block_n=64, num_warps=8, num_stages=3, rows=2),
     "m64n32w4s3r2": dict(block_m=64, block_n=32, num_warps=4, num_stages=3, rows=2),
+    "m64n64w4s4r2": dict(block_m=64, block_n=64, num_warps=4, num_stages=4, rows=2),  # session 12
 }
 FWD_SWEEP_SIZES = [1024, 1170, 256, 512, 2048]
 TRIANGLE_SIZES = [1024, 1170, 256, 384, 512, 768, 1000, 1536, 2048]  # the N, most informative first
@@ -126,6 +127,8 @@ def _parse():
     p.add_argument("--sizes", default=None, help="comma-separated triangle N of the sweep")
     p.add_argument("--candidates", default=None, help="comma-separated names from BWD_CANDIDATES")
     p.add_argument("--profile-sizes", default=None, help="comma-separated triangle N of the profile stage")
+    p.add_argument("--fwd-sizes", default=None, help="comma-separated triangle N of the forward sweep")
+    p.add_argument("--fwd-candidates", default=None, help="comma-separated names from FWD_CANDIDATES")
     p.add_argument("--methods", default=None, help="comma-separated names from PROFILE_METHODS (profile stage)")
     return p.parse_args()
 
@@ -621,6 +624,14 @@ def main(args) -> None:
         names = args.candidates.split(",")
     if args.profile_sizes:
         profile_sizes = [int(x) for x in args.profile_sizes.split(",")]
+    if args.fwd_sizes:
+        fwd_sizes = [int(x) for x in args.fwd_sizes.split(",")]
+    fwd_candidates = None
+    if args.fwd_candidates:
+        names_f = args.fwd_candidates.split(",")
+        if any(c not in FWD_CANDIDATES for c in names_f):
+            sys.exit(f"--fwd-candidates: expected names from {list(FWD_CANDIDATES)}, got {names_f}")
+        fwd_candidates = {c: FWD_CANDIDATES[c] for c in names_f}
     methods = args.methods.split(",") if args.methods else None
     unknown = [m for m in methods or [] if split_name(m)[0] not in {split_name(x)[0] for x in PROFILE_METHODS}]
     if unknown:
@@ -646,7 +657,7 @@ def main(args) -> None:
         stage_profile(profile_sizes, cfg, rec, budget, methods)
         print(f"profile done {time.perf_counter() - t0:.0f}s", flush=True)
     if "fwd_sweep" in stages:
-        stage_fwd_sweep(fwd_sizes, cfg, rec, budget)
+        stage_fwd_sweep(fwd_sizes, cfg, rec, budget, fwd_candidates)
         print(f"forward sweep done {time.perf_counter() - t0:.0f}s", flush=True)
     if "others" in stages:
         stage_others(cfg, rec, budget, shapes)
