@@ -223,6 +223,14 @@ DQ_STAGGER = os.environ.get("PFB_DQ_STAGGER", "0") == "1"
 TMA_REDUCE = frozenset(x for x in os.environ.get("PFB_TMA_REDUCE", "dq,ds").split(",") if x and x != "0")
 
 
+# Opt-in for measurements (session 12, issue 17): a 16-bit dense bias shared by at least this
+# many rows (the triangle attentions' N rows; not the diffusion's 5 samples) is stored once per
+# call in the kernels' log2 units as fp32 (``triton_launch.log2_bias``), so the forward and
+# backward read it with no conversion or multiply per element (the sm_90 forward loop at the
+# triangle shape: 657 -> ~590 instructions per key block). 0 turns it off; read at each call.
+BIAS_LOG2_MIN_ROWS = int(os.environ.get("PFB_BIAS_LOG2_MIN_ROWS", "0") or 0)
+
+
 def check_tma_reduce() -> None:
     """A ValueError naming PFB_TMA_REDUCE for kinds other than dq, ds (checked when the op is
     called, before any work: a typo must not turn the bulk reduce-adds off silently)."""

@@ -99,8 +99,8 @@ def _bwd_row_step(
     m_row = tl.load(ROW_MAX + stats_row + offs_m, mask=m_ok, other=float("inf"))
     inv_l = tl.load(ROW_INV_SUM + stats_row + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + stats_row + offs_m, mask=m_ok, other=0.0)
-    s = _row_scores(q, k, shared, scale, mask_base, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
-    p = tl.math.exp2((s - m_row[:, None]) * _LOG2E) * inv_l[:, None]
+    s = _row_scores(q, k, shared, scale * _LOG2E, mask_base, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
+    p = tl.math.exp2(s - m_row[:, None]) * inv_l[:, None]
     dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     ds = p * (dp - delta[:, None])
@@ -207,6 +207,7 @@ def _bwd_kernel(
     scale,
     HAS_FACTORS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    BIAS_LOG2: tl.constexpr,
     HAS_MASK: tl.constexpr,
     ROW_FACTOR_GRAD: tl.constexpr,
     FUSE_DS: tl.constexpr,
@@ -291,6 +292,7 @@ def _bwd_kernel(
                 Lk,
                 HAS_FACTORS,
                 HAS_BIAS,
+                BIAS_LOG2,
                 PRECISION,
                 BIAS_FULL_M,
                 BIAS_FULL_N,
@@ -502,6 +504,7 @@ def _ds_sum_kernel(
     scale,
     HAS_FACTORS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    BIAS_LOG2: tl.constexpr,
     HAS_MASK: tl.constexpr,
     ROW_FACTORS: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -574,6 +577,7 @@ def _ds_sum_kernel(
                 Lk,
                 TILE_FACTORS,
                 HAS_BIAS,
+                BIAS_LOG2,
                 PRECISION,
                 EVEN_M,
                 EVEN_N,
@@ -584,7 +588,7 @@ def _ds_sum_kernel(
             if ROW_FACTORS:
                 qf_row = _load_tile(QF + b64 * s_qfb + h64 * s_qfh, offs_m, offs_r, s_qfl, s_qfr, Lq, R, EVEN_M, EVEN_R)
                 kf_row = _load_tile(KF + b64 * s_kfb + h64 * s_kfh, offs_n, offs_r, s_kfl, s_kfr, Lk, R, EVEN_N, EVEN_R)
-                shared += tl.dot(qf_row, tl.trans(kf_row), input_precision=PRECISION)
+                shared += tl.dot(qf_row, tl.trans(kf_row), input_precision=PRECISION) * _LOG2E
             q = _load_tile(Q + b64 * s_qb + h64 * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D, EVEN_M, EVEN_D)
             do = _load_tile(DO + b64 * s_dob + h64 * s_doh, offs_m, offs_d, s_dol, s_dod, Lq, D, EVEN_M, EVEN_D)
             k = _load_tile(K + b64 * s_kb + h64 * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
@@ -594,9 +598,20 @@ def _ds_sum_kernel(
             inv_l = tl.load(ROW_INV_SUM + row + offs_m, mask=m_ok, other=0.0)
             delta = tl.load(DELTA + row + offs_m, mask=m_ok, other=0.0)
             s = _row_scores(
-                q, k, shared, scale, MASK + b64 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
+                q,
+                k,
+                shared,
+                scale * _LOG2E,
+                MASK + b64 * s_mb,
+                s_ml,
+                offs_n,
+                Lk,
+                HAS_SHARED,
+                HAS_MASK,
+                EVEN_N,
+                PRECISION,
             )
-            p = tl.math.exp2((s - m_row[:, None]) * _LOG2E) * inv_l[:, None]
+            p = tl.math.exp2(s - m_row[:, None]) * inv_l[:, None]
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
             acc += p * (dp - delta[:, None])
     out_ptrs = (

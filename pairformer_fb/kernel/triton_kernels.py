@@ -3,12 +3,12 @@ folded into the score tile by a second tensor-core product), a dense additive bi
 
 Derivation (FlashAttention-2, Dao 2023), per (batch b, head h), in the log2 domain::
 
-    S   = scale Q K^T + Qf Kf^T + Bias + MASK_NEG * (mask - 1)
-    O   = softmax(S) V              tile by tile with the online softmax (m, l), exp(x) as
-                                    exp2(x log2(e))
+    S   = (scale Q K^T + Qf Kf^T + Bias) log2(e) + MASK_NEG * (mask - 1)
+                                    one FMA per score: the shared terms are scaled once per tile
+    O   = softmax(S) V              tile by tile with the online softmax (m, l), exp2(S - m)
     m, 1/l                          saved per row for the backward pass
 
-    P   = exp(S - m) / l            recomputed per tile in the backward kernel
+    P   = exp2(S - m) / l           recomputed per tile in the backward kernel
     dV  = P^T dO,   dP = dO V^T,   dS = P * (dP - rowsum(dO * O))
     dQ  = scale dS K,  dK = scale dS^T Q,  dQf = dS Kf,  dKf = dS^T Qf,  dBias = dS
 
@@ -72,17 +72,24 @@ def _shared_scores(
     Lk,
     HAS_FACTORS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    BIAS_LOG2: tl.constexpr,
     PRECISION: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
 ):
-    """The score terms every row of a group shares: Qf Kf^T + Bias."""
+    """The score terms every row of a group shares, in log2 units: (Qf Kf^T + Bias) log2(e).
+    Scaled once per tile here, a row's score is one FMA (``_row_scores``). BIAS_LOG2: the bias
+    is stored in log2 units already (fp32, ``triton_launch.log2_bias``): no conversion or
+    multiply per element."""
     if HAS_FACTORS:
-        t = tl.dot(qf, tl.trans(kf), input_precision=PRECISION)
+        t = tl.dot(qf, tl.trans(kf), input_precision=PRECISION) * _LOG2E
         if HAS_BIAS:
-            t += _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk, EVEN_M, EVEN_N).to(tl.float32)
+            b = _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk, EVEN_M, EVEN_N).to(tl.float32)
+            t += b if BIAS_LOG2 else b * _LOG2E
     else:
         t = _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk, EVEN_M, EVEN_N).to(tl.float32)
+        if not BIAS_LOG2:
+            t = t * _LOG2E
     return t
 
 
@@ -91,7 +98,7 @@ def _row_scores(
     q,
     k,
     shared,
-    scale,
+    scale_log2,
     mask_base,
     s_ml,
     offs_n,
@@ -101,20 +108,22 @@ def _row_scores(
     EVEN_N: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """S = scale Q K^T + shared + key-mask term of one row (one FMA per score with a shared
-    term); keys past Lk get -inf.
+    """S = (scale Q K^T) log2(e) + shared + key-mask term of one row, in log2 units (the
+    softmax is exp2(S - max S), with no multiply per score): one FMA per score with a shared
+    term (``_shared_scores``, already in log2 units); keys past Lk get -inf.
 
     HAS_MASK: 0 no key mask; else the row's additive key mask (fp32: 0 kept, -1e9 masked, -inf
-    past Lk; see ``_additive_key_mask``), 1 when its padding covers every key tile (the load is
-    unmasked, and its -inf padding excludes the keys past Lk), 2 when loaded with a bounds check."""
+    past Lk; see ``_additive_key_mask``; -1e9 excludes a key in log2 units as in natural ones),
+    1 when its padding covers every key tile (the load is unmasked, and its -inf padding excludes
+    the keys past Lk), 2 when loaded with a bounds check."""
     # Added after the product rather than seeding its accumulator: a seeded product waits for
     # the bias tile, and measured 6% (forward) to 25% (backward) slower on an H200. Scaling q
     # instead of the scores cost a register-to-shared-memory copy of every q tile backward.
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     if HAS_SHARED:
-        s = s * scale + shared
+        s = tl.fma(s, scale_log2, shared)
     else:
-        s = s * scale
+        s = s * scale_log2
     if HAS_MASK == 1:
         s += tl.load(mask_base + offs_n * s_ml)[None, :]
     elif HAS_MASK == 2:
@@ -126,13 +135,12 @@ def _row_scores(
 
 @triton.jit
 def _softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
-    """One online-softmax update of (m, l, acc) with a score tile and its value tile.
-
-    exp(S - m) is exp2((S - m) log2(e)): subtracting first keeps the argument <= 0 even where
-    S ~ -1e9 (fully masked rows), so P <= 1 fits fp16; a fused S log2(e) - m log2(e) would not."""
+    """One online-softmax update of (m, l, acc) with a score tile in log2 units (``_row_scores``)
+    and its value tile: exp(S_nat - m_nat) = exp2(S - m). Subtracting before the exp2 keeps its
+    argument <= 0 even where S ~ -1e9 (fully masked rows), so P <= 1 fits fp16."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    p = tl.math.exp2((s - m_new[:, None]) * _LOG2E)
-    alpha = tl.math.exp2((m_i - m_new) * _LOG2E)
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
@@ -159,8 +167,9 @@ def _fwd_epilogue(
     HAS_GATE: tl.constexpr,
     EVEN_D: tl.constexpr,
 ):
-    # m and 1/l are kept apart rather than as m + log2(l): with a fully masked row m is about
-    # -1.4e9, where fp32 cannot resolve log2(l) and P would be recomputed as 1 instead of 1/Lk.
+    # m (log2 units, as the backward recomputes the scores) and 1/l are kept apart rather than as
+    # m + log2(l): with a fully masked row m is about -1e9, where fp32 cannot resolve log2(l) and
+    # P would be recomputed as 1 instead of 1/Lk.
     m_ok = (offs_m < Lq) & ok
     if EVEN_D:  # a mask along the contiguous head dim would keep the gate load / store scalar
         io_mask = m_ok[:, None]
@@ -262,6 +271,7 @@ def _fwd_kernel(
     scale,
     HAS_FACTORS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    BIAS_LOG2: tl.constexpr,
     HAS_MASK: tl.constexpr,
     HAS_GATE: tl.constexpr,
     EVEN_M: tl.constexpr,
@@ -279,6 +289,7 @@ def _fwd_kernel(
     BLOCK_R: tl.constexpr,
 ):
     HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
+    scale_log2 = scale * _LOG2E  # scores in log2 units (_row_scores)
     qb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_qblocks, B, H, ROWS, GRID_ORDER)
     offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
@@ -338,6 +349,7 @@ def _fwd_kernel(
                 Lk,
                 HAS_FACTORS,
                 HAS_BIAS,
+                BIAS_LOG2,
                 PRECISION,
                 BIAS_FULL_M,
                 BIAS_FULL_N,
@@ -345,27 +357,27 @@ def _fwd_kernel(
         k = _load_tile(k0_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
         v = _load_tile(v0_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
         s = _row_scores(
-            q0, k, shared, scale, MASK + b0 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
+            q0, k, shared, scale_log2, MASK + b0 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
         )
         m0, l0, acc0 = _softmax_step(s, v, m0, l0, acc0, PRECISION)
         if ROWS >= 2:
             k = _load_tile(k1_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
             v = _load_tile(v1_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
             s = _row_scores(
-                q1, k, shared, scale, MASK + b1 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
+                q1, k, shared, scale_log2, MASK + b1 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
             )
             m1, l1, acc1 = _softmax_step(s, v, m1, l1, acc1, PRECISION)
         if ROWS == 4:
             k = _load_tile(k2_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
             v = _load_tile(v2_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
             s = _row_scores(
-                q2, k, shared, scale, MASK + b2 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
+                q2, k, shared, scale_log2, MASK + b2 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
             )
             m2, l2, acc2 = _softmax_step(s, v, m2, l2, acc2, PRECISION)
             k = _load_tile(k3_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
             v = _load_tile(v3_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
             s = _row_scores(
-                q3, k, shared, scale, MASK + b3 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
+                q3, k, shared, scale_log2, MASK + b3 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
             )
             m3, l3, acc3 = _softmax_step(s, v, m3, l3, acc3, PRECISION)
 

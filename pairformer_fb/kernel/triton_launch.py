@@ -16,7 +16,7 @@ from . import tiles
 from .reference import MASK_NEG
 from .tiles import INTERPRET, KernelConfig, _grid_order, _launch, _pow2_at_least_16, _rows_per_program, cdiv
 from .triton_backward import _bwd_delta_kernel, _bwd_kernel, _ds_sum_kernel
-from .triton_kernels import _fwd_kernel
+from .triton_kernels import LOG2E, _fwd_kernel
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -107,6 +107,24 @@ def pad_bias_to_tiles(bias: torch.Tensor) -> torch.Tensor:
     return view
 
 
+def log2_bias(bias: torch.Tensor, padded: bool) -> torch.Tensor:
+    """A 16-bit bias [..., Lq, Lk] -> fp32 bias * log2(e), the kernels' score units, in storage
+    whose rows are 16-byte aligned (zero-padded to whole BIAS_TILE_PAD tiles when ``padded``,
+    as ``pad_bias_to_tiles``), returned as a view of the first Lq x Lk. Read with BIAS_LOG2, the
+    kernels skip the conversion and multiply of every bias element (a tile's worth per program
+    and key block). Costs one pass over the bias, which the rows sharing it amortise
+    (``tiles.BIAS_LOG2_MIN_ROWS``)."""
+    *lead, lq, lk = bias.shape
+    ext = (_tile_extent(lq), _tile_extent(lk)) if padded else (lq, -(-lk // 4) * 4)
+    buf = (torch.zeros if padded else torch.empty)((*lead, *ext), dtype=torch.float32, device=bias.device)
+    if padded:
+        _TILE_PADDED[id(buf)] = buf
+    view = buf[..., :lq, :lk]
+    view.copy_(bias)
+    view.mul_(LOG2E)
+    return view
+
+
 def _in_padded_storage(t: torch.Tensor) -> bool:
     """Whether t is a view into a pad_bias_to_tiles buffer whose whole tiles (rows and keys
     rounded up to BIAS_TILE_PAD) stay inside that buffer: its padding is finite, so the reads
@@ -153,7 +171,17 @@ class _Operands:
             and tuple(bias.shape[2:]) == (Lq, Lk)
             and (Lq % BIAS_TILE_PAD != 0 or Lk % BIAS_TILE_PAD != 0)
         )
-        if self.bias_padded and not _in_padded_storage(bias):
+        self.bias_dtype = bias.dtype if bias is not None else None
+        # a 16-bit bias shared by many rows: stored once in the kernels' log2 units, as fp32
+        self.bias_log2 = (
+            bias is not None
+            and bias.shape[0] == 1
+            and 0 < tiles.BIAS_LOG2_MIN_ROWS <= B
+            and bias.dtype in (torch.bfloat16, torch.float16)
+        )
+        if self.bias_log2:
+            bias = log2_bias(bias, self.bias_padded)
+        elif self.bias_padded and not _in_padded_storage(bias):
             bias = pad_bias_to_tiles(bias)
         elif bias is not None and bias.shape[0] == 1:
             bias = _row_aligned(bias)
@@ -162,7 +190,6 @@ class _Operands:
         self.has_factors = q_factors is not None
         self.q_factors_batch = q_factors.shape[0] if self.has_factors else 0
         self.bias_shape = tuple(bias.shape) if bias is not None else None
-        self.bias_dtype = bias.dtype if bias is not None else None
         self.R = q_factors.shape[-1] if self.has_factors else 0
         self.qf = q_factors.expand(B, H, Lq, self.R) if self.has_factors else None
         self.kf = k_factors.expand(B, H, Lk, self.R) if self.has_factors else None
@@ -192,6 +219,7 @@ class _Operands:
         return dict(
             HAS_FACTORS=self.has_factors,
             HAS_BIAS=self.bias is not None,
+            BIAS_LOG2=self.bias_log2,
             HAS_MASK=0 if self.mask is None else (1 if self.mask.shape[1] % cfg.block_n == 0 else 2),
             PRECISION=self.precision,
             BLOCK_D=self.block_d,
