@@ -575,6 +575,11 @@ def test_bulk_reduce_adds_fall_back_to_atomics_without_a_hopper_device(monkeypat
     monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset({"dQ"}))  # a typo: rejected when the op is called
     with pytest.raises(ValueError, match=r"PFB_TMA_REDUCE \(tiles.TMA_REDUCE\): expected 0 or .*got \['dQ'\]"):
         flash_bias_attention(*args, **kw, backend="triton")
+    monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset({"dq"}))
+    for typo in ("16 rows", -1):
+        monkeypatch.setattr(tiles, "BIAS_LOG2_MIN_ROWS", typo)
+        with pytest.raises(ValueError, match=r"PFB_BIAS_LOG2_MIN_ROWS \(tiles.BIAS_LOG2_MIN_ROWS\): expected a whole"):
+            flash_bias_attention(*args, **kw, backend="triton")
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's emulated bulk reduce-adds")

@@ -185,10 +185,10 @@ def flash_bias_attention(
                 f"backend='triton' needs CUDA tensors, but q is on {q.device} (Triton has no CPU "
                 "driver): use backend='auto' or 'reference' (TRITON_INTERPRET=1: Triton's interpreter)"
             )
-        from .tiles import check_tma_reduce
+        from .tiles import check_env_settings
         from .triton_launch import attention_triton
 
-        check_tma_reduce()
+        check_env_settings()
         return attention_triton(q, k, v, q_factors, k_factors, bias, key_mask, scale, gate)
     if backend == "reference":
         o = attention_reference(q, k, v, q_factors, k_factors, bias, key_mask, scale)

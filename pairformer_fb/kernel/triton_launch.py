@@ -306,7 +306,7 @@ def _reduced_ds_buffer(ops: _Operands, bias_grad: bool, shared_factor_grad: bool
 def _tma_reduce_kinds(device: torch.device) -> frozenset:
     """The kinds of backward atomics (tiles.TMA_REDUCE) that go by bulk tensor reduce-add on this
     device: none in the interpreter or before compute capability 9."""
-    tiles.check_tma_reduce()
+    tiles.check_env_settings()
     if not tiles.TMA_REDUCE or INTERPRET or device.type != "cuda":
         return frozenset()
     index = device.index if device.index is not None else torch.cuda.current_device()
