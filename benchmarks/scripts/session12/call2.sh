@@ -7,7 +7,7 @@
 #   1. the kernel GPU tests (new code);
 #   2. profile, N = 1024 / 1170 / 256: floor, no bias, dense bias, factors; old code, then new
 #      (+ the dense bias with +log2b);
-#   3. the forward's tile candidates at the nine N (new code);
+#   3. the forward's tile candidates at the nine N (new code, the dense bias with +log2b);
 #   4. scripts/session9/attention_record.sh PART=flex (floor and FlexAttention + bias).
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench_out/session12}; mkdir -p "$OUT"
@@ -24,7 +24,7 @@ for V in old new; do
     --stages profile --profile-sizes 1024,1170,256 --methods $M --budget-s 95 > "$OUT/profile_$V.log" 2>&1
   echo "profile $V rc=$? ${SECONDS}s"; head -20 "$OUT/profile_$V/summary.txt"
 done
-PYTHONPATH=$PWD timeout 150 python3 benchmarks/scripts/session6/bwd_profile.py --out "$OUT/fwd_sweep" --stages fwd_sweep \
+PFB_BIAS_LOG2_MIN_ROWS=2 PYTHONPATH=$PWD timeout 150 python3 benchmarks/scripts/session6/bwd_profile.py --out "$OUT/fwd_sweep" --stages fwd_sweep \
   --fwd-sizes 1024,1170,256,384,512,768,1000,1536,2048 \
   --fwd-candidates default,m128n64w8s3r2,m64n64w4s3r4 --budget-s 130 > "$OUT/fwd_sweep.log" 2>&1
 echo "fwd sweep rc=$? ${SECONDS}s"; grep -A24 "forward sweep" "$OUT/fwd_sweep/summary.txt" | head -24
