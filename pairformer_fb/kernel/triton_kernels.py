@@ -124,7 +124,7 @@ def _row_scores(
         s = tl.fma(s, scale_log2, shared)
     else:
         s = s * scale_log2
-    if HAS_MASK == 1:
+    if HAS_MASK == 1 or (HAS_MASK == 2 and EVEN_N):  # a block inside Lk: inside the mask row too
         s += tl.load(mask_base + offs_n * s_ml)[None, :]
     elif HAS_MASK == 2:
         s += tl.load(mask_base + offs_n * s_ml, mask=offs_n < Lk, other=float("-inf"))[None, :]
@@ -144,6 +144,52 @@ def _softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
+
+
+@triton.jit
+def _fwd_row_block(q, k_base, v_base, shared, mask_base, m, l, acc, offs_n, offs_d, s_kl, s_kd, s_vl, s_vd, s_ml,
+                   Lk, D, scale_log2, HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_N: tl.constexpr,
+                   EVEN_D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """One row's online-softmax update with one key block."""
+    k = _load_tile(k_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
+    v = _load_tile(v_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
+    s = _row_scores(q, k, shared, scale_log2, mask_base, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
+    return _softmax_step(s, v, m, l, acc, PRECISION)
+
+
+@triton.jit
+def _fwd_key_block(
+    offs_n, q0, q1, q2, q3, k0_base, k1_base, k2_base, k3_base, v0_base, v1_base, v2_base, v3_base,
+    mask0, mask1, mask2, mask3, m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3,
+    qf, kf_base, bias_base, offs_m, offs_d, offs_r, s_kl, s_kd, s_vl, s_vd, s_kfl, s_kfr, s_bq, s_bk, s_ml,
+    Lq, Lk, D, R, scale_log2,
+    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_LOG2: tl.constexpr, HAS_MASK: tl.constexpr,
+    EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr, BIAS_FULL_M: tl.constexpr,
+    BIAS_FULL_N: tl.constexpr, PRECISION: tl.constexpr, ROWS: tl.constexpr,
+):  # fmt: skip
+    """The forward's work on one key block for the program's ROWS rows: the shared score terms
+    once, then each row's update. EVEN_N: the block lies inside Lk (no bounds masks)."""
+    HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
+    shared = 0.0
+    if HAS_SHARED:
+        kf = 0.0
+        if HAS_FACTORS:
+            kf = _load_tile(kf_base, offs_n, offs_r, s_kfl, s_kfr, Lk, R, EVEN_N, EVEN_R)
+        shared = _shared_scores(
+            qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
+            HAS_FACTORS, HAS_BIAS, BIAS_LOG2, PRECISION, BIAS_FULL_M, BIAS_FULL_N,
+        )  # fmt: skip
+    m0, l0, acc0 = _fwd_row_block(q0, k0_base, v0_base, shared, mask0, m0, l0, acc0, offs_n, offs_d, s_kl, s_kd,
+                                  s_vl, s_vd, s_ml, Lk, D, scale_log2, HAS_SHARED, HAS_MASK, EVEN_N, EVEN_D, PRECISION)  # fmt: skip
+    if ROWS >= 2:
+        m1, l1, acc1 = _fwd_row_block(q1, k1_base, v1_base, shared, mask1, m1, l1, acc1, offs_n, offs_d, s_kl, s_kd,
+                                      s_vl, s_vd, s_ml, Lk, D, scale_log2, HAS_SHARED, HAS_MASK, EVEN_N, EVEN_D, PRECISION)  # fmt: skip
+    if ROWS == 4:
+        m2, l2, acc2 = _fwd_row_block(q2, k2_base, v2_base, shared, mask2, m2, l2, acc2, offs_n, offs_d, s_kl, s_kd,
+                                      s_vl, s_vd, s_ml, Lk, D, scale_log2, HAS_SHARED, HAS_MASK, EVEN_N, EVEN_D, PRECISION)  # fmt: skip
+        m3, l3, acc3 = _fwd_row_block(q3, k3_base, v3_base, shared, mask3, m3, l3, acc3, offs_n, offs_d, s_kl, s_kd,
+                                      s_vl, s_vd, s_ml, Lk, D, scale_log2, HAS_SHARED, HAS_MASK, EVEN_N, EVEN_D, PRECISION)  # fmt: skip
+    return m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3
 
 
 @triton.jit
@@ -288,7 +334,6 @@ def _fwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
-    HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
     scale_log2 = scale * _LOG2E  # scores in log2 units (_row_scores)
     qb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_qblocks, B, H, ROWS, GRID_ORDER)
     offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -309,6 +354,10 @@ def _fwd_kernel(
     m0 = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l0 = tl.zeros([BLOCK_M], tl.float32)
     acc0 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    # rows a program does not serve: placeholders the key blocks pass through untouched
+    q1, q2, q3, k1_base, k2_base, k3_base, v1_base, v2_base, v3_base = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    m1, l1, acc1, m2, l2, acc2, m3, l3, acc3 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    b2, b3 = b0, b0
     if ROWS >= 2:
         q1 = _load_tile(Q + b1 * s_qb + h * s_qh, offs_m, offs_d, s_ql, s_qd, Lq, D, EVEN_M, EVEN_D)
         k1_base = K + b1 * s_kb + h * s_kh
@@ -330,56 +379,31 @@ def _fwd_kernel(
         acc2 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         acc3 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    for start_n in range(0, Lk, BLOCK_N):
-        offs_n = start_n + offs_n0
-        shared = 0.0
-        if HAS_SHARED:
-            kf = 0.0
-            if HAS_FACTORS:
-                kf = _load_tile(kf_base, offs_n, offs_r, s_kfl, s_kfr, Lk, R, EVEN_N, EVEN_R)
-            shared = _shared_scores(
-                qf,
-                kf,
-                bias_base,
-                s_bq,
-                s_bk,
-                offs_m,
-                offs_n,
-                Lq,
-                Lk,
-                HAS_FACTORS,
-                HAS_BIAS,
-                BIAS_LOG2,
-                PRECISION,
-                BIAS_FULL_M,
-                BIAS_FULL_N,
-            )
-        k = _load_tile(k0_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
-        v = _load_tile(v0_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
-        s = _row_scores(
-            q0, k, shared, scale_log2, MASK + b0 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
-        )
-        m0, l0, acc0 = _softmax_step(s, v, m0, l0, acc0, PRECISION)
-        if ROWS >= 2:
-            k = _load_tile(k1_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
-            v = _load_tile(v1_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
-            s = _row_scores(
-                q1, k, shared, scale_log2, MASK + b1 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
-            )
-            m1, l1, acc1 = _softmax_step(s, v, m1, l1, acc1, PRECISION)
-        if ROWS == 4:
-            k = _load_tile(k2_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
-            v = _load_tile(v2_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
-            s = _row_scores(
-                q2, k, shared, scale_log2, MASK + b2 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
-            )
-            m2, l2, acc2 = _softmax_step(s, v, m2, l2, acc2, PRECISION)
-            k = _load_tile(k3_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
-            v = _load_tile(v3_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
-            s = _row_scores(
-                q3, k, shared, scale_log2, MASK + b3 * s_mb, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION
-            )
-            m3, l3, acc3 = _softmax_step(s, v, m3, l3, acc3, PRECISION)
+    # the key blocks inside Lk without bounds masks (pipelined), then the partial last one, if
+    # any, with them: the masks cost ~120 of ~780 instructions per block at N = 1170
+    # (benchmarks/session12/loop_instructions_cpu/)
+    if EVEN_N:
+        n_full = Lk
+    else:
+        n_full = (Lk // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3 = _fwd_key_block(
+            start_n + offs_n0, q0, q1, q2, q3, k0_base, k1_base, k2_base, k3_base, v0_base, v1_base, v2_base, v3_base,
+            MASK + b0 * s_mb, MASK + b1 * s_mb, MASK + b2 * s_mb, MASK + b3 * s_mb,
+            m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3,
+            qf, kf_base, bias_base, offs_m, offs_d, offs_r, s_kl, s_kd, s_vl, s_vd, s_kfl, s_kfr, s_bq, s_bk, s_ml,
+            Lq, Lk, D, R, scale_log2,
+            HAS_FACTORS, HAS_BIAS, BIAS_LOG2, HAS_MASK, True, EVEN_D, EVEN_R, BIAS_FULL_M, True, PRECISION, ROWS,
+        )  # fmt: skip
+    if not EVEN_N:
+        m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3 = _fwd_key_block(
+            n_full + offs_n0, q0, q1, q2, q3, k0_base, k1_base, k2_base, k3_base, v0_base, v1_base, v2_base, v3_base,
+            MASK + b0 * s_mb, MASK + b1 * s_mb, MASK + b2 * s_mb, MASK + b3 * s_mb,
+            m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3,
+            qf, kf_base, bias_base, offs_m, offs_d, offs_r, s_kl, s_kd, s_vl, s_vd, s_kfl, s_kfr, s_bq, s_bk, s_ml,
+            Lq, Lk, D, R, scale_log2,
+            HAS_FACTORS, HAS_BIAS, BIAS_LOG2, HAS_MASK, False, EVEN_D, EVEN_R, BIAS_FULL_M, BIAS_FULL_N, PRECISION, ROWS,
+        )  # fmt: skip
 
     row0 = (b0 * H + h) * Lq
     _fwd_epilogue(
