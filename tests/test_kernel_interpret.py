@@ -646,7 +646,8 @@ def test_log2_bias_is_the_bias_in_log2_units_in_aligned_or_tile_padded_storage()
     assert padded.dtype == torch.float32 and padded.shape == bias.shape
     assert torch.equal(padded, want)
     assert padded._base.shape == (1, 2, 128, 128) and triton_launch._in_padded_storage(padded)
-    assert padded._base[:, :, 18:].abs().max() == 0 and padded._base[:, :, :, 35:].abs().max() == 0
+    assert padded._base[:, :, 18:].abs().max() == 0  # rows past Lq: finite
+    assert (padded._base[:, :, :18, 35:] == float("-inf")).all()  # keys past Lk: excluded by the padding
     plain = triton_launch.log2_bias(bias, padded=False)
     assert torch.equal(plain, want) and plain.stride(-2) % 4 == 0 and plain.data_ptr() % 16 == 0
 
@@ -695,3 +696,29 @@ def test_shared_bias_read_in_log2_units_matches_the_reference(mode, min_rows, us
         assert a.dtype == b.dtype and rel_err(a, b) < 1e-2, name
     launches = [c for spy in spies.values() for c in spy.calls]
     assert len(launches) >= 2 and {c["BIAS_LOG2"] for c in launches} == {used}
+
+
+def test_keys_past_lk_are_excluded_by_the_padded_bias_itself(monkeypatch):
+    """KEY_MASK 3 (issue 17): a shared bias in tile-padded storage is -inf past Lk, so no key
+    mask and no select per score; a narrower slice of such storage (real values past its Lk)
+    keeps the select. Both equal the reference, forward and gradients."""
+    from pairformer_fb.kernel import triton_launch
+
+    spies = {k: LaunchSpy(getattr(triton_launch, k)) for k in ("_fwd_kernel", "_bwd_kernel")}
+    for name, spy in spies.items():
+        monkeypatch.setattr(triton_launch, name, spy)
+    args, kw = make_inputs(3, 2, 18, 35, 16, 0, bias_shape=(1, 2, 18, 35), device=DEVICE)
+    wide = triton_launch.pad_bias_to_tiles(torch.randn(1, 2, 18, 50, generator=torch.Generator().manual_seed(1)))
+    # the op's own padded copy; a slice of storage padded for 50 keys, read in place (no copy;
+    # a bias needing no gradient: a view's .requires_grad_ would detach it from that storage)
+    for bias, key_mask in ((kw["bias"], 3), (wide[..., :35], 0)):
+        spies["_fwd_kernel"].calls.clear(), spies["_bwd_kernel"].calls.clear()
+        assert triton_launch._in_padded_storage(bias) == (key_mask == 0)
+        out = flash_bias_attention(*args, bias=bias, backend="triton")
+        ref = flash_bias_attention(*args, bias=bias, backend="reference")
+        assert rel_err(out, ref) < 1e-5
+        ins = differentiable(args, {"bias": bias} if bias.requires_grad else {})
+        for name, a, b in zip(["q", "k", "v", "bias"], grads(out, ins), grads(ref, ins)):
+            assert torch.isfinite(a).all() and rel_err(a, b) < 1e-4, name
+        launches = spies["_fwd_kernel"].calls + spies["_bwd_kernel"].calls
+        assert len(launches) == 2 and {c["KEY_MASK"] for c in launches} == {key_mask}

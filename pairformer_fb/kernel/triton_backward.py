@@ -81,7 +81,7 @@ def _bwd_row_step(
     scale,
     row_ok,
     HAS_SHARED: tl.constexpr,
-    HAS_MASK: tl.constexpr,
+    KEY_MASK: tl.constexpr,
     EVEN_N: tl.constexpr,
     PRECISION: tl.constexpr,
     EVEN_M: tl.constexpr,
@@ -99,7 +99,7 @@ def _bwd_row_step(
     m_row = tl.load(ROW_MAX + stats_row + offs_m, mask=m_ok, other=float("inf"))
     inv_l = tl.load(ROW_INV_SUM + stats_row + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + stats_row + offs_m, mask=m_ok, other=0.0)
-    s = _row_scores(q, k, shared, scale * _LOG2E, mask_base, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
+    s = _row_scores(q, k, shared, scale * _LOG2E, mask_base, s_ml, offs_n, Lk, HAS_SHARED, KEY_MASK, EVEN_N, PRECISION)
     p = tl.math.exp2(s - m_row[:, None]) * inv_l[:, None]
     dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -208,7 +208,7 @@ def _bwd_kernel(
     HAS_FACTORS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BIAS_LOG2: tl.constexpr,
-    HAS_MASK: tl.constexpr,
+    KEY_MASK: tl.constexpr,
     ROW_FACTOR_GRAD: tl.constexpr,
     FUSE_DS: tl.constexpr,
     DS_FULL: tl.constexpr,
@@ -331,7 +331,7 @@ def _bwd_kernel(
             scale,
             True,
             HAS_SHARED,
-            HAS_MASK,
+            KEY_MASK,
             EVEN_N,
             PRECISION,
             EVEN_M,
@@ -382,7 +382,7 @@ def _bwd_kernel(
                 scale,
                 row1_ok,
                 HAS_SHARED,
-                HAS_MASK,
+                KEY_MASK,
                 EVEN_N,
                 PRECISION,
                 EVEN_M,
@@ -505,7 +505,7 @@ def _ds_sum_kernel(
     HAS_FACTORS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BIAS_LOG2: tl.constexpr,
-    HAS_MASK: tl.constexpr,
+    KEY_MASK: tl.constexpr,
     ROW_FACTORS: tl.constexpr,
     PRECISION: tl.constexpr,
     SPLITS: tl.constexpr,
@@ -607,7 +607,7 @@ def _ds_sum_kernel(
                 offs_n,
                 Lk,
                 HAS_SHARED,
-                HAS_MASK,
+                KEY_MASK,
                 EVEN_N,
                 PRECISION,
             )

@@ -104,7 +104,7 @@ def _row_scores(
     offs_n,
     Lk,
     HAS_SHARED: tl.constexpr,
-    HAS_MASK: tl.constexpr,
+    KEY_MASK: tl.constexpr,
     EVEN_N: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -112,10 +112,13 @@ def _row_scores(
     softmax is exp2(S - max S), with no multiply per score): one FMA per score with a shared
     term (``_shared_scores``, already in log2 units); keys past Lk get -inf.
 
-    HAS_MASK: 0 no key mask; else the row's additive key mask (fp32: 0 kept, -1e9 masked, -inf
-    past Lk; see ``_additive_key_mask``; -1e9 excludes a key in log2 units as in natural ones),
-    1 when its padding covers every key tile (the load is unmasked, and its -inf padding excludes
-    the keys past Lk), 2 when loaded with a bounds check."""
+    KEY_MASK: how keys are excluded. 0: no key mask; keys past Lk get -inf here unless EVEN_N.
+    1, 2: the row's additive key mask (fp32: 0 kept, -1e9 masked, -inf past Lk; see
+    ``_additive_key_mask``; -1e9 excludes a key in log2 units as in natural ones), 1 when its
+    padding covers every key tile (the load is unmasked, and its -inf padding excludes the keys
+    past Lk), 2 when loaded with a bounds check (unmasked in a block inside Lk). 3: no key mask,
+    and the shared bias, in tile-padded storage, is -inf past Lk (``pad_bias_to_tiles``): it
+    excludes those keys itself, with no select per score."""
     # Added after the product rather than seeding its accumulator: a seeded product waits for
     # the bias tile, and measured 6% (forward) to 25% (backward) slower on an H200. Scaling q
     # instead of the scores cost a register-to-shared-memory copy of every q tile backward.
@@ -124,11 +127,11 @@ def _row_scores(
         s = tl.fma(s, scale_log2, shared)
     else:
         s = s * scale_log2
-    if HAS_MASK == 1 or (HAS_MASK == 2 and EVEN_N):  # a block inside Lk: inside the mask row too
+    if KEY_MASK == 1 or (KEY_MASK == 2 and EVEN_N):  # a block inside Lk: inside the mask row too
         s += tl.load(mask_base + offs_n * s_ml)[None, :]
-    elif HAS_MASK == 2:
+    elif KEY_MASK == 2:
         s += tl.load(mask_base + offs_n * s_ml, mask=offs_n < Lk, other=float("-inf"))[None, :]
-    elif not EVEN_N:
+    elif KEY_MASK == 0 and not EVEN_N:
         s = tl.where((offs_n < Lk)[None, :], s, float("-inf"))
     return s
 
@@ -148,12 +151,12 @@ def _softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
 
 @triton.jit
 def _fwd_row_block(q, k_base, v_base, shared, mask_base, m, l, acc, offs_n, offs_d, s_kl, s_kd, s_vl, s_vd, s_ml,
-                   Lk, D, scale_log2, HAS_SHARED: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_N: tl.constexpr,
+                   Lk, D, scale_log2, HAS_SHARED: tl.constexpr, KEY_MASK: tl.constexpr, EVEN_N: tl.constexpr,
                    EVEN_D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     """One row's online-softmax update with one key block."""
     k = _load_tile(k_base, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
     v = _load_tile(v_base, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
-    s = _row_scores(q, k, shared, scale_log2, mask_base, s_ml, offs_n, Lk, HAS_SHARED, HAS_MASK, EVEN_N, PRECISION)
+    s = _row_scores(q, k, shared, scale_log2, mask_base, s_ml, offs_n, Lk, HAS_SHARED, KEY_MASK, EVEN_N, PRECISION)
     return _softmax_step(s, v, m, l, acc, PRECISION)
 
 
@@ -163,7 +166,7 @@ def _fwd_key_block(
     mask0, mask1, mask2, mask3, m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3,
     qf, kf_base, bias_base, offs_m, offs_d, offs_r, s_kl, s_kd, s_vl, s_vd, s_kfl, s_kfr, s_bq, s_bk, s_ml,
     Lq, Lk, D, R, scale_log2,
-    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_LOG2: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_LOG2: tl.constexpr, KEY_MASK: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr, BIAS_FULL_M: tl.constexpr,
     BIAS_FULL_N: tl.constexpr, PRECISION: tl.constexpr, ROWS: tl.constexpr,
 ):  # fmt: skip
@@ -180,15 +183,15 @@ def _fwd_key_block(
             HAS_FACTORS, HAS_BIAS, BIAS_LOG2, PRECISION, BIAS_FULL_M, BIAS_FULL_N,
         )  # fmt: skip
     m0, l0, acc0 = _fwd_row_block(q0, k0_base, v0_base, shared, mask0, m0, l0, acc0, offs_n, offs_d, s_kl, s_kd,
-                                  s_vl, s_vd, s_ml, Lk, D, scale_log2, HAS_SHARED, HAS_MASK, EVEN_N, EVEN_D, PRECISION)  # fmt: skip
+                                  s_vl, s_vd, s_ml, Lk, D, scale_log2, HAS_SHARED, KEY_MASK, EVEN_N, EVEN_D, PRECISION)  # fmt: skip
     if ROWS >= 2:
         m1, l1, acc1 = _fwd_row_block(q1, k1_base, v1_base, shared, mask1, m1, l1, acc1, offs_n, offs_d, s_kl, s_kd,
-                                      s_vl, s_vd, s_ml, Lk, D, scale_log2, HAS_SHARED, HAS_MASK, EVEN_N, EVEN_D, PRECISION)  # fmt: skip
+                                      s_vl, s_vd, s_ml, Lk, D, scale_log2, HAS_SHARED, KEY_MASK, EVEN_N, EVEN_D, PRECISION)  # fmt: skip
     if ROWS == 4:
         m2, l2, acc2 = _fwd_row_block(q2, k2_base, v2_base, shared, mask2, m2, l2, acc2, offs_n, offs_d, s_kl, s_kd,
-                                      s_vl, s_vd, s_ml, Lk, D, scale_log2, HAS_SHARED, HAS_MASK, EVEN_N, EVEN_D, PRECISION)  # fmt: skip
+                                      s_vl, s_vd, s_ml, Lk, D, scale_log2, HAS_SHARED, KEY_MASK, EVEN_N, EVEN_D, PRECISION)  # fmt: skip
         m3, l3, acc3 = _fwd_row_block(q3, k3_base, v3_base, shared, mask3, m3, l3, acc3, offs_n, offs_d, s_kl, s_kd,
-                                      s_vl, s_vd, s_ml, Lk, D, scale_log2, HAS_SHARED, HAS_MASK, EVEN_N, EVEN_D, PRECISION)  # fmt: skip
+                                      s_vl, s_vd, s_ml, Lk, D, scale_log2, HAS_SHARED, KEY_MASK, EVEN_N, EVEN_D, PRECISION)  # fmt: skip
     return m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3
 
 
@@ -318,7 +321,7 @@ def _fwd_kernel(
     HAS_FACTORS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BIAS_LOG2: tl.constexpr,
-    HAS_MASK: tl.constexpr,
+    KEY_MASK: tl.constexpr,
     HAS_GATE: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
@@ -393,7 +396,7 @@ def _fwd_kernel(
             m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3,
             qf, kf_base, bias_base, offs_m, offs_d, offs_r, s_kl, s_kd, s_vl, s_vd, s_kfl, s_kfr, s_bq, s_bk, s_ml,
             Lq, Lk, D, R, scale_log2,
-            HAS_FACTORS, HAS_BIAS, BIAS_LOG2, HAS_MASK, True, EVEN_D, EVEN_R, BIAS_FULL_M, True, PRECISION, ROWS,
+            HAS_FACTORS, HAS_BIAS, BIAS_LOG2, KEY_MASK, True, EVEN_D, EVEN_R, BIAS_FULL_M, True, PRECISION, ROWS,
         )  # fmt: skip
     if not EVEN_N:
         m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3 = _fwd_key_block(
@@ -402,7 +405,7 @@ def _fwd_kernel(
             m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3,
             qf, kf_base, bias_base, offs_m, offs_d, offs_r, s_kl, s_kd, s_vl, s_vd, s_kfl, s_kfr, s_bq, s_bk, s_ml,
             Lq, Lk, D, R, scale_log2,
-            HAS_FACTORS, HAS_BIAS, BIAS_LOG2, HAS_MASK, False, EVEN_D, EVEN_R, BIAS_FULL_M, BIAS_FULL_N, PRECISION, ROWS,
+            HAS_FACTORS, HAS_BIAS, BIAS_LOG2, KEY_MASK, False, EVEN_D, EVEN_R, BIAS_FULL_M, BIAS_FULL_N, PRECISION, ROWS,
         )  # fmt: skip
 
     row0 = (b0 * H + h) * Lq

@@ -76,12 +76,12 @@ def _row_aligned(t: torch.Tensor) -> torch.Tensor:
     return view
 
 
-# a shared bias is copied into zero-padded storage whose dims are multiples of this (every tile
+# a shared bias is copied into padded storage whose dims are multiples of this (every tile
 # config's block_m / block_n divides it), so that its tile loads need no bounds mask
 BIAS_TILE_PAD = 128
 
 
-# the zero-padded buffers made by pad_bias_to_tiles, by id (a view's ._base is its buffer)
+# the padded buffers made by pad_bias_to_tiles / log2_bias, by id (a view's ._base is its buffer)
 _TILE_PADDED: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()
 
 
@@ -90,7 +90,7 @@ def _tile_extent(n: int) -> int:
 
 
 def pad_bias_to_tiles(bias: torch.Tensor) -> torch.Tensor:
-    """[..., Lq, Lk] -> the same values in zero-padded storage [..., Lq', Lk'] (multiples of
+    """[..., Lq, Lk] -> the same values in padded storage [..., Lq', Lk'] (multiples of
     BIAS_TILE_PAD), returned as a view of the first Lq x Lk. The kernels read such a bias tile
     by tile without bounds masks; a bias that lives across many calls (the diffusion module's,
     fixed for all steps) is padded once with this, and the op then uses it as it is.
@@ -100,25 +100,50 @@ def pad_bias_to_tiles(bias: torch.Tensor) -> torch.Tensor:
     7.23 ms against 3.72 at N = 1152 (H200, benchmarks/attention_h200/n1152_n1170_before_padding/);
     padded: 5.09."""
     *lead, lq, lk = bias.shape
-    buf = torch.zeros((*lead, _tile_extent(lq), _tile_extent(lk)), dtype=bias.dtype, device=bias.device)
-    _TILE_PADDED[id(buf)] = buf
+    buf = _tile_padded_buffer(bias.shape, bias.dtype, bias.device)
     view = buf[..., :lq, :lk]
     view.copy_(bias)
     return view
 
 
+def _tile_padded_buffer(shape, dtype, device) -> torch.Tensor:
+    """Storage for a [..., Lq, Lk] bias padded to whole BIAS_TILE_PAD tiles, registered in
+    _TILE_PADDED: -inf in the key columns past Lk (the padding excludes those keys itself, so
+    the kernels need no select per score there: KEY_MASK 3), 0 in the rows past Lq."""
+    *lead, lq, lk = shape
+    buf = torch.empty((*lead, _tile_extent(lq), _tile_extent(lk)), dtype=dtype, device=device)
+    buf[..., :lq, lk:] = float("-inf")
+    buf[..., lq:, :] = 0
+    buf._pfb_key_extent = lk  # type: ignore[attr-defined]  # where its -inf columns start
+    _TILE_PADDED[id(buf)] = buf
+    return buf
+
+
+def _keys_excluded_by_padding(t: torch.Tensor) -> bool:
+    """Whether t is a view of a whole _tile_padded_buffer row range whose columns past t's Lk
+    are that buffer's -inf padding (not a narrower slice of its real columns)."""
+    base = t._base
+    return (
+        base is not None
+        and _TILE_PADDED.get(id(base)) is base
+        and getattr(base, "_pfb_key_extent", None) == t.shape[-1]
+        and t.stride(-1) == 1
+        and (t.storage_offset() - base.storage_offset()) % base.stride(-2) == 0
+    )
+
+
 def log2_bias(bias: torch.Tensor, padded: bool) -> torch.Tensor:
     """A 16-bit bias [..., Lq, Lk] -> fp32 bias * log2(e), the kernels' score units, in storage
-    whose rows are 16-byte aligned (zero-padded to whole BIAS_TILE_PAD tiles when ``padded``,
-    as ``pad_bias_to_tiles``), returned as a view of the first Lq x Lk. Read with BIAS_LOG2, the
+    whose rows are 16-byte aligned (padded to whole BIAS_TILE_PAD tiles when ``padded``, as
+    ``pad_bias_to_tiles``), returned as a view of the first Lq x Lk. Read with BIAS_LOG2, the
     kernels skip the conversion and multiply of every bias element (a tile's worth per program
     and key block). Costs one pass over the bias, which the rows sharing it amortise
     (``tiles.BIAS_LOG2_MIN_ROWS``)."""
     *lead, lq, lk = bias.shape
-    ext = (_tile_extent(lq), _tile_extent(lk)) if padded else (lq, -(-lk // 4) * 4)
-    buf = (torch.zeros if padded else torch.empty)((*lead, *ext), dtype=torch.float32, device=bias.device)
     if padded:
-        _TILE_PADDED[id(buf)] = buf
+        buf = _tile_padded_buffer(bias.shape, torch.float32, bias.device)
+    else:
+        buf = torch.empty((*lead, lq, -(-lk // 4) * 4), dtype=torch.float32, device=bias.device)
     view = buf[..., :lq, :lk]
     view.copy_(bias)
     view.mul_(LOG2E)
@@ -127,8 +152,9 @@ def log2_bias(bias: torch.Tensor, padded: bool) -> torch.Tensor:
 
 def _in_padded_storage(t: torch.Tensor) -> bool:
     """Whether t is a view into a pad_bias_to_tiles buffer whose whole tiles (rows and keys
-    rounded up to BIAS_TILE_PAD) stay inside that buffer: its padding is finite, so the reads
-    past Lq / Lk are harmless (those keys get -inf, those query rows are never written)."""
+    rounded up to BIAS_TILE_PAD) stay inside that buffer: its padding holds no NaN, so the reads
+    past Lq / Lk are harmless (those keys get -inf, from the padding or the kernels' select;
+    those query rows are never written)."""
     base = t._base
     if base is None or _TILE_PADDED.get(id(base)) is not base or t.stride(-1) != 1:
         return False
@@ -187,6 +213,8 @@ class _Operands:
             bias = _row_aligned(bias)
         if key_mask is not None:
             key_mask = _additive_key_mask(key_mask)
+        # the kernels' KEY_MASK 3: the bias's padding excludes the keys past Lk
+        self.keys_excluded_by_bias = self.bias_padded and _keys_excluded_by_padding(bias)
         self.has_factors = q_factors is not None
         self.q_factors_batch = q_factors.shape[0] if self.has_factors else 0
         self.bias_shape = tuple(bias.shape) if bias is not None else None
@@ -220,7 +248,9 @@ class _Operands:
             HAS_FACTORS=self.has_factors,
             HAS_BIAS=self.bias is not None,
             BIAS_LOG2=self.bias_log2,
-            HAS_MASK=0 if self.mask is None else (1 if self.mask.shape[1] % cfg.block_n == 0 else 2),
+            KEY_MASK=(3 if self.keys_excluded_by_bias and BIAS_TILE_PAD % cfg.block_n == 0 else 0)
+            if self.mask is None
+            else (1 if self.mask.shape[1] % cfg.block_n == 0 else 2),
             PRECISION=self.precision,
             BLOCK_D=self.block_d,
             BLOCK_R=self.block_r,
