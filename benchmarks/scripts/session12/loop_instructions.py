@@ -47,9 +47,7 @@ def _loop(sass: str) -> tuple[int, dict]:
         if mm and labels.get(mm.group(1), 1 << 60) < a:
             loops.append((labels[mm.group(1)], a))
     lo, hi = max(loops, key=lambda r: r[1] - r[0])
-    ops = collections.Counter(
-        re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for a, t in ins if lo <= a <= hi
-    )
+    ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for a, t in ins if lo <= a <= hi)
     return sum(ops.values()), dict(ops.most_common())
 
 
@@ -66,7 +64,6 @@ def main() -> None:
     sys.path[:0] = [args.package_root, str(ROOT / "tests")]
     import aot_compile
     import triton
-    from triton.runtime.jit import JITFunction
 
     nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
     records = []
