@@ -5,7 +5,7 @@
 # benchmarks/attention_h200/results.* into a dated subfolder and copy these in).
 #   PART=ours bash benchmarks/scripts/session9/attention_record.sh   # floor, dense bias, factors R = 32
 #   PART=flex bash benchmarks/scripts/session9/attention_record.sh   # floor, FlexAttention (a compile per shape)
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=${SITE:+$SITE:}$PWD PYTHONUNBUFFERED=1  # SITE: a folder of packages (hydra, ...) the image lacks
 case "${PART:-ours}" in
   ours) METHODS="[sdpa_floor,fb_bias,fb_factors]" ;;
   flex) METHODS="[sdpa_floor,flex_bias]" ;;
