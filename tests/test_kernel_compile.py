@@ -94,10 +94,6 @@ def test_backward_tile_table_keeps_the_measured_choices(monkeypatch):
     # the bulk reduce-adds (session 11): both kinds unless asked otherwise
     for value, kinds in ((None, ["dq", "ds"]), ("0", []), ("", []), ("dq", ["dq"]), ("ds,dq", ["dq", "ds"])):
         assert _tiles_setting("sorted(t.TMA_REDUCE)", "PFB_TMA_REDUCE", value) == str(kinds), value
-    # the shared bias in log2 units (session 12): a whole number of rows; anything else is kept as
-    # given for the op's call to reject (tests/test_kernel_interpret.py), not an import error
-    for value, rows in ((None, "0"), ("16", "16"), (" 2 ", "2"), ("x", "'x'"), ("-1", "'-1'")):
-        assert _tiles_setting("repr(t.BIAS_LOG2_MIN_ROWS)", "PFB_BIAS_LOG2_MIN_ROWS", value) == rows, value
 
 
 def _tiles_setting(expr: str, env_name: str, value: str | None) -> str:

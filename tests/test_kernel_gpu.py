@@ -113,38 +113,6 @@ def test_bulk_reduce_adds_match_the_atomics_on_gpu(name, monkeypatch):
         assert rel_err(a, r) < 1.5 * rel_err(b, r) + 1e-4, n
 
 
-@pytest.mark.parametrize("name", ["triangle_bias_bf16", "triangle_both_fp16", "diffusion_d48_samples"])
-def test_shared_bias_in_log2_units_on_gpu(name, monkeypatch):
-    """tiles.BIAS_LOG2_MIN_ROWS (issue 17): the shared 16-bit bias stored once as fp32 in log2
-    units, on lengths the tiles do not divide, against the fp32 reference and as close to it as
-    the bias read in its own dtype, forward and gradients."""
-    from pairformer_fb.kernel import tiles, triton_launch
-
-    B, H, Lq, Lk, D, R, fb, bias_shape, mask_shape, dtype = CASES[name]
-    Lq, Lk = Lq - 5, Lk - 7
-    args, kw = make_inputs(
-        B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=(*bias_shape[:2], Lq, Lk), mask_shape=mask_shape and (mask_shape[0], Lk),
-        dtype=dtype, device="cuda",
-    )  # fmt: skip
-    args32 = [a.detach().float().requires_grad_(True) for a in args]
-    kw32 = {n: (t if t.dtype == torch.bool else t.detach().float().requires_grad_(True)) for n, t in kw.items()}
-    out32 = flash_bias_attention(*args32, **kw32, backend="reference")
-    ref = [out32, *grads(out32, differentiable(args32, kw32))]
-    monkeypatch.setattr(tiles, "BIAS_LOG2_MIN_ROWS", 0)
-    out = flash_bias_attention(*args, **kw)
-    plain = [out, *grads(out, differentiable(args, kw))]
-    monkeypatch.setattr(tiles, "BIAS_LOG2_MIN_ROWS", 2)
-    spy = LaunchSpy(triton_launch._fwd_kernel)
-    monkeypatch.setattr(triton_launch, "_fwd_kernel", spy)
-    out = flash_bias_attention(*args, **kw)
-    log2 = [out, *grads(out, differentiable(args, kw))]
-    assert spy.calls and all(c["BIAS_LOG2"] for c in spy.calls)
-    names = ["o", "q", "k", "v", *[n for n in kw if n != "key_mask"]]
-    for n, a, b, r in zip(names, log2, plain, ref):
-        assert torch.isfinite(a).all() and rel_err(a, r) < TOL[dtype][n != "o"], n
-        assert rel_err(a, r) < 1.5 * rel_err(b, r) + 1e-4, n
-
-
 def test_tf32_follows_torch_switch():
     args, kw = make_inputs(64, 4, 128, 128, 32, 16, bias_shape=(1, 4, 128, 128), device="cuda")
     ref = flash_bias_attention(*args, **kw, backend="reference")

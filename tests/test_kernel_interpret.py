@@ -575,11 +575,6 @@ def test_bulk_reduce_adds_fall_back_to_atomics_without_a_hopper_device(monkeypat
     monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset({"dQ"}))  # a typo: rejected when the op is called
     with pytest.raises(ValueError, match=r"PFB_TMA_REDUCE \(tiles.TMA_REDUCE\): expected 0 or .*got \['dQ'\]"):
         flash_bias_attention(*args, **kw, backend="triton")
-    monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset({"dq"}))
-    for typo in ("16 rows", -1):
-        monkeypatch.setattr(tiles, "BIAS_LOG2_MIN_ROWS", typo)
-        with pytest.raises(ValueError, match=r"PFB_BIAS_LOG2_MIN_ROWS \(tiles.BIAS_LOG2_MIN_ROWS\): expected a whole"):
-            flash_bias_attention(*args, **kw, backend="triton")
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's emulated bulk reduce-adds")
@@ -634,68 +629,6 @@ def test_bulk_reduce_descriptors_only_where_the_copy_engine_was_run():
     assert _tma_descriptor(torch.zeros(2, 3, 40, 128), (1, 1, 16, 128)) is None  # 512-byte tile rows
     assert _tma_descriptor(acc.transpose(2, 3), (1, 1, 16, 32)) is None  # last dim not contiguous
     assert _tma_descriptor(torch.zeros(2, 3, 40, 30)[..., :27], (1, 1, 16, 32)) is None  # 120-byte rows
-
-
-def test_log2_bias_is_the_bias_in_log2_units_in_aligned_or_tile_padded_storage():
-    from pairformer_fb.kernel import triton_launch
-    from pairformer_fb.kernel.triton_kernels import LOG2E
-
-    bias = torch.randn(1, 2, 18, 35, generator=torch.Generator().manual_seed(0)).to(torch.float16)
-    want = bias.float() * LOG2E
-    padded = triton_launch.log2_bias(bias, padded=True)
-    assert padded.dtype == torch.float32 and padded.shape == bias.shape
-    assert torch.equal(padded, want)
-    assert padded._base.shape == (1, 2, 128, 128) and triton_launch._in_padded_storage(padded)
-    assert padded._base[:, :, 18:].abs().max() == 0  # rows past Lq: finite
-    assert (padded._base[:, :, :18, 35:] == float("-inf")).all()  # keys past Lk: excluded by the padding
-    plain = triton_launch.log2_bias(bias, padded=False)
-    assert torch.equal(plain, want) and plain.stride(-2) % 4 == 0 and plain.data_ptr() % 16 == 0
-
-
-@pytest.mark.parametrize(
-    "mode, min_rows, used",
-    [
-        ("shared_bias", 2, True),  # B = 3, a mask, Lk 35 (tile-padded)
-        ("factors_bias_mask", 2, True),
-        ("row_factors_shared_bias", 2, True),  # factors per row, the bias shared
-        ("head_shared_bias", 2, True),  # [1, 1, L, L]: one bias for every head too
-        ("shared_bias", 4, False),  # fewer rows than the threshold
-        ("row_bias", 2, False),  # a bias per row: nothing to amortise
-    ],
-)
-def test_shared_bias_read_in_log2_units_matches_the_reference(mode, min_rows, used, monkeypatch):
-    """tiles.BIAS_LOG2_MIN_ROWS (issue 17): a 16-bit bias shared by at least that many rows is
-    stored once as fp32 in log2 units and every kernel reads it without converting it
-    (BIAS_LOG2); values and gradients (the bias's in its own dtype) equal the reference's."""
-    from pairformer_fb.kernel import tiles, triton_launch
-
-    monkeypatch.setattr(tiles, "BIAS_LOG2_MIN_ROWS", min_rows)
-    spies = {k: LaunchSpy(getattr(triton_launch, k)) for k in ("_fwd_kernel", "_bwd_kernel", "_ds_sum_kernel")}
-    for name, spy in spies.items():
-        monkeypatch.setattr(triton_launch, name, spy)
-    B, H, Lq, Lk, D, R, fb, bias_shape, mask_shape = MODES[mode]
-    args, kw = make_inputs(
-        B,
-        H,
-        Lq,
-        Lk,
-        D,
-        R,
-        factor_batch=fb,
-        bias_shape=bias_shape,
-        mask_shape=mask_shape,
-        dtype=torch.float16,
-        device=DEVICE,
-    )
-    out = flash_bias_attention(*args, **kw, backend="triton")
-    ref = flash_bias_attention(*args, **kw, backend="reference")
-    assert rel_err(out, ref) < 2e-3
-    ins = differentiable(args, kw)
-    names = ["q", "k", "v", *[n for n in kw if n != "key_mask"]]
-    for name, a, b in zip(names, grads(out, ins), grads(ref, ins)):
-        assert a.dtype == b.dtype and rel_err(a, b) < 1e-2, name
-    launches = [c for spy in spies.values() for c in spy.calls]
-    assert len(launches) >= 2 and {c["BIAS_LOG2"] for c in launches} == {used}
 
 
 def test_keys_past_lk_are_excluded_by_the_padded_bias_itself(monkeypatch):

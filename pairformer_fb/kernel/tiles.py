@@ -223,27 +223,13 @@ DQ_STAGGER = os.environ.get("PFB_DQ_STAGGER", "0") == "1"
 TMA_REDUCE = frozenset(x for x in os.environ.get("PFB_TMA_REDUCE", "dq,ds").split(",") if x and x != "0")
 
 
-# Opt-in for measurements (session 12, issue 17): a 16-bit dense bias shared by at least this
-# many rows (the triangle attentions' N rows; not the diffusion's 5 samples) is stored once per
-# call in the kernels' log2 units as fp32 (``triton_launch.log2_bias``), so the forward and
-# backward read it with no conversion or multiply per element (the sm_90 forward loop at the
-# triangle shape: 657 -> ~590 instructions per key block). 0 turns it off; read at each call.
-_BIAS_LOG2_ENV = os.environ.get("PFB_BIAS_LOG2_MIN_ROWS", "0").strip()
-BIAS_LOG2_MIN_ROWS: int | str = int(_BIAS_LOG2_ENV) if _BIAS_LOG2_ENV.isdigit() else _BIAS_LOG2_ENV
-
-
 def check_env_settings() -> None:
-    """A ValueError naming the setting for a PFB_TMA_REDUCE kind other than dq, ds, or a
-    PFB_BIAS_LOG2_MIN_ROWS that is not a whole number (checked when the op is called, before any
-    work: a typo must neither turn a path off silently nor reach a user as an import traceback)."""
+    """A ValueError naming PFB_TMA_REDUCE for kinds other than dq, ds (checked when the op is
+    called, before any work: a typo must not turn the bulk reduce-adds off silently, nor reach a
+    user as an import traceback)."""
     if not TMA_REDUCE <= {"dq", "ds"}:
         raise ValueError(
             f"PFB_TMA_REDUCE (tiles.TMA_REDUCE): expected 0 or a comma-separated subset of dq, ds; got {sorted(TMA_REDUCE)}"
-        )
-    if not isinstance(BIAS_LOG2_MIN_ROWS, int) or isinstance(BIAS_LOG2_MIN_ROWS, bool) or BIAS_LOG2_MIN_ROWS < 0:
-        raise ValueError(
-            "PFB_BIAS_LOG2_MIN_ROWS (tiles.BIAS_LOG2_MIN_ROWS): expected a whole number of rows "
-            f"(0 turns it off); got {BIAS_LOG2_MIN_ROWS!r}"
         )
 
 

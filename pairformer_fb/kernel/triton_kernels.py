@@ -72,25 +72,21 @@ def _shared_scores(
     Lk,
     HAS_FACTORS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
-    BIAS_LOG2: tl.constexpr,
     PRECISION: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
 ):
     """The score terms every row of a group shares, in log2 units: (Qf Kf^T + Bias) log2(e).
-    Scaled once per tile here, a row's score is one FMA (``_row_scores``). BIAS_LOG2: the bias
-    is stored in log2 units already (fp32, ``triton_launch.log2_bias``): no conversion or
-    multiply per element."""
+    Scaled once per tile here, a row's score is one FMA (``_row_scores``). (A bias stored once
+    per call in log2 units as fp32, which skips the conversion and multiply here, measured slower
+    on an H200: twice the bias bytes read per tile, benchmarks/session12/.)"""
     if HAS_FACTORS:
-        t = tl.dot(qf, tl.trans(kf), input_precision=PRECISION) * _LOG2E
+        t = tl.dot(qf, tl.trans(kf), input_precision=PRECISION)
         if HAS_BIAS:
-            b = _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk, EVEN_M, EVEN_N).to(tl.float32)
-            t += b if BIAS_LOG2 else b * _LOG2E
+            t += _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk, EVEN_M, EVEN_N).to(tl.float32)
     else:
         t = _load_tile(bias_base, offs_m, offs_n, s_bq, s_bk, Lq, Lk, EVEN_M, EVEN_N).to(tl.float32)
-        if not BIAS_LOG2:
-            t = t * _LOG2E
-    return t
+    return t * _LOG2E
 
 
 @triton.jit
@@ -166,7 +162,7 @@ def _fwd_key_block(
     mask0, mask1, mask2, mask3, m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3,
     qf, kf_base, bias_base, offs_m, offs_d, offs_r, s_kl, s_kd, s_vl, s_vd, s_kfl, s_kfr, s_bq, s_bk, s_ml,
     Lq, Lk, D, R, scale_log2,
-    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_LOG2: tl.constexpr, KEY_MASK: tl.constexpr,
+    HAS_FACTORS: tl.constexpr, HAS_BIAS: tl.constexpr, KEY_MASK: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_R: tl.constexpr, BIAS_FULL_M: tl.constexpr,
     BIAS_FULL_N: tl.constexpr, PRECISION: tl.constexpr, ROWS: tl.constexpr,
 ):  # fmt: skip
@@ -180,7 +176,7 @@ def _fwd_key_block(
             kf = _load_tile(kf_base, offs_n, offs_r, s_kfl, s_kfr, Lk, R, EVEN_N, EVEN_R)
         shared = _shared_scores(
             qf, kf, bias_base, s_bq, s_bk, offs_m, offs_n, Lq, Lk,
-            HAS_FACTORS, HAS_BIAS, BIAS_LOG2, PRECISION, BIAS_FULL_M, BIAS_FULL_N,
+            HAS_FACTORS, HAS_BIAS, PRECISION, BIAS_FULL_M, BIAS_FULL_N,
         )  # fmt: skip
     m0, l0, acc0 = _fwd_row_block(q0, k0_base, v0_base, shared, mask0, m0, l0, acc0, offs_n, offs_d, s_kl, s_kd,
                                   s_vl, s_vd, s_ml, Lk, D, scale_log2, HAS_SHARED, KEY_MASK, EVEN_N, EVEN_D, PRECISION)  # fmt: skip
@@ -320,7 +316,6 @@ def _fwd_kernel(
     scale,
     HAS_FACTORS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
-    BIAS_LOG2: tl.constexpr,
     KEY_MASK: tl.constexpr,
     HAS_GATE: tl.constexpr,
     EVEN_M: tl.constexpr,
@@ -396,7 +391,7 @@ def _fwd_kernel(
             m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3,
             qf, kf_base, bias_base, offs_m, offs_d, offs_r, s_kl, s_kd, s_vl, s_vd, s_kfl, s_kfr, s_bq, s_bk, s_ml,
             Lq, Lk, D, R, scale_log2,
-            HAS_FACTORS, HAS_BIAS, BIAS_LOG2, KEY_MASK, True, EVEN_D, EVEN_R, BIAS_FULL_M, True, PRECISION, ROWS,
+            HAS_FACTORS, HAS_BIAS, KEY_MASK, True, EVEN_D, EVEN_R, BIAS_FULL_M, True, PRECISION, ROWS,
         )  # fmt: skip
     if not EVEN_N:
         m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3 = _fwd_key_block(
@@ -405,7 +400,7 @@ def _fwd_kernel(
             m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3,
             qf, kf_base, bias_base, offs_m, offs_d, offs_r, s_kl, s_kd, s_vl, s_vd, s_kfl, s_kfr, s_bq, s_bk, s_ml,
             Lq, Lk, D, R, scale_log2,
-            HAS_FACTORS, HAS_BIAS, BIAS_LOG2, KEY_MASK, False, EVEN_D, EVEN_R, BIAS_FULL_M, BIAS_FULL_N, PRECISION, ROWS,
+            HAS_FACTORS, HAS_BIAS, KEY_MASK, False, EVEN_D, EVEN_R, BIAS_FULL_M, BIAS_FULL_N, PRECISION, ROWS,
         )  # fmt: skip
 
     row0 = (b0 * H + h) * Lq

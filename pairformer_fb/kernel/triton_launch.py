@@ -16,7 +16,7 @@ from . import tiles
 from .reference import MASK_NEG
 from .tiles import INTERPRET, KernelConfig, _grid_order, _launch, _pow2_at_least_16, _rows_per_program, cdiv
 from .triton_backward import _bwd_delta_kernel, _bwd_kernel, _ds_sum_kernel
-from .triton_kernels import LOG2E, _fwd_kernel
+from .triton_kernels import _fwd_kernel
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -81,7 +81,7 @@ def _row_aligned(t: torch.Tensor) -> torch.Tensor:
 BIAS_TILE_PAD = 128
 
 
-# the padded buffers made by pad_bias_to_tiles / log2_bias, by id (a view's ._base is its buffer)
+# the padded buffers made by pad_bias_to_tiles, by id (a view's ._base is its buffer)
 _TILE_PADDED: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()
 
 
@@ -132,24 +132,6 @@ def _keys_excluded_by_padding(t: torch.Tensor) -> bool:
     )
 
 
-def log2_bias(bias: torch.Tensor, padded: bool) -> torch.Tensor:
-    """A 16-bit bias [..., Lq, Lk] -> fp32 bias * log2(e), the kernels' score units, in storage
-    whose rows are 16-byte aligned (padded to whole BIAS_TILE_PAD tiles when ``padded``, as
-    ``pad_bias_to_tiles``), returned as a view of the first Lq x Lk. Read with BIAS_LOG2, the
-    kernels skip the conversion and multiply of every bias element (a tile's worth per program
-    and key block). Costs one pass over the bias, which the rows sharing it amortise
-    (``tiles.BIAS_LOG2_MIN_ROWS``)."""
-    *lead, lq, lk = bias.shape
-    if padded:
-        buf = _tile_padded_buffer(bias.shape, torch.float32, bias.device)
-    else:
-        buf = torch.empty((*lead, lq, -(-lk // 4) * 4), dtype=torch.float32, device=bias.device)
-    view = buf[..., :lq, :lk]
-    view.copy_(bias)
-    view.mul_(LOG2E)
-    return view
-
-
 def _in_padded_storage(t: torch.Tensor) -> bool:
     """Whether t is a view into a pad_bias_to_tiles buffer whose whole tiles (rows and keys
     rounded up to BIAS_TILE_PAD) stay inside that buffer: its padding holds no NaN, so the reads
@@ -197,17 +179,7 @@ class _Operands:
             and tuple(bias.shape[2:]) == (Lq, Lk)
             and (Lq % BIAS_TILE_PAD != 0 or Lk % BIAS_TILE_PAD != 0)
         )
-        self.bias_dtype = bias.dtype if bias is not None else None
-        # a 16-bit bias shared by many rows: stored once in the kernels' log2 units, as fp32
-        self.bias_log2 = (
-            bias is not None
-            and bias.shape[0] == 1
-            and 0 < tiles.BIAS_LOG2_MIN_ROWS <= B
-            and bias.dtype in (torch.bfloat16, torch.float16)
-        )
-        if self.bias_log2:
-            bias = log2_bias(bias, self.bias_padded)
-        elif self.bias_padded and not _in_padded_storage(bias):
+        if self.bias_padded and not _in_padded_storage(bias):
             bias = pad_bias_to_tiles(bias)
         elif bias is not None and bias.shape[0] == 1:
             bias = _row_aligned(bias)
@@ -218,6 +190,7 @@ class _Operands:
         self.has_factors = q_factors is not None
         self.q_factors_batch = q_factors.shape[0] if self.has_factors else 0
         self.bias_shape = tuple(bias.shape) if bias is not None else None
+        self.bias_dtype = bias.dtype if bias is not None else None
         self.R = q_factors.shape[-1] if self.has_factors else 0
         self.qf = q_factors.expand(B, H, Lq, self.R) if self.has_factors else None
         self.kf = k_factors.expand(B, H, Lk, self.R) if self.has_factors else None
@@ -247,7 +220,6 @@ class _Operands:
         return dict(
             HAS_FACTORS=self.has_factors,
             HAS_BIAS=self.bias is not None,
-            BIAS_LOG2=self.bias_log2,
             KEY_MASK=(3 if self.keys_excluded_by_bias and BIAS_TILE_PAD % cfg.block_n == 0 else 0)
             if self.mask is None
             else (1 if self.mask.shape[1] % cfg.block_n == 0 else 2),

@@ -185,8 +185,6 @@ def make_inputs(B, H, N, D, R, dtype, device, seed):
 SWITCHES = {"pad": "DS_TILE_PAD", "stagger": "DQ_STAGGER"}
 # session 11: tiles.TMA_REDUCE's kinds, the bulk tensor reduce-adds of dQ / of the fused dS sum
 TMA_SWITCHES = {"tmadq": "dq", "tmads": "ds"}
-# session 12: tiles.BIAS_LOG2_MIN_ROWS, the shared 16-bit bias stored in log2 units as fp32 (on: 2)
-LOG2_SWITCH = "log2b"
 
 
 @contextlib.contextmanager
@@ -194,11 +192,9 @@ def switches(names):
     """The backward switches of tiles (see SWITCHES, TMA_SWITCHES) set explicitly inside the
     block: those named on, the others off (session 9 turned the padded dS sum on by default, so a
     name without "+pad" measures it off); their previous values restored after."""
-    unknown = set(names) - set(SWITCHES) - set(TMA_SWITCHES) - {LOG2_SWITCH}
+    unknown = set(names) - set(SWITCHES) - set(TMA_SWITCHES)
     assert not unknown, f"unknown switches {unknown}"
-    attrs = [*SWITCHES.values(), "TMA_REDUCE", "BIAS_LOG2_MIN_ROWS"]
-    before = {attr: getattr(tiles, attr, 0) for attr in attrs}
-    tiles.BIAS_LOG2_MIN_ROWS = 2 if LOG2_SWITCH in names else 0
+    before = {attr: getattr(tiles, attr) for attr in [*SWITCHES.values(), "TMA_REDUCE"]}
     for name, attr in SWITCHES.items():
         setattr(tiles, attr, name in names)
     tiles.TMA_REDUCE = frozenset(kind for name, kind in TMA_SWITCHES.items() if name in names)
@@ -348,7 +344,6 @@ PROFILE_METHODS = [
     "fb_factors",
     "fb_factors+pad",
     "fb_factors+pad+tmadq+tmads",
-    "fb_bias+pad+tmadq+tmads+log2b",  # session 12
 ]  # session 11: the stagger (measured slower in session 9) gave its place to the bulk reduce-adds
 
 
