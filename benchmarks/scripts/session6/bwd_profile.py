@@ -140,7 +140,9 @@ if ARGS is not None and ARGS.dry_run:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+# appended, not prepended: a PYTHONPATH package (e.g. an older checkout, for an A/B in one call) comes
+# first (session 12: prepended, it shadowed the older package, and its "old" profile ran this one)
+sys.path.append(str(Path(__file__).resolve().parents[3]))
 from pairformer_fb.kernel import flash_bias_attention, tiles  # noqa: E402
 from pairformer_fb.kernel.op import pow2_at_least_16  # noqa: E402
 
