@@ -1,4 +1,6 @@
 #!/bin/bash
+# (Ran once as written, at 40d77be / d879cc2. The opt-in +log2b path it measures was removed in
+# 238365c after this run, so its log2b parts no longer run: kept as the record of what ran.)
 # Session 12, device call (H200, no host packages, ~9.5 min), from the repository root; results
 # under $OUT. Issue 17's forward: the scores in log2 units (one FMA per score, the shared terms
 # scaled once per tile) against the code before it, and the shared bias stored in log2 units as

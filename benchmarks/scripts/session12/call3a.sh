@@ -1,4 +1,6 @@
 #!/bin/bash
+# (Ran once as written, at 40d77be / d879cc2. The opt-in +log2b path it measures was removed in
+# 238365c after this run, so its log2b parts no longer run: kept as the record of what ran.)
 # Session 12, device call (H200, no host packages, ~9.5 min): issue 17's record, our half
 # (scripts/session9/attention_record.sh PART=ours: SDPA floor, dense bias, factors R = 32 at the
 # nine triangle N, the single attention and the diffusion shape), with the kernel GPU tests first,
