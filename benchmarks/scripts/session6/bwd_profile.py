@@ -95,6 +95,11 @@ FWD_CANDIDATES: dict[str, dict] = {
     "m128n64w8s3r2": dict(block_m=128, block_n=64, num_warps=8, num_stages=3, rows=2),
     "m64n32w4s3r2": dict(block_m=64, block_n=32, num_warps=4, num_stages=3, rows=2),
     "m64n64w4s4r2": dict(block_m=64, block_n=64, num_warps=4, num_stages=4, rows=2),  # session 12
+    # session 12: 8 warps, whose wgmma ptxas does not serialize at N = 1024 (the default's, 4 warps,
+    # it does: "C7515 ... serialized due to non wgmma instructions defining accumulator registers")
+    "m64n64w8s3r2": dict(block_m=64, block_n=64, num_warps=8, num_stages=3, rows=2),
+    "m64n128w8s3r2": dict(block_m=64, block_n=128, num_warps=8, num_stages=3, rows=2),
+    "m64n64w8s3r4": dict(block_m=64, block_n=64, num_warps=8, num_stages=3, rows=4),
 }
 FWD_SWEEP_SIZES = [1024, 1170, 256, 512, 2048]
 TRIANGLE_SIZES = [1024, 1170, 256, 384, 512, 768, 1000, 1536, 2048]  # the N, most informative first
