@@ -656,7 +656,9 @@ def main(args) -> None:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (TRITON_INTERPRET=1)",
         "dtype": str(dtype),
         "triangle": {"heads": cfg["H"], "head_dim": cfg["D"], "rank": cfg["R"]},
+        "package": str(Path(tiles.__file__).resolve().parents[1]),  # which pairformer_fb ran
     }
+    print(f"pairformer_fb from {env['package']}", flush=True)
     rec = Recorder(out, env)
     stages = args.stages.split(",")
     t0 = time.perf_counter()
