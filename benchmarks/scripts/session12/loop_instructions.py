@@ -1,6 +1,7 @@
 """The main loop of the forward / backward kernels compiled for sm_90 on a machine without a GPU
 (tests/aot_compile.py's driver; issue 17): SASS instructions per key block (forward) or query
-block (backward) by opcode, and registers / spills / shared memory. At the triangle shape
+block (backward) by opcode, registers / spills / shared memory, and whether ptxas serialised the
+kernel's wgmma (its C7515 note). At the triangle shape
 (H 4, D 32, bf16) the kernels issue more instructions per key block than their tensor-core and
 exp2 work needs, so the loop's instruction count is the CPU-side measure of a change.
 
@@ -66,6 +67,7 @@ def main() -> None:
     import triton
 
     nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    ptxas = nvdisasm.with_name("ptxas")
     records = []
     case = {}
 
@@ -80,6 +82,16 @@ def main() -> None:
                 os.unlink(f.name)
             n, ops = _loop(sass)
             rec = {**case, "kernel": self.__name__, "loop_instructions": n, "shared_bytes": kernel.metadata.shared}
+            # ptxas's C7515: it serialised the kernel's wgmma (each waits for the previous)
+            with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+                f.write(kernel.asm["ptx"])
+            try:
+                log = subprocess.run(
+                    [str(ptxas), "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True
+                ).stderr
+            finally:
+                os.unlink(f.name)
+            rec["wgmma_serialized"] = "C7515" in log
             rec.update(aot_compile._resources(kernel))
             rec["opcodes"] = ops
             records.append(rec)
