@@ -377,29 +377,14 @@ def _fwd_kernel(
         acc2 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         acc3 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    # One key block before the loop, then the loop over the other blocks inside Lk with no bounds
-    # masks (pipelined). The block before the loop is the partial last one where Lk is not a
-    # multiple of BLOCK_N (its masks only there: they cost ~120 of ~780 instructions per block at
-    # N = 1170, benchmarks/session12/loop_instructions_cpu/), else the first. Without a block
-    # peeled off the loop, ptxas serialised every wgmma of the dense-bias forward (C7515, "non
-    # wgmma instructions defining accumulator registers"), at N = 1024 and 1170 alike.
+    # the key blocks inside Lk without bounds masks (pipelined), then the partial last one, if
+    # any, with them: the masks cost ~120 of ~780 instructions per block at N = 1170
+    # (benchmarks/session12/loop_instructions_cpu/)
     if EVEN_N:
         n_full = Lk
-        peeled = 0
-        loop_start = BLOCK_N
     else:
         n_full = (Lk // BLOCK_N) * BLOCK_N
-        peeled = n_full
-        loop_start = 0
-    m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3 = _fwd_key_block(
-        peeled + offs_n0, q0, q1, q2, q3, k0_base, k1_base, k2_base, k3_base, v0_base, v1_base, v2_base, v3_base,
-        MASK + b0 * s_mb, MASK + b1 * s_mb, MASK + b2 * s_mb, MASK + b3 * s_mb,
-        m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3,
-        qf, kf_base, bias_base, offs_m, offs_d, offs_r, s_kl, s_kd, s_vl, s_vd, s_kfl, s_kfr, s_bq, s_bk, s_ml,
-        Lq, Lk, D, R, scale_log2,
-        HAS_FACTORS, HAS_BIAS, KEY_MASK, EVEN_N, EVEN_D, EVEN_R, BIAS_FULL_M, BIAS_FULL_N or EVEN_N, PRECISION, ROWS,
-    )  # fmt: skip
-    for start_n in range(loop_start, n_full, BLOCK_N):
+    for start_n in range(0, n_full, BLOCK_N):
         m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3 = _fwd_key_block(
             start_n + offs_n0, q0, q1, q2, q3, k0_base, k1_base, k2_base, k3_base, v0_base, v1_base, v2_base, v3_base,
             MASK + b0 * s_mb, MASK + b1 * s_mb, MASK + b2 * s_mb, MASK + b3 * s_mb,
@@ -407,6 +392,15 @@ def _fwd_kernel(
             qf, kf_base, bias_base, offs_m, offs_d, offs_r, s_kl, s_kd, s_vl, s_vd, s_kfl, s_kfr, s_bq, s_bk, s_ml,
             Lq, Lk, D, R, scale_log2,
             HAS_FACTORS, HAS_BIAS, KEY_MASK, True, EVEN_D, EVEN_R, BIAS_FULL_M, True, PRECISION, ROWS,
+        )  # fmt: skip
+    if not EVEN_N:
+        m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3 = _fwd_key_block(
+            n_full + offs_n0, q0, q1, q2, q3, k0_base, k1_base, k2_base, k3_base, v0_base, v1_base, v2_base, v3_base,
+            MASK + b0 * s_mb, MASK + b1 * s_mb, MASK + b2 * s_mb, MASK + b3 * s_mb,
+            m0, l0, acc0, m1, l1, acc1, m2, l2, acc2, m3, l3, acc3,
+            qf, kf_base, bias_base, offs_m, offs_d, offs_r, s_kl, s_kd, s_vl, s_vd, s_kfl, s_kfr, s_bq, s_bk, s_ml,
+            Lq, Lk, D, R, scale_log2,
+            HAS_FACTORS, HAS_BIAS, KEY_MASK, False, EVEN_D, EVEN_R, BIAS_FULL_M, BIAS_FULL_N, PRECISION, ROWS,
         )  # fmt: skip
 
     row0 = (b0 * H + h) * Lq
