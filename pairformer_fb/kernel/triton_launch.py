@@ -100,34 +100,26 @@ def pad_bias_to_tiles(bias: torch.Tensor) -> torch.Tensor:
     7.23 ms against 3.72 at N = 1152 (H200, benchmarks/attention_h200/n1152_n1170_before_padding/);
     padded: 5.09."""
     *lead, lq, lk = bias.shape
-    buf = _tile_padded_buffer(bias.shape, bias.dtype, bias.device)
+    buf = torch.empty((*lead, _tile_extent(lq), _tile_extent(lk)), dtype=bias.dtype, device=bias.device)
+    # -inf in the key columns past Lk: the padding excludes those keys itself, so the kernels
+    # need no select per score there (KEY_MASK 3); 0 in the rows past Lq
+    buf[..., :lq, lk:] = float("-inf")
+    buf[..., lq:, :] = 0
+    buf._pfb_key_extent = lk  # type: ignore[attr-defined]  # where its -inf columns start
+    _TILE_PADDED[id(buf)] = buf
     view = buf[..., :lq, :lk]
     view.copy_(bias)
     return view
 
 
-def _tile_padded_buffer(shape, dtype, device) -> torch.Tensor:
-    """Storage for a [..., Lq, Lk] bias padded to whole BIAS_TILE_PAD tiles, registered in
-    _TILE_PADDED: -inf in the key columns past Lk (the padding excludes those keys itself, so
-    the kernels need no select per score there: KEY_MASK 3), 0 in the rows past Lq."""
-    *lead, lq, lk = shape
-    buf = torch.empty((*lead, _tile_extent(lq), _tile_extent(lk)), dtype=dtype, device=device)
-    buf[..., :lq, lk:] = float("-inf")
-    buf[..., lq:, :] = 0
-    buf._pfb_key_extent = lk  # type: ignore[attr-defined]  # where its -inf columns start
-    _TILE_PADDED[id(buf)] = buf
-    return buf
-
-
 def _keys_excluded_by_padding(t: torch.Tensor) -> bool:
-    """Whether t is a view of a whole _tile_padded_buffer row range whose columns past t's Lk
-    are that buffer's -inf padding (not a narrower slice of its real columns)."""
+    """Whether t, in padded storage (``_in_padded_storage``), spans whole rows of its buffer up
+    to the buffer's -inf key padding: its columns past Lk are that padding, not more real
+    columns of a wider bias."""
     base = t._base
     return (
         base is not None
-        and _TILE_PADDED.get(id(base)) is base
         and getattr(base, "_pfb_key_extent", None) == t.shape[-1]
-        and t.stride(-1) == 1
         and (t.storage_offset() - base.storage_offset()) % base.stride(-2) == 0
     )
 
