@@ -378,8 +378,8 @@ def _fwd_kernel(
         acc3 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
     # the key blocks inside Lk without bounds masks (pipelined), then the partial last one, if
-    # any, with them: the masks cost ~120 of ~780 instructions per block at N = 1170
-    # (benchmarks/session12/loop_instructions_cpu/)
+    # any, with them: with the log2 scores, the sm_90 loop at N = 1170 went 813 -> 670
+    # instructions per block, to the level of N = 1024's 657 (benchmarks/session12/loop_instructions_cpu/)
     if EVEN_N:
         n_full = Lk
     else:

@@ -62,6 +62,8 @@ def main() -> None:
     out = Path(args.out)
     if (out / "results.json").exists():
         raise SystemExit(f"loop_instructions: error: {out / 'results.json'} exists")
+    if not (Path(args.package_root) / "pairformer_fb" / "kernel").is_dir():
+        raise SystemExit(f"loop_instructions: error: --package-root {args.package_root} has no pairformer_fb/kernel")
     sys.path[:0] = [args.package_root, str(ROOT / "tests")]
     import aot_compile
     import triton
