@@ -268,8 +268,8 @@ def test_shared_bias_is_padded_to_whole_tiles():
     assert ops.bias_padded and torch.equal(ops.bias[0], kw["bias"][0])
     pad = triton_launch.BIAS_TILE_PAD
     assert ops.bias.stride(2) == pad and ops.bias.stride(1) == pad**2
-    assert ops.flags(tiles.KernelConfig(64, 64, 4, 3))["BIAS_FULL_N"]
-    assert not ops.flags(tiles.KernelConfig(64, 256, 4, 3))["BIAS_FULL_N"]  # tiles wider than the padding
+    assert ops.flags(tiles.KernelConfig(64, 64, 4, 3), "fwd")["BIAS_FULL_N"]
+    assert not ops.flags(tiles.KernelConfig(64, 256, 4, 3), "fwd")["BIAS_FULL_N"]  # tiles wider than the padding
     single, kw1 = make_inputs(1, 2, 18, 35, 16, bias_shape=(1, 2, 18, 35), requires_grad=False)
     assert not triton_launch._Operands(*single, None, None, kw1["bias"], None, 0.25).bias_padded
 
@@ -296,14 +296,17 @@ def test_a_bias_prepared_for_reuse_is_read_without_a_copy():
         assert prepare_reused_bias(kw["bias"]) is kw["bias"]  # other devices: unchanged
 
 
-@pytest.mark.parametrize("order", [0, 1, 2])
+@pytest.mark.parametrize("order", [0, 1, 2, 3])
 def test_every_grid_order_computes_the_same_attention(order, monkeypatch):
-    """The program orders (blocks / heads / row groups fastest) only change which programs run
-    side by side: values and gradients match the reference for each, with an odd row count."""
+    """The program orders (blocks / heads / row groups fastest, chunks of row groups) only
+    change which programs run side by side: values and gradients match the reference for each,
+    with an odd row count (order 3: 5 rows in 3 row groups of two, chunks of 2 row groups, so
+    the last chunk is short)."""
     from pairformer_fb.kernel import tiles
 
     monkeypatch.setattr(tiles, "_FORCED_GRID_ORDER", str(order))
-    args, kw = make_inputs(3, 2, 18, 21, 16, 4, bias_shape=(1, 2, 18, 21), mask_shape=(3, 21), device=DEVICE)
+    monkeypatch.setattr(tiles, "GRID_GROUP", 2)
+    args, kw = make_inputs(5, 2, 18, 21, 16, 4, bias_shape=(1, 2, 18, 21), mask_shape=(5, 21), device=DEVICE)
     out = flash_bias_attention(*args, **kw, backend="triton")
     ref = flash_bias_attention(*args, **kw, backend="reference")
     assert rel_err(out, ref) < 1e-5

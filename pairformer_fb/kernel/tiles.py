@@ -239,14 +239,19 @@ def check_env_settings() -> None:
 # PFB_GRID_HEAD_FASTEST=0|1 overrides it for measurements.
 GRID_HEAD_FASTEST = os.environ.get("PFB_GRID_HEAD_FASTEST", "1") == "1"
 # at most this many row groups sharing a bias / factor tile run side by side (GRID_ORDER 2): the
-# diffusion transformer's samples; PFB_GRID_ORDER=0|1|2 forces an order for measurements
+# diffusion transformer's samples; PFB_GRID_ORDER=0|1|2|3 forces an order for measurements, and
+# PFB_GRID_ORDER_FWD / PFB_GRID_ORDER_BWD one kernel's (the backward's also serves _ds_sum_kernel)
 SIDE_BY_SIDE_GROUPS = 8
 _FORCED_GRID_ORDER = os.environ.get("PFB_GRID_ORDER")
+_FORCED_GRID_ORDER_OF = {kind: os.environ.get(f"PFB_GRID_ORDER_{kind.upper()}") for kind in ("fwd", "bwd")}
+# GRID_ORDER 3: row groups per chunk (see triton_kernels._program_rows); PFB_GRID_GROUP for measurements
+GRID_GROUP = int(os.environ.get("PFB_GRID_GROUP", "8"))
 
 
-def _grid_order(ops: "_Operands", rows: int) -> int:
-    if _FORCED_GRID_ORDER is not None:
-        return int(_FORCED_GRID_ORDER)
+def _grid_order(ops: "_Operands", rows: int, kind: str = "fwd") -> int:
+    forced = _FORCED_GRID_ORDER_OF.get(kind) or _FORCED_GRID_ORDER
+    if forced is not None:
+        return int(forced)
     shared = ops.bias is not None and ops.bias_shape[0] == 1 or ops.has_factors and ops.q_factors_batch == 1
     if shared and 1 < cdiv(ops.B, rows) <= SIDE_BY_SIDE_GROUPS:
         return 2

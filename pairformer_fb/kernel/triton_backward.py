@@ -222,6 +222,7 @@ def _bwd_kernel(
     BIAS_FULL_M: tl.constexpr,
     BIAS_FULL_N: tl.constexpr,
     GRID_ORDER: tl.constexpr,
+    GRID_GROUP: tl.constexpr,
     PRECISION: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -243,7 +244,7 @@ def _bwd_kernel(
     are added by the copy engine's bulk tensor reduce-add through the descriptors DQ_DESC
     ([B, H, Lq, D] fp32) / DS_DESC ([GH, Lq, Lk] fp32) instead of per-thread atomics."""
     HAS_SHARED: tl.constexpr = HAS_FACTORS or HAS_BIAS
-    kb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_kblocks, B, H, ROWS, GRID_ORDER)
+    kb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_kblocks, B, H, ROWS, GRID_ORDER, GRID_GROUP)
     offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -513,6 +514,7 @@ def _ds_sum_kernel(
     BIAS_FULL_M: tl.constexpr,
     BIAS_FULL_N: tl.constexpr,
     GRID_ORDER: tl.constexpr,
+    GRID_GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,

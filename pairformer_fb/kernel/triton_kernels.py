@@ -230,7 +230,7 @@ def _fwd_epilogue(
 
 
 @triton.jit
-def _program_rows(pid, n_blocks, B, H, ROWS: tl.constexpr, GRID_ORDER: tl.constexpr):
+def _program_rows(pid, n_blocks, B, H, ROWS: tl.constexpr, GRID_ORDER: tl.constexpr, GRID_GROUP: tl.constexpr):
     """Decode a program id into (block, head, first row, second row, second row exists).
     With ROWS == 2 a program serves rows b0 and b0 + 1, which share the bias / factor tiles;
     when B is odd the last group's second row is a clamped copy that writes nothing. The
@@ -238,7 +238,10 @@ def _program_rows(pid, n_blocks, B, H, ROWS: tl.constexpr, GRID_ORDER: tl.conste
     GRID_ORDER (see ``_grid_order``), which neighbouring programs take: 1 the heads of one block
     (the heads of a token are neighbours in a fused projection, so they share cache lines);
     2 the row groups of one (block, head) (a few samples that share one bias tile read it
-    while it is in L2); 0 the blocks of one head."""
+    while it is in L2); 3 chunks of GRID_GROUP row groups, each chunk's row groups side by side for
+    one (block, head) after another (the backward at large N: the row-shared dS sum's tiles get
+    GRID_GROUP row groups' adds while in L2, and each row's dQ stays there while its chunk runs);
+    0 the blocks of one head."""
     if GRID_ORDER == 1:
         h = (pid % H).to(tl.int64)
         rest = pid // H
@@ -250,6 +253,16 @@ def _program_rows(pid, n_blocks, B, H, ROWS: tl.constexpr, GRID_ORDER: tl.conste
         rest = pid // n_groups
         h = (rest % H).to(tl.int64)
         blk = rest // H
+    elif GRID_ORDER == 3:
+        n_groups = tl.cdiv(B, ROWS)
+        per_chunk = GRID_GROUP * H * n_blocks
+        chunk = pid // per_chunk
+        within = pid - chunk * per_chunk
+        groups_here = tl.minimum(GRID_GROUP, n_groups - chunk * GRID_GROUP)  # the last chunk may be short
+        b0 = ((chunk * GRID_GROUP + within % groups_here) * ROWS).to(tl.int64)
+        col = within // groups_here
+        h = (col % H).to(tl.int64)
+        blk = col // H
     else:
         blk = pid % n_blocks
         rest = pid // n_blocks
@@ -325,6 +338,7 @@ def _fwd_kernel(
     BIAS_FULL_M: tl.constexpr,
     BIAS_FULL_N: tl.constexpr,
     GRID_ORDER: tl.constexpr,
+    GRID_GROUP: tl.constexpr,
     PRECISION: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -333,7 +347,7 @@ def _fwd_kernel(
     BLOCK_R: tl.constexpr,
 ):
     scale_log2 = scale * _LOG2E  # scores in log2 units (_row_scores)
-    qb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_qblocks, B, H, ROWS, GRID_ORDER)
+    qb, h, b0, b1, row1_ok = _program_rows(tl.program_id(0), n_qblocks, B, H, ROWS, GRID_ORDER, GRID_GROUP)
     offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)

@@ -206,9 +206,10 @@ class _Operands:
         mask_strides = tuple(self.mask.stride()) if self.mask is not None else (0, 0)
         return (*_strides4(self.qf), *_strides4(self.kf), *_strides4(self.bias), *mask_strides)
 
-    def flags(self, cfg: KernelConfig):
-        """Constexpr flags of a launch with tiles ``cfg``: features present, and which dims
-        divide into whole blocks (their loads go unmasked)."""
+    def flags(self, cfg: KernelConfig, kind: str):
+        """Constexpr flags of a ``kind`` launch ("fwd", "bwd", "ds_sum") with tiles ``cfg``:
+        features present, which dims divide into whole blocks (their loads go unmasked), the
+        program order."""
         return dict(
             HAS_FACTORS=self.has_factors,
             HAS_BIAS=self.bias is not None,
@@ -224,7 +225,8 @@ class _Operands:
             EVEN_R=self.R == self.block_r,
             BIAS_FULL_M=self.Lq % cfg.block_m == 0 or (self.bias_padded and BIAS_TILE_PAD % cfg.block_m == 0),
             BIAS_FULL_N=self.Lk % cfg.block_n == 0 or (self.bias_padded and BIAS_TILE_PAD % cfg.block_n == 0),
-            GRID_ORDER=_grid_order(self, _rows_per_program(self, cfg)),
+            GRID_ORDER=_grid_order(self, _rows_per_program(self, cfg), "fwd" if kind == "fwd" else "bwd"),
+            GRID_GROUP=tiles.GRID_GROUP,
         )
 
 
@@ -265,7 +267,7 @@ def _forward(q, k, v, ops: _Operands, gate: torch.Tensor | None = None):
             ops.R,
             n_qblocks,
             ops.scale,
-            **ops.flags(cfg),
+            **ops.flags(cfg, "fwd"),
             HAS_GATE=gate is not None,
             ROWS=rows,
             BLOCK_M=cfg.block_m,
@@ -438,7 +440,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
             n_kblocks,
             cdiv(Lq, cfg.block_m),
             ops.scale,
-            **ops.flags(cfg),
+            **ops.flags(cfg, "bwd"),
             ROW_FACTOR_GRAD=row_factor_grad,
             FUSE_DS=fused_ds,
             DS_FULL=ds_full,
@@ -495,7 +497,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
                 GB,
                 GH,
                 ops.scale,
-                **ops.flags(rcfg),
+                **ops.flags(rcfg, "ds_sum"),
                 ROW_FACTORS=ops.has_factors and not shared_factors,
                 SPLITS=splits,
                 BLOCK_M=rcfg.block_m,
