@@ -975,3 +975,22 @@ def test_benchmark_diffusion_dtype_option(tmp_path):
     assert orig["status"] == exact["status"] == "ok"
     assert exact["notes"]["diffusion_dtype"] == "bf16" and "diffusion_dtype" not in orig["notes"]
     assert 0 < exact["vs_original"]["rmsd"] < 0.5
+
+
+def test_attention_cuda_graphs_setting_is_checked_before_any_work(tmp_path):
+    """cuda_graphs must be a bool, and true needs a CUDA device: one line naming it, no output."""
+    from omegaconf import OmegaConf
+
+    from pairformer_fb.bench import attention
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "bench_attention.yaml")
+    cfg.output_dir = str(tmp_path / "out")
+    cfg.cuda_graphs = "yes"
+    with pytest.raises(ValueError, match="cuda_graphs must be true or false, got 'yes'"):
+        attention.run(cfg)
+    if not torch.cuda.is_available():
+        cfg.cuda_graphs = True
+        cfg.device = "cpu"
+        with pytest.raises(ValueError, match="cuda_graphs=true .* needs a CUDA device, got device=cpu"):
+            attention.run(cfg)
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..cli import atomic_write, positive_int, positive_ints
+from ..cli import atomic_write, check_settings, positive_int, positive_ints
 from ..kernel import flash_bias_attention
 from .timing import (
     Skipped,
@@ -128,11 +128,12 @@ def _compiled_flex(flex_attention):
 
 def _measure(case: Case, method: str, rank: int | None, cfg, dtype, device) -> Record:
     rec = Record(case.kind, case.n, case.batch, case.heads, case.head_dim, method, rank)
+    graphs = bool(cfg.get("cuda_graphs", False))
     try:
         q, k, v, bias, qf, kf = _inputs(case, dtype, device, rank or 1, cfg.seed)
         fn, grad_inputs = _method(method, q, k, v, bias, qf, kf)
         with torch.no_grad():
-            rec.fwd_ms = median_ms(fn, device, cfg.warmup_ms, cfg.rep_ms)
+            rec.fwd_ms = median_ms(fn, device, cfg.warmup_ms, cfg.rep_ms, graphs)
             if method in ("flex_bias", "sdpa_bias_mask", "cueq", "trifast"):
                 # the same function as the dense-bias op: relative difference of the outputs
                 ref = flash_bias_attention(q, k, v, bias=bias).float()
@@ -146,7 +147,7 @@ def _measure(case: Case, method: str, rank: int | None, cfg, dtype, device) -> R
                 return torch.autograd.grad(fn(), grad_inputs, do)
 
             rec.fwd_bwd_ms, rec.peak_memory_bytes = median_ms_and_peak_memory(
-                fwd_bwd, device, cfg.warmup_ms, cfg.rep_ms
+                fwd_bwd, device, cfg.warmup_ms, cfg.rep_ms, graphs
             )
     except Exception as e:  # a baseline failing must not stop the benchmark: record why
         rec.status = failure_status(e)
@@ -179,6 +180,7 @@ def cases(cfg) -> list[Case]:
     for r in cfg.ranks:
         positive_int(r, f"ranks: every rank ({list(cfg.ranks)})")
     resolve_dtype(cfg.dtype, torch.device("cpu"))  # a bad name raises now
+    check_settings(cfg, [("cuda_graphs", "bool", None)])
     return out
 
 
@@ -190,10 +192,14 @@ def run(cfg) -> list[Record]:
         load_config_overrides(cfg.kernel_configs)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.get("cuda_graphs", False) and device.type != "cuda":
+        raise ValueError(f"cuda_graphs=true times CUDA graph replays and needs a CUDA device, got device={device}")
     jobs = [(c, m, r) for c in shapes for m in cfg.methods for r in (cfg.ranks if m == "fb_factors" else [None])]
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(device) | {"dtype": str(dtype).replace("torch.", "")}
+    if cfg.get("cuda_graphs", False):
+        env["timing"] = "CUDA graph replays (triton.testing.do_bench_cudagraph): no host time, no L2 flush"
     records = []
     for case, method, rank in tqdm(jobs, desc="attention benchmark", unit="case"):
         records.append(_measure(case, method, rank, cfg, dtype, device))

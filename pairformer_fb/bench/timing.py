@@ -36,16 +36,28 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, warmup_ms: float = 25, rep_ms: float = 100) -> float:
+def median_ms(
+    fn: Callable[[], object],
+    device: torch.device,
+    warmup_ms: float = 25,
+    rep_ms: float = 100,
+    cuda_graphs: bool = False,
+) -> float:
     """Median wall time of ``fn`` in milliseconds, warm-up excluded.
 
-    On CUDA this is ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs); on the
-    CPU a perf_counter loop with at least 3 timed runs.
+    On CUDA this is ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs), or with
+    ``cuda_graphs`` ``triton.testing.do_bench_cudagraph``: fn's launches captured in a CUDA graph
+    and replayed back to back, so the host's Python and launch time drop out (what a model run
+    from CUDA graphs sees; no L2 flush). On the CPU a perf_counter loop with at least 3 timed runs.
     """
     if device.type == "cuda":
         import triton.testing
 
+        if cuda_graphs:
+            return float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median"))
         return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    if cuda_graphs:
+        raise ValueError(f"cuda_graphs=true times CUDA graphs and needs a CUDA device, got {device}")
     fn()  # warm-up: first-call costs (allocation, dispatch caches) stay out of the numbers
     times: list[float] = []
     deadline = time.perf_counter() + rep_ms / 1e3
@@ -124,14 +136,14 @@ class Skipped(Exception):
 
 
 def median_ms_and_peak_memory(
-    fn: Callable[[], object], device: torch.device, warmup_ms: float, rep_ms: float
+    fn: Callable[[], object], device: torch.device, warmup_ms: float, rep_ms: float, cuda_graphs: bool = False
 ) -> tuple[float, int | None]:
     """``median_ms`` of fn and, on CUDA, the peak memory allocated while it ran."""
     if device.type != "cuda":
-        return median_ms(fn, device, warmup_ms, rep_ms), None
+        return median_ms(fn, device, warmup_ms, rep_ms, cuda_graphs), None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats(device)
-    ms = median_ms(fn, device, warmup_ms, rep_ms)
+    ms = median_ms(fn, device, warmup_ms, rep_ms, cuda_graphs)
     return ms, int(torch.cuda.max_memory_allocated(device))
 
 
