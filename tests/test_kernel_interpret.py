@@ -328,6 +328,31 @@ def test_a_few_samples_sharing_a_bias_run_side_by_side():
         assert order(64, 1) != 2 and order(5, 5) != 2  # triangle rows; a bias per row
 
 
+def test_row_shared_operands_past_the_l2_share_take_the_chunked_program_order(monkeypatch):
+    """GRID_ORDER 3 where the row-shared operand a kernel sweeps per row group is past its share
+    of L2 (here 50 MiB): the backward's fp32 dS sum, only when it adds into one; the forward's
+    dense bias, not factors. Otherwise the heads-fastest default."""
+    from pairformer_fb.kernel import tiles, triton_launch
+
+    monkeypatch.setattr(tiles, "INTERPRET", False)
+    monkeypatch.setattr(tiles, "_l2_bytes", lambda index: 50 * 2**20)
+    monkeypatch.setattr(tiles, "_FORCED_GRID_ORDER", None)
+    monkeypatch.setattr(tiles, "_FORCED_GRID_ORDER_OF", {})
+
+    def order(n, kind, sums_ds=False, bias=True, factors=False):
+        q = torch.empty(64, 4, n, 32, dtype=torch.bfloat16)
+        qf = torch.empty(1, 4, n, 16, dtype=torch.bfloat16) if factors else None
+        b = torch.empty(1, 4, n, n, dtype=torch.bfloat16) if bias else None
+        ops = triton_launch._Operands(q, q, q, qf, qf, b, None, 0.2)
+        ops.device = torch.device("cuda", 0)
+        return tiles._grid_order(ops, 2, kind, sums_ds)
+
+    assert (order(2048, "fwd"), order(2048, "bwd", True), order(2048, "bwd", False)) == (3, 3, 1)  # bias 32 MiB, dS 64
+    assert (order(1536, "fwd"), order(1536, "bwd", True)) == (1, 3)  # bias 18 MiB, dS 36
+    assert (order(1024, "fwd"), order(1024, "bwd", True)) == (1, 1)  # bias 8 MiB, dS 16
+    assert (order(2048, "fwd", bias=False, factors=True), order(2048, "bwd", True, False, True)) == (1, 3)
+
+
 def _inputs_with_rows(case, kind, rows, monkeypatch, **changes):
     """make_inputs for a test case (B, H, Lq, Lk, D, R, bias, mask), with the ``kind`` kernel's
     default tiles overridden to ``rows`` rows per program (and ``changes``) for the test."""

@@ -5,6 +5,7 @@ memory, and the program order of the forward / backward grids."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -246,15 +247,53 @@ _FORCED_GRID_ORDER = os.environ.get("PFB_GRID_ORDER")
 _FORCED_GRID_ORDER_OF = {kind: os.environ.get(f"PFB_GRID_ORDER_{kind.upper()}") for kind in ("fwd", "bwd")}
 # GRID_ORDER 3: row groups per chunk (see triton_kernels._program_rows); PFB_GRID_GROUP for measurements
 GRID_GROUP = int(os.environ.get("PFB_GRID_GROUP", "8"))
+# GRID_ORDER 3 is the order where a row-shared operand that every row group sweeps outgrows the
+# GPU's L2: the backward's fp32 dS sum (shared bias or factors) past this share of L2, the
+# forward's dense bias past that one. Measured on an H100 (50 MB L2; triangle shape, alternating
+# runs, benchmarks/session13/grid_order_h100/): forward + backward with the backward in order 3
+# (8 row groups per chunk) at N = 2048 93.5-94.4 -> 89.1-89.5 ms (dense bias; dS 64 MB), 88.4 ->
+# 84.5 (factors), at 1536 (dS 38 MB) 38.3-41.2 -> 37.5 and 38.2-39.1 -> 36.5; but at 1024
+# (16 MB) 10.96 -> 11.50 and at 1170 (22 MB) 18.47 -> 18.65. The forward in order 3 (dense
+# bias): 20.95 -> 20.13 at 2048 (bias 32 MB), 8.44 -> 8.6 at 1536 (19 MB), 2.55 -> 2.61 at 1024.
+BWD_ORDER3_L2_SHARE = 0.6
+FWD_ORDER3_L2_SHARE = 0.5
 
 
-def _grid_order(ops: "_Operands", rows: int, kind: str = "fwd") -> int:
+@functools.cache
+def _l2_bytes(index: int) -> int:
+    """The CUDA device's L2 cache size in bytes, asked once per device (the op's host time)."""
+    return int(getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 0))
+
+
+def _outgrows_l2(ops: "_Operands", kind: str, sums_ds: bool) -> bool:
+    """Whether the row-shared operand a ``kind`` kernel sweeps once per row group (the
+    forward's dense bias; the backward's fp32 dS sum when it adds into one, ``sums_ds``) is a
+    larger share of the device's L2 than GRID_ORDER 3 pays off at (see BWD_ORDER3_L2_SHARE)."""
+    if INTERPRET or ops.device.type != "cuda":
+        return False
+    if kind == "fwd":
+        if ops.bias is None or ops.bias_shape[0] != 1:
+            return False
+        swept, share = ops.bias_shape[1] * ops.Lq * ops.Lk * ops.elem_bytes, FWD_ORDER3_L2_SHARE
+    else:
+        if not sums_ds:
+            return False
+        swept, share = ops.H * ops.Lq * ops.Lk * 4, BWD_ORDER3_L2_SHARE  # its heads kept
+    index = ops.device.index if ops.device.index is not None else torch.cuda.current_device()
+    return swept > share * _l2_bytes(index)
+
+
+def _grid_order(ops: "_Operands", rows: int, kind: str = "fwd", sums_ds: bool = False) -> int:
+    """The program order (triton_kernels._program_rows) of a ``kind`` launch ("fwd" or "bwd")
+    with ``rows`` rows per program; ``sums_ds``: the backward adds into a row-shared dS sum."""
     forced = _FORCED_GRID_ORDER_OF.get(kind) or _FORCED_GRID_ORDER
     if forced is not None:
         return int(forced)
     shared = ops.bias is not None and ops.bias_shape[0] == 1 or ops.has_factors and ops.q_factors_batch == 1
     if shared and 1 < cdiv(ops.B, rows) <= SIDE_BY_SIDE_GROUPS:
         return 2
+    if shared and cdiv(ops.B, rows) > GRID_GROUP and _outgrows_l2(ops, kind, sums_ds):
+        return 3
     return 1 if GRID_HEAD_FASTEST else 0
 
 

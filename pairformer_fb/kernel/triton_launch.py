@@ -159,6 +159,7 @@ class _Operands:
         B, H, Lq, D = q.shape
         Lk = k.shape[2]
         self.B, self.H, self.Lq, self.Lk, self.D = B, H, Lq, Lk, D
+        self.device = q.device
         # shared operands (one copy for every row) with 16-byte aligned rows; the mask is small
         if q_factors is not None and q_factors.shape[0] == 1:
             q_factors, k_factors = _row_aligned(q_factors), _row_aligned(k_factors)
@@ -206,10 +207,10 @@ class _Operands:
         mask_strides = tuple(self.mask.stride()) if self.mask is not None else (0, 0)
         return (*_strides4(self.qf), *_strides4(self.kf), *_strides4(self.bias), *mask_strides)
 
-    def flags(self, cfg: KernelConfig, kind: str):
+    def flags(self, cfg: KernelConfig, kind: str, sums_ds: bool = False):
         """Constexpr flags of a ``kind`` launch ("fwd", "bwd", "ds_sum") with tiles ``cfg``:
         features present, which dims divide into whole blocks (their loads go unmasked), the
-        program order."""
+        program order (``sums_ds``: the backward adds into the row-shared dS sum)."""
         return dict(
             HAS_FACTORS=self.has_factors,
             HAS_BIAS=self.bias is not None,
@@ -225,7 +226,7 @@ class _Operands:
             EVEN_R=self.R == self.block_r,
             BIAS_FULL_M=self.Lq % cfg.block_m == 0 or (self.bias_padded and BIAS_TILE_PAD % cfg.block_m == 0),
             BIAS_FULL_N=self.Lk % cfg.block_n == 0 or (self.bias_padded and BIAS_TILE_PAD % cfg.block_n == 0),
-            GRID_ORDER=_grid_order(self, _rows_per_program(self, cfg), "fwd" if kind == "fwd" else "bwd"),
+            GRID_ORDER=_grid_order(self, _rows_per_program(self, cfg), "fwd" if kind == "fwd" else "bwd", sums_ds),
             GRID_GROUP=tiles.GRID_GROUP,
         )
 
@@ -440,7 +441,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
             n_kblocks,
             cdiv(Lq, cfg.block_m),
             ops.scale,
-            **ops.flags(cfg, "bwd"),
+            **ops.flags(cfg, "bwd", fused_ds and not ds_single_writer),
             ROW_FACTOR_GRAD=row_factor_grad,
             FUSE_DS=fused_ds,
             DS_FULL=ds_full,
