@@ -183,3 +183,57 @@ def test_gate_fused_in_the_epilogue_on_gpu(layout):
         q.float(), k.float(), v.float(), bias=bias.float(), key_mask=mask, backend="reference"
     )
     assert out.dtype == torch.bfloat16 and rel_err(out, ref) < 2e-2
+
+
+@pytest.mark.parametrize("name", ["triangle_bias_bf16", "triangle_factors_bf16", "triangle_both_fp16"])
+def test_chunked_program_order_matches_the_reference_on_gpu(name, monkeypatch):
+    """GRID_ORDER 3 (chunks of row groups side by side; the default where a row-shared operand
+    outgrows L2, issue 17) forced for the forward and backward at a size the default would not
+    use it, with a short last chunk: against the fp32 reference and as close to it as the
+    default order."""
+    from pairformer_fb.kernel import tiles, triton_launch
+
+    B, H, Lq, Lk, D, R, fb, bias_shape, mask_shape, dtype = CASES[name]
+    B -= 3
+    args, kw = make_inputs(
+        B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape, mask_shape=mask_shape and (B, Lk), dtype=dtype,
+        device="cuda",
+    )  # fmt: skip
+    args32 = [a.detach().float().requires_grad_(True) for a in args]
+    kw32 = {n: (t if t.dtype == torch.bool else t.detach().float().requires_grad_(True)) for n, t in kw.items()}
+    ref_out = flash_bias_attention(*args32, **kw32, backend="reference")
+    ref = [ref_out, *grads(ref_out, differentiable(args32, kw32))]
+    default_out = flash_bias_attention(*args, **kw)
+    default = [default_out, *grads(default_out, differentiable(args, kw))]
+    monkeypatch.setattr(tiles, "_FORCED_GRID_ORDER_OF", {"fwd": "3", "bwd": "3"})
+    monkeypatch.setattr(tiles, "GRID_GROUP", 5)  # cdiv(B, 2) row groups: not a multiple of 5
+    spy = LaunchSpy(triton_launch._bwd_kernel)
+    monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
+    out = flash_bias_attention(*args, **kw)
+    chunked = [out, *grads(out, differentiable(args, kw))]
+    assert spy.calls and all(c["GRID_ORDER"] == 3 for c in spy.calls)
+    for n, a, b, r in zip(["o", "q", "k", "v", *[n for n in kw if n != "key_mask"]], chunked, default, ref):
+        assert torch.isfinite(a).all() and rel_err(a, r) < TOL[dtype][1], n
+        assert rel_err(a, r) < 1.5 * rel_err(b, r) + 1e-4, n
+
+
+def test_a_dense_bias_past_the_l2_share_takes_the_chunked_order_on_gpu(monkeypatch):
+    """The default order at N = 1536 (4 heads, 20 rows): the backward's 36 MiB dS sum is past
+    0.6 x L2 on an H100 / H200 (50 MiB), so its launch takes GRID_ORDER 3, and the gradients
+    match the fp32 reference."""
+    from pairformer_fb.kernel import tiles, triton_launch
+
+    N = 1536
+    if 4 * N * N * 4 <= tiles.BWD_ORDER3_L2_SHARE * tiles._l2_bytes(torch.cuda.current_device()):
+        pytest.skip("this GPU's L2 holds the dS sum: the default order stays")
+    args, kw = make_inputs(20, 4, N, N, 32, 0, bias_shape=(1, 4, N, N), dtype=torch.bfloat16, device="cuda")
+    spy = LaunchSpy(triton_launch._bwd_kernel)
+    monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
+    out = flash_bias_attention(*args, **kw)
+    got = grads(out, differentiable(args, kw))
+    assert spy.calls and all(c["GRID_ORDER"] == 3 for c in spy.calls)
+    args32 = [a.detach().float().requires_grad_(True) for a in args]
+    kw32 = {n: t.detach().float().requires_grad_(True) for n, t in kw.items()}
+    ref = grads(flash_bias_attention(*args32, **kw32, backend="reference"), differentiable(args32, kw32))
+    for n, a, r in zip(["q", "k", "v", "bias"], got, ref):
+        assert torch.isfinite(a).all() and rel_err(a, r) < TOL[torch.bfloat16][1], n
