@@ -6,6 +6,9 @@ products wrongly (it reinterprets the bits), so here the kernels run in fp32 and
 
 import dataclasses
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -603,6 +606,30 @@ def test_bulk_reduce_adds_fall_back_to_atomics_without_a_hopper_device(monkeypat
     monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset({"dQ"}))  # a typo: rejected when the op is called
     with pytest.raises(ValueError, match=r"PFB_TMA_REDUCE \(tiles.TMA_REDUCE\): expected 0 or .*got \['dQ'\]"):
         flash_bias_attention(*args, **kw, backend="triton")
+
+
+@pytest.mark.parametrize(
+    "name, value, needle",
+    [
+        ("PFB_GRID_ORDER", "4", "PFB_GRID_ORDER: expected a program order 0, 1, 2 or 3; got '4'"),
+        ("PFB_GRID_ORDER_BWD", "x", "PFB_GRID_ORDER_BWD: expected a program order 0, 1, 2 or 3; got 'x'"),
+        ("PFB_GRID_GROUP", "0", "PFB_GRID_GROUP: expected a positive integer (row groups per chunk); got '0'"),
+        ("PFB_GRID_GROUP", "eight", "PFB_GRID_GROUP: expected a positive integer (row groups per chunk); got 'eight'"),
+    ],
+)
+def test_bad_program_order_settings_are_one_line_at_the_call_not_at_import(name, value, needle):
+    """The program-order variables are read at import; a bad value imports cleanly and is named in
+    one line when the op is called, before any work."""
+    code = (
+        "import torch; from pairformer_fb import flash_bias_attention\n"
+        "q = torch.randn(2, 1, 8, 16)\n"
+        "try:\n    flash_bias_attention(q, q, q, backend='triton')\nexcept ValueError as e:\n    print(e)"
+    )
+    env = {**os.environ, name: value, "TRITON_INTERPRET": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-500:]
+    assert run.stdout.strip() == needle
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's emulated bulk reduce-adds")

@@ -225,13 +225,22 @@ TMA_REDUCE = frozenset(x for x in os.environ.get("PFB_TMA_REDUCE", "dq,ds").spli
 
 
 def check_env_settings() -> None:
-    """A ValueError naming PFB_TMA_REDUCE for kinds other than dq, ds (checked when the op is
-    called, before any work: a typo must not turn the bulk reduce-adds off silently, nor reach a
-    user as an import traceback)."""
+    """A ValueError naming PFB_TMA_REDUCE for kinds other than dq, ds, and the program-order
+    variables (PFB_GRID_ORDER, PFB_GRID_ORDER_FWD / _BWD, PFB_GRID_GROUP) for values they do not
+    take (checked when the op is called, before any work: a typo must not change the kernels
+    silently, nor reach a user as an import traceback)."""
     if not TMA_REDUCE <= {"dq", "ds"}:
         raise ValueError(
             f"PFB_TMA_REDUCE (tiles.TMA_REDUCE): expected 0 or a comma-separated subset of dq, ds; got {sorted(TMA_REDUCE)}"
         )
+    orders = {"PFB_GRID_ORDER": _FORCED_GRID_ORDER} | {
+        f"PFB_GRID_ORDER_{kind.upper()}": value for kind, value in _FORCED_GRID_ORDER_OF.items()
+    }
+    for name, value in orders.items():
+        if value is not None and value not in ("0", "1", "2", "3"):
+            raise ValueError(f"{name}: expected a program order 0, 1, 2 or 3; got {value!r}")
+    if not _GRID_GROUP_ENV_OK:
+        raise ValueError(f"PFB_GRID_GROUP: expected a positive integer (row groups per chunk); got {_GRID_GROUP_ENV!r}")
 
 
 # program order of the forward / backward grids (see _program_rows). Heads fastest measured
@@ -243,10 +252,13 @@ GRID_HEAD_FASTEST = os.environ.get("PFB_GRID_HEAD_FASTEST", "1") == "1"
 # diffusion transformer's samples; PFB_GRID_ORDER=0|1|2|3 forces an order for measurements, and
 # PFB_GRID_ORDER_FWD / PFB_GRID_ORDER_BWD one kernel's (the backward's also serves _ds_sum_kernel)
 SIDE_BY_SIDE_GROUPS = 8
+# (kept as given: check_env_settings names a bad value when the op is called, not at import)
 _FORCED_GRID_ORDER = os.environ.get("PFB_GRID_ORDER")
 _FORCED_GRID_ORDER_OF = {kind: os.environ.get(f"PFB_GRID_ORDER_{kind.upper()}") for kind in ("fwd", "bwd")}
 # GRID_ORDER 3: row groups per chunk (see triton_kernels._program_rows); PFB_GRID_GROUP for measurements
-GRID_GROUP = int(os.environ.get("PFB_GRID_GROUP", "8"))
+_GRID_GROUP_ENV = os.environ.get("PFB_GRID_GROUP")
+_GRID_GROUP_ENV_OK = _GRID_GROUP_ENV is None or (_GRID_GROUP_ENV.isdigit() and int(_GRID_GROUP_ENV) > 0)
+GRID_GROUP = int(_GRID_GROUP_ENV) if _GRID_GROUP_ENV is not None and _GRID_GROUP_ENV_OK else 8
 # GRID_ORDER 3 is the order where a row-shared operand that every row group sweeps outgrows the
 # GPU's L2: the backward's fp32 dS sum (shared bias or factors) past this share of L2, the
 # forward's dense bias past that one. Measured on an H100 (50 MB L2; triangle shape, alternating
