@@ -24,6 +24,7 @@ test: lint
 	$(PYTHON) -m pytest -q tests
 
 # the structure benchmark at its small CPU default (tiny Protenix, 1CRN + 1UBQ, original / exact /
-# lowrank); results in bench_out/structure. The op benchmark: $(PYTHON) scripts/bench_attention.py
+# lowrank); results in bench_out/structure (a second run keeps them: make bench ARGS=overwrite=true
+# replaces them). The op benchmark: $(PYTHON) scripts/bench_attention.py
 bench: install
-	$(PYTHON) scripts/benchmark.py
+	$(PYTHON) scripts/benchmark.py $(ARGS)

@@ -116,7 +116,24 @@ COMMON_SETTINGS: tuple[Setting, ...] = (
     ("repeats", "int", 1),  # timed runs
     ("warmup_ms", "number", 0),  # triton.testing.do_bench's warm-up and repetition times
     ("rep_ms", "number", 1),
+    ("overwrite", "bool", None),  # replace the results an output_dir already holds
 )
+
+
+def check_results_not_replaced(cfg: Mapping[str, Any]) -> None:
+    """A FileExistsError where ``output_dir`` already holds a run's ``results.json`` and the
+    config says neither ``overwrite=true`` nor ``resume=true`` (the scripts that resume, e.g. the
+    ladder, check what they add to themselves): a benchmark never replaces earlier results
+    unasked. Checked by ``main`` before the task starts."""
+    if cfg.get("overwrite") or cfg.get("resume"):
+        return
+    results = Path(cfg["output_dir"]) / "results.json"
+    if results.exists():
+        resume = " resume=true to add to it," if "resume" in cfg else ""
+        raise FileExistsError(
+            f"output_dir={cfg['output_dir']} already holds a results.json: give overwrite=true to replace it,"
+            f"{resume} or another output_dir"
+        )
 
 
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
@@ -392,6 +409,7 @@ def main(
         check_settings(cfg, COMMON_SETTINGS)
         if cfg.get("output_dir"):
             check_writable_dir(cfg.output_dir, "output_dir")
+            check_results_not_replaced(cfg)
         return task(cfg)
     except caught as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -403,6 +421,7 @@ __all__ = [
     "COMMON_SETTINGS",
     "UsageError",
     "atomic_write",
+    "check_results_not_replaced",
     "check_writable_dir",
     "compose_config",
     "default_file_mode",

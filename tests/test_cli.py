@@ -235,6 +235,34 @@ def test_common_settings_are_checked_for_every_script(script, arg, needle, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "script",
+    [
+        "benchmark",
+        "bench_attention",
+        "bench_blocks",
+        "bench_boltz_diffusion",
+        "bench_diffusion",
+        "bench_ladder",
+        "bench_modules",
+        "fuzz_op",
+        "tune_kernels",
+    ],
+)
+def test_earlier_results_are_not_replaced_unasked(script, tmp_path):
+    """An output_dir that already holds a results.json is one line naming overwrite=true (and the
+    ladder's resume=true), before any work; the file stays as it was."""
+    results = tmp_path / "out" / "results.json"
+    results.parent.mkdir()
+    results.write_text('{"earlier": true}')
+    line = assert_one_line_error(
+        run(script, "output_dir=out", cwd=tmp_path), "output_dir=out already holds a results.json: give overwrite=true"
+    )
+    assert ("resume=true" in line) == (script == "bench_ladder")
+    assert results.read_text() == '{"earlier": true}'
+    assert [p.name for p in results.parent.iterdir()] == ["results.json"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU message")
 def test_tune_kernels_without_a_gpu_is_one_line(tmp_path):
     assert_one_line_error(run("tune_kernels", "output_dir=out", cwd=tmp_path), "no CUDA device here")
