@@ -20,6 +20,8 @@ CASES = {
     "bf16_d32_r64_rows2": dict(D=32, R=64, bias="shared", mask=True),  # two rows per program, widest
     "bf16_d128_bias": dict(D=128, bias="shared", mask=True),  # width 128: one row
     "bf16_d48_bias": dict(D=48, bias="shared", mask=True),  # the diffusion transformer's: one row, 32 x 64
+    # its factors, on the same one-row tiles since session 13 (two rows spilled 344-432 B)
+    "bf16_d48_r32_factors": dict(B=5, D=48, R=32, mask=True, bwd_no_spills=True),
     "bf16_single_d24_bias": dict(B=1, D=24, bias="shared", mask=True),  # one row: dS stored as the bias gradient
     "bf16_d64_r64": dict(D=64, R=64, bias="shared"),
     "fp16_wide_d128_r128": dict(D=128, R=128, bias="shared", dtype="fp16"),
@@ -41,6 +43,7 @@ CASES = {
 def test_first_call_compiles_each_kernel_once_within_hopper_shared_memory(name, tmp_path):
     c = dict(CASES[name])
     B, H, L = c.pop("B", 4), 2, 100
+    no_spills = c.pop("bwd_no_spills", False)
     bias = c.pop("bias", None)
     spec = {
         "B": B,
@@ -66,6 +69,8 @@ def test_first_call_compiles_each_kernel_once_within_hopper_shared_memory(name, 
     if "fwd_tiles" in c:
         assert kernels[0]["ROWS"] == c["fwd_tiles"][4] and kernels[0]["stack_bytes"] == 0, kernels[0]  # no spills
     bwd = next(k for k in kernels if k["kernel"] == "_bwd_kernel")
+    if no_spills:
+        assert bwd["stack_bytes"] == 0 and bwd["ROWS"] == 1, bwd
     # tiles.TMA_REDUCE's bulk reduce-adds are compiled in (dQ per row, the fused dS sum) unless asked
     # off; dQ's only where its tile rows are at most 64 floats wide (head dim up to 64)
     if c.get("tma_reduce") == []:
@@ -87,6 +92,8 @@ def test_backward_tile_table_keeps_the_measured_choices(monkeypatch):
     assert tiles.default_config("bwd", 32, 0, True) == bwd(64, 64, 4, 2, 2, fuse_ds=True)  # triangle, dense bias
     assert tiles.default_config("bwd", 32, 32, False) == bwd(64, 64, 4, 2, 2, fuse_ds=True)  # triangle, factors
     assert tiles.default_config("bwd", 64, 0, True) == bwd(32, 64, 4, 3, 1, fuse_ds=True)  # diffusion D = 48
+    assert tiles.default_config("bwd", 64, 32, False) == bwd(32, 64, 4, 3, 1, fuse_ds=True)  # its factors
+    assert tiles.default_config("bwd", 64, 16, True) == bwd(32, 64, 4, 3, 1, fuse_ds=True)  # bias + factors
     assert tiles.default_config("bwd", 32, 64, False) == bwd(64, 64, 8, 3, 2, fuse_ds=True)  # rank > head dim
     assert tiles.default_config("bwd", 64, 64, True) == bwd(64, 64, 4, 3, 1, fuse_ds=True)  # width 128: one row
     for value, on in ((None, True), ("1", True), ("true", True), ("0", False)):

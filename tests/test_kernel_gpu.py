@@ -15,6 +15,8 @@ CASES = {
     "triangle_both_fp16": (96, 4, 300, 300, 32, 16, 1, (1, 4, 300, 300), None, torch.float16),
     "single_bias_d24_bf16": (1, 16, 777, 777, 24, 0, 1, (1, 16, 777, 777), (1, 777), torch.bfloat16),
     "diffusion_d48_samples": (5, 16, 384, 384, 48, 0, 1, (1, 16, 384, 384), (1, 384), torch.bfloat16),
+    # its factors (lowrank mode) on the same one-row 32 x 64 backward tiles since session 13
+    "diffusion_d48_factors": (5, 16, 387, 387, 48, 32, 1, None, (1, 387), torch.bfloat16),
     "wide_d128_r96": (8, 2, 257, 255, 128, 96, 1, (1, 2, 257, 255), None, torch.bfloat16),
     "row_factors_fp32": (16, 2, 129, 131, 48, 7, 16, (16, 1, 129, 131), (16, 131), torch.float32),
     # per-row factors in 16 bits (the fused kernel; fp32 at this width runs the torch reference)

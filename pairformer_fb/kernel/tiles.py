@@ -85,11 +85,17 @@ def default_config(kind: str, block_d: int, block_r: int, has_bias: bool, elem_b
             # Triton 3.6 read shared memory out of bounds at the dQ product (compute-sanitizer; wrong
             # dQ, dK, dV): 8 warps compute those right (benchmarks/session5/call5/tiles.txt).
             warps = 8 if block_r > block_d else 4
-            if block_d > 32 and not block_r and width < 128:
+            if block_d > 32 and width < 128:
                 # the diffusion transformer's head dim 48 with its bias shared by 5 samples: one row,
                 # 32 x 64 tiles (no spills) measured 1.02 ms fwd+bwd against 2.04 with the two-row
                 # 64 x 64 tiles (1,144 B of spill stack) at N = 1170 (H100,
-                # benchmarks/session9/bwd_profile_h100/, GPU-bound there; shorter N are host-bound)
+                # benchmarks/session9/bwd_profile_h100/, GPU-bound there; shorter N are host-bound).
+                # Its factors (R <= 32, with or without the bias) likewise since session 13: the two-row
+                # tiles compile to 255 registers, 344-432 B of spill stack and 183-191 KiB of shared
+                # memory, the one-row ones to 172-196 registers, no spills, 69-73 KiB
+                # (benchmarks/session13/diffusion_factors_bwd_cpu_compile/; from CUDA graph replays
+                # the two-row factors took 3.5-3.9x the floor forward + backward against the dense
+                # bias's 2.1-2.4x, benchmarks/session13/attention_graphs_h100/; not yet timed after)
                 return KernelConfig(32, 64, 4, 3, 1, fuse_ds=True)
             # two stages (32 / 168 B of spill stack instead of 80 / 304 at N = 1024 / 1170): triangle
             # shape D = 32, dense bias 11.65 against 12.25 ms fwd+bwd at N = 1024, factors R = 32
