@@ -342,10 +342,10 @@ def test_row_shared_operands_past_the_l2_share_take_the_chunked_program_order(mo
     monkeypatch.setattr(tiles, "_FORCED_GRID_ORDER", None)
     monkeypatch.setattr(tiles, "_FORCED_GRID_ORDER_OF", {})
 
-    def order(n, kind, sums_ds=False, bias=True, factors=False):
+    def order(n, kind, sums_ds=False, bias=True, factors=False, bias_heads=4):
         q = torch.empty(64, 4, n, 32, dtype=torch.bfloat16)
         qf = torch.empty(1, 4, n, 16, dtype=torch.bfloat16) if factors else None
-        b = torch.empty(1, 4, n, n, dtype=torch.bfloat16) if bias else None
+        b = torch.empty(1, bias_heads, n, n, dtype=torch.bfloat16) if bias else None
         ops = triton_launch._Operands(q, q, q, qf, qf, b, None, 0.2)
         ops.device = torch.device("cuda", 0)
         return tiles._grid_order(ops, 2, kind, sums_ds)
@@ -354,6 +354,7 @@ def test_row_shared_operands_past_the_l2_share_take_the_chunked_program_order(mo
     assert (order(1536, "fwd"), order(1536, "bwd", True)) == (1, 3)  # bias 18 MiB, dS 36
     assert (order(1024, "fwd"), order(1024, "bwd", True)) == (1, 1)  # bias 8 MiB, dS 16
     assert (order(2048, "fwd", bias=False, factors=True), order(2048, "bwd", True, False, True)) == (1, 3)
+    assert order(2048, "bwd", True, bias_heads=1) == 1  # a bias shared by the heads: its dS sum is 16 MiB
 
 
 def _inputs_with_rows(case, kind, rows, monkeypatch, **changes):

@@ -296,7 +296,11 @@ def _outgrows_l2(ops: "_Operands", kind: str, sums_ds: bool) -> bool:
     else:
         if not sums_ds:
             return False
-        swept, share = ops.H * ops.Lq * ops.Lk * 4, BWD_ORDER3_L2_SHARE  # its heads kept
+        # the sum keeps the heads where the shared factors or the bias have them (as
+        # triton_launch._reduced_ds_buffer)
+        shared_factors = ops.has_factors and ops.q_factors_batch == 1
+        heads = ops.H if shared_factors or (ops.bias is not None and ops.bias_shape[1] == ops.H) else 1
+        swept, share = heads * ops.Lq * ops.Lk * 4, BWD_ORDER3_L2_SHARE
     index = ops.device.index if ops.device.index is not None else torch.cuda.current_device()
     return swept > share * _l2_bytes(index)
 
