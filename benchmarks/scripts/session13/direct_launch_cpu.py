@@ -29,6 +29,8 @@ import triton_launch_cost as tlc  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
+from pairformer_fb.cli import atomic_write  # noqa: E402
+
 LAUNCHES: list[tuple] = []
 RECORDING = [False]
 
@@ -87,17 +89,6 @@ class Direct:
         return run
 
 
-def _us(fn, calls: int, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - t0) / calls * 1e6)
-    return sorted(times)[len(times) // 2]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -143,7 +134,7 @@ def main() -> None:
             fwd_bwd()
             RECORDING[0] = False
             sent[mode] = list(LAUNCHES)
-            row[f"{mode}_us"] = _us(fwd_bwd, args.calls, args.repeats)
+            row[f"{mode}_us"] = tlc._us(fwd_bwd, args.calls, args.repeats)
         row["launches"] = len(sent["triton"])
         row["same_launcher_arguments"] = sent["triton"] == sent["direct"]
         if not row["same_launcher_arguments"]:
@@ -169,9 +160,7 @@ def main() -> None:
         "recording no-op launcher: Triton's JITFunction.run against a direct CompiledKernel.run",
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"environment": env, "records": records}, indent=1))
-    tmp.replace(out)
+    atomic_write(out, json.dumps({"environment": env, "records": records}, indent=1))
 
 
 if __name__ == "__main__":
