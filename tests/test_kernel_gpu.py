@@ -226,7 +226,7 @@ def test_a_dense_bias_past_the_l2_share_takes_the_chunked_order_on_gpu(monkeypat
     from pairformer_fb.kernel import tiles, triton_launch
 
     N = 1536
-    if 4 * N * N * 4 <= tiles.BWD_ORDER3_L2_SHARE * tiles._l2_bytes(torch.cuda.current_device()):
+    if 4 * N * N * 4 <= tiles.BWD_ORDER3_L2_SHARE * tiles.cuda_properties(torch.device("cuda")).L2_cache_size:
         pytest.skip("this GPU's L2 holds the dS sum: the default order stays")
     args, kw = make_inputs(20, 4, N, N, 32, 0, bias_shape=(1, 4, N, N), dtype=torch.bfloat16, device="cuda")
     spy = LaunchSpy(triton_launch._bwd_kernel)

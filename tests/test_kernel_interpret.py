@@ -8,6 +8,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -338,7 +339,7 @@ def test_row_shared_operands_past_the_l2_share_take_the_chunked_program_order(mo
     from pairformer_fb.kernel import tiles, triton_launch
 
     monkeypatch.setattr(tiles, "INTERPRET", False)
-    monkeypatch.setattr(tiles, "_l2_bytes", lambda index: 50 * 2**20)
+    monkeypatch.setattr(tiles, "cuda_properties", lambda device: types.SimpleNamespace(L2_cache_size=50 * 2**20))
     monkeypatch.setattr(tiles, "_FORCED_GRID_ORDER", None)
     monkeypatch.setattr(tiles, "_FORCED_GRID_ORDER_OF", {})
 

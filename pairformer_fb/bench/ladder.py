@@ -77,7 +77,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..cli import COMMON_SETTINGS, Setting, atomic_write, check_settings, check_writable_dir, one_line, positive_int
+from ..cli import (
+    COMMON_SETTINGS,
+    Setting,
+    atomic_write,
+    check_results_not_replaced,
+    check_settings,
+    check_writable_dir,
+    one_line,
+    positive_int,
+)
 from ..data.featurize import DATA_SAMPLES, Chain, InputError, Sample, chain_letters, read_samples
 from ..data.structure import ca_coords, ca_rmsd
 from ..hosts.structure_hosts import PHASES, get_host
@@ -201,14 +210,10 @@ def _previous(cfg, out: Path) -> dict | None:
     """The results already in ``output_dir`` that this run adds to (``resume=true``), None when
     there are none; an error when there are and neither resume nor overwrite is given, or they
     were made with other settings."""
+    check_results_not_replaced(cfg)  # for callers of run() too, not only the script's main
     path = out / "results.json"
     if not path.exists() or (cfg.overwrite and not cfg.get("resume")):
         return None
-    if not cfg.get("resume"):
-        raise FileExistsError(
-            f"output_dir={cfg.output_dir} already holds a results.json: give overwrite=true to replace it, "
-            "resume=true to add the rungs it lacks, or another output_dir"
-        )
     try:
         previous = json.loads(path.read_text())
         old = previous["config"]

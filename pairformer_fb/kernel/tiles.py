@@ -278,9 +278,14 @@ FWD_ORDER3_L2_SHARE = 0.5
 
 
 @functools.cache
-def _l2_bytes(index: int) -> int:
-    """The CUDA device's L2 cache size in bytes, asked once per device (the op's host time)."""
-    return int(getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 0))
+def _cuda_properties_of(index: int):
+    return torch.cuda.get_device_properties(index)
+
+
+def cuda_properties(device: torch.device):
+    """torch's properties of a CUDA device (compute capability, L2 size, ...), asked once per
+    device (the op's host time); ``cuda`` without an index is the current device."""
+    return _cuda_properties_of(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _outgrows_l2(ops: "_Operands", kind: str, sums_ds: bool) -> bool:
@@ -301,8 +306,7 @@ def _outgrows_l2(ops: "_Operands", kind: str, sums_ds: bool) -> bool:
         shared_factors = ops.has_factors and ops.q_factors_batch == 1
         heads = ops.H if shared_factors or (ops.bias is not None and ops.bias_shape[1] == ops.H) else 1
         swept, share = heads * ops.Lq * ops.Lk * 4, BWD_ORDER3_L2_SHARE
-    index = ops.device.index if ops.device.index is not None else torch.cuda.current_device()
-    return swept > share * _l2_bytes(index)
+    return swept > share * getattr(cuda_properties(ops.device), "L2_cache_size", 0)
 
 
 def _grid_order(ops: "_Operands", rows: int, kind: str = "fwd", sums_ds: bool = False) -> int:

@@ -7,7 +7,6 @@ Inputs reach this module validated and normalised by ``op.flash_bias_attention``
 
 from __future__ import annotations
 
-import functools
 import weakref
 
 import torch
@@ -306,14 +305,7 @@ def _tma_reduce_kinds(device: torch.device) -> frozenset:
     tiles.check_env_settings()
     if not tiles.TMA_REDUCE or INTERPRET or device.type != "cuda":
         return frozenset()
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return tiles.TMA_REDUCE if _compute_capability_major(index) >= 9 else frozenset()
-
-
-@functools.cache
-def _compute_capability_major(index: int) -> int:
-    """The CUDA device's compute capability major, asked once per device (the op's host time)."""
-    return torch.cuda.get_device_capability(index)[0]
+    return tiles.TMA_REDUCE if tiles.cuda_properties(device).major >= 9 else frozenset()
 
 
 def _tma_descriptor(t: torch.Tensor, block: tuple[int, ...]):
