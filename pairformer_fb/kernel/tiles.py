@@ -239,14 +239,8 @@ def check_env_settings() -> None:
         raise ValueError(
             f"PFB_TMA_REDUCE (tiles.TMA_REDUCE): expected 0 or a comma-separated subset of dq, ds; got {sorted(TMA_REDUCE)}"
         )
-    orders = {"PFB_GRID_ORDER": _FORCED_GRID_ORDER} | {
-        f"PFB_GRID_ORDER_{kind.upper()}": value for kind, value in _FORCED_GRID_ORDER_OF.items()
-    }
-    for name, value in orders.items():
-        if value is not None and value not in ("0", "1", "2", "3"):
-            raise ValueError(f"{name}: expected a program order 0, 1, 2 or 3; got {value!r}")
-    if not _GRID_GROUP_ENV_OK:
-        raise ValueError(f"PFB_GRID_GROUP: expected a positive integer (row groups per chunk); got {_GRID_GROUP_ENV!r}")
+    if _GRID_ENV_ERROR is not None:
+        raise ValueError(_GRID_ENV_ERROR)
 
 
 # program order of the forward / backward grids (see _program_rows). Heads fastest measured
@@ -265,6 +259,23 @@ _FORCED_GRID_ORDER_OF = {kind: os.environ.get(f"PFB_GRID_ORDER_{kind.upper()}") 
 _GRID_GROUP_ENV = os.environ.get("PFB_GRID_GROUP")
 _GRID_GROUP_ENV_OK = _GRID_GROUP_ENV is None or (_GRID_GROUP_ENV.isdigit() and int(_GRID_GROUP_ENV) > 0)
 GRID_GROUP = int(_GRID_GROUP_ENV) if _GRID_GROUP_ENV is not None and _GRID_GROUP_ENV_OK else 8
+
+
+def _grid_env_error() -> str | None:
+    """What is wrong with the program-order variables as read at import (None: nothing), found
+    once here and raised by check_env_settings at each call."""
+    orders = {"PFB_GRID_ORDER": _FORCED_GRID_ORDER} | {
+        f"PFB_GRID_ORDER_{kind.upper()}": value for kind, value in _FORCED_GRID_ORDER_OF.items()
+    }
+    for name, value in orders.items():
+        if value is not None and value not in ("0", "1", "2", "3"):
+            return f"{name}: expected a program order 0, 1, 2 or 3; got {value!r}"
+    if not _GRID_GROUP_ENV_OK:
+        return f"PFB_GRID_GROUP: expected a positive integer (row groups per chunk); got {_GRID_GROUP_ENV!r}"
+    return None
+
+
+_GRID_ENV_ERROR = _grid_env_error()
 # GRID_ORDER 3 is the order where a row-shared operand that every row group sweeps outgrows the
 # GPU's L2: the backward's fp32 dS sum (shared bias or factors) past this share of L2, the
 # forward's dense bias past that one. Measured on an H100 (50 MB L2; triangle shape, alternating
