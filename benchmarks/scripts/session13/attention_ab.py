@@ -34,6 +34,11 @@ def main() -> None:
     p.add_argument("--rep-ms", type=float, default=400)
     p.add_argument("--no-fwd", action="store_true", help="forward + backward only")
     args = p.parse_args()
+    if not all(x.isdigit() and int(x) > 0 for x in args.sizes.split(",")):
+        p.error(f"--sizes: expected comma-separated positive integers, got {args.sizes!r}")
+    methods = ("sdpa_floor", "fb_bias", "fb_factors")
+    if any(m not in methods for m in args.methods.split(",")):
+        p.error(f"--methods: expected some of {list(methods)}, got {args.methods!r}")
     env = {k: v for k, v in os.environ.items() if k.startswith("PFB_")}
     print("pairformer_fb from", pairformer_fb.__file__, env, flush=True)
     for n in map(int, args.sizes.split(",")):

@@ -57,6 +57,12 @@ def main() -> None:
     p.add_argument("--methods", default="sdpa_floor,fb_bias,fb_factors")
     p.add_argument("--calls", type=int, default=30)
     args = p.parse_args()
+    unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
+    if unknown:
+        p.error(f"--shapes: unknown {unknown}; expected some of {list(SHAPES)}")
+    methods = ("sdpa_floor", "fb_bias", "fb_factors")
+    if any(m not in methods for m in args.methods.split(",")):
+        p.error(f"--methods: expected some of {list(methods)}, got {args.methods!r}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print("pairformer_fb from", pairformer_fb.__file__, flush=True)
