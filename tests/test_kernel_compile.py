@@ -33,6 +33,9 @@ CASES = {
     # not a default: the forward's four rows per program (issue 17's candidate, swept on the device)
     "bf16_d32_bias_fwd_rows4": dict(B=7, D=32, bias="shared", mask=True, fwd_tiles=[64, 32, 4, 3, 4]),
     "bf16_d32_r32_fwd_rows4": dict(B=7, D=32, R=32, bias="shared", fwd_tiles=[64, 32, 4, 3, 4]),
+    # not a default: the backward's four rows per program (issue 17's candidate for the dS sum's volume;
+    # every four-row backward tile compiled spills, benchmarks/session14/bwd_rows4_cpu_compile/)
+    "bf16_d32_bias_bwd_rows4": dict(B=7, D=32, bias="shared", mask=True, bwd_tiles=[32, 32, 4, 2, 4]),
     # the backward's per-thread atomics (tma_reduce=[]): devices before sm_90, or PFB_TMA_REDUCE=0
     "bf16_d32_bias_atomics": dict(B=7, D=32, bias="shared", mask=True, tma_reduce=[]),
     "bf16_d32_r32_atomics": dict(B=7, D=32, R=32, tma_reduce=[]),
@@ -71,6 +74,8 @@ def test_first_call_compiles_each_kernel_once_within_hopper_shared_memory(name, 
     bwd = next(k for k in kernels if k["kernel"] == "_bwd_kernel")
     if no_spills:
         assert bwd["stack_bytes"] == 0 and bwd["ROWS"] == 1, bwd
+    if "bwd_tiles" in c:
+        assert bwd["ROWS"] == c["bwd_tiles"][4], bwd
     # tiles.TMA_REDUCE's bulk reduce-adds are compiled in (dQ per row, the fused dS sum) unless asked
     # off; dQ's only where its tile rows are at most 64 floats wide (head dim up to 64)
     if c.get("tma_reduce") == []:

@@ -28,7 +28,7 @@ class KernelConfig:
     block_n: int
     num_warps: int
     num_stages: int
-    rows: int = 2  # rows per program where they share the bias / factor tiles (else 1): fwd 1, 2 or 4; bwd 1 or 2
+    rows: int = 2  # rows per program where they share the bias / factor tiles (else 1): 1, 2 or 4
     splits: int = 1  # ds_sum: programs per tile of a row-shared sum, each adding its share of the rows
     fuse_ds: bool = False  # bwd: add the program's rows' dS atomically to the row-shared sum (no ds_sum kernel)
 
@@ -142,8 +142,8 @@ def load_config_overrides(path: str) -> int:
 
     entries = json.load(open(path))
     for e in entries:
-        if e.get("rows", 2) not in ((1, 2, 4) if e["kind"] == "fwd" else (1, 2)):
-            raise ValueError(f"{path}: {e}: rows must be 1, 2 (or 4 for the forward)")
+        if e.get("rows", 2) not in (1, 2, 4):
+            raise ValueError(f"{path}: {e}: rows must be 1, 2 or 4")
         key = config_key(e["kind"], e["block_d"], e["block_r"], e["has_bias"], e.get("elem_bytes", 2))
         CONFIG_OVERRIDES[key] = KernelConfig(
             e["block_m"],

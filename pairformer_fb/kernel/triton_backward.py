@@ -47,51 +47,21 @@ def _bwd_delta_kernel(
 
 
 @triton.jit
-def _bwd_row_step(
-    q_base,
-    s_ql,
-    s_qd,
-    do_base,
-    s_dol,
-    s_dod,
-    stats_row,
-    ROW_MAX,
-    ROW_INV_SUM,
-    DELTA,
-    k,
-    v,
-    shared,
-    mask_base,
-    s_ml,
-    dq_base,
-    s_dql,
-    s_dqd,
-    DQ_DESC,
-    dq_b,
-    dq_h,
-    m_start,
-    dk,
-    dv,
-    offs_m,
-    offs_n,
-    offs_d,
-    Lq,
-    Lk,
-    D,
-    scale,
-    row_ok,
-    HAS_SHARED: tl.constexpr,
-    KEY_MASK: tl.constexpr,
-    EVEN_N: tl.constexpr,
-    PRECISION: tl.constexpr,
-    EVEN_M: tl.constexpr,
-    EVEN_D: tl.constexpr,
-    TMA_DQ: tl.constexpr,
-):
-    """One (query block, key block) tile of one row: updates dK, dV, adds dQ atomically and
-    returns dS (fp32). TMA_DQ: the dQ tile goes by one bulk tensor reduce-add through DQ_DESC
-    ([B, H, Lq, D] fp32, at [dq_b, dq_h, m_start, 0]; the copy engine drops rows and columns out
-    of bounds) instead of per-thread atomics; a clamped row adds zeros."""
+def _bwd_row_step(b, row_ok, k, v, dk, dv, shared, m_start, offs_m, offs_n, offs_d, h,
+                  Q, s_qb, s_qh, s_ql, s_qd, DO, s_dob, s_doh, s_dol, s_dod, MASK, s_mb, s_ml,
+                  DQ_ACC, s_dqb, s_dqh, s_dql, s_dqd, DQ_DESC, ROW_MAX, ROW_INV_SUM, DELTA, H, Lq, Lk, D, scale,
+                  HAS_SHARED: tl.constexpr, KEY_MASK: tl.constexpr, EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
+                  EVEN_M: tl.constexpr, EVEN_D: tl.constexpr, TMA_DQ: tl.constexpr):  # fmt: skip
+    """One (query block, key block) tile of row b (row_ok: not a clamped copy past B, which
+    adds nothing): updates its dK, dV, adds its dQ atomically and returns dS (fp32). TMA_DQ: the
+    dQ tile goes by one bulk tensor reduce-add through DQ_DESC ([B, H, Lq, D] fp32, at
+    [b, h, m_start, 0]; the copy engine drops rows and columns out of bounds) instead of
+    per-thread atomics; a clamped row adds zeros."""
+    q_base = Q + b * s_qb + h * s_qh
+    do_base = DO + b * s_dob + h * s_doh
+    stats_row = (b * H + h) * Lq
+    mask_base = MASK + b * s_mb
+    dq_base = DQ_ACC + b * s_dqb + h * s_dqh
     m_ok = offs_m < Lq
     q = _load_tile(q_base, offs_m, offs_d, s_ql, s_qd, Lq, D, EVEN_M, EVEN_D)
     do = _load_tile(do_base, offs_m, offs_d, s_dol, s_dod, Lq, D, EVEN_M, EVEN_D)
@@ -110,7 +80,7 @@ def _bwd_row_step(
     if TMA_DQ:
         dq = tl.where(row_ok, dq, 0.0)
         DQ_DESC.atomic_add(
-            [dq_b.to(tl.int32), dq_h.to(tl.int32), m_start.to(tl.int32), 0], dq.reshape(1, 1, dq.shape[0], dq.shape[1])
+            [b.to(tl.int32), h.to(tl.int32), m_start.to(tl.int32), 0], dq.reshape(1, 1, dq.shape[0], dq.shape[1])
         )
     else:
         tl.atomic_add(
@@ -120,6 +90,22 @@ def _bwd_row_step(
             sem="relaxed",
         )
     return dk, dv, ds
+
+
+@triton.jit
+def _bwd_store_row(DK, s_dkb, s_dkh, s_dkl, s_dkd, DV, s_dvb, s_dvh, s_dvl, s_dvd, b, h, dk, dv, scale, offs_n, offs_d,
+                   mask):  # fmt: skip
+    """Row b's dK (scaled here, once) and dV tiles of one key block."""
+    tl.store(
+        DK + b * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
+        (dk * scale).to(DK.dtype.element_ty),
+        mask=mask,
+    )
+    tl.store(
+        DV + b * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
+        dv.to(DV.dtype.element_ty),
+        mask=mask,
+    )
 
 
 @triton.jit
@@ -232,7 +218,9 @@ def _bwd_kernel(
 ):
     """One key block of one row group: S, P, dP and dS are computed once per tile; dK, dV (and
     per-row dKf) accumulate in registers, dQ (and per-row dQf) go to fp32 buffers by atomic adds
-    (FlashAttention-2's scheme for dQ). ROW_FACTOR_GRAD implies ROWS == 1. FUSE_DS (rows share
+    (FlashAttention-2's scheme for dQ). ROWS: 1, 2 or 4 rows per program, sharing the bias /
+    factor tiles (with 4 every tile compiled for sm_90 spills, benchmarks/session14/
+    bwd_rows4_cpu_compile/: not a default). ROW_FACTOR_GRAD implies ROWS == 1. FUSE_DS (rows share
     the bias / factors): the program's dS, summed over its rows, is added atomically into the
     zeroed fp32 buffer DS_SUM [1, GH, Lq, Lk] (s_gh = 0 when the heads are summed too) instead
     of a separate _ds_sum_kernel pass. DS_FULL: DS_SUM's storage is padded to whole tiles
@@ -261,11 +249,26 @@ def _bwd_kernel(
     dk0 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv0 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dkf = tl.zeros([BLOCK_N, BLOCK_R], tl.float32)
-    if ROWS == 2:
+    if ROWS >= 2:
         k1 = _load_tile(K + b1 * s_kb + h * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
         v1 = _load_tile(V + b1 * s_vb + h * s_vh, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
         dk1 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv1 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    b2, b3 = b0, b0
+    row2_ok, row3_ok = row1_ok, row1_ok
+    if ROWS == 4:  # rows b0 + 2, b0 + 3 (clamped copies past B, which add and write nothing)
+        b2 = tl.minimum(b0 + 2, B - 1)
+        b3 = tl.minimum(b0 + 3, B - 1)
+        row2_ok = (b0 + 2) < B
+        row3_ok = (b0 + 3) < B
+        k2 = _load_tile(K + b2 * s_kb + h * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
+        v2 = _load_tile(V + b2 * s_vb + h * s_vh, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
+        k3 = _load_tile(K + b3 * s_kb + h * s_kh, offs_n, offs_d, s_kl, s_kd, Lk, D, EVEN_N, EVEN_D)
+        v3 = _load_tile(V + b3 * s_vb + h * s_vh, offs_n, offs_d, s_vl, s_vd, Lk, D, EVEN_N, EVEN_D)
+        dk2 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv2 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dk3 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv3 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
     # row groups start at different query blocks: fewer collisions of their dQ atomic adds;
     # STAGGER_KB (tiles.DQ_STAGGER): the key blocks of a row group and head too
@@ -297,46 +300,11 @@ def _bwd_kernel(
                 BIAS_FULL_N,
             )
         dk0, dv0, ds0 = _bwd_row_step(
-            Q + b0 * s_qb + h * s_qh,
-            s_ql,
-            s_qd,
-            DO + b0 * s_dob + h * s_doh,
-            s_dol,
-            s_dod,
-            (b0 * H + h) * Lq,
-            ROW_MAX,
-            ROW_INV_SUM,
-            DELTA,
-            k0,
-            v0,
-            shared,
-            MASK + b0 * s_mb,
-            s_ml,
-            DQ_ACC + b0 * s_dqb + h * s_dqh,
-            s_dql,
-            s_dqd,
-            DQ_DESC,
-            b0,
-            h,
-            m_start,
-            dk0,
-            dv0,
-            offs_m,
-            offs_n,
-            offs_d,
-            Lq,
-            Lk,
-            D,
-            scale,
-            True,
-            HAS_SHARED,
-            KEY_MASK,
-            EVEN_N,
-            PRECISION,
-            EVEN_M,
-            EVEN_D,
-            TMA_DQ,
-        )
+            b0, True, k0, v0, dk0, dv0, shared, m_start, offs_m, offs_n, offs_d, h,
+            Q, s_qb, s_qh, s_ql, s_qd, DO, s_dob, s_doh, s_dol, s_dod, MASK, s_mb, s_ml,
+            DQ_ACC, s_dqb, s_dqh, s_dql, s_dqd, DQ_DESC, ROW_MAX, ROW_INV_SUM, DELTA, H, Lq, Lk, D,
+            scale, HAS_SHARED, KEY_MASK, EVEN_N, PRECISION, EVEN_M, EVEN_D, TMA_DQ,
+        )  # fmt: skip
         if ROW_FACTOR_GRAD:
             ds_lp = ds0.to(kf.dtype)  # type: ignore[attr-defined]  # a tl tensor (mypy reads shared = 0.0)
             dkf += tl.dot(tl.trans(ds_lp), qf, input_precision=PRECISION)
@@ -346,50 +314,30 @@ def _bwd_kernel(
                 mask=(offs_m < Lq)[:, None] & (offs_r < R)[None, :],
                 sem="relaxed",
             )
-        if ROWS == 2:
+        if ROWS >= 2:
             dk1, dv1, ds1 = _bwd_row_step(
-                Q + b1 * s_qb + h * s_qh,
-                s_ql,
-                s_qd,
-                DO + b1 * s_dob + h * s_doh,
-                s_dol,
-                s_dod,
-                (b1 * H + h) * Lq,
-                ROW_MAX,
-                ROW_INV_SUM,
-                DELTA,
-                k1,
-                v1,
-                shared,
-                MASK + b1 * s_mb,
-                s_ml,
-                DQ_ACC + b1 * s_dqb + h * s_dqh,
-                s_dql,
-                s_dqd,
-                DQ_DESC,
-                b1,
-                h,
-                m_start,
-                dk1,
-                dv1,
-                offs_m,
-                offs_n,
-                offs_d,
-                Lq,
-                Lk,
-                D,
-                scale,
-                row1_ok,
-                HAS_SHARED,
-                KEY_MASK,
-                EVEN_N,
-                PRECISION,
-                EVEN_M,
-                EVEN_D,
-                TMA_DQ,
-            )
+                b1, row1_ok, k1, v1, dk1, dv1, shared, m_start, offs_m, offs_n, offs_d, h,
+                Q, s_qb, s_qh, s_ql, s_qd, DO, s_dob, s_doh, s_dol, s_dod, MASK, s_mb, s_ml,
+                DQ_ACC, s_dqb, s_dqh, s_dql, s_dqd, DQ_DESC, ROW_MAX, ROW_INV_SUM, DELTA, H, Lq, Lk, D,
+                scale, HAS_SHARED, KEY_MASK, EVEN_N, PRECISION, EVEN_M, EVEN_D, TMA_DQ,
+            )  # fmt: skip
             if FUSE_DS:  # a clamped copy of the last row (odd B) adds nothing
                 ds0 += ds1 * row1_ok.to(tl.float32)
+        if ROWS == 4:
+            dk2, dv2, ds2 = _bwd_row_step(
+                b2, row2_ok, k2, v2, dk2, dv2, shared, m_start, offs_m, offs_n, offs_d, h,
+                Q, s_qb, s_qh, s_ql, s_qd, DO, s_dob, s_doh, s_dol, s_dod, MASK, s_mb, s_ml,
+                DQ_ACC, s_dqb, s_dqh, s_dql, s_dqd, DQ_DESC, ROW_MAX, ROW_INV_SUM, DELTA, H, Lq, Lk, D,
+                scale, HAS_SHARED, KEY_MASK, EVEN_N, PRECISION, EVEN_M, EVEN_D, TMA_DQ,
+            )  # fmt: skip
+            dk3, dv3, ds3 = _bwd_row_step(
+                b3, row3_ok, k3, v3, dk3, dv3, shared, m_start, offs_m, offs_n, offs_d, h,
+                Q, s_qb, s_qh, s_ql, s_qd, DO, s_dob, s_doh, s_dol, s_dod, MASK, s_mb, s_ml,
+                DQ_ACC, s_dqb, s_dqh, s_dql, s_dqd, DQ_DESC, ROW_MAX, ROW_INV_SUM, DELTA, H, Lq, Lk, D,
+                scale, HAS_SHARED, KEY_MASK, EVEN_N, PRECISION, EVEN_M, EVEN_D, TMA_DQ,
+            )  # fmt: skip
+            if FUSE_DS:
+                ds0 += ds2 * row2_ok.to(tl.float32) + ds3 * row3_ok.to(tl.float32)
         if FUSE_DS and DS_STORE:
             tl.store(
                 DS_SUM + h * s_gh + offs_m[:, None] * s_gq + offs_n[None, :] * s_gk,
@@ -413,27 +361,17 @@ def _bwd_kernel(
                 )
 
     nd_ok = (offs_n < Lk)[:, None] & (offs_d < D)[None, :]
-    tl.store(
-        DK + b0 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
-        (dk0 * scale).to(DK.dtype.element_ty),
-        mask=nd_ok,
+    _bwd_store_row(
+        DK, s_dkb, s_dkh, s_dkl, s_dkd, DV, s_dvb, s_dvh, s_dvl, s_dvd, b0, h, dk0, dv0, scale, offs_n, offs_d, nd_ok
     )
-    tl.store(
-        DV + b0 * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
-        dv0.to(DV.dtype.element_ty),
-        mask=nd_ok,
-    )
-    if ROWS == 2:
-        tl.store(
-            DK + b1 * s_dkb + h * s_dkh + offs_n[:, None] * s_dkl + offs_d[None, :] * s_dkd,
-            (dk1 * scale).to(DK.dtype.element_ty),
-            mask=nd_ok & row1_ok,
-        )
-        tl.store(
-            DV + b1 * s_dvb + h * s_dvh + offs_n[:, None] * s_dvl + offs_d[None, :] * s_dvd,
-            dv1.to(DV.dtype.element_ty),
-            mask=nd_ok & row1_ok,
-        )
+    if ROWS >= 2:
+        _bwd_store_row(DK, s_dkb, s_dkh, s_dkl, s_dkd, DV, s_dvb, s_dvh, s_dvl, s_dvd, b1, h, dk1, dv1, scale, offs_n, offs_d,
+                       nd_ok & row1_ok)  # fmt: skip
+    if ROWS == 4:
+        _bwd_store_row(DK, s_dkb, s_dkh, s_dkl, s_dkd, DV, s_dvb, s_dvh, s_dvl, s_dvd, b2, h, dk2, dv2, scale, offs_n, offs_d,
+                       nd_ok & row2_ok)  # fmt: skip
+        _bwd_store_row(DK, s_dkb, s_dkh, s_dkl, s_dkd, DV, s_dvb, s_dvh, s_dvl, s_dvd, b3, h, dk3, dv3, scale, offs_n, offs_d,
+                       nd_ok & row3_ok)  # fmt: skip
     if ROW_FACTOR_GRAD:
         tl.store(
             DKF + b0 * s_dkfb + h * s_dkfh + offs_n[:, None] * s_dkfl + offs_r[None, :] * s_dkfr,

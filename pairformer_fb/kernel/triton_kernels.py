@@ -13,9 +13,8 @@ Derivation (FlashAttention-2, Dao 2023), per (batch b, head h), in the log2 doma
     dQ  = scale dS K,  dK = scale dS^T Q,  dQf = dS Kf,  dKf = dS^T Qf,  dBias = dS
 
 Broadcast operands (factors shared by every row, a bias of shape [1, H, Lq, Lk]) are read with
-stride 0, and a program serves two rows at once (the forward optionally four: ``KernelConfig.rows``)
-so each shared bias / factor tile is read (and
-the factor product computed) once for both. The backward pass is one kernel per key block that
+stride 0, and a program serves two rows at once (optionally four: ``KernelConfig.rows``) so each
+shared bias / factor tile is read (and the factor product computed) once for them all. The backward pass is one kernel per key block that
 computes S, P, dP, dS once per tile: dK, dV accumulate in registers, dQ is added atomically into
 an fp32 buffer (FlashAttention-2's scheme), and the gradients of shared operands come from dS
 summed over the rows into one fp32 buffer of the *reduced* (bias) shape, so no per-row
@@ -233,8 +232,8 @@ def _fwd_epilogue(
 def _program_rows(pid, n_blocks, B, H, ROWS: tl.constexpr, GRID_ORDER: tl.constexpr, GRID_GROUP: tl.constexpr):
     """Decode a program id into (block, head, first row, second row, second row exists).
     With ROWS == 2 a program serves rows b0 and b0 + 1, which share the bias / factor tiles;
-    when B is odd the last group's second row is a clamped copy that writes nothing. The
-    forward's ROWS == 4 adds rows b0 + 2 and b0 + 3 the same way (in the kernel).
+    when B is odd the last group's second row is a clamped copy that writes nothing. ROWS == 4
+    adds rows b0 + 2 and b0 + 3 the same way (in the kernels).
     GRID_ORDER (see ``_grid_order``), which neighbouring programs take: 1 the heads of one block
     (the heads of a token are neighbours in a fused projection, so they share cache lines);
     2 the row groups of one (block, head) (a few samples that share one bias tile read it

@@ -377,8 +377,6 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     def launch_bwd(cfg):
         nonlocal fused_ds
         rows = 1 if row_factor_grad else _rows_per_program(ops, cfg)
-        if rows > 2:
-            raise ValueError(f"backward tile config {cfg}: the backward kernel serves 1 or 2 rows per program")
         fused_ds = bool(cfg.fuse_ds and sum_ds and g.shape[0] == 1 and not row_factor_grad)
         # whole tiles of the padded dS storage: its adds need no bounds mask
         ds_full = fused_ds and ds_tile_padded and BIAS_TILE_PAD % cfg.block_m == 0 and BIAS_TILE_PAD % cfg.block_n == 0
