@@ -123,7 +123,7 @@ def main(spec: dict) -> None:
         from pairformer_fb.kernel import tiles as _tiles
 
         kinds = frozenset(spec.get("tma_reduce", _tiles.TMA_REDUCE))
-        tfb._tma_reduce_kinds = lambda device: kinds
+        tfb._tma_reduce_kinds = lambda *device_and_size: kinds  # at every size
     dtype = spec.get("dtype", "bf16")
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}[dtype]

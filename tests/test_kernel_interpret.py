@@ -637,6 +637,33 @@ def test_bulk_reduce_adds_fall_back_to_atomics_without_a_hopper_device(monkeypat
         flash_bias_attention(*args, **kw, backend="triton")
 
 
+_MIN_SCORES_ERROR = "PFB_TMA_REDUCE_MIN_SCORES: expected a non-negative integer (scores per backward); got "
+
+
+def test_bulk_reduce_adds_only_from_the_size_where_the_host_is_not_the_bound(monkeypatch):
+    """tiles.TMA_REDUCE_MIN_SCORES: on a compute capability 9 device the backward takes the bulk
+    reduce-adds from that many scores (B H Lq Lk) on, and none below (their descriptors cost more
+    host time than they save); 0 takes them at every size; older devices never."""
+    from types import SimpleNamespace
+
+    from pairformer_fb.kernel import tiles, triton_launch
+
+    monkeypatch.setattr(triton_launch, "INTERPRET", False)
+    major = {"value": 9}
+    monkeypatch.setattr(tiles, "cuda_properties", lambda device: SimpleNamespace(major=major["value"]))
+    kinds = lambda n, b=None, h=4: triton_launch._tma_reduce_kinds(torch.device("cuda"), (b or n) * h * n * n)  # noqa: E731
+    monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset({"dq", "ds"}))  # the defaults (whatever the environment)
+    monkeypatch.setattr(tiles, "TMA_REDUCE_MIN_SCORES", 2**28)
+    assert kinds(256) == kinds(384) == frozenset()  # the triangle's host-bound sizes
+    assert kinds(512) == kinds(1024) == {"dq", "ds"}
+    assert kinds(384, b=1, h=16) == frozenset()  # the single attention
+    monkeypatch.setattr(tiles, "TMA_REDUCE_MIN_SCORES", 0)
+    assert kinds(16, b=1, h=1) == {"dq", "ds"}
+    major["value"] = 8
+    assert kinds(1024) == frozenset()
+    assert triton_launch._tma_reduce_kinds(torch.device("cpu"), 2**40) == frozenset()
+
+
 @pytest.mark.parametrize(
     "name, value, needle",
     [
@@ -644,11 +671,13 @@ def test_bulk_reduce_adds_fall_back_to_atomics_without_a_hopper_device(monkeypat
         ("PFB_GRID_ORDER_BWD", "x", "PFB_GRID_ORDER_BWD: expected a program order 0, 1, 2 or 3; got 'x'"),
         ("PFB_GRID_GROUP", "0", "PFB_GRID_GROUP: expected a positive integer (row groups per chunk); got '0'"),
         ("PFB_GRID_GROUP", "eight", "PFB_GRID_GROUP: expected a positive integer (row groups per chunk); got 'eight'"),
+        ("PFB_TMA_REDUCE_MIN_SCORES", "-1", f"{_MIN_SCORES_ERROR}'-1'"),
+        ("PFB_TMA_REDUCE_MIN_SCORES", "2e8", f"{_MIN_SCORES_ERROR}'2e8'"),
     ],
 )
-def test_bad_program_order_settings_are_one_line_at_the_call_not_at_import(name, value, needle):
-    """The program-order variables are read at import; a bad value imports cleanly and is named in
-    one line when the op is called, before any work."""
+def test_bad_kernel_settings_are_one_line_at_the_call_not_at_import(name, value, needle):
+    """The program-order variables and the bulk reduce-adds' size threshold are read at import; a
+    bad value imports cleanly and is named in one line when the op is called, before any work."""
     code = (
         "import torch; from pairformer_fb import flash_bias_attention\n"
         "q = torch.randn(2, 1, 8, 16)\n"
@@ -693,7 +722,7 @@ def test_bulk_reduce_adds_match_the_reference_in_the_interpreter(case, monkeypat
     monkeypatch.setattr(
         interpreter.InterpreterBuilder, "create_descriptor_reduce", create_descriptor_reduce, raising=False
     )
-    monkeypatch.setattr(triton_launch, "_tma_reduce_kinds", lambda device: frozenset({"dq", "ds"}))
+    monkeypatch.setattr(triton_launch, "_tma_reduce_kinds", lambda device, scores: frozenset({"dq", "ds"}))
     spy = _backward_matches_the_reference_with_two_rows(case, monkeypatch)
     assert spy.calls and all(c["TMA_DQ"] for c in spy.calls)
     row_factors = case["fb"] > 1

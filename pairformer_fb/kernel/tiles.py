@@ -228,16 +228,36 @@ DQ_STAGGER = os.environ.get("PFB_DQ_STAGGER", "0") == "1"
 # 1.33x -> 1.19x the SDPA floor); factors R = 32 likewise. PFB_TMA_REDUCE=0 (or "") turns it
 # off, =dq or =ds keeps one (or set this attribute to a set of those); read at each backward call.
 TMA_REDUCE = frozenset(x for x in os.environ.get("PFB_TMA_REDUCE", "dq,ds").split(",") if x and x != "0")
+# ... from this many scores per backward (B H Lq Lk) on: below it the bulk reduce-adds' tensor
+# descriptors, encoded by Triton's launcher at every launch, cost more host time than the copy engine
+# saves GPU time. The triangle at N = 256 (67 M scores), host-bound in eager mode, took 1052 us
+# forward + backward with them against 843 without (do_bench; host time 954 against 840 us; H100,
+# benchmarks/session13/host_profile_h100/); at N = 1024 (4.3 G) they saved 0.54 ms of the backward
+# kernel's 8.29. 2^28 sits between the triangle at 384 (226 M, host-bound: 1.97x the floor eager
+# against 1.11x from CUDA graphs) and at 512 (537 M, 1.14x eager and 1.13x from graphs); the
+# crossover itself is not measured (benchmarks/scripts/session14/tma_threshold_ab.sh times it). The
+# rule is the same inside a CUDA graph (whose replays skip the host), so its capture compiles no
+# kernel its eager warm-up did not; there the small shapes forgo the copy engine's GPU-side gain,
+# ~6-14 % of the backward kernel where it was measured (N = 1024, 1170).
+# PFB_TMA_REDUCE_MIN_SCORES=0 uses them at every size; read at each backward call.
+_TMA_MIN_ENV = os.environ.get("PFB_TMA_REDUCE_MIN_SCORES") or None  # empty: unset
+_TMA_MIN_ENV_OK = _TMA_MIN_ENV is None or _TMA_MIN_ENV.isdigit()
+TMA_REDUCE_MIN_SCORES = int(_TMA_MIN_ENV) if _TMA_MIN_ENV is not None and _TMA_MIN_ENV_OK else 2**28
 
 
 def check_env_settings() -> None:
-    """A ValueError naming PFB_TMA_REDUCE for kinds other than dq, ds, and the program-order
+    """A ValueError naming PFB_TMA_REDUCE for kinds other than dq, ds, PFB_TMA_REDUCE_MIN_SCORES
+    for anything but a non-negative integer, and the program-order
     variables (PFB_GRID_ORDER, PFB_GRID_ORDER_FWD / _BWD, PFB_GRID_GROUP) for values they do not
     take (checked when the op is called, before any work: a typo must not change the kernels
     silently, nor reach a user as an import traceback)."""
     if not TMA_REDUCE <= {"dq", "ds"}:
         raise ValueError(
             f"PFB_TMA_REDUCE (tiles.TMA_REDUCE): expected 0 or a comma-separated subset of dq, ds; got {sorted(TMA_REDUCE)}"
+        )
+    if not _TMA_MIN_ENV_OK:
+        raise ValueError(
+            f"PFB_TMA_REDUCE_MIN_SCORES: expected a non-negative integer (scores per backward); got {_TMA_MIN_ENV!r}"
         )
     if _GRID_ENV_ERROR is not None:
         raise ValueError(_GRID_ENV_ERROR)

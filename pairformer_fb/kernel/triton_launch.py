@@ -299,11 +299,12 @@ def _reduced_ds_buffer(ops: _Operands, bias_grad: bool, shared_factor_grad: bool
     return torch.empty((*lead, ops.Lq, lk_padded), device=device, dtype=torch.float32)[..., : ops.Lk]
 
 
-def _tma_reduce_kinds(device: torch.device) -> frozenset:
+def _tma_reduce_kinds(device: torch.device, scores: int) -> frozenset:
     """The kinds of backward atomics (tiles.TMA_REDUCE) that go by bulk tensor reduce-add on this
-    device: none in the interpreter or before compute capability 9."""
+    device for a backward of ``scores`` scores (B H Lq Lk): none in the interpreter, before
+    compute capability 9, or below tiles.TMA_REDUCE_MIN_SCORES (where the host is the bound)."""
     tiles.check_env_settings()
-    if not tiles.TMA_REDUCE or INTERPRET or device.type != "cuda":
+    if not tiles.TMA_REDUCE or INTERPRET or device.type != "cuda" or scores < tiles.TMA_REDUCE_MIN_SCORES:
         return frozenset()
     return tiles.TMA_REDUCE if tiles.cuda_properties(device).major >= 9 else frozenset()
 
@@ -372,7 +373,7 @@ def _backward(q, k, v, o, row_stats, do, ops: _Operands, needs: tuple[bool, ...]
     elif sum_ds:
         g = _reduced_ds_buffer(ops, bias_grad, shared_factor_grad, q.device, ds_tile_padded)
     fused_ds = False
-    tma = _tma_reduce_kinds(q.device)
+    tma = _tma_reduce_kinds(q.device, B * H * Lq * Lk)
 
     def launch_bwd(cfg):
         nonlocal fused_ds
