@@ -106,7 +106,8 @@ def test_backward_tile_table_keeps_the_measured_choices(monkeypatch):
     # the bulk reduce-adds (session 11): both kinds unless asked otherwise
     for value, kinds in ((None, ["dq", "ds"]), ("0", []), ("", []), ("dq", ["dq"]), ("ds,dq", ["dq", "ds"])):
         assert _tiles_setting("sorted(t.TMA_REDUCE)", "PFB_TMA_REDUCE", value) == str(kinds), value
-    for value, scores in ((None, 2**28), ("", 2**28), ("0", 0), ("1000", 1000)):  # the sizes that take them (session 14)
+    # the sizes that take them (session 14); empty is unset
+    for value, scores in ((None, 2**28), ("", 2**28), ("0", 0), ("1000", 1000)):
         assert _tiles_setting("t.TMA_REDUCE_MIN_SCORES", "PFB_TMA_REDUCE_MIN_SCORES", value) == str(scores), value
 
 

@@ -235,7 +235,7 @@ TMA_REDUCE = frozenset(x for x in os.environ.get("PFB_TMA_REDUCE", "dq,ds").spli
 # benchmarks/session13/host_profile_h100/); at N = 1024 (4.3 G) they saved 0.54 ms of the backward
 # kernel's 8.29. 2^28 sits between the triangle at 384 (226 M, host-bound: 1.97x the floor eager
 # against 1.11x from CUDA graphs) and at 512 (537 M, 1.14x eager and 1.13x from graphs); the
-# crossover itself is not measured (benchmarks/scripts/session14/tma_threshold_ab.sh times it). The
+# crossover itself is not measured (benchmarks/scripts/session14/ab.sh tma times it). The
 # rule is the same inside a CUDA graph (whose replays skip the host), so its capture compiles no
 # kernel its eager warm-up did not; there the small shapes forgo the copy engine's GPU-side gain,
 # ~6-14 % of the backward kernel where it was measured (N = 1024, 1170).
