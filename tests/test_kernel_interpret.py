@@ -768,3 +768,25 @@ def test_keys_past_lk_are_excluded_by_the_padded_bias_itself(monkeypatch):
             assert torch.isfinite(a).all() and rel_err(a, b) < 1e-4, name
         launches = spies["_fwd_kernel"].calls + spies["_bwd_kernel"].calls
         assert len(launches) == 2 and {c["KEY_MASK"] for c in launches} == {key_mask}
+
+
+@pytest.mark.parametrize("mask", ["scalar", "one_by_one", "rows_by_one"])
+def test_key_masks_broadcast_along_the_keys_match_the_reference(mask):
+    """A key mask of size 1 along the keys (legal: broadcastable to [B, Lk]) masks or keeps every
+    key of its rows; the kernels read one entry per key, so the op widens it first (session 14:
+    without that the Triton path attended to key 0 alone)."""
+    g = torch.Generator().manual_seed(3)
+    B, H, L, D = 3, 2, 20, 16
+    q, k, v = (torch.randn(B, H, L, D, generator=g).to(DEVICE).requires_grad_(True) for _ in range(3))
+    bias = torch.randn(1, H, L, L, generator=g).to(DEVICE).requires_grad_(True)
+    key_mask = {
+        "scalar": torch.tensor(True),
+        "one_by_one": torch.ones(1, 1, dtype=torch.bool),
+        "rows_by_one": torch.tensor([[True], [False], [True]]),  # row 1 fully masked: a uniform average
+    }[mask].to(DEVICE)
+    out = flash_bias_attention(q, k, v, bias=bias, key_mask=key_mask, backend="triton")
+    ref = flash_bias_attention(q, k, v, bias=bias, key_mask=key_mask, backend="reference")
+    assert rel_err(out, ref) < 1e-5
+    ins = [q, k, v, bias]
+    for name, a, b in zip(["q", "k", "v", "bias"], grads(out, ins), grads(ref, ins)):
+        assert torch.isfinite(a).all() and rel_err(a, b) < 1e-4, name

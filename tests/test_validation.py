@@ -51,6 +51,14 @@ def f(r=3, b=1, H=2, L=5):
         (lambda: ((torch.randn(2, 2, 0, 8), *qkv()[1:]), {}), r"every dimension >= 1"),
         (lambda: (qkv(), {"gate": torch.randn(1, 2, 5, 8)}), r"gate must be \[B, H, Lq, D\] = \[2, 2, 5, 8\] like q"),
         (lambda: (qkv(), {"gate": torch.randn(2, 2, 5, 8).half()}), r"gate has dtype torch.float16"),
+        (lambda: (qkv(), {"scale": float("nan")}), r"scale must be finite, got nan"),
+        (lambda: (qkv(), {"scale": float("inf")}), r"scale must be finite, got inf"),
+        (lambda: (qkv(), {"scale": "0.5"}), r"scale must be a real number, got str '0.5'"),
+        (lambda: (qkv(), {"scale": 1j}), r"scale must be a real number, got complex"),
+        (lambda: (qkv(), {"scale": [0.5]}), r"scale must be a real number, got list"),
+        (lambda: (qkv(), {"scale": True}), r"scale must be a real number, got bool"),
+        (lambda: (qkv(), {"scale": torch.ones(2)}), r"scale must be a number, got a tensor of shape \[2\]"),
+        (lambda: (qkv(), {"scale": torch.tensor(0.3, requires_grad=True)}), r"would get no gradient"),
     ],
 )
 def test_bad_input_gets_a_clear_error(backend, make, match):
@@ -91,3 +99,19 @@ def test_full_fp32_wider_than_the_fma_tiles_goes_to_the_reference_once_warned(mo
         assert not op._full_fp32_too_wide(q(96), None)
     finally:
         matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_number_like_scales_are_taken(backend):
+    """A scale given as an int, a numpy float or a one-element tensor gives what the float does."""
+    import numpy as np
+
+    args = qkv()
+    want = flash_bias_attention(*args, scale=0.5, backend="reference")
+    for scale in (np.float32(0.5), torch.tensor(0.5), torch.tensor([0.5])):
+        assert torch.allclose(flash_bias_attention(*args, scale=scale, backend=backend), want, atol=1e-6), scale
+    assert torch.allclose(
+        flash_bias_attention(*args, scale=1, backend=backend),
+        flash_bias_attention(*args, scale=1.0, backend="reference"),
+        atol=1e-6,
+    )

@@ -74,6 +74,15 @@ class FuzzCase:
         sizes = {"B": self.B, "H": self.H, "Lq": self.Lq, "Lk": self.Lk, "1": 1}
         return tuple(sizes[s] for s in self.bias.split())
 
+    def mask_shape(self) -> tuple[int, int] | None:
+        """The key mask's shape: [B, Lk] where rows are fully masked, else one of the broadcast
+        patterns [B | 1, Lk | 1], picked by the case's seed (no draw: the case stream is unchanged)."""
+        if not self.mask:
+            return None
+        if self.fully_masked_rows:
+            return (self.B, self.Lk)
+        return ((self.B, self.Lk), (self.B, self.Lk), (1, self.Lk), (self.B, 1), (1, 1))[self.seed % 5]
+
     def describe(self) -> str:
         parts = [self.dtype, f"B{self.B} H{self.H} Lq{self.Lq} Lk{self.Lk} D{self.D}"]
         if self.R:
@@ -81,7 +90,8 @@ class FuzzCase:
         if self.bias:
             parts.append(f"bias[{self.bias}]")
         if self.mask:
-            parts.append(f"mask({len(self.fully_masked_rows)} full)")
+            shape = self.mask_shape()
+            parts.append(f"mask{list(shape)}({len(self.fully_masked_rows)} full)")
         parts += ["gate"] * self.gate + ["grad"] * self.grad
         return " ".join(parts)
 
@@ -180,9 +190,11 @@ def make_case_inputs(case: FuzzCase, device) -> tuple[tuple, dict]:
         bias_shape = case.bias_shape()
         assert bias_shape is not None  # case.bias is set
         kw["bias"] = rnd(*bias_shape)
-    if case.mask:
-        keep = torch.rand(case.B, case.Lk, generator=g) > 0.3
-        keep[:, 0] = True
+    mask_shape = case.mask_shape()
+    if mask_shape is not None:
+        keep = torch.rand(*mask_shape, generator=g) > 0.3
+        if mask_shape[1] > 1:
+            keep[:, 0] = True  # a mask broadcast along the keys masks a whole row or none of it
         keep[list(case.fully_masked_rows)] = False
         kw["key_mask"] = keep.to(device)
     if case.gate:

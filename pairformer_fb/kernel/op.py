@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import warnings
 from typing import Literal
@@ -24,6 +26,24 @@ def _check_tensor(name: str, t, ndim: int | None = None) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must be a {ndim}-d tensor, got shape {_shape(t)}")
+
+
+def _check_scale(scale, D: int) -> float:
+    """The score scale as a finite float (D ** -0.5 when None): a real number, or a one-element
+    tensor that needs no gradient (the op takes the scale as a constant)."""
+    if scale is None:
+        return D**-0.5
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1:
+            raise ValueError(f"scale must be a number, got a tensor of shape {_shape(scale)}")
+        if scale.requires_grad:
+            raise TypeError("scale must be a number: a tensor that requires grad would get no gradient from the op")
+        scale = scale.item()
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number, got {type(scale).__name__} {scale!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return float(scale)
 
 
 def _broadcast_to(name: str, t: torch.Tensor, target: tuple[int, ...], labels: str) -> torch.Tensor:
@@ -98,7 +118,8 @@ def flash_bias_attention(
         bias: dense additive bias broadcastable to [B, H, Lq, Lk] (e.g. [1, H, Lq, Lk]).
         key_mask: bool, broadcastable to [B, Lk]; False masks a key with the hosts' additive
             -1e9, so a fully masked row averages v uniformly (finite, never NaN).
-        scale: multiplies q k^T; defaults to D ** -0.5.
+        scale: a finite real number (or a one-element tensor without gradient) that multiplies
+            q k^T; defaults to D ** -0.5.
         gate: [B, H, Lq, D] like q, optional: the output is sigmoid(gate) * attention, the
             gating of the AF3 attentions. Without gradients to compute (inference) the Triton
             path applies it in the forward kernel's epilogue (no extra pass over the output).
@@ -173,9 +194,10 @@ def flash_bias_attention(
         if key_mask.device != q.device:
             raise ValueError(f"key_mask is on {key_mask.device}, expected q's device {q.device}")
         key_mask = _broadcast_to("key_mask", key_mask, (B, Lk), "[B, Lk]")
-    if scale is None:
-        scale = D**-0.5
-    scale = float(scale)
+        # a mask broadcast along the keys ([B', 1]) is widened to every key (a stride-0 view): the
+        # kernels read one mask entry per key
+        key_mask = key_mask.expand(key_mask.shape[0], Lk)
+    scale = _check_scale(scale, D)
 
     if backend == "auto":
         backend = "triton" if q.is_cuda and not _full_fp32_too_wide(q, q_factors) else "reference"
