@@ -90,8 +90,8 @@ class FuzzCase:
         if self.bias:
             parts.append(f"bias[{self.bias}]")
         if self.mask:
-            shape = self.mask_shape()
-            parts.append(f"mask{list(shape)}({len(self.fully_masked_rows)} full)")
+            rows, keys = self.mask_shape() or (0, 0)  # (a mask is set)
+            parts.append(f"mask[{rows}, {keys}]({len(self.fully_masked_rows)} full)")
         parts += ["gate"] * self.gate + ["grad"] * self.grad
         return " ".join(parts)
 
