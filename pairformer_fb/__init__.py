@@ -18,7 +18,7 @@ from .modules import (
     SVDConfig,
 )
 from .patching.cuda_graphs import graph_diffusion, graph_module
-from .patching.patching import PatchReport, patch_model, unpatch_model
+from .patching.patching import PatchReport, clear_weight_caches, patch_model, unpatch_model
 
 __all__ = [
     "flash_bias_attention",
@@ -29,6 +29,7 @@ __all__ = [
     "SVDConfig",
     "patch_model",
     "unpatch_model",
+    "clear_weight_caches",
     "PatchReport",
     "convert_checkpoint",
     "load_converted",

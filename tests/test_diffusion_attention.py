@@ -57,6 +57,24 @@ C_A, C_S, C_Z, HEADS = 32, 16, 8, 4
 RTOL = 1e-5
 
 
+def test_weight_edits_through_data_need_clear_weight_caches():
+    """An edit through ``.data`` moves no version counter, so the inference caches (the stacked
+    projection weights, the cached bias) keep the old weights until clear_weight_caches; in-place
+    updates need nothing (test_bias_reuse_is_never_stale)."""
+    from pairformer_fb import clear_weight_caches
+
+    host, ours = host_and_ours("diffusion", seed=31)
+    n = 7
+    a, s, z = rand(2, n, C_A, seed=32), rand(2, n, C_S, seed=33), rand(1, n, n, C_Z, seed=34)
+    with torch.no_grad():
+        ours(a, s, z)
+        for w in (host.linear_nobias_z.weight, host.attention.linear_q.weight):
+            w.data.mul_(2)
+        assert rel_err(ours(a, s, z), host(a, s, z)) > 1e-3  # stale: the documented limitation
+        assert clear_weight_caches(ours) >= 2  # the stacked weights and the bias
+        assert rel_err(ours(a, s, z), host(a, s, z)) < RTOL
+
+
 def host_and_ours(kind="diffusion", mode="exact", seed=1, **kwargs):
     torch.manual_seed(seed)
     host = randomise_(
@@ -307,6 +325,11 @@ def test_bad_inputs_name_the_argument():
         ours.flash_bias(a, torch.randn(1, 5, C_S), torch.randn(1, 6, 6, C_Z))
     with pytest.raises(ValueError, match="lowrank"):
         ours.flash_bias.mode = "lowrank"  # neither a factor network nor an SVD config
+    z = torch.randn(1, 6, 6, C_Z)
+    with pytest.raises(TypeError, match=r"a has dtype torch.bfloat16, the module's parameters torch.float32"):
+        ours.flash_bias(a.bfloat16(), s, z)
+    with pytest.raises(ValueError, match=r"a has shape \[0, 6, \d+\]: every dimension"):
+        ours.flash_bias(a[:0], s[:0], z[:0])
 
 
 # ---------------------------------------------------------------------------------------------

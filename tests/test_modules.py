@@ -2,6 +2,7 @@
 13/14 (AF3 14/15) and 24 (tests/af3_reference.py), in every mode, with random weights
 (including the output projections, which hosts zero-initialise and which would hide errors)."""
 
+import copy
 import math
 import os
 
@@ -714,3 +715,94 @@ def test_one_factor_rank_default_and_one_rank_check():
     assert factor_config_for(None, cfg) is cfg and factor_config_for(16, cfg) is cfg
     with pytest.raises(ValueError, match="rank=8 disagrees"):
         factor_config_for(8, cfg)
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: FlashBiasTriangleAttention(16, n_heads=0, head_dim=8), r"n_heads must be an int >= 1, got 0"),
+        (lambda: FlashBiasTriangleAttention(16, n_heads=2, head_dim=-1), r"head_dim must be an int >= 1, got -1"),
+        (lambda: FlashBiasTriangleAttention(16, n_heads=2, head_dim=129), r"head_dim must be <= 128"),
+        (lambda: FlashBiasTriangleAttention(0, n_heads=2, head_dim=8), r"c_z must be an int >= 1, got 0"),
+        (lambda: FlashBiasTriangleAttention(16, 2, 8, backend="cuda"), r"backend must be 'auto', 'triton' or"),
+        (lambda: FlashBiasAttentionPairBias(c_s=24, c_z=16, n_heads=0), r"n_heads must be an int >= 1, got 0"),
+        (lambda: FlashBiasAttentionPairBias(c_s=24, c_z=16, n_heads=-3), r"n_heads must be an int >= 1, got -3"),
+        (lambda: FlashBiasAttentionPairBias(c_s=24, c_z=16, n_heads=5), r"c_s = 24 is not divisible by n_heads = 5"),
+        (lambda: FlashBiasAttentionPairBias(c_s=24.0, c_z=16), r"c_s must be an int >= 1, got 24.0"),
+        (lambda: FactorConfig(rank=2.5), r"FactorConfig needs rank an int >= 1, got rank=2.5"),
+        (lambda: FactorConfig(rank="4"), r"FactorConfig needs rank an int >= 1, got rank='4'"),
+        (lambda: FactorConfig(depth=-1), r"FactorConfig needs depth an int >= 0"),
+    ],
+)
+def test_module_constructors_name_a_bad_size_or_backend(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_diffusion_and_precomputed_constructors_name_a_bad_size():
+    from pairformer_fb.modules.diffusion_attention import FlashBiasDiffusionAttention
+    from pairformer_fb.modules.precomputed_bias_attention import FlashBiasPrecomputedBiasAttention
+
+    with pytest.raises(ValueError, match=r"n_heads must be an int >= 1, got 0"):
+        FlashBiasDiffusionAttention(c_a=32, c_s=16, c_z=8, n_heads=0)
+    with pytest.raises(ValueError, match=r"c_z must be an int >= 1, got None"):
+        FlashBiasDiffusionAttention(c_a=32, c_s=16, c_z=None, n_heads=2)
+    with pytest.raises(ValueError, match=r"head_dim must be an int >= 1, got 0"):
+        FlashBiasPrecomputedBiasAttention(c_q=32, n_heads=2, head_dim=0)
+    assert FactorConfig(rank=__import__("numpy").int64(4)).rank == 4  # numpy integers are integers
+
+
+@pytest.mark.parametrize(
+    "name,make_inputs,match",
+    [
+        ("triangle", lambda: (torch.randn(0, 6, 6, 16),), r"z has shape \[0, 6, 6, 16\]: every dimension must be >= 1"),
+        ("triangle", lambda: (torch.randn(2, 0, 0, 16),), r"z has shape \[2, 0, 0, 16\]: every dimension"),
+        (
+            "triangle",
+            lambda: (torch.randn(5, 5, 16, dtype=torch.bfloat16),),
+            r"z has dtype torch.bfloat16, the module's",
+        ),
+        ("triangle", lambda: (torch.ones(5, 5, 16, dtype=torch.int64),), r"z must be a floating-point tensor"),
+        ("triangle", lambda: (torch.randn(5, 5, 16, device="meta"),), r"z is on meta, the module's parameters on cpu"),
+        ("pair_bias", lambda: (torch.randn(2, 0, 24), torch.randn(2, 0, 0, 16)), r"s has shape \[2, 0, 24\]"),
+        ("pair_bias", lambda: (torch.randn(5, 24).double(), torch.randn(5, 5, 16)), r"s has dtype torch.float64"),
+        ("pair_bias", lambda: (torch.randn(5, 24), torch.randn(5, 5, 16).half()), r"z has dtype torch.float16"),
+    ],
+)
+def test_module_inputs_of_another_dtype_device_or_empty_are_one_line(name, make_inputs, match):
+    """Inputs the projections would reject deep inside torch (or an empty batch / N = 0) are one
+    line naming the input; under autocast another floating dtype is fine (autocast casts)."""
+    module = {
+        "triangle": lambda: FlashBiasTriangleAttention(16, 2, 8),
+        "pair_bias": lambda: FlashBiasAttentionPairBias(24, 16, 2),
+    }[name]()
+    with pytest.raises((ValueError, TypeError), match=match):
+        module(*make_inputs())
+
+
+def test_module_inputs_of_another_dtype_run_under_autocast():
+    module = FlashBiasTriangleAttention(16, 2, 8)
+    z = torch.randn(5, 5, 16, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(z)
+    assert out.shape == z.shape and torch.isfinite(out.float()).all()
+
+
+def test_clear_weight_caches_after_an_edit_through_data():
+    """A standalone module's inference cache of its stacked projections misses an edit through
+    ``.data`` (no version counter moves) until clear_weight_caches; gradient mode never caches."""
+    from pairformer_fb import clear_weight_caches
+
+    torch.manual_seed(0)
+    module = FlashBiasTriangleAttention(16, 2, 8)
+    z = torch.randn(6, 6, 16)
+    with torch.no_grad():
+        module(z)
+        module.linear_q.weight.data.mul_(2)
+        fresh = copy.deepcopy(module)
+        for m in fresh.modules():
+            m.__dict__.pop("_pfb_concat_cache", None)
+        want = fresh(z)
+        assert rel_err(module(z), want) > 1e-3  # stale
+        assert clear_weight_caches(module) == 1
+        assert rel_err(module(z), want) < 1e-6

@@ -10,7 +10,18 @@ from torch import nn
 from ..kernel import flash_bias_attention
 from ..kernel.layer_norm import layer_norm
 from ..kernel.op import Backend
-from .common import FlashBiasModule, Mode, check_shape, concat_linear_params, head_major_pair_bias, shape_str
+from .common import (
+    FlashBiasModule,
+    Mode,
+    check_backend,
+    check_count,
+    check_features,
+    check_heads,
+    check_shape,
+    concat_linear_params,
+    head_major_pair_bias,
+    shape_str,
+)
 from .factor_network import BiasSample, FactorConfig, FactorNetwork
 
 
@@ -63,10 +74,9 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
         mode: Mode = "exact",
         backend: Backend = "auto",
     ):
-        if head_dim is None:
-            if c_s % n_heads:
-                raise ValueError(f"c_s = {c_s} is not divisible by n_heads = {n_heads}: give head_dim")
-            head_dim = c_s // n_heads
+        check_count("c_z", c_z)
+        head_dim = check_heads(n_heads, head_dim, "c_s", c_s)
+        check_backend(backend)
         hidden = n_heads * head_dim
         super().__init__()
         self.c_s, self.c_z, self.n_heads, self.head_dim = c_s, c_z, n_heads, head_dim
@@ -168,5 +178,7 @@ class FlashBiasAttentionPairBias(FlashBiasModule):
             raise ValueError(f"s must be [*, N, c_s] with c_s = {self.c_s}, got {shape_str(s.shape)}")
         batch_shape, n = tuple(s.shape[:-2]), s.shape[-2]
         check_shape("z", z, (*batch_shape, n, n, self.c_z), "[*, N, N, c_z] (* and N from s)")
+        check_features("s", s, self.linear_q.weight)
+        check_features("z", z, self.linear_z.weight)
         if mask is not None:
             check_shape("mask", mask, (*batch_shape, n), "[*, N] (s's shape without c_s)")

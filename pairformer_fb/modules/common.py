@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Literal, Sequence, cast, get_args
 
 import torch
@@ -24,6 +25,58 @@ def check_shape(name: str, t: torch.Tensor, expected: Sequence[int], layout: str
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if tuple(t.shape) != tuple(expected):
         raise ValueError(f"{name} must be {layout} = {shape_str(expected)}, got {shape_str(t.shape)}")
+
+
+def check_features(name: str, t: torch.Tensor, param: torch.Tensor) -> None:
+    """One line naming ``name`` unless t is a non-empty floating-point tensor on the device of
+    the module's parameter ``param`` and of its dtype (any floating dtype under autocast on t's
+    device type, which casts for the products): the checks the projections would otherwise fail
+    deep inside torch."""
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} has shape {shape_str(t.shape)}: every dimension must be >= 1")
+    if t.device != param.device:
+        raise ValueError(f"{name} is on {t.device}, the module's parameters on {param.device}: move one to the other")
+    if t.dtype != param.dtype and not torch.is_autocast_enabled(t.device.type):
+        raise TypeError(
+            f"{name} has dtype {t.dtype}, the module's parameters {param.dtype}: cast one to the other, "
+            "or run under torch.autocast"
+        )
+
+
+def check_count(name: str, value, minimum: int = 1) -> None:
+    """One line naming a constructor's size argument unless it is an int >= minimum."""
+    if not is_count(value, minimum):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def is_count(value, minimum: int = 1) -> bool:
+    """Whether value is an integer (Python's or numpy's, not a bool) >= minimum."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= minimum
+
+
+def check_heads(n_heads, head_dim, width_name: str = "", width: int = 0) -> int:
+    """A constructor's n_heads and head_dim checked, and the input width ``width_name`` when given;
+    head_dim None: that width // n_heads, which must divide. Returns the head dim."""
+    from ..kernel.op import MAX_HEAD_DIM
+
+    if width_name:
+        check_count(width_name, width)
+    check_count("n_heads", n_heads)
+    if head_dim is None:
+        if width % n_heads:
+            raise ValueError(f"{width_name} = {width} is not divisible by n_heads = {n_heads}: give head_dim")
+        head_dim = width // n_heads
+    check_count("head_dim", head_dim)
+    if head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be <= {MAX_HEAD_DIM} (the kernels' widest), got {head_dim}")
+    return head_dim
+
+
+def check_backend(backend) -> None:
+    if backend not in ("auto", "triton", "reference"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
 
 
 def concat_linear_params(linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:

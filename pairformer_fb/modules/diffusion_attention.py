@@ -36,6 +36,10 @@ from .common import (
     MODES,
     FlashBiasModule,
     Mode,
+    check_backend,
+    check_count,
+    check_features,
+    check_heads,
     concat_linear_params,
     head_major_pair_bias,
     shape_str,
@@ -213,10 +217,10 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
         backend: Backend = "auto",
         compute_dtype: torch.dtype | None = None,
     ):
-        if head_dim is None:
-            if c_a % n_heads:
-                raise ValueError(f"c_a = {c_a} is not divisible by n_heads = {n_heads}: give head_dim")
-            head_dim = c_a // n_heads
+        check_count("c_s", c_s)
+        check_count("c_z", c_z)
+        head_dim = check_heads(n_heads, head_dim, "c_a", c_a)
+        check_backend(backend)
         hidden = n_heads * head_dim
         if compute_dtype not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"compute_dtype must be None, torch.bfloat16 or torch.float16, got {compute_dtype!r}")
@@ -556,6 +560,9 @@ class FlashBiasDiffusionAttention(FlashBiasModule):
                 f"z must be {layout} = {shape_str((*zb[:batch_nd], *tail))} with batch dims "
                 f"broadcastable to a's {shape_str(a.shape[:-2])}, got {shape_str(z.shape)}"
             )
+        check_features("a", a, self.linear_q.weight)
+        check_features("s", s, self.linear_a_last.weight)
+        check_features("z", z, self.linear_z.weight)
 
 
 def _check_mask(name: str, mask, a: torch.Tensor) -> None:

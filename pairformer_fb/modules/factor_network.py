@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .common import check_shape
+from .common import check_shape, is_count
 
 FactorInit = Literal["xavier", "small"]
 # "small" scales the output layers by this, so phi_q phi_k^T starts near zero (about 1e-4 of
@@ -59,13 +59,12 @@ class FactorConfig:
     init: FactorInit = "xavier"
 
     def __post_init__(self):
-        if self.rank < 1 or self.width < 1 or self.depth < 0:
-            raise ValueError(
-                f"FactorConfig needs rank >= 1, width >= 1 and depth >= 0, got rank={self.rank}, "
-                f"width={self.width}, depth={self.depth}"
-            )
-        if self.use_s_inputs and (self.c_s_inputs is None or self.c_s_inputs < 1):
-            raise ValueError(f"use_s_inputs=True needs c_s_inputs >= 1, got c_s_inputs={self.c_s_inputs}")
+        for name, minimum in (("rank", 1), ("width", 1), ("depth", 0)):
+            value = getattr(self, name)
+            if not is_count(value, minimum):
+                raise ValueError(f"FactorConfig needs {name} an int >= {minimum}, got {name}={value!r}")
+        if self.use_s_inputs and not is_count(self.c_s_inputs):
+            raise ValueError(f"use_s_inputs=True needs c_s_inputs an int >= 1, got c_s_inputs={self.c_s_inputs!r}")
         if not self.use_s_inputs and self.c_s_inputs is not None:
             raise ValueError(f"c_s_inputs={self.c_s_inputs} is given but use_s_inputs=False")
         if self.init not in ("xavier", "small"):

@@ -16,7 +16,7 @@ from torch import nn
 from ..kernel import flash_bias_attention, prepare_reused_bias
 from ..kernel.op import Backend
 from .bias_cache import BiasCacheEntry, BiasScope, SVDConfig, SVDFactors, svd_factors
-from .common import FlashBiasModule, Mode, shape_str
+from .common import FlashBiasModule, Mode, check_backend, check_count, check_features, check_heads, shape_str
 
 PRECOMPUTED_MODES: tuple[str, ...] = ("exact", "lowrank")
 
@@ -65,11 +65,10 @@ class FlashBiasPrecomputedBiasAttention(FlashBiasModule):
         mode: Mode = "exact",
         backend: Backend = "auto",
     ):
-        if head_dim is None:
-            if c_q % n_heads:
-                raise ValueError(f"c_q = {c_q} is not divisible by n_heads = {n_heads}: give head_dim")
-            head_dim = c_q // n_heads
+        head_dim = check_heads(n_heads, head_dim, "c_q", c_q)
+        check_backend(backend)
         c_k = c_q if c_k is None else c_k
+        check_count("c_k", c_k)
         hidden = n_heads * head_dim
         super().__init__()
         self.c_q, self.c_k, self.n_heads, self.head_dim = c_q, c_k, n_heads, head_dim
@@ -233,6 +232,8 @@ class FlashBiasPrecomputedBiasAttention(FlashBiasModule):
                 f"bias must be [B, Lq, Lk, H] = {shape_str(expected)} (B = s's batch / multiplicity), "
                 f"got {shape_str(bias.shape)}"
             )
+        check_features("s", s, self.linear_q.weight)
+        check_features("k_in", k_in, self.linear_k.weight)
         if key_mask is not None and (key_mask.dtype != torch.bool or tuple(key_mask.shape) != (Bm, Lk)):
             raise ValueError(
                 f"key_mask must be a bool tensor [B*m, Lk] = [{Bm}, {Lk}], got "

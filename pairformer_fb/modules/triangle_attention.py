@@ -12,7 +12,18 @@ from torch import nn
 from ..kernel import flash_bias_attention
 from ..kernel.layer_norm import layer_norm
 from ..kernel.op import Backend
-from .common import FlashBiasModule, Mode, check_shape, concat_linear_params, head_major_pair_bias, shape_str
+from .common import (
+    FlashBiasModule,
+    Mode,
+    check_backend,
+    check_count,
+    check_features,
+    check_heads,
+    check_shape,
+    concat_linear_params,
+    head_major_pair_bias,
+    shape_str,
+)
 from .factor_network import BiasSample, FactorConfig, FactorNetwork
 
 Node = Literal["starting", "ending"]
@@ -100,6 +111,9 @@ class FlashBiasTriangleAttention(FlashBiasModule):
         backend: Backend = "auto",
         chunk_budget_bytes: int = 2 << 30,
     ):
+        check_count("c_z", c_z)
+        check_heads(n_heads, head_dim)
+        check_backend(backend)
         if node not in ("starting", "ending"):
             raise ValueError(f"node must be 'starting' or 'ending', got {node!r}")
         if node == "ending" and ending_bias not in ("transposed", "untransposed"):
@@ -212,9 +226,12 @@ class FlashBiasTriangleAttention(FlashBiasModule):
                 f"z must be [*, N, N, c_z] (square in its two token dims) with c_z = {self.c_z}, "
                 f"got {shape_str(z.shape)}"
             )
+        check_features("z", z, self.linear_q.weight)
         if mask is not None:
             check_shape("mask", mask, z.shape[:-1], "[*, N, N] (z's shape without c_z)")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
             raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
 
     def _attend(self, pair, pair_mask, bias, factors, chunk_size) -> torch.Tensor:

@@ -387,3 +387,25 @@ def unpatch_model(model: nn.Module) -> list[str]:
 def patched_modules(model: nn.Module) -> dict[str, PatchedModule]:
     """The patched modules of ``model`` by path (e.g. to read ``last_distill_loss`` or set ``mode``)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, PatchedModule)}
+
+
+def clear_weight_caches(model: nn.Module) -> int:
+    """Forget what the FlashBias modules of ``model`` derived from its weights for inference (the
+    stacked projection weights, the diffusion attentions' cached biases) and drop its CUDA
+    graphs. Those caches follow each parameter's identity and version counter, which in-place
+    updates, ``load_state_dict`` and optimiser steps advance; an edit through ``.data`` (e.g. an
+    EMA swap written that way) does not. Call this after such an edit. Returns how many caches it
+    cleared."""
+    cleared = 0
+    # a patched module keeps its FlashBias module outside its registered children
+    inner = [m.flash_bias for m in model.modules() if isinstance(m, PatchedModule)]
+    for m in [*model.modules(), *(x for f in inner for x in f.modules())]:
+        if "_pfb_concat_cache" in m.__dict__:  # modules.common.concat_linear_params's
+            del m.__dict__["_pfb_concat_cache"]
+            cleared += 1
+        cache = getattr(m, "bias_cache", None)
+        if isinstance(cache, BiasCacheEntry) and cache.payload is not None:
+            cache.clear()
+            cleared += 1
+    reset_graphs(model)
+    return cleared
