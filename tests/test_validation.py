@@ -70,6 +70,8 @@ def test_bad_input_gets_a_clear_error(backend, make, match):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend must be"):
         flash_bias_attention(*qkv(), backend="cuda")
+    with pytest.raises(ValueError, match="backend must be .* got 'Reference'"):  # named before q's dtype
+        flash_bias_attention(*qkv(dtype=torch.float64), backend="Reference")
 
 
 def test_float64_only_on_the_reference_path():

@@ -134,6 +134,8 @@ def flash_bias_attention(
     Gradients flow to q, k, v, the factors and the bias, summed over broadcast dimensions;
     the mask gets none.
     """
+    if backend not in ("auto", "triton", "reference"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
     _check_tensor("q", q, 4)
     _check_tensor("k", k, 4)
     _check_tensor("v", v, 4)
@@ -212,10 +214,8 @@ def flash_bias_attention(
 
         check_env_settings()
         return attention_triton(q, k, v, q_factors, k_factors, bias, key_mask, scale, gate)
-    if backend == "reference":
-        o = attention_reference(q, k, v, q_factors, k_factors, bias, key_mask, scale)
-        return o if gate is None else torch.sigmoid(gate) * o
-    raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
+    o = attention_reference(q, k, v, q_factors, k_factors, bias, key_mask, scale)
+    return o if gate is None else torch.sigmoid(gate) * o
 
 
 def prepare_reused_bias(bias: torch.Tensor) -> torch.Tensor:
