@@ -11,12 +11,15 @@
 #     should save the descriptors' ~115 us per forward + backward
 #     (benchmarks/session13/host_profile_h100/); above it nothing changes.
 #
-#   bash benchmarks/scripts/session14/ab.sh rows4   (~4-6 min)
+#   bash benchmarks/scripts/session14/ab.sh rows4   (~6-8 min)
 #     Four rows per backward program, which halves the fused dS sum's reduce-adds, against the
 #     default two, alternating, triangle shape at N = 1536 and 2048 (1.29-1.34x the floor forward +
 #     backward on an H100): the two least-spilling 64-wide four-row tiles compiled for sm_90 (464-488 B
-#     of spill stack against the default's 8, benchmarks/session14/bwd_rows4_cpu_compile/). Run it
-#     after session13/call_next.sh, whose N = 2048 profile says how much of the backward the dS sum takes.
+#     of spill stack against the default's 8, benchmarks/session14/bwd_rows4_cpu_compile/); and the
+#     default two-row tiles with the dS sum left to the separate _ds_sum_kernel (no reduce-adds of
+#     dS at all, two products per row recomputed: slower at N = 1024 in session 3, untimed past the
+#     L2 share). Run it after session13/call_next.sh, whose N = 2048 profile says how much of the
+#     backward the dS sum takes.
 export PYTHONUNBUFFERED=1
 step=$1
 case "$step" in tma|rows4) ;; *) echo "usage: $0 tma|rows4" >&2; exit 2 ;; esac
@@ -30,7 +33,7 @@ if [ "$step" = tma ]; then
   sizes=("triangle.sizes=[256,384,448,512]" "single.sizes=[384,768,1536]" "diffusion.sizes=[384]")
   methods="methods=[sdpa_floor,fb_bias,fb_factors]"
 else
-  sides="default bwd_rows4_m64n64w8 bwd_rows4_m64n32w4s3"
+  sides="default bwd_rows4_m64n64w8 bwd_rows4_m64n32w4s3 bwd_unfused_ds"
   sizes=("triangle.sizes=[1536,2048]" "single.sizes=[]" "diffusion.sizes=[]")
   methods="methods=[fb_bias,fb_factors]"
 fi
