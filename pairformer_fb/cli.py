@@ -77,6 +77,19 @@ def positive_ints(values, what: str) -> list[int]:
     return values
 
 
+def check_names(values, what: str, allowed: Sequence[str]) -> list[str]:
+    """``values`` as a list when it is a non-empty list of distinct names from ``allowed`` (the
+    variants, modules, hosts a script runs); else a ValueError naming ``what`` and the choices."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{what} must be a list of names from {list(allowed)}, got {values!r}")
+    values = list(values)
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values or len(set(values)) != len(values):
+        problem = f"unknown {unknown}" if unknown else ("empty" if not values else f"a name twice: {values}")
+        raise ValueError(f"{what}: {problem}; expected distinct names from {list(allowed)}")
+    return values
+
+
 # a scalar setting's expected kind: "bool", "int", "number" (int or float), or a tuple of the allowed values
 SettingKind = str | tuple
 # (dotted key, kind, least value or None)
@@ -118,6 +131,9 @@ COMMON_SETTINGS: tuple[Setting, ...] = (
     ("rep_ms", "number", 1),
     ("overwrite", "bool", None),  # replace the results an output_dir already holds
 )
+
+
+_COMMON_KEYS = frozenset(key for key, _, _ in COMMON_SETTINGS)
 
 
 def check_results_not_replaced(cfg: Mapping[str, Any]) -> None:
@@ -265,6 +281,42 @@ def _leaf_keys(cfg: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _default_of(base: Any, key: str) -> Any:
+    """The config's default at the dotted ``key`` (None where it is null or lies under a free-form
+    mapping)."""
+    node = base
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _check_override_type(base: Any, key: str, override: Any) -> None:
+    """A UsageError where an override's value is not of its default's kind: a bool setting takes
+    true / false ("no" is not false), a numeric one a number, a list setting a list (a single
+    value would be read letter by letter), a mapping a mapping. Null is left to the script, and so
+    are settings whose default is a string or null (paths, "auto"-style choices)."""
+    default = _default_of(base, key)
+    value = override.value()
+    if default is None or value is None or isinstance(default, str):
+        return
+    line = override.input_line
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UsageError(f"{key} must be true or false, got {value!r} (in {line!r})")
+    elif isinstance(default, (int, float)):
+        if key in _COMMON_KEYS:  # checked with their bounds by check_settings (main)
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{key} must be a number, got {value!r} (in {line!r})")
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            raise UsageError(f'{key} must be a list, e.g. "{key}=[a,b]", got {value!r} (in {line!r})')
+    elif isinstance(default, dict) and not isinstance(value, dict):
+        raise UsageError(f'{key} must be a mapping, e.g. "{key}={{a:1}}", got {value!r} (in {line!r})')
+
+
 def compose_config(config_name: str, overrides: Sequence[str], *, config_dir: Path = CONFIGS):
     """The script's config: ``config_dir/config_name.yaml`` with the command line's Hydra
     overrides, after rejecting every key the config does not have (see ``_is_known``)."""
@@ -307,6 +359,7 @@ def compose_config(config_name: str, overrides: Sequence[str], *, config_dir: Pa
                     f"unknown key {key!r} (in {o.input_line!r}): not an option of this script; "
                     f"{hint} (--help lists them)"
                 )
+            _check_override_type(base, key, o)
         cfg = compose(config_name=config_name, overrides=list(overrides))
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -407,7 +460,9 @@ def main(
             print(OmegaConf.to_yaml(cfg), end="")
             return None
         check_settings(cfg, COMMON_SETTINGS)
-        if cfg.get("output_dir"):
+        if "output_dir" in cfg:
+            if not isinstance(cfg.output_dir, str) or not cfg.output_dir.strip():
+                raise UsageError(f"output_dir must be a folder path, got {cfg.output_dir!r}")
             check_writable_dir(cfg.output_dir, "output_dir")
             check_results_not_replaced(cfg)
         return task(cfg)
@@ -421,6 +476,7 @@ __all__ = [
     "COMMON_SETTINGS",
     "UsageError",
     "atomic_write",
+    "check_names",
     "check_results_not_replaced",
     "check_writable_dir",
     "compose_config",

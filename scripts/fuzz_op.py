@@ -4,6 +4,8 @@ python scripts/fuzz_op.py                                   # small CPU run (ref
 python scripts/fuzz_op.py cases=320 named=true device=cuda workers=12 output_dir=benchmarks/fuzz_h200
 """
 
+import os
+
 import torch
 from omegaconf import OmegaConf
 
@@ -30,6 +32,10 @@ def task(cfg) -> None:
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("device=cuda: no CUDA device is available")
+    if cfg.backend == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UsageError(
+            "backend=triton on the CPU needs Triton's interpreter: set TRITON_INTERPRET=1, or use backend=auto"
+        )
     max_len = cfg.max_len if cfg.max_len != "auto" else (600 if device == "cuda" else 40)
     if not isinstance(max_len, int) or max_len < 1:
         raise UsageError(f"max_len={cfg.max_len!r}: expected auto or an integer >= 1")

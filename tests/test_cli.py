@@ -4,6 +4,7 @@ leaves nothing behind, unknown keys are rejected, ``--help`` describes the scrip
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -169,8 +170,14 @@ def test_finetune_resume_after_a_finished_run(tiny, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     meta = torch.load(tmp_path / "ft_out" / "finetuned_fb.pt", weights_only=True)["pairformer_fb"]
     assert meta["finetune"]["steps"] == 2
-    # a fresh run into it still refuses; a truncated resume file is one line, before any work
-    assert_one_line_error(run("finetune", *base, "trainer.max_steps=1", cwd=tmp_path), "exists")
+    # a fresh run into it still refuses, with another output_name too (its logs and report would be
+    # replaced); a truncated resume file is one line, before any work
+    earlier = "already holds an earlier fine-tuning run (train_log.csv, finetune_report.json)"
+    assert_one_line_error(run("finetune", *base, "trainer.max_steps=1", cwd=tmp_path), earlier)
+    log = (tmp_path / "ft_out" / "train_log.csv").read_text()
+    assert_one_line_error(run("finetune", *base, "trainer.max_steps=1", "output_name=other.pt", cwd=tmp_path), earlier)
+    assert (tmp_path / "ft_out" / "train_log.csv").read_text() == log
+    assert not (tmp_path / "ft_out" / "other.pt").exists()
     state = tmp_path / "ft_out" / "checkpoints" / "step_0000001.pt"
     (tmp_path / "trunc.pt").write_bytes(state.read_bytes()[:1000])
     bad = run("finetune", *base[:1], "output_dir=ft_new", *base[2:], "resume=trunc.pt", cwd=tmp_path)
@@ -233,6 +240,39 @@ def test_every_script_rejects_unknown_keys_and_helps(script, tmp_path):
 def test_common_settings_are_checked_for_every_script(script, arg, needle, tmp_path):
     assert_one_line_error(run(script, arg, "output_dir=out", cwd=tmp_path), needle)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "config, arg, needle",
+    [
+        ("bench_attention", "backward=no", "backward must be true or false, got 'no'"),
+        ("convert_checkpoint", "allow_pickle=no", "allow_pickle must be true or false, got 'no'"),
+        ("bench_ladder", "resume=no", "resume must be true or false, got 'no'"),
+        ("bench_attention", "ranks=16", 'ranks must be a list, e.g. "ranks=[a,b]", got 16'),
+        ("bench_attention", "methods=fb_bias", "methods must be a list"),
+        ("bench_modules", "modules=single", "modules must be a list"),
+        ("finetune", "train.unfreeze=abc", "train.unfreeze must be a list"),
+        ("bench_diffusion", "n_sample=two", "n_sample must be a number, got 'two'"),
+        ("benchmark", "overrides=abc", 'overrides must be a mapping, e.g. "overrides={a:1}"'),
+    ],
+)
+def test_a_setting_of_another_kind_than_its_default_is_one_line(config, arg, needle):
+    """A bool setting takes true / false ("no" was read as on), a list setting a list (a single
+    value was split into letters: unfreeze=abc trained every parameter matching a, b or c), a
+    number a number, a mapping a mapping: named while the command line is read, before any work."""
+    from pairformer_fb.cli import CONFIGS, UsageError, compose_config
+
+    config_dir = CONFIGS / "finetune" if config == "finetune" else CONFIGS
+    with pytest.raises(UsageError, match=re.escape(needle)):
+        compose_config(config, [arg], config_dir=config_dir)
+
+
+def test_an_empty_output_dir_is_one_line(tmp_path):
+    """output_dir= (empty) used to skip the checks and write into the working folder."""
+    assert_one_line_error(
+        run("bench_attention", "output_dir=", cwd=tmp_path), "output_dir must be a folder path, got ''"
+    )
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -337,3 +377,122 @@ def test_triton_backend_on_cpu_says_what_is_wrong(monkeypatch):
     q = torch.randn(1, 1, 4, 8)
     with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors, but q is on cpu"):
         flash_bias_attention(q, q, q, backend="triton")
+
+
+def _bench_run(module: str, config: str, args, tmp_path):
+    """``module``.run on ``config`` composed with ``args`` (output under tmp_path)."""
+    import importlib
+
+    from pairformer_fb.cli import compose_config
+
+    cfg = compose_config(config, [*args, f"output_dir={tmp_path / 'out'}"])
+    return importlib.import_module(f"pairformer_fb.bench.{module}").run(cfg)
+
+
+@pytest.mark.parametrize(
+    "module, config, args, needle",
+    [
+        ("diffusion", "bench_diffusion", ["n_sample=0"], "n_sample must be an integer >= 1, got 0"),
+        (
+            "diffusion",
+            "bench_diffusion",
+            ["diffusion.heads=7"],
+            "diffusion.c_a = 768 is not divisible by diffusion.heads = 7",
+        ),
+        ("diffusion", "bench_diffusion", ["modules=[]"], "modules: empty; expected distinct names from"),
+        ("diffusion", "bench_diffusion", ["variants=[exact_uncahced]"], "variants: unknown ['exact_uncahced']"),
+        ("boltz_diffusion", "bench_boltz_diffusion", ["variants=[exac]"], "variants: unknown ['exac']"),
+        ("boltz_diffusion", "bench_boltz_diffusion", ["diffusion.bias_layers=0"], "diffusion.bias_layers must be"),
+        ("modules", "bench_modules", ["modules=[triangle_start]"], "modules: unknown ['triangle_start']"),
+        ("modules", "bench_modules", ["triangle.c_z=0"], "triangle.c_z must be an integer >= 1, got 0"),
+        ("blocks", "bench_blocks", ["hosts=[protenx]"], "hosts: unknown ['protenx']"),
+        ("blocks", "bench_blocks", ["single_heads=0"], "single_heads must be an integer >= 1, got 0"),
+        ("attention", "bench_attention", ["methods=[]"], "methods: empty"),
+        ("structure", "benchmark", ["stacks=[]"], "stacks: empty; expected distinct names from ['pairformer'"),
+        ("structure", "benchmark", ["kinds=[triangel]"], "kinds: unknown ['triangel']"),
+        ("structure", "benchmark", ["dtype=bf32"], "dtype must be one of auto, bf16, fp16, fp32, got 'bf32'"),
+        ("structure", "benchmark", ["+overrides={model.N_cylce:4}"], "'model.N_cylce' is not a Protenix setting"),
+    ],
+)
+def test_benchmarks_check_names_and_shapes_before_any_work(module, config, args, needle, tmp_path):
+    """Found by a review: these ran (typo'd variants timed under the typo, an empty list replaced by
+    the defaults) or failed after the work with a missing results.md; now one error, nothing written."""
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        _bench_run(module, config, args, tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_kernel_configs_that_are_not_json_name_the_setting(tmp_path):
+    bad = tmp_path / "tiles.json"
+    bad.write_text("not json")
+    with pytest.raises(ValueError, match=re.escape(f"kernel_configs={bad}: {bad}: not a JSON list of tile entries")):
+        _bench_run("attention", "bench_attention", [f"kernel_configs={bad}"], tmp_path)
+
+
+def test_tune_kernels_keeps_earlier_tiles_unasked(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "tuned_configs.json").write_text("[]")
+    with pytest.raises(FileExistsError, match="already holds a tuned_configs.json: give overwrite=true"):
+        _bench_run("tune_kernels", "tune_kernels", [], tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (dict(fit_steps=-1), "fit_steps (fit.steps) must be an integer >= 0, got -1"),
+        (dict(max_tokens=0), "max_tokens (fit.max_tokens) must be a positive integer or null, got 0"),
+        (dict(fit_lr=-1.0), "fit_lr (fit.lr) must be a number > 0, got -1.0"),
+        (dict(seed=-3), "seed (fit.seed) must be an integer in [0, 2**32), got -3"),
+        pytest.param(
+            dict(device="cuda"),
+            "device=cuda but CUDA is not available here",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU message"),
+        ),
+    ],
+)
+def test_convert_checks_the_fit_before_reading_the_checkpoint(args, needle, tmp_path):
+    from pairformer_fb.convert.convert import convert_checkpoint
+
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        convert_checkpoint(tmp_path / "absent.pt", tmp_path / "out.pt", **args)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "arg, needle",
+    [
+        ("optimizer.betas=[0.9]", "optimizer.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got [0.9]"),
+        ("data.msa_dir=/nonexistent_msa", "data.msa_dir='/nonexistent_msa' is not a folder"),
+        ("model.n_cycle=-3", "model.n_cycle must be an integer >= 1, got -3"),
+        ("schedule.warmup_steps=-1", "schedule.warmup_steps must be an integer >= 0, got -1"),
+        ("schedule.min_lr_ratio=2", "schedule.min_lr_ratio must be <= 1"),
+        ("model.host=boltz", "model.host must be one of protenix, got 'boltz'"),
+    ],
+)
+def test_finetune_checks_its_settings_before_any_work(arg, needle, tmp_path):
+    from omegaconf import OmegaConf
+
+    from pairformer_fb.cli import CONFIGS, compose_config
+    from pairformer_fb.convert.finetune import finetune
+
+    cfg = compose_config(
+        "finetune", ["checkpoint=absent.pt", f"output_dir={tmp_path / 'out'}", arg], config_dir=CONFIGS / "finetune"
+    )
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        finetune(OmegaConf.to_container(cfg, resolve=True))
+    assert not (tmp_path / "out").exists()
+
+
+def test_fuzz_with_the_triton_backend_on_a_cpu_needs_the_interpreter(tmp_path):
+    env = {k: v for k, v in ENV.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fuzz_op.py"), "backend=triton", "device=cpu", "output_dir=out"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+    )
+    assert_one_line_error(proc, "backend=triton on the CPU needs Triton's interpreter: set TRITON_INTERPRET=1")
+    assert not (tmp_path / "out").exists()

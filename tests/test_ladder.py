@@ -245,7 +245,10 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
 @pytest.mark.parametrize(
     "override, needle",
     [
-        ("variants=[stock]", "variants must be distinct names from ['original', 'exact', 'lowrank']"),
+        (
+            "variants=[stock]",
+            "variants: unknown ['stock']; expected distinct names from ['original', 'exact', 'lowrank']",
+        ),
         ("tokens=[64,64]", "tokens names a rung twice"),
         ("long_rungs.cycles=0", "long_rungs.cycles must be a positive integer or null"),
         ("steps=2.5", "steps must be a positive integer or null"),

@@ -62,7 +62,7 @@ def test_attention_benchmark_runs_on_cpu(tmp_path):
     "override, needle",
     [
         ("diffusion.sizes=[64,0]", "diffusion.sizes: every entry ([64, 0]) must be a positive integer"),
-        ("diffusion.sizes=abc", "diffusion.sizes must be a list of positive integers, got 'abc'"),
+        ("diffusion.sizes=abc", "diffusion.sizes must be a list, e.g. \"diffusion.sizes=[a,b]\", got 'abc'"),
         ("diffusion.samples=0", "diffusion.samples must be a positive integer, got 0"),
         ("triangle.heads=0", "triangle.heads must be a positive integer, got 0"),
         ("single.head_dim=2.5", "single.head_dim must be a positive integer, got 2.5"),

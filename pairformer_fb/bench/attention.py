@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..cli import atomic_write, check_settings, positive_int, positive_ints
+from ..cli import atomic_write, check_names, check_settings, positive_int, positive_ints
 from ..kernel import flash_bias_attention
 from .timing import (
     Skipped,
@@ -174,9 +174,7 @@ def cases(cfg) -> list[Case]:
         samples = positive_int(section.get("samples"), f"{kind}.samples") if kind == "diffusion" else 1
         for n in sizes:
             out.append(Case(kind, n, n if kind == "triangle" else samples, heads, head_dim))
-    unknown = [m for m in cfg.methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"methods: unknown {unknown}; expected some of {list(METHODS)}")
+    check_names(cfg.methods, "methods", METHODS)
     for r in cfg.ranks:
         positive_int(r, f"ranks: every rank ({list(cfg.ranks)})")
     resolve_dtype(cfg.dtype, torch.device("cpu"))  # a bad name raises now
@@ -189,7 +187,10 @@ def run(cfg) -> list[Record]:
     if cfg.get("kernel_configs"):
         from ..kernel.tiles import load_config_overrides
 
-        load_config_overrides(cfg.kernel_configs)
+        try:
+            load_config_overrides(cfg.kernel_configs)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"kernel_configs={cfg.kernel_configs}: {e}") from None
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.get("cuda_graphs", False) and device.type != "cuda":

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..cli import atomic_write, positive_ints
+from ..cli import Setting, atomic_write, check_names, check_settings, positive_ints
 from ..hosts import host_module
 from ..hosts.presets import randomise_
 from .timing import environment, failure_status, median_ms, resolve_device
@@ -109,7 +109,26 @@ def _measure(host, n, variant, kernels, cfg, device, width="v1") -> BlockRecord:
     return rec
 
 
+HOSTS = ("protenix", "boltz", "openfold3")
+VARIANTS = ("stock", "exact", "lowrank")
+# checked before any work: (dotted key, kind, least value)
+SETTINGS: tuple[Setting, ...] = (
+    ("rank", "int", 1),
+    ("c_s", "int", 1),
+    ("c_z", "int", 1),
+    ("single_heads", "int", 1),
+    ("tri_heads", "int", 1),
+    ("tri_head_dim", "int", 1),
+    ("protenix_v2", "bool", None),
+)
+
+
 def run(cfg) -> list[BlockRecord]:
+    check_names(cfg.hosts, "hosts", HOSTS)
+    check_names(cfg.variants, "variants", VARIANTS)
+    check_settings(cfg, SETTINGS)
+    if cfg.c_s % cfg.single_heads:
+        raise ValueError(f"c_s = {cfg.c_s} is not divisible by single_heads = {cfg.single_heads}")
     if cfg.get("rep_dtype", "auto") not in REP_DTYPES:
         raise ValueError(f"rep_dtype must be auto, bf16 or fp32, got {cfg.rep_dtype!r}")
     device = resolve_device(cfg.device)

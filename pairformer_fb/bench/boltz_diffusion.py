@@ -23,7 +23,8 @@ from functools import partial
 
 import torch
 
-from .diffusion import DiffusionRecord, run_cases, time_variant
+from ..cli import Setting, check_settings
+from .diffusion import MODULES, DiffusionRecord, run_cases, time_variant
 from .timing import Skipped, failure_status
 
 
@@ -97,10 +98,28 @@ def _measure(module, n, variant, cfg, dtype, device, host, x, stock_out) -> Diff
     return rec
 
 
+VARIANTS = ("stock", "exact", "exact_uncached", "lowrank")
+# the shapes, checked before any work: (dotted key, kind, least value)
+SETTINGS: tuple[Setting, ...] = (
+    ("n_sample", "int", 1),
+    ("svd.rel_error", "number", 0),
+    ("svd.max_rank", "int", 1),
+    *((f"{m}.{k}", "int", 1) for m in MODULES for k in ("dim", "heads")),
+    ("diffusion.bias_layers", "int", 1),
+    ("atom.n_queries", "int", 1),
+    ("atom.n_keys", "int", 1),
+)
+
+
 def run(cfg) -> list[DiffusionRecord]:
+    check_settings(cfg, SETTINGS)
+    for m in MODULES:
+        if cfg[m].dim % cfg[m].heads:
+            raise ValueError(f"{m}.dim = {cfg[m].dim} is not divisible by {m}.heads = {cfg[m].heads}")
+
     def setup(module, n, device):
         host = _host_module(module, cfg, device)
         x = _inputs(module, n, cfg, device)
         return host, x, _call(host, x)
 
-    return run_cases(cfg, "Boltz-2 diffusion attention benchmark", {"host": "boltz"}, setup, _measure)
+    return run_cases(cfg, "Boltz-2 diffusion attention benchmark", {"host": "boltz"}, setup, _measure, VARIANTS)

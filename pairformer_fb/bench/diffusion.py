@@ -25,13 +25,14 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..cli import atomic_write, positive_ints
+from ..cli import Setting, atomic_write, check_names, check_settings, positive_ints
 from .timing import Skipped, environment, failure_status, median_ms, resolve_device, resolve_dtype
 
 
@@ -174,31 +175,52 @@ def _autocast(dtype, device):
     return torch.autocast(device.type, dtype=dtype)
 
 
+MODULES = ("diffusion", "atom")
+VARIANTS = ("stock", "stock_fusion", "exact", "exact_uncached", "lowrank")
+# the shapes, checked before any work: (dotted key, kind, least value)
+SETTINGS: tuple[Setting, ...] = (
+    ("n_sample", "int", 1),
+    ("svd.rel_error", "number", 0),
+    ("svd.max_rank", "int", 1),
+    *((f"{m}.{k}", "int", 1) for m in MODULES for k in ("c_a", "c_s", "c_z", "heads")),
+    ("atom.n_queries", "int", 1),
+    ("atom.n_keys", "int", 1),
+)
+
+
 def run(cfg) -> list[DiffusionRecord]:
+    check_settings(cfg, SETTINGS)
+    for m in MODULES:
+        if cfg[m].c_a % cfg[m].heads:
+            raise ValueError(f"{m}.c_a = {cfg[m].c_a} is not divisible by {m}.heads = {cfg[m].heads}")
+
     def setup(module, n, device):
         host = _host_module(module, cfg, device)
         x = _inputs(module, n, cfg, device)
         return host, x, _call(host, module, x, cfg, module == "diffusion")
 
-    return run_cases(cfg, "diffusion attention benchmark", {}, setup, _measure)
+    return run_cases(cfg, "diffusion attention benchmark", {}, setup, _measure, VARIANTS)
 
 
-def run_cases(cfg, title: str, env_extra: dict, setup, measure) -> list[DiffusionRecord]:
+def run_cases(cfg, title: str, env_extra: dict, setup, measure, variants: Sequence[str]) -> list[DiffusionRecord]:
     """The loop of the diffusion-attention benchmarks (Protenix here, Boltz-2 in
     bench_boltz_diffusion): every (module, size) of ``cfg`` gets ``setup(module, n, device) ->
     (host, inputs, stock call)``, the stock output, then ``measure(module, n, variant, cfg, dtype,
     device, host, inputs, stock_out)`` per variant; results.json / results.md rewritten after
-    every case, a case whose set-up fails recorded as failed for all its variants."""
+    every case, a case whose set-up fails recorded as failed for all its variants (of
+    ``variants``, the names the benchmark knows)."""
+    modules = check_names(cfg.modules, "modules", MODULES)
+    check_names(cfg.variants, "variants", variants)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    sizes = {m: positive_ints(cfg[m].sizes, f"{m}.sizes") for m in cfg.modules}
+    sizes = {m: positive_ints(cfg[m].sizes, f"{m}.sizes") for m in modules}
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
         torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(device) | env_extra | {"dtype": str(dtype).replace("torch.", ""), "tf32": bool(cfg.tf32)}
-    jobs = [(m, n) for m in cfg.modules for n in sizes[m]]
+    jobs = [(m, n) for m in modules for n in sizes[m]]
     records: list[DiffusionRecord] = []
     bar = tqdm(total=len(jobs) * len(cfg.variants), desc=title, unit="case")
     for module, n in jobs:
@@ -211,18 +233,22 @@ def run_cases(cfg, title: str, env_extra: dict, setup, measure) -> list[Diffusio
                 for variant in cfg.variants:
                     records.append(DiffusionRecord(module, n, cfg.n_sample, variant, status=failure_status(e)))
                     bar.update()
+                _write(out, records, env)
                 continue
             for variant in cfg.variants:
                 records.append(measure(module, n, variant, cfg, dtype, device, host, x, stock_out))
                 bar.update()
-                atomic_write(
-                    out / "results.json",
-                    json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1),
-                )
-                atomic_write(out / "results.md", markdown_table(records, env))
+                _write(out, records, env)
             del host, x, stock_out
     bar.close()
     return records
+
+
+def _write(out: Path, records: list[DiffusionRecord], env: dict) -> None:
+    atomic_write(
+        out / "results.json", json.dumps({"environment": env, "records": [asdict(r) for r in records]}, indent=1)
+    )
+    atomic_write(out / "results.md", markdown_table(records, env))
 
 
 def markdown_table(records: list[DiffusionRecord], env: dict) -> str:

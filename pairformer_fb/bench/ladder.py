@@ -81,6 +81,7 @@ from ..cli import (
     COMMON_SETTINGS,
     Setting,
     atomic_write,
+    check_names,
     check_results_not_replaced,
     check_settings,
     check_writable_dir,
@@ -99,6 +100,7 @@ from .structure import (
     RANDOM_WEIGHTS_NOTE,
     PhaseTimer,
     build_model,
+    check_patch_selection,
     dtype_context,
     model_summary,
     patch_variant,
@@ -237,6 +239,7 @@ SETTINGS: tuple[Setting, ...] = (
     ("rank", "int", 1),
     ("lean_memory", "bool", None),
     ("memory_detail", "bool", None),
+    ("dtype", ("auto", "bf16", "fp16", "fp32"), None),
 )
 
 
@@ -254,10 +257,8 @@ def validate(cfg):
         positive_int(t, f"tokens: every rung (a token count) ({list(tokens)})")
     if len(set(tokens)) != len(tokens):
         raise ValueError(f"tokens names a rung twice: {list(tokens)}")
-    variants = list(cfg.variants)
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad or not variants or len(set(variants)) != len(variants):
-        raise ValueError(f"variants must be distinct names from {list(VARIANTS)}, got {variants}")
+    check_names(cfg.variants, "variants", VARIANTS)
+    check_patch_selection(cfg, host.name)
     for k in SCHEDULE_KEYS:
         positive_int(cfg.get(k), k, allow_null=True)
     long = cfg.get("long_rungs") or {}

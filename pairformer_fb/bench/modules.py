@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..cli import atomic_write, positive_ints
+from ..cli import Setting, atomic_write, check_names, check_settings, positive_ints
 from ..modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
 from .timing import (
     Skipped,
@@ -157,7 +157,27 @@ def profile(module: str, n: int, variant: str, rank, cfg, dtype, device, path: P
     atomic_write(path, prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
 
 
+MODULES = ("triangle_starting", "triangle_ending", "single")
+VARIANTS = ("exact", "lowrank", "torch_sdpa")
+# checked before any work: (dotted key, kind, least value)
+SETTINGS: tuple[Setting, ...] = (
+    ("rank", "int", 1),
+    ("factor_width", "int", 1),
+    *((f"triangle.{k}", "int", 1) for k in ("c_z", "heads", "head_dim")),
+    *((f"single.{k}", "int", 1) for k in ("c_s", "c_z", "heads")),
+    ("backward", "bool", None),
+    ("backward_max_n", "int", 1),
+    ("profile", "bool", None),
+    ("profile_n", "int", 1),
+)
+
+
 def run(cfg) -> list[ModuleRecord]:
+    modules = check_names(cfg.modules, "modules", MODULES)
+    check_names(cfg.variants, "variants", VARIANTS)
+    check_settings(cfg, SETTINGS)
+    if cfg.single.c_s % cfg.single.heads:
+        raise ValueError(f"single.c_s = {cfg.single.c_s} is not divisible by single.heads = {cfg.single.heads}")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     sizes = {kind: positive_ints(cfg[kind].sizes, f"{kind}.sizes") for kind in ("triangle", "single")}
@@ -166,7 +186,7 @@ def run(cfg) -> list[ModuleRecord]:
     env = environment(device) | {"dtype": str(dtype).replace("torch.", "")}
     jobs = [
         (m, n, v, (cfg.rank if v == "lowrank" else None))
-        for m in cfg.modules
+        for m in modules
         for n in sizes["triangle" if m.startswith("triangle") else "single"]
         for v in cfg.variants
     ]

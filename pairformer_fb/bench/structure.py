@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..cli import COMMON_SETTINGS, Setting, atomic_write, check_settings, check_writable_dir
+from ..cli import COMMON_SETTINGS, Setting, atomic_write, check_names, check_settings, check_writable_dir
 from ..data.featurize import InputError, Sample, read_samples
 from ..data.structure import (
     TM_METHODS,
@@ -352,7 +352,20 @@ SETTINGS: tuple[Setting, ...] = (
     ("rank", "int", 1),
     ("cuda_graphs", "bool", None),
     ("raise_errors", "bool", None),
+    ("dtype", ("auto", "bf16", "fp16", "fp32"), None),
 )
+
+
+def check_patch_selection(cfg, host: str) -> None:
+    """The patched stacks (null: the adapter's default) and kinds: non-empty lists of the names
+    the host has, checked before any model work (patch_model would say so only after the build;
+    an empty list used to mean the defaults)."""
+    from ..hosts import KINDS, get_adapter
+
+    if cfg.get("stacks") is not None:
+        check_names(cfg.stacks, "stacks", get_adapter(host).STACKS)
+    if cfg.get("kinds") is not None:
+        check_names(cfg.kinds, "kinds", KINDS)
 
 
 def validate(cfg) -> tuple[StructureHost, list[Sample], Any, dict]:
@@ -361,10 +374,8 @@ def validate(cfg) -> tuple[StructureHost, list[Sample], Any, dict]:
     check_settings(cfg, SETTINGS)
     host = get_host(cfg.host)
     host.check(cfg)
-    variants = list(cfg.variants)
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad or not variants or len(set(variants)) != len(variants):
-        raise ValueError(f"variants must be distinct names from {list(VARIANTS)}, got {variants}")
+    check_names(cfg.variants, "variants", VARIANTS)
+    check_patch_selection(cfg, host.name)
     check_writable_dir(cfg.output_dir, "output_dir")
     if cfg.get("diffusion_dtype") not in DIFFUSION_DTYPES:
         raise ValueError(f"diffusion_dtype must be null, bf16 or fp16, got {cfg.diffusion_dtype!r}")

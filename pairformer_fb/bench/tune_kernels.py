@@ -155,15 +155,27 @@ def tune(problems: list[Problem], device, dtype, warmup_ms=10, rep_ms=50) -> tup
 
 
 def run(cfg) -> None:
+    out = Path(cfg.output_dir)
+    if (out / "tuned_configs.json").exists() and not cfg.overwrite:
+        raise FileExistsError(
+            f"output_dir={cfg.output_dir} already holds a tuned_configs.json: give overwrite=true to replace it, "
+            "or another output_dir"
+        )
     if not torch.cuda.is_available():
         raise ValueError("tune_kernels times the kernels on a GPU: no CUDA device here")
     if cfg.dtype not in ("bf16", "fp16"):
         raise ValueError(f"dtype must be bf16 or fp16, got {cfg.dtype!r}")
     device = torch.device("cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
-    problems = [Problem(**p) for p in cfg.problems]
+    problems = []
+    for i, p in enumerate(cfg.problems):
+        try:
+            problems.append(Problem(**p))
+        except TypeError as e:
+            raise ValueError(
+                f"problems[{i}] = {dict(p)}: {e} (keys: {', '.join(Problem.__dataclass_fields__)})"
+            ) from None
     winners, log = tune(problems, device, dtype, cfg.warmup_ms, cfg.rep_ms)
-    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "tuned_configs.json", json.dumps(winners, indent=1))
     atomic_write(out / "tune_log.json", json.dumps(log, indent=1))

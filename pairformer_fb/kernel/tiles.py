@@ -140,7 +140,13 @@ def load_config_overrides(path: str) -> int:
     scripts/tune_kernels.py; elem_bytes defaults to 2, the 16-bit dtypes)."""
     import json
 
-    entries = json.load(open(path))
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not a JSON list of tile entries ({err})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of tile entries, got {type(entries).__name__}")
     for e in entries:
         if e.get("rows", 2) not in (1, 2, 4):
             raise ValueError(f"{path}: {e}: rows must be 1, 2 or 4")

@@ -91,6 +91,15 @@ def _deep_update(d: dict, u: Mapping) -> dict:
     return d
 
 
+def _has_dotted_key(config: Mapping[str, Any], key: str) -> bool:
+    node: Any = config
+    for part in str(key).split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def protenix_configs(model: str = "tiny", overrides: Mapping[str, Any] | None = None, *, cpu: bool = True):
     """Protenix's inference configs (a ConfigDict) for preset ``model``.
 
@@ -107,6 +116,11 @@ def protenix_configs(model: str = "tiny", overrides: Mapping[str, Any] | None = 
         raise PresetError(f"unknown Protenix preset model={model!r}; known: {', '.join(protenix_presets())}")
     merged = copy.deepcopy({**base, "data": data_configs, **inference_configs})
     _deep_update(merged, copy.deepcopy(model_configs[name]))
+    for key in dict(overrides or {}):  # Protenix's argparse would print its whole usage and exit
+        if not _has_dotted_key(merged, key):
+            raise PresetError(
+                f"overrides: {key!r} is not a Protenix setting (e.g. model.N_cycle, sample_diffusion.N_step)"
+            )
     settings = {"model_name": name, **preset, **(PROTENIX_CPU if cpu else {}), **dict(overrides or {})}
     args = " ".join(f"--{k} {v}" for k, v in settings.items())
     return parse_configs(merged, args, fill_required_with_null=True)

@@ -38,6 +38,10 @@ class ProtenixHost(StructureHost):
     def check(self, cfg) -> None:
         if cfg.kernels not in self.KERNELS:
             raise ValueError(f"kernels must be one of {', '.join(self.KERNELS)} for host=protenix, got {cfg.kernels!r}")
+        if cfg.get("overrides"):  # their names, before any work (the configs are cheap to compose)
+            from .presets import protenix_configs
+
+            protenix_configs(cfg.model if cfg.model != "auto" else "tiny", dict(cfg.overrides))
 
     def featurise(self, sample, cfg):
         from .featurize import protenix_features
