@@ -14,7 +14,7 @@ import os
 os.environ.setdefault("LAYERNORM_TYPE", "torch")  # protenix without CUDA: no fused layer norm build
 
 from hydra.utils import to_absolute_path  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from omegaconf import ListConfig, OmegaConf  # noqa: E402
 
 from pairformer_fb.cli import main  # noqa: E402
 
@@ -24,6 +24,13 @@ def task(cfg) -> None:
     from pairformer_fb.modules import FactorConfig
 
     p, fit = cfg.patch, cfg.fit
+    for key in ("stacks", "kinds", "blocks"):
+        if p[key] is not None and not isinstance(p[key], ListConfig):
+            raise ValueError(f'patch.{key} must be a list or null, e.g. "patch.{key}=[a,b]", got {p[key]!r}')
+    if fit.samples is not None and not isinstance(fit.samples, ListConfig):
+        raise ValueError(
+            f'fit.samples must be a list of FASTA files or null, e.g. "fit.samples=[a.fasta]", got {fit.samples!r}'
+        )
     listed = lambda v: None if v is None else list(OmegaConf.to_container(v))
     report = convert_checkpoint(
         to_absolute_path(cfg.input),

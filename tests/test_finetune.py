@@ -190,7 +190,8 @@ def test_script_tiny_three_steps_writes_loadable_checkpoint(tiny_fb, tmp_path):
         assert abs(ref - err) <= 1e-5 * max(1.0, ref), (path, ref, err)
 
     bad = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
-    assert bad.returncode != 0 and "exists" in bad.stderr  # the output is never overwritten silently
+    # the output (and the run's logs and report) are never overwritten silently
+    assert bad.returncode != 0 and "already holds an earlier fine-tuning run" in bad.stderr
 
 
 def test_loss_falls_on_a_fixed_batch(tiny_fb, tmp_path):

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..hosts import DEFAULT_KINDS, HOSTS, KINDS, host_module
 from ..hosts.presets import DEFAULT_PRESETS
+from ..modules.common import is_count
 from ..modules.factor_network import FactorConfig, factor_config_for
 from ..patching.patching import patch_model, unpatch_model
 from .checkpoint import (
@@ -207,6 +208,26 @@ def _dtype_of(state_dict: Mapping[str, Any]) -> torch.dtype:
     return max(counts, key=counts.__getitem__) if counts else torch.float32
 
 
+def _check_fit_arguments(max_tokens, fit_steps, fit_lr, seed, device) -> None:
+    """The fit's settings and the device, checked before any work (one ValueError naming the
+    first bad one; they otherwise failed inside the fit, or did something else: fit_steps=-1 ran
+    none, max_tokens=0 cropped nothing)."""
+    if max_tokens is not None and not is_count(max_tokens):
+        raise ValueError(f"max_tokens (fit.max_tokens) must be a positive integer or null, got {max_tokens!r}")
+    if not is_count(fit_steps, 0):
+        raise ValueError(f"fit_steps (fit.steps) must be an integer >= 0, got {fit_steps!r}")
+    if isinstance(fit_lr, bool) or not isinstance(fit_lr, (int, float)) or not fit_lr > 0:
+        raise ValueError(f"fit_lr (fit.lr) must be a number > 0, got {fit_lr!r}")
+    if not is_count(seed, 0) or seed >= 2**32:
+        raise ValueError(f"seed (fit.seed) must be an integer in [0, 2**32), got {seed!r}")
+    try:
+        dev = torch.device("cpu" if device == "auto" else device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but CUDA is not available here; use device=auto or cpu")
+
+
 def convert_checkpoint(
     input: str | os.PathLike,
     output: str | os.PathLike,
@@ -266,6 +287,7 @@ def convert_checkpoint(
     the input, bad arguments), FileNotFoundError, PresetError; nothing is written then.
     """
     start = time.perf_counter()
+    _check_fit_arguments(max_tokens, fit_steps, fit_lr, seed, device)
     output = Path(output)
     check_output_path(output, input, overwrite=overwrite)
     ckpt = read_checkpoint(input, host, use_ema=use_ema, allow_pickle=allow_pickle)

@@ -281,7 +281,31 @@ SETTINGS: tuple[Setting, ...] = (
     ("data.n_val", "int", 0),
     ("optimizer.lr", "number", 0),
     ("optimizer.weight_decay", "number", 0),
+    ("optimizer.eps", "number", 0),
+    ("schedule.warmup_steps", "int", 0),
+    ("schedule.total_steps", "int", 1),
+    ("schedule.min_lr_ratio", "number", 0),
+    ("model.host", ("protenix",), None),  # fine-tuning supports Protenix only
+    ("model.n_cycle", "int", 1),
 )
+
+
+def _check_finetune_settings(cfg: Mapping[str, Any]) -> None:
+    """What SETTINGS' kinds cannot say, checked before any work: Adam's two betas in [0, 1), a
+    final LR ratio of at most 1, an msa_dir that is a folder."""
+    betas = cfg["optimizer"].get("betas")
+    if (
+        not isinstance(betas, (list, tuple))
+        or len(betas) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
+    ):
+        raise ValueError(f"optimizer.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {betas!r}")
+    ratio = cfg["schedule"].get("min_lr_ratio")
+    if ratio is not None and ratio > 1:
+        raise ValueError(f"schedule.min_lr_ratio must be <= 1 (final LR / peak LR), got {ratio!r}")
+    msa_dir = cfg["data"].get("msa_dir")
+    if msa_dir is not None and not Path(msa_dir).is_dir():
+        raise ValueError(f"data.msa_dir={msa_dir!r} is not a folder")
 
 
 def finetune(cfg: Mapping[str, Any]) -> dict:
@@ -292,6 +316,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
 
     cfg = json.loads(json.dumps(cfg))  # a plain copy: it goes into the metadata
     check_settings(cfg, SETTINGS)
+    _check_finetune_settings(cfg)
     tr, opt_cfg, sch, data, loss_cfg, patch_cfg = (
         cfg["trainer"],
         cfg["optimizer"],
@@ -320,6 +345,14 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     # the run a resume continues wrote (or will write) this output: it may replace it
     continued = state is not None and _output_of(state["config"]) == output
     if main:
+        # an earlier run's logs and report in output_dir are replaced only when asked (or resumed)
+        earlier = [n for n in ("train_log.csv", "finetune_report.json") if (out_dir / n).exists()]
+        if earlier and not (cfg.get("overwrite") or state is not None):
+            raise FileExistsError(
+                f"output_dir={out_dir} already holds an earlier fine-tuning run ({', '.join(earlier)}): give "
+                "overwrite=true to replace its logs and report, resume=<its training checkpoint> to continue "
+                "it, or another output_dir"
+            )
         if output.parent.is_dir():
             check_output_path(output, checkpoint, overwrite=bool(cfg.get("overwrite")) or continued)
         else:
