@@ -562,10 +562,10 @@ def test_one_row_bias_gradient_is_stored_by_its_only_writer(case, pad, fuse, mon
     assert all(not (c["DS_STORE"] and c["DS_FULL"]) for c in spy.calls)
 
 
-def _backward_matches_the_reference_with_two_rows(case, monkeypatch):
+def _backward_matches_the_reference(case, monkeypatch):
     """The backward with the default tiles (or case["blocks"]: block_m, block_n) at two rows per
-    program (its dS sum fused or not: case["fuse"]) for a case of make_inputs' arguments:
-    gradients against the reference's. Returns the spy of the backward kernel's launches."""
+    program (or case["rows"]; its dS sum fused or not: case["fuse"]) for a case of make_inputs'
+    arguments: gradients against the reference's. Returns the spy of the backward kernel's launches."""
     from pairformer_fb.kernel import tiles, triton_launch
 
     spy = LaunchSpy(triton_launch._bwd_kernel)
@@ -583,7 +583,11 @@ def _backward_matches_the_reference_with_two_rows(case, monkeypatch):
         tiles.CONFIG_OVERRIDES,
         tiles.config_key("bwd", block_d, block_r, has_bias, elem),
         tiles.KernelConfig(
-            *case.get("blocks", (cfg.block_m, cfg.block_n)), cfg.num_warps, cfg.num_stages, 2, fuse_ds=case["fuse"]
+            *case.get("blocks", (cfg.block_m, cfg.block_n)),
+            cfg.num_warps,
+            cfg.num_stages,
+            case.get("rows", 2),
+            fuse_ds=case["fuse"],
         ),
     )
     out = flash_bias_attention(*args, **kw, backend="triton")
@@ -611,7 +615,7 @@ def test_staggered_query_block_loop_matches_the_reference(case, monkeypatch):
 
     monkeypatch.setattr(tiles, "DQ_STAGGER", True)
     monkeypatch.setattr(tiles, "DS_TILE_PAD", case["pad"])
-    spy = _backward_matches_the_reference_with_two_rows(case, monkeypatch)
+    spy = _backward_matches_the_reference(case, monkeypatch)
     assert spy.calls and all(c["STAGGER_KB"] for c in spy.calls)
     assert all(c["DS_FULL"] == (case["pad"] and c["FUSE_DS"]) for c in spy.calls)
 
@@ -701,6 +705,8 @@ def test_bad_kernel_settings_are_one_line_at_the_call_not_at_import(name, value,
         # the heads summed too (a bias shared by the heads, no factors); query and key tiles of two widths
         dict(B=4, H=3, Lq=20, Lk=70, D=16, R=0, fb=1, bias=(1, 1, 20, 70), mask=None, fuse=True, blocks=(16, 32)),
         dict(B=2, H=2, Lq=33, Lk=47, D=16, R=4, fb=2, bias=None, mask=(2, 47), fuse=True),  # row factors
+        # four rows per program (session 14), the last group of three: its clamped row adds zeros
+        dict(B=7, H=2, Lq=37, Lk=41, D=16, R=0, fb=1, bias=(1, 2, 37, 41), mask=(7, 41), fuse=True, rows=4),
     ],
 )
 def test_bulk_reduce_adds_match_the_reference_in_the_interpreter(case, monkeypatch):
@@ -723,8 +729,9 @@ def test_bulk_reduce_adds_match_the_reference_in_the_interpreter(case, monkeypat
         interpreter.InterpreterBuilder, "create_descriptor_reduce", create_descriptor_reduce, raising=False
     )
     monkeypatch.setattr(triton_launch, "_tma_reduce_kinds", lambda device, scores: frozenset({"dq", "ds"}))
-    spy = _backward_matches_the_reference_with_two_rows(case, monkeypatch)
+    spy = _backward_matches_the_reference(case, monkeypatch)
     assert spy.calls and all(c["TMA_DQ"] for c in spy.calls)
+    assert all(c["ROWS"] == case.get("rows", c["ROWS"]) for c in spy.calls)
     row_factors = case["fb"] > 1
     assert all(c["TMA_DS"] == (not row_factors) for c in spy.calls)
 
