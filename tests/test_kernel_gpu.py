@@ -79,6 +79,59 @@ def test_forward_with_four_rows_per_program_on_gpu(name, tiles_, monkeypatch):
     assert rel_err(four, ref) < 1.5 * rel_err(default, ref) + 1e-4
 
 
+@pytest.mark.parametrize("name", ["triangle_bias_bf16", "triangle_factors_bf16", "triangle_both_fp16"])
+@pytest.mark.parametrize("tiles_", [(64, 64, 8, 2, 4), (64, 32, 4, 3, 4)], ids=["m64n64w8r4", "m64n32s3r4"])
+def test_backward_with_four_rows_per_program_on_gpu(name, tiles_, monkeypatch):
+    """The backward's four rows per program (session 14's option, not a default; its tiles spill on
+    sm_90) on the GPU, with the bulk reduce-adds at this size too, against the fp32 reference and
+    as close to it as the default tiles, for B not a multiple of 4."""
+    from pairformer_fb.kernel import tiles, triton_launch
+    from pairformer_fb.kernel.op import pow2_at_least_16
+
+    B, H, Lq, Lk, D, R, fb, bias_shape, mask_shape, dtype = CASES[name]
+    B -= 3
+    args, kw = make_inputs(
+        B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape, mask_shape=mask_shape and (B, Lk), dtype=dtype,
+        device="cuda",
+    )  # fmt: skip
+    args32 = [a.detach().float().requires_grad_(True) for a in args]
+    kw32 = {n: (t if t.dtype == torch.bool else t.detach().float().requires_grad_(True)) for n, t in kw.items()}
+    ref = grads(flash_bias_attention(*args32, **kw32, backend="reference"), differentiable(args32, kw32))
+    monkeypatch.setattr(tiles, "TMA_REDUCE_MIN_SCORES", 0)
+    default = grads(flash_bias_attention(*args, **kw), differentiable(args, kw))
+    key = tiles.config_key("bwd", pow2_at_least_16(D), pow2_at_least_16(R) if R else 0, bias_shape is not None, 2)
+    monkeypatch.setitem(tiles.CONFIG_OVERRIDES, key, tiles.KernelConfig(*tiles_, fuse_ds=True))
+    spy = LaunchSpy(triton_launch._bwd_kernel)
+    monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
+    four = grads(flash_bias_attention(*args, **kw), differentiable(args, kw))
+    assert spy.calls and all(c["ROWS"] == 4 for c in spy.calls)
+    names = ["q", "k", "v", *[n for n in kw if n != "key_mask"]]
+    for n, a, b, r in zip(names, four, default, ref):
+        assert torch.isfinite(a).all() and rel_err(a, r) < TOL[dtype][1], n
+        assert rel_err(a, r) < 1.5 * rel_err(b, r) + 1e-4, n
+
+
+def test_small_backwards_skip_the_bulk_reduce_adds_on_gpu(monkeypatch):
+    """tiles.TMA_REDUCE_MIN_SCORES (session 14): below 2^28 scores the backward keeps its atomics
+    (host-bound sizes), above it takes the bulk reduce-adds; the gradients agree either way."""
+    from pairformer_fb.kernel import tiles, triton_launch
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("bulk tensor reduce-adds need compute capability 9")
+    monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset({"dq", "ds"}))
+    spy = LaunchSpy(triton_launch._bwd_kernel)
+    monkeypatch.setattr(triton_launch, "_bwd_kernel", spy)
+    args, kw = make_inputs(64, 4, 128, 128, 32, 0, bias_shape=(1, 4, 128, 128), dtype=torch.bfloat16, device="cuda")
+    small = grads(flash_bias_attention(*args, **kw), differentiable(args, kw))  # 4 M scores
+    assert spy.calls and not any(c["TMA_DQ"] or c["TMA_DS"] for c in spy.calls)
+    spy.calls.clear()
+    monkeypatch.setattr(tiles, "TMA_REDUCE_MIN_SCORES", 1 << 20)
+    bulk = grads(flash_bias_attention(*args, **kw), differentiable(args, kw))
+    assert spy.calls and all(c["TMA_DQ"] and c["TMA_DS"] for c in spy.calls)
+    for a, b in zip(small, bulk):
+        assert rel_err(a, b) < 1e-2
+
+
 @pytest.mark.parametrize(
     "name", ["triangle_bias_bf16", "triangle_factors_bf16", "triangle_both_fp16", "row_factors_bf16", "rank1_d8"]
 )
