@@ -136,19 +136,22 @@ COMMON_SETTINGS: tuple[Setting, ...] = (
 _COMMON_KEYS = frozenset(key for key, _, _ in COMMON_SETTINGS)
 
 
-def check_results_not_replaced(cfg: Mapping[str, Any]) -> None:
-    """A FileExistsError where ``output_dir`` already holds a run's ``results.json`` and the
-    config says neither ``overwrite=true`` nor ``resume=true`` (the scripts that resume, e.g. the
-    ladder, check what they add to themselves): a benchmark never replaces earlier results
-    unasked. Checked by ``main`` before the task starts."""
+def check_results_not_replaced(
+    cfg: Mapping[str, Any], files: Sequence[str] = ("results.json",), resume_hint: str = " resume=true to add to it,"
+) -> None:
+    """A FileExistsError where ``output_dir`` already holds one of an earlier run's ``files`` (a
+    benchmark's ``results.json``) and the config says neither ``overwrite=true`` nor ``resume``
+    (the scripts that resume, e.g. the ladder, check what they add to themselves): a script never
+    replaces earlier results unasked. Checked by ``main`` before the task starts (for
+    results.json; tune_kernels and finetune name their own files)."""
     if cfg.get("overwrite") or cfg.get("resume"):
         return
-    results = Path(cfg["output_dir"]) / "results.json"
-    if results.exists():
-        resume = " resume=true to add to it," if "resume" in cfg else ""
+    held = [name for name in files if (Path(cfg["output_dir"]) / name).exists()]
+    if held:
+        resume = resume_hint if "resume" in cfg else ""
         raise FileExistsError(
-            f"output_dir={cfg['output_dir']} already holds a results.json: give overwrite=true to replace it,"
-            f"{resume} or another output_dir"
+            f"output_dir={cfg['output_dir']} already holds {' and '.join('a ' + n for n in held)}: give "
+            f"overwrite=true to replace {'it' if len(held) == 1 else 'them'},{resume} or another output_dir"
         )
 
 

@@ -994,3 +994,18 @@ def test_attention_cuda_graphs_setting_is_checked_before_any_work(tmp_path):
         with pytest.raises(ValueError, match="cuda_graphs=true .* needs a CUDA device, got device=cpu"):
             attention.run(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_model_auto_takes_a_converted_checkpoints_preset():
+    """model=auto builds the preset a converted checkpoint records (as fine-tuning does), not the
+    device's default: a tiny conversion benchmarked on a GPU would otherwise build the base model."""
+    from types import SimpleNamespace
+
+    from pairformer_fb.hosts.structure_hosts import auto_preset
+
+    converted = SimpleNamespace(metadata={"model_preset": "tiny"})
+    plain = SimpleNamespace(metadata=None)
+    auto, named = SimpleNamespace(model="auto"), SimpleNamespace(model="v2")
+    assert auto_preset(auto, converted, "base") == "tiny"
+    assert auto_preset(auto, plain, "base") == auto_preset(auto, None, "base") == "base"
+    assert auto_preset(named, converted, "base") == "v2"

@@ -172,7 +172,7 @@ def test_finetune_resume_after_a_finished_run(tiny, tmp_path):
     assert meta["finetune"]["steps"] == 2
     # a fresh run into it still refuses, with another output_name too (its logs and report would be
     # replaced); a truncated resume file is one line, before any work
-    earlier = "already holds an earlier fine-tuning run (train_log.csv, finetune_report.json)"
+    earlier = "already holds a train_log.csv and a finetune_report.json: give overwrite=true to replace them"
     assert_one_line_error(run("finetune", *base, "trainer.max_steps=1", cwd=tmp_path), earlier)
     log = (tmp_path / "ft_out" / "train_log.csv").read_text()
     assert_one_line_error(run("finetune", *base, "trainer.max_steps=1", "output_name=other.pt", cwd=tmp_path), earlier)

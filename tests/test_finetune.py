@@ -191,7 +191,7 @@ def test_script_tiny_three_steps_writes_loadable_checkpoint(tiny_fb, tmp_path):
 
     bad = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
     # the output (and the run's logs and report) are never overwritten silently
-    assert bad.returncode != 0 and "already holds an earlier fine-tuning run" in bad.stderr
+    assert bad.returncode != 0 and "already holds a train_log.csv" in bad.stderr
 
 
 def test_loss_falls_on_a_fixed_batch(tiny_fb, tmp_path):

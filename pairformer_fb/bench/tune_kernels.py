@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..cli import atomic_write
+from ..cli import atomic_write, check_results_not_replaced
 from ..kernel import flash_bias_attention
 from ..kernel import tiles as tfb
 from .timing import median_ms
@@ -156,11 +156,7 @@ def tune(problems: list[Problem], device, dtype, warmup_ms=10, rep_ms=50) -> tup
 
 def run(cfg) -> None:
     out = Path(cfg.output_dir)
-    if (out / "tuned_configs.json").exists() and not cfg.overwrite:
-        raise FileExistsError(
-            f"output_dir={cfg.output_dir} already holds a tuned_configs.json: give overwrite=true to replace it, "
-            "or another output_dir"
-        )
+    check_results_not_replaced(cfg, ("tuned_configs.json",))
     if not torch.cuda.is_available():
         raise ValueError("tune_kernels times the kernels on a GPU: no CUDA device here")
     if cfg.dtype not in ("bf16", "fp16"):

@@ -59,7 +59,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cli import COMMON_SETTINGS, Setting, atomic_write, check_settings, check_writable_dir
+from ..cli import (
+    atomic_write,
+    check_results_not_replaced,
+    check_writable_dir,
+)
 from ..hosts.protenix.training import protenix_trunk, recycling_graph_modules
 from ..modules.factor_network import BiasSample, FactorNetwork, batched_approximation_losses
 from ..patching.cuda_graphs import GraphHandle, graph_module
@@ -72,6 +76,7 @@ from .checkpoint import (
     write_checkpoint_atomic,
 )
 from .convert import build_model, load_converted, write_converted
+from .finetune_settings import check_finetune_settings
 from .training_data import ProteinCrops, split_samples
 
 
@@ -262,52 +267,6 @@ def _write_csv(path: Path, rows: list[dict], fields: Sequence[str]) -> None:
     atomic_write(path, text.getvalue())
 
 
-# the scalar settings checked before any work (cli.check_settings): (dotted key, kind, least value)
-SETTINGS: tuple[Setting, ...] = (
-    *COMMON_SETTINGS,  # device, seed
-    ("overwrite", "bool", None),
-    ("progress", "bool", None),
-    ("trainer.max_steps", "int", 1),
-    ("trainer.save_every", "int", 0),
-    ("trainer.val_every", "int", 0),
-    ("trainer.log_every", "int", 1),
-    ("trainer.grad_clip", "number", 0),
-    ("trainer.bf16", "bool", None),
-    ("trainer.tensorboard", "bool", None),
-    ("trainer.find_unused_parameters", "bool", None),
-    ("trainer.cuda_graphs", "bool", None),
-    ("trainer.cuda_graphs_max", "int", 1),
-    ("data.crop_size", "int", 1),
-    ("data.n_val", "int", 0),
-    ("optimizer.lr", "number", 0),
-    ("optimizer.weight_decay", "number", 0),
-    ("optimizer.eps", "number", 0),
-    ("schedule.warmup_steps", "int", 0),
-    ("schedule.total_steps", "int", 1),
-    ("schedule.min_lr_ratio", "number", 0),
-    ("model.host", ("protenix",), None),  # fine-tuning supports Protenix only
-    ("model.n_cycle", "int", 1),
-)
-
-
-def _check_finetune_settings(cfg: Mapping[str, Any]) -> None:
-    """What SETTINGS' kinds cannot say, checked before any work: Adam's two betas in [0, 1), a
-    final LR ratio of at most 1, an msa_dir that is a folder."""
-    betas = cfg["optimizer"].get("betas")
-    if (
-        not isinstance(betas, (list, tuple))
-        or len(betas) != 2
-        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
-    ):
-        raise ValueError(f"optimizer.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {betas!r}")
-    ratio = cfg["schedule"].get("min_lr_ratio")
-    if ratio is not None and ratio > 1:
-        raise ValueError(f"schedule.min_lr_ratio must be <= 1 (final LR / peak LR), got {ratio!r}")
-    msa_dir = cfg["data"].get("msa_dir")
-    if msa_dir is not None and not Path(msa_dir).is_dir():
-        raise ValueError(f"data.msa_dir={msa_dir!r} is not a folder")
-
-
 def finetune(cfg: Mapping[str, Any]) -> dict:
     """Run a fine-tuning (see the module docstring) from a plain nested config (the Hydra
     config as a dict; keys as in ``configs/finetune/finetune.yaml``). Returns a summary dict
@@ -315,8 +274,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     from tqdm.auto import tqdm
 
     cfg = json.loads(json.dumps(cfg))  # a plain copy: it goes into the metadata
-    check_settings(cfg, SETTINGS)
-    _check_finetune_settings(cfg)
+    check_finetune_settings(cfg)
     tr, opt_cfg, sch, data, loss_cfg, patch_cfg = (
         cfg["trainer"],
         cfg["optimizer"],
@@ -345,14 +303,8 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
     # the run a resume continues wrote (or will write) this output: it may replace it
     continued = state is not None and _output_of(state["config"]) == output
     if main:
-        # an earlier run's logs and report in output_dir are replaced only when asked (or resumed)
-        earlier = [n for n in ("train_log.csv", "finetune_report.json") if (out_dir / n).exists()]
-        if earlier and not (cfg.get("overwrite") or state is not None):
-            raise FileExistsError(
-                f"output_dir={out_dir} already holds an earlier fine-tuning run ({', '.join(earlier)}): give "
-                "overwrite=true to replace its logs and report, resume=<its training checkpoint> to continue "
-                "it, or another output_dir"
-            )
+        logs = ("train_log.csv", "finetune_report.json")  # an earlier run's, replaced only when asked
+        check_results_not_replaced(cfg, logs, " resume=<its training checkpoint> to continue it,")
         if output.parent.is_dir():
             check_output_path(output, checkpoint, overwrite=bool(cfg.get("overwrite")) or continued)
         else:

@@ -47,6 +47,16 @@ def load_weights(model, ckpt, preset: str, label: str, info: dict) -> None:
     info.update(checkpoint=str(ckpt.path), weights="checkpoint", converted=ckpt.metadata is not None)
 
 
+def auto_preset(cfg, ckpt, device_default: str) -> str:
+    """The preset ``model=`` names; for ``auto`` the one a converted checkpoint records (its
+    ``model_preset``, as fine-tuning takes it), else ``device_default`` (tiny on a CPU, the
+    host's full size on CUDA)."""
+    if cfg.model != "auto":
+        return cfg.model
+    recorded = (ckpt.metadata or {}).get("model_preset") if ckpt is not None else None
+    return recorded or device_default
+
+
 def finish_build(model, device, ckpt, cfg, preset: str, label: str, info: dict):
     from .presets import randomise_
 

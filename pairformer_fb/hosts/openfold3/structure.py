@@ -7,7 +7,7 @@ import importlib.util
 from importlib.metadata import version
 from typing import ClassVar
 
-from ..structure_hosts import StructureHost, finish_build
+from ..structure_hosts import StructureHost, auto_preset, finish_build
 
 
 def _set_dotted(config, key: str, value) -> None:
@@ -79,7 +79,7 @@ class OpenFold3Host(StructureHost):
         from .presets import openfold3_config
 
         cpu = device.type == "cpu"
-        preset = cfg.model if cfg.model != "auto" else ("tiny" if cpu else "default")
+        preset = auto_preset(cfg, ckpt, "tiny" if cpu else "default")
         config = openfold3_config(preset)
         kernels = self._kernels(cfg, device)
         switches = {

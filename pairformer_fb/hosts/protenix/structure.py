@@ -7,7 +7,7 @@ import importlib.util
 
 import torch
 
-from ..structure_hosts import StructureHost, finish_build
+from ..structure_hosts import StructureHost, auto_preset, finish_build
 
 
 def best_protenix_kernels(device: torch.device) -> dict[str, str]:
@@ -52,7 +52,7 @@ class ProtenixHost(StructureHost):
         from .presets import build_protenix
 
         cpu = device.type == "cpu"
-        preset = cfg.model if cfg.model != "auto" else ("tiny" if cpu else "base")
+        preset = auto_preset(cfg, ckpt, "tiny" if cpu else "base")
         if cfg.kernels == "auto":
             kernels = best_protenix_kernels(device)
         else:
