@@ -10,6 +10,7 @@ ranks' gradients and takes the same AdamW step.
 
 import contextlib
 import csv
+import json
 import os
 import re
 import subprocess
@@ -165,6 +166,17 @@ def test_script_tiny_three_steps_writes_loadable_checkpoint(tiny_fb, tmp_path):
     assert meta["finetune"]["config"]["trainer"]["max_steps"] == 3 and meta["finetune"]["steps"] == 3
     assert meta["finetune"]["config"]["model"]["preset"] == "tiny"
     assert meta["modules"] == source["pairformer_fb"]["modules"]
+    # the conversion's fit errors describe the factors before fine-tuning: kept under that name
+    assert "fit" not in meta and meta["conversion_fit"] == source["pairformer_fb"]["fit"]
+    # the structure benchmark's lowrank variant says the factors were fine-tuned
+    bench = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), f"checkpoint={result}", "samples=[1crn]",
+         "variants=[lowrank]", "warmup=0", f"output_dir={tmp_path / 'bench'}"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False,
+    )  # fmt: skip
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    low = json.loads((tmp_path / "bench" / "results.json").read_text())["records"][0]
+    assert low["notes"]["factors"] == "from the converted checkpoint, fine-tuned 3 steps"
     # the host weights unchanged, every factor tensor trained
     assert container["model"].keys() == source["model"].keys()
     for k, v in source["model"].items():

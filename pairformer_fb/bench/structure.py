@@ -298,7 +298,8 @@ def patch_variant(model, variant: str, cfg, ckpt) -> dict:
             "rank": next((e.rank for e in entries if e.rank), None),
             "kinds": sorted({e.kind for e in entries}),
             "stacks": sorted({e.stack for e in entries}),
-            "factors": "from the converted checkpoint",
+            "factors": "from the converted checkpoint"
+            + (f", fine-tuned {meta['finetune'].get('steps')} steps" if meta.get("finetune") else ""),
             "patched_as": "the checkpoint's metadata records",
             **_lean(report),
             **dd,

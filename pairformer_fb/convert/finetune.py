@@ -552,6 +552,8 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
             ]
             _write_csv(out_dir / "validation.csv", rows, list(rows[0]))
         new_meta = dict(meta)
+        if "fit" in new_meta:  # the conversion's errors describe the factors before this fine-tuning
+            new_meta["conversion_fit"] = new_meta.pop("fit")
         new_meta["finetune"] = {
             "config": cfg,
             "source": str(checkpoint),
