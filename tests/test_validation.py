@@ -51,6 +51,11 @@ def f(r=3, b=1, H=2, L=5):
         (lambda: ((torch.randn(2, 2, 0, 8), *qkv()[1:]), {}), r"every dimension >= 1"),
         (lambda: (qkv(), {"gate": torch.randn(1, 2, 5, 8)}), r"gate must be \[B, H, Lq, D\] = \[2, 2, 5, 8\] like q"),
         (lambda: (qkv(), {"gate": torch.randn(2, 2, 5, 8).half()}), r"gate has dtype torch.float16"),
+        (
+            lambda: ((qkv()[0].to_sparse(), *qkv()[1:]), {}),
+            r"q must be a dense \(strided\) tensor, got a sparse_coo one",
+        ),
+        (lambda: (qkv(), {"bias": torch.randn(1, 2, 5, 5).to_sparse()}), r"bias must be a dense \(strided\) tensor"),
         (lambda: (qkv(), {"scale": float("nan")}), r"scale must be finite, got nan"),
         (lambda: (qkv(), {"scale": float("inf")}), r"scale must be finite, got inf"),
         (lambda: (qkv(), {"scale": "0.5"}), r"scale must be a real number, got str '0.5'"),

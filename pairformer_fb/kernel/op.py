@@ -24,6 +24,9 @@ def _shape(t: torch.Tensor) -> str:
 def _check_tensor(name: str, t, ndim: int | None = None) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_nested or t.layout != torch.strided:
+        layout = "nested" if t.is_nested else str(t.layout).replace("torch.", "")
+        raise TypeError(f"{name} must be a dense (strided) tensor, got a {layout} one")
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must be a {ndim}-d tensor, got shape {_shape(t)}")
 
