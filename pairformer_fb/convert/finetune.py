@@ -59,11 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cli import (
-    atomic_write,
-    check_results_not_replaced,
-    check_writable_dir,
-)
+from ..cli import atomic_write, check_results_not_replaced, check_writable_dir
 from ..hosts.protenix.training import protenix_trunk, recycling_graph_modules
 from ..modules.factor_network import BiasSample, FactorNetwork, batched_approximation_losses
 from ..patching.cuda_graphs import GraphHandle, graph_module

@@ -31,6 +31,12 @@ def _check_tensor(name: str, t, ndim: int | None = None) -> None:
         raise ValueError(f"{name} must be a {ndim}-d tensor, got shape {_shape(t)}")
 
 
+def check_backend(backend) -> None:
+    """A ValueError naming ``backend`` unless it is one of the op's (the modules check theirs too)."""
+    if backend not in ("auto", "triton", "reference"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
+
+
 def _check_scale(scale, D: int) -> float:
     """The score scale as a finite float (D ** -0.5 when None): a real number, or a one-element
     tensor that needs no gradient (the op takes the scale as a constant)."""
@@ -137,8 +143,7 @@ def flash_bias_attention(
     Gradients flow to q, k, v, the factors and the bias, summed over broadcast dimensions;
     the mask gets none.
     """
-    if backend not in ("auto", "triton", "reference"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
+    check_backend(backend)
     _check_tensor("q", q, 4)
     _check_tensor("k", k, 4)
     _check_tensor("v", v, 4)

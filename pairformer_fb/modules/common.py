@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Literal, Sequence, cast, get_args
 import torch
 from torch import nn
 
+from ..kernel.op import MAX_HEAD_DIM
+
 if TYPE_CHECKING:
     from .factor_network import FactorNetwork
 
@@ -59,8 +61,6 @@ def is_count(value, minimum: int = 1) -> bool:
 def check_heads(n_heads, head_dim, width_name: str = "", width: int = 0) -> int:
     """A constructor's n_heads and head_dim checked, and the input width ``width_name`` when given;
     head_dim None: that width // n_heads, which must divide. Returns the head dim."""
-    from ..kernel.op import MAX_HEAD_DIM
-
     if width_name:
         check_count(width_name, width)
     check_count("n_heads", n_heads)
@@ -72,11 +72,6 @@ def check_heads(n_heads, head_dim, width_name: str = "", width: int = 0) -> int:
     if head_dim > MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be <= {MAX_HEAD_DIM} (the kernels' widest), got {head_dim}")
     return head_dim
-
-
-def check_backend(backend) -> None:
-    if backend not in ("auto", "triton", "reference"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
 
 
 def concat_linear_params(linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:

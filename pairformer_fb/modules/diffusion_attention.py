@@ -23,7 +23,7 @@ from torch import nn
 from ..kernel import flash_bias_attention, prepare_reused_bias
 from ..kernel.adaptive_layer_norm import adaptive_layer_norm
 from ..kernel.layer_norm import layer_norm
-from ..kernel.op import Backend
+from ..kernel.op import Backend, check_backend
 from .bias_cache import (
     BiasCacheEntry,
     BiasScope,
@@ -36,7 +36,6 @@ from .common import (
     MODES,
     FlashBiasModule,
     Mode,
-    check_backend,
     check_count,
     check_features,
     check_heads,

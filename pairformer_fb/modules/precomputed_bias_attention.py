@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ..kernel import flash_bias_attention, prepare_reused_bias
-from ..kernel.op import Backend
+from ..kernel.op import Backend, check_backend
 from .bias_cache import BiasCacheEntry, BiasScope, SVDConfig, SVDFactors, svd_factors
-from .common import FlashBiasModule, Mode, check_backend, check_count, check_features, check_heads, shape_str
+from .common import FlashBiasModule, Mode, check_count, check_features, check_heads, shape_str
 
 PRECOMPUTED_MODES: tuple[str, ...] = ("exact", "lowrank")
 

@@ -11,11 +11,10 @@ from torch import nn
 
 from ..kernel import flash_bias_attention
 from ..kernel.layer_norm import layer_norm
-from ..kernel.op import Backend
+from ..kernel.op import Backend, check_backend
 from .common import (
     FlashBiasModule,
     Mode,
-    check_backend,
     check_count,
     check_features,
     check_heads,
