@@ -208,10 +208,10 @@ def _dtype_of(state_dict: Mapping[str, Any]) -> torch.dtype:
     return max(counts, key=counts.__getitem__) if counts else torch.float32
 
 
-def _check_fit_arguments(max_tokens, fit_steps, fit_lr, seed, device) -> None:
+def _check_fit_arguments(max_tokens, fit_steps, fit_lr, seed, device) -> torch.device:
     """The fit's settings and the device, checked before any work (one ValueError naming the
     first bad one; they otherwise failed inside the fit, or did something else: fit_steps=-1 ran
-    none, max_tokens=0 cropped nothing)."""
+    none, max_tokens=0 cropped nothing). Returns the device ("auto": CUDA if available)."""
     if max_tokens is not None and not is_count(max_tokens):
         raise ValueError(f"max_tokens (fit.max_tokens) must be a positive integer or null, got {max_tokens!r}")
     if not is_count(fit_steps, 0):
@@ -221,11 +221,12 @@ def _check_fit_arguments(max_tokens, fit_steps, fit_lr, seed, device) -> None:
     if not is_count(seed, 0) or seed >= 2**32:
         raise ValueError(f"seed (fit.seed) must be an integer in [0, 2**32), got {seed!r}")
     try:
-        dev = torch.device("cpu" if device == "auto" else device)
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but CUDA is not available here; use device=auto or cpu")
+    return dev
 
 
 def convert_checkpoint(
@@ -287,7 +288,7 @@ def convert_checkpoint(
     the input, bad arguments), FileNotFoundError, PresetError; nothing is written then.
     """
     start = time.perf_counter()
-    _check_fit_arguments(max_tokens, fit_steps, fit_lr, seed, device)
+    dev = _check_fit_arguments(max_tokens, fit_steps, fit_lr, seed, device)
     output = Path(output)
     check_output_path(output, input, overwrite=overwrite)
     ckpt = read_checkpoint(input, host, use_ema=use_ema, allow_pickle=allow_pickle)
@@ -320,9 +321,6 @@ def convert_checkpoint(
             "factor-network keys): strip it first (strip=true)"
         )
     factor_config = factor_config_for(rank, factor_config)
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    )
 
     if isinstance(model, nn.Module):
         net, preset = model, type(model).__name__
