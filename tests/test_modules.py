@@ -806,3 +806,5 @@ def test_clear_weight_caches_after_an_edit_through_data():
         assert rel_err(module(z), want) > 1e-3  # stale
         assert clear_weight_caches(module) == 1
         assert rel_err(module(z), want) < 1e-6
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        clear_weight_caches("model.pt")

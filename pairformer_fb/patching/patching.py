@@ -396,6 +396,8 @@ def clear_weight_caches(model: nn.Module) -> int:
     updates, ``load_state_dict`` and optimiser steps advance; an edit through ``.data`` (e.g. an
     EMA swap written that way) does not. Call this after such an edit. Returns how many caches it
     cleared."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     cleared = 0
     # a patched module keeps its FlashBias module outside its registered children
     inner = [m.flash_bias for m in model.modules() if isinstance(m, PatchedModule)]
