@@ -14,3 +14,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def no_tf32():
+    """fp32 matmuls without TF32 for one test (references compared at fp32 tolerances), restored
+    after it: the switch is process-wide, and a test that left it off changed the next test's
+    numerics in the same worker."""
+    matmul = torch.backends.cuda.matmul
+    old = matmul.allow_tf32
+    matmul.allow_tf32 = False
+    yield
+    matmul.allow_tf32 = old

@@ -107,14 +107,13 @@ def coordinates(model, feats, bf16=False):
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
-def test_protenix_patched_and_graphed_matches_unpatched(protenix_cuda, bf16):
+def test_protenix_patched_and_graphed_matches_unpatched(protenix_cuda, bf16, no_tf32):
     """Graphed vs the same model eager (tight: the same kernels replayed) and FlashBias exact +
     graphed vs unpatched (fp32: the Triton kernels' 1e-4; bf16: loose, random weights amplify
     bf16 rounding over the steps)."""
     import pairformer_fb as fb
     from pairformer_fb.patching.patching import patched_modules
 
-    torch.backends.cuda.matmul.allow_tf32 = False
     model, (feats, other) = protenix_cuda
     ref, ref_other = coordinates(model, feats, bf16), coordinates(model, other, bf16)
     same = 1e-2 if bf16 else 1e-5  # graphed vs eager of the same model

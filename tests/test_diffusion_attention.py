@@ -497,10 +497,9 @@ def test_diffusion_benchmark_runs_on_cpu(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind, n", [("diffusion", 384), ("atom", 1000)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_gpu_matches_host(kind, n, dtype):
+def test_gpu_matches_host(kind, n, dtype, no_tf32):
     """Protenix sizes on CUDA (the Triton kernels): ours against the host module, both in fp32
     (no TF32) or both under bf16 autocast."""
-    torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     heads, c_a, c_s, c_z = (16, 768, 384, 128) if kind == "diffusion" else (4, 128, 128, 16)
     host = (

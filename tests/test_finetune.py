@@ -378,12 +378,11 @@ def test_finetune_with_cuda_graphs_reports_them_and_trains_the_same(tiny_fb, tmp
 
 
 @pytest.mark.gpu
-def test_graphed_recycling_on_cuda_trains_as_the_eager_run(tiny_fb, tmp_path):
+def test_graphed_recycling_on_cuda_trains_as_the_eager_run(tiny_fb, tmp_path, no_tf32):
     """The same with real CUDA graphs on a GPU (fp32; a replay runs the captured kernels: the
     same results up to the GPU's nondeterministic reductions)."""
     from naive import rel_err
 
-    torch.backends.cuda.matmul.allow_tf32 = False
     feats = ProteinCrops(split_samples([str(short_fasta(tmp_path))], None, 0)[0], crop_size=16, seed=0).fixed(0)
     losses, weights, val, _ = recycling_run(tiny_fb, feats, graphed=False, device="cuda")
     g_losses, g_weights, g_val, stats = recycling_run(tiny_fb, feats, graphed=True, device="cuda")

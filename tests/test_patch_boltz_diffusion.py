@@ -387,10 +387,9 @@ def test_diffusion_module_chunks_of_samples_reuse_the_bias():
 
 
 @pytest.mark.gpu
-def test_gpu_diffusion_module_matches_host():
+def test_gpu_diffusion_module_matches_host(no_tf32):
     """On CUDA (the Triton kernels), fp32 without TF32 as Boltz-2 runs its diffusion: the patched
     score model against the host, exact and (full-rank SVD) lowrank."""
-    torch.backends.cuda.matmul.allow_tf32 = False
     dm = make_diffusion_module().cuda()
     fixed, steps = dm_inputs(n_atoms=64, n_tokens=20)
     to_cuda = lambda x: x.cuda() if isinstance(x, torch.Tensor) else x

@@ -399,11 +399,10 @@ def test_openfold3_full_model_under_inference_mode(openfold3_model, trust):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_gpu_matches_host(dtype):
+def test_gpu_matches_host(dtype, no_tf32):
     """OpenFold3's sizes (c_token 768, 16 heads x 48, c_s 384, c_z 128) on CUDA (the Triton
     kernels), 5 samples sharing the pair rep, padded tokens masked: ours against the host module,
     both in fp32 (no TF32) or both under bf16 autocast; the second call reads the cached bias."""
-    torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     n, c_a, c_s, c_z, heads = 384, 768, 384, 128, 16
     host = (
