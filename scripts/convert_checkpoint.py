@@ -31,6 +31,10 @@ def task(cfg) -> None:
         raise ValueError(
             f'fit.samples must be a list of FASTA files or null, e.g. "fit.samples=[a.fasta]", got {fit.samples!r}'
         )
+    if fit.max_tokens is not None and not isinstance(fit.max_tokens, ListConfig):
+        raise ValueError(
+            f'fit.max_tokens must be a list of lengths or null, e.g. "fit.max_tokens=[64,128]", got {fit.max_tokens!r}'
+        )
     listed = lambda v: None if v is None else list(OmegaConf.to_container(v))
     report = convert_checkpoint(
         to_absolute_path(cfg.input),
@@ -43,7 +47,7 @@ def task(cfg) -> None:
         kinds=listed(p.kinds),
         blocks=listed(p.blocks),
         samples=None if fit.samples is None else [to_absolute_path(f) for f in fit.samples],
-        max_tokens=fit.max_tokens,
+        max_tokens=listed(fit.max_tokens),
         fit_steps=fit.steps,
         fit_lr=fit.lr,
         seed=fit.seed,

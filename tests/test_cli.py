@@ -57,7 +57,13 @@ def tiny(tmp_path_factory):
     torch.save({"model": model.state_dict()}, d / "tiny.pt")
     os.chmod(d / "tiny.pt", 0o644)
     done = run(
-        "convert_checkpoint", "input=tiny.pt", "output=conv.pt", "model=tiny", "fit.steps=0", "fit.max_tokens=16", cwd=d
+        "convert_checkpoint",
+        "input=tiny.pt",
+        "output=conv.pt",
+        "model=tiny",
+        "fit.steps=0",
+        "fit.max_tokens=[16]",
+        cwd=d,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return d
@@ -109,7 +115,7 @@ def test_convert_refuses_an_existing_output_and_keeps_the_input_mode(tiny):
         "output=conv2.pt",
         "model=tiny",
         "fit.steps=0",
-        "fit.max_tokens=16",
+        "fit.max_tokens=[16]",
         "patch.rank=8",
         cwd=tiny,
     )
@@ -120,7 +126,7 @@ def test_convert_refuses_an_existing_output_and_keeps_the_input_mode(tiny):
         "output=conv2.pt",
         "model=tiny",
         "fit.steps=0",
-        "fit.max_tokens=16",
+        "fit.max_tokens=[16]",
         "patch.rank=4",
         "overwrite=true",
         cwd=tiny,
@@ -440,7 +446,10 @@ def test_tune_kernels_keeps_earlier_tiles_unasked(tmp_path):
     "args, needle",
     [
         (dict(fit_steps=-1), "fit_steps (fit.steps) must be an integer >= 0, got -1"),
-        (dict(max_tokens=0), "max_tokens (fit.max_tokens) must be a positive integer or null, got 0"),
+        (dict(max_tokens=0), "max_tokens (fit.max_tokens) must be a positive integer, a non-empty list of them"),
+        (dict(max_tokens=[]), "max_tokens (fit.max_tokens) must be a positive integer, a non-empty list of them"),
+        (dict(max_tokens=[64, 0]), "(each chain cut at each length) or null, got [64, 0]"),
+        (dict(max_tokens="64"), "or null, got '64'"),
         (dict(fit_lr=-1.0), "fit_lr (fit.lr) must be a number > 0, got -1.0"),
         (dict(seed=-3), "seed (fit.seed) must be an integer in [0, 2**32), got -3"),
         pytest.param(

@@ -13,6 +13,7 @@ fitted error against that of the random initialisation and the rank-R SVD floor.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ import pairformer_fb as fb
 from pairformer_fb.convert.checkpoint import CheckpointError, file_sha256
 from pairformer_fb.convert.convert import convert_checkpoint, load_converted
 from pairformer_fb.convert.factor_init import approximation_error, capture_bias_targets
-from pairformer_fb.convert.samples import read_fasta_sequences, seed_all
+from pairformer_fb.convert.samples import last_chain_share, read_fasta_sequences, seed_all
 from pairformer_fb.hosts.openfold3.featurize import synthetic_features
 from pairformer_fb.hosts.protenix.featurize import sequence_features
 from pairformer_fb.modules import (
@@ -466,7 +467,7 @@ def test_script_converts_tiny_protenix_and_fails_cleanly(tmp_path):
         "patch.factor_width=16",
         "patch.factor_depth=1",
         f"fit.samples=[{SAMPLE[0]}]",
-        "fit.max_tokens=10",
+        "fit.max_tokens=[10,12]",
         "fit.steps=10",
         "progress=false",
     ]
@@ -475,6 +476,21 @@ def test_script_converts_tiny_protenix_and_fails_cleanly(tmp_path):
     assert "| `pairformer_stack.blocks.1.attention_pair_bias` | single | 4 |" in done.stdout
     assert out.exists() and (tmp_path / "tiny_fb.pt.report.md").exists()
     assert torch.load(out, weights_only=True)["pairformer_fb"]["factor_config"]["width"] == 16
+    samples = json.loads((tmp_path / "tiny_fb.pt.report.json").read_text())["samples"]
+    assert samples == ["1crn:1CRN (10 residues)", "1crn:1CRN (12 residues)"], samples
+
+    one = subprocess.run(
+        [*args[:3], f"output={tmp_path / 'one.pt'}", "fit.max_tokens=10"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+        check=False,
+    )
+    assert one.returncode == 2 and 'fit.max_tokens must be a list, e.g. "fit.max_tokens=[a,b]"' in one.stderr, (
+        one.stderr
+    )
 
     bad = subprocess.run(
         args[:2] + [f"input={out}", f"output={out}"],
@@ -486,3 +502,48 @@ def test_script_converts_tiny_protenix_and_fails_cleanly(tmp_path):
         check=False,
     )
     assert bad.returncode != 0 and "refusing to overwrite" in bad.stderr
+
+
+def test_sample_chains_are_cut_at_each_length_without_repeats():
+    """Every chain cut at each length (shortest first, chain by chain); a cut equal to an earlier
+    one is left out: 7wux_a2b2 is two copies of 7wux_a's and 7wux_b's chains, and 1crn (46
+    residues) is whole at 64 and 128 alike."""
+    files = [ROOT / "data_samples" / f for f in ("1crn.fasta", "7wux_a.fasta", "7wux_a2b2.fasta", "7wux_b.fasta")]
+    got = [(name, len(seq)) for name, seq in read_fasta_sequences(files, [64, 32, 128, 64])]
+    assert got == [
+        ("1crn:1CRN", 32),
+        ("1crn:1CRN", 46),
+        ("7wux_a:7WUX_A", 32),
+        ("7wux_a:7WUX_A", 64),
+        ("7wux_a:7WUX_A", 128),
+        ("7wux_a2b2:7WUX_B1", 32),
+        ("7wux_a2b2:7WUX_B1", 64),
+        ("7wux_a2b2:7WUX_B1", 128),
+    ], got
+    whole = read_fasta_sequences(files, None)
+    assert [n for n, _ in whole] == ["1crn:1CRN", "7wux_a:7WUX_A", "7wux_a2b2:7WUX_B1"]
+    assert read_fasta_sequences(files[:1], 12) == [("1crn:1CRN", whole[0][1][:12])]
+    sequences = read_fasta_sequences(files, [32, 64, 128])
+    assert last_chain_share(sequences) == 3 / 8
+
+
+@pytest.mark.parametrize(
+    "n_calls, holdout, held",
+    [(8, True, 1), (10, True, 2), (1, True, 0), (8, False, 0), (16, 3 / 8, 6), (4, 0.1, 1), (2, 0.9, 1)],
+)
+def test_held_out_calls(n_calls, holdout, held):
+    from pairformer_fb.convert.factor_init import _held_out_calls
+
+    assert _held_out_calls(n_calls, holdout) == held
+
+
+@pytest.mark.parametrize("holdout", [1.0, 0.0, 2, "yes", None])
+def test_fit_refuses_a_bad_holdout_before_running(holdout):
+    from pairformer_fb.convert.factor_init import fit_patched_model
+
+    ran = []
+    with pytest.raises(
+        ValueError, match=re.escape(f"holdout must be true, false or a fraction in (0, 1), got {holdout!r}")
+    ):
+        fit_patched_model(torch.nn.Linear(1, 1), ran.append, holdout=holdout)
+    assert not ran

@@ -212,8 +212,18 @@ def _check_fit_arguments(max_tokens, fit_steps, fit_lr, seed, device) -> torch.d
     """The fit's settings and the device, checked before any work (one ValueError naming the
     first bad one; they otherwise failed inside the fit, or did something else: fit_steps=-1 ran
     none, max_tokens=0 cropped nothing). Returns the device ("auto": CUDA if available)."""
-    if max_tokens is not None and not is_count(max_tokens):
-        raise ValueError(f"max_tokens (fit.max_tokens) must be a positive integer or null, got {max_tokens!r}")
+    if not (
+        max_tokens is None
+        or is_count(max_tokens)
+        or isinstance(max_tokens, Sequence)
+        and not isinstance(max_tokens, str)
+        and len(max_tokens) > 0
+        and all(is_count(n) for n in max_tokens)
+    ):
+        raise ValueError(
+            "max_tokens (fit.max_tokens) must be a positive integer, a non-empty list of them (each chain "
+            f"cut at each length) or null, got {max_tokens!r}"
+        )
     if not is_count(fit_steps, 0):
         raise ValueError(f"fit_steps (fit.steps) must be an integer >= 0, got {fit_steps!r}")
     if isinstance(fit_lr, bool) or not isinstance(fit_lr, (int, float)) or not fit_lr > 0:
@@ -243,7 +253,7 @@ def convert_checkpoint(
     kinds: Sequence[str] = DEFAULT_KINDS,
     blocks: Sequence[int] | None = None,
     samples: Sequence[str | os.PathLike] | Callable[[nn.Module], object] | None = None,
-    max_tokens: int | None = 64,
+    max_tokens: int | Sequence[int] | None = (32, 64),
     fit_steps: int = 300,
     fit_lr: float = 1e-3,
     seed: int = 0,
@@ -269,9 +279,13 @@ def convert_checkpoint(
         model_prefix: where the model's keys sit in the checkpoint's state dict (None: "" for a
             full model, the trunk's path for Boltz-2's "trunk" preset).
         mode, rank, factor_config, stacks, kinds, blocks: as for ``patch_model``.
-        samples: FASTA files of the sample proteins (None: ``data_samples/*.fasta``), each
-            cropped to ``max_tokens`` residues, run through the model with
-            ``samples.run_samples``; or a callable ``run(model)`` that runs the model itself.
+        samples: FASTA files of the sample proteins (None: ``data_samples/*.fasta``), every
+            chain cut to each of the ``max_tokens`` lengths (an int: one; None: whole chains;
+            repeated cuts left out) and run through the model with ``samples.run_samples``;
+            the last chain (every cut) is held out of the fit for the reported ``heldout_error``.
+            Or a callable ``run(model)`` that runs the model itself (its last fifth of calls held
+            out). The factors generalise to the token counts they were fitted at: fit at the
+            lengths the model will run (e.g. ``[64, 128, 256, 384]`` on a GPU).
         fit_steps, fit_lr: the Adam refinement of each factor network (0: least squares only).
         seed: seeds the factor networks' initialisation and the sample features.
         strip: turn a converted checkpoint back into a plain host one (nothing else is done).
@@ -348,21 +362,24 @@ def convert_checkpoint(
         factor_config=asdict(factor_config),
     )
     if any(e.rank is not None for e in patch.entries):
+        holdout: bool | float = True
         if callable(samples):
             run, report.sample_run = samples, "given callable"
         else:
-            from .samples import read_fasta_sequences, run_samples
+            from .samples import last_chain_share, read_fasta_sequences, run_samples
 
             files = sorted(DEFAULT_SAMPLES_DIR.glob("*.fasta")) if samples is None else [Path(p) for p in samples]
             if not files:
                 raise FileNotFoundError(f"no sample FASTA files (looked in {DEFAULT_SAMPLES_DIR})")
             sequences = read_fasta_sequences(files, max_tokens)
             report.samples = [f"{name} ({len(seq)} residues)" for name, seq in sequences]
+            share = last_chain_share(sequences)
+            holdout = share if share < 1 else False  # one chain: nothing to hold out
 
             def run(m):
                 report.sample_run = run_samples(m, ckpt.host, sequences, seed=seed, progress=progress)
 
-        report.fits = fit_patched_model(net, run, steps=fit_steps, lr=fit_lr, progress=progress)
+        report.fits = fit_patched_model(net, run, steps=fit_steps, lr=fit_lr, holdout=holdout, progress=progress)
 
     # the new state dict: the read one, unchanged, plus the factor networks
     meta = make_metadata(ckpt.host, patch, factor_config, input, prefix=prefix)

@@ -16,8 +16,8 @@ dense bias its host module really adds, on the pair representations the host mod
    c. Adam on ``bias_approximation_loss`` over all the network's parameters (``steps``), keeping
       the best parameters seen.
 
-   With held-out samples (``fit_patched_model`` holds out the last fifth of the calls), the
-   ridge is chosen and Adam stopped early on their error: a few short samples are otherwise
+   With held-out samples (``fit_patched_model`` holds out the last calls: by default the last
+   fifth, in a conversion every call of its last sample chain), the ridge is chosen and Adam stopped early on their error: a few short samples are otherwise
    fitted almost exactly and generalise badly (observed on the tiny Protenix, 2 x 32 tokens:
    held-out error 100+ with ridge 1e-6, 0.3 with 0.1, against 4-8 for the random init).
 
@@ -273,22 +273,39 @@ def fit_factor_network(
     )
 
 
+def _check_holdout(holdout) -> None:
+    if not isinstance(holdout, bool) and not (isinstance(holdout, float) and 0 < holdout < 1):
+        raise ValueError(f"holdout must be true, false or a fraction in (0, 1), got {holdout!r}")
+
+
+def _held_out_calls(n_calls: int, holdout: bool | float) -> int:
+    """How many of a module's last ``n_calls`` recorded calls are held out (see fit_patched_model)."""
+    if holdout is False or n_calls < 2:
+        return 0
+    if holdout is True:
+        return max(1, n_calls // 5)
+    return min(n_calls - 1, max(1, round(n_calls * holdout)))
+
+
 def fit_patched_model(
     model: nn.Module,
     run: Callable[[nn.Module], object],
     *,
     steps: int = 300,
     lr: float = 1e-3,
-    holdout: bool = True,
+    holdout: bool | float = True,
     progress: bool = True,
 ) -> list[FitResult]:
     """Capture the biases of every patched module with a factor network (``capture_bias_targets``)
     and fit each (``fit_factor_network``), in model order. With ``holdout`` and at least two
-    recorded calls of a module, its last fifth of calls (at least one: with the sample runners,
-    the last sample(s)) is held out of the fit and its error reported as ``heldout_error``. A
+    recorded calls of a module, its last calls are held out of the fit and their error reported
+    as ``heldout_error``: a fraction in (0, 1) holds out that share of the calls (rounded, at
+    least one; the conversion passes the last sample chain's share, so that every call of that
+    chain -- each cut length, each recycling cycle -- is held out), True the last fifth. A
     module that the run never called raises ValueError (its factors would stay random)."""
     from tqdm.auto import tqdm
 
+    _check_holdout(holdout)
     records = capture_bias_targets(model, run)
     uncalled = [p for p, r in records.items() if not r]
     if uncalled:
@@ -304,7 +321,7 @@ def fit_patched_model(
         network = w.flash_bias.factor_network
         assert network is not None  # capture_bias_targets records only the modules with one
         recorded = records.pop(path)
-        n_held = max(1, len(recorded) // 5) if holdout and len(recorded) >= 2 else 0
+        n_held = _held_out_calls(len(recorded), holdout)
         results.append(
             fit_factor_network(
                 network,

@@ -31,17 +31,48 @@ from ..hosts import get_adapter
 from ..modules import FlashBiasAttentionPairBias, FlashBiasTriangleAttention
 
 
-def read_fasta_sequences(paths: Iterable[str | os.PathLike], max_tokens: int | None = None) -> list[tuple[str, str]]:
+def cut_lengths(max_tokens: int | Sequence[int] | None) -> Sequence[int | None]:
+    """The lengths the sample chains are cut to: ``max_tokens`` as a sorted list without repeats
+    (an int: that one; None: [None], whole chains)."""
+    if max_tokens is None:
+        return [None]
+    if isinstance(max_tokens, (int, np.integer)):
+        return [int(max_tokens)]
+    return sorted(set(int(n) for n in max_tokens))
+
+
+def read_fasta_sequences(
+    paths: Iterable[str | os.PathLike], max_tokens: int | Sequence[int] | None = None
+) -> list[tuple[str, str]]:
     """``[(file stem:record id, sequence)]`` of every record (chain) in the FASTA files, read and
-    checked by ``featurize.read_fasta``, each cropped to its first ``max_tokens`` residues
-    (None: whole)."""
+    checked by ``featurize.read_fasta``, cut to its first ``max_tokens`` residues (None: whole).
+    Several lengths: every chain cut at each, chain by chain (a chain's cuts follow each other,
+    shortest first), so that the fit sees the pair representations of several token counts.
+
+    A cut that repeats an earlier one is left out (a homomer's second chain, the same protein in
+    two files, a chain shorter than two of the lengths): it would give the fit the same bias
+    targets twice, and a held-out chain must be one the fit did not see."""
     from ..data.featurize import read_fasta
 
-    return [
-        (f"{Path(path).stem}:{chain.name}", chain.sequence[:max_tokens] if max_tokens else chain.sequence)
-        for path in paths
-        for chain in read_fasta(path).chains
-    ]
+    paths = list(paths)
+    lengths = cut_lengths(max_tokens)
+    seen: set[str] = set()
+    out = []
+    for path in paths:
+        for chain in read_fasta(path).chains:
+            for n in lengths:
+                seq = chain.sequence[:n] if n else chain.sequence
+                if seq not in seen:
+                    seen.add(seq)
+                    out.append((f"{Path(path).stem}:{chain.name}", seq))
+    return out
+
+
+def last_chain_share(sequences: Sequence[tuple[str, str]]) -> float:
+    """The share of ``sequences`` that the last chain's cuts take (their names are the chain's):
+    the fraction of a run's calls that holds that chain out of the fit."""
+    last = sequences[-1][0]
+    return sum(name == last for name, _ in sequences) / len(sequences)
 
 
 def seed_all(seed: int) -> None:
@@ -118,4 +149,4 @@ def run_samples(
 
 SampleRunner = Callable[[nn.Module], object]
 
-__all__ = ["SampleRunner", "read_fasta_sequences", "run_samples", "seed_all"]
+__all__ = ["SampleRunner", "cut_lengths", "last_chain_share", "read_fasta_sequences", "run_samples", "seed_all"]

@@ -27,7 +27,7 @@ torch.save({"model": {"module." + k: v for k, v in m.state_dict().items()}}, f"{
 PY
   stamp "convert"
   python3 scripts/convert_checkpoint.py input=$D/base.pt output=$D/base_fb.pt model=base \
-      "fit.samples=[data_samples/1crn.fasta,data_samples/1ubq.fasta]" fit.max_tokens=64 fit.steps=0 \
+      "fit.samples=[data_samples/1crn.fasta,data_samples/1ubq.fasta]" "fit.max_tokens=[64]" fit.steps=0 \
       progress=false > $R/convert.log 2>&1 || { tail -5 $R/convert.log; exit 1; }
   rm -f $D/base.pt
 fi

@@ -17,7 +17,7 @@ torch.save({"model": {"module." + k: v for k, v in m.state_dict().items()}}, f"{
 PY
 stamp "convert"
 python3 scripts/convert_checkpoint.py input=$D/base.pt output=$D/base_fb.pt model=base \
-    "fit.samples=[data_samples/1crn.fasta,data_samples/1ubq.fasta]" fit.max_tokens=64 fit.steps=${FIT_STEPS:-0} progress=false
+    "fit.samples=[data_samples/1crn.fasta,data_samples/1ubq.fasta]" "fit.max_tokens=[64]" fit.steps=${FIT_STEPS:-0} progress=false
 cp $D/base_fb.pt.report.md $R/convert_report.md 2>/dev/null || true
 stamp "finetune"
 python3 scripts/finetune.py checkpoint=$D/base_fb.pt output_dir=$R/run output_name=$D/finetuned_fb.pt model=base data=gpu \
