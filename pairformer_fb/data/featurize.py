@@ -98,7 +98,8 @@ def read_fasta(path: str | os.PathLike, name: str | None = None) -> Sample:
     if not path.is_file():
         raise InputError(f"FASTA file {str(path)!r} does not exist")
     try:
-        records = list(SeqIO.parse(str(path), "fasta"))
+        with open(path) as handle:  # closed on a parse error too (Biopython's own handle was not)
+            records = list(SeqIO.parse(handle, "fasta"))
     except Exception as e:  # noqa: BLE001 - a parse failure of any kind is a bad input
         raise InputError(f"{path}: not a readable FASTA file ({type(e).__name__}: {e})") from e
     if not records:
