@@ -121,6 +121,21 @@ def test_crop_features_keeps_tokens_and_their_atoms():
         crop_features(feats, feats["restype"].shape[0], 5)
 
 
+def test_a_validation_sample_must_share_no_chain_with_training(tmp_path):
+    """7wux_a2b2 is two copies of 7wux_a's and 7wux_b's chains: held out beside them it would be
+    measured on what trained. The default split holds out the last sample, 1ubq, which no other
+    sample contains."""
+    need("protenix")
+    with pytest.raises(ValueError, match=re.escape("validation sample '7wux_a2b2' is not held out: its chain")):
+        split_samples(["1crn", "7wux_a", "7wux_a2b2"], None, 1)
+    with pytest.raises(ValueError, match="training sample 'other'"):
+        copy = str(short_fasta(tmp_path, "copy"))
+        split_samples([str(short_fasta(tmp_path, "other")), copy], [copy], 1)
+    data = make_cfg([])["data"]
+    train, held = split_samples(data["samples"], data["val_samples"], data["n_val"])
+    assert [s.name for s in held] == ["1ubq"] and "1ubq" not in [s.name for s in train]
+
+
 def test_data_order_is_a_function_of_seed_step_and_rank():
     need("protenix")
     train, held = split_samples(["1crn", "1ubq", "7wux_a"], None, 1)

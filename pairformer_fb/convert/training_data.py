@@ -60,7 +60,23 @@ def split_samples(specs: Sequence[str], val: Sequence[str] | None, n_val: int, d
         train, held = samples[: len(samples) - n_val], samples[len(samples) - n_val :]
     if not train:
         raise ValueError("no training sample left after holding out the validation samples")
+    _check_held_out(train, held)
     return train, held
+
+
+def _check_held_out(train, held) -> None:
+    """A ValueError when a validation sample has a chain whose sequence a training sample also
+    has: its errors would be measured on what the factors trained on (7wux_a2b2, say, is two
+    copies of 7wux_a's and 7wux_b's chains)."""
+    trained = {c.sequence: s.name for s in train for c in s.chains}
+    for s in held:
+        for c in s.chains:
+            if c.sequence in trained:
+                raise ValueError(
+                    f"validation sample {s.name!r} is not held out: its chain {c.name!r} has the sequence of a "
+                    f"chain of training sample {trained[c.sequence]!r}; choose data.val_samples that no "
+                    "training sample contains (or leave that training sample out of data.samples)"
+                )
 
 
 # ---------------------------------------------------------------------------------------------
