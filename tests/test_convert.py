@@ -471,7 +471,11 @@ def test_script_converts_tiny_protenix_and_fails_cleanly(tmp_path):
         "fit.steps=10",
         "progress=false",
     ]
-    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
+
+    def run(argv):
+        return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
+
+    done = run(args)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| `pairformer_stack.blocks.1.attention_pair_bias` | single | 4 |" in done.stdout
     assert out.exists() and (tmp_path / "tiny_fb.pt.report.md").exists()
@@ -479,28 +483,10 @@ def test_script_converts_tiny_protenix_and_fails_cleanly(tmp_path):
     samples = json.loads((tmp_path / "tiny_fb.pt.report.json").read_text())["samples"]
     assert samples == ["1crn:1CRN (10 residues)", "1crn:1CRN (12 residues)"], samples
 
-    one = subprocess.run(
-        [*args[:3], f"output={tmp_path / 'one.pt'}", "fit.max_tokens=10"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-        check=False,
-    )
-    assert one.returncode == 2 and 'fit.max_tokens must be a list, e.g. "fit.max_tokens=[a,b]"' in one.stderr, (
-        one.stderr
-    )
-
-    bad = subprocess.run(
-        args[:2] + [f"input={out}", f"output={out}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-        check=False,
-    )
+    one = run([*args[:3], f"output={tmp_path / 'one.pt'}", "fit.max_tokens=10"])
+    assert one.returncode == 2, one.stderr
+    assert 'fit.max_tokens must be a list, e.g. "fit.max_tokens=[a,b]"' in one.stderr, one.stderr
+    bad = run(args[:2] + [f"input={out}", f"output={out}"])
     assert bad.returncode != 0 and "refusing to overwrite" in bad.stderr
 
 
