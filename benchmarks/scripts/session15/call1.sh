@@ -8,6 +8,7 @@
 #   3. the diffusion factors on their one-row backward tiles from CUDA graph replays
 #      (scripts/session13/call_next.sh's first step), if time is left.
 export PYTHONUNBUFFERED=1
+LIMIT=${LIMIT:-585}  # seconds this call may take (less when little device time is left)
 OUT=${OUT:-bench_out/session15}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 SECONDS=0
@@ -22,17 +23,17 @@ head -12 "$OUT/fuzz/results.md" 2>/dev/null; grep -A8 "^## Failures" "$OUT/fuzz/
 sizes=("triangle.sizes=[256,384,448,512]" "single.sizes=[384,768,1536]" "diffusion.sizes=[384]")
 for run in 1 2; do
   for side in threshold always; do
-    [ $SECONDS -gt 470 ] && break 2
+    [ $SECONDS -gt $((LIMIT - 115)) ] && break 2
     min=""; [ $side = always ] && min=0
-    env ${min:+PFB_TMA_REDUCE_MIN_SCORES=$min} timeout $((585 - SECONDS)) python3 scripts/bench_attention.py \
+    env ${min:+PFB_TMA_REDUCE_MIN_SCORES=$min} timeout $((LIMIT - SECONDS)) python3 scripts/bench_attention.py \
       "methods=[sdpa_floor,fb_bias,fb_factors]" "ranks=[32]" "${sizes[@]}" output_dir="$OUT/tma_ab/${side}_$run" \
       > "$OUT/tma_ab_${side}_$run.log" 2>&1
     echo "tma $side run $run rc=$? ${SECONDS}s"
     grep -E "^\| (triangle|single|diffusion)" "$OUT/tma_ab/${side}_$run/results.md"
   done
 done
-if [ $SECONDS -lt 470 ]; then
-  timeout $((585 - SECONDS)) python3 scripts/bench_attention.py "methods=[sdpa_floor,fb_bias,fb_factors]" "ranks=[32]" \
+if [ $SECONDS -lt $((LIMIT - 115)) ]; then
+  timeout $((LIMIT - SECONDS)) python3 scripts/bench_attention.py "methods=[sdpa_floor,fb_bias,fb_factors]" "ranks=[32]" \
     cuda_graphs=true "triangle.sizes=[]" "single.sizes=[]" "diffusion.sizes=[384,768,1170]" \
     output_dir="$OUT/diffusion_factors_graphs" > "$OUT/diffusion_factors_graphs.log" 2>&1
   echo "diffusion graphs rc=$? ${SECONDS}s"; grep -E "^\| diffusion" "$OUT/diffusion_factors_graphs/results.md"
