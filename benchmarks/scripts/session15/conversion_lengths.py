@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from test_convert import protenix_model, save_protenix  # noqa: E402
 
+from pairformer_fb.bench.timing import environment  # noqa: E402
 from pairformer_fb.cli import atomic_write  # noqa: E402
 from pairformer_fb.convert.convert import DEFAULT_SAMPLES_DIR, build_model, convert_checkpoint, load_converted  # noqa: E402
 from pairformer_fb.convert.factor_init import approximation_error, capture_bias_targets  # noqa: E402
@@ -59,7 +60,9 @@ def main() -> None:
         for lengths in SETTINGS:
             dst = Path(tmp) / f"fb_{'_'.join(map(str, lengths))}.pt"
             start = time.perf_counter()
-            report = convert_checkpoint(src, dst, model="tiny", samples=FIT, max_tokens=lengths, progress=False, device="cpu")
+            report = convert_checkpoint(
+                src, dst, model="tiny", samples=FIT, max_tokens=lengths, progress=False, device="cpu"
+            )
             seconds = time.perf_counter() - start
             model, _ = build_model("protenix", "tiny")
             load_converted(dst, model)
@@ -76,10 +79,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     env = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(sys.argv),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        **environment(torch.device("cpu")),
         "cpu": f"{platform.machine()}, {os.cpu_count()} cores",
         "model": "Protenix tiny preset, random weights (tests/test_convert.protenix_model), default factor config",
         "held_out": "7wux_b (the last chain: every cut of it held out of the fit)",
@@ -87,7 +87,9 @@ def main() -> None:
     out.mkdir(parents=True)
     atomic_write(out / "results.json", json.dumps({"environment": env, "records": rows}, indent=1))
     lines = [
-        "| max_tokens | convert s | cuts run (fitted + held out) | " + " | ".join(f"fitted / held out @ {n}" for n in EVAL_LENGTHS) + " |",
+        "| max_tokens | convert s | cuts run (fitted + held out) | "
+        + " | ".join(f"fitted / held out @ {n}" for n in EVAL_LENGTHS)
+        + " |",
         "|---|---|---|" + "---|" * len(EVAL_LENGTHS),
     ]
     for r in rows:
