@@ -31,10 +31,6 @@ def task(cfg) -> None:
         raise ValueError(
             f'fit.samples must be a list of FASTA files or null, e.g. "fit.samples=[a.fasta]", got {fit.samples!r}'
         )
-    if fit.max_tokens is not None and not isinstance(fit.max_tokens, ListConfig):
-        raise ValueError(
-            f'fit.max_tokens must be a list of lengths or null, e.g. "fit.max_tokens=[64,128]", got {fit.max_tokens!r}'
-        )
     listed = lambda v: None if v is None else list(OmegaConf.to_container(v))
     report = convert_checkpoint(
         to_absolute_path(cfg.input),

@@ -17,9 +17,10 @@ dense bias its host module really adds, on the pair representations the host mod
       the best parameters seen.
 
    With held-out samples (``fit_patched_model`` holds out the last calls: by default the last
-   fifth, in a conversion every call of its last sample chain), the ridge is chosen and Adam stopped early on their error: a few short samples are otherwise
-   fitted almost exactly and generalise badly (observed on the tiny Protenix, 2 x 32 tokens:
-   held-out error 100+ with ridge 1e-6, 0.3 with 0.1, against 4-8 for the random init).
+   fifth, in a conversion every call of its last sample chain), the ridge is chosen and Adam
+   stopped early on their error: a few short samples are otherwise fitted almost exactly and
+   generalise badly (observed on the tiny Protenix, 2 x 32 tokens: held-out error 100+ with
+   ridge 1e-6, 0.3 with 0.1, against 4-8 for the random init).
 
    The error reported is ``bias_approximation_loss`` (the relative squared error of
    phi_q phi_k^T against b over the valid pairs, each sample counting equally), of the

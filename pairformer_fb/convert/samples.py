@@ -54,7 +54,6 @@ def read_fasta_sequences(
     targets twice, and a held-out chain must be one the fit did not see."""
     from ..data.featurize import read_fasta
 
-    paths = list(paths)
     lengths = cut_lengths(max_tokens)
     seen: set[str] = set()
     out = []
