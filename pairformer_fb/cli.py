@@ -97,14 +97,28 @@ Setting = tuple[str, SettingKind, float | None]
 _KIND_WORDS = {"bool": "true or false", "int": "an integer", "number": "a number"}
 
 
+def _setting(cfg: Mapping[str, Any], key: str) -> Any:
+    """``cfg``'s value at the dotted ``key`` (None where it or a mapping above it is absent)."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def check_divisible(cfg: Mapping[str, Any], key: str, by: str) -> None:
+    """A ValueError where the setting ``key`` (a width) is not a multiple of the setting ``by`` (a
+    head count), both dotted keys of ``cfg`` checked as positive integers before."""
+    width, heads = _setting(cfg, key), _setting(cfg, by)
+    if width % heads:
+        raise ValueError(f"{key} = {width} is not divisible by {by} = {heads}")
+
+
 def check_settings(cfg: Mapping[str, Any], settings: Sequence[Setting]) -> None:
     """Raise a ValueError naming the first of ``settings`` that ``cfg`` (a nested mapping: a plain
     dict or a composed config) holds with the wrong type or out of range; an absent or null
     setting is left to its default. Booleans are not integers here (``warmup=true`` is wrong)."""
     for key, kind, least in settings:
-        node: Any = cfg
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, Mapping) else None
+        node = _setting(cfg, key)
         if node is None:
             continue
         if isinstance(kind, tuple):

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..cli import Setting, atomic_write, check_names, check_settings, positive_ints
+from ..cli import Setting, atomic_write, check_divisible, check_names, check_settings, positive_ints
 from ..hosts import host_module
 from ..hosts.presets import randomise_
 from .timing import environment, failure_status, median_ms, resolve_device
@@ -127,8 +127,7 @@ def run(cfg) -> list[BlockRecord]:
     check_names(cfg.hosts, "hosts", HOSTS)
     check_names(cfg.variants, "variants", VARIANTS)
     check_settings(cfg, SETTINGS)
-    if cfg.c_s % cfg.single_heads:
-        raise ValueError(f"c_s = {cfg.c_s} is not divisible by single_heads = {cfg.single_heads}")
+    check_divisible(cfg, "c_s", "single_heads")
     if cfg.get("rep_dtype", "auto") not in REP_DTYPES:
         raise ValueError(f"rep_dtype must be auto, bf16 or fp32, got {cfg.rep_dtype!r}")
     device = resolve_device(cfg.device)

@@ -23,7 +23,7 @@ from functools import partial
 
 import torch
 
-from ..cli import Setting, check_settings
+from ..cli import Setting, check_divisible, check_settings
 from .diffusion import MODULES, DiffusionRecord, run_cases, time_variant
 from .timing import Skipped, failure_status
 
@@ -114,8 +114,7 @@ SETTINGS: tuple[Setting, ...] = (
 def run(cfg) -> list[DiffusionRecord]:
     check_settings(cfg, SETTINGS)
     for m in MODULES:
-        if cfg[m].dim % cfg[m].heads:
-            raise ValueError(f"{m}.dim = {cfg[m].dim} is not divisible by {m}.heads = {cfg[m].heads}")
+        check_divisible(cfg, f"{m}.dim", f"{m}.heads")
 
     def setup(module, n, device):
         host = _host_module(module, cfg, device)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..cli import Setting, atomic_write, check_names, check_settings, positive_ints
+from ..cli import Setting, atomic_write, check_divisible, check_names, check_settings, positive_ints
 from .timing import Skipped, environment, failure_status, median_ms, resolve_device, resolve_dtype
 
 
@@ -191,8 +191,7 @@ SETTINGS: tuple[Setting, ...] = (
 def run(cfg) -> list[DiffusionRecord]:
     check_settings(cfg, SETTINGS)
     for m in MODULES:
-        if cfg[m].c_a % cfg[m].heads:
-            raise ValueError(f"{m}.c_a = {cfg[m].c_a} is not divisible by {m}.heads = {cfg[m].heads}")
+        check_divisible(cfg, f"{m}.c_a", f"{m}.heads")
 
     def setup(module, n, device):
         host = _host_module(module, cfg, device)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..cli import Setting, atomic_write, check_names, check_settings, positive_ints
+from ..cli import Setting, atomic_write, check_divisible, check_names, check_settings, positive_ints
 from ..modules import FactorConfig, FlashBiasAttentionPairBias, FlashBiasTriangleAttention
 from .timing import (
     Skipped,
@@ -176,8 +176,7 @@ def run(cfg) -> list[ModuleRecord]:
     modules = check_names(cfg.modules, "modules", MODULES)
     check_names(cfg.variants, "variants", VARIANTS)
     check_settings(cfg, SETTINGS)
-    if cfg.single.c_s % cfg.single.heads:
-        raise ValueError(f"single.c_s = {cfg.single.c_s} is not divisible by single.heads = {cfg.single.heads}")
+    check_divisible(cfg, "single.c_s", "single.heads")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     sizes = {kind: positive_ints(cfg[kind].sizes, f"{kind}.sizes") for kind in ("triangle", "single")}
