@@ -86,6 +86,13 @@ def differentiable(args, kw):
     return list(args) + [t for n, t in kw.items() if n != "key_mask"]
 
 
+def fp32_leaves(args, kw):
+    """(args, kw) of make_inputs as fp32 leaves that require grad, for the fp32 reference; the
+    bool key mask kept as it is."""
+    leaf = lambda t: t if t.dtype == torch.bool else t.detach().float().requires_grad_(True)  # noqa: E731
+    return [leaf(a) for a in args], {n: leaf(t) for n, t in kw.items()}
+
+
 class LaunchSpy:
     """Stands in for a Triton kernel in triton_launch: records each launch's keyword arguments
     and runs the kernel."""

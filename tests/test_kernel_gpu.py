@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from naive import LaunchSpy, differentiable, grads, make_inputs, rel_err
+from naive import LaunchSpy, differentiable, fp32_leaves, grads, make_inputs, rel_err
 
 from pairformer_fb import flash_bias_attention
 
@@ -41,8 +41,7 @@ def test_triton_matches_reference_on_gpu(name):
     )
     out = flash_bias_attention(*args, **kw)
     # the oracle: the reference on fp32 copies of the same inputs
-    args32 = [a.detach().float().requires_grad_(True) for a in args]
-    kw32 = {n: (t if t.dtype == torch.bool else t.detach().float().requires_grad_(True)) for n, t in kw.items()}
+    args32, kw32 = fp32_leaves(args, kw)
     ref = flash_bias_attention(*args32, **kw32, backend="reference")
     tol_fwd, tol_bwd = TOL[dtype]
     assert out.dtype == dtype and torch.isfinite(out).all()
@@ -94,8 +93,7 @@ def test_backward_with_four_rows_per_program_on_gpu(name, tiles_, monkeypatch):
         B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape, mask_shape=mask_shape and (B, Lk), dtype=dtype,
         device="cuda",
     )  # fmt: skip
-    args32 = [a.detach().float().requires_grad_(True) for a in args]
-    kw32 = {n: (t if t.dtype == torch.bool else t.detach().float().requires_grad_(True)) for n, t in kw.items()}
+    args32, kw32 = fp32_leaves(args, kw)
     ref = grads(flash_bias_attention(*args32, **kw32, backend="reference"), differentiable(args32, kw32))
     monkeypatch.setattr(tiles, "TMA_REDUCE_MIN_SCORES", 0)
     default = grads(flash_bias_attention(*args, **kw), differentiable(args, kw))
@@ -151,8 +149,7 @@ def test_bulk_reduce_adds_match_the_atomics_on_gpu(name, monkeypatch):
         B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape, mask_shape=mask_shape and (min(mask_shape[0], B), Lk),
         dtype=dtype, device="cuda",
     )  # fmt: skip
-    args32 = [a.detach().float().requires_grad_(True) for a in args]
-    kw32 = {n: (t if t.dtype == torch.bool else t.detach().float().requires_grad_(True)) for n, t in kw.items()}
+    args32, kw32 = fp32_leaves(args, kw)
     ref = grads(flash_bias_attention(*args32, **kw32, backend="reference"), differentiable(args32, kw32))
     monkeypatch.setattr(tiles, "TMA_REDUCE", frozenset())
     atomics = grads(flash_bias_attention(*args, **kw), differentiable(args, kw))
@@ -255,8 +252,7 @@ def test_chunked_program_order_matches_the_reference_on_gpu(name, monkeypatch):
         B, H, Lq, Lk, D, R, factor_batch=fb, bias_shape=bias_shape, mask_shape=mask_shape and (B, Lk), dtype=dtype,
         device="cuda",
     )  # fmt: skip
-    args32 = [a.detach().float().requires_grad_(True) for a in args]
-    kw32 = {n: (t if t.dtype == torch.bool else t.detach().float().requires_grad_(True)) for n, t in kw.items()}
+    args32, kw32 = fp32_leaves(args, kw)
     ref_out = flash_bias_attention(*args32, **kw32, backend="reference")
     ref = [ref_out, *grads(ref_out, differentiable(args32, kw32))]
     default_out = flash_bias_attention(*args, **kw)
@@ -288,8 +284,7 @@ def test_a_dense_bias_past_the_l2_share_takes_the_chunked_order_on_gpu(monkeypat
     out = flash_bias_attention(*args, **kw)
     got = grads(out, differentiable(args, kw))
     assert spy.calls and all(c["GRID_ORDER"] == 3 for c in spy.calls)
-    args32 = [a.detach().float().requires_grad_(True) for a in args]
-    kw32 = {n: t.detach().float().requires_grad_(True) for n, t in kw.items()}
+    args32, kw32 = fp32_leaves(args, kw)
     ref = grads(flash_bias_attention(*args32, **kw32, backend="reference"), differentiable(args32, kw32))
     for n, a, r in zip(["q", "k", "v", "bias"], got, ref):
         assert torch.isfinite(a).all() and rel_err(a, r) < TOL[torch.bfloat16][1], n
