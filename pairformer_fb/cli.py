@@ -298,23 +298,12 @@ def _leaf_keys(cfg: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _default_of(base: Any, key: str) -> Any:
-    """The config's default at the dotted ``key`` (None where it is null or lies under a free-form
-    mapping)."""
-    node = base
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _check_override_type(base: Any, key: str, override: Any) -> None:
     """A UsageError where an override's value is not of its default's kind: a bool setting takes
     true / false ("no" is not false), a numeric one a number, a list setting a list (a single
     value would be read letter by letter), a mapping a mapping. Null is left to the script, and so
     are settings whose default is a string or null (paths, "auto"-style choices)."""
-    default = _default_of(base, key)
+    default = _setting(base, key)  # None where it is null or lies under a free-form mapping
     value = override.value()
     if default is None or value is None or isinstance(default, str):
         return
