@@ -243,8 +243,10 @@ TMA_REDUCE = frozenset(x for x in os.environ.get("PFB_TMA_REDUCE", "dq,ds").spli
 # against 1.11x from CUDA graphs) and at 512 (537 M, 1.14x eager and 1.13x from graphs); the
 # crossover itself is not measured (benchmarks/scripts/session14/ab.sh tma times it). The
 # rule is the same inside a CUDA graph (whose replays skip the host), so its capture compiles no
-# kernel its eager warm-up did not; there the small shapes forgo the copy engine's GPU-side gain,
-# ~6-14 % of the backward kernel where it was measured (N = 1024, 1170).
+# kernel its eager warm-up did not; there the small shapes forgo the copy engine's GPU-side gain:
+# from CUDA graph replays, 3-5 % of forward + backward at the triangle 256 / 384 and the single
+# attention 384, none at the diffusion shape 384 (H100, benchmarks/session16/tma_graphs_ab_h100/).
+# The threshold is for eager mode, where the backward runs in fine-tuning.
 # PFB_TMA_REDUCE_MIN_SCORES=0 uses them at every size; read at each backward call.
 _TMA_MIN_ENV = os.environ.get("PFB_TMA_REDUCE_MIN_SCORES") or None  # empty: unset
 _TMA_MIN_ENV_OK = _TMA_MIN_ENV is None or _TMA_MIN_ENV.isdigit()
