@@ -6,6 +6,7 @@
 # host's noise and was slower with the threshold in both rounds. Alternating, two rounds.
 # GRAPHS=false: the same eager (do_bench, host time included), REP_MS (default 200) per case.
 export PYTHONUNBUFFERED=1; OUT=${OUT:-bench_out/session16}; mkdir -p "$OUT"
+G=${GRAPHS:-true}; AB="$OUT/tma_ab_graphs_$G"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 SECONDS=0
 STAMP=$(stat -c %s .devsite/site.tar.xz)
@@ -17,10 +18,10 @@ for run in 1 2; do
     min=""; [ $side = always ] && min=0
     env ${min:+PFB_TMA_REDUCE_MIN_SCORES=$min} timeout $((${END_S:-280} - SECONDS)) python3 scripts/bench_attention.py \
       "methods=[sdpa_floor,fb_bias,fb_factors]" "ranks=[32]" "triangle.sizes=[256,384]" "single.sizes=[384]" \
-      "diffusion.sizes=[384]" cuda_graphs=${GRAPHS:-true} rep_ms=${REP_MS:-200} output_dir="$OUT/tma_ab_graphs_${GRAPHS:-true}/${side}_$run" \
-      > "$OUT/tma_ab_graphs_${GRAPHS:-true}_${side}_$run.log" 2>&1
+      "diffusion.sizes=[384]" cuda_graphs=$G rep_ms=${REP_MS:-200} output_dir="$AB/${side}_$run" \
+      > "${AB}_${side}_$run.log" 2>&1
     echo "$side run $run rc=$? ${SECONDS}s"
-    grep -E "^\| (triangle|single|diffusion)" "$OUT/tma_ab_graphs_${GRAPHS:-true}/${side}_$run/results.md"; rm -f "$OUT/tma_ab_graphs_${GRAPHS:-true}/${side}_$run/results.json"
+    grep -E "^\| (triangle|single|diffusion)" "$AB/${side}_$run/results.md"; rm -f "$AB/${side}_$run/results.json"
   done
 done
 echo "total ${SECONDS}s"
