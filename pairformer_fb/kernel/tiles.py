@@ -244,7 +244,7 @@ TMA_REDUCE = frozenset(x for x in os.environ.get("PFB_TMA_REDUCE", "dq,ds").spli
 # crossover itself is not measured (benchmarks/scripts/session14/ab.sh tma times it). The
 # rule is the same inside a CUDA graph (whose replays skip the host), so its capture compiles no
 # kernel its eager warm-up did not; there the small shapes forgo the copy engine's GPU-side gain:
-# from CUDA graph replays, 3-5 % of forward + backward at the triangle 256 / 384 and the single
+# from CUDA graph replays, 2.5-5 % of forward + backward at the triangle 256 / 384 and the single
 # attention 384, none at the diffusion shape 384 (H100, benchmarks/session16/tma_graphs_ab_h100/).
 # The threshold is for eager mode, where the backward runs in fine-tuning.
 # PFB_TMA_REDUCE_MIN_SCORES=0 uses them at every size; read at each backward call.

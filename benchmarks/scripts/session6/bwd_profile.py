@@ -88,7 +88,7 @@ DIFFUSION_SIZES = [1170, 384, 768]
 # per program read each shared bias / factor tile once for four rows. Compiled for sm_90 on the CPU
 # (benchmarks/session10/fwd_rows_cpu_compile/): m64n32w4s3r4 has no spills (168-184 registers),
 # m64n64w4s3r4 255 registers (spills at 1170 / with factors), the default 167-213. Timed in
-# session 16 (H100, benchmarks/session16/fwd_rows4_h100/): m64n32w4s3r4 27-44 % slower than the
+# session 16 (H100, benchmarks/session16/fwd_rows4_h100/): m64n32w4s3r4 25-32 % slower than the
 # default with a dense bias, 0-21 % with factors (N = 384-2048).
 FWD_CANDIDATES: dict[str, dict] = {
     "default": {},  # (64, 64, 4, 3, 2)
