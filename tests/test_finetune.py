@@ -173,7 +173,9 @@ def test_script_tiny_three_steps_writes_loadable_checkpoint(tiny_fb, tmp_path):
     rows = read_csv(out / "train_log.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(float(r["loss"]) > 0 for r in rows)
     assert (out / "checkpoints" / "step_0000002.pt").exists() and (out / "validation.csv").exists()
-    assert "| `pairformer_stack.blocks.0.tri_att_start` |" in (out / "finetune_report.md").read_text()
+    report = (out / "finetune_report.md").read_text()
+    assert "| `pairformer_stack.blocks.0.tri_att_start` |" in report
+    assert "after the first" not in report  # no rate after the warm-up in a run of 3 steps
 
     container = torch.load(result, weights_only=True)
     source = torch.load(tiny_fb, weights_only=True)
@@ -240,6 +242,14 @@ def test_loss_falls_on_a_fixed_batch(tiny_fb, tmp_path):
     summary = finetune(cfg)
     losses = [r["loss"] for r in summary["history"]]
     assert all(r["crop_start"] == 0 and r["n_tokens"] == 16 for r in summary["history"])  # the same batch
+    # the steady rate: steps 11-30 over their own seconds, and the report says it
+    h = summary["history"]
+    steady = 20 / (h[29]["seconds"] - h[9]["seconds"])
+    assert summary["steps_per_second_after_warmup"] == pytest.approx(steady, rel=1e-12)
+    assert (
+        f"after the first 10 steps (kernel compiles, CUDA graph captures): {steady:.3f} steps/s"
+        in (tmp_path / "o" / "finetune_report.md").read_text()
+    )
 
     # step 1's loss is the mean per-block error of the converted factors on that batch
     model = protenix_model(seed=9)

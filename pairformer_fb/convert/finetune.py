@@ -523,6 +523,7 @@ def finetune(cfg: Mapping[str, Any]) -> dict:
         "steps_run": steps_run,
         "seconds": elapsed,
         "steps_per_second": steps_run / elapsed if elapsed > 0 else None,
+        "steps_per_second_after_warmup": _rate_after_warmup(history[len(history) - steps_run :]),
         "world_size": world,
         "cuda_graphs": graph_stats,
         "history": history,
@@ -600,6 +601,20 @@ def read_training_state(path: str | os.PathLike) -> Mapping[str, Any]:
     return state
 
 
+# steps of a run that compile its kernels and capture its CUDA graphs (one per new crop length)
+WARMUP_STEPS = 10
+
+
+def _rate_after_warmup(rows: list[dict]) -> float | None:
+    """Steps per second of one run's rows after its first WARMUP_STEPS: the steady rate, without
+    the kernel compiles and graph captures of a cold cache (on an H100 they were 31.5 s of the
+    first 10 steps against 12.2 s for steps 11-20, benchmarks/session17/finetune_h100/)."""
+    if len(rows) <= WARMUP_STEPS:
+        return None
+    seconds = rows[-1]["seconds"] - rows[WARMUP_STEPS - 1]["seconds"]
+    return (len(rows) - WARMUP_STEPS) / seconds if seconds > 0 else None
+
+
 def _write_report(summary: dict, out_dir: Path) -> None:
     report = {k: v for k, v in summary.items() if k != "history"}
     atomic_write(out_dir / "finetune_report.json", json.dumps(report, indent=2))
@@ -612,6 +627,11 @@ def _write_report(summary: dict, out_dir: Path) -> None:
             f"{summary['steps_per_second'] or 0:.3f} steps/s, {summary['world_size']} process(es))"
         ),
     ]
+    if summary["steps_per_second_after_warmup"] is not None:
+        lines.append(
+            f"- after the first {WARMUP_STEPS} steps (kernel compiles, CUDA graph captures): "
+            f"{summary['steps_per_second_after_warmup']:.3f} steps/s"
+        )
     if summary["cuda_graphs"] is not None:
         g = summary["cuda_graphs"]
         lines.append(
