@@ -15,8 +15,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from pairformer_fb.bench.attention import markdown_table  # noqa: E402
-from pairformer_fb.bench.attention import Record  # noqa: E402
+from pairformer_fb.bench.attention import (
+    Record,  # noqa: E402
+    markdown_table,  # noqa: E402
+)
 from pairformer_fb.cli import atomic_write  # noqa: E402
 
 
@@ -29,21 +31,23 @@ def main() -> None:
     a = ap.parse_args()
     if (a.out / "results.json").exists() and not a.overwrite:
         sys.exit(f"out: {a.out / 'results.json'} exists; pass --overwrite to replace it")
-    ours = json.loads((a.ours / "results.json").read_text())
-    flex = json.loads((a.flex / "results.json").read_text())
+    halves = {}
+    for name, folder in (("ours", a.ours), ("flex", a.flex)):
+        try:
+            halves[name] = json.loads((folder / "results.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            sys.exit(f"{name}: {folder / 'results.json'} is not a readable benchmark record ({e})")
+    ours, flex = halves["ours"], halves["flex"]
     if ours["environment"]["device"] != flex["environment"]["device"]:
         sys.exit(f"flex: ran on {flex['environment']['device']}, ours on {ours['environment']['device']}")
-    extra = {}
+    # each shape's records in the ours half's order, that shape's FlexAttention records after them
+    by_shape: dict[tuple, list] = {}
+    for r in ours["records"]:
+        by_shape.setdefault((r["kind"], r["n"]), []).append(r)
     for r in flex["records"]:
         if r["method"] != "sdpa_floor":
-            extra.setdefault((r["kind"], r["n"]), []).append(r)
-    records = []
-    for r in ours["records"]:
-        records.append(r)
-        last_of_shape = r is [x for x in ours["records"] if (x["kind"], x["n"]) == (r["kind"], r["n"])][-1]
-        if last_of_shape:
-            records += extra.pop((r["kind"], r["n"]), [])
-    records += [r for rs in extra.values() for r in rs]
+            by_shape.setdefault((r["kind"], r["n"]), []).append(r)
+    records = [r for rs in by_shape.values() for r in rs]
     env = dict(ours["environment"])
     env["command"] = f"{env['command']} + {flex['environment']['command']} (merged)"
     a.out.mkdir(parents=True, exist_ok=True)
