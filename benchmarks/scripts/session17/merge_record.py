@@ -15,10 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from pairformer_fb.bench.attention import (
-    Record,  # noqa: E402
-    markdown_table,  # noqa: E402
-)
+from pairformer_fb.bench.attention import Record, markdown_table  # noqa: E402
 from pairformer_fb.cli import atomic_write  # noqa: E402
 
 
