@@ -34,6 +34,8 @@ def main() -> None:
             halves[name] = json.loads((folder / "results.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             sys.exit(f"{name}: {folder / 'results.json'} is not a readable benchmark record ({e})")
+        if not isinstance(halves[name], dict) or not {"environment", "records"} <= halves[name].keys():
+            sys.exit(f"{name}: {folder / 'results.json'} has no environment and records (not bench_attention's)")
     ours, flex = halves["ours"], halves["flex"]
     if ours["environment"]["device"] != flex["environment"]["device"]:
         sys.exit(f"flex: ran on {flex['environment']['device']}, ours on {ours['environment']['device']}")
